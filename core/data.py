@@ -1,0 +1,314 @@
+"""Dataset split and the torch Dataset over the tutorial's list files.
+
+A root folder holds one sub-folder per class. ``scan_image_folder`` finds the images,
+``split_dataset`` splits each class on its own after a seeded shuffle, and
+``write_split``/``read_split`` store ``train.txt``, ``test.txt`` (``path<TAB>label``, UTF-8)
+and ``classes.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.transforms import v2 as T
+
+from .errors import DatasetError, ImageError
+from .images import open_image
+from .io import atomic_write_text
+
+LIST_FILES = ("train.txt", "test.txt", "classes.json")
+DEFAULT_TRAIN_RATIO = 0.6
+IMBALANCE_WARNING_RATIO = 5.0
+
+
+# ----------------------------------------------------------------------------- scan
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class FolderScan:
+    root: str
+    classes: list[str]
+    images: dict[str, list[str]]  # class name -> sorted image paths
+    skipped: list[Skipped] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _unwritable_reason(path: str) -> str | None:
+    if "\t" in path or "\n" in path or "\r" in path:
+        return "its path contains a tab or newline, which the path<TAB>label list format cannot hold"
+    return None
+
+
+def _scan_class_folder(class_dir: str, skipped: list[Skipped]) -> list[str]:
+    images = []
+    # followlinks=False: a symlink loop (or a link to a huge tree) must not hang the scan.
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        dirnames.sort()
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                skipped.append(Skipped(full, "symbolic link to a folder, not followed (it could loop)"))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            if not has_file_allowed_extension(name, IMG_EXTENSIONS):
+                skipped.append(Skipped(full, f"not an image extension ({', '.join(IMG_EXTENSIONS)})"))
+                continue
+            reason = _unwritable_reason(full)
+            if reason:
+                skipped.append(Skipped(full, reason))
+                continue
+            images.append(full)
+    return images
+
+
+def scan_image_folder(root: str | os.PathLike) -> FolderScan:
+    """Find class folders and their images (recursively), reporting everything left out.
+
+    Hidden files and folders (names starting with '.') are ignored without a report.
+    """
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise DatasetError(f"data root '{root}' is not a folder; give a folder with one sub-folder per class")
+    root_str = str(root_path.resolve())
+    skipped: list[Skipped] = []
+    class_dirs = []
+    for entry in sorted(os.scandir(root_str), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue  # hidden entries (.DS_Store, .git, markers) are not data
+        if entry.is_dir(follow_symlinks=True):
+            class_dirs.append(entry)
+        else:
+            skipped.append(Skipped(entry.path, "file directly under the root, not inside a class folder"))
+    images, empty = {}, []
+    for entry in class_dirs:
+        reason = _unwritable_reason(entry.name)
+        if reason:
+            skipped.append(Skipped(entry.path, reason))
+            continue
+        found = _scan_class_folder(entry.path, skipped)
+        if found:
+            images[entry.name] = found
+        else:
+            empty.append(entry.name)
+    return FolderScan(root_str, sorted(images), images, skipped, empty)
+
+
+# ----------------------------------------------------------------------------- split
+@dataclass
+class ClassCounts:
+    name: str
+    label: int
+    train: int
+    test: int
+
+
+@dataclass
+class Split:
+    root: str
+    classes: list[str]
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    train_ratio: float
+    seed: int
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> list[ClassCounts]:
+        train, test = Counter(l for _, l in self.train), Counter(l for _, l in self.test)
+        return [ClassCounts(c, i, train[i], test[i]) for i, c in enumerate(self.classes)]
+
+    def summary(self) -> dict:
+        return {
+            "root": self.root,
+            "classes": self.classes,
+            "train_ratio": self.train_ratio,
+            "seed": self.seed,
+            "train_images": len(self.train),
+            "test_images": len(self.test),
+            "counts": [asdict(c) for c in self.counts()],
+            "skipped": [asdict(s) for s in self.skipped],
+            "warnings": self.warnings,
+        }
+
+
+def _check_ratio(train_ratio: float) -> None:
+    if not 0.0 < train_ratio < 1.0:
+        raise DatasetError(f"train ratio must be between 0 and 1 (exclusive), got {train_ratio}")
+
+
+def _train_count(n: int, train_ratio: float) -> int:
+    if n < 2:
+        return n  # a lone image goes to train so the class can at least be learned
+    return min(max(round(n * train_ratio), 1), n - 1)
+
+
+def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0) -> Split:
+    """Scan ``root`` and split every class on its own; the same seed gives the same split."""
+    _check_ratio(train_ratio)
+    scan = scan_image_folder(root)
+    if len(scan.classes) < 2:
+        found = f"only '{scan.classes[0]}'" if scan.classes else "none"
+        raise DatasetError(
+            f"'{root}' needs at least two class folders that contain images, found {found}; "
+            "put each class's images in its own sub-folder"
+        )
+    rng = random.Random(seed)
+    train, test, warnings = [], [], []
+    for label, name in enumerate(scan.classes):
+        paths = list(scan.images[name])
+        rng.shuffle(paths)
+        k = _train_count(len(paths), train_ratio)
+        train += [(p, label) for p in paths[:k]]
+        test += [(p, label) for p in paths[k:]]
+        if len(paths) < 2:
+            warnings.append(f"class '{name}' has {len(paths)} image: too few for both a train and a test "
+                            "image, so it is only in train and its accuracy cannot be measured")
+    warnings += [f"class folder '{name}' has no images and was left out" for name in scan.empty_classes]
+    sizes = [len(scan.images[c]) for c in scan.classes]
+    if max(sizes) >= IMBALANCE_WARNING_RATIO * min(sizes):
+        warnings.append(f"classes are strongly imbalanced: {max(sizes)} images in the largest, "
+                        f"{min(sizes)} in the smallest; accuracy alone can mislead")
+    return Split(scan.root, scan.classes, train, test, train_ratio, seed, scan.skipped, warnings)
+
+
+# ----------------------------------------------------------------------------- list files
+def _list_text(samples: list[tuple[str, int]]) -> str:
+    return "".join(f"{path}\t{label}\n" for path, label in samples)
+
+
+def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write train.txt, test.txt and classes.json; refuse to replace existing ones unless asked."""
+    out = Path(out_dir)
+    existing = [name for name in LIST_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise DatasetError(f"'{out}' already holds {', '.join(existing)}; choose another folder "
+                           "or allow overwriting (--force on the command line)")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "train.txt", _list_text(split.train))
+    atomic_write_text(out / "test.txt", _list_text(split.test))
+    meta = {"classes": split.classes, "root": split.root, "train_ratio": split.train_ratio, "seed": split.seed}
+    atomic_write_text(out / "classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
+    return out
+
+
+def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            image_path, sep, label = line.rpartition("\t")
+            if not sep or not label.strip().lstrip("-").isdigit():
+                raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
+            label_int = int(label)
+            if num_classes is not None and not 0 <= label_int < num_classes:
+                raise DatasetError(f"{path}, line {lineno}: label {label_int} is outside 0..{num_classes - 1}")
+            samples.append((image_path, label_int))
+    return samples
+
+
+@dataclass
+class ListSplit:
+    classes: list[str]
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    folder: str
+
+
+def read_split(folder: str | os.PathLike) -> ListSplit:
+    folder = Path(folder)
+    missing = [name for name in LIST_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(f"'{folder}' lacks {', '.join(missing)}; run the split first")
+    try:
+        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
+        classes = meta["classes"] if isinstance(meta, dict) else meta
+    except (ValueError, KeyError) as exc:
+        raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
+    n = len(classes)
+    return ListSplit(list(classes), read_list_file(folder / "train.txt", n),
+                     read_list_file(folder / "test.txt", n), str(folder))
+
+
+# ----------------------------------------------------------------------------- transforms
+class Letterbox(torch.nn.Module):
+    """The tutorial's preprocessing: scale the whole image onto a black square, keeping its aspect."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        scale = self.size / max(img.size)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        canvas = Image.new("RGB", (self.size, self.size))
+        canvas.paste(img.resize((w, h), Image.BILINEAR), ((self.size - w) // 2, (self.size - h) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"Letterbox(size={self.size})"
+
+
+def build_transform(weights_transform, *, train: bool = False, flip: bool = False,
+                    letterbox: bool = False, normalize: bool = True, vflip: bool = False):
+    """Preprocessing taken from the weights (resize, crop, mean/std), plus opt-in options."""
+    crop = weights_transform.crop_size[0]
+    steps = [T.RandomHorizontalFlip()] if train and flip else []
+    steps += [T.RandomVerticalFlip()] if train and vflip else []
+    if letterbox:
+        steps.append(Letterbox(crop))
+    else:
+        steps += [T.Resize(weights_transform.resize_size, interpolation=weights_transform.interpolation,
+                           antialias=True), T.CenterCrop(crop)]
+    steps += [T.PILToTensor(), T.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps.append(T.Normalize(weights_transform.mean, weights_transform.std))
+    return T.Compose(steps)
+
+
+# ----------------------------------------------------------------------------- dataset
+class ListDataset(Dataset):
+    """Images from a list of (path, label); an unreadable image yields None instead of crashing."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = open_image(path)
+        except ImageError:
+            return None
+        return self.transform(image), label, index
+
+
+def collate_skipping_unreadable(batch):
+    """Stack the readable samples; report how many were skipped so the trainer can count them."""
+    good = [item for item in batch if item is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return None, None, None, skipped
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good])
+    indices = torch.tensor([item[2] for item in good])
+    return images, labels, indices, skipped

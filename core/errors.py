@@ -1,0 +1,33 @@
+"""Errors that carry a message meant for the person using the tool.
+
+Pages show them with ``st.error`` and the CLI prints them on one line; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Something the user gave us is wrong; the message says what and what is allowed."""
+
+
+class DatasetError(UserError):
+    pass
+
+
+class ImageError(UserError):
+    pass
+
+
+class WeightsError(UserError):
+    pass
+
+
+class UploadError(UserError):
+    pass
+
+
+class ConfigError(UserError):
+    pass
+
+
+class RunError(UserError):
+    pass

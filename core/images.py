@@ -1,0 +1,89 @@
+"""Opening images safely: every mode becomes upright RGB, or a clear ImageError.
+
+The loader is shared by the split, the training dataset, the thumbnails and prediction,
+so an image that trains is shown and predicted the same way.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+# 64 megapixels is larger than any camera photo people fine-tune on, and far below what
+# a decompression bomb declares; override with TLD_MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = int(os.environ.get("TLD_MAX_IMAGE_PIXELS", 64_000_000))
+
+ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image]
+
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def open_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.Image:
+    """Return an upright RGB copy of the image, fully decoded.
+
+    Refuses, before decoding, any image whose declared size exceeds ``max_pixels``.
+    """
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source))
+    name = _describe(source)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    try:
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise ImageError(
+                    f"{name} declares {width}×{height} pixels, more than the limit of "
+                    f"{limit:,}; it was not decoded (set TLD_MAX_IMAGE_PIXELS to allow larger images)"
+                )
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} was refused as a decompression bomb: {exc}") from None
+    except FileNotFoundError:
+        raise ImageError(f"{name} does not exist") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name} is not an image PIL can read (empty, corrupt, or another kind of file)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name} could not be decoded ({exc}); the file is probably truncated or corrupt") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB, keeping what a person would see."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in _HIGH_BIT_DEPTH_MODES:
+        # PIL's convert("RGB") clips 16-bit values at 255, turning most photos white.
+        values = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        span = float(values.max() - values.min()) or 1.0
+        gray = ((values - values.min()) / span * 255.0).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels have arbitrary colours underneath; show them on white.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, Path)):
+        return f"'{source}'"
+    name = getattr(source, "name", None)
+    return f"'{name}'" if name else "the uploaded image"

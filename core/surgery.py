@@ -1,0 +1,209 @@
+"""Model surgery: adapt an ImageNet model to N classes, load pretrained weights, freeze.
+
+Follows the tutorial step by step (build, swap the head, pop the head's keys from the
+pretrained state dict, drop keys the model lacks, update and load, freeze) and returns a
+``SurgeryReport`` of everything that happened, in the spirit of ``load_state_dict``'s
+incompatible-keys result.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .archs import ArchSpec, get_arch
+from .errors import ConfigError, WeightsError
+from .weights import load_state_dict_file
+
+FREEZE_MODES = {
+    "head": "only the new head trains (the tutorial's fine-tuning)",
+    "all": "every layer trains",
+}
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    shape: list[int]
+    numel: int
+    trainable: bool
+
+
+@dataclass
+class SurgeryReport:
+    arch: str
+    variant: str
+    num_classes: int
+    weights_source: str  # a file path, or "random initialisation"
+    pretrained: bool
+    head_name: str
+    head_kind: str
+    head_before: str
+    head_after: str
+    head_in_features: int
+    head_out_features: int
+    architecture_before: str
+    architecture_after: str
+    freeze: str
+    popped_keys: list[str] = field(default_factory=list)
+    dropped_keys: list[str] = field(default_factory=list)
+    loaded_keys: int = 0
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    parameters: list[ParamInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> list[ParamInfo]:
+        return [p for p in self.parameters if p.trainable]
+
+    @property
+    def frozen(self) -> list[ParamInfo]:
+        return [p for p in self.parameters if not p.trainable]
+
+    @property
+    def trainable_count(self) -> int:
+        return sum(p.numel for p in self.trainable)
+
+    @property
+    def frozen_count(self) -> int:
+        return sum(p.numel for p in self.frozen)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(trainable_count=self.trainable_count, frozen_count=self.frozen_count)
+        return d
+
+    def format(self, architectures: bool = True) -> str:
+        lines = [
+            f"architecture : {self.arch} (head variant: {self.variant}) for {self.num_classes} classes",
+            f"weights      : {self.weights_source}",
+            f"head         : {self.head_name}: {self.head_before} → {self.head_kind} by {self.head_after}",
+            f"popped keys  : {_key_list(self.popped_keys)}",
+            f"dropped keys : {_key_list(self.dropped_keys)}",
+            f"loaded keys  : {self.loaded_keys}",
+            f"missing keys : {_key_list(self.missing_keys)}",
+            f"unexpected   : {_key_list(self.unexpected_keys)}",
+            f"freeze       : {self.freeze} ({FREEZE_MODES[self.freeze]})",
+            f"trainable    : {self.trainable_count:,} parameters in {len(self.trainable)} tensors "
+            f"({', '.join(p.name for p in self.trainable[:6])}{' …' if len(self.trainable) > 6 else ''})",
+            f"frozen       : {self.frozen_count:,} parameters in {len(self.frozen)} tensors",
+        ]
+        lines += [f"note         : {n}" for n in self.notes]
+        if architectures:
+            lines += ["", "--- before ---", self.architecture_before, "", "--- after ---", self.architecture_after]
+        return "\n".join(lines)
+
+
+def _key_list(keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return "(none)"
+    shown = ", ".join(keys[:limit])
+    return f"{shown} … ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def _is_under(name: str, module_name: str) -> bool:
+    return name == module_name or name.startswith(module_name + ".")
+
+
+def freeze_model(model: nn.Module, head_name: str, mode: str) -> None:
+    if mode not in FREEZE_MODES:
+        raise ConfigError(f"freeze mode '{mode}' does not exist; allowed: {', '.join(FREEZE_MODES)}")
+    for name, param in model.named_parameters():
+        param.requires_grad = mode == "all" or _is_under(name, head_name)
+
+
+def set_train_mode(model: nn.Module, head_name: str, mode: str) -> None:
+    """Put the model in training mode, keeping a frozen body in eval mode.
+
+    A frozen body is a fixed function only if its BatchNorm layers use their running
+    statistics and its dropout is off (fastai's ``train_bn=False`` choice); it is also what
+    makes cached backbone features give the same result as the full forward pass.
+    """
+    if mode == "all":
+        model.train()
+    else:
+        model.eval()
+        model.get_submodule(head_name).train()
+
+
+def _shape_mismatches(state: dict, model_state: dict) -> list[str]:
+    return [f"{k}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+            for k, v in state.items() if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
+
+
+def _check_fits(spec: ArchSpec, head_name: str, state: dict, model_state: dict, source: str) -> None:
+    mismatched = _shape_mismatches(state, model_state)
+    # BatchNorm's num_batches_tracked is absent from older files (resnet18-5c106cde.pth) and harmless.
+    body_missing = [k for k in model_state
+                    if k not in state and not _is_under(k, head_name) and not k.endswith("num_batches_tracked")]
+    if mismatched or body_missing:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} tensors have other shapes ({'; '.join(mismatched[:4])}"
+                         f"{' …' if len(mismatched) > 4 else ''})")
+        if body_missing:
+            parts.append(f"{len(body_missing)} of the model's tensors are not in the file "
+                         f"({', '.join(body_missing[:4])}{' …' if len(body_missing) > 4 else ''})")
+        raise WeightsError(f"'{source}' does not fit {spec.name}: " + "; ".join(parts) +
+                           ". Is it a file for another architecture?")
+
+
+def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | None = None,
+                variant: str | None = None, freeze: str = "head", seed: int | None = None
+                ) -> tuple[nn.Module, SurgeryReport]:
+    """Build ``arch`` for ``num_classes``, load pretrained weights from a file, freeze; report it all."""
+    spec = get_arch(arch)
+    head_variant = spec.variant(variant)
+    if num_classes < 1:
+        raise ConfigError(f"number of classes must be at least 1, got {num_classes}")
+    if seed is not None:
+        torch.manual_seed(seed)  # the new head's initial weights depend on it
+    model = spec.build()
+    before = str(model)
+    change = head_variant.apply(model, spec.head, num_classes)
+
+    popped, dropped, loaded, notes = [], [], 0, []
+    if change.note:
+        notes.append(change.note)
+    model_state = model.state_dict()
+    if weights is not None:
+        state, load_notes = load_state_dict_file(weights)
+        notes += load_notes
+        popped = [k for k in change.popped_keys if state.pop(k, None) is not None]
+        dropped = sorted(k for k in state if k not in model_state)
+        state = {k: v for k, v in state.items() if k in model_state}
+        _check_fits(spec, change.head_name, state, model_state, str(weights))
+        loaded = len(state)
+        model_state.update(state)
+        unexpected = list(model.load_state_dict(model_state).unexpected_keys)
+        missing = [k for k in model_state if k not in state]
+        if missing:
+            notes.append("missing keys are expected when the model is being adapted: "
+                         "they belong to the new head and start from random initialisation")
+    else:
+        missing, unexpected = list(model_state), []
+        notes.append("no weights file: every layer starts from random initialisation (training from scratch)")
+        if freeze == "head":
+            notes.append("with random weights and a frozen body, only a linear classifier on random "
+                         "features is trained; choose freeze 'all' to train from scratch properly")
+
+    freeze_model(model, change.head_name, freeze)
+    params = [ParamInfo(n, list(p.shape), p.numel(), p.requires_grad) for n, p in model.named_parameters()]
+    report = SurgeryReport(
+        arch=spec.name, variant=head_variant.name, num_classes=num_classes,
+        weights_source=str(weights) if weights is not None else "random initialisation",
+        pretrained=weights is not None, head_name=change.head_name, head_kind=change.kind,
+        head_before=change.before, head_after=change.after,
+        head_in_features=change.in_features, head_out_features=change.out_features,
+        architecture_before=before, architecture_after=str(model), freeze=freeze,
+        popped_keys=popped, dropped_keys=dropped, loaded_keys=loaded, missing_keys=missing,
+        unexpected_keys=unexpected, parameters=params, notes=notes,
+    )
+    return model, report
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,221 @@
+"""The weights manager: where pretrained weights come from, and reading them safely.
+
+Sources are tried in this order: a file the user names; torch hub's checkpoint cache
+(torchvision's file names and older ones); a file uploaded in the browser (stored in that
+cache); weights shipped inside a pip package; a download through torchvision's URL.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import WeightsError
+
+HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
+DOWNLOAD_TIMEOUT_S = float(os.environ.get("TLD_DOWNLOAD_TIMEOUT", 20))
+
+Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
+
+
+# ----------------------------------------------------------------------------- reading files
+def _unwrap(obj, source: str) -> tuple[dict, list[str]]:
+    notes = []
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
+            notes.append(f"the file wraps its weights in a '{key}' entry; that entry was used")
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"'{source}' holds a {type(obj).__name__}, not a state dict "
+                           "(a mapping of parameter names to tensors)")
+    not_tensors = [k for k, v in obj.items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise WeightsError(f"'{source}' is not a state dict: entries {', '.join(map(str, not_tensors[:5]))} "
+                           "are not tensors")
+    if all(str(k).startswith("module.") for k in obj):
+        notes.append("keys carried the 'module.' prefix of DataParallel/DistributedDataParallel; it was removed")
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj), notes
+
+
+def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, list[str]]:
+    """Read a state dict with ``weights_only=True``; return it and notes on any unwrapping."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise WeightsError(f"'{path}' was refused: it contains Python objects that would run code "
+                               f"when loaded, and only plain tensors are accepted (weights_only=True). {first}") from None
+        raise WeightsError(f"'{path}' is not a readable PyTorch file ({first or exc})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"'{path}' could not be read, it is probably truncated or corrupt "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return _unwrap(obj, str(path))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_hash_prefix(path: str | os.PathLike, file_name: str | None = None) -> None:
+    """Check the sha256 prefix that torchvision puts in its file names, as torch.hub does."""
+    match = HASH_PREFIX.search(file_name or Path(path).name)
+    if not match or not match.group(1):
+        return
+    digest = sha256_of(path)
+    if not digest.startswith(match.group(1)):
+        raise WeightsError(f"'{path}' is damaged or not the official file: its sha256 starts with "
+                           f"{digest[:len(match.group(1))]}, the name promises {match.group(1)}")
+
+
+# ----------------------------------------------------------------------------- sources
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+@dataclass
+class WeightsSource:
+    kind: str  # "user file", "hub cache", "package", "download"
+    path: str | None
+    available: bool
+    detail: str
+
+
+def list_sources(spec, user_file: str | os.PathLike | None = None) -> list[WeightsSource]:
+    """Every place the weights for ``spec`` could come from, in the order they are tried."""
+    sources = []
+    if user_file:
+        p = Path(user_file).expanduser()
+        sources.append(WeightsSource("user file", str(p), p.is_file(),
+                                     "file you named" if p.is_file() else "file you named does not exist"))
+    cache = hub_checkpoint_dir()
+    for name in spec.hub_file_names:
+        p = cache / name
+        sources.append(WeightsSource("hub cache", str(p), p.is_file(),
+                                     "in torch hub's cache (downloaded or uploaded earlier)" if p.is_file()
+                                     else "not in torch hub's cache"))
+    package_path = getattr(spec.weights, "path", lambda: None)()
+    if getattr(spec.weights, "package", None):
+        sources.append(WeightsSource("package", package_path, bool(package_path and Path(package_path).is_file()),
+                                     f"shipped with the pip package {spec.weights.package}"))
+    if spec.download_url:
+        sources.append(WeightsSource("download", spec.download_url, False,
+                                     "download from the internet (needs network)"))
+    return sources
+
+
+def find_weights(spec, user_file: str | os.PathLike | None = None) -> WeightsSource | None:
+    """The first source that is on disk now, or None."""
+    for source in list_sources(spec, user_file):
+        if source.available:
+            return source
+    return None
+
+
+# ----------------------------------------------------------------------------- storing
+def _check_fits_arch(spec, path: Path) -> None:
+    """Refuse a file whose tensors do not fit ``spec`` before it is stored anywhere."""
+    state, _ = load_state_dict_file(path)
+    model_state = spec.build_meta().state_dict()
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+                  for k, v in state.items() if k in model_state and v.shape != model_state[k].shape]
+    matched = sum(k in model_state for k in state)
+    if mismatched or matched < len(model_state) // 2:
+        detail = "; ".join(mismatched[:4]) or f"only {matched} of its {len(state)} keys are {spec.name} keys"
+        raise WeightsError(f"'{path.name}' does not fit {spec.name}: {detail}")
+
+
+def store_uploaded_weights(spec, data: bytes, file_name: str) -> Path:
+    """Save an uploaded weights file into torch hub's cache after checking it fits ``spec``."""
+    cache = hub_checkpoint_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".upload")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp_path = Path(tmp)
+    try:
+        _check_fits_arch(spec, tmp_path)
+        official = [n for n in spec.hub_file_names if n == Path(file_name).name]
+        if official:
+            check_hash_prefix(tmp_path, official[0])
+            target = cache / official[0]
+        else:
+            target = cache / f"{spec.name}-upload-{sha256_of(tmp_path)[:10]}.pth"
+        os.replace(tmp_path, target)
+        return target
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- download
+def download_file(url: str, dest: Path, *, progress: Progress | None = None,
+                  timeout: float = DOWNLOAD_TIMEOUT_S, max_bytes: int | None = None) -> Path:
+    """Stream ``url`` into ``dest`` through a temporary file; an offline machine gets a clear message."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            if max_bytes and total and total > max_bytes:
+                raise WeightsError(f"{url} is {total:,} bytes, more than the limit of {max_bytes:,}")
+            done = 0
+            while chunk := response.read(1 << 16):
+                done += len(chunk)
+                if max_bytes and done > max_bytes:
+                    raise WeightsError(f"{url} sent more than the limit of {max_bytes:,} bytes")
+                out.write(chunk)
+                if progress:
+                    progress(done, total)
+        os.replace(tmp, dest)
+        return dest
+    except urllib.error.HTTPError as exc:
+        raise WeightsError(f"the server answered {exc.code} {exc.reason} for {url}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise WeightsError(f"could not download {url} ({reason}); this machine seems to be offline or the "
+                           "server is unreachable. Put the file on disk and name it, or upload it") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def download_weights(spec, *, progress: Progress | None = None, timeout: float = DOWNLOAD_TIMEOUT_S,
+                     url: str | None = None) -> Path:
+    """Download ``spec``'s torchvision weights into torch hub's cache, checking the hash prefix."""
+    url = url or spec.download_url
+    if not url:
+        raise WeightsError(f"{spec.name} has no download address; its weights come from "
+                           f"{getattr(spec.weights, 'package', 'a file')}")
+    file_name = Path(urllib.parse.urlparse(url).path).name
+    target = hub_checkpoint_dir() / file_name
+    part = target.with_suffix(".download")
+    download_file(url, part, progress=progress, timeout=timeout)
+    try:
+        check_hash_prefix(part, file_name)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
