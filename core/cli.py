@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
                           weight_decay=args.weight_decay, train_ratio=args.train_ratio, seed=args.seed,
                           num_workers=args.num_workers, device=args.device, flip=args.flip,
                           letterbox=args.letterbox, feature_cache=not args.no_feature_cache,
-                          data_root=args.data, lists_dir=args.lists)
+                          log_every=args.log_every, data_root=args.data, lists_dir=args.lists)
     cfg.validate()
     final = None
     for record in train(cfg, args.out, cache_dir=args.cache_dir):
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="random horizontal flip augmentation")
     p.add_argument("--letterbox", action="store_true", help="the tutorial's letterbox preprocessing")
     p.add_argument("--no-feature-cache", action="store_true")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="batches between loss lines")
     p.add_argument("--cache-dir", help="where cached backbone features are kept")
     p.add_argument("--out", required=True, help="run folder (must not hold a run already)")
     p.set_defaults(func=cmd_train)

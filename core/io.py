@@ -9,10 +9,13 @@ from pathlib import Path
 import torch
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to toggle
 
 
 def _atomic_replace(path: Path, write) -> None:
@@ -23,7 +26,7 @@ def _atomic_replace(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide run files from other users
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -95,7 +95,7 @@ def hub_checkpoint_dir() -> Path:
 
 @dataclass
 class WeightsSource:
-    kind: str  # "user file", "hub cache", "package", "download"
+    kind: str  # "user file", "hub cache", "upload", "package", "download"
     path: str | None
     available: bool
     detail: str
@@ -114,6 +114,8 @@ def list_sources(spec, user_file: str | os.PathLike | None = None) -> list[Weigh
         sources.append(WeightsSource("hub cache", str(p), p.is_file(),
                                      "in torch hub's cache (downloaded or uploaded earlier)" if p.is_file()
                                      else "not in torch hub's cache"))
+    for p in sorted(cache.glob(f"{spec.name}-upload-*.pth"), key=lambda f: f.stat().st_mtime, reverse=True):
+        sources.append(WeightsSource("upload", str(p), True, "uploaded in the browser earlier, kept in the cache"))
     package_path = getattr(spec.weights, "path", lambda: None)()
     if getattr(spec.weights, "package", None):
         sources.append(WeightsSource("package", package_path, bool(package_path and Path(package_path).is_file()),

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install the app's dependencies into it.
+# Usage: scripts/setup.sh [dev]   ("dev" adds the test tools and Chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first and pinned: an unpinned resolve may pull a multi-GB CUDA build from the network,
+# while these exact releases are served from the local wheel cache on our machines.
+.venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+if [ "${1:-}" = "dev" ]; then
+  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+else
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+fi

@@ -1,0 +1,62 @@
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def make_colour_dataset(root: Path, per_class: int = 10, size: int = 64, classes=("blue", "red"), seed: int = 0) -> Path:
+    """An easy, learnable dataset: each class is a colour, with noise."""
+    rng = random.Random(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = COLOURS[name]
+            colour = tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in base)
+            img = Image.new("RGB", (size, size), colour)
+            for _ in range(20):
+                x, y = rng.randrange(size), rng.randrange(size)
+                img.putpixel((x, y), tuple(rng.randrange(256) for _ in range(3)))
+            img.save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_workspace(tmp_path, monkeypatch):
+    """Every test gets its own workspace and torch hub cache; nothing touches the user's."""
+    monkeypatch.setenv("TLD_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("TLD_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
+    yield
+
+
+@pytest.fixture
+def colour_data(tmp_path) -> Path:
+    return make_colour_dataset(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def resnet18_file(tmp_path_factory) -> Path:
+    """A 'pretrained' resnet18 file: a seeded torchvision model's state dict."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1234)
+    path = tmp_path_factory.mktemp("weights") / "resnet18_pretrain.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lite0_file() -> Path:
+    from core.archs import ARCHITECTURES
+
+    return Path(ARCHITECTURES["efficientnet_lite0"].weights.path())

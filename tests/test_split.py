@@ -1,0 +1,87 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core.data import read_split, split_dataset, write_split
+from core.errors import DatasetError
+from tests.conftest import make_colour_dataset
+
+
+def test_split_is_stratified_per_class(colour_data):
+    split = split_dataset(colour_data, train_ratio=0.6, seed=0)
+    assert split.classes == ["blue", "red"]
+    counts = {c.name: (c.train, c.test) for c in split.counts()}
+    assert counts == {"blue": (6, 4), "red": (6, 4)}
+    assert {label for _, label in split.train} == {0, 1}
+
+
+def test_split_is_deterministic_and_seed_dependent(colour_data):
+    a = split_dataset(colour_data, seed=3)
+    b = split_dataset(colour_data, seed=3)
+    c = split_dataset(colour_data, seed=4)
+    assert a.train == b.train and a.test == b.test
+    assert a.train != c.train
+
+
+def test_list_files_round_trip(colour_data, tmp_path):
+    split = split_dataset(colour_data, seed=1)
+    out = write_split(split, tmp_path / "lists")
+    lines = (out / "train.txt").read_text(encoding="utf-8").splitlines()
+    path, label = lines[0].split("\t")
+    assert Path(path).is_file() and label in {"0", "1"}
+    back = read_split(out)
+    assert back.classes == split.classes
+    assert back.train == split.train and back.test == split.test
+    assert json.loads((out / "classes.json").read_text())["classes"] == ["blue", "red"]
+
+
+def test_write_split_refuses_to_overwrite(colour_data, tmp_path):
+    split = split_dataset(colour_data)
+    write_split(split, tmp_path / "lists")
+    before = (tmp_path / "lists" / "train.txt").read_text()
+    with pytest.raises(DatasetError, match="already holds"):
+        write_split(split_dataset(colour_data, seed=9), tmp_path / "lists")
+    assert (tmp_path / "lists" / "train.txt").read_text() == before
+
+
+def test_skipped_files_are_reported_with_reasons(colour_data):
+    (colour_data / "README.txt").write_text("hello")
+    (colour_data / "red" / "notes.csv").write_text("a,b")
+    nested = colour_data / "red" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    (nested / "x.png").write_bytes((colour_data / "red" / "red_00.png").read_bytes())
+    split = split_dataset(colour_data)
+    reasons = {Path(s.path).name: s.reason for s in split.skipped}
+    assert "not inside a class folder" in reasons["README.txt"]
+    assert "not an image extension" in reasons["notes.csv"]
+    assert sum(c.train + c.test for c in split.counts() if c.name == "red") == 11  # nested image found
+
+
+def test_tiny_and_empty_classes_are_reported(tmp_path):
+    root = make_colour_dataset(tmp_path / "d", per_class=5, classes=("blue", "red"))
+    make_colour_dataset(tmp_path / "one", per_class=1, classes=("green",))
+    os.rename(tmp_path / "one" / "green", root / "green")
+    (root / "empty").mkdir()
+    split = split_dataset(root)
+    assert split.classes == ["blue", "green", "red"]
+    assert any("'green' has 1 image" in w for w in split.warnings)
+    assert any("'empty' has no images" in w for w in split.warnings)
+
+
+def test_one_class_is_refused(tmp_path):
+    root = make_colour_dataset(tmp_path / "d", per_class=4, classes=("blue",))
+    with pytest.raises(DatasetError, match="at least two class folders.*only 'blue'"):
+        split_dataset(root)
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1])
+def test_bad_ratio_is_refused(colour_data, ratio):
+    with pytest.raises(DatasetError, match="between 0 and 1"):
+        split_dataset(colour_data, train_ratio=ratio)
+
+
+def test_missing_root_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="is not a folder"):
+        split_dataset(tmp_path / "nope")

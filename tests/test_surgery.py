@@ -1,0 +1,129 @@
+import pytest
+import torch
+from PIL import Image
+
+from core.archs import ARCHITECTURES
+from core.data import build_transform
+from core.errors import ConfigError, WeightsError
+from core.surgery import adapt_model, set_train_mode, trainable_parameters
+
+
+def test_resnet18_loads_pretrained_body_and_gets_a_new_head(resnet18_file):
+    file_state = torch.load(resnet18_file, weights_only=True)
+    model, report = adapt_model("resnet18", 3, weights=resnet18_file, seed=0)
+    state = model.state_dict()
+    assert report.popped_keys == ["fc.weight", "fc.bias"]
+    assert report.dropped_keys == []
+    assert report.missing_keys == ["fc.weight", "fc.bias"]
+    assert report.unexpected_keys == []
+    assert report.loaded_keys == len(file_state) - 2
+    for key, value in file_state.items():
+        if key.startswith("fc."):
+            continue
+        assert torch.equal(state[key], value), key
+    assert state["fc.weight"].shape == (3, 512)
+    assert report.head_before == "Linear(512 → 1000)" and report.head_after == "Linear(512 → 3)"
+    assert "(fc): Linear(in_features=512, out_features=1000" in report.architecture_before
+    assert "(fc): Linear(in_features=512, out_features=3" in report.architecture_after
+
+
+def test_keys_the_model_lacks_are_dropped(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    state["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    _, report = adapt_model("resnet18", 2, weights=path)
+    assert report.dropped_keys == ["extra.weight"]
+
+
+def test_head_only_freezes_everything_but_the_head(resnet18_file):
+    model, report = adapt_model("resnet18", 4, weights=resnet18_file, freeze="head")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    assert [p.name for p in report.trainable] == trainable
+    assert report.trainable_count == 512 * 4 + 4
+    assert report.frozen_count == sum(p.numel() for p in model.parameters()) - report.trainable_count
+
+
+def test_only_the_head_changes_after_a_training_step(resnet18_file):
+    model, report = adapt_model("resnet18", 2, weights=resnet18_file, freeze="head", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1, momentum=0.9)
+    set_train_mode(model, report.head_name, "head")
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_freeze_all_trains_everything(resnet18_file):
+    model, report = adapt_model("resnet18", 2, weights=resnet18_file, freeze="all")
+    assert all(p.requires_grad for p in model.parameters())
+    assert report.frozen == []
+
+
+def test_no_weights_means_random_initialisation():
+    _, report = adapt_model("resnet18", 2)
+    assert report.weights_source == "random initialisation" and not report.pretrained
+    assert report.loaded_keys == 0
+    assert any("random initialisation" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("variant, head_name, popped", [
+    ("replace", "classifier.6", ["classifier.6.weight", "classifier.6.bias"]),
+    ("add_outside", "add_Linear", []),
+    ("add_inside", "classifier.add_Linear", []),
+])
+def test_vgg16_variants_give_n_outputs(variant, head_name, popped, tmp_path):
+    torch.manual_seed(0)
+    from torchvision.models import vgg16
+
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg16(weights=None).state_dict(), path)
+    model, report = adapt_model("vgg16", 7, weights=path, variant=variant)
+    model.eval()
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 7)
+    assert report.head_name == head_name
+    assert report.popped_keys == popped
+    assert [p.name for p in report.trainable] == [f"{head_name}.weight", f"{head_name}.bias"]
+    assert report.missing_keys == [f"{head_name}.weight", f"{head_name}.bias"]
+
+
+def test_unknown_variant_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match="allowed: replace, add_outside, add_inside"):
+        adapt_model("vgg16", 2, variant="sideways")
+    with pytest.raises(ConfigError, match="allowed: resnet18, vgg16, efficientnet_lite0"):
+        adapt_model("alexnet", 2)
+
+
+def test_a_file_for_another_architecture_is_refused_naming_keys(resnet18_file):
+    with pytest.raises(WeightsError, match="does not fit efficientnet_lite0.*not in the file"):
+        adapt_model("efficientnet_lite0", 2, weights=resnet18_file)
+
+
+def test_efficientnet_lite0_real_weights_load_without_surprises(lite0_file):
+    file_state = torch.load(lite0_file, weights_only=True)
+    model, report = adapt_model("efficientnet_lite0", 5, weights=lite0_file)
+    assert report.popped_keys == ["_fc.weight", "_fc.bias"]
+    assert report.missing_keys == ["_fc.weight", "_fc.bias"]
+    assert report.dropped_keys == [] and report.unexpected_keys == []
+    assert report.loaded_keys == len(file_state) - 2
+    assert report.head_before == "Linear(1280 → 1000)" and report.head_after == "Linear(1280 → 5)"
+
+
+def test_efficientnet_lite0_pretrained_recognises_a_cat(lite0_file):
+    from skimage import data
+
+    spec = ARCHITECTURES["efficientnet_lite0"]
+    model = spec.build()
+    assert not model.load_state_dict(torch.load(lite0_file, weights_only=True)).missing_keys
+    model.eval()
+    x = build_transform(spec.transforms())(Image.fromarray(data.chelsea()))[None]
+    with torch.inference_mode():
+        top5 = model(x).softmax(1)[0].topk(5).indices.tolist()
+    categories = spec.weights.meta["categories"]
+    names = [categories[i] for i in top5]
+    assert any(n in ("tabby", "tiger cat", "Egyptian cat") for n in names[:2]), names

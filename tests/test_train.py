@@ -1,0 +1,151 @@
+import json
+import math
+
+import pytest
+import torch
+
+from core.config import TrainConfig
+from core.errors import ConfigError, RunError
+from core.io import read_jsonl
+from core.predict import Predictor
+from core.train import RunDir, train
+from tests.conftest import make_colour_dataset
+
+
+def _config(data, **overrides):
+    base = dict(arch="resnet18", data_root=str(data), epochs=2, batch_size=4, lr=0.01, num_workers=0, seed=0,
+                log_every=2)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_record_stream_and_run_folder(colour_data, resnet18_file, tmp_path):
+    run_dir = tmp_path / "run"
+    records = list(train(_config(colour_data, weights=str(resnet18_file)), run_dir))
+    kinds = [r["type"] for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "final"
+    assert kinds.count("epoch") == 2
+    # 12 train images, batch 4 → 3 batches per epoch; a record every 2 batches → 1 per epoch
+    batches = [r for r in records if r["type"] == "batch"]
+    assert [(b["epoch"], b["batch"], b["seen"], b["total"]) for b in batches] == [(1, 2, 8, 12), (2, 2, 8, 12)]
+    start = records[0]
+    assert start["device"] == "cpu" and start["device_name"] == "CPU" and start["path"] == "cached features"
+    epoch = records[kinds.index("epoch")]
+    assert set(epoch) >= {"train_loss", "test_loss", "test_acc", "per_class_acc", "seconds", "confusion"}
+    assert sum(map(sum, epoch["confusion"])) == 8
+    final = records[-1]
+    assert final["status"] == "completed" and final["epochs_completed"] == 2
+    run = RunDir(run_dir)
+    assert read_jsonl(run.metrics) == records
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "completed" and summary["best_acc"] == max(e["test_acc"] for e in records
+                                                                         if e["type"] == "epoch")
+    for path in (run.config, run.last, run.best, run.predictions, run.plain_state_dict("resnet18"),
+                 run.lists / "train.txt"):
+        assert path.is_file(), path
+    ckpt = torch.load(run.last, weights_only=True)
+    assert ckpt["classes"] == ["blue", "red"] and ckpt["config"]["arch"] == "resnet18" and ckpt["epoch"] == 2
+    # the tutorial's way of loading model_resnet18.pth works on the plain file
+    from torchvision.models import resnet18
+    model = resnet18(weights=None)
+    model.fc = torch.nn.Linear(512, 2)
+    model.load_state_dict(torch.load(run.plain_state_dict("resnet18"), weights_only=True))
+
+
+def test_refuses_a_folder_that_already_holds_a_run(colour_data, resnet18_file, tmp_path):
+    list(train(_config(colour_data, epochs=1, weights=str(resnet18_file)), tmp_path / "run"))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(RunError, match="already holds a run"):
+        list(train(_config(colour_data, epochs=1), tmp_path / "run"))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_pretrained_head_training_learns_the_demo_shapes(tmp_path, lite0_file):
+    from core.demo import generate_demo
+
+    data = generate_demo(tmp_path / "shapes", per_class=(16, 16), seed=1)
+    records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(data),
+                                     epochs=5, batch_size=8, num_workers=0, lr=0.01), tmp_path / "run"))
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["test_acc"] >= 0.8, [e["test_acc"] for e in epochs]
+
+
+def test_full_path_loss_goes_down_with_all_layers_training(colour_data, resnet18_file, tmp_path):
+    records = list(train(_config(colour_data, weights=str(resnet18_file), freeze="all", epochs=3, lr=0.005),
+                         tmp_path / "run"))
+    assert records[0]["path"] == "full forward"
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert records[-1]["status"] == "completed"
+
+
+def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, resnet18_file, tmp_path):
+    common = dict(weights=str(resnet18_file), epochs=2, batch_size=4)
+    list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "cached", cache_dir=tmp_path / "c"))
+    list(train(_config(colour_data, feature_cache=False, **common), tmp_path / "full"))
+    cached = torch.load(tmp_path / "cached" / "checkpoint_last.pt", weights_only=True)["model"]
+    full = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
+    for key in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(cached[key], full[key], rtol=1e-4, atol=1e-5)
+    assert read_jsonl(tmp_path / "cached" / "metrics.jsonl")[0]["path"] == "cached features"
+    assert read_jsonl(tmp_path / "full" / "metrics.jsonl")[0]["path"] == "full forward"
+    # a second run with the same inputs reads the features from disk
+    records = list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "again",
+                         cache_dir=tmp_path / "c"))
+    assert all(r["from_disk"] for r in records if r["type"] == "features")
+
+
+def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_file, tmp_path):
+    from core.data import split_dataset
+    from core.features import feature_cache_key
+
+    split = split_dataset(colour_data)
+    key = lambda: feature_cache_key(arch="resnet18", variant="replace", weights=str(resnet18_file),
+                                    transform="t", samples=split.train)
+    first = key()
+    path = split.train[0][0]
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    assert key() != first
+
+
+def test_augmentation_uses_the_full_path(colour_data, resnet18_file, tmp_path):
+    records = list(train(_config(colour_data, weights=str(resnet18_file), flip=True, epochs=1), tmp_path / "r"))
+    assert records[0]["path"] == "full forward"
+
+
+def test_checkpoint_predict_round_trip(colour_data, resnet18_file, tmp_path):
+    list(train(_config(colour_data, weights=str(resnet18_file), epochs=3, lr=0.05), tmp_path / "run"))
+    predictor = Predictor.load(tmp_path / "run")
+    assert predictor.classes == ["blue", "red"]
+    probs = predictor.probabilities(colour_data / "red" / "red_00.png")
+    assert probs.shape == (2,) and math.isclose(probs.sum().item(), 1.0, rel_tol=1e-5)
+    top = predictor.predict(colour_data / "red" / "red_00.png", topk=5)
+    assert len(top) == 2 and top[0][1] >= top[1][1]
+
+
+def test_nan_loss_fails_the_run_with_the_reason(colour_data, resnet18_file, tmp_path):
+    records = list(train(_config(colour_data, weights=str(resnet18_file), lr=1e30, freeze="all"), tmp_path / "r"))
+    final = records[-1]
+    assert final["status"] == "failed" and "loss became" in final["reason"]
+
+
+def test_stop_request_ends_the_run_as_stopped(colour_data, resnet18_file, tmp_path):
+    run = RunDir(tmp_path / "r")
+    stream = train(_config(colour_data, weights=str(resnet18_file), epochs=4, log_every=1), run.path)
+    for record in stream:
+        if record["type"] == "epoch":
+            break
+    run.stop_flag.touch()
+    rest = list(stream)
+    assert rest[-1]["status"] == "stopped" and rest[-1]["epochs_completed"] == 1
+    assert torch.load(run.last, weights_only=True)["epoch"] == 1
+    assert not run.stop_flag.exists()
+
+
+def test_config_validation_names_allowed_values():
+    with pytest.raises(ConfigError, match="allowed: head, all"):
+        TrainConfig(freeze="half", data_root="x").validate()
+    with pytest.raises(ConfigError, match="exactly one of"):
+        TrainConfig().validate()

@@ -1,0 +1,106 @@
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.archs import ARCHITECTURES
+from core.errors import UploadError, WeightsError
+from core.weights import (check_hash_prefix, download_weights, find_weights, hub_checkpoint_dir, list_sources,
+                          load_state_dict_file, store_uploaded_weights)
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A tiny HTTP server on 127.0.0.1 serving tmp_path/www; tests never touch the internet."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **k: _Files(*a, directory=str(root), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _named_by_hash(src: Path, folder: Path, stem: str) -> Path:
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:8]
+    target = folder / f"{stem}-{digest}.pth"
+    target.write_bytes(src.read_bytes())
+    return target
+
+
+def test_sources_are_tried_in_order(resnet18_file):
+    spec = ARCHITECTURES["resnet18"]
+    kinds = [s.kind for s in list_sources(spec, resnet18_file)]
+    assert kinds == ["user file", "hub cache", "hub cache", "download"]
+    assert find_weights(spec, resnet18_file).path == str(resnet18_file)
+    assert find_weights(spec) is None  # empty hub cache, no user file
+
+
+def test_hub_cache_is_found_under_the_older_name(resnet18_file):
+    cache = hub_checkpoint_dir()
+    cache.mkdir(parents=True)
+    (cache / "resnet18-5c106cde.pth").write_bytes(resnet18_file.read_bytes())
+    found = find_weights(ARCHITECTURES["resnet18"])
+    assert found.kind == "hub cache" and found.path.endswith("resnet18-5c106cde.pth")
+
+
+def test_packaged_weights_are_found_for_efficientnet():
+    found = find_weights(ARCHITECTURES["efficientnet_lite0"])
+    assert found.kind == "package" and Path(found.path).is_file()
+
+
+def test_download_with_progress_and_hash_check(http_server, resnet18_file):
+    root, base = http_server
+    served = _named_by_hash(resnet18_file, root, "resnet18")
+    seen = []
+    path = download_weights(ARCHITECTURES["resnet18"], url=f"{base}/{served.name}",
+                            progress=lambda done, total: seen.append((done, total)))
+    assert path == hub_checkpoint_dir() / served.name
+    assert path.read_bytes() == resnet18_file.read_bytes()
+    assert seen[-1] == (served.stat().st_size, served.stat().st_size)
+
+
+def test_download_with_a_wrong_hash_is_refused_and_not_kept(http_server, resnet18_file):
+    root, base = http_server
+    (root / "resnet18-00000000.pth").write_bytes(resnet18_file.read_bytes())
+    with pytest.raises(WeightsError, match="damaged or not the official file"):
+        download_weights(ARCHITECTURES["resnet18"], url=f"{base}/resnet18-00000000.pth")
+    assert not (hub_checkpoint_dir() / "resnet18-00000000.pth").exists()
+
+
+def test_offline_download_says_so(http_server):
+    _, base = http_server
+    with pytest.raises(WeightsError, match="404"):
+        download_weights(ARCHITECTURES["resnet18"], url=f"{base}/resnet18-abc.pth")
+    with pytest.raises(WeightsError, match="offline"):
+        download_weights(ARCHITECTURES["resnet18"], url="http://127.0.0.1:9/resnet18-abc.pth", timeout=2)
+
+
+def test_uploaded_weights_are_checked_and_stored_in_the_cache(resnet18_file):
+    spec = ARCHITECTURES["resnet18"]
+    stored = store_uploaded_weights(spec, resnet18_file.read_bytes(), "my_resnet.pth")
+    assert stored.parent == hub_checkpoint_dir() and stored.is_file()
+    found = find_weights(spec)
+    assert found.kind == "upload" and found.path == str(stored)
+    with pytest.raises(WeightsError, match="does not fit efficientnet_lite0"):
+        store_uploaded_weights(ARCHITECTURES["efficientnet_lite0"], resnet18_file.read_bytes(), "x.pth")
+
+
+def test_hash_prefix_check(tmp_path):
+    f = tmp_path / "thing-deadbeef.pth"
+    f.write_bytes(b"abc")
+    with pytest.raises(WeightsError, match="sha256 starts with"):
+        check_hash_prefix(f)
+    good = tmp_path / f"thing-{hashlib.sha256(b'abc').hexdigest()[:8]}.pth"
+    good.write_bytes(b"abc")
+    check_hash_prefix(good)
