@@ -1,0 +1,49 @@
+import streamlit as st
+
+from core.appstate import load_state
+from core.runs import list_runs
+from core.workspace import runs_dir
+from pages.common import data_root, fmt_pct, split_summary, user_errors
+
+st.title("Transfer-learning dashboard")
+st.markdown(
+    """
+Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,
+and see every step:
+
+1. **Dataset**: one sub-folder per class, split per class into `train.txt` / `test.txt`.
+2. **Model surgery**: swap the ImageNet head for one with *N* outputs, load pretrained weights,
+   freeze the body. See what was replaced, popped, dropped and frozen.
+3. **Training**: cross-entropy + SGD in a background process, with live loss and accuracy.
+   Compare pretrained against from-scratch runs.
+4. **Prediction**: upload an image or take a snapshot, get class probabilities.
+
+Everything works offline: a synthetic demo dataset is generated on first launch, and
+EfficientNet-Lite0's ImageNet weights ship with the app.
+"""
+)
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Current dataset")
+    with user_errors():
+        root = data_root()
+        state = load_state()
+        summary = split_summary(root, state["train_ratio"], state["seed"])["summary"]
+    st.write(f"`{root}`")
+    st.write(f"{len(summary['classes'])} classes · {summary['train_images']} train / "
+             f"{summary['test_images']} test images (ratio {summary['train_ratio']}, seed {summary['seed']})")
+    st.caption(", ".join(summary["classes"]))
+    st.page_link("pages/dataset.py", label="Change the dataset", icon="🗂️")
+with right:
+    st.subheader("Latest run")
+    runs = list_runs(runs_dir())
+    if not runs:
+        st.info("No run yet. Go through the pages in order, or jump straight to Training: the defaults work.")
+    else:
+        run = runs[0]
+        cfg = run.config
+        st.write(f"**{run.name}** · {run.status}")
+        st.write(f"{cfg.get('arch')} · {'pretrained' if cfg.get('weights') else 'from scratch'} · "
+                 f"freeze {cfg.get('freeze')} · best test accuracy {fmt_pct(run.best_acc)}")
+    st.page_link("pages/training.py", label="Open Training", icon="📈")

@@ -1,0 +1,163 @@
+import difflib
+import html
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.appstate import load_state, save_state
+from core.archs import ARCHITECTURES
+from core.errors import UserError
+from core.surgery import FREEZE_MODES, adapt_model
+from core.weights import download_weights, list_sources, store_uploaded_weights
+from pages.common import data_root, default_arch, resolve_weights_file, split_summary, user_errors
+
+st.title("2 · Model surgery")
+st.caption("Swap the ImageNet head for one with N outputs, load pretrained weights, freeze the body.")
+
+state = load_state()
+with user_errors():
+    classes = split_summary(data_root(), state["train_ratio"], state["seed"])["summary"]["classes"]
+num_classes = len(classes)
+
+# ----------------------------------------------------------------------------- choices
+names = list(ARCHITECTURES)
+c1, c2, c3 = st.columns(3)
+arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), key="sg_arch",
+                    format_func=lambda a: ARCHITECTURES[a].summary)
+spec = ARCHITECTURES[arch]
+variant_names = [v.name for v in spec.variants]
+variant = c2.selectbox("Head", variant_names, key="sg_variant",
+                       index=variant_names.index(state["variant"]) if state["variant"] in variant_names else 0,
+                       format_func=lambda v: spec.variant(v).description, disabled=len(variant_names) == 1)
+freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
+                  key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
+mode = st.radio("Weights", ["pretrained", "scratch"], horizontal=True, key="sg_mode",
+                index=["pretrained", "scratch"].index(state["weights_mode"]),
+                format_func={"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}.get)
+weights_file = state["weights_file"]
+
+# ----------------------------------------------------------------------------- weights manager
+if mode == "pretrained":
+    st.subheader("Where the weights come from")
+    weights_file = st.text_input("A weights file on this machine (optional)", value=state["weights_file"],
+                                 key="sg_file", placeholder="e.g. /data/resnet18_pretrain.pth",
+                                 help="Tried first. A state dict saved with torch.save(model.state_dict(), …).")
+    sources = list_sources(spec, weights_file or None)
+    chosen = next((s for s in sources if s.available), None)
+    table = pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":
+                           ("✅ used" if s is chosen else "available") if s.available else s.detail}
+                          for i, s in enumerate(sources)])
+    st.dataframe(table, hide_index=True, width="stretch")
+    if chosen is None:
+        st.warning(f"No {arch} weights are on this machine. Upload the file, download it (needs network), "
+                   "or switch to **efficientnet_lite0**, whose ImageNet weights ship with the app.")
+        if arch != "efficientnet_lite0" and st.button("Use efficientnet_lite0 instead", key="sg_use_lite"):
+            save_state(arch="efficientnet_lite0", variant=None)
+            st.session_state.pop("sg_arch", None)
+            st.rerun()
+    with st.expander("Add weights: upload or download"):
+        upload = st.file_uploader(f"Upload a {arch} state-dict file (.pth / .pt)", type=["pth", "pt"],
+                                  key="sg_upload")
+        if upload is not None and st.button("Check and store in the cache", key="sg_store"):
+            with user_errors(), st.spinner("Checking the file fits the architecture…"):
+                stored = store_uploaded_weights(spec, upload.getvalue(), upload.name)
+            st.success(f"Stored as `{stored}`.")
+            st.rerun()
+        if spec.download_url:
+            if st.button(f"Download from {spec.download_url}", key="sg_download"):
+                bar = st.progress(0.0, text="Connecting…")
+
+                def progress(done, total):
+                    bar.progress(min(done / total, 1.0) if total else 0.0,
+                                 text=f"Downloading… {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+
+                with user_errors():
+                    path = download_weights(spec, progress=progress)
+                st.success(f"Downloaded to `{path}`.")
+                st.rerun()
+        else:
+            st.caption(f"{arch}'s weights come from the pip package {getattr(spec.weights, 'package', '')}.")
+
+new_state = dict(arch=arch, variant=variant, freeze=freeze, weights_mode=mode, weights_file=weights_file or "")
+if any(state[k] != v for k, v in new_state.items()):
+    state = save_state(**new_state)
+
+weights = resolve_weights_file(arch, state)
+if mode == "pretrained" and weights is None:
+    st.info("Surgery below runs without pretrained weights until a source is available.")
+
+
+# ----------------------------------------------------------------------------- surgery
+def _stamp(path):
+    return Path(path).stat().st_mtime if path else None
+
+
+@st.cache_data(max_entries=16, show_spinner="Performing surgery…")
+def surgery_report(arch, n, weights, stamp, variant, freeze) -> dict:
+    _, report = adapt_model(arch, n, weights=weights, variant=variant, freeze=freeze, seed=0)
+    return report.to_dict()
+
+
+with user_errors():
+    report = surgery_report(arch, num_classes, weights, _stamp(weights), variant, freeze)
+
+st.subheader(f"Result for {num_classes} classes")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Head", report["head_name"], f"{report['head_before']} → {report['head_after']}", delta_color="off")
+m2.metric("Keys loaded from the file", report["loaded_keys"])
+m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
+m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
+st.caption(f"Weights: `{report['weights_source']}`")
+for note in report["notes"]:
+    st.info(note)
+
+
+def key_block(title: str, keys: list[str], explanation: str) -> None:
+    st.markdown(f"**{title}** ({len(keys)}): {explanation}")
+    st.code("\n".join(keys) if keys else "(none)", language=None)
+
+
+k1, k2 = st.columns(2)
+with k1:
+    key_block("Popped", report["popped_keys"], "the original head's tensors, removed from the file's state dict")
+    key_block("Dropped", report["dropped_keys"], "keys in the file that the model does not have")
+with k2:
+    key_block("Missing", report["missing_keys"][:50] + (["…"] if len(report["missing_keys"]) > 50 else []),
+              "model tensors the file did not provide (expected for a new head)")
+    key_block("Unexpected", report["unexpected_keys"], "reported by load_state_dict")
+
+
+# ----------------------------------------------------------------------------- architectures
+def highlighted(lines: list[str], changed: set[int], colour: str) -> str:
+    rows = [f'<div style="background:{colour if i in changed else "transparent"}">{html.escape(l) or " "}</div>'
+            for i, l in enumerate(lines)]
+    return ('<div style="font-family:monospace;font-size:12px;white-space:pre;overflow:auto;max-height:480px;'
+            'border:1px solid #ddd;border-radius:6px;padding:6px">' + "".join(rows) + "</div>")
+
+
+st.subheader("Architecture before and after")
+before, after = report["architecture_before"].splitlines(), report["architecture_after"].splitlines()
+removed, added = set(), set()
+for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
+    if tag != "equal":
+        removed.update(range(i1, i2))
+        added.update(range(j1, j2))
+a1, a2 = st.columns(2)
+with a1:
+    st.markdown("**Before** (ImageNet, 1000 classes)")
+    st.html(highlighted(before, removed, "#ffd6d6"))
+with a2:
+    st.markdown(f"**After** ({num_classes} classes)")
+    st.html(highlighted(after, added, "#d4f7d4"))
+
+st.subheader("Parameters")
+params = pd.DataFrame(report["parameters"])
+params["shape"] = params["shape"].map(lambda s: "×".join(map(str, s)))
+params["status"] = params["trainable"].map({True: "trainable", False: "frozen"})
+totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(columns={"count": "tensors", "sum": "parameters"})
+st.dataframe(totals, width="content")
+show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
+view = params if show == "all" else params[params["status"] == show]
+st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch", height=320)
+st.page_link("pages/training.py", label="Next: train this model", icon="📈")
