@@ -1,0 +1,74 @@
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.errors import UserError
+from core.images import open_image
+from core.predict import Predictor, checkpoint_path
+from core.runs import list_runs
+from core.uploads import check_image_upload
+from core.workspace import runs_dir
+from pages.common import fmt_pct, user_errors
+
+st.title("4 · Prediction")
+st.caption("Upload an image or take a snapshot; the model preprocesses it exactly as in evaluation.")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def load_predictor(checkpoint: str, mtime: float) -> Predictor:
+    # keyed on mtime too, so a checkpoint rewritten by a newer epoch is picked up
+    return Predictor.load(checkpoint)
+
+
+runs = [r for r in list_runs(runs_dir()) if (r.path / "checkpoint_best.pt").exists()]
+if not runs:
+    st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
+    st.page_link("pages/training.py", label="Go to Training", icon="📈")
+    st.stop()
+
+finished = [r for r in runs if r.status != "running"] or runs
+names = [r.name for r in finished]
+c1, c2 = st.columns([3, 1])
+name = c1.selectbox("Run", names, index=0, key="pr_run", format_func=lambda n: (
+    lambda r: f"{r.name} · {r.config.get('arch')} · {'pretrained' if r.config.get('weights') else 'scratch'} · "
+              f"best {fmt_pct(r.best_acc)} · {r.status}")(next(r for r in finished if r.name == n)))
+run = next(r for r in finished if r.name == name)
+with user_errors():
+    ckpt = checkpoint_path(run.path)
+    predictor = load_predictor(str(ckpt), ckpt.stat().st_mtime)
+topk = c2.slider("Top k", 1, max(1, len(predictor.classes)), min(5, len(predictor.classes)), key="pr_topk")
+st.caption(f"Checkpoint `{ckpt.name}` from epoch {predictor.epoch} · classes: {', '.join(predictor.classes)}")
+
+upload_tab, camera_tab = st.tabs(["Upload an image", "Webcam snapshot"])
+with upload_tab:
+    upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="pr_upload")
+with camera_tab:
+    snapshot = st.camera_input("Take a snapshot", key="pr_camera")
+source = upload or snapshot
+if source is None:
+    st.info("Upload an image (png, jpg, webp, bmp) or take a snapshot to see the class probabilities.")
+    st.stop()
+
+try:
+    data = source.getvalue()
+    check_image_upload(data, source.name)
+    image = open_image(data)
+    probs = predictor.probabilities(image)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+
+values, indices = probs.topk(topk)
+table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
+left, right = st.columns([2, 3])
+with left:
+    st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
+with right:
+    best = table.iloc[0]
+    st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off")
+    st.altair_chart(alt.Chart(table).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),
+        width="stretch")
+    st.dataframe(table, hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
+        format="percent", min_value=0.0, max_value=1.0)})
