@@ -34,7 +34,7 @@ with left:
     st.write(f"{len(summary['classes'])} classes · {summary['train_images']} train / "
              f"{summary['test_images']} test images (ratio {summary['train_ratio']}, seed {summary['seed']})")
     st.caption(", ".join(summary["classes"]))
-    st.page_link("pages/dataset.py", label="Change the dataset", icon="🗂️")
+    st.page_link("pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
 with right:
     st.subheader("Latest run")
     runs = list_runs(runs_dir())
@@ -46,4 +46,4 @@ with right:
         st.write(f"**{run.name}** · {run.status}")
         st.write(f"{cfg.get('arch')} · {'pretrained' if cfg.get('weights') else 'from scratch'} · "
                  f"freeze {cfg.get('freeze')} · best test accuracy {fmt_pct(run.best_acc)}")
-    st.page_link("pages/training.py", label="Open Training", icon="📈")
+    st.page_link("pages/training.py", label="Open Training", icon=":material/monitoring:")

@@ -23,7 +23,7 @@ def load_predictor(checkpoint: str, mtime: float) -> Predictor:
 runs = [r for r in list_runs(runs_dir()) if (r.path / "checkpoint_best.pt").exists()]
 if not runs:
     st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
-    st.page_link("pages/training.py", label="Go to Training", icon="📈")
+    st.page_link("pages/training.py", label="Go to Training", icon=":material/monitoring:")
     st.stop()
 
 finished = [r for r in runs if r.status != "running"] or runs

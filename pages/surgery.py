@@ -46,7 +46,7 @@ if mode == "pretrained":
     sources = list_sources(spec, weights_file or None)
     chosen = next((s for s in sources if s.available), None)
     table = pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":
-                           ("✅ used" if s is chosen else "available") if s.available else s.detail}
+                           ("in use" if s is chosen else "available") if s.available else s.detail}
                           for i, s in enumerate(sources)])
     st.dataframe(table, hide_index=True, width="stretch")
     if chosen is None:
@@ -160,4 +160,4 @@ st.dataframe(totals, width="content")
 show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
 view = params if show == "all" else params[params["status"] == show]
 st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch", height=320)
-st.page_link("pages/training.py", label="Next: train this model", icon="📈")
+st.page_link("pages/training.py", label="Next: train this model", icon=":material/monitoring:")

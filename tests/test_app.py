@@ -1,0 +1,129 @@
+"""The dashboard's pages, driven headlessly with Streamlit's AppTest."""
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.appstate import save_state
+from core.demo import generate_demo
+from core.workspace import lists_dir_for, runs_dir
+from tests.conftest import ROOT
+
+APP = str(ROOT / "streamlit_app.py")
+PAGES = ["pages/home.py", "pages/dataset.py", "pages/surgery.py", "pages/training.py", "pages/prediction.py"]
+
+
+@pytest.fixture
+def small_demo(tmp_path):
+    """A smaller demo dataset, chosen as the app's data root, so page tests stay fast."""
+    root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(10, 10), seed=2)
+    save_state(data_root=str(root))
+    return root
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(page, small_demo):
+    at = open_page(app(), page)
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_first_launch_generates_the_demo_dataset():
+    at = app()  # no data root chosen: the demo is generated in the workspace
+    text = " ".join(m.value for m in at.markdown)
+    assert "demo-shapes" in text and "5 classes" in text
+
+
+def test_dataset_page_writes_the_split(small_demo):
+    at = open_page(app(), "pages/dataset.py")
+    assert "5 classes · 30 train / 20 test" in [s.value for s in at.subheader]
+    at.button(key="ds_write").click().run()
+    assert not at.exception
+    lists = lists_dir_for(small_demo)
+    assert len((lists / "train.txt").read_text().splitlines()) == 30
+    assert len((lists / "test.txt").read_text().splitlines()) == 20
+    assert any("Wrote 30 train and 20 test lines" in s.value for s in at.success)
+    assert any(str(small_demo) in c.value for c in at.code)  # first lines are shown
+
+
+def test_dataset_page_ratio_slider_changes_the_split(small_demo):
+    at = open_page(app(), "pages/dataset.py")
+    at.slider(key="ds_ratio").set_value(0.5).run()
+    assert "5 classes · 25 train / 25 test" in [s.value for s in at.subheader]
+
+
+def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_file):
+    save_state(arch="resnet18", weights_file=str(resnet18_file))
+    at = open_page(app(), "pages/surgery.py")
+    assert not at.error, [e.value for e in at.error]
+    assert "fc.weight\nfc.bias" in [c.value for c in at.code]  # popped (and missing) keys
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Head"] == "fc" and metrics["Trainable parameters"] == "2,565"
+
+
+def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
+    save_state(arch="resnet18")
+    at = open_page(app(), "pages/surgery.py")
+    assert any("No resnet18 weights are on this machine" in w.value for w in at.warning)
+    at.button(key="sg_use_lite").click().run()
+    assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
+
+
+def _wait_for_run(at: AppTest, timeout: float = 180) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = list(runs_dir().iterdir())
+        if runs and (runs[0] / "summary.json").exists():
+            return runs[0].name
+        time.sleep(1)
+    raise AssertionError("the training run did not finish in time")
+
+
+def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
+    at = open_page(app(), "pages/training.py")
+    at.slider(key="tr_epochs").set_value(2).run()
+    at.button(key="tr_start").click().run()
+    assert not at.exception
+    name = at.query_params["run"]
+    assert _wait_for_run(at) == name
+    at.run()
+    assert not at.exception
+    assert f"Run {name}" in [s.value for s in at.subheader]
+    assert "Results (last epoch)" in [s.value for s in at.subheader]
+    assert any("**completed**" in (p.proto.text or "") for p in at.get("progress"))
+    assert any("Device: **CPU**" in c.value for c in at.caption)
+    runs_table = at.dataframe[-1].value
+    assert list(runs_table["status"]) == ["completed"] and runs_table["best acc"][0] > 0.5
+
+
+def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path, lite0_file):
+    from core.config import TrainConfig
+    from core.train import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=3, num_workers=0, lr=0.01), runs_dir() / "run1"))
+    at = open_page(app(), "pages/prediction.py")
+    image = next((small_demo / "star").iterdir()).read_bytes()
+    at.file_uploader(key="pr_upload").upload("star.jpg", image, "image/jpeg").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert abs(table["probability"].sum() - 1.0) < 1e-4  # top-5 of 5 classes covers everything
+    assert [m.label for m in at.metric] == ["Prediction"]
+    assert at.metric[0].value in {"circle", "cross", "square", "star", "triangle"}
+
+
+def test_prediction_page_without_runs_explains_what_to_do(small_demo):
+    at = open_page(app(), "pages/prediction.py")
+    assert any("No trained model yet" in i.value for i in at.info)

@@ -1,0 +1,108 @@
+"""End to end in real headless Chromium: the README's app, all pages, one training run, one prediction."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="Chromium is not installed (scripts/setup.sh dev installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "TLD_WORKSPACE": str(tmp_path / "workspace"), "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+                             "--server.address", "127.0.0.1", "--server.port", str(port),
+                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError((tmp_path / "server.log").read_text())
+    yield url, tmp_path / "workspace"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+def _shot(page, name):
+    folder = os.environ.get("TLD_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def _go(page, title):
+    page.get_by_role("link", name=title).first.click()
+
+
+def test_walk_all_pages_train_and_predict(server, page):
+    url, workspace = server
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    page.get_by_text("Current dataset").wait_for()
+    page.get_by_text("5 classes ·").first.wait_for()
+    _shot(page, "0-home")
+
+    _go(page, "1 · Dataset")
+    page.get_by_text("Samples").wait_for()
+    page.get_by_role("button", name="Write train.txt / test.txt").click()
+    page.get_by_text("Wrote ").wait_for()
+    assert (next((workspace / "lists").iterdir()) / "train.txt").is_file()
+    _shot(page, "1-dataset")
+
+    _go(page, "2 · Model surgery")
+    page.get_by_text("Architecture before and after").wait_for()
+    page.get_by_text("_fc.weight").first.wait_for()
+    _shot(page, "2-surgery")
+
+    _go(page, "3 · Training")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Results (last epoch)").wait_for(timeout=240_000)
+    assert "run=" in page.url
+    page.get_by_text("Device: CPU").first.wait_for()
+    _shot(page, "3-training")
+
+    _go(page, "4 · Prediction")
+    page.get_by_text("Upload an image (png").wait_for()
+    image = next((workspace / "datasets" / "demo-shapes" / "star").glob("*.jpg"))
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    page.get_by_text("probability").first.wait_for()
+    page.get_by_text("Prediction", exact=True).first.wait_for()
+    assert "%" in page.locator("[data-testid=stMetricDelta]").first.inner_text()
+    _shot(page, "4-prediction")
