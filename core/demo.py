@@ -40,17 +40,18 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
 
 
-def draw_shape(shape: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
+def draw_shape(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE) -> Image.Image:
+    width, height = (size, size) if isinstance(size, int) else size
+    short = min(width, height)
     noise = np.random.default_rng(rng.randrange(2**32))
     base = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
-    background = np.clip(base + noise.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    background = np.clip(base + noise.normal(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(background).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
     draw = ImageDraw.Draw(img)
     # Keep shapes inside the centre crop that resize(256)+crop(224) leaves of the picture.
-    margin = size * 0.08
-    r = rng.uniform(size * 0.12, size * 0.3)
-    cx = rng.uniform(margin + r, size - margin - r)
-    cy = rng.uniform(margin + r, size - margin - r)
+    r = rng.uniform(short * 0.12, short * 0.3)
+    cx = rng.uniform((width - short) / 2 + short * 0.08 + r, (width + short) / 2 - short * 0.08 - r)
+    cy = rng.uniform((height - short) / 2 + short * 0.08 + r, (height + short) / 2 - short * 0.08 - r)
     colour = tuple(int((c + rng.randrange(80, 176)) % 256) for c in base)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)

@@ -14,7 +14,6 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,14 +57,16 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, list[str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise WeightsError(f"'{path}' was refused: it contains Python objects that would run code "
-                               f"when loaded, and only plain tensors are accepted (weights_only=True). {first}") from None
-        raise WeightsError(f"'{path}' is not a readable PyTorch file ({first or exc})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        blocked = re.search(r"GLOBAL ([\w.]+)|reduce for ([\w.]+)", str(exc))
+        if blocked:
+            raise WeightsError(f"'{path}' was refused: loading it would call {blocked.group(1) or blocked.group(2)}, "
+                               "i.e. run code; only plain tensors are accepted (weights_only=True)") from None
+        raise WeightsError(f"'{path}' is not a readable PyTorch weights file: it is damaged, or holds objects "
+                           "other than tensors, which weights_only=True refuses") from None
+    except Exception as exc:  # torch.load fails in many ways on a damaged file
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise WeightsError(f"'{path}' could not be read, it is probably truncated or corrupt "
-                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                           f"({type(exc).__name__}{': ' + first if first else ''})") from None
     return _unwrap(obj, str(path))
 
 

@@ -43,13 +43,16 @@ with st.expander("Choose the data", expanded=False):
         typed = st.text_input("Folder path", value=root, key="ds_path",
                               help="Only folders under the allowed roots can be read (TLD_ALLOWED_ROOTS).")
         if st.button("Use this folder", key="ds_use_path"):
-            with user_errors():
+            try:
                 path = check_allowed(typed)
                 if not path.is_dir():
                     raise UserError(f"'{typed}' is not a folder")
                 split_dataset(path)  # refuse unusable folders before switching to them
-            choose_root(str(path))
-            st.rerun()
+            except UserError as exc:
+                st.error(str(exc))  # the current dataset stays as it was
+            else:
+                choose_root(str(path))
+                st.rerun()
     elif source == "Upload a zip":
         upload = st.file_uploader("A zip of class folders", type=["zip"], key="ds_zip")
         if upload is not None and st.button("Extract and use", key="ds_extract"):
