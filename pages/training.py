@@ -185,9 +185,31 @@ def results(run_path: Path) -> None:
             st.caption("None: every test image was classified correctly.")
 
 
+def start_twin(run_path: Path) -> None:
+    """One click to the other side of "pretrained vs from scratch": same settings, other weights."""
+    cfg = TrainConfig.load(RunDir(run_path).config)
+    if cfg.weights:
+        twin = TrainConfig.from_dict({**cfg.to_dict(), "weights": None, "freeze": "all"})
+        text = "Train the same from scratch (every layer) to compare"
+    else:
+        weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"})
+        if weights is None:
+            return
+        twin = TrainConfig.from_dict({**cfg.to_dict(), "weights": weights, "freeze": "head"})
+        text = "Train the same with pretrained weights (head only) to compare"
+    if st.button(text, key="tr_twin"):
+        with user_errors():
+            path = start_worker(twin, new_run_dir(runs_dir(), f"{twin.arch}-{'pt' if twin.weights else 'scratch'}"),
+                                cache_dir=cache_dir())
+        st.session_state["tr_compare"] = [run_path.name, path.name]
+        st.query_params["run"] = path.name
+        st.rerun()
+
+
 if run_path is not None and run_status(run_path)[0] != "running":
     with user_errors():
         results(run_path)
+        start_twin(run_path)
 
 
 # ----------------------------------------------------------------------------- all runs

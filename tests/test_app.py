@@ -127,3 +127,22 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
 def test_prediction_page_without_runs_explains_what_to_do(small_demo):
     at = open_page(app(), "pages/prediction.py")
     assert any("No trained model yet" in i.value for i in at.info)
+
+
+def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
+    from core.config import TrainConfig
+    from core.train import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=1, num_workers=0), runs_dir() / "pretrained"))
+    at = app()
+    at.query_params["run"] = "pretrained"
+    at = open_page(at, "pages/training.py")
+    at.button(key="tr_twin").click().run()
+    twin = at.query_params["run"]
+    assert twin != "pretrained"
+    config = (runs_dir() / twin / "config.json").read_text()
+    assert '"weights": null' in config and '"freeze": "all"' in config
+    assert at.multiselect(key="tr_compare").value == ["pretrained", twin]
+    from core.runs import kill_worker
+    kill_worker(runs_dir() / twin)

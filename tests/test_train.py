@@ -149,3 +149,14 @@ def test_config_validation_names_allowed_values():
         TrainConfig(freeze="half", data_root="x").validate()
     with pytest.raises(ConfigError, match="exactly one of"):
         TrainConfig().validate()
+
+
+def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file):
+    from core.demo import generate_demo
+
+    data = generate_demo(tmp_path / "shapes", per_class=(12, 12), seed=3)
+    common = dict(arch="efficientnet_lite0", data_root=str(data), epochs=3, batch_size=8, num_workers=0)
+    pretrained = list(train(TrainConfig(weights=str(lite0_file), lr=0.01, **common), tmp_path / "pt"))[-1]
+    scratch = list(train(TrainConfig(weights=None, freeze="all", **common), tmp_path / "scratch"))[-1]
+    assert pretrained["best_acc"] >= 0.8
+    assert pretrained["best_acc"] > scratch["best_acc"] + 0.3, (pretrained["best_acc"], scratch["best_acc"])
