@@ -97,11 +97,12 @@ def project(arch: str, weights: str, lists: Path, epochs: int, run_dir: Path, fl
 
 
 # ----------------------------------------------------------------------------- (c) the limit
+# A plain forward pass: eval mode, inference_mode, the recipe's batch of 8, default layout.
 def plain_forward(arch: str, lists: Path, workers: int) -> None:
     spec = ARCHITECTURES[arch]
     samples = [(p, int(l)) for f in ("train.txt", "test.txt")
                for p, l in (line.rstrip("\n").split("\t") for line in open(lists / f))]
-    loader = DataLoader(ListDataset(samples, build_transform(spec.transforms())), batch_size=32,
+    loader = DataLoader(ListDataset(samples, build_transform(spec.transforms())), batch_size=8,
                         num_workers=workers, collate_fn=collate_skipping_unreadable)
     model = spec.build().eval()
     with torch.inference_mode():

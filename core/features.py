@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .accel import as_input
 from .data import ListDataset, collate_skipping_unreadable
 from .io import atomic_torch_save
 
@@ -65,7 +66,7 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
                 skipped += n_skipped
                 if images is None:
                     continue
-                model(images.to(device, non_blocking=True))
+                model(as_input(images, device))
                 feats.append(captured.pop().flatten(1).float().cpu())
                 labels.append(y)
                 indices.append(idx)

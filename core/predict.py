@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .accel import as_input, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
@@ -48,13 +49,13 @@ class Predictor:
         # weights=None: the checkpoint overwrites every tensor, no need to read the pretrained file.
         model, _ = adapt_model(cfg.arch, len(classes), variant=cfg.head_variant, freeze="all")
         model.load_state_dict(ckpt["model"])
-        model.to(device).eval()
+        to_channels_last(model.to(device)).eval()
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.letterbox)
         return cls(model, classes, transform, cfg, int(ckpt.get("epoch", 0)), str(path))
 
     def probabilities(self, image: ImageSource) -> torch.Tensor:
         """Probabilities over all classes (they sum to 1)."""
-        x = self.transform(open_image(image)).unsqueeze(0).to(next(self.model.parameters()).device)
+        x = as_input(self.transform(open_image(image)).unsqueeze(0), next(self.model.parameters()).device)
         with torch.inference_mode():
             return self.model(x).float().softmax(1)[0].cpu()
 

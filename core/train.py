@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from .accel import as_input, inference_batch_size, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import ListDataset, ListSplit, build_transform, collate_skipping_unreadable, read_split, split_dataset, write_split
@@ -113,8 +114,7 @@ def train_one_epoch(forward: Forward, loader, optimizer, criterion, *, device, e
             raise StopRequested()
         if inputs is None:
             continue
-        inputs = inputs.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        inputs, labels = as_input(inputs, device), labels.to(device, non_blocking=True)
         with autocast():
             loss = criterion(forward(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -141,7 +141,7 @@ def evaluate(forward: Forward, loader, criterion, *, device, num_classes: int, a
             skipped += n_skipped
             if inputs is None:
                 continue
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs, labels = as_input(inputs, device), labels.to(device, non_blocking=True)
             with autocast():
                 logits = forward(inputs).float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
@@ -213,10 +213,8 @@ def _records(cfg: TrainConfig, run: RunDir, cache_dir: Path | None) -> Iterator[
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
     atomic_write_json(run.surgery, report.to_dict())
-    model.to(device)
+    to_channels_last(model.to(device))
     on_cuda = device.type == "cuda"
-    if on_cuda:
-        model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext
     head = model.get_submodule(report.head_name)
     weights_tf = spec.transforms()
@@ -238,7 +236,7 @@ def _records(cfg: TrainConfig, run: RunDir, cache_dir: Path | None) -> Iterator[
             key = feature_cache_key(arch=cfg.arch, variant=report.variant, weights=cfg.weights,
                                     transform=repr(eval_tf), samples=samples)
             feats[name], hit = cached_head_inputs(cache_dir, key, lambda s=samples: compute_head_inputs(
-                model, report.head_name, s, eval_tf, device=device, batch_size=max(cfg.batch_size, 32),
+                model, report.head_name, s, eval_tf, device=device, batch_size=inference_batch_size(device),
                 num_workers=cfg.workers))
             yield {"type": "features", "split": name, "images": len(feats[name].labels),
                    "skipped": feats[name].skipped, "from_disk": hit, "seconds": time.time() - t0}
@@ -251,10 +249,7 @@ def _records(cfg: TrainConfig, run: RunDir, cache_dir: Path | None) -> Iterator[
         train_loader = _image_loader(ListDataset(split.train, train_tf), cfg.batch_size, device,
                                      sampler=sampler, workers=cfg.workers)
         test_loader = _image_loader(ListDataset(split.test, eval_tf), cfg.batch_size, device, workers=cfg.workers)
-
-        def forward(x):
-            return model(x.contiguous(memory_format=torch.channels_last) if on_cuda else x)
-        fixed_skips = 0
+        forward, fixed_skips = model, 0
 
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)

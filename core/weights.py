@@ -89,6 +89,22 @@ def check_hash_prefix(path: str | os.PathLike, file_name: str | None = None) -> 
                            f"{digest[:len(match.group(1))]}, the name promises {match.group(1)}")
 
 
+_verified: dict[tuple, str | None] = {}
+
+
+def hash_problem(path: Path) -> str | None:
+    """Why a file named like torchvision's fails its hash-prefix check, or None; memoised per file version."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        try:
+            check_hash_prefix(path)
+            _verified[key] = None
+        except WeightsError as exc:
+            _verified[key] = str(exc)
+    return _verified[key]
+
+
 # ----------------------------------------------------------------------------- sources
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -112,9 +128,12 @@ def list_sources(spec, user_file: str | os.PathLike | None = None) -> list[Weigh
     cache = hub_checkpoint_dir()
     for name in spec.hub_file_names:
         p = cache / name
-        sources.append(WeightsSource("hub cache", str(p), p.is_file(),
-                                     "in torch hub's cache (downloaded or uploaded earlier)" if p.is_file()
-                                     else "not in torch hub's cache"))
+        if not p.is_file():
+            sources.append(WeightsSource("hub cache", str(p), False, "not in torch hub's cache"))
+            continue
+        problem = hash_problem(p)
+        sources.append(WeightsSource("hub cache", str(p), problem is None,
+                                     problem or "in torch hub's cache (downloaded or uploaded earlier)"))
     for p in sorted(cache.glob(f"{spec.name}-upload-*.pth"), key=lambda f: f.stat().st_mtime, reverse=True):
         sources.append(WeightsSource("upload", str(p), True, "uploaded in the browser earlier, kept in the cache"))
     package_path = getattr(spec.weights, "path", lambda: None)()

@@ -88,8 +88,8 @@ st.write(f"**Data root:** `{root}`")
 c1, c2 = st.columns(2)
 ratio = c1.slider("Train ratio", 0.1, 0.9, float(state["train_ratio"]), 0.05, key="ds_ratio",
                   help="Share of each class that goes to training; the rest is the test set.")
-seed = c2.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="ds_seed",
-                       help="The same seed always gives the same split.")
+seed = c2.slider("Seed", 0, 100, min(int(state["seed"]), 100), key="ds_seed",
+                 help="The same seed always gives the same split.")
 if (ratio, seed) != (state["train_ratio"], state["seed"]):
     save_state(train_ratio=ratio, seed=int(seed))
 

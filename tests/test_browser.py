@@ -63,6 +63,9 @@ def page():
 def _shot(page, name):
     folder = os.environ.get("TLD_SCREENSHOTS")
     if folder:
+        page.wait_for_timeout(500)
+        page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+        page.wait_for_timeout(1500)  # charts and images draw after the script run ends
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 

@@ -47,11 +47,16 @@ def test_sources_are_tried_in_order(resnet18_file):
 
 
 def test_hub_cache_is_found_under_the_older_name(resnet18_file):
+    import dataclasses
+
+    assert ARCHITECTURES["resnet18"].hub_file_names == ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth")
     cache = hub_checkpoint_dir()
     cache.mkdir(parents=True)
-    (cache / "resnet18-5c106cde.pth").write_bytes(resnet18_file.read_bytes())
-    found = find_weights(ARCHITECTURES["resnet18"])
-    assert found.kind == "hub cache" and found.path.endswith("resnet18-5c106cde.pth")
+    # Our stand-in file cannot carry the official hash, so name it by its own hash, as the older name.
+    older = _named_by_hash(resnet18_file, cache, "resnet18")
+    spec = dataclasses.replace(ARCHITECTURES["resnet18"], hub_file_names=("resnet18-f37072fd.pth", older.name))
+    found = find_weights(spec)
+    assert found.kind == "hub cache" and found.path == str(older)
 
 
 def test_packaged_weights_are_found_for_efficientnet():
@@ -104,3 +109,30 @@ def test_hash_prefix_check(tmp_path):
     good = tmp_path / f"thing-{hashlib.sha256(b'abc').hexdigest()[:8]}.pth"
     good.write_bytes(b"abc")
     check_hash_prefix(good)
+
+
+def test_a_damaged_file_in_the_hub_cache_is_not_used(resnet18_file):
+    cache = hub_checkpoint_dir()
+    cache.mkdir(parents=True)
+    (cache / "resnet18-f37072fd.pth").write_bytes(resnet18_file.read_bytes())  # hash does not match the name
+    sources = list_sources(ARCHITECTURES["resnet18"])
+    assert not sources[0].available and "damaged or not the official file" in sources[0].detail
+    assert find_weights(ARCHITECTURES["resnet18"]) is None
+
+
+def test_dataset_zip_download_and_extraction(http_server, colour_data, tmp_path):
+    import zipfile
+
+    from core.uploads import download_dataset
+
+    root, base = http_server
+    with zipfile.ZipFile(root / "colours.zip", "w") as z:
+        for p in colour_data.rglob("*.png"):
+            z.write(p, f"colours/{p.relative_to(colour_data)}")
+    seen = []
+    extracted = download_dataset(f"{base}/colours.zip", tmp_path / "datasets",
+                                 progress=lambda done, total: seen.append(done))
+    assert sorted(p.name for p in extracted.iterdir()) == ["blue", "red"]
+    assert len(list(extracted.rglob("*.png"))) == 20 and seen
+    with pytest.raises(UploadError, match="404"):
+        download_dataset(f"{base}/missing.zip", tmp_path / "datasets")
