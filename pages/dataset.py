@@ -153,9 +153,7 @@ if st.button("Write train.txt / test.txt", type="primary", key="ds_write"):
         write_split(split_dataset(root, ratio, int(seed)), out_dir, overwrite=True)
     st.success(f"Wrote {summary['train_images']} train and {summary['test_images']} test lines.")
 if (out_dir / "train.txt").exists():
-    cols = st.columns(2)
-    for col, name in zip(cols, ("train.txt", "test.txt")):
-        with col:
-            st.markdown(f"`{name}` (first lines)")
-            with open(out_dir / name, encoding="utf-8") as f:
-                st.code("".join(line for _, line in zip(range(8), f)) or "(empty)", language=None)
+    for name in ("train.txt", "test.txt"):
+        st.markdown(f"`{name}` (first lines: path, tab, label)")
+        with open(out_dir / name, encoding="utf-8") as f:
+            st.code("".join(line for _, line in zip(range(5), f)) or "(empty)", language=None)

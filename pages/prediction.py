@@ -65,7 +65,7 @@ with left:
     st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
 with right:
     best = table.iloc[0]
-    st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off")
+    st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off", delta_arrow="off")
     st.altair_chart(alt.Chart(table).mark_bar().encode(
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),

@@ -104,10 +104,12 @@ with user_errors():
 
 st.subheader(f"Result for {num_classes} classes")
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("Head", report["head_name"], f"{report['head_before']} → {report['head_after']}", delta_color="off")
+m1.metric("Head", report["head_name"])
 m2.metric("Keys loaded from the file", report["loaded_keys"])
 m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
 m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
+st.markdown(f"**Head change:** `{report['head_name']}`: `{report['head_before']}` → {report['head_kind']} by "
+            f"`{report['head_after']}`")
 st.caption(f"Weights: `{report['weights_source']}`")
 for note in report["notes"]:
     st.info(note)
@@ -143,6 +145,9 @@ for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=F
     if tag != "equal":
         removed.update(range(i1, i2))
         added.update(range(j1, j2))
+changes = [f"- {before[i]}" for i in sorted(removed)] + [f"+ {after[j]}" for j in sorted(added)]
+st.markdown("**What changed**")
+st.code("\n".join(changes) or "(nothing)", language="diff")
 a1, a2 = st.columns(2)
 with a1:
     st.markdown("**Before** (ImageNet, 1000 classes)")
@@ -159,5 +164,6 @@ totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(columns=
 st.dataframe(totals, width="content")
 show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
 view = params if show == "all" else params[params["status"] == show]
-st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch", height=320)
+st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch",
+             height=min(320, 35 * (len(view) + 1) + 3))
 st.page_link("pages/training.py", label="Next: train this model", icon=":material/monitoring:")

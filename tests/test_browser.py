@@ -65,9 +65,11 @@ def _shot(page, name):
     if folder:
         page.wait_for_timeout(500)
         page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+        page.set_viewport_size({"width": 1400, "height": 3200})  # Streamlit scrolls inside, so grow the window
         page.wait_for_timeout(1500)  # charts and images draw after the script run ends
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def _go(page, title):
