@@ -162,3 +162,31 @@ def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
 
 def read_records(run_dir: str | os.PathLike) -> list[dict]:
     return read_jsonl(RunDir(Path(run_dir)).metrics)
+
+
+def run_progress(records: list[dict], now: float | None = None) -> tuple[float, str]:
+    """Fraction done (0..1) and a line with the epoch, elapsed time and an estimate of what is left."""
+    start = next((r for r in records if r["type"] == "start"), None)
+    if start is None:
+        return 0.0, "starting the worker…"
+    epochs_done = sum(r["type"] == "epoch" for r in records)
+    batches = [r for r in records if r["type"] == "batch" and r["epoch"] == epochs_done + 1]
+    partial = batches[-1]["seen"] / batches[-1]["total"] if batches else 0.0
+    fraction = min((epochs_done + partial) / start["epochs"], 1.0)
+    elapsed = (now or time.time()) - start["time"]
+    eta = f", about {elapsed / fraction * (1 - fraction):.0f}s left" if 0.02 < fraction < 1 else ""
+    return fraction, f"epoch {min(epochs_done + 1, start['epochs'])}/{start['epochs']} · {elapsed:.0f}s elapsed{eta}"
+
+
+def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainConfig | None:
+    """The other side of "pretrained vs from scratch" for ``cfg``, all else equal.
+
+    A pretrained run's twin trains every layer from random initialisation; a from-scratch
+    run's twin fine-tunes the head on ``pretrained_weights`` (None when there are none).
+    """
+    if cfg.weights:
+        return TrainConfig.from_dict({**cfg.to_dict(), "weights": None, "freeze": "all"})
+    if pretrained_weights is None:
+        return None
+    return TrainConfig.from_dict({**cfg.to_dict(), "weights": pretrained_weights, "freeze": "head"})
+

@@ -7,7 +7,6 @@ import streamlit as st
 
 from core.appstate import load_state, save_state
 from core.archs import ARCHITECTURES
-from core.errors import UserError
 from core.surgery import FREEZE_MODES, adapt_model
 from core.weights import download_weights, list_sources, store_uploaded_weights
 from pages.common import data_root, default_arch, resolve_weights_file, split_summary, user_errors

@@ -1,15 +1,15 @@
 import json
-import time
 from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.appstate import load_state, save_state
+from core.appstate import load_state
 from core.archs import ARCHITECTURES
 from core.config import TrainConfig, default_num_workers
-from core.runs import list_runs, read_records, read_run, request_stop, run_status, start_worker, new_run_dir
+from core.runs import (comparison_twin, list_runs, new_run_dir, read_records, request_stop, run_progress,
+                       run_status, start_worker)
 from core.surgery import FREEZE_MODES
 from core.train import RunDir
 from core.workspace import cache_dir, runs_dir
@@ -44,7 +44,9 @@ with st.expander("Settings", expanded=not st.query_params.get("run")):
     c1, c2, c3 = st.columns(3)
     momentum = c1.slider("Momentum", 0.0, 0.99, 0.9, 0.01, key="tr_momentum")
     workers = c2.slider("Data-loading workers", 0, 8, default_num_workers(), key="tr_workers")
-    seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed")
+    seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
+                           help="Sets the split (as on the Dataset page), the new head's initialisation "
+                                "and the data order; the same seed repeats a run exactly.")
 
     weights = resolve_weights_file(arch, {**state, "weights_mode": "pretrained" if pretrained else "scratch"})
     if pretrained and weights is None:
@@ -73,19 +75,6 @@ def followed_run() -> Path | None:
         return runs_dir() / name
     running = [r for r in list_runs(runs_dir()) if r.status == "running"]
     return running[0].path if running else None
-
-
-def progress_of(records: list[dict]) -> tuple[float, str]:
-    start = next((r for r in records if r["type"] == "start"), None)
-    if start is None:
-        return 0.0, "starting the worker…"
-    epochs_done = sum(r["type"] == "epoch" for r in records)
-    batches = [r for r in records if r["type"] == "batch" and r["epoch"] == epochs_done + 1]
-    partial = batches[-1]["seen"] / batches[-1]["total"] if batches else 0.0
-    fraction = min((epochs_done + partial) / start["epochs"], 1.0)
-    elapsed = time.time() - start["time"]
-    eta = f", about {elapsed / fraction * (1 - fraction):.0f}s left" if 0.02 < fraction < 1 else ""
-    return fraction, f"epoch {min(epochs_done + 1, start['epochs'])}/{start['epochs']} · {elapsed:.0f}s elapsed{eta}"
 
 
 def loss_charts(records: list[dict]) -> None:
@@ -120,7 +109,7 @@ def live_view(run_path: Path, was_running: bool) -> None:
     start = next((r for r in records if r["type"] == "start"), None)
     head = st.columns([3, 1])
     with head[0]:
-        fraction, text = progress_of(records)
+        fraction, text = run_progress(records)
         st.progress(fraction if status == "running" else (1.0 if status == "completed" else fraction),
                     text=f"**{status}** · {text}" if status == "running" else f"**{status}**")
         if start:
@@ -188,15 +177,11 @@ def results(run_path: Path) -> None:
 def start_twin(run_path: Path) -> None:
     """One click to the other side of "pretrained vs from scratch": same settings, other weights."""
     cfg = TrainConfig.load(RunDir(run_path).config)
-    if cfg.weights:
-        twin = TrainConfig.from_dict({**cfg.to_dict(), "weights": None, "freeze": "all"})
-        text = "Train the same from scratch (every layer) to compare"
-    else:
-        weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"})
-        if weights is None:
-            return
-        twin = TrainConfig.from_dict({**cfg.to_dict(), "weights": weights, "freeze": "head"})
-        text = "Train the same with pretrained weights (head only) to compare"
+    twin = comparison_twin(cfg, resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"}))
+    if twin is None:
+        return
+    text = ("Train the same from scratch (every layer) to compare" if cfg.weights
+            else "Train the same with pretrained weights (head only) to compare")
     if st.button(text, key="tr_twin"):
         with user_errors():
             path = start_worker(twin, new_run_dir(runs_dir(), f"{twin.arch}-{'pt' if twin.weights else 'scratch'}"),

@@ -146,3 +146,53 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     assert at.multiselect(key="tr_compare").value == ["pretrained", twin]
     from core.runs import kill_worker
     kill_worker(runs_dir() / twin)
+
+
+def test_stop_button_ends_a_running_worker(small_demo):
+    at = open_page(app(), "pages/training.py")
+    at.toggle(key="tr_pretrained").set_value(False)
+    at.radio(key="tr_freeze").set_value("all")
+    at.slider(key="tr_epochs").set_value(50)
+    at.button(key="tr_start").click().run()
+    run = runs_dir() / at.query_params["run"]
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    at.button(key="tr_stop").click().run()
+    assert (run / "STOP").exists() or (run / "summary.json").exists()
+    while not (run / "summary.json").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert any("stopped on request" in w.value for w in at.warning)
+
+
+def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in colour_data.rglob("*.png"):
+            z.write(p, p.relative_to(colour_data))
+    at = open_page(app(), "pages/dataset.py")
+    at.radio(key="ds_source").set_value("Upload a zip").run()
+    at.file_uploader(key="ds_zip").upload("my colours.zip", buf.getvalue(), "application/zip").run()
+    at.button(key="ds_extract").click().run()
+    assert not at.exception and not at.error
+    assert "2 classes · 12 train / 8 test" in [s.value for s in at.subheader]
+    assert any("my-colours" in m.value for m in at.markdown)
+
+
+def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_file):
+    save_state(arch="resnet18")
+    at = open_page(app(), "pages/surgery.py")
+    at.file_uploader(key="sg_upload").upload("resnet18_pretrain.pth", resnet18_file.read_bytes(),
+                                             "application/octet-stream").run()
+    at.button(key="sg_store").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    sources = at.dataframe[0].value
+    used = sources[sources["status"] == "in use"]
+    assert list(used["source"]) == ["upload"]
+    assert "fc.weight\nfc.bias" in [c.value for c in at.code]
+    assert not any("No resnet18 weights" in w.value for w in at.warning)

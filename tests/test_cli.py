@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import torch
 
 from tests.conftest import ROOT
 

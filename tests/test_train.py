@@ -9,7 +9,6 @@ from core.errors import ConfigError, RunError
 from core.io import read_jsonl
 from core.predict import Predictor
 from core.train import RunDir, train
-from tests.conftest import make_colour_dataset
 
 
 def _config(data, **overrides):

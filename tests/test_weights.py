@@ -4,12 +4,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.archs import ARCHITECTURES
 from core.errors import UploadError, WeightsError
 from core.weights import (check_hash_prefix, download_weights, find_weights, hub_checkpoint_dir, list_sources,
-                          load_state_dict_file, store_uploaded_weights)
+                          store_uploaded_weights)
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
