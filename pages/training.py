@@ -160,14 +160,17 @@ def results(run_path: Path) -> None:
         cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": n}
                               for i, row in enumerate(last["confusion"]) for j, n in enumerate(row)])
         base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
+        dark = alt.datum.count > cells["count"].max() / 2
         st.altair_chart(base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
-                        + base.mark_text().encode(text="count:Q"), width="stretch")
+                        + base.mark_text().encode(text="count:Q", color=alt.condition(dark, alt.value("white"),
+                                                                                      alt.value("black"))),
+                        width="stretch")
     predictions_file = RunDir(run_path).predictions
     if predictions_file.exists():
         wrong = [p for p in json.loads(predictions_file.read_text()) if p["label"] != p["pred"]]
-        st.markdown(f"**Misclassified test images** ({len(wrong)})")
+        shown = wrong[:24]
+        st.markdown(f"**Misclassified test images** ({len(wrong)}{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
         if wrong:
-            shown = wrong[:24]
             st.image([p["path"] for p in shown], width=110,
                      caption=[f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})" for p in shown])
         else:
@@ -206,7 +209,7 @@ if not runs:
 else:
     def label(r) -> str:
         c = r.config
-        return f"{r.name} · {c.get('arch')} · {'pretrained' if c.get('weights') else 'scratch'} · {c.get('freeze')}"
+        return f"{'pretrained' if c.get('weights') else 'scratch'} · {c.get('freeze')} · {c.get('arch')} · {r.name}"
 
     table = pd.DataFrame([{"run": r.name, "status": r.status, "arch": r.config.get("arch"),
                            "weights": "pretrained" if r.config.get("weights") else "scratch",
@@ -240,4 +243,5 @@ else:
                     st.markdown(f"**{metric.replace('_', ' ')}**")
                     st.altair_chart(alt.Chart(data[data["metric"] == metric]).mark_line(point=True).encode(
                         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q",
-                        color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1))), width="stretch")
+                        color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
+                        width="stretch")

@@ -1,4 +1,5 @@
 """End to end in real headless Chromium: the README's app, all pages, one training run, one prediction."""
+import json
 import os
 import shutil
 import socket
@@ -102,6 +103,19 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert "run=" in page.url
     page.get_by_text("Device: CPU").first.wait_for()
     _shot(page, "3-training")
+
+    # The recipe's claim, one click away: the same run from scratch, overlaid on the pretrained one.
+    page.get_by_role("button", name="Train the same from scratch (every layer) to compare").click()
+    page.get_by_role("button", name="Train the same with pretrained weights (head only) to compare").wait_for(
+        timeout=300_000)
+    page.get_by_text("test acc", exact=True).wait_for()
+    summaries = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/summary.json")]
+    configs = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/config.json")]
+    assert len(summaries) == 2 and {bool(c["weights"]) for c in configs} == {True, False}
+    best = {bool(json.loads((p.parent / "config.json").read_text())["weights"]): json.loads(p.read_text())["best_acc"]
+            for p in (workspace / "runs").glob("*/summary.json")}
+    assert best[True] > best[False] + 0.3, best
+    _shot(page, "3b-comparison")
 
     _go(page, "4 · Prediction")
     page.get_by_text("Upload an image (png").wait_for()
