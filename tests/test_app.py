@@ -196,3 +196,22 @@ def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_fi
     assert list(used["source"]) == ["upload"]
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]
     assert not any("No resnet18 weights" in w.value for w in at.warning)
+
+
+def test_a_reload_reattaches_to_the_running_run(small_demo):
+    from core.runs import kill_worker, run_status
+
+    at = open_page(app(), "pages/training.py")
+    at.toggle(key="tr_pretrained").set_value(False)
+    at.radio(key="tr_freeze").set_value("all")
+    at.slider(key="tr_epochs").set_value(50)
+    at.button(key="tr_start").click().run()
+    name = at.query_params["run"]
+    reloaded = AppTest.from_file(APP, default_timeout=120)  # a new browser session with the same URL
+    reloaded.query_params["run"] = name
+    reloaded.run()
+    open_page(reloaded, "pages/training.py")
+    assert f"Run {name}" in [s.value for s in reloaded.subheader]
+    assert run_status(runs_dir() / name)[0] == "running"  # the first session going away did not stop it
+    assert [b.label for b in reloaded.button if b.key == "tr_stop"] == ["Stop"]
+    kill_worker(runs_dir() / name)
