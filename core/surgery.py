@@ -15,7 +15,7 @@ from torch import nn
 
 from .archs import ArchSpec, get_arch
 from .errors import ConfigError, WeightsError
-from .weights import load_state_dict_file
+from .weights import load_state_dict_file, shape_mismatches
 
 FREEZE_MODES = {
     "head": "only the new head trains (the tutorial's fine-tuning)",
@@ -129,13 +129,8 @@ def set_train_mode(model: nn.Module, head_name: str, mode: str) -> None:
         model.get_submodule(head_name).train()
 
 
-def _shape_mismatches(state: dict, model_state: dict) -> list[str]:
-    return [f"{k}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
-            for k, v in state.items() if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
-
-
 def _check_fits(spec: ArchSpec, head_name: str, state: dict, model_state: dict, source: str) -> None:
-    mismatched = _shape_mismatches(state, model_state)
+    mismatched = shape_mismatches(state, model_state)
     # BatchNorm's num_batches_tracked is absent from older files (resnet18-5c106cde.pth) and harmless.
     body_missing = [k for k in model_state
                     if k not in state and not _is_under(k, head_name) and not k.endswith("num_batches_tracked")]

@@ -155,12 +155,17 @@ def find_weights(spec, user_file: str | os.PathLike | None = None) -> WeightsSou
 
 
 # ----------------------------------------------------------------------------- storing
+def shape_mismatches(state: dict, model_state: dict) -> list[str]:
+    """'key: file (shape) vs model (shape)' for every shared key whose shapes differ."""
+    return [f"{k}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+            for k, v in state.items() if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
+
+
 def _check_fits_arch(spec, path: Path) -> None:
     """Refuse a file whose tensors do not fit ``spec`` before it is stored anywhere."""
     state, _ = load_state_dict_file(path)
     model_state = spec.build_meta().state_dict()
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
-                  for k, v in state.items() if k in model_state and v.shape != model_state[k].shape]
+    mismatched = shape_mismatches(state, model_state)
     matched = sum(k in model_state for k in state)
     if mismatched or matched < len(model_state) // 2:
         detail = "; ".join(mismatched[:4]) or f"only {matched} of its {len(state)} keys are {spec.name} keys"

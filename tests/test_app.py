@@ -148,12 +148,18 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     kill_worker(runs_dir() / twin)
 
 
-def test_stop_button_ends_a_running_worker(small_demo):
+def _start_long_run() -> AppTest:
+    """Start, from the Training page, a from-scratch run long enough to still be running when checked."""
     at = open_page(app(), "pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False)
     at.radio(key="tr_freeze").set_value("all")
     at.slider(key="tr_epochs").set_value(50)
     at.button(key="tr_start").click().run()
+    return at
+
+
+def test_stop_button_ends_a_running_worker(small_demo):
+    at = _start_long_run()
     run = runs_dir() / at.query_params["run"]
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
@@ -201,12 +207,7 @@ def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_fi
 def test_a_reload_reattaches_to_the_running_run(small_demo):
     from core.runs import kill_worker, run_status
 
-    at = open_page(app(), "pages/training.py")
-    at.toggle(key="tr_pretrained").set_value(False)
-    at.radio(key="tr_freeze").set_value("all")
-    at.slider(key="tr_epochs").set_value(50)
-    at.button(key="tr_start").click().run()
-    name = at.query_params["run"]
+    name = _start_long_run().query_params["run"]
     reloaded = AppTest.from_file(APP, default_timeout=120)  # a new browser session with the same URL
     reloaded.query_params["run"] = name
     reloaded.run()
