@@ -6,6 +6,7 @@ workspace and the current folder, so a browser user cannot point the server at a
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def check_allowed(path: str | os.PathLike) -> Path:
 
 def lists_dir_for(root: str | os.PathLike) -> Path:
     """The workspace folder that holds the list files of a data root."""
-    import hashlib
-
     resolved = Path(root).expanduser().resolve()
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return lists_dir() / f"{resolved.name or 'root'}-{tag}"
