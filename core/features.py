@@ -77,12 +77,29 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     return Features(torch.cat(feats), torch.cat(labels), torch.cat(indices), skipped)
 
 
+# Oldest entries are removed beyond this total; TLD_FEATURE_CACHE_BYTES to change it.
+MAX_CACHE_BYTES = int(os.environ.get("TLD_FEATURE_CACHE_BYTES", 2 * 1024**3))
+
+
+def prune_cache(folder: Path, max_bytes: int = MAX_CACHE_BYTES, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used entries until the folder holds at most ``max_bytes``."""
+    entries = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total, removed = 0, []
+    for path in entries:
+        total += path.stat().st_size
+        if total > max_bytes and path != keep:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def cached_head_inputs(cache_dir: Path | None, key: str, compute) -> tuple[Features, bool]:
     """Load features stored under ``key`` or compute and store them; also say which happened."""
     path = Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
     if path and path.is_file():
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
+            os.utime(path)  # mark as recently used for pruning
             return Features(data["features"], data["labels"], data["indices"], int(data["skipped"])), True
         except Exception:  # a damaged cache entry is only a cache miss
             pass
@@ -91,4 +108,5 @@ def cached_head_inputs(cache_dir: Path | None, key: str, compute) -> tuple[Featu
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"features": features.features, "labels": features.labels,
                            "indices": features.indices, "skipped": features.skipped}, path)
+        prune_cache(path.parent, keep=path)
     return features, False

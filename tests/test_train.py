@@ -159,3 +159,18 @@ def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file
     scratch = list(train(TrainConfig(weights=None, freeze="all", **common), tmp_path / "scratch"))[-1]
     assert pretrained["best_acc"] >= 0.8
     assert pretrained["best_acc"] > scratch["best_acc"] + 0.3, (pretrained["best_acc"], scratch["best_acc"])
+
+
+def test_feature_cache_keeps_the_newest_entries_within_its_size_cap(tmp_path):
+    import os
+
+    from core.features import prune_cache
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for i, name in enumerate(("old", "middle", "new")):
+        (folder / f"{name}.pt").write_bytes(b"x" * 100)
+        os.utime(folder / f"{name}.pt", (1000 + i, 1000 + i))
+    removed = prune_cache(folder, max_bytes=250)
+    assert [p.name for p in removed] == ["old.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["middle.pt", "new.pt"]
