@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.archs import ARCHITECTURES  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
-from core.data import Letterbox, ListDataset, build_transform, collate_skipping_unreadable, split_dataset, write_split  # noqa: E402
+from core.data import (Letterbox, ListDataset, build_transform, collate_skipping_unreadable, read_list_file,  # noqa: E402
+                       split_dataset, write_split)
 from core.demo import draw_shape  # noqa: E402
 from core.predict import Predictor  # noqa: E402
 from core.surgery import adapt_model, trainable_parameters  # noqa: E402
@@ -50,7 +51,8 @@ class RecipeDataset(Dataset):
     """The tutorial's dataset: read path<TAB>label lines, letterbox, flips, ToTensor, no normalisation."""
 
     def __init__(self, list_file: Path, train: bool):
-        self.items = [(p, int(l)) for p, l in (line.rstrip("\n").split("\t") for line in open(list_file))]
+        rows = (line.rstrip("\n").split("\t") for line in open(list_file, encoding="utf-8"))
+        self.items = [(path, int(label)) for path, label in rows]
         flips = [T.RandomHorizontalFlip(), T.RandomVerticalFlip()] if train else []
         self.transform = T.Compose(flips + [Letterbox(224), T.ToTensor()])
 
@@ -100,8 +102,7 @@ def project(arch: str, weights: str, lists: Path, epochs: int, run_dir: Path, fl
 # A plain forward pass: eval mode, inference_mode, the recipe's batch of 8, default layout.
 def plain_forward(arch: str, lists: Path, workers: int) -> None:
     spec = ARCHITECTURES[arch]
-    samples = [(p, int(l)) for f in ("train.txt", "test.txt")
-               for p, l in (line.rstrip("\n").split("\t") for line in open(lists / f))]
+    samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
     loader = DataLoader(ListDataset(samples, build_transform(spec.transforms())), batch_size=8,
                         num_workers=workers, collate_fn=collate_skipping_unreadable)
     model = spec.build().eval()

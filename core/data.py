@@ -129,7 +129,8 @@ class Split:
     warnings: list[str] = field(default_factory=list)
 
     def counts(self) -> list[ClassCounts]:
-        train, test = Counter(l for _, l in self.train), Counter(l for _, l in self.test)
+        train = Counter(label for _, label in self.train)
+        test = Counter(label for _, label in self.test)
         return [ClassCounts(c, i, train[i], test[i]) for i, c in enumerate(self.classes)]
 
     def summary(self) -> dict:

@@ -98,7 +98,7 @@ def run_status(run_dir: str | os.PathLike) -> tuple[str, str]:
 
 def _last_log_line(run: RunDir) -> str:
     try:
-        lines = [l for l in run.log.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in run.log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
     return f"the worker process ended without finishing the run: {lines[-1][:300]}" if lines else ""

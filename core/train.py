@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from .accel import as_input, inference_batch_size, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
-from .data import ListDataset, ListSplit, build_transform, collate_skipping_unreadable, read_split, split_dataset, write_split
+from .data import (ListDataset, ListSplit, build_transform, collate_skipping_unreadable, read_split, split_dataset,
+                   write_split)
 from .errors import RunError, UserError
 from .features import cached_head_inputs, compute_head_inputs, feature_cache_key
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text

@@ -131,8 +131,8 @@ with k2:
 
 # ----------------------------------------------------------------------------- architectures
 def highlighted(lines: list[str], changed: set[int], colour: str) -> str:
-    rows = [f'<div style="background:{colour if i in changed else "transparent"}">{html.escape(l) or " "}</div>'
-            for i, l in enumerate(lines)]
+    rows = [f'<div style="background:{colour if i in changed else "transparent"}">{html.escape(line) or " "}</div>'
+            for i, line in enumerate(lines)]
     return ('<div style="font-family:monospace;font-size:12px;white-space:pre;overflow:auto;max-height:480px;'
             'border:1px solid #ddd;border-radius:6px;padding:6px">' + "".join(rows) + "</div>")
 

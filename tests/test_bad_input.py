@@ -404,7 +404,7 @@ def test_training_two_runs_at_once(colour_data, resnet18_file, tmp_path):
     for run in (a, b):
         info = read_run(run)
         assert info.status == "completed", info.reason
-        records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["type"] for r in records].count("start") == 1
 
 
