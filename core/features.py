@@ -28,9 +28,6 @@ class Features:
     indices: torch.Tensor  # positions in the list file; unreadable images are absent
     skipped: int
 
-    def to(self, device) -> "Features":
-        return Features(self.features.to(device), self.labels.to(device), self.indices.to(device), self.skipped)
-
 
 def _file_stamp(path: str) -> list:
     try:

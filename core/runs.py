@@ -53,11 +53,20 @@ def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     with open(run.log, "ab") as log:
+        # The caller's working folder, so relative paths in the config mean what they meant to the caller.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(root), env=env, start_new_session=True)
+                                env=env, start_new_session=True)
     _children[str(run.path)] = proc
     run.pid_file.write_text(str(proc.pid))
     return run.path
+
+
+def launch(cfg: TrainConfig) -> Path:
+    """Start ``cfg`` in a new, uniquely named run folder of the workspace, with the workspace's feature cache."""
+    from .workspace import cache_dir, runs_dir
+
+    label = f"{cfg.arch}-{'pt' if cfg.weights else 'scratch'}"
+    return start_worker(cfg, new_run_dir(runs_dir(), label), cache_dir=cache_dir())
 
 
 def _pid_alive(pid: int, run: RunDir) -> bool:

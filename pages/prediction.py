@@ -26,13 +26,18 @@ if not runs:
     st.page_link("pages/training.py", label="Go to Training", icon=":material/monitoring:")
     st.stop()
 
-finished = [r for r in runs if r.status != "running"] or runs
-names = [r.name for r in finished]
+by_name = {r.name: r for r in ([r for r in runs if r.finished] or runs)}  # newest first
+
+
+def describe(name: str) -> str:
+    r = by_name[name]
+    return (f"{r.name} · {r.config.get('arch')} · {'pretrained' if r.config.get('weights') else 'scratch'} · "
+            f"best {fmt_pct(r.best_acc)} · {r.status}")
+
+
 c1, c2 = st.columns([3, 1])
-name = c1.selectbox("Run", names, index=0, key="pr_run", format_func=lambda n: (
-    lambda r: f"{r.name} · {r.config.get('arch')} · {'pretrained' if r.config.get('weights') else 'scratch'} · "
-              f"best {fmt_pct(r.best_acc)} · {r.status}")(next(r for r in finished if r.name == n)))
-run = next(r for r in finished if r.name == name)
+name = c1.selectbox("Run", list(by_name), index=0, key="pr_run", format_func=describe)
+run = by_name[name]
 with user_errors():
     ckpt = checkpoint_path(run.path)
     predictor = load_predictor(str(ckpt), ckpt.stat().st_mtime)

@@ -8,11 +8,10 @@ import streamlit as st
 from core.appstate import load_state
 from core.archs import ARCHITECTURES
 from core.config import TrainConfig, default_num_workers
-from core.runs import (comparison_twin, list_runs, new_run_dir, read_records, request_stop, run_progress,
-                       run_status, start_worker)
+from core.runs import comparison_twin, launch, list_runs, read_records, request_stop, run_progress, run_status
 from core.surgery import FREEZE_MODES
 from core.train import RunDir
-from core.workspace import cache_dir, runs_dir
+from core.workspace import runs_dir
 from pages.common import data_root, default_arch, fmt_pct, resolve_weights_file, user_errors
 
 st.title("3 · Training")
@@ -62,8 +61,7 @@ with st.expander("Settings", expanded=not st.query_params.get("run")):
     st.caption(f"Data: `{cfg.data_root}` (train ratio {cfg.train_ratio})")
     if st.button("Start training", type="primary", key="tr_start"):
         with user_errors():
-            path = start_worker(cfg, new_run_dir(runs_dir(), f"{arch}-{'pt' if cfg.weights else 'scratch'}"),
-                                cache_dir=cache_dir())
+            path = launch(cfg)
         st.query_params["run"] = path.name
         st.rerun()
 
@@ -187,8 +185,7 @@ def start_twin(run_path: Path) -> None:
             else "Train the same with pretrained weights (head only) to compare")
     if st.button(text, key="tr_twin"):
         with user_errors():
-            path = start_worker(twin, new_run_dir(runs_dir(), f"{twin.arch}-{'pt' if twin.weights else 'scratch'}"),
-                                cache_dir=cache_dir())
+            path = launch(twin)
         st.session_state["tr_compare"] = [run_path.name, path.name]
         st.query_params["run"] = path.name
         st.rerun()
