@@ -3,6 +3,10 @@ import streamlit as st
 
 st.set_page_config(page_title="Transfer-learning dashboard", page_icon=":material/model_training:", layout="wide")
 
+# Streamlit's own "Stop" (top right, while a page redraws) only stops that redraw, never a training run;
+# hidden so the Training page's Stop is the one Stop a visitor sees.
+st.html("<style>[data-testid='stStatusWidget'] button {display: none;}</style>")
+
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/dataset.py", title="1 · Dataset", icon=":material/folder_open:"),

@@ -1,16 +1,51 @@
-"""Command line over the same functions the pages use: ``python -m core {split,surgery,train,predict,demo}``."""
+"""Command line over the same functions the pages use: ``python -m core {split,surgery,train,predict,demo}``.
+
+Every subcommand imports only what it needs (``--help`` and ``split`` start fast), and every
+error the user can fix is one ``error: …`` line with exit code 2.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 
-from .archs import ARCHITECTURES
-from .config import TrainConfig
-from .errors import UserError
-from .surgery import FREEZE_MODES
+from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TrainConfig
+from .errors import ConfigError, UserError
+
+EXIT_USER_ERROR = 2
 
 
+# ----------------------------------------------------------------------------- argument types
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2, like ours
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- split / surgery / demo
 def cmd_split(args) -> int:
     from .data import split_dataset, write_split
     from .workspace import lists_dir_for
@@ -28,62 +63,14 @@ def cmd_split(args) -> int:
 
 
 def cmd_surgery(args) -> int:
+    from .archs import get_arch
     from .surgery import adapt_model
+    from .weights import resolve_weights
 
-    _, report = adapt_model(args.arch, args.num_classes, weights=args.weights, variant=args.vgg_variant,
+    weights = resolve_weights(get_arch(args.arch), args.weights)
+    _, report = adapt_model(args.arch, args.num_classes, weights=weights, variant=args.head_variant,
                             freeze=args.freeze)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(architectures=not args.brief))
-    return 0
-
-
-def _progress_line(record: dict) -> str | None:
-    kind = record["type"]
-    if kind == "start":
-        return (f"training {record['arch']} on {record['device_name']} ({record['path']}): "
-                f"{record['train_size']} train / {record['test_size']} test images, {len(record['classes'])} classes")
-    if kind == "features":
-        origin = "read from cache" if record["from_disk"] else "computed"
-        return f"features for {record['split']}: {record['images']} images {origin} ({record['seconds']:.1f}s)"
-    if kind == "batch":
-        return f"epoch {record['epoch']}  loss: {record['loss']:>7f}  [{record['seen']:>5d}/{record['total']:>5d}]"
-    if kind == "epoch":
-        return (f"epoch {record['epoch']} done: train loss {record['train_loss']:.4f}, test loss "
-                f"{record['test_loss']:.4f}, test accuracy {100 * record['test_acc']:.1f}% ({record['seconds']:.1f}s)"
-                if record["test_acc"] is not None else f"epoch {record['epoch']} done: no test images")
-    return None
-
-
-def cmd_train(args) -> int:
-    from .train import train
-
-    if args.config:
-        cfg = TrainConfig.load(args.config)
-    else:
-        cfg = TrainConfig(arch=args.arch, head_variant=args.vgg_variant, freeze=args.freeze, weights=args.weights,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                          weight_decay=args.weight_decay, train_ratio=args.train_ratio, seed=args.seed,
-                          num_workers=args.num_workers, device=args.device, flip=args.flip,
-                          letterbox=args.letterbox, feature_cache=not args.no_feature_cache,
-                          log_every=args.log_every, data_root=args.data, lists_dir=args.lists)
-    cfg.validate()
-    final = None
-    for record in train(cfg, args.out, cache_dir=args.cache_dir):
-        line = _progress_line(record)
-        if line:
-            print(line, flush=True)
-        final = record
-    print(json.dumps({k: final[k] for k in ("status", "reason", "best_acc", "best_epoch", "final_acc",
-                                            "seconds", "device_name", "path")}, indent=2))
-    return 0 if final["status"] == "completed" else 1
-
-
-def cmd_predict(args) -> int:
-    from .predict import Predictor
-
-    predictor = Predictor.load(args.run)
-    top = predictor.predict(args.image, topk=args.topk)
-    print(json.dumps({"image": str(args.image), "run": str(args.run),
-                      "predictions": [{"class": c, "probability": p} for c, p in top]}, indent=2))
     return 0
 
 
@@ -94,82 +81,229 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+class ConsolePrinter:
+    """Prints the record stream: one line per event, and progress as a single line that updates
+    in place on a terminal (in a log file, a line every few seconds)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.open_line = False
+        self.last_progress = 0.0
+
+    def __call__(self, record) -> None:
+        from .records import Progress
+
+        if isinstance(record, Progress):
+            self._progress(record)
+            return
+        line = describe_record(record)
+        if line:
+            self._end_progress()
+            print(line, file=self.stream, flush=True)
+
+    def _progress(self, p) -> None:
+        what = f"features ({p.split})" if p.phase == "features" else f"test pass (epoch {p.epoch})"
+        text = f"{what}: {p.done}/{p.total} images, {p.images_per_s:.1f} images/s"
+        if self.tty:
+            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
+            self.open_line = True
+        elif time.time() - self.last_progress >= 5 or p.done >= p.total:
+            self.last_progress = time.time()
+            print(text, file=self.stream, flush=True)
+
+    def _end_progress(self) -> None:
+        if self.open_line:
+            print(file=self.stream)
+            self.open_line = False
+
+
+def describe_record(record) -> str | None:
+    """The console line for a record (None: nothing to print)."""
+    from .records import Batch, Epoch, Features, Final, Start
+
+    if isinstance(record, Start):
+        weights = record.weights or "none: random initialisation (training from scratch)"
+        names = {"from folders": " (class names from the image folders)",
+                 "numbered": " (class names numbered: the list files name no classes)"}.get(record.class_names, "")
+        return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {record.train_size} train / "
+                f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}")
+    if isinstance(record, Features):
+        origin = "read from the cache" if record.from_disk else "computed"
+        return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"
+    if isinstance(record, Batch):
+        return f"epoch {record.epoch}  loss: {record.loss:>7f}  [{record.seen:>5d}/{record.total:>5d}]"
+    if isinstance(record, Epoch):
+        if record.test_acc is None:
+            return f"epoch {record.epoch} done: no test images"
+        return (f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, test loss {record.test_loss:.4f}, "
+                f"test accuracy {100 * record.test_acc:.1f}% ({record.seconds:.1f}s)")
+    if isinstance(record, Final):
+        best = f", best test accuracy {100 * record.best_acc:.1f}% (epoch {record.best_epoch})" if record.best_acc \
+            is not None else ""
+        return f"{record.status} after {record.seconds:.1f}s{best}" + (f": {record.reason}" if record.reason else "")
+    return None
+
+
+def print_records(stream, printer=None):
+    """Print every record of a training stream; return the Final record."""
+    printer = printer or ConsolePrinter()
+    final = None
+    for record in stream:
+        printer(record)
+        final = record
+    return final
+
+
+def _train_flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its default and help text taken from the field."""
+    types = {"epochs": _at_least(1), "batch_size": _at_least(1), "log_every": _at_least(1), "seed": _at_least(0),
+             "num_workers": _at_least(-1), "train_ratio": _ratio}
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("flag") == "":
+            continue
+        names = [_train_flag(f), *f.metadata.get("aliases", ())]
+        if isinstance(f.default, bool):
+            if f.default:
+                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                    help=f"turn off: {f.metadata['help']}")
+            else:
+                parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
+        kind = types.get(f.name) or (float if isinstance(f.default, float) else str)
+        parser.add_argument(*names, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                            help=f.metadata["help"] + (f" (default {f.default})" if f.default is not None else ""))
+
+
+def _config_from_args(args) -> TrainConfig:
+    from .archs import get_arch
+    from .weights import resolve_weights
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if not values["data_root"] and not values["lists_dir"]:
+        raise ConfigError("train needs --data ROOT (class folders) or --lists DIR (train.txt / test.txt)")
+    cfg = TrainConfig(**values)
+    cfg.weights = resolve_weights(get_arch(cfg.arch), args.weights)
+    return cfg.validate()
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    """Refuse bad data before a run folder is made for it."""
+    from pathlib import Path
+
+    from .data import read_split
+
+    if cfg.data_root and not Path(cfg.data_root).is_dir():
+        raise ConfigError(f"data root '{cfg.data_root}' is not a folder; give a folder with one sub-folder per class")
+    if cfg.lists_dir:
+        read_split(cfg.lists_dir)
+
+
+def cmd_train(args) -> int:
+    from .rundir import new_run_dir, run_label
+    from .train import train
+    from .workspace import cache_dir, runs_dir
+
+    cfg = _config_from_args(args)
+    _check_data(cfg)
+    if not cfg.pretrained and cfg.freeze == "head":
+        print("warning: random weights with a frozen body train only a linear layer on random features; "
+              "use --freeze all for a real from-scratch baseline, or --weights pretrained", file=sys.stderr)
+    out = args.out or new_run_dir(runs_dir(), run_label(cfg))
+    cache = None if args.no_cache else (args.cache_dir or cache_dir())
+    print(f"run folder: {out}", flush=True)
+    final = print_records(train(cfg, out, cache_dir=cache, force=args.force))
+    if final.status == "failed":
+        print(f"error: the run failed: {final.reason}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0 if final.status == "completed" else 1
+
+
+# ----------------------------------------------------------------------------- predict
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    if args.arch or args.classes:
+        predictor = Predictor.from_state_dict(args.run, arch=args.arch, classes=args.classes,
+                                              head_variant=args.head_variant)
+    else:
+        predictor = Predictor.load(args.run)
+    top = predictor.predict(args.image, topk=args.topk)
+    print(json.dumps({"image": str(args.image), "model": predictor.source,
+                      "predictions": [{"class": c, "probability": p} for c, p in top]}, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Transfer-learning dashboard engine")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("split", help="split a class-folder root into train.txt/test.txt/classes.json")
     p.add_argument("root")
-    p.add_argument("--train-ratio", type=float, default=0.6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-ratio", type=_ratio, default=DEFAULT_TRAIN_RATIO)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", help="folder for the list files (default: in the workspace)")
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
     p.set_defaults(func=cmd_split)
 
-    arch_help = f"one of {', '.join(ARCHITECTURES)}"
+    weights_help = ("pretrained (default: found on this machine, as the app does), none (random initialisation) "
+                    "or a state-dict FILE")
     p = sub.add_parser("surgery", help="adapt a model to N classes and print the surgery report")
-    p.add_argument("--arch", required=True, help=arch_help)
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--weights", help="pretrained state-dict file")
-    p.add_argument("--vgg-variant", "--head-variant", dest="vgg_variant", help="replace, add_outside or add_inside")
+    p.add_argument("--arch", required=True, help="resnet18, vgg16 or efficientnet_lite0")
+    p.add_argument("--num-classes", type=_at_least(1), required=True)
+    p.add_argument("--weights", default="pretrained", help=weights_help)
+    p.add_argument("--head-variant", "--vgg-variant", dest="head_variant", help="replace, add_outside or add_inside")
     p.add_argument("--freeze", default="head", choices=list(FREEZE_MODES))
     p.add_argument("--brief", action="store_true", help="leave out the printed architectures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_surgery)
 
-    d = TrainConfig()
     p = sub.add_parser("train", help="train and write a run folder")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", help="class-folder root (split at start)")
-    src.add_argument("--lists", help="folder with train.txt, test.txt, classes.json")
-    src.add_argument("--config", help="a config.json (as the app's worker uses)")
-    p.add_argument("--arch", default=d.arch, help=arch_help)
-    p.add_argument("--weights")
-    p.add_argument("--vgg-variant", "--head-variant", dest="vgg_variant")
-    p.add_argument("--freeze", default=d.freeze, choices=list(FREEZE_MODES))
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--train-ratio", type=float, default=d.train_ratio)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--flip", action="store_true", help="random horizontal flip augmentation")
-    p.add_argument("--letterbox", action="store_true", help="the tutorial's letterbox preprocessing")
-    p.add_argument("--no-feature-cache", action="store_true")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="batches between loss lines")
-    p.add_argument("--cache-dir", help="where cached backbone features are kept")
-    p.add_argument("--out", required=True, help="run folder (must not hold a run already)")
+    add_train_flags(p)
+    p.add_argument("--weights", default="pretrained", help=weights_help)
+    p.add_argument("--out", help="run folder (default: a new, named folder under the workspace's runs)")
+    p.add_argument("--force", action="store_true",
+                   help="reuse --out when it holds a failed or stopped run (the old one is moved aside, not deleted)")
+    p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="top-k classes for an image, as JSON")
-    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
     p.add_argument("image")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=_at_least(1), default=5)
+    p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth)")
+    p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
+    p.add_argument("--head-variant", help="for a bare vgg16 state dict: replace, add_outside or add_inside")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="generate the synthetic-shapes demo dataset")
     p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train" and not (args.data or args.lists or args.config):
-        print("error: train needs --data ROOT, --lists DIR or --config FILE", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a folder we may not write: the user can act on it
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

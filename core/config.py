@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .archs import get_arch
 from .errors import ConfigError
-from .surgery import FREEZE_MODES
+
+DEFAULT_TRAIN_RATIO = 0.6
+FREEZE_MODES = {
+    "head": "only the new head trains (the tutorial's fine-tuning)",
+    "all": "every layer trains",
+}
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -18,29 +22,42 @@ def default_num_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def _opt(default, help: str, flag: str | None = None, **extra):
+    """A field with the help text its command-line flag shows (the CLI's train flags are made from these)."""
+    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "resnet18"
-    head_variant: str | None = None  # None: the architecture's first variant ("replace")
-    freeze: str = "head"
-    weights: str | None = None  # a state-dict file; None trains from scratch
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    train_ratio: float = 0.6
-    seed: int = 0
-    num_workers: int = -1  # -1: default_num_workers()
-    device: str = "auto"
-    flip: bool = False  # random horizontal flip while training
-    letterbox: bool = False  # the tutorial's preprocessing instead of resize + centre crop
-    feature_cache: bool = True  # reuse backbone features when the backbone is frozen and inputs are fixed
-    log_every: int = 10  # a batch record every this many batches
-    data_root: str | None = None  # a class-folder root, split at start...
-    lists_dir: str | None = None  # ...or a folder that already holds train.txt / test.txt / classes.json
+    arch: str = _opt("resnet18", "architecture: resnet18, vgg16 or efficientnet_lite0")
+    head_variant: str | None = _opt(None, "how the head is adapted: replace (default), or for vgg16 add_outside / "
+                                          "add_inside", aliases=("--vgg-variant",))
+    freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); all: every layer trains",
+                       choices=tuple(FREEZE_MODES))
+    weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
+                               flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
+    epochs: int = _opt(5, "passes over the training list")
+    batch_size: int = _opt(8, "images per optimiser step")
+    lr: float = _opt(1e-3, "SGD learning rate")
+    momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)")
+    weight_decay: float = _opt(0.0, "SGD weight decay")
+    train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)")
+    seed: int = _opt(0, "sets the split, the new head's initialisation and the data order")
+    num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass)")
+    letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
+                                  "resize + centre crop")
+    feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
+                                     "features once (same result, much faster)")
+    log_every: int = _opt(10, "a loss line every this many batches")
+    data_root: str | None = _opt(None, "a class-folder root, split at start", flag="--data")
+    lists_dir: str | None = _opt(None, "a folder with train.txt / test.txt (path<TAB>label) and optionally "
+                                       "classes.json", flag="--lists")
 
     def validate(self) -> "TrainConfig":
+        from .archs import get_arch  # torchvision is slow to import; only checking a config needs it
+
         spec = get_arch(self.arch)
         spec.variant(self.head_variant)
         if self.freeze not in FREEZE_MODES:
@@ -61,6 +78,11 @@ class TrainConfig:
         if (self.data_root is None) == (self.lists_dir is None):
             raise ConfigError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        """The body starts from a weights file (False: random initialisation, training from scratch)."""
+        return self.weights is not None
 
     @property
     def workers(self) -> int:

@@ -20,12 +20,12 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2 as T
 
+from .config import DEFAULT_TRAIN_RATIO
 from .errors import DatasetError, ImageError
 from .images import open_image
 from .io import atomic_write_text
 
 LIST_FILES = ("train.txt", "test.txt", "classes.json")
-DEFAULT_TRAIN_RATIO = 0.6
 IMBALANCE_WARNING_RATIO = 5.0
 
 
@@ -208,19 +208,25 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
 
 
 def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be read ({exc.strerror})") from None
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            image_path, sep, label = line.rpartition("\t")
-            if not sep or not label.strip().lstrip("-").isdigit():
-                raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
-            label_int = int(label)
-            if num_classes is not None and not 0 <= label_int < num_classes:
-                raise DatasetError(f"{path}, line {lineno}: label {label_int} is outside 0..{num_classes - 1}")
-            samples.append((image_path, label_int))
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\r")  # lists written on Windows
+        if not line.strip():
+            continue
+        image_path, sep, label = line.rpartition("\t")
+        if not sep or not label.strip().lstrip("-").isdigit():
+            raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
+        label_int = int(label)
+        if num_classes is not None and not 0 <= label_int < num_classes:
+            raise DatasetError(f"{path}, line {lineno}: label {label_int} is outside 0..{num_classes - 1}")
+        samples.append((image_path, label_int))
     return samples
 
 
@@ -230,17 +236,47 @@ class ListSplit:
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
     folder: str
+    class_names: str = "given"  # "given" (classes.json), "from folders" or "numbered"
+
+
+def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
+    """Class names for list files without classes.json (the tutorial writes none).
+
+    Each label is named after the folder its images have in common, when those folders
+    differ between labels; otherwise the classes are numbered ``class_<label>``.
+    """
+    n = max((label for _, label in samples), default=-1) + 1
+    folders: dict[int, list[str]] = {}
+    for path, label in samples:
+        folders.setdefault(label, []).append(os.path.dirname(path))
+    try:
+        names = [os.path.basename(os.path.commonpath(folders[i])) if i in folders else "" for i in range(n)]
+    except ValueError:  # absolute and relative paths mixed
+        names = []
+    if names and all(names) and len(set(names)) == n:
+        return names, "from folders"
+    return [f"class_{i}" for i in range(n)], "numbered"
 
 
 def read_split(folder: str | os.PathLike) -> ListSplit:
     folder = Path(folder)
-    missing = [name for name in LIST_FILES if not (folder / name).is_file()]
+    missing = [name for name in LIST_FILES[:2] if not (folder / name).is_file()]
     if missing:
-        raise DatasetError(f"'{folder}' lacks {', '.join(missing)}; run the split first")
+        raise DatasetError(f"'{folder}' lacks {', '.join(missing)}; run the split first "
+                           "(train.txt and test.txt hold one 'path<TAB>label' line per image)")
+    if not (folder / "classes.json").is_file():
+        train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
+        negative = [label for _, label in train + test if label < 0]
+        if negative:
+            raise DatasetError(f"'{folder}': labels must be 0 or more, found {negative[0]}")
+        classes, how = infer_class_names(train + test)
+        return ListSplit(classes, train, test, str(folder), how)
     try:
         meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
         classes = meta["classes"] if isinstance(meta, dict) else meta
-    except (ValueError, KeyError) as exc:
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError("expected a list of class names")
+    except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
     n = len(classes)
     return ListSplit(list(classes), read_list_file(folder / "train.txt", n),

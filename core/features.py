@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -48,8 +49,12 @@ def feature_cache_key(*, arch: str, variant: str, weights: str | None, transform
 
 
 def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *, device,
-                        batch_size: int = 32, num_workers: int = 0) -> Features:
-    """Run the frozen model once over ``samples`` and keep what its head receives."""
+                        batch_size: int = 32, num_workers: int = 0) -> Iterator[int]:
+    """Run the frozen model once over ``samples`` and keep what its head receives.
+
+    A generator: it yields the number of images of each batch as it goes (so the caller can
+    show progress and honour Stop between batches) and returns the Features.
+    """
     captured = []
     hook = model.get_submodule(head_name).register_forward_pre_hook(lambda m, args: captured.append(args[0]))
     loader = DataLoader(ListDataset(samples, transform), batch_size=batch_size, num_workers=num_workers,
@@ -57,16 +62,16 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     feats, labels, indices, skipped = [], [], [], 0
     model.eval()
     try:
-        # no_grad rather than inference_mode: the features later feed a head that needs autograd.
-        with torch.no_grad():
-            for images, y, idx, n_skipped in loader:
-                skipped += n_skipped
-                if images is None:
-                    continue
-                model(as_input(images, device))
+        for images, y, idx, n_skipped in loader:
+            skipped += n_skipped
+            if images is not None:
+                # no_grad rather than inference_mode: the features later feed a head that needs autograd.
+                with torch.no_grad():
+                    model(as_input(images, device))
                 feats.append(captured.pop().flatten(1).float().cpu())
                 labels.append(y)
                 indices.append(idx)
+            yield n_skipped + (0 if y is None else len(y))
     finally:
         hook.remove()
     if not feats:
@@ -74,36 +79,58 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     return Features(torch.cat(feats), torch.cat(labels), torch.cat(indices), skipped)
 
 
-# Oldest entries are removed beyond this total; TLD_FEATURE_CACHE_BYTES to change it.
-MAX_CACHE_BYTES = int(os.environ.get("TLD_FEATURE_CACHE_BYTES", 2 * 1024**3))
+def max_cache_bytes() -> int:
+    """Oldest entries are removed beyond this total; TLD_FEATURE_CACHE_BYTES to change it."""
+    return int(os.environ.get("TLD_FEATURE_CACHE_BYTES", 2 * 1024**3))
 
 
-def prune_cache(folder: Path, max_bytes: int = MAX_CACHE_BYTES, keep: Path | None = None) -> list[Path]:
-    """Delete the least recently used entries until the folder holds at most ``max_bytes``."""
-    entries = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used entries until the folder holds at most ``max_bytes``.
+
+    Other processes share the cache and may delete or replace entries while this runs: an
+    entry that vanishes is simply no longer counted.
+    """
+    max_bytes = max_cache_bytes() if max_bytes is None else max_bytes
+    entries = []
+    for path in Path(folder).glob("*.pt"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((st.st_mtime, st.st_size, path))
+    entries.sort(key=lambda e: e[0], reverse=True)
     total, removed = 0, []
-    for path in entries:
-        total += path.stat().st_size
+    for _, size, path in entries:
+        total += size
         if total > max_bytes and path != keep:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def cached_head_inputs(cache_dir: Path | None, key: str, compute) -> tuple[Features, bool]:
-    """Load features stored under ``key`` or compute and store them; also say which happened."""
-    path = Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
-    if path and path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            os.utime(path)  # mark as recently used for pruning
-            return Features(data["features"], data["labels"], data["indices"], int(data["skipped"])), True
-        except Exception:  # a damaged cache entry is only a cache miss
-            pass
-    features = compute()
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"features": features.features, "labels": features.labels,
-                           "indices": features.indices, "skipped": features.skipped}, path)
-        prune_cache(path.parent, keep=path)
-    return features, False
+def _entry(cache_dir: Path | None, key: str) -> Path | None:
+    return Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
+
+
+def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
+    """The features stored under ``key``, or None; a damaged or vanished entry is only a miss."""
+    path = _entry(cache_dir, key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        features = Features(data["features"], data["labels"], data["indices"], int(data["skipped"]))
+        os.utime(path)  # mark as recently used for pruning
+        return features
+    except Exception:
+        return None
+
+
+def store_cached_features(cache_dir: Path | None, key: str, features: Features) -> None:
+    path = _entry(cache_dir, key)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"features": features.features, "labels": features.labels,
+                       "indices": features.indices, "skipped": features.skipped}, path)
+    prune_cache(path.parent, keep=path)

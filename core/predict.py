@@ -11,21 +11,45 @@ from .accel import as_input, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
-from .errors import RunError
+from .errors import RunError, UserError
 from .images import ImageSource, open_image
+from .rundir import RunDir
 from .surgery import adapt_model
+from .weights import load_state_dict_file
 
 
 def checkpoint_path(run_or_file: str | os.PathLike) -> Path:
     path = Path(run_or_file)
     if path.is_dir():
-        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise RunError(f"run '{path}' has no checkpoint yet; wait for its first epoch to finish")
+        found = RunDir(path).checkpoint()
+        if found is None:
+            raise RunError(f"run '{path}' has no checkpoint yet; wait for its first epoch to finish")
+        return found
     if not path.is_file():
         raise RunError(f"'{path}' is neither a run folder nor a checkpoint file")
     return path
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file
+        raise RunError(f"'{path}' is damaged or not a checkpoint: it cannot be read "
+                       f"({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise RunError(f"'{path}' holds a {type(ckpt).__name__}, not a checkpoint")
+    return ckpt
+
+
+def _class_names(classes: str | None) -> list[str]:
+    if not classes:
+        raise RunError("a bare state dict names no classes; give --classes a,b,… in label order (or a file)")
+    path = Path(classes)
+    names = path.read_text(encoding="utf-8").split() if path.is_file() else classes.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise RunError(f"no class names in {classes!r}")
+    return names
 
 
 @dataclass
@@ -38,20 +62,45 @@ class Predictor:
     source: str
 
     @classmethod
-    def load(cls, run_or_file: str | os.PathLike, device: str = "cpu") -> "Predictor":
-        path = checkpoint_path(run_or_file)
-        try:
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-            cfg = TrainConfig.from_dict(ckpt["config"])
-            classes = list(ckpt["classes"])
-        except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
-            raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
-        # weights=None: the checkpoint overwrites every tensor, no need to read the pretrained file.
+    def _build(cls, cfg: TrainConfig, classes: list[str], state: dict, epoch: int, source: str,
+               device: str = "cpu") -> "Predictor":
+        # weights=None: the state overwrites every tensor, no need to read the pretrained file.
         model, _ = adapt_model(cfg.arch, len(classes), variant=cfg.head_variant, freeze="all")
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunError(f"'{source}' does not fit {cfg.arch} with {len(classes)} classes ({first[:200]})") from None
         to_channels_last(model.to(device)).eval()
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.letterbox)
-        return cls(model, classes, transform, cfg, int(ckpt.get("epoch", 0)), str(path))
+        return cls(model, classes, transform, cfg, epoch, source)
+
+    @classmethod
+    def load(cls, run_or_file: str | os.PathLike, device: str = "cpu") -> "Predictor":
+        """A model from a run folder or a checkpoint this tool wrote (it carries its config and classes)."""
+        path = checkpoint_path(run_or_file)
+        ckpt = _read_checkpoint(path)
+        try:
+            cfg = TrainConfig.from_dict(ckpt["config"])
+            classes = [str(c) for c in ckpt["classes"]]
+            state = ckpt["model"]
+        except (KeyError, TypeError, UserError) as exc:
+            raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
+        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device)
+
+    @classmethod
+    def from_state_dict(cls, file: str | os.PathLike, *, arch: str | None, classes: str | None,
+                        head_variant: str | None = None, device: str = "cpu") -> "Predictor":
+        """A model from a bare state dict, such as the tutorial's ``model_resnet18.pth``."""
+        if not arch:
+            raise RunError("a bare state dict does not say its architecture; give --arch")
+        names = _class_names(classes)
+        path = Path(file)
+        if not path.is_file():
+            raise RunError(f"'{path}' is not a file")
+        state, _ = load_state_dict_file(path)
+        cfg = TrainConfig(arch=arch, head_variant=head_variant, data_root=".").validate()
+        return cls._build(cfg, names, state, 0, str(path), device)
 
     def probabilities(self, image: ImageSource) -> torch.Tensor:
         """Probabilities over all classes (they sum to 1)."""

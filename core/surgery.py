@@ -14,13 +14,10 @@ import torch
 from torch import nn
 
 from .archs import ArchSpec, get_arch
+from .config import FREEZE_MODES
 from .errors import ConfigError, WeightsError
 from .weights import load_state_dict_file, shape_mismatches
 
-FREEZE_MODES = {
-    "head": "only the new head trains (the tutorial's fine-tuning)",
-    "all": "every layer trains",
-}
 
 
 @dataclass

@@ -1,9 +1,15 @@
-"""Training as a stream of metric records.
+"""Training as a stream of typed records (``core.records``).
 
-``train(config, run_dir)`` is a generator: it yields a ``start`` record, a ``batch`` record
-every ``log_every`` batches, an ``epoch`` record after each test pass and a ``final``
-record, appending each to ``metrics.jsonl`` as it happens. The page, the CLI and the tests
-all consume this one stream. There is no global state, so it can run under torchrun.
+``train(config, run_dir)`` creates a run folder and yields a ``Start`` record, ``Progress``
+records during every long phase (backbone features, test passes), a ``Batch`` record every
+``log_every`` batches, an ``Epoch`` record after each test pass and a ``Final`` record,
+appending each to ``metrics.jsonl`` as it happens. ``run_training(run)`` does the same for a
+run folder someone else created (the app's worker). The page, the CLI and the tests all
+consume this one stream. The training process alone writes ``status.json``, with a
+heartbeat. There is no global state, so it can run under torchrun.
+
+The layout follows torchvision's reference ``train.py``: set up, choose the feature path
+(cached backbone outputs or the full forward pass), a short epoch loop, a checkpointer.
 """
 from __future__ import annotations
 
@@ -27,9 +33,14 @@ from .config import TrainConfig
 from .data import (ListDataset, ListSplit, build_transform, collate_skipping_unreadable, read_split, split_dataset,
                    write_split)
 from .errors import RunError, UserError
-from .features import cached_head_inputs, compute_head_inputs, feature_cache_key
+from .features import compute_head_inputs, feature_cache_key, load_cached_features, store_cached_features
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
-from .surgery import adapt_model, set_train_mode, trainable_parameters
+from .records import Batch, Epoch, Final, Progress, Record, Records, Start
+from .records import Features as FeaturesRecord
+from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
+from .surgery import SurgeryReport, adapt_model, set_train_mode, trainable_parameters
+
+PROGRESS_EVERY_S = 1.0  # a Progress record at least this often inside a long phase
 
 
 class StopRequested(Exception):
@@ -38,39 +49,6 @@ class StopRequested(Exception):
 
 class NonFiniteLoss(Exception):
     pass
-
-
-# ----------------------------------------------------------------------------- run folder
-@dataclass(frozen=True)
-class RunDir:
-    path: Path
-
-    config = property(lambda self: self.path / "config.json")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
-    summary = property(lambda self: self.path / "summary.json")
-    surgery = property(lambda self: self.path / "surgery.json")
-    predictions = property(lambda self: self.path / "predictions.json")
-    last = property(lambda self: self.path / "checkpoint_last.pt")
-    best = property(lambda self: self.path / "checkpoint_best.pt")
-    lists = property(lambda self: self.path / "lists")
-    stop_flag = property(lambda self: self.path / "STOP")
-    pid_file = property(lambda self: self.path / "worker.pid")
-    log = property(lambda self: self.path / "worker.log")
-
-    def plain_state_dict(self, arch: str) -> Path:
-        return self.path / f"model_{arch}.pth"  # the tutorial's file: a bare state dict
-
-    def stop_requested(self) -> bool:
-        return self.stop_flag.exists()
-
-
-def open_new_run(run_dir: str | os.PathLike) -> RunDir:
-    """Use ``run_dir`` for a new run, refusing one that already holds a run."""
-    run = RunDir(Path(run_dir))
-    run.path.mkdir(parents=True, exist_ok=True)
-    if run.metrics.exists() or run.summary.exists():
-        raise RunError(f"'{run.path}' already holds a run; choose a new folder so nothing is overwritten")
-    return run
 
 
 # ----------------------------------------------------------------------------- setup
@@ -94,79 +72,101 @@ def prepare_lists(cfg: TrainConfig, run: RunDir) -> ListSplit:
         source = read_split(cfg.lists_dir)  # validates before copying
         run.lists.mkdir(parents=True, exist_ok=True)
         for name in ("train.txt", "test.txt", "classes.json"):
-            shutil.copyfile(Path(source.folder) / name, run.lists / name)
+            if (Path(source.folder) / name).is_file():
+                shutil.copyfile(Path(source.folder) / name, run.lists / name)
     split = read_split(run.lists)
     if not split.train:
         raise RunError("the training list is empty; add images or change the split")
     return split
 
 
-# ----------------------------------------------------------------------------- one epoch
-Forward = Callable[[torch.Tensor], torch.Tensor]
+@dataclass
+class Setup:
+    """Everything the epoch loop needs, built once from the config."""
+    cfg: TrainConfig
+    run: RunDir
+    device: torch.device
+    split: ListSplit
+    model: nn.Module
+    report: SurgeryReport
+    eval_tf: object
+    train_tf: object
+    autocast: Callable
+    use_cache: bool
 
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.report.head_name)
 
-def train_one_epoch(forward: Forward, loader, optimizer, criterion, *, device, epoch: int, total: int,
-                    log_every: int, run: RunDir, autocast) -> Iterator[dict]:
-    """Yield batch records; the last item yielded is the epoch's totals (type 'train_totals')."""
-    seen = loss_sum = skipped = 0
-    for batch, (inputs, labels, _, n_skipped) in enumerate(loader, 1):
-        skipped += n_skipped
-        if run.stop_requested():
+    def check_stop(self) -> None:
+        if self.run.stop_requested():
             raise StopRequested()
-        if inputs is None:
-            continue
-        inputs, labels = as_input(inputs, device), labels.to(device, non_blocking=True)
-        with autocast():
-            loss = criterion(forward(inputs), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # .item() is a CPU-GPU sync point, paid every batch so a NaN stops the run at once.
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"the loss became {value} at epoch {epoch}, batch {batch}; "
-                                "lower the learning rate")
-        seen += len(labels)
-        loss_sum += value * len(labels)
-        if batch % log_every == 0:
-            yield {"type": "batch", "epoch": epoch, "batch": batch, "loss": value, "seen": seen, "total": total}
-    yield {"type": "train_totals", "loss": loss_sum / max(seen, 1), "seen": seen, "skipped": skipped}
 
 
-def evaluate(forward: Forward, loader, criterion, *, device, num_classes: int, autocast) -> dict:
-    """Test loss averaged per sample, accuracy, per-class accuracy, confusion matrix, predictions."""
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, n, skipped, predictions = 0.0, 0, 0, []
-    with torch.inference_mode():
-        for inputs, labels, indices, n_skipped in loader:
-            skipped += n_skipped
-            if inputs is None:
-                continue
-            inputs, labels = as_input(inputs, device), labels.to(device, non_blocking=True)
-            with autocast():
-                logits = forward(inputs).float()
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            probs = logits.softmax(1)
-            conf, pred = probs.max(1)
-            n += len(labels)
-            for t, p, i, c in zip(labels.tolist(), pred.tolist(), indices.tolist(), conf.tolist()):
-                confusion[t, p] += 1
-                predictions.append({"index": i, "label": t, "pred": p, "prob": c})
-    per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
-                 for i in range(num_classes)]
-    return {"test_loss": loss_sum / n if n else None, "test_acc": confusion.diag().sum().item() / n if n else None,
-            "per_class_acc": per_class, "confusion": confusion.tolist(), "tested": n, "skipped": skipped,
-            "predictions": predictions}
+def set_up(cfg: TrainConfig, run: RunDir) -> Setup:
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    split = prepare_lists(cfg, run)
+    model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, variant=cfg.head_variant,
+                                freeze=cfg.freeze, seed=cfg.seed)
+    atomic_write_json(run.surgery, report.to_dict())
+    to_channels_last(model.to(device))
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    weights_tf = get_arch(cfg.arch).transforms()
+    return Setup(cfg, run, device, split, model, report,
+                 eval_tf=build_transform(weights_tf, letterbox=cfg.letterbox),
+                 train_tf=build_transform(weights_tf, train=True, flip=cfg.flip, letterbox=cfg.letterbox),
+                 autocast=autocast, use_cache=cfg.feature_cache and cfg.freeze == "head" and not cfg.flip)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, model: nn.Module, optimizer, cfg: TrainConfig, classes: list[str],
-                    epoch: int, metrics: dict) -> None:
-    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "classes": classes, "config": cfg.to_dict(), "metrics": metrics}, path)
+def start_record(s: Setup) -> Start:
+    return Start(arch=s.cfg.arch, classes=s.split.classes, train_size=len(s.split.train),
+                 test_size=len(s.split.test), epochs=s.cfg.epochs,
+                 batches_per_epoch=math.ceil(len(s.split.train) / s.cfg.batch_size), device=str(s.device),
+                 device_name=device_name(s.device),
+                 feature_path="cached features" if s.use_cache else "full forward",
+                 trainable_params=s.report.trainable_count, frozen_params=s.report.frozen_count,
+                 weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
+                 threads=torch.get_num_threads(), workers=s.cfg.workers)
 
 
-# ----------------------------------------------------------------------------- loaders
+# ----------------------------------------------------------------------------- progress
+class ProgressMeter:
+    """Turns per-batch counts into Progress records, at most one per PROGRESS_EVERY_S (plus first and last)."""
+
+    def __init__(self, phase: str, total: int, split: str = "test", epoch: int | None = None):
+        self.phase, self.total, self.split, self.epoch = phase, total, split, epoch
+        self.t0 = self.last = time.time()
+        self.done = 0
+
+    def first(self) -> Progress:
+        return self._record()
+
+    def advance(self, n: int) -> Progress | None:
+        self.done += n
+        now = time.time()
+        if now - self.last >= PROGRESS_EVERY_S or self.done >= self.total:
+            self.last = now
+            return self._record()
+        return None
+
+    def _record(self) -> Progress:
+        elapsed = time.time() - self.t0
+        return Progress(phase=self.phase, split=self.split, epoch=self.epoch, done=self.done, total=self.total,
+                        images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)
+
+
+# ----------------------------------------------------------------------------- the feature path
+@dataclass
+class FeaturePath:
+    """What the epoch loop trains through: the head on stored features, or the whole model on images."""
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    train_loader: DataLoader
+    test_loader: DataLoader
+    sampler: "EpochShuffle"
+    fixed_skips: int  # unreadable images left out once, when the features were computed
+
+
 class EpochShuffle(Sampler):
     """A permutation that depends only on (seed, epoch), like DistributedSampler.set_epoch.
 
@@ -204,132 +204,258 @@ def _feature_loader(features, batch_size: int, *, sampler=None):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate_features)
 
 
-# ----------------------------------------------------------------------------- the run
-def _records(cfg: TrainConfig, run: RunDir, cache_dir: Path | None) -> Iterator[dict]:
-    t_start = time.time()
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    split = prepare_lists(cfg, run)
-    spec = get_arch(cfg.arch)
-    model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, variant=cfg.head_variant,
-                                freeze=cfg.freeze, seed=cfg.seed)
-    atomic_write_json(run.surgery, report.to_dict())
-    to_channels_last(model.to(device))
-    on_cuda = device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext
-    head = model.get_submodule(report.head_name)
-    weights_tf = spec.transforms()
-    eval_tf = build_transform(weights_tf, letterbox=cfg.letterbox)
-    train_tf = build_transform(weights_tf, train=True, flip=cfg.flip, letterbox=cfg.letterbox)
-    use_cache = cfg.feature_cache and cfg.freeze == "head" and not cfg.flip
-    num_classes = len(split.classes)
-    yield {"type": "start", "device": str(device), "device_name": device_name(device),
-           "path": "cached features" if use_cache else "full forward", "arch": cfg.arch,
-           "classes": split.classes, "train_size": len(split.train), "test_size": len(split.test),
-           "epochs": cfg.epochs, "batches_per_epoch": math.ceil(len(split.train) / cfg.batch_size),
-           "trainable_params": report.trainable_count, "frozen_params": report.frozen_count,
-           "weights": report.weights_source, "time": t_start}
-
-    if use_cache:
-        t0 = time.time()
-        feats = {}
-        for name, samples in (("train", split.train), ("test", split.test)):
-            key = feature_cache_key(arch=cfg.arch, variant=report.variant, weights=cfg.weights,
-                                    transform=repr(eval_tf), samples=samples)
-            feats[name], hit = cached_head_inputs(cache_dir, key, lambda s=samples: compute_head_inputs(
-                model, report.head_name, s, eval_tf, device=device, batch_size=inference_batch_size(device),
-                num_workers=cfg.workers))
-            yield {"type": "features", "split": name, "images": len(feats[name].labels),
-                   "skipped": feats[name].skipped, "from_disk": hit, "seconds": time.time() - t0}
-        sampler = EpochShuffle(len(feats["train"].labels), cfg.seed)
-        train_loader = _feature_loader(feats["train"], cfg.batch_size, sampler=sampler)
-        test_loader = _feature_loader(feats["test"], max(cfg.batch_size, 256))
-        forward, fixed_skips = head, feats["train"].skipped + feats["test"].skipped
-    else:
-        sampler = EpochShuffle(len(split.train), cfg.seed)
-        train_loader = _image_loader(ListDataset(split.train, train_tf), cfg.batch_size, device,
-                                     sampler=sampler, workers=cfg.workers)
-        test_loader = _image_loader(ListDataset(split.test, eval_tf), cfg.batch_size, device, workers=cfg.workers)
-        forward, fixed_skips = model, 0
-
-    optimizer = torch.optim.SGD(trainable_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    criterion = nn.CrossEntropyLoss()
-    best_acc, best_epoch = -1.0, None
-    for epoch in range(1, cfg.epochs + 1):
-        t_epoch = time.time()
-        sampler.set_epoch(epoch)
-        set_train_mode(model, report.head_name, cfg.freeze)
-        totals = None
-        for record in train_one_epoch(forward, train_loader, optimizer, criterion, device=device, epoch=epoch,
-                                      total=len(split.train), log_every=cfg.log_every, run=run, autocast=autocast):
-            if record["type"] == "train_totals":
-                totals = record
-            else:
-                yield record
-        model.eval()
-        result = evaluate(forward, test_loader, criterion, device=device, num_classes=num_classes, autocast=autocast)
-        predictions = result.pop("predictions")
-        is_best = result["test_acc"] is not None and result["test_acc"] > best_acc
-        record = {"type": "epoch", "epoch": epoch, "train_loss": totals["loss"], **result,
-                  "skipped_images": totals["skipped"] + result.pop("skipped") + fixed_skips,
-                  "seconds": time.time() - t_epoch, "best": is_best}
-        save_checkpoint(run.last, model, optimizer, cfg, split.classes, epoch, record)
-        if is_best or best_epoch is None:
-            best_acc, best_epoch = (result["test_acc"] if result["test_acc"] is not None else best_acc), epoch
-            save_checkpoint(run.best, model, optimizer, cfg, split.classes, epoch, record)
-        atomic_write_json(run.predictions, [
-            {**p, "path": split.test[p["index"]][0]} for p in predictions])
-        yield record
-    atomic_torch_save(model.state_dict(), run.plain_state_dict(cfg.arch))
-
-
-def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
-          ) -> Iterator[dict]:
-    """Train ``cfg`` into ``run_dir``, yielding every record as it is appended to metrics.jsonl."""
-    run = open_new_run(run_dir)
-    atomic_write_json(run.config, cfg.to_dict())
-    t0 = time.time()
-    status, reason, epochs, start = "completed", "", [], {}
-
-    def emit(record):
-        record.setdefault("time", time.time())
-        append_jsonl(run.metrics, record)
-        return record
-
+def _metered(batches: Iterator[int], meter: ProgressMeter, s: Setup):
+    """Drive a generator that yields batch sizes: honour Stop, yield Progress records, return its result."""
     try:
-        for record in _records(cfg, run, Path(cache_dir) if cache_dir else None):
-            if record["type"] == "epoch":
-                epochs.append(record)
-            elif record["type"] == "start":
-                start = record
-            yield emit(record)
-    except StopRequested:
-        status, reason = "stopped", "stopped on request; the last completed epoch's checkpoint is kept"
-    except NonFiniteLoss as exc:
-        status, reason = "failed", str(exc)
-    except UserError as exc:
-        status, reason = "failed", str(exc)
-    except GeneratorExit:
-        status, reason = "stopped", "the consumer of the record stream stopped early"
-        _finish(run, emit, status, reason, epochs, start, t0)
-        raise
-    except Exception as exc:  # a bug or a resource problem: keep the traceback for the log
-        status, reason = "failed", f"{type(exc).__name__}: {exc}"
-        atomic_write_text(run.path / "error.txt", traceback.format_exc())
-    yield _finish(run, emit, status, reason, epochs, start, t0)
+        while True:
+            try:
+                n = next(batches)
+            except StopIteration as done:
+                return done.value
+            s.check_stop()
+            record = meter.advance(n)
+            if record:
+                yield record
+    finally:
+        batches.close()
 
 
-def _finish(run: RunDir, emit, status, reason, epochs, start, t0) -> dict:
-    tested = [e for e in epochs if e["test_acc"] is not None]
-    best = max(tested, key=lambda e: e["test_acc"], default=None)
-    final = emit({"type": "final", "status": status, "reason": reason,
-                  "epochs_completed": len(epochs),
-                  "final_acc": epochs[-1]["test_acc"] if epochs else None,
-                  "best_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
-                  "seconds": time.time() - t0, "device": start.get("device"), "device_name": start.get("device_name"),
-                  "path": start.get("path"),
-                  "skipped_images": epochs[-1]["skipped_images"] if epochs else 0})
-    atomic_write_json(run.summary, final)
+def _features_of(s: Setup, name: str, samples, cache_dir: Path | None):
+    """Backbone features of one split, from the cache or computed with progress; yields records."""
+    # A random body is never cached: its features depend on the seed, not on a file on disk.
+    cache = cache_dir if s.cfg.pretrained else None
+    key = feature_cache_key(arch=s.cfg.arch, variant=s.report.variant, weights=s.cfg.weights,
+                            transform=repr(s.eval_tf), samples=samples)
+    t0 = time.time()
+    features = load_cached_features(cache, key)
+    hit = features is not None
+    if not hit:
+        meter = ProgressMeter("features", len(samples), split=name)
+        yield meter.first()
+        batches = compute_head_inputs(s.model, s.report.head_name, samples, s.eval_tf, device=s.device,
+                                      batch_size=inference_batch_size(s.device), num_workers=s.cfg.workers)
+        features = yield from _metered(batches, meter, s)
+        store_cached_features(cache, key, features)
+    yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped, from_disk=hit,
+                         seconds=time.time() - t0)
+    return features
+
+
+def choose_feature_path(s: Setup, cache_dir: Path | None):
+    """Cached features when only the head trains on fixed inputs, else the full forward pass."""
+    cfg, split = s.cfg, s.split
+    if s.use_cache:
+        train_feats = yield from _features_of(s, "train", split.train, cache_dir)
+        test_feats = yield from _features_of(s, "test", split.test, cache_dir)
+        sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
+        return FeaturePath(s.head, _feature_loader(train_feats, cfg.batch_size, sampler=sampler),
+                           _feature_loader(test_feats, max(cfg.batch_size, 256)), sampler,
+                           train_feats.skipped + test_feats.skipped)
+    sampler = EpochShuffle(len(split.train), cfg.seed)
+    return FeaturePath(s.model,
+                       _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
+                                     sampler=sampler, workers=cfg.workers),
+                       _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
+                                     workers=cfg.workers), sampler, 0)
+
+
+# ----------------------------------------------------------------------------- one epoch
+@dataclass
+class EpochTotals:
+    loss: float
+    seen: int
+    skipped: int
+    seconds: float
+
+
+def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: int) -> Iterator[Batch]:
+    """Yield Batch records; return the epoch's totals (``totals = yield from train_one_epoch(…)``)."""
+    seen = loss_sum = skipped = 0
+    t0 = time.time()
+    for batch, (inputs, labels, _, n_skipped) in enumerate(path.train_loader, 1):
+        skipped += n_skipped
+        s.check_stop()
+        if inputs is None:
+            continue
+        inputs, labels = as_input(inputs, s.device), labels.to(s.device, non_blocking=True)
+        with s.autocast():
+            loss = criterion(path.forward(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # .item() is a CPU-GPU sync point, paid every batch so a NaN stops the run at once.
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the loss became {value} at epoch {epoch}, batch {batch}; "
+                                "lower the learning rate")
+        seen += len(labels)
+        loss_sum += value * len(labels)
+        if batch % s.cfg.log_every == 0:
+            yield Batch(epoch=epoch, batch=batch, loss=value, seen=seen, total=len(s.split.train))
+    return EpochTotals(loss_sum / max(seen, 1), seen, skipped, time.time() - t0)
+
+
+@dataclass
+class EvalResult:
+    test_loss: float | None
+    test_acc: float | None
+    per_class_acc: list
+    confusion: list
+    tested: int
+    skipped: int
+    predictions: list
+
+
+def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
+    """Test loss averaged per sample, accuracy, per-class accuracy, confusion matrix, predictions.
+
+    Yields Progress records (phase 'test'); returns an EvalResult.
+    """
+    num_classes = len(s.split.classes)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n, skipped, predictions = 0.0, 0, 0, []
+    meter = ProgressMeter("test", len(s.split.test), epoch=epoch)
+    yield meter.first()
+    with torch.inference_mode():
+        for inputs, labels, indices, n_skipped in path.test_loader:
+            s.check_stop()
+            skipped += n_skipped
+            if inputs is not None:
+                inputs, labels = as_input(inputs, s.device), labels.to(s.device, non_blocking=True)
+                with s.autocast():
+                    logits = path.forward(inputs).float()
+                loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+                conf, pred = logits.softmax(1).max(1)
+                n += len(labels)
+                for t, p, i, c in zip(labels.tolist(), pred.tolist(), indices.tolist(), conf.tolist()):
+                    confusion[t, p] += 1
+                    predictions.append({"index": i, "label": t, "pred": p, "prob": c})
+            record = meter.advance(n_skipped + (0 if inputs is None else len(labels)))
+            if record:
+                yield record
+    per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
+                 for i in range(num_classes)]
+    return EvalResult(loss_sum / n if n else None, confusion.diag().sum().item() / n if n else None,
+                      per_class, confusion.tolist(), n, skipped, predictions)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Writes checkpoint_last.pt every epoch, checkpoint_best.pt on a new best, the test predictions,
+    and at the end the tutorial's bare state dict."""
+
+    def __init__(self, s: Setup, optimizer):
+        self.s, self.optimizer = s, optimizer
+        self.best_acc: float | None = None
+        self.best_epoch: int | None = None
+
+    def is_best(self, acc: float | None) -> bool:
+        return self.best_epoch is None or (acc is not None and (self.best_acc is None or acc > self.best_acc))
+
+    def save_epoch(self, record: Epoch, predictions: list[dict]) -> None:
+        self._save(self.s.run.last, record)
+        if record.best:
+            self.best_acc, self.best_epoch = record.test_acc, record.epoch
+            self._save(self.s.run.best, record)
+        test = self.s.split.test
+        atomic_write_json(self.s.run.predictions, [{**p, "path": test[p["index"]][0]} for p in predictions])
+
+    def save_final(self) -> None:
+        atomic_torch_save(self.s.model.state_dict(), self.s.run.plain_state_dict(self.s.cfg.arch))
+
+    def _save(self, path: Path, record: Epoch) -> None:
+        atomic_torch_save({"model": self.s.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                           "epoch": record.epoch, "classes": self.s.split.classes, "config": self.s.cfg.to_dict(),
+                           "metrics": record.to_json()}, path)
+
+
+# ----------------------------------------------------------------------------- the run
+def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
+    optimizer = torch.optim.SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
+                                weight_decay=s.cfg.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+    checkpointer = Checkpointer(s, optimizer)
+    for epoch in range(1, s.cfg.epochs + 1):
+        t_epoch = time.time()
+        path.sampler.set_epoch(epoch)
+        set_train_mode(s.model, s.report.head_name, s.cfg.freeze)
+        totals = yield from train_one_epoch(s, path, optimizer, criterion, epoch)
+        s.model.eval()
+        result = yield from evaluate(s, path, epoch)
+        record = Epoch(epoch=epoch, train_loss=totals.loss, test_loss=result.test_loss, test_acc=result.test_acc,
+                       per_class_acc=result.per_class_acc, confusion=result.confusion, tested=result.tested,
+                       skipped_images=totals.skipped + result.skipped + path.fixed_skips,
+                       seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc),
+                       images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None)
+        checkpointer.save_epoch(record, result.predictions)
+        yield record
+    checkpointer.save_final()
+
+
+def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None) -> Iterator[Record]:
+    s = set_up(cfg, run)
+    yield start_record(s)
+    path = yield from choose_feature_path(s, cache_dir)
+    yield from epoch_loop(s, path)
+
+
+def phase_of(record: Record) -> str | None:
+    """The phase status.json shows once ``record`` has been emitted."""
+    if isinstance(record, Progress):
+        return f"features ({record.split})" if record.phase == "features" else f"test pass, epoch {record.epoch}"
+    if isinstance(record, Start):
+        return "preparing data"
+    if isinstance(record, (Batch, Epoch)):
+        return f"epoch {record.epoch + (1 if isinstance(record, Epoch) else 0)}"
+    return None
+
+
+def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Iterator[Record]:
+    """Train the config a run folder holds (written once by whoever created it), reporting as it goes."""
+    run = RunDir(run_dir)
+    cfg = load_config(run)
+    emitted: list[Record] = []
+    t0 = time.time()
+    with Heartbeat(run) as heartbeat:
+        heartbeat.set_phase("setting up the model")
+        status, reason = "completed", ""
+        try:
+            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None):
+                append_jsonl(run.metrics, record.to_json())
+                emitted.append(record)
+                heartbeat.set_phase(phase_of(record) or heartbeat.phase)
+                yield record
+        except StopRequested:
+            status, reason = "stopped", "stopped on request; the last completed epoch's checkpoint is kept"
+        except (NonFiniteLoss, UserError) as exc:
+            status, reason = "failed", str(exc)
+        except KeyboardInterrupt:
+            status, reason = "stopped", "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
+        except GeneratorExit:
+            _finish(run, heartbeat, "stopped", "the consumer of the record stream stopped early", emitted, t0)
+            raise
+        except Exception as exc:  # a bug or a resource problem: keep the traceback for the log
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            atomic_write_text(run.error, traceback.format_exc())
+        yield _finish(run, heartbeat, status, reason, emitted, t0)
+
+
+def _finish(run: RunDir, heartbeat: Heartbeat, status: str, reason: str, emitted: list, t0: float) -> Final:
+    records = Records(tuple(emitted))
+    start = records.start
+    final = Final(status=status, reason=reason, seconds=time.time() - t0, **summarise(records),
+                  device=start.device if start else None, device_name=start.device_name if start else None,
+                  feature_path=start.feature_path if start else None)
+    append_jsonl(run.metrics, final.to_json())
+    write_summary(run, final)
     run.stop_flag.unlink(missing_ok=True)
+    heartbeat.finish(status, reason)
     return final
+
+
+def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+          force: bool = False) -> Iterator[Record]:
+    """Create a run of ``cfg`` in ``run_dir`` and train it, yielding every record as it is appended."""
+    cfg.validate()
+    run = create_run(run_dir, cfg, force=force)
+    yield from run_training(run.path, cache_dir=cache_dir)

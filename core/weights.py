@@ -246,3 +246,33 @@ def download_weights(spec, *, progress: Progress | None = None, timeout: float =
         part.unlink(missing_ok=True)
     return target
 
+
+
+# ----------------------------------------------------------------------------- the default rule
+PRETRAINED, NO_WEIGHTS = "pretrained", "none"
+
+
+def resolve_weights(spec, choice: str | None = PRETRAINED, user_file: str | os.PathLike | None = None) -> str | None:
+    """The weights file a run of ``spec`` starts from; None for random initialisation.
+
+    ``choice`` is ``"pretrained"`` (the default: the first source found, in the order of
+    ``list_sources``, ``user_file`` first when given), ``"none"`` (train from scratch) or a file path. The
+    pages, the CLI and the benchmark all decide through this one function.
+    """
+    if choice is None or choice == NO_WEIGHTS:
+        return None
+    if choice != PRETRAINED:
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file '{choice}' does not exist; give a state-dict file, "
+                               f"'{PRETRAINED}' (found automatically) or '{NO_WEIGHTS}' (random initialisation)")
+        return str(path)
+    source = find_weights(spec, user_file)
+    if source is None:
+        looked = "; ".join(f"{s.kind}: {s.path}" for s in list_sources(spec, user_file) if s.kind != "download")
+        raise WeightsError(
+            f"no pretrained {spec.name} weights on this machine (looked in {looked or 'nowhere'}). "
+            f"Name a file with --weights FILE, put it in torch hub's cache ({hub_checkpoint_dir()}), "
+            + (f"download it from {spec.download_url} " if spec.download_url else "")
+            + "or use --arch efficientnet_lite0, whose weights ship with the app and work offline")
+    return source.path

@@ -64,3 +64,8 @@ def lists_dir_for(root: str | os.PathLike) -> Path:
     resolved = Path(root).expanduser().resolve()
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return lists_dir() / f"{resolved.name or 'root'}-{tag}"
+
+
+def default_data_root() -> str | None:
+    """The workspace's default data root (``TLD_DATA_ROOT``); None: the demo dataset."""
+    return os.environ.get("TLD_DATA_ROOT") or None

@@ -1,4 +1,4 @@
-"""Helpers shared by the pages: cached access to core/ and consistent error display."""
+"""Helpers shared by the pages: this visitor's choices, cached access to core/ and consistent error display."""
 from __future__ import annotations
 
 import os
@@ -7,13 +7,71 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.appstate import load_state
+from core.config import DEFAULT_TRAIN_RATIO, FREEZE_MODES
 from core.archs import ARCHITECTURES
 from core.data import split_dataset
 from core.demo import ensure_demo_dataset
 from core.errors import UserError
-from core.weights import find_weights
-from core.workspace import check_allowed, workspace_dir
+from core.errors import WeightsError
+from core.weights import NO_WEIGHTS, PRETRAINED, find_weights, resolve_weights
+from core.workspace import check_allowed, default_data_root, workspace_dir
+
+
+# ----------------------------------------------------------------------------- this visitor's choices
+# Each visitor's choices live in their session and in the URL (so a reload or a shared link keeps
+# them); nothing one visitor picks changes what another sees. Values from the URL are typed by
+# anyone: each is checked, and a bad one falls back to the default.
+DEFAULTS = {"data_root": None, "train_ratio": DEFAULT_TRAIN_RATIO, "seed": 0, "arch": None, "variant": None,
+            "weights_mode": PRETRAINED, "weights_file": "", "freeze": "head"}
+_PARSERS = {
+    "data_root": str, "weights_file": str,
+    "train_ratio": lambda v: float(v) if 0 < float(v) < 1 else None,
+    "seed": lambda v: int(v) if 0 <= int(v) <= 1_000_000 else None,
+    "arch": lambda v: v if v in ARCHITECTURES else None,
+    "variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
+    "weights_mode": lambda v: v if v in (PRETRAINED, "scratch") else None,
+    "freeze": lambda v: v if v in FREEZE_MODES else None,
+}
+
+
+def _from_url() -> dict:
+    chosen = {}
+    for name, parse in _PARSERS.items():
+        raw = st.query_params.get(name)
+        try:
+            value = parse(raw) if raw is not None and len(raw) < 4096 else None
+        except ValueError:
+            value = None
+        if value is not None:
+            chosen[name] = value
+    return chosen
+
+
+def _to_url(choices: dict) -> None:
+    for name, value in choices.items():
+        if value in (None, "") or value == DEFAULTS[name]:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
+
+
+def load_state() -> dict:
+    """This visitor's choices (data root, split, model, weights, freeze mode)."""
+    if "choices" not in st.session_state:
+        st.session_state["choices"] = {**DEFAULTS, **_from_url()}
+    choices = st.session_state["choices"]
+    _to_url(choices)
+    return dict(choices)
+
+
+def save_state(**changes) -> dict:
+    unknown = set(changes) - set(DEFAULTS)
+    if unknown:
+        raise KeyError(f"unknown choices {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+    load_state()
+    st.session_state["choices"].update(changes)
+    _to_url(st.session_state["choices"])
+    return dict(st.session_state["choices"])
 
 
 @st.cache_resource(show_spinner="Generating the demo dataset (first launch only)…")
@@ -22,10 +80,13 @@ def demo_root(workspace: str) -> str:
 
 
 def data_root() -> str:
-    """The current data root: the one chosen on the Dataset page, else the demo dataset."""
-    chosen = load_state()["data_root"]
-    if chosen and Path(chosen).is_dir():
-        return chosen
+    """The current data root: the one chosen on the Dataset page, else the workspace's default, else the demo."""
+    for chosen in (load_state()["data_root"], default_data_root()):
+        try:
+            if chosen and Path(chosen).is_dir():
+                return str(check_allowed(chosen))
+        except (UserError, OSError):  # a root from a hand-edited URL that this app may not read
+            continue
     return demo_root(str(workspace_dir()))
 
 
@@ -57,12 +118,13 @@ def default_arch() -> str:
 
 
 def resolve_weights_file(arch: str, state: dict | None = None) -> str | None:
-    """The weights file the current settings point to, or None for training from scratch."""
+    """The weights file the current choices point to; None for scratch or when none is on this machine."""
     state = state or load_state()
-    if state["weights_mode"] == "scratch":
+    choice = PRETRAINED if state["weights_mode"] == PRETRAINED else NO_WEIGHTS
+    try:
+        return resolve_weights(ARCHITECTURES[arch], choice, state["weights_file"] or None)
+    except WeightsError:
         return None
-    source = find_weights(ARCHITECTURES[arch], state["weights_file"] or None)
-    return source.path if source else None
 
 
 @contextmanager

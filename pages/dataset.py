@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.appstate import load_state, save_state
+from pages.common import load_state, save_state
 from core.data import split_dataset, write_split
 from core.errors import UserError
 from core.images import open_image

@@ -1,7 +1,7 @@
 import streamlit as st
 
-from core.appstate import load_state
-from core.runs import list_runs
+from pages.common import load_state
+from core.rundir import list_runs
 from core.workspace import runs_dir
 from pages.common import data_root, fmt_pct, split_summary, user_errors
 
@@ -42,8 +42,11 @@ with right:
         st.info("No run yet. Go through the pages in order, or jump straight to Training: the defaults work.")
     else:
         run = runs[0]
-        cfg = run.config
         st.write(f"**{run.name}** · {run.status}")
-        st.write(f"{cfg.get('arch')} · {'pretrained' if cfg.get('weights') else 'from scratch'} · "
-                 f"freeze {cfg.get('freeze')} · best test accuracy {fmt_pct(run.best_acc)}")
+        if run.config is None or run.status == "damaged":
+            st.warning(f"This run is damaged: {run.reason}")
+        else:
+            cfg = run.config
+            st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
+                     f"freeze {cfg.freeze} · best test accuracy {fmt_pct(run.best_acc)}")
     st.page_link("pages/training.py", label="Open Training", icon=":material/monitoring:")

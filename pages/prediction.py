@@ -5,13 +5,10 @@ import streamlit as st
 from core.errors import UserError
 from core.images import open_image
 from core.predict import Predictor, checkpoint_path
-from core.runs import list_runs
+from core.rundir import best_completed, list_runs
 from core.uploads import check_image_upload
 from core.workspace import runs_dir
-from pages.common import fmt_pct, user_errors
-
-st.title("4 · Prediction")
-st.caption("Upload an image or take a snapshot; the model preprocesses it exactly as in evaluation.")
+from pages.common import fmt_pct
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
@@ -20,60 +17,95 @@ def load_predictor(checkpoint: str, mtime: float) -> Predictor:
     return Predictor.load(checkpoint)
 
 
-runs = [r for r in list_runs(runs_dir()) if (r.path / "checkpoint_best.pt").exists()]
-if not runs:
-    st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
-    st.page_link("pages/training.py", label="Go to Training", icon=":material/monitoring:")
-    st.stop()
+def pick_run():
+    """The run to predict with: the completed run with the best test accuracy unless the visitor picks another."""
+    runs = [r for r in list_runs(runs_dir()) if r.has_checkpoint or r.status == "damaged"]
+    usable = [r for r in runs if r.has_checkpoint]
+    if not usable:
+        st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
+        st.page_link("pages/training.py", label="Go to Training", icon=":material/monitoring:")
+        st.stop()
+    best = best_completed(runs)
+    by_name = {r.name: r for r in runs}
+    names = list(by_name)
+    if best is not None:  # the best first, the rest newest first
+        names.remove(best.name)
+        names.insert(0, best.name)
 
-by_name = {r.name: r for r in ([r for r in runs if r.finished] or runs)}  # newest first
+    def describe(name: str) -> str:
+        r = by_name[name]
+        if r.config is None or r.status == "damaged":
+            return f"{r.name} · damaged"
+        return (f"{r.name} · {r.config.arch} · {'pretrained' if r.config.pretrained else 'scratch'} · "
+                f"best {fmt_pct(r.best_acc)} · {r.status}")
+
+    c1, c2 = st.columns([3, 1])
+    name = c1.selectbox("Run", names, index=0, key="pr_run", format_func=describe,
+                        help="Pre-selected: the completed run with the best test accuracy.")
+    return by_name[name], c2
 
 
-def describe(name: str) -> str:
-    r = by_name[name]
-    return (f"{r.name} · {r.config.get('arch')} · {'pretrained' if r.config.get('weights') else 'scratch'} · "
-            f"best {fmt_pct(r.best_acc)} · {r.status}")
+def load_model(run) -> Predictor:
+    if run.status == "damaged":
+        st.error(f"This run is damaged: {run.reason}. Pick another run.")
+        st.stop()
+    try:
+        ckpt = checkpoint_path(run.path)
+        return load_predictor(str(ckpt), ckpt.stat().st_mtime)
+    except (UserError, OSError) as exc:
+        st.error(f"This run's model cannot be loaded: {exc}. Pick another run.")
+        st.stop()
 
 
-c1, c2 = st.columns([3, 1])
-name = c1.selectbox("Run", list(by_name), index=0, key="pr_run", format_func=describe)
-run = by_name[name]
-with user_errors():
-    ckpt = checkpoint_path(run.path)
-    predictor = load_predictor(str(ckpt), ckpt.stat().st_mtime)
-topk = c2.slider("Top k", 1, max(1, len(predictor.classes)), min(5, len(predictor.classes)), key="pr_topk")
-st.caption(f"Checkpoint `{ckpt.name}` from epoch {predictor.epoch} · classes: {', '.join(predictor.classes)}")
+def get_image():
+    upload_tab, camera_tab = st.tabs(["Upload an image", "Webcam snapshot"])
+    with upload_tab:
+        upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="pr_upload")
+    with camera_tab:
+        snapshot = st.camera_input("Take a snapshot", key="pr_camera")
+    source = upload or snapshot
+    if source is None:
+        st.info("Upload an image (png, jpg, webp, bmp) or take a snapshot to see the class probabilities.")
+        st.stop()
+    return source
 
-upload_tab, camera_tab = st.tabs(["Upload an image", "Webcam snapshot"])
-with upload_tab:
-    upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="pr_upload")
-with camera_tab:
-    snapshot = st.camera_input("Take a snapshot", key="pr_camera")
-source = upload or snapshot
-if source is None:
-    st.info("Upload an image (png, jpg, webp, bmp) or take a snapshot to see the class probabilities.")
-    st.stop()
 
-try:
-    data = source.getvalue()
-    check_image_upload(data, source.name)
-    image = open_image(data)
-    probs = predictor.probabilities(image)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
+def show_prediction(predictor: Predictor, source, topk: int) -> None:
+    try:
+        data = source.getvalue()
+        check_image_upload(data, source.name)
+        image = open_image(data)
+        probs = predictor.probabilities(image)
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+    values, indices = probs.topk(topk)
+    table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
+    left, right = st.columns([2, 3])
+    with left:
+        st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
+    with right:
+        best = table.iloc[0]
+        st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",
+                  delta_arrow="off")
+        st.altair_chart(alt.Chart(table).mark_bar().encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),
+            width="stretch")
+        st.dataframe(table, hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
+            format="percent", min_value=0.0, max_value=1.0)})
 
-values, indices = probs.topk(topk)
-table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
-left, right = st.columns([2, 3])
-with left:
-    st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
-with right:
-    best = table.iloc[0]
-    st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off", delta_arrow="off")
-    st.altair_chart(alt.Chart(table).mark_bar().encode(
-        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),
-        width="stretch")
-    st.dataframe(table, hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
-        format="percent", min_value=0.0, max_value=1.0)})
+
+def main() -> None:
+    st.title("4 · Prediction")
+    st.caption("Upload an image or take a snapshot; the model preprocesses it exactly as in evaluation.")
+    run, topk_column = pick_run()
+    predictor = load_model(run)
+    n = len(predictor.classes)
+    topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
+    st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
+               f"classes: {', '.join(predictor.classes)}")
+    show_prediction(predictor, get_image(), min(topk, n))
+
+
+main()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.appstate import load_state, save_state
+from pages.common import load_state, save_state
 from core.archs import ARCHITECTURES
 from core.surgery import FREEZE_MODES, adapt_model
 from core.weights import download_weights, list_sources, store_uploaded_weights

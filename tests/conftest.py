@@ -1,6 +1,7 @@
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,43 @@ def make_colour_dataset(root: Path, per_class: int = 10, size: int = 64, classes
     return root
 
 
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 @pytest.fixture(autouse=True)
 def isolated_workspace(tmp_path, monkeypatch):
     """Every test gets its own workspace and torch hub cache; nothing touches the user's."""
     monkeypatch.setenv("TLD_WORKSPACE", str(tmp_path / "workspace"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("TLD_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    monkeypatch.delenv("TLD_DATA_ROOT", raising=False)
     torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left_behind():
+    """Kill every training process a test started, pass or fail, and fail a test that left one running."""
+    from core import runs
+
+    before = set(runs.children())
+    yield
+    leaked = []
+    for path, proc in runs.children().items():
+        if path in before or proc.poll() is not None:
+            continue
+        leaked.append(path)
+        runs.kill_worker(path)
+        proc.wait(timeout=30)
+    assert not leaked, f"the test left training processes running: {leaked}"
 
 
 @pytest.fixture

@@ -4,25 +4,29 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.appstate import save_state
 from core.demo import generate_demo
+from core.rundir import read_run
+from core.runs import kill_worker
 from core.workspace import lists_dir_for, runs_dir
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "streamlit_app.py")
 PAGES = ["pages/home.py", "pages/dataset.py", "pages/surgery.py", "pages/training.py", "pages/prediction.py"]
 
 
 @pytest.fixture
-def small_demo(tmp_path):
-    """A smaller demo dataset, chosen as the app's data root, so page tests stay fast."""
+def small_demo(tmp_path, monkeypatch):
+    """A smaller demo dataset, the workspace's default data root, so page tests stay fast."""
     root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(10, 10), seed=2)
-    save_state(data_root=str(root))
+    monkeypatch.setenv("TLD_DATA_ROOT", str(root))
     return root
 
 
-def app() -> AppTest:
+def app(**choices) -> AppTest:
+    """A new browser session; ``choices`` are the visitor's choices as they would come in the URL."""
     at = AppTest.from_file(APP, default_timeout=120)
+    for name, value in choices.items():
+        at.query_params[name] = str(value)
     at.run()
     assert not at.exception, at.exception
     return at
@@ -65,8 +69,7 @@ def test_dataset_page_ratio_slider_changes_the_split(small_demo):
 
 
 def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_file):
-    save_state(arch="resnet18", weights_file=str(resnet18_file))
-    at = open_page(app(), "pages/surgery.py")
+    at = open_page(app(arch="resnet18", weights_file=resnet18_file), "pages/surgery.py")
     assert not at.error, [e.value for e in at.error]
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]  # popped (and missing) keys
     metrics = {m.label: m.value for m in at.metric}
@@ -74,21 +77,14 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
-    save_state(arch="resnet18")
-    at = open_page(app(), "pages/surgery.py")
+    at = open_page(app(arch="resnet18"), "pages/surgery.py")
     assert any("No resnet18 weights are on this machine" in w.value for w in at.warning)
     at.button(key="sg_use_lite").click().run()
     assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
 
 
-def _wait_for_run(at: AppTest, timeout: float = 180) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        runs = list(runs_dir().iterdir())
-        if runs and (runs[0] / "summary.json").exists():
-            return runs[0].name
-        time.sleep(1)
-    raise AssertionError("the training run did not finish in time")
+def _wait_for_run(name: str, timeout: float = 180) -> None:
+    assert wait_until(lambda: read_run(runs_dir() / name).finished, timeout), "the run did not finish in time"
 
 
 def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
@@ -97,7 +93,7 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
     at.button(key="tr_start").click().run()
     assert not at.exception
     name = at.query_params["run"]
-    assert _wait_for_run(at) == name
+    _wait_for_run(name)
     at.run()
     assert not at.exception
     assert f"Run {name}" in [s.value for s in at.subheader]
@@ -144,7 +140,6 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     config = (runs_dir() / twin / "config.json").read_text()
     assert '"weights": null' in config and '"freeze": "all"' in config
     assert at.multiselect(key="tr_compare").value == ["pretrained", twin]
-    from core.runs import kill_worker
     kill_worker(runs_dir() / twin)
 
 
@@ -161,16 +156,14 @@ def _start_long_run() -> AppTest:
 def test_stop_button_ends_a_running_worker(small_demo):
     at = _start_long_run()
     run = runs_dir() / at.query_params["run"]
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.5)
+    assert wait_until(lambda: read_run(run).epochs_done >= 1, 120)
     at.run()
     at.button(key="tr_stop").click().run()
-    assert (run / "STOP").exists() or (run / "summary.json").exists()
-    while not (run / "summary.json").exists() and time.time() < deadline:
-        time.sleep(0.5)
+    assert wait_until(lambda: read_run(run).finished, 60)
+    assert read_run(run).status == "stopped"
     at.run()
     assert any("stopped on request" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "tr_stop"]  # a stopped run offers no Stop
 
 
 def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
@@ -191,8 +184,7 @@ def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
 
 
 def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_file):
-    save_state(arch="resnet18")
-    at = open_page(app(), "pages/surgery.py")
+    at = open_page(app(arch="resnet18"), "pages/surgery.py")
     at.file_uploader(key="sg_upload").upload("resnet18_pretrain.pth", resnet18_file.read_bytes(),
                                              "application/octet-stream").run()
     at.button(key="sg_store").click().run()
@@ -205,14 +197,12 @@ def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_fi
 
 
 def test_a_reload_reattaches_to_the_running_run(small_demo):
-    from core.runs import kill_worker, run_status
-
     name = _start_long_run().query_params["run"]
     reloaded = AppTest.from_file(APP, default_timeout=120)  # a new browser session with the same URL
     reloaded.query_params["run"] = name
     reloaded.run()
     open_page(reloaded, "pages/training.py")
     assert f"Run {name}" in [s.value for s in reloaded.subheader]
-    assert run_status(runs_dir() / name)[0] == "running"  # the first session going away did not stop it
+    assert read_run(runs_dir() / name).active  # the first session going away did not stop it
     assert [b.label for b in reloaded.button if b.key == "tr_stop"] == ["Stop"]
     kill_worker(runs_dir() / name)

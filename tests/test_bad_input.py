@@ -18,18 +18,19 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.appstate import save_state
 from core.config import TrainConfig
 from core.data import read_split, split_dataset, write_split
 from core.errors import DatasetError, ImageError, UploadError, WeightsError
 from core.images import open_image
 from core.io import atomic_torch_save
-from core.runs import new_run_dir, read_run, run_status, start_worker
+from core.records import Epoch
+from core.rundir import RunDir, new_run_dir, read_run, read_status
+from core.runs import kill_worker, start_worker
 from core.surgery import adapt_model
-from core.train import RunDir, train
+from core.train import train
 from core.uploads import check_image_upload, extract_zip
 from core.workspace import check_allowed, runs_dir
-from tests.conftest import ROOT, make_colour_dataset
+from tests.conftest import ROOT, make_colour_dataset, wait_until
 
 
 def _jpeg_bytes(img: Image.Image, **kw) -> bytes:
@@ -270,8 +271,8 @@ def test_weights_wrapped_state_dict_and_module_prefix(resnet18_file, tmp_path):
 
 
 # ============================================================================= uploads
-def _app_with_run(small_root, lite0_file):
-    save_state(data_root=str(small_root))
+def _app_with_run(small_root, lite0_file, monkeypatch):
+    monkeypatch.setenv("TLD_DATA_ROOT", str(small_root))
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
                            epochs=1, num_workers=0), runs_dir() / "run1"))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
@@ -280,9 +281,9 @@ def _app_with_run(small_root, lite0_file):
     return at
 
 
-def test_upload_non_image(tmp_path, lite0_file):
+def test_upload_non_image(tmp_path, lite0_file, monkeypatch):
     root = make_colour_dataset(tmp_path / "workspace" / "datasets" / "c", per_class=4)
-    at = _app_with_run(root, lite0_file)
+    at = _app_with_run(root, lite0_file, monkeypatch)
     at.file_uploader(key="pr_upload").upload("fake.png", b"%PDF-1.4 not an image", "image/png").run()
     assert not at.exception
     assert ["the uploaded image is not an image PIL can read (empty, corrupt, or another kind of file)"] == \
@@ -344,8 +345,8 @@ def test_training_nan_loss(colour_data, resnet18_file, tmp_path):
     records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
                                      freeze="all", lr=1e30, num_workers=0), tmp_path / "run"))
     final = records[-1]
-    assert final["status"] == "failed"
-    assert final["reason"].startswith("the loss became nan") or "the loss became inf" in final["reason"]
+    assert final.status == "failed"
+    assert final.reason.startswith("the loss became nan") or "the loss became inf" in final.reason
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
@@ -355,42 +356,32 @@ def test_training_stop_mid_epoch_keeps_the_last_good_checkpoint(colour_data, res
                       batch_size=2, log_every=1, feature_cache=False, num_workers=0)
     stream = train(cfg, run.path)
     for record in stream:
-        if record["type"] == "batch" and record["epoch"] == 2:
+        if record.type == "batch" and record.epoch == 2:
             break  # in the middle of epoch 2
     good = run.last.read_bytes()
     run.stop_flag.touch()
     final = list(stream)[-1]
-    assert final["status"] == "stopped" and final["epochs_completed"] == 1
+    assert final.status == "stopped" and final.epochs_completed == 1
     assert run.last.read_bytes() == good
     assert torch.load(run.last, weights_only=True)["epoch"] == 1
 
 
-def _wait(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 def test_training_worker_killed(tmp_path, lite0_file):
     root = make_colour_dataset(tmp_path / "workspace" / "datasets" / "c", per_class=30)
-    save_state(data_root=str(root))
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(root), epochs=50,
                       freeze="all", num_workers=0)
     run = start_worker(cfg, new_run_dir(runs_dir()))
-    assert _wait(lambda: (run / "metrics.jsonl").exists())
-    assert run_status(run)[0] == "running"
-    os.kill(int((run / "worker.pid").read_text()), signal.SIGKILL)
-    assert _wait(lambda: run_status(run)[0] == "failed", 20)
-    assert "ended without finishing" in run_status(run)[1]
+    assert wait_until(lambda: (run / "metrics.jsonl").exists(), 120)
+    assert read_status(RunDir(run))[0] == "running"
+    kill_worker(run)
+    assert wait_until(lambda: read_status(RunDir(run))[0] == "failed", 20)
+    assert "ended without finishing" in read_status(RunDir(run))[1]
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.query_params["run"] = run.name
     at.run()
     at.switch_page("pages/training.py").run()
     assert not at.exception
-    assert any("The run failed: the worker process ended without finishing" in e.value for e in at.error)
+    assert any("The run failed: the training process ended without finishing" in e.value for e in at.error)
 
 
 def test_training_two_runs_at_once(colour_data, resnet18_file, tmp_path):
@@ -400,7 +391,7 @@ def test_training_two_runs_at_once(colour_data, resnet18_file, tmp_path):
                       num_workers=0)
     a, b = (start_worker(cfg, new_run_dir(runs_dir())) for _ in range(2))
     assert a != b
-    assert _wait(lambda: run_status(a)[0] != "running" and run_status(b)[0] != "running", 180)
+    assert wait_until(lambda: read_run(a).finished and read_run(b).finished, 180)
     for run in (a, b):
         info = read_run(run)
         assert info.status == "completed", info.reason
@@ -430,9 +421,9 @@ def test_training_list_with_an_unreadable_image(colour_data, resnet18_file, tmp_
         records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
                                          epochs=2, num_workers=0, feature_cache=cache), tmp_path / f"run{cache}"))
         final = records[-1]
-        assert final["status"] == "completed", final["reason"]
-        assert final["skipped_images"] == 1
-        assert all(r["skipped_images"] == 1 for r in records if r["type"] == "epoch")
+        assert final.status == "completed", final.reason
+        assert final.skipped_images == 1
+        assert all(r.skipped_images == 1 for r in records if isinstance(r, Epoch))
 
 
 # ============================================================================= server
@@ -449,8 +440,7 @@ def test_server_data_root_outside_allowed_roots(tmp_path, monkeypatch):
     at.button(key="ds_use_path").click().run()
     assert any("'/etc' is outside the folders this app may read" in e.value for e in at.error)
     assert "demo-shapes" in " ".join(m.value for m in at.markdown)  # the current dataset is unchanged
-    from core.appstate import load_state
-    assert load_state()["data_root"] is None
+    assert at.session_state["choices"]["data_root"] is None
 
 
 def test_server_xsrf_on_and_upload_cap_set():

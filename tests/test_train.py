@@ -6,9 +6,10 @@ import torch
 
 from core.config import TrainConfig
 from core.errors import ConfigError, RunError
-from core.io import read_jsonl
 from core.predict import Predictor
-from core.train import RunDir, train
+from core.records import Batch, Epoch, Features, Final, Progress, Start
+from core.rundir import RunDir, read_records
+from core.train import train
 
 
 def _config(data, **overrides):
@@ -21,24 +22,24 @@ def _config(data, **overrides):
 def test_record_stream_and_run_folder(colour_data, resnet18_file, tmp_path):
     run_dir = tmp_path / "run"
     records = list(train(_config(colour_data, weights=str(resnet18_file)), run_dir))
-    kinds = [r["type"] for r in records]
+    kinds = [r.type for r in records if r.type != "progress"]
     assert kinds[0] == "start" and kinds[-1] == "final"
     assert kinds.count("epoch") == 2
     # 12 train images, batch 4 → 3 batches per epoch; a record every 2 batches → 1 per epoch
-    batches = [r for r in records if r["type"] == "batch"]
-    assert [(b["epoch"], b["batch"], b["seen"], b["total"]) for b in batches] == [(1, 2, 8, 12), (2, 2, 8, 12)]
+    batches = [r for r in records if isinstance(r, Batch)]
+    assert [(b.epoch, b.batch, b.seen, b.total) for b in batches] == [(1, 2, 8, 12), (2, 2, 8, 12)]
     start = records[0]
-    assert start["device"] == "cpu" and start["device_name"] == "CPU" and start["path"] == "cached features"
-    epoch = records[kinds.index("epoch")]
-    assert set(epoch) >= {"train_loss", "test_loss", "test_acc", "per_class_acc", "seconds", "confusion"}
-    assert sum(map(sum, epoch["confusion"])) == 8
+    assert start.device == "cpu" and start.device_name == "CPU" and start.feature_path == "cached features"
+    epoch = next(r for r in records if isinstance(r, Epoch))
+    assert sum(map(sum, epoch.confusion)) == 8 and epoch.tested == 8 and len(epoch.per_class_acc) == 2
     final = records[-1]
-    assert final["status"] == "completed" and final["epochs_completed"] == 2
+    assert final.status == "completed" and final.epochs_completed == 2
     run = RunDir(run_dir)
-    assert read_jsonl(run.metrics) == records
+    assert read_records(run).items == tuple(records)
     summary = json.loads(run.summary.read_text())
-    assert summary["status"] == "completed" and summary["best_acc"] == max(e["test_acc"] for e in records
-                                                                         if e["type"] == "epoch")
+    assert summary["status"] == "completed" and summary["best_acc"] == max(e.test_acc for e in records
+                                                                         if isinstance(e, Epoch))
+    assert json.loads(run.status_file.read_text())["state"] == "completed"
     for path in (run.config, run.last, run.best, run.predictions, run.plain_state_dict("resnet18"),
                  run.lists / "train.txt"):
         assert path.is_file(), path
@@ -54,7 +55,7 @@ def test_record_stream_and_run_folder(colour_data, resnet18_file, tmp_path):
 def test_refuses_a_folder_that_already_holds_a_run(colour_data, resnet18_file, tmp_path):
     list(train(_config(colour_data, epochs=1, weights=str(resnet18_file)), tmp_path / "run"))
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    with pytest.raises(RunError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a completed run"):
         list(train(_config(colour_data, epochs=1), tmp_path / "run"))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
@@ -65,18 +66,18 @@ def test_pretrained_head_training_learns_the_demo_shapes(tmp_path, lite0_file):
     data = generate_demo(tmp_path / "shapes", per_class=(16, 16), seed=1)
     records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(data),
                                      epochs=5, batch_size=8, num_workers=0, lr=0.01), tmp_path / "run"))
-    epochs = [r for r in records if r["type"] == "epoch"]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert epochs[-1]["test_acc"] >= 0.8, [e["test_acc"] for e in epochs]
+    epochs = [r for r in records if isinstance(r, Epoch)]
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    assert epochs[-1].test_acc >= 0.8, [e.test_acc for e in epochs]
 
 
 def test_full_path_loss_goes_down_with_all_layers_training(colour_data, resnet18_file, tmp_path):
     records = list(train(_config(colour_data, weights=str(resnet18_file), freeze="all", epochs=3, lr=0.005),
                          tmp_path / "run"))
-    assert records[0]["path"] == "full forward"
-    epochs = [r for r in records if r["type"] == "epoch"]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert records[-1]["status"] == "completed"
+    assert records[0].feature_path == "full forward"
+    epochs = [r for r in records if isinstance(r, Epoch)]
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    assert records[-1].status == "completed"
 
 
 def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, resnet18_file, tmp_path):
@@ -87,12 +88,14 @@ def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, res
     full = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
     for key in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(cached[key], full[key], rtol=1e-4, atol=1e-5)
-    assert read_jsonl(tmp_path / "cached" / "metrics.jsonl")[0]["path"] == "cached features"
-    assert read_jsonl(tmp_path / "full" / "metrics.jsonl")[0]["path"] == "full forward"
+    assert read_records(tmp_path / "cached").start.feature_path == "cached features"
+    assert read_records(tmp_path / "full").start.feature_path == "full forward"
     # a second run with the same inputs reads the features from disk
     records = list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "again",
                          cache_dir=tmp_path / "c"))
-    assert all(r["from_disk"] for r in records if r["type"] == "features")
+    features = [r for r in records if isinstance(r, Features)]
+    assert len(features) == 2 and all(r.from_disk for r in features)
+    assert not any(isinstance(r, Progress) and r.phase == "features" for r in records)
 
 
 def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_file, tmp_path):
@@ -111,7 +114,7 @@ def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_f
 
 def test_augmentation_uses_the_full_path(colour_data, resnet18_file, tmp_path):
     records = list(train(_config(colour_data, weights=str(resnet18_file), flip=True, epochs=1), tmp_path / "r"))
-    assert records[0]["path"] == "full forward"
+    assert records[0].feature_path == "full forward"
 
 
 def test_checkpoint_predict_round_trip(colour_data, resnet18_file, tmp_path):
@@ -127,18 +130,18 @@ def test_checkpoint_predict_round_trip(colour_data, resnet18_file, tmp_path):
 def test_nan_loss_fails_the_run_with_the_reason(colour_data, resnet18_file, tmp_path):
     records = list(train(_config(colour_data, weights=str(resnet18_file), lr=1e30, freeze="all"), tmp_path / "r"))
     final = records[-1]
-    assert final["status"] == "failed" and "loss became" in final["reason"]
+    assert final.status == "failed" and "loss became" in final.reason
 
 
 def test_stop_request_ends_the_run_as_stopped(colour_data, resnet18_file, tmp_path):
     run = RunDir(tmp_path / "r")
     stream = train(_config(colour_data, weights=str(resnet18_file), epochs=4, log_every=1), run.path)
     for record in stream:
-        if record["type"] == "epoch":
+        if isinstance(record, Epoch):
             break
     run.stop_flag.touch()
     rest = list(stream)
-    assert rest[-1]["status"] == "stopped" and rest[-1]["epochs_completed"] == 1
+    assert rest[-1].status == "stopped" and rest[-1].epochs_completed == 1
     assert torch.load(run.last, weights_only=True)["epoch"] == 1
     assert not run.stop_flag.exists()
 
@@ -157,8 +160,8 @@ def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file
     common = dict(arch="efficientnet_lite0", data_root=str(data), epochs=3, batch_size=8, num_workers=0)
     pretrained = list(train(TrainConfig(weights=str(lite0_file), lr=0.01, **common), tmp_path / "pt"))[-1]
     scratch = list(train(TrainConfig(weights=None, freeze="all", **common), tmp_path / "scratch"))[-1]
-    assert pretrained["best_acc"] >= 0.8
-    assert pretrained["best_acc"] > scratch["best_acc"] + 0.3, (pretrained["best_acc"], scratch["best_acc"])
+    assert pretrained.best_acc >= 0.8
+    assert pretrained.best_acc > scratch.best_acc + 0.3, (pretrained.best_acc, scratch.best_acc)
 
 
 def test_feature_cache_keeps_the_newest_entries_within_its_size_cap(tmp_path):

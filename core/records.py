@@ -1,0 +1,204 @@
+"""The records a training run emits, one JSON object per line of ``metrics.jsonl``.
+
+Each kind is a small frozen dataclass. ``to_json`` gives the line's object (with its
+``"type"``), ``parse_record`` turns an object back into a record and says precisely what
+is wrong with one that is not a record, so a damaged file is reported, never crashed on.
+The page, the CLI, the run listing and the tests read attributes, not string keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+FEATURE_PATHS = ("cached features", "full forward")
+
+
+class RecordError(ValueError):
+    """A line of metrics.jsonl that is not a valid record; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    type: ClassVar[str] = ""
+
+    def to_json(self) -> dict:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        required = [n for n, f in known.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise RecordError(f"a '{cls.type}' record lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Start(_Record):
+    type: ClassVar[str] = "start"
+    arch: str
+    classes: list
+    train_size: int
+    test_size: int
+    epochs: int
+    batches_per_epoch: int
+    device: str
+    device_name: str
+    feature_path: str  # "cached features" (the head trains on stored backbone outputs) or "full forward"
+    trainable_params: int
+    frozen_params: int
+    weights: str | None  # where the body's weights came from; None: random initialisation
+    time: float
+    class_names: str = "given"  # how the class names were found (for list files without classes.json)
+    threads: int | None = None
+    workers: int | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None
+
+    @classmethod
+    def from_json(cls, data: dict):
+        if "feature_path" not in data and "path" in data:  # run folders written before the rename
+            data = {**data, "feature_path": data["path"]}
+        return super().from_json(data)
+
+
+@dataclass(frozen=True)
+class Progress(_Record):
+    """Sign of life inside a long phase: backbone features of one split, or a test pass."""
+    type: ClassVar[str] = "progress"
+    phase: str  # "features" or "test"
+    done: int
+    total: int
+    images_per_s: float
+    split: str = "test"
+    epoch: int | None = None
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Features(_Record):
+    type: ClassVar[str] = "features"
+    split: str
+    images: int
+    skipped: int
+    from_disk: bool
+    seconds: float  # this split's own time, not a running total
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Batch(_Record):
+    type: ClassVar[str] = "batch"
+    epoch: int
+    batch: int
+    loss: float
+    seen: int
+    total: int
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Epoch(_Record):
+    type: ClassVar[str] = "epoch"
+    epoch: int
+    train_loss: float
+    test_loss: float | None
+    test_acc: float | None
+    per_class_acc: list
+    confusion: list
+    tested: int
+    skipped_images: int
+    seconds: float
+    best: bool
+    images_per_s: float | None = None
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Final(_Record):
+    type: ClassVar[str] = "final"
+    status: str  # completed, stopped or failed
+    reason: str
+    epochs_completed: int
+    final_acc: float | None
+    best_acc: float | None
+    best_epoch: int | None
+    seconds: float
+    device: str | None = None
+    device_name: str | None = None
+    feature_path: str | None = None
+    skipped_images: int = 0
+    time: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, data: dict):
+        if "feature_path" not in data and "path" in data:
+            data = {**data, "feature_path": data["path"]}
+        return super().from_json(data)
+
+
+Record = Union[Start, Progress, Features, Batch, Epoch, Final]
+KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Final)}
+
+
+def parse_record(data) -> Record | None:
+    """The record ``data`` holds; None for a kind this version does not know (newer writers)."""
+    if not isinstance(data, dict):
+        raise RecordError(f"expected a JSON object, found {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise RecordError("the object has no 'type'")
+    cls = KINDS.get(kind)
+    if cls is None:
+        return None
+    try:
+        return cls.from_json(data)
+    except TypeError as exc:
+        raise RecordError(f"a '{kind}' record does not fit: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Records:
+    """A run's records, grouped, with the questions pages ask of them answered once."""
+    items: tuple
+
+    @property
+    def start(self) -> Start | None:
+        return next((r for r in self.items if isinstance(r, Start)), None)
+
+    @property
+    def final(self) -> Final | None:
+        return next((r for r in reversed(self.items) if isinstance(r, Final)), None)
+
+    def of(self, kind: type) -> list:
+        return [r for r in self.items if isinstance(r, kind)]
+
+    @property
+    def epochs(self) -> list[Epoch]:
+        return self.of(Epoch)
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.of(Batch)
+
+    @property
+    def latest_progress(self) -> Progress | None:
+        """The newest progress record, if nothing else has happened since."""
+        last = self.items[-1] if self.items else None
+        return last if isinstance(last, Progress) else None
+
+    @property
+    def best_acc(self) -> float | None:
+        accs = [e.test_acc for e in self.epochs if e.test_acc is not None]
+        return max(accs) if accs else None
+
+    @property
+    def final_acc(self) -> float | None:
+        tested = [e.test_acc for e in self.epochs if e.test_acc is not None]
+        return tested[-1] if tested else None

@@ -1,0 +1,443 @@
+"""The run folder: the one module that knows its file names, creates runs, reads them and
+says what state they are in.
+
+A run folder holds ``config.json`` (written once, by whoever creates the run),
+``status.json`` (written only by the training process: state, pid, phase, heartbeat),
+``metrics.jsonl`` (one record per line, see ``core.records``), ``surgery.json``,
+``checkpoint_last.pt``/``checkpoint_best.pt``, ``model_<arch>.pth``, ``predictions.json``,
+``summary.json``, the copied ``lists/``, and, when asked, ``STOP``. Every reader here treats
+every file as possibly damaged or half written by another process at this moment: a damaged
+run is reported as ``damaged``, with the file and the reason, and never raises.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import ConfigError, RunError
+from .io import atomic_write_json
+from .records import Epoch, Final, RecordError, Records, parse_record
+
+HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
+STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
+ACTIVE = ("starting", "running")
+ENDED = ("completed", "stopped", "failed")
+
+
+class DamagedRun(RunError):
+    """A file of a run folder cannot be read; the message names the file and the reason."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / "config.json")
+    status_file = property(lambda self: self.path / "status.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    surgery = property(lambda self: self.path / "surgery.json")
+    predictions = property(lambda self: self.path / "predictions.json")
+    last = property(lambda self: self.path / "checkpoint_last.pt")
+    best = property(lambda self: self.path / "checkpoint_best.pt")
+    lists = property(lambda self: self.path / "lists")
+    stop_flag = property(lambda self: self.path / "STOP")
+    log = property(lambda self: self.path / "worker.log")
+    error = property(lambda self: self.path / "error.txt")
+    name = property(lambda self: self.path.name)
+
+    def plain_state_dict(self, arch: str) -> Path:
+        return self.path / f"model_{arch}.pth"  # the tutorial's file: a bare state dict
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint predictions use: the best epoch's, else the last one's."""
+        return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def stop_requested(self) -> bool:
+        return self.stop_flag.exists()
+
+    def request_stop(self) -> None:
+        self.stop_flag.touch()
+
+    def holds_run(self) -> bool:
+        return any(p.exists() for p in (self.config, self.status_file, self.metrics, self.summary))
+
+
+# ----------------------------------------------------------------------------- creating runs
+def new_run_dir(parent: str | os.PathLike, label: str = "") -> Path:
+    """A fresh, uniquely named folder: two runs started in the same second never share one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{label}" if label else "")
+    while True:
+        path = parent / f"{stem}-{secrets.token_hex(2)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def run_label(cfg: TrainConfig) -> str:
+    return f"{cfg.arch}-{'pt' if cfg.pretrained else 'scratch'}"
+
+
+def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False) -> RunDir:
+    """Make ``path`` a new run of ``cfg``: config.json written once, status 'starting'.
+
+    A folder that already holds a run is refused. With ``force``, a failed or stopped run
+    there is moved aside (renamed, never deleted); a running or completed one never is.
+    """
+    run = RunDir(path)
+    if run.holds_run():
+        status, _ = read_status(run)
+        if not force or status not in ("failed", "stopped", "damaged"):
+            hint = (" (--force moves a failed or stopped run aside)" if status in ("failed", "stopped", "damaged")
+                    else "")
+            raise RunError(f"'{run.path}' already holds a {status} run; choose a new folder so nothing is "
+                           f"overwritten{hint}")
+        aside = run.path.with_name(f"{run.name}.{status}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        os.rename(run.path, aside)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.config, cfg.to_dict())
+    write_status(run, WorkerState("starting", pid=None, phase="starting"))
+    return run
+
+
+def load_config(run: RunDir) -> TrainConfig:
+    try:
+        return TrainConfig.load(run.config)
+    except ConfigError as exc:
+        raise DamagedRun(run.config.name, str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- status.json
+def process_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid``: with the pid it names one process, even after pid reuse."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    state: str  # starting, running, completed, stopped, failed
+    pid: int | None
+    phase: str = ""
+    reason: str = ""
+    heartbeat: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    pid_start: int | None = None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def write_status(run: RunDir, state: WorkerState) -> None:
+    atomic_write_json(run.status_file, state.to_json())
+
+
+def this_process_state(state: str, phase: str = "", reason: str = "") -> WorkerState:
+    pid = os.getpid()
+    return WorkerState(state, pid=pid, phase=phase, reason=reason, pid_start=process_start_ticks(pid))
+
+
+class Heartbeat:
+    """Keeps status.json fresh from a background thread while the training process works.
+
+    The main loop only sets ``phase``; the thread rewrites the file every HEARTBEAT_S, so
+    the heartbeat stays fresh even inside a long batch or a slow first DataLoader start.
+    """
+
+    def __init__(self, run: RunDir, interval: float = HEARTBEAT_S):
+        self.run, self.interval, self.phase = run, interval, "starting"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._write("running")
+        self._thread.start()
+        return self
+
+    def set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self._write("running")
+
+    def finish(self, state: str, reason: str) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write(state, reason)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._write("running")
+            except OSError:  # a full disk must not kill the run from this thread; the next beat retries
+                pass
+
+    def _write(self, state: str, reason: str = "") -> None:
+        with self._lock:
+            write_status(self.run, this_process_state(state, self.phase, reason))
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedRun(path.name, f"{what} cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def read_worker_state(run: RunDir) -> WorkerState | None:
+    data = _read_json(run.status_file, "the worker's status")
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("state") not in ACTIVE + ENDED:
+        raise DamagedRun(run.status_file.name, "it is not a status written by this tool")
+    try:
+        return WorkerState(**{k: v for k, v in data.items() if k in WorkerState.__dataclass_fields__})
+    except TypeError as exc:
+        raise DamagedRun(run.status_file.name, str(exc)) from None
+
+
+def _process_gone(state: WorkerState) -> bool | None:
+    """True when the worker's process no longer exists; None when this machine cannot tell."""
+    if state.pid is None or state.host != socket.gethostname():
+        return None
+    try:
+        os.kill(state.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    try:
+        if Path(f"/proc/{state.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True  # exited, only its exit status is left
+    except (OSError, IndexError):
+        return None
+    start = process_start_ticks(state.pid)
+    return state.pid_start is not None and start is not None and start != state.pid_start
+
+
+def _last_log_line(run: RunDir) -> str:
+    try:
+        lines = [line for line in run.log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def read_status(run: RunDir, now: float | None = None) -> tuple[str, str]:
+    """(status, reason), from status.json alone: starting, running, not responding,
+    completed, stopped, failed, or damaged when the file cannot be read."""
+    try:
+        state = read_worker_state(run)
+    except DamagedRun as exc:
+        return "damaged", str(exc)
+    if state is None:
+        return _legacy_status(run)
+    if state.state in ENDED:
+        return state.state, state.reason
+    if _process_gone(state):
+        last = _last_log_line(run)
+        return "failed", ("the training process ended without finishing the run (killed or crashed)"
+                          + (f": {last}" if last else ""))
+    age = (now or time.time()) - state.heartbeat
+    if age > STALE_AFTER_S:
+        return "not responding", f"no heartbeat for {age:.0f}s (phase: {state.phase or 'unknown'})"
+    return state.state, state.phase
+
+
+def _legacy_status(run: RunDir) -> tuple[str, str]:
+    """Run folders written before status.json existed: their summary says how they ended."""
+    try:
+        summary = _read_json(run.summary, "the summary")
+    except DamagedRun as exc:
+        return "damaged", str(exc)
+    if isinstance(summary, dict) and summary.get("status") in ENDED:
+        return summary["status"], str(summary.get("reason", ""))
+    return "failed", "no training process ever reported on this run"
+
+
+# ----------------------------------------------------------------------------- records
+def read_records(run: RunDir | str | os.PathLike) -> Records:
+    """Every complete record of ``metrics.jsonl``; raises DamagedRun naming the line and the reason.
+
+    A last line without its newline is being written right now and is left for the next read.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    try:
+        data = run.metrics.read_bytes()
+    except FileNotFoundError:
+        return Records(())
+    except OSError as exc:
+        raise DamagedRun(run.metrics.name, f"cannot be read ({exc.strerror})") from None
+    items = []
+    for number, raw in enumerate(data.split(b"\n")[:-1], 1):
+        if not raw.strip():
+            continue
+        try:
+            record = parse_record(json.loads(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise DamagedRun(run.metrics.name, f"line {number} is not valid UTF-8") from None
+        except RecordError as exc:
+            raise DamagedRun(run.metrics.name, f"line {number}: {exc}") from None
+        except ValueError:
+            raise DamagedRun(run.metrics.name, f"line {number} is not JSON") from None
+        if record is not None:
+            items.append(record)
+    if items and items[0].type != "start":
+        raise DamagedRun(run.metrics.name, f"the first record is '{items[0].type}', not 'start'")
+    return Records(tuple(items))
+
+
+def read_predictions(run: RunDir) -> list[dict]:
+    """The last epoch's test predictions (path, label, pred, prob), checked."""
+    data = _read_json(run.predictions, "the test predictions")
+    if data is None:
+        return []
+    keys = {"path", "label", "pred", "prob"}
+    if not isinstance(data, list) or not all(isinstance(p, dict) and keys <= p.keys() for p in data):
+        raise DamagedRun(run.predictions.name, "it is not a list of test predictions")
+    return data
+
+
+def _check_checkpoints(run: RunDir) -> None:
+    # torch.save writes a zip archive; its directory at the end is cheap to check without loading tensors.
+    for path in (run.best, run.last):
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)")
+
+
+# ----------------------------------------------------------------------------- listing
+@dataclass(frozen=True)
+class RunInfo:
+    path: Path
+    status: str  # starting, running, not responding, completed, stopped, failed, damaged
+    reason: str
+    config: TrainConfig | None
+    best_acc: float | None = None
+    final_acc: float | None = None
+    epochs_done: int = 0
+    started: float = 0.0
+    has_checkpoint: bool = False
+
+    name = property(lambda self: self.path.name)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ENDED or self.status == "damaged"
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE or self.status == "not responding"
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        if c is None:
+            return f"damaged · {self.name}"
+        return f"{'pretrained' if c.pretrained else 'scratch'} · {c.freeze} · {c.arch} · {self.name}"
+
+
+@dataclass(frozen=True)
+class _Contents:
+    config: TrainConfig | None
+    records: Records | None
+    damage: str
+
+
+@lru_cache(maxsize=512)
+def _read_contents(path: Path, stamp: tuple) -> _Contents:
+    run = RunDir(path)
+    try:
+        config = load_config(run)
+    except DamagedRun as exc:
+        return _Contents(None, None, str(exc))
+    try:
+        records = read_records(run)
+        _read_json(run.summary, "the summary")
+        read_predictions(run)
+        _check_checkpoints(run)
+    except DamagedRun as exc:
+        return _Contents(config, None, str(exc))
+    return _Contents(config, records, "")
+
+
+def _stamp(run: RunDir) -> tuple:
+    """Sizes and modification times of the run's files: a change in any of them rereads the run."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                            for e in os.scandir(run.path) if e.name != run.status_file.name))
+    except OSError:
+        return ()
+
+
+def read_run(run_dir: str | os.PathLike) -> RunInfo:
+    run = RunDir(run_dir)
+    contents = _read_contents(run.path, _stamp(run))
+    try:
+        started = run.path.stat().st_mtime
+    except OSError:
+        started = 0.0
+    if contents.damage:
+        return RunInfo(run.path, "damaged", contents.damage, contents.config, started=started)
+    status, reason = read_status(run)
+    records = contents.records
+    start = records.start
+    return RunInfo(run.path, status, reason, contents.config, records.best_acc, records.final_acc,
+                   len(records.epochs), start.time if start else started, run.checkpoint() is not None)
+
+
+def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
+    """Every run under ``parent``, newest first; damaged ones included, marked as such."""
+    parent = Path(parent)
+    try:
+        folders = [Path(e.path) for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    runs = [read_run(p) for p in folders if RunDir(p).holds_run()]
+    return sorted(runs, key=lambda r: r.started, reverse=True)
+
+
+def best_completed(runs: list[RunInfo]) -> RunInfo | None:
+    """The completed run with the best test accuracy: the one to predict with by default."""
+    done = [r for r in runs if r.status == "completed" and r.has_checkpoint and r.best_acc is not None]
+    return max(done, key=lambda r: r.best_acc, default=None)
+
+
+def summarise(records: Records) -> dict:
+    """What a finished run's summary.json says, from its epoch records."""
+    epochs: list[Epoch] = records.epochs
+    tested = [e for e in epochs if e.test_acc is not None]
+    best = max(tested, key=lambda e: e.test_acc, default=None)
+    return {"epochs_completed": len(epochs), "final_acc": tested[-1].test_acc if tested else None,
+            "best_acc": best.test_acc if best else None, "best_epoch": best.epoch if best else None,
+            "skipped_images": epochs[-1].skipped_images if epochs else 0}
+
+
+def write_summary(run: RunDir, final: Final) -> None:
+    atomic_write_json(run.summary, final.to_json())

@@ -1,0 +1,93 @@
+"""Charts and tables used by the pages (UI only: they draw what core/ computed)."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.errors import UserError
+from core.records import Records
+from core.rundir import RunInfo, read_records
+
+
+def loss_charts(records: Records) -> None:
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Batch loss**")
+        batches = pd.DataFrame([b.to_json() for b in records.batches])
+        if len(batches):
+            total = batches["total"].max()
+            batches["images seen"] = (batches["epoch"] - 1) * total + batches["seen"]
+            st.altair_chart(alt.Chart(batches).mark_line(point=True).encode(
+                x="images seen:Q", y=alt.Y("loss:Q", title="loss"), tooltip=["epoch", "batch", "loss"]),
+                width="stretch")
+        else:
+            st.caption("A point every 10 batches (cached-feature runs on small data may log none).")
+    with c2:
+        st.markdown("**Per epoch: loss and test accuracy**")
+        epochs = pd.DataFrame([{"epoch": e.epoch, "train_loss": e.train_loss, "test_loss": e.test_loss,
+                                "test_acc": e.test_acc} for e in records.epochs])
+        if len(epochs):
+            long = epochs.melt(id_vars=["epoch"], var_name="metric", value_name="value")
+            st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
+                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q", color="metric:N",
+                tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]), width="stretch")
+        else:
+            st.caption("Appears after the first epoch's test pass.")
+
+
+def per_class_chart(classes: list[str], accuracies: list) -> None:
+    per_class = pd.DataFrame({"class": classes, "accuracy": accuracies})
+    st.altair_chart(alt.Chart(per_class).mark_bar().encode(
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("class:N", sort=None),
+        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]), width="stretch")
+
+
+def confusion_chart(classes: list[str], confusion: list[list[int]]) -> None:
+    cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": n}
+                          for i, row in enumerate(confusion) for j, n in enumerate(row)])
+    base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
+    dark = alt.datum.count > cells["count"].max() / 2
+    st.altair_chart(base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
+                    + base.mark_text().encode(text="count:Q", color=alt.condition(dark, alt.value("white"),
+                                                                                  alt.value("black"))),
+                    width="stretch")
+
+
+def runs_table(runs: list[RunInfo]) -> None:
+    rows = []
+    for r in runs:
+        c = r.config
+        rows.append({"run": r.name, "status": r.status, "arch": c.arch if c else None,
+                     "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
+                     "freeze": c.freeze if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
+                     "lr": c.lr if c else None, "batch": c.batch_size if c else None, "best acc": r.best_acc,
+                     "note": r.reason if r.status in ("damaged", "failed", "not responding") else ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"best acc": st.column_config.NumberColumn(format="percent")})
+
+
+def compare_chart(runs: list[RunInfo]) -> None:
+    """Test accuracy and loss per epoch of several runs, overlaid; damaged runs are left out with a note."""
+    rows = []
+    for info in runs:
+        try:
+            records = read_records(info.path)
+        except UserError as exc:
+            st.caption(f"{info.name} left out: {exc}")
+            continue
+        rows += [{"run": info.label, "epoch": e.epoch, "metric": m, "value": getattr(e, m)}
+                 for e in records.epochs for m in ("test_acc", "test_loss")]
+    if not rows:
+        if runs:
+            st.caption("The picked runs have no finished epoch yet; their curves appear after the first test pass.")
+        return
+    data = pd.DataFrame(rows)
+    c1, c2 = st.columns(2)
+    for col, metric in zip((c1, c2), ("test_acc", "test_loss")):
+        with col:
+            st.markdown(f"**{metric.replace('_', ' ')}**")
+            st.altair_chart(alt.Chart(data[data["metric"] == metric]).mark_line(point=True).encode(
+                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q",
+                color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
+                width="stretch")
