@@ -127,6 +127,7 @@ class Split:
     seed: int
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    given_by: str | None = None  # "train/ + val/" when the dataset came already split; the ratio did not apply
 
     def counts(self) -> list[ClassCounts]:
         train = Counter(label for _, label in self.train)
@@ -144,6 +145,7 @@ class Split:
             "counts": [asdict(c) for c in self.counts()],
             "skipped": [asdict(s) for s in self.skipped],
             "warnings": self.warnings,
+            "given_by": self.given_by,
         }
 
 
@@ -158,9 +160,64 @@ def _train_count(n: int, train_ratio: float) -> int:
     return min(max(round(n * train_ratio), 1), n - 1)
 
 
+TRAIN_PART_NAMES = ("train", "training")
+TEST_PART_NAMES = ("val", "valid", "validation", "test")
+
+
+def _has_subfolders(path: str) -> bool:
+    try:
+        return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(path))
+    except OSError:
+        return False
+
+
+def find_given_split(root: str | os.PathLike) -> tuple[str, str] | None:
+    """(train folder, test folder) when ``root`` is a dataset that ships already split:
+    ``train/`` and ``val/`` (or ``test/``), each holding the class folders."""
+    try:
+        parts = {e.name.lower(): e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    except OSError:
+        return None
+    train = next((parts[n] for n in TRAIN_PART_NAMES if n in parts), None)
+    test = next((parts[n] for n in TEST_PART_NAMES if n in parts), None)
+    if train and test and _has_subfolders(train) and _has_subfolders(test):
+        return train, test
+    return None
+
+
+def _given_split(root: str, parts: tuple[str, str], seed: int) -> Split:
+    train_scan, test_scan = scan_image_folder(parts[0]), scan_image_folder(parts[1])
+    classes = sorted(set(train_scan.classes) | set(test_scan.classes))
+    if len(classes) < 2:
+        raise DatasetError(f"'{root}' is split into {Path(parts[0]).name}/ and {Path(parts[1]).name}/, but they "
+                           f"hold {len(classes)} class folder with images; at least two are needed")
+    label = {name: i for i, name in enumerate(classes)}
+    train = [(p, label[c]) for c in train_scan.classes for p in train_scan.images[c]]
+    test = [(p, label[c]) for c in test_scan.classes for p in test_scan.images[c]]
+    names = f"{Path(parts[0]).name}/ + {Path(parts[1]).name}/"
+    warnings = []
+    only_train = sorted(set(train_scan.classes) - set(test_scan.classes))
+    only_test = sorted(set(test_scan.classes) - set(train_scan.classes))
+    if only_train or only_test:
+        warnings.append(f"the class folders differ between {names}: "
+                        + "; ".join(filter(None, [only_train and f"only in {Path(parts[0]).name}/: {', '.join(only_train)}",
+                                                  only_test and f"only in {Path(parts[1]).name}/: {', '.join(only_test)}"])))
+    warnings += [f"class folder '{n}' has no images and was left out"
+                 for n in train_scan.empty_classes + test_scan.empty_classes]
+    return Split(str(Path(root).resolve()), classes, train, test, len(train) / max(len(train) + len(test), 1), seed,
+                 train_scan.skipped + test_scan.skipped, warnings, given_by=names)
+
+
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0) -> Split:
-    """Scan ``root`` and split every class on its own; the same seed gives the same split."""
+    """Scan ``root`` and split every class on its own; the same seed gives the same split.
+
+    A dataset that ships already split (``train/`` and ``val/`` or ``test/`` sub-folders holding
+    the same class folders) keeps its own split, and ``train_ratio`` does not apply.
+    """
     _check_ratio(train_ratio)
+    parts = find_given_split(Path(root).expanduser()) if Path(root).expanduser().is_dir() else None
+    if parts:
+        return _given_split(str(root), parts, seed)
     scan = scan_image_folder(root)
     if len(scan.classes) < 2:
         found = f"only '{scan.classes[0]}'" if scan.classes else "none"
@@ -202,7 +259,8 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train.txt", _list_text(split.train))
     atomic_write_text(out / "test.txt", _list_text(split.test))
-    meta = {"classes": split.classes, "root": split.root, "train_ratio": split.train_ratio, "seed": split.seed}
+    meta = {"classes": split.classes, "root": split.root, "train_ratio": split.train_ratio, "seed": split.seed,
+            "given_by": split.given_by}
     atomic_write_text(out / "classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
     return out
 

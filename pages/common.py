@@ -91,9 +91,15 @@ def data_root() -> str:
 
 
 def _folder_stamp(root: str) -> float:
-    # Cheap change detector: adding or removing a class or image touches a folder's mtime.
+    # Cheap change detector: adding or removing a class or image touches a folder's mtime. Two levels,
+    # for datasets that ship split into train/ and val/ folders of class folders.
     try:
-        return max([os.stat(root).st_mtime] + [e.stat().st_mtime for e in os.scandir(root) if e.is_dir()])
+        stamps = [os.stat(root).st_mtime]
+        for entry in os.scandir(root):
+            if entry.is_dir():
+                stamps.append(entry.stat().st_mtime)
+                stamps += [e.stat().st_mtime for e in os.scandir(entry.path) if e.is_dir()]
+        return max(stamps)
     except OSError:
         return 0.0
 

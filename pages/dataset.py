@@ -97,6 +97,9 @@ with user_errors():
     result = split_summary(root, ratio, int(seed))
 summary = result["summary"]
 
+if summary["given_by"]:
+    st.info(f"**Split given by the dataset** ({summary['given_by']}): its own train and test images are used as "
+            "they are, so the train ratio does not apply; `train` and `val` are not classes.")
 for warning in summary["warnings"]:
     st.warning(warning)
 

@@ -158,6 +158,10 @@ def runs_panel(shown: str | None) -> None:
     if not runs:
         st.caption("Runs appear here once started (from this page, another tab, or `python -m core train`).")
         return
+    active = [r for r in runs if r.active]
+    if active:
+        st.caption("Running now: " + "; ".join(
+            f"{r.name} ({r.status}, {r.epochs_done}/{r.config.epochs if r.config else '?'} epochs)" for r in active))
     runs_table(runs)
     names = [r.name for r in runs]
     if shown in names and st.session_state.get("tr_follow_shown") != shown:

@@ -206,3 +206,24 @@ def test_a_reload_reattaches_to_the_running_run(small_demo):
     assert read_run(runs_dir() / name).active  # the first session going away did not stop it
     assert [b.label for b in reloaded.button if b.key == "tr_stop"] == ["Stop"]
     kill_worker(runs_dir() / name)
+
+
+def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
+    import io
+    import zipfile
+
+    from tests.conftest import make_colour_dataset
+
+    make_colour_dataset(tmp_path / "hym" / "train", per_class=5)
+    make_colour_dataset(tmp_path / "hym" / "val", per_class=2, seed=1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in (tmp_path / "hym").rglob("*.png"):
+            z.write(p, p.relative_to(tmp_path))
+    at = open_page(app(), "pages/dataset.py")
+    at.radio(key="ds_source").set_value("Upload a zip").run()
+    at.file_uploader(key="ds_zip").upload("hymenoptera.zip", buf.getvalue(), "application/zip").run()
+    at.button(key="ds_extract").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "2 classes · 10 train / 4 test" in [s.value for s in at.subheader]
+    assert any("Split given by the dataset" in i.value for i in at.info)

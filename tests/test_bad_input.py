@@ -300,7 +300,7 @@ def test_upload_image_over_the_size_cap(tmp_path, lite0_file, monkeypatch):
     with pytest.raises(UploadError, match="more than the limit"):
         check_image_upload(b"x" * 2000, "big.jpg")
     root = make_colour_dataset(tmp_path / "workspace" / "datasets" / "c", per_class=4)
-    at = _app_with_run(root, lite0_file)
+    at = _app_with_run(root, lite0_file, monkeypatch)
     at.file_uploader(key="pr_upload").upload("big.png", (root / "red" / "red_00.png").read_bytes() * 20,
                                              "image/png").run()
     assert any("more than the limit" in e.value for e in at.error)

@@ -1,6 +1,7 @@
 """End to end in real headless Chromium: the README's app, all pages, one training run, one prediction."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,9 +44,17 @@ def server(tmp_path):
     else:
         proc.kill()
         raise AssertionError((tmp_path / "server.log").read_text())
-    yield url, tmp_path / "workspace"
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield url, tmp_path / "workspace"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        # The server's training processes run in their own sessions: end any that are still at work.
+        from core.rundir import read_run
+        from core.runs import kill_worker
+        for run in (tmp_path / "workspace" / "runs").glob("*"):
+            if read_run(run).active:
+                kill_worker(run)
 
 
 @pytest.fixture
@@ -106,6 +115,10 @@ def test_walk_all_pages_train_and_predict(server, page):
 
     # The recipe's claim, one click away: the same run from scratch, overlaid on the pretrained one.
     page.get_by_role("button", name="Train the same from scratch (every layer) to compare").click()
+    # While the twin runs, the runs list updates by itself: its epochs count goes up with no click.
+    page.get_by_text(re.compile(r"Running now: .*\(running, 0/5 epochs\)")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Running now: .*\(running, [1-4]/5 epochs\)")).wait_for(timeout=300_000)
+    assert page.get_by_role("button", name="Stop").count() == 1  # the app's Stop only
     page.get_by_role("button", name="Train the same with pretrained weights (head only) to compare").wait_for(
         timeout=300_000)
     page.get_by_text("test acc", exact=True).wait_for()

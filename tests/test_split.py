@@ -85,3 +85,39 @@ def test_bad_ratio_is_refused(colour_data, ratio):
 def test_missing_root_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="is not a folder"):
         split_dataset(tmp_path / "nope")
+
+
+def test_a_dataset_that_ships_split_into_train_and_val_keeps_its_split(tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    root = tmp_path / "hymenoptera"
+    make_colour_dataset(root / "train", per_class=6, classes=("blue", "red"))
+    make_colour_dataset(root / "val", per_class=3, classes=("blue", "red"), seed=1)
+    split = split_dataset(root, 0.6, 0)
+    assert split.classes == ["blue", "red"]  # not "train" and "val"
+    assert split.given_by == "train/ + val/"
+    assert len(split.train) == 12 and len(split.test) == 6
+    assert all("/train/" in p for p, _ in split.train) and all("/val/" in p for p, _ in split.test)
+    assert split_dataset(root, 0.3, 5).train == split.train  # the ratio and seed do not move images
+    assert not split.warnings
+
+
+def test_a_given_split_whose_class_folders_differ_is_warned_about(tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    root = tmp_path / "ds"
+    make_colour_dataset(root / "train", per_class=4, classes=("blue", "red", "green"))
+    make_colour_dataset(root / "test", per_class=2, classes=("blue", "red"))
+    split = split_dataset(root)
+    assert split.classes == ["blue", "green", "red"] and split.given_by == "train/ + test/"
+    assert any("only in train/: green" in w for w in split.warnings)
+
+
+def test_train_and_val_with_images_directly_inside_are_two_classes(tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    make_colour_dataset(tmp_path / "flat", per_class=3, classes=("blue", "red"))
+    (tmp_path / "flat" / "blue").rename(tmp_path / "flat" / "train")
+    (tmp_path / "flat" / "red").rename(tmp_path / "flat" / "val")
+    split = split_dataset(tmp_path / "flat")
+    assert split.classes == ["train", "val"] and split.given_by is None
