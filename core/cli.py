@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- split / surgery / demo
 def cmd_split(args) -> int:
-    from .data import split_dataset, write_split
+    from .split import split_dataset, write_split
     from .workspace import lists_dir_for
 
     split = split_dataset(args.root, args.train_ratio, args.seed)
@@ -196,7 +196,7 @@ def _check_data(cfg: TrainConfig) -> None:
     """Refuse bad data before a run folder is made for it."""
     from pathlib import Path
 
-    from .data import read_split
+    from .split import read_split
 
     if cfg.data_root and not Path(cfg.data_root).is_dir():
         raise ConfigError(f"data root '{cfg.data_root}' is not a folder; give a folder with one sub-folder per class")

@@ -1,344 +1,13 @@
-"""Dataset split and the torch Dataset over the tutorial's list files.
-
-A root folder holds one sub-folder per class. ``scan_image_folder`` finds the images,
-``split_dataset`` splits each class on its own after a seeded shuffle, and
-``write_split``/``read_split`` store ``train.txt``, ``test.txt`` (``path<TAB>label``, UTF-8)
-and ``classes.json``.
-"""
+"""The torch side of the data: preprocessing taken from the weights, and the Dataset over list files."""
 from __future__ import annotations
-
-import json
-import os
-import random
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2 as T
 
-from .config import DEFAULT_TRAIN_RATIO
-from .errors import DatasetError, ImageError
-from .images import open_image
-from .io import atomic_write_text
-
-LIST_FILES = ("train.txt", "test.txt", "classes.json")
-IMBALANCE_WARNING_RATIO = 5.0
-
-
-# ----------------------------------------------------------------------------- scan
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-@dataclass
-class FolderScan:
-    root: str
-    classes: list[str]
-    images: dict[str, list[str]]  # class name -> sorted image paths
-    skipped: list[Skipped] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
-
-
-def _unwritable_reason(path: str) -> str | None:
-    if "\t" in path or "\n" in path or "\r" in path:
-        return "its path contains a tab or newline, which the path<TAB>label list format cannot hold"
-    return None
-
-
-def _scan_class_folder(class_dir: str, skipped: list[Skipped]) -> list[str]:
-    images = []
-    # followlinks=False: a symlink loop (or a link to a huge tree) must not hang the scan.
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-        dirnames.sort()
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if os.path.islink(full):
-                skipped.append(Skipped(full, "symbolic link to a folder, not followed (it could loop)"))
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            full = os.path.join(dirpath, name)
-            if not has_file_allowed_extension(name, IMG_EXTENSIONS):
-                skipped.append(Skipped(full, f"not an image extension ({', '.join(IMG_EXTENSIONS)})"))
-                continue
-            reason = _unwritable_reason(full)
-            if reason:
-                skipped.append(Skipped(full, reason))
-                continue
-            images.append(full)
-    return images
-
-
-def scan_image_folder(root: str | os.PathLike) -> FolderScan:
-    """Find class folders and their images (recursively), reporting everything left out.
-
-    Hidden files and folders (names starting with '.') are ignored without a report.
-    """
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise DatasetError(f"data root '{root}' is not a folder; give a folder with one sub-folder per class")
-    root_str = str(root_path.resolve())
-    skipped: list[Skipped] = []
-    class_dirs = []
-    for entry in sorted(os.scandir(root_str), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue  # hidden entries (.DS_Store, .git, markers) are not data
-        if entry.is_dir(follow_symlinks=True):
-            class_dirs.append(entry)
-        else:
-            skipped.append(Skipped(entry.path, "file directly under the root, not inside a class folder"))
-    images, empty = {}, []
-    for entry in class_dirs:
-        reason = _unwritable_reason(entry.name)
-        if reason:
-            skipped.append(Skipped(entry.path, reason))
-            continue
-        found = _scan_class_folder(entry.path, skipped)
-        if found:
-            images[entry.name] = found
-        else:
-            empty.append(entry.name)
-    return FolderScan(root_str, sorted(images), images, skipped, empty)
-
-
-# ----------------------------------------------------------------------------- split
-@dataclass
-class ClassCounts:
-    name: str
-    label: int
-    train: int
-    test: int
-
-
-@dataclass
-class Split:
-    root: str
-    classes: list[str]
-    train: list[tuple[str, int]]
-    test: list[tuple[str, int]]
-    train_ratio: float
-    seed: int
-    skipped: list[Skipped] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    given_by: str | None = None  # "train/ + val/" when the dataset came already split; the ratio did not apply
-
-    def counts(self) -> list[ClassCounts]:
-        train = Counter(label for _, label in self.train)
-        test = Counter(label for _, label in self.test)
-        return [ClassCounts(c, i, train[i], test[i]) for i, c in enumerate(self.classes)]
-
-    def summary(self) -> dict:
-        return {
-            "root": self.root,
-            "classes": self.classes,
-            "train_ratio": self.train_ratio,
-            "seed": self.seed,
-            "train_images": len(self.train),
-            "test_images": len(self.test),
-            "counts": [asdict(c) for c in self.counts()],
-            "skipped": [asdict(s) for s in self.skipped],
-            "warnings": self.warnings,
-            "given_by": self.given_by,
-        }
-
-
-def _check_ratio(train_ratio: float) -> None:
-    if not 0.0 < train_ratio < 1.0:
-        raise DatasetError(f"train ratio must be between 0 and 1 (exclusive), got {train_ratio}")
-
-
-def _train_count(n: int, train_ratio: float) -> int:
-    if n < 2:
-        return n  # a lone image goes to train so the class can at least be learned
-    return min(max(round(n * train_ratio), 1), n - 1)
-
-
-TRAIN_PART_NAMES = ("train", "training")
-TEST_PART_NAMES = ("val", "valid", "validation", "test")
-
-
-def _has_subfolders(path: str) -> bool:
-    try:
-        return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(path))
-    except OSError:
-        return False
-
-
-def find_given_split(root: str | os.PathLike) -> tuple[str, str] | None:
-    """(train folder, test folder) when ``root`` is a dataset that ships already split:
-    ``train/`` and ``val/`` (or ``test/``), each holding the class folders."""
-    try:
-        parts = {e.name.lower(): e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
-    except OSError:
-        return None
-    train = next((parts[n] for n in TRAIN_PART_NAMES if n in parts), None)
-    test = next((parts[n] for n in TEST_PART_NAMES if n in parts), None)
-    if train and test and _has_subfolders(train) and _has_subfolders(test):
-        return train, test
-    return None
-
-
-def _given_split(root: str, parts: tuple[str, str], seed: int) -> Split:
-    train_scan, test_scan = scan_image_folder(parts[0]), scan_image_folder(parts[1])
-    classes = sorted(set(train_scan.classes) | set(test_scan.classes))
-    if len(classes) < 2:
-        raise DatasetError(f"'{root}' is split into {Path(parts[0]).name}/ and {Path(parts[1]).name}/, but they "
-                           f"hold {len(classes)} class folder with images; at least two are needed")
-    label = {name: i for i, name in enumerate(classes)}
-    train = [(p, label[c]) for c in train_scan.classes for p in train_scan.images[c]]
-    test = [(p, label[c]) for c in test_scan.classes for p in test_scan.images[c]]
-    names = f"{Path(parts[0]).name}/ + {Path(parts[1]).name}/"
-    warnings = []
-    only_train = sorted(set(train_scan.classes) - set(test_scan.classes))
-    only_test = sorted(set(test_scan.classes) - set(train_scan.classes))
-    if only_train or only_test:
-        warnings.append(f"the class folders differ between {names}: "
-                        + "; ".join(filter(None, [only_train and f"only in {Path(parts[0]).name}/: {', '.join(only_train)}",
-                                                  only_test and f"only in {Path(parts[1]).name}/: {', '.join(only_test)}"])))
-    warnings += [f"class folder '{n}' has no images and was left out"
-                 for n in train_scan.empty_classes + test_scan.empty_classes]
-    return Split(str(Path(root).resolve()), classes, train, test, len(train) / max(len(train) + len(test), 1), seed,
-                 train_scan.skipped + test_scan.skipped, warnings, given_by=names)
-
-
-def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0) -> Split:
-    """Scan ``root`` and split every class on its own; the same seed gives the same split.
-
-    A dataset that ships already split (``train/`` and ``val/`` or ``test/`` sub-folders holding
-    the same class folders) keeps its own split, and ``train_ratio`` does not apply.
-    """
-    _check_ratio(train_ratio)
-    parts = find_given_split(Path(root).expanduser()) if Path(root).expanduser().is_dir() else None
-    if parts:
-        return _given_split(str(root), parts, seed)
-    scan = scan_image_folder(root)
-    if len(scan.classes) < 2:
-        found = f"only '{scan.classes[0]}'" if scan.classes else "none"
-        raise DatasetError(
-            f"'{root}' needs at least two class folders that contain images, found {found}; "
-            "put each class's images in its own sub-folder"
-        )
-    rng = random.Random(seed)
-    train, test, warnings = [], [], []
-    for label, name in enumerate(scan.classes):
-        paths = list(scan.images[name])
-        rng.shuffle(paths)
-        k = _train_count(len(paths), train_ratio)
-        train += [(p, label) for p in paths[:k]]
-        test += [(p, label) for p in paths[k:]]
-        if len(paths) < 2:
-            warnings.append(f"class '{name}' has {len(paths)} image: too few for both a train and a test "
-                            "image, so it is only in train and its accuracy cannot be measured")
-    warnings += [f"class folder '{name}' has no images and was left out" for name in scan.empty_classes]
-    sizes = [len(scan.images[c]) for c in scan.classes]
-    if max(sizes) >= IMBALANCE_WARNING_RATIO * min(sizes):
-        warnings.append(f"classes are strongly imbalanced: {max(sizes)} images in the largest, "
-                        f"{min(sizes)} in the smallest; accuracy alone can mislead")
-    return Split(scan.root, scan.classes, train, test, train_ratio, seed, scan.skipped, warnings)
-
-
-# ----------------------------------------------------------------------------- list files
-def _list_text(samples: list[tuple[str, int]]) -> str:
-    return "".join(f"{path}\t{label}\n" for path, label in samples)
-
-
-def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write train.txt, test.txt and classes.json; refuse to replace existing ones unless asked."""
-    out = Path(out_dir)
-    existing = [name for name in LIST_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise DatasetError(f"'{out}' already holds {', '.join(existing)}; choose another folder "
-                           "or allow overwriting (--force on the command line)")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "train.txt", _list_text(split.train))
-    atomic_write_text(out / "test.txt", _list_text(split.test))
-    meta = {"classes": split.classes, "root": split.root, "train_ratio": split.train_ratio, "seed": split.seed,
-            "given_by": split.given_by}
-    atomic_write_text(out / "classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
-    return out
-
-
-def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
-    except OSError as exc:
-        raise DatasetError(f"{path} cannot be read ({exc.strerror})") from None
-    samples = []
-    for lineno, line in enumerate(lines, 1):
-        line = line.rstrip("\r")  # lists written on Windows
-        if not line.strip():
-            continue
-        image_path, sep, label = line.rpartition("\t")
-        if not sep or not label.strip().lstrip("-").isdigit():
-            raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
-        label_int = int(label)
-        if num_classes is not None and not 0 <= label_int < num_classes:
-            raise DatasetError(f"{path}, line {lineno}: label {label_int} is outside 0..{num_classes - 1}")
-        samples.append((image_path, label_int))
-    return samples
-
-
-@dataclass
-class ListSplit:
-    classes: list[str]
-    train: list[tuple[str, int]]
-    test: list[tuple[str, int]]
-    folder: str
-    class_names: str = "given"  # "given" (classes.json), "from folders" or "numbered"
-
-
-def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
-    """Class names for list files without classes.json (the tutorial writes none).
-
-    Each label is named after the folder its images have in common, when those folders
-    differ between labels; otherwise the classes are numbered ``class_<label>``.
-    """
-    n = max((label for _, label in samples), default=-1) + 1
-    folders: dict[int, list[str]] = {}
-    for path, label in samples:
-        folders.setdefault(label, []).append(os.path.dirname(path))
-    try:
-        names = [os.path.basename(os.path.commonpath(folders[i])) if i in folders else "" for i in range(n)]
-    except ValueError:  # absolute and relative paths mixed
-        names = []
-    if names and all(names) and len(set(names)) == n:
-        return names, "from folders"
-    return [f"class_{i}" for i in range(n)], "numbered"
-
-
-def read_split(folder: str | os.PathLike) -> ListSplit:
-    folder = Path(folder)
-    missing = [name for name in LIST_FILES[:2] if not (folder / name).is_file()]
-    if missing:
-        raise DatasetError(f"'{folder}' lacks {', '.join(missing)}; run the split first "
-                           "(train.txt and test.txt hold one 'path<TAB>label' line per image)")
-    if not (folder / "classes.json").is_file():
-        train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
-        negative = [label for _, label in train + test if label < 0]
-        if negative:
-            raise DatasetError(f"'{folder}': labels must be 0 or more, found {negative[0]}")
-        classes, how = infer_class_names(train + test)
-        return ListSplit(classes, train, test, str(folder), how)
-    try:
-        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
-        classes = meta["classes"] if isinstance(meta, dict) else meta
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise ValueError("expected a list of class names")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
-    n = len(classes)
-    return ListSplit(list(classes), read_list_file(folder / "train.txt", n),
-                     read_list_file(folder / "test.txt", n), str(folder))
+from .errors import ImageError
+from .images import decode_jpeg_tensor, open_image
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -381,20 +50,28 @@ def build_transform(weights_transform, *, train: bool = False, flip: bool = Fals
 class ListDataset(Dataset):
     """Images from a list of (path, label); an unreadable image yields None instead of crashing."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform):
+    def __init__(self, samples: list[tuple[str, int]], transform, *, fast_jpeg: bool | None = None):
         self.samples = samples
         self.transform = transform
+        # libjpeg straight to a tensor, unless a PIL-only step (the letterbox) needs a PIL image
+        self.fast_jpeg = not _needs_pil(transform) if fast_jpeg is None else fast_jpeg
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            image = open_image(path)
-        except ImageError:
-            return None
+        image = decode_jpeg_tensor(path) if self.fast_jpeg else None
+        if image is None:
+            try:
+                image = open_image(path)
+            except ImageError:
+                return None
         return self.transform(image), label, index
+
+
+def _needs_pil(transform) -> bool:
+    return any(isinstance(t, Letterbox) for t in getattr(transform, "transforms", [transform]))
 
 
 def collate_skipping_unreadable(batch):

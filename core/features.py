@@ -7,6 +7,7 @@ head in the architecture table (``fc``, ``classifier.6``, ``add_Linear``, ``_fc`
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 import json
 import os
 from dataclasses import dataclass
@@ -39,17 +40,18 @@ def _file_stamp(path: str) -> list:
 
 
 def feature_cache_key(*, arch: str, variant: str, weights: str | None, transform: str,
-                      samples: list[tuple[str, int]]) -> str:
-    """Changes when any image, the weights file, the architecture or the preprocessing changes."""
+                      samples: list[tuple[str, int]], precision: str = "fp32") -> str:
+    """Changes when any image, the weights file, the architecture, the preprocessing or the precision changes."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([arch, variant, _file_stamp(weights) if weights else None, transform]).encode())
+    digest.update(json.dumps([arch, variant, _file_stamp(weights) if weights else None, transform,
+                              precision]).encode())
     for path, label in samples:
         digest.update(json.dumps([_file_stamp(path), label]).encode())
     return digest.hexdigest()[:32]
 
 
 def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *, device,
-                        batch_size: int = 32, num_workers: int = 0) -> Iterator[int]:
+                        batch_size: int = 32, num_workers: int = 0, autocast=nullcontext) -> Iterator[int]:
     """Run the frozen model once over ``samples`` and keep what its head receives.
 
     A generator: it yields the number of images of each batch as it goes (so the caller can
@@ -66,7 +68,7 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
             skipped += n_skipped
             if images is not None:
                 # no_grad rather than inference_mode: the features later feed a head that needs autograd.
-                with torch.no_grad():
+                with torch.no_grad(), autocast():
                     model(as_input(images, device))
                 feats.append(captured.pop().flatten(1).float().cpu())
                 labels.append(y)

@@ -6,8 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -43,6 +41,8 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
+    import torch  # here, not at the top: the split and the CLI's --help must not pay for importing torch
+
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .accel import as_input, to_channels_last
+from .accel import as_input, inference_copy
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
@@ -71,7 +71,7 @@ class Predictor:
         except (RuntimeError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunError(f"'{source}' does not fit {cfg.arch} with {len(classes)} classes ({first[:200]})") from None
-        to_channels_last(model.to(device)).eval()
+        model = inference_copy(model.to(device))
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.letterbox)
         return cls(model, classes, transform, cfg, epoch, source)
 

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from .accel import as_input, inference_batch_size, to_channels_last
+from .accel import as_input, inference_batch_size, inference_copy, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
-from .data import (ListDataset, ListSplit, build_transform, collate_skipping_unreadable, read_split, split_dataset,
-                   write_split)
+from .data import ListDataset, build_transform, collate_skipping_unreadable
+from .split import ListSplit, read_split, split_dataset, write_split
 from .errors import RunError, UserError
 from .features import compute_head_inputs, feature_cache_key, load_cached_features, store_cached_features
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
@@ -93,10 +93,23 @@ class Setup:
     train_tf: object
     autocast: Callable
     use_cache: bool
+    _feature_model: nn.Module | None = None
 
     @property
     def head(self) -> nn.Module:
         return self.model.get_submodule(self.report.head_name)
+
+    @property
+    def feature_model(self) -> nn.Module:
+        """The frozen model with BatchNorm folded, for the feature pass only (it never trains)."""
+        if self._feature_model is None:
+            self._feature_model = inference_copy(self.model)
+        return self._feature_model
+
+    def feature_autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.autocast()
 
     def check_stop(self) -> None:
         if self.run.stop_requested():
@@ -225,15 +238,16 @@ def _features_of(s: Setup, name: str, samples, cache_dir: Path | None):
     # A random body is never cached: its features depend on the seed, not on a file on disk.
     cache = cache_dir if s.cfg.pretrained else None
     key = feature_cache_key(arch=s.cfg.arch, variant=s.report.variant, weights=s.cfg.weights,
-                            transform=repr(s.eval_tf), samples=samples)
+                            transform=repr(s.eval_tf), samples=samples, precision=s.cfg.precision)
     t0 = time.time()
     features = load_cached_features(cache, key)
     hit = features is not None
     if not hit:
         meter = ProgressMeter("features", len(samples), split=name)
         yield meter.first()
-        batches = compute_head_inputs(s.model, s.report.head_name, samples, s.eval_tf, device=s.device,
-                                      batch_size=inference_batch_size(s.device), num_workers=s.cfg.workers)
+        batches = compute_head_inputs(s.feature_model, s.report.head_name, samples, s.eval_tf, device=s.device,
+                                      batch_size=inference_batch_size(s.device), num_workers=s.cfg.workers,
+                                      autocast=s.feature_autocast)
         features = yield from _metered(batches, meter, s)
         store_cached_features(cache, key, features)
     yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped, from_disk=hit,

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.config import DEFAULT_TRAIN_RATIO, FREEZE_MODES
 from core.archs import ARCHITECTURES
-from core.data import split_dataset
+from core.split import split_dataset
 from core.demo import ensure_demo_dataset
 from core.errors import UserError
 from core.errors import WeightsError

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import load_state, save_state
-from core.data import split_dataset, write_split
+from core.split import split_dataset, write_split
 from core.errors import UserError
 from core.images import open_image
 from core.uploads import download_dataset, extract_zip

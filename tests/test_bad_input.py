@@ -19,7 +19,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
-from core.data import read_split, split_dataset, write_split
+from core.split import read_split, split_dataset, write_split
 from core.errors import DatasetError, ImageError, UploadError, WeightsError
 from core.images import open_image
 from core.io import atomic_torch_save

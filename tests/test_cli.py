@@ -118,7 +118,7 @@ def test_train_from_tutorial_lists_without_classes_json(colour_data, resnet18_fi
 
 
 def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_path):
-    from core.data import read_split
+    from core.split import read_split
 
     (tmp_path / "train.txt").write_text("imgs/a.jpg\t0\nimgs/b.jpg\t1\n")
     (tmp_path / "test.txt").write_text("imgs/c.jpg\t1\n")

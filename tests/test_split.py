@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data import read_split, split_dataset, write_split
+from core.split import read_split, split_dataset, write_split
 from core.errors import DatasetError
 from tests.conftest import make_colour_dataset
 
@@ -121,3 +121,10 @@ def test_train_and_val_with_images_directly_inside_are_two_classes(tmp_path):
     (tmp_path / "flat" / "red").rename(tmp_path / "flat" / "val")
     split = split_dataset(tmp_path / "flat")
     assert split.classes == ["train", "val"] and split.given_by is None
+
+
+def test_the_image_extensions_are_torchvisions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from core.split import IMG_EXTENSIONS as ours
+    assert ours == IMG_EXTENSIONS

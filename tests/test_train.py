@@ -9,6 +9,7 @@ from core.errors import ConfigError, RunError
 from core.predict import Predictor
 from core.records import Batch, Epoch, Features, Final, Progress, Start
 from core.rundir import RunDir, read_records
+from core.features import compute_head_inputs
 from core.train import train
 
 
@@ -99,7 +100,7 @@ def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, res
 
 
 def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_file, tmp_path):
-    from core.data import split_dataset
+    from core.split import split_dataset
     from core.features import feature_cache_key
 
     split = split_dataset(colour_data)
@@ -177,3 +178,63 @@ def test_feature_cache_keeps_the_newest_entries_within_its_size_cap(tmp_path):
     removed = prune_cache(folder, max_bytes=250)
     assert [p.name for p in removed] == ["old.pt"]
     assert sorted(p.name for p in folder.iterdir()) == ["middle.pt", "new.pt"]
+
+
+def _features(model, head, samples, transform):
+    gen = compute_head_inputs(model, head, samples, transform, device=torch.device("cpu"), batch_size=4)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_folded_batchnorm_features_match_the_unfolded_model(arch, colour_data, resnet18_file, lite0_file):
+    from core.accel import fold_batchnorm, inference_copy
+    from core.archs import get_arch
+    from core.data import build_transform
+    from core.split import split_dataset
+    from core.surgery import adapt_model
+
+    weights = resnet18_file if arch == "resnet18" else lite0_file
+    model, report = adapt_model(arch, 2, weights=weights, freeze="head")
+    model.eval()
+    fast = inference_copy(model)
+    assert fold_batchnorm(inference_copy(model)) == 0  # already folded: nothing left to fold
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0  # the original is untouched
+    samples = split_dataset(colour_data).test
+    transform = build_transform(get_arch(arch).transforms())
+    plain = _features(model, report.head_name, samples, transform)
+    folded = _features(fast, report.head_name, samples, transform)
+    assert plain.features.shape == folded.features.shape == (8, report.head_in_features)
+    torch.testing.assert_close(folded.features, plain.features, rtol=0, atol=1e-4)
+
+
+def test_jpegs_decoded_by_libjpeg_match_pil_within_one_level(tmp_path):
+    import random as _random
+
+    from PIL import Image
+
+    from core.archs import get_arch
+    from core.data import ListDataset, build_transform
+    from core.demo import draw_shape
+
+    rng = _random.Random(0)
+    samples = []
+    for k in range(4):
+        path = tmp_path / f"{k}.jpg"
+        draw_shape(("circle", "star")[k % 2], rng, size=(500, 375)).save(path, quality=90)
+        samples.append((str(path), k % 2))
+    Image.new("CMYK", (64, 48), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")  # libjpeg path declines, PIL decodes
+    samples.append((str(tmp_path / "cmyk.jpg"), 0))
+    transform = build_transform(get_arch("efficientnet_lite0").transforms())
+    fast, slow = ListDataset(samples, transform), ListDataset(samples, transform, fast_jpeg=False)
+    assert fast.fast_jpeg and not slow.fast_jpeg
+    for i in range(len(samples)):
+        a, b = fast[i][0], slow[i][0]
+        assert a.shape == b.shape == (3, 224, 224)
+        assert (a - b).abs().max() <= 2 / 255 / get_arch("efficientnet_lite0").transforms().std[0] + 1e-6
+    letterbox = build_transform(get_arch("efficientnet_lite0").transforms(), letterbox=True)
+    assert not ListDataset(samples, letterbox).fast_jpeg  # the letterbox needs PIL images
