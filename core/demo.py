@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .errors import DatasetError
+from .io import DISK_FULL
+
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 IMAGE_SIZE = 224
 DONE_MARKER = ".complete"
@@ -64,9 +67,10 @@ def generate_demo(dest: str | os.PathLike, *, per_class: tuple[int, int] = (40, 
     """Write the demo dataset under ``dest`` (one folder per shape), atomically."""
     dest = Path(dest)
     rng = random.Random(seed)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
         for shape in SHAPES:
             (tmp / shape).mkdir()
             for i in range(rng.randint(*per_class)):
@@ -75,8 +79,12 @@ def generate_demo(dest: str | os.PathLike, *, per_class: tuple[int, int] = (40, 
         if dest.exists():
             shutil.rmtree(dest)  # only an unfinished earlier generation can be here
         os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            reason = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or str(exc))
+            raise DatasetError(f"could not generate the demo dataset in '{dest.parent}': {reason}") from None
         raise
     return dest
 

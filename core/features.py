@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 
 from .accel import as_input
 from .data import ListDataset, collate_skipping_unreadable
+from .errors import UserError
 from .io import atomic_torch_save
+from .settings import settings
 
 
 @dataclass
@@ -81,18 +83,13 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     return Features(torch.cat(feats), torch.cat(labels), torch.cat(indices), skipped)
 
 
-def max_cache_bytes() -> int:
-    """Oldest entries are removed beyond this total; TLD_FEATURE_CACHE_BYTES to change it."""
-    return int(os.environ.get("TLD_FEATURE_CACHE_BYTES", 2 * 1024**3))
-
-
 def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = None) -> list[Path]:
     """Delete the least recently used entries until the folder holds at most ``max_bytes``.
 
     Other processes share the cache and may delete or replace entries while this runs: an
     entry that vanishes is simply no longer counted.
     """
-    max_bytes = max_cache_bytes() if max_bytes is None else max_bytes
+    max_bytes = settings().feature_cache_bytes if max_bytes is None else max_bytes
     entries = []
     for path in Path(folder).glob("*.pt"):
         try:
@@ -105,7 +102,10 @@ def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = 
     for _, size, path in entries:
         total += size
         if total > max_bytes and path != keep:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # another process holds or just replaced it; the next prune retries
+                continue
             removed.append(path)
     return removed
 
@@ -128,11 +128,17 @@ def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
         return None
 
 
-def store_cached_features(cache_dir: Path | None, key: str, features: Features) -> None:
+def store_cached_features(cache_dir: Path | None, key: str, features: Features) -> bool:
+    """Keep ``features`` under ``key``; False when that was not possible (a full disk): the cache is
+    only a speed-up, so the run goes on without it."""
     path = _entry(cache_dir, key)
     if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"features": features.features, "labels": features.labels,
-                       "indices": features.indices, "skipped": features.skipped}, path)
-    prune_cache(path.parent, keep=path)
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"features": features.features, "labels": features.labels,
+                           "indices": features.indices, "skipped": features.skipped}, path)
+        prune_cache(path.parent, keep=path)
+    except (OSError, UserError):
+        return False
+    return True

@@ -14,10 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .settings import settings
 
-# 64 megapixels is larger than any camera photo people fine-tune on, and far below what
-# a decompression bomb declares; override with TLD_MAX_IMAGE_PIXELS.
-MAX_IMAGE_PIXELS = int(os.environ.get("TLD_MAX_IMAGE_PIXELS", 64_000_000))
 
 ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image]
 
@@ -32,7 +30,9 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.I
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
     name = _describe(source)
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    # 64 megapixels (TLD_MAX_IMAGE_PIXELS) is larger than any camera photo people fine-tune on,
+    # and far below what a decompression bomb declares.
+    limit = settings().max_image_pixels if max_pixels is None else max_pixels
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     try:
@@ -47,8 +47,9 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.I
             return to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name} was refused as a decompression bomb: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} declares more pixels than PIL will decode safely; it was not decoded "
+                         f"(this app's limit is {limit:,} pixels, TLD_MAX_IMAGE_PIXELS)") from None
     except FileNotFoundError:
         raise ImageError(f"{name} does not exist") from None
     except UnidentifiedImageError:
@@ -98,7 +99,7 @@ def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None
     """
     if not str(path).lower().endswith((".jpg", ".jpeg")):
         return None
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = settings().max_image_pixels if max_pixels is None else max_pixels
     try:
         with Image.open(path) as img:  # reads the header only
             if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size[0] * img.size[1] > limit:

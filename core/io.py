@@ -1,10 +1,14 @@
 """Small file helpers: atomic writes, so an interrupted write never leaves half a file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import UserError
 
 
 def _read_umask() -> int:
@@ -16,19 +20,58 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to toggle
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """A write failed because the disk (or the user's quota) is full; the message says where."""
+
+
+def free_bytes(folder) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full_message(path, what: str = "write") -> str:
+    free = free_bytes(Path(path).parent)
+    left = f" ({free / 1024**2:.0f} MB free there)" if free is not None else ""
+    return f"the disk is full: could not {what} '{path}'{left}; free some space and try again"
+
+
+def as_disk_full(exc: BaseException, path) -> DiskFull | None:
+    """The DiskFull a low-level write failure stands for, or None when it is something else.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer ('unexpected pos',
+    'file write failed'), never as ENOSPC; a near-empty disk is then the likely cause.
+    """
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return DiskFull(disk_full_message(path))
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "write failed" in str(exc)):
+        free = free_bytes(Path(path).parent)
+        if free is not None and free < 64 * 1024**2:
+            return DiskFull(disk_full_message(path))
+    return None
+
+
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from other users
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        full = as_disk_full(exc, path)
+        if full:
+            raise full from None
         raise
 
 
@@ -47,23 +90,12 @@ def atomic_torch_save(obj, path) -> None:
 
 
 def append_jsonl(path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-
-
-def read_jsonl(path) -> list[dict]:
-    """Read complete lines; a half-written last line (the writer is still at it) is ignored."""
-    records = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return records
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+    except OSError as exc:
+        full = as_disk_full(exc, path)
+        if full:
+            raise full from None
+        raise

@@ -29,8 +29,10 @@ from .records import Epoch, Final, RecordError, Records, parse_record
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
 STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
+QUEUED = "queued"  # waiting for a free slot (TLD_MAX_RUNNING); no process yet
 ACTIVE = ("starting", "running")
 ENDED = ("completed", "stopped", "failed")
+BUSY = ("starting", "running", "not responding")  # statuses that hold a slot
 
 
 class DamagedRun(RunError):
@@ -58,6 +60,7 @@ class RunDir:
     best = property(lambda self: self.path / "checkpoint_best.pt")
     lists = property(lambda self: self.path / "lists")
     stop_flag = property(lambda self: self.path / "STOP")
+    claim_file = property(lambda self: self.path / "claimed")  # made once, by whoever starts a queued run
     log = property(lambda self: self.path / "worker.log")
     error = property(lambda self: self.path / "error.txt")
     name = property(lambda self: self.path.name)
@@ -98,7 +101,7 @@ def run_label(cfg: TrainConfig) -> str:
     return f"{cfg.arch}-{'pt' if cfg.pretrained else 'scratch'}"
 
 
-def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False) -> RunDir:
+def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False, queued: bool = False) -> RunDir:
     """Make ``path`` a new run of ``cfg``: config.json written once, status 'starting'.
 
     A folder that already holds a run is refused. With ``force``, a failed or stopped run
@@ -116,8 +119,18 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
         os.rename(run.path, aside)
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.config, cfg.to_dict())
-    write_status(run, WorkerState("starting", pid=None, phase="starting"))
+    write_status(run, WorkerState(QUEUED, pid=None, phase="waiting for a free slot") if queued
+                 else WorkerState("starting", pid=None, phase="starting"))
     return run
+
+
+def claim(run: RunDir) -> bool:
+    """Take a queued run for starting (or cancelling); only one caller, in any process, ever gets True."""
+    try:
+        os.close(os.open(run.claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def load_config(run: RunDir) -> TrainConfig:
@@ -215,7 +228,7 @@ def read_worker_state(run: RunDir) -> WorkerState | None:
     data = _read_json(run.status_file, "the worker's status")
     if data is None:
         return None
-    if not isinstance(data, dict) or data.get("state") not in ACTIVE + ENDED:
+    if not isinstance(data, dict) or data.get("state") not in (QUEUED, *ACTIVE, *ENDED):
         raise DamagedRun(run.status_file.name, "it is not a status written by this tool")
     try:
         return WorkerState(**{k: v for k, v in data.items() if k in WorkerState.__dataclass_fields__})
@@ -261,6 +274,8 @@ def read_status(run: RunDir, now: float | None = None) -> tuple[str, str]:
         return _legacy_status(run)
     if state.state in ENDED:
         return state.state, state.reason
+    if state.state == QUEUED:
+        return QUEUED, state.phase
     if _process_gone(state):
         last = _last_log_line(run)
         return "failed", ("the training process ended without finishing the run (killed or crashed)"
@@ -336,7 +351,7 @@ def _check_checkpoints(run: RunDir) -> None:
 @dataclass(frozen=True)
 class RunInfo:
     path: Path
-    status: str  # starting, running, not responding, completed, stopped, failed, damaged
+    status: str  # queued, starting, running, not responding, completed, stopped, failed, damaged
     reason: str
     config: TrainConfig | None
     best_acc: float | None = None
@@ -353,7 +368,13 @@ class RunInfo:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE or self.status == "not responding"
+        """Not over yet: queued, starting, running or not responding."""
+        return not self.finished
+
+    @property
+    def busy(self) -> bool:
+        """Holds one of the TLD_MAX_RUNNING slots."""
+        return self.status in BUSY
 
     @property
     def label(self) -> str:

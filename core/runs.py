@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .records import Records
-from .rundir import (DamagedRun, RunDir, WorkerState, create_run, new_run_dir, process_start_ticks, read_worker_state,
-                     run_label, write_status)
+from .rundir import (QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, new_run_dir,
+                     process_start_ticks, read_worker_state, run_label, write_status)
 
 # Workers this process started: each has a thread waiting on it, so a finished one is reaped
 # at once and never lingers as a zombie.
@@ -29,10 +29,15 @@ def _reap_when_done(proc: subprocess.Popen) -> None:
 
 
 def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Create a run of ``cfg`` in ``run_dir`` and train it in a separate process; return at once."""
+    """Create a run of ``cfg`` in ``run_dir`` and train it in a separate process now; return at once."""
     cfg.validate()
     run = create_run(run_dir, cfg)
-    command = [sys.executable, "-m", "core.worker", str(run.path)]
+    _spawn(run, cache_dir)
+    return run.path
+
+
+def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
+    command = [sys.executable, "-m", "core.worker", str(run.path), "--confined"]
     if cache_dir:
         command += ["--cache-dir", str(cache_dir)]
     root = Path(__file__).resolve().parent.parent
@@ -47,14 +52,65 @@ def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str
     # readers tell a starting worker from one that died at once.
     write_status(run, WorkerState("starting", pid=proc.pid, phase="starting the training process",
                                   pid_start=process_start_ticks(proc.pid)))
-    return run.path
+
+
+# ----------------------------------------------------------------------------- the queue
+def max_running() -> int:
+    """How many runs may train at once: TLD_MAX_RUNNING, else 1 on a CPU and one per GPU on CUDA."""
+    from .settings import settings
+
+    configured = settings().max_running
+    if configured:
+        return configured
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def queue(runs: list[RunInfo]) -> list[RunInfo]:
+    """The queued runs in the order they start (their folder names begin with the time they were made)."""
+    return sorted((r for r in runs if r.status == QUEUED), key=lambda r: r.name)
+
+
+def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Start queued runs, oldest first, while fewer than ``max_running()`` runs hold a slot.
+
+    Called after every launch, by the Training page as it refreshes, and by each worker as it
+    ends, so the queue moves on with or without a browser open. ``claim`` makes sure two
+    callers never start the same run.
+    """
+    runs = list_runs(parent)
+    free = max_running() - sum(r.busy for r in runs)
+    started = []
+    for info in queue(runs):
+        if free <= 0:
+            break
+        run = RunDir(info.path)
+        if claim(run):
+            _spawn(run, cache_dir)
+            started.append(run.path)
+            free -= 1
+    return started
 
 
 def launch(cfg: TrainConfig) -> Path:
-    """Start ``cfg`` in a new, uniquely named run folder of the workspace, with the workspace's feature cache."""
+    """Queue ``cfg`` in a new, uniquely named run folder of the workspace and start it as soon as a
+    slot is free (at once, usually), with the workspace's feature cache."""
     from .workspace import cache_dir, runs_dir
 
-    return start_worker(cfg, new_run_dir(runs_dir(), run_label(cfg)), cache_dir=cache_dir())
+    cfg.validate()
+    run = create_run(new_run_dir(runs_dir(), run_label(cfg)), cfg, queued=True)
+    dispatch(runs_dir(), cache_dir())
+    return run.path
+
+
+def cancel(run_dir: str | os.PathLike) -> bool:
+    """Cancel a queued run before it starts; False when it has started already (then use Stop)."""
+    run = RunDir(run_dir)
+    if not claim(run):
+        return False
+    write_status(run, WorkerState("stopped", pid=None, phase="cancelled", reason="cancelled before it started"))
+    return True
 
 
 def children() -> dict[str, subprocess.Popen]:

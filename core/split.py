@@ -52,7 +52,24 @@ def _unwritable_reason(path: str) -> str | None:
     return None
 
 
-def _scan_class_folder(class_dir: str, skipped: list[Skipped]) -> list[str]:
+OUTSIDE = "links outside the allowed folders"
+BROKEN = "broken link: what it points to does not exist"
+Roots = "tuple[Path, ...] | None"
+
+
+def _link_problem(path: str, allowed: Roots) -> str | None:
+    """Why a symbolic link must be skipped (its target is never named), or None for a usable entry."""
+    if not os.path.islink(path):
+        return None
+    target = os.path.realpath(path)
+    if not os.path.exists(target):
+        return BROKEN
+    if allowed is not None and not any(Path(target) == r or r in Path(target).parents for r in allowed):
+        return OUTSIDE
+    return None
+
+
+def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -> list[str]:
     images = []
     # followlinks=False: a symlink loop (or a link to a huge tree) must not hang the scan.
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
@@ -66,10 +83,10 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped]) -> list[str]:
             if name.startswith("."):
                 continue
             full = os.path.join(dirpath, name)
-            if not has_file_allowed_extension(name, IMG_EXTENSIONS):
-                skipped.append(Skipped(full, f"not an image extension ({', '.join(IMG_EXTENSIONS)})"))
-                continue
-            reason = _unwritable_reason(full)
+            reason = _link_problem(full, allowed)
+            if reason is None and not has_file_allowed_extension(name, IMG_EXTENSIONS):
+                reason = f"not an image extension ({', '.join(IMG_EXTENSIONS)})"
+            reason = reason or _unwritable_reason(full)
             if reason:
                 skipped.append(Skipped(full, reason))
                 continue
@@ -77,10 +94,12 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped]) -> list[str]:
     return images
 
 
-def scan_image_folder(root: str | os.PathLike) -> FolderScan:
+def scan_image_folder(root: str | os.PathLike, allowed_roots: Roots = None) -> FolderScan:
     """Find class folders and their images (recursively), reporting everything left out.
 
-    Hidden files and folders (names starting with '.') are ignored without a report.
+    Hidden files and folders (names starting with '.') are ignored without a report. With
+    ``allowed_roots`` (the app), a class folder or image that is a link leading outside them is
+    skipped and its target never listed; broken links are always skipped with a reason.
     """
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
@@ -91,7 +110,10 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
     for entry in sorted(os.scandir(root_str), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue  # hidden entries (.DS_Store, .git, markers) are not data
-        if entry.is_dir(follow_symlinks=True):
+        problem = _link_problem(entry.path, allowed_roots)
+        if problem:
+            skipped.append(Skipped(entry.path, problem))
+        elif entry.is_dir(follow_symlinks=True):
             class_dirs.append(entry)
         else:
             skipped.append(Skipped(entry.path, "file directly under the root, not inside a class folder"))
@@ -101,7 +123,7 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
         if reason:
             skipped.append(Skipped(entry.path, reason))
             continue
-        found = _scan_class_folder(entry.path, skipped)
+        found = _scan_class_folder(entry.path, skipped, allowed_roots)
         if found:
             images[entry.name] = found
         else:
@@ -172,7 +194,7 @@ def _has_subfolders(path: str) -> bool:
         return False
 
 
-def find_given_split(root: str | os.PathLike) -> tuple[str, str] | None:
+def find_given_split(root: str | os.PathLike, allowed_roots: Roots = None) -> tuple[str, str] | None:
     """(train folder, test folder) when ``root`` is a dataset that ships already split:
     ``train/`` and ``val/`` (or ``test/``), each holding the class folders."""
     try:
@@ -181,13 +203,15 @@ def find_given_split(root: str | os.PathLike) -> tuple[str, str] | None:
         return None
     train = next((parts[n] for n in TRAIN_PART_NAMES if n in parts), None)
     test = next((parts[n] for n in TEST_PART_NAMES if n in parts), None)
+    if any(_link_problem(p, allowed_roots) for p in (train, test) if p):
+        return None  # scanned as class folders instead, where the link is skipped with its reason
     if train and test and _has_subfolders(train) and _has_subfolders(test):
         return train, test
     return None
 
 
-def _given_split(root: str, parts: tuple[str, str], seed: int) -> Split:
-    train_scan, test_scan = scan_image_folder(parts[0]), scan_image_folder(parts[1])
+def _given_split(root: str, parts: tuple[str, str], seed: int, allowed_roots: Roots) -> Split:
+    train_scan, test_scan = scan_image_folder(parts[0], allowed_roots), scan_image_folder(parts[1], allowed_roots)
     classes = sorted(set(train_scan.classes) | set(test_scan.classes))
     if len(classes) < 2:
         raise DatasetError(f"'{root}' is split into {Path(parts[0]).name}/ and {Path(parts[1]).name}/, but they "
@@ -209,17 +233,19 @@ def _given_split(root: str, parts: tuple[str, str], seed: int) -> Split:
                  train_scan.skipped + test_scan.skipped, warnings, given_by=names)
 
 
-def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0) -> Split:
+def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
+                  allowed_roots: Roots = None) -> Split:
     """Scan ``root`` and split every class on its own; the same seed gives the same split.
 
     A dataset that ships already split (``train/`` and ``val/`` or ``test/`` sub-folders holding
-    the same class folders) keeps its own split, and ``train_ratio`` does not apply.
+    the same class folders) keeps its own split, and ``train_ratio`` does not apply. The app
+    passes ``allowed_roots`` so links cannot lead a visitor outside them.
     """
     _check_ratio(train_ratio)
-    parts = find_given_split(Path(root).expanduser()) if Path(root).expanduser().is_dir() else None
+    parts = find_given_split(Path(root).expanduser(), allowed_roots) if Path(root).expanduser().is_dir() else None
     if parts:
-        return _given_split(str(root), parts, seed)
-    scan = scan_image_folder(root)
+        return _given_split(str(root), parts, seed, allowed_roots)
+    scan = scan_image_folder(root, allowed_roots)
     if len(scan.classes) < 2:
         found = f"only '{scan.classes[0]}'" if scan.classes else "none"
         raise DatasetError(

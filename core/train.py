@@ -64,10 +64,14 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def prepare_lists(cfg: TrainConfig, run: RunDir) -> ListSplit:
-    """Copy (or make) the list files into the run, so a later re-split cannot change this run."""
+def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> ListSplit:
+    """Copy (or make) the list files into the run, so a later re-split cannot change this run.
+
+    ``allowed_roots`` confines a run the app started for a visitor to the folders it may read.
+    """
     if cfg.data_root:
-        write_split(split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed), run.lists, overwrite=True)
+        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots)
+        write_split(split, run.lists, overwrite=True)
     else:
         source = read_split(cfg.lists_dir)  # validates before copying
         run.lists.mkdir(parents=True, exist_ok=True)
@@ -116,10 +120,10 @@ class Setup:
             raise StopRequested()
 
 
-def set_up(cfg: TrainConfig, run: RunDir) -> Setup:
+def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
     cfg.validate()
     device = resolve_device(cfg.device)
-    split = prepare_lists(cfg, run)
+    split = prepare_lists(cfg, run, allowed_roots)
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
     atomic_write_json(run.surgery, report.to_dict())
@@ -406,8 +410,8 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     checkpointer.save_final()
 
 
-def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None) -> Iterator[Record]:
-    s = set_up(cfg, run)
+def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots) -> Iterator[Record]:
+    s = set_up(cfg, run, allowed_roots)
     yield start_record(s)
     path = yield from choose_feature_path(s, cache_dir)
     yield from epoch_loop(s, path)
@@ -424,7 +428,8 @@ def phase_of(record: Record) -> str | None:
     return None
 
 
-def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Iterator[Record]:
+def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                 allowed_roots=None) -> Iterator[Record]:
     """Train the config a run folder holds (written once by whoever created it), reporting as it goes."""
     run = RunDir(run_dir)
     cfg = load_config(run)
@@ -434,7 +439,7 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         heartbeat.set_phase("setting up the model")
         status, reason = "completed", ""
         try:
-            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None):
+            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots):
                 append_jsonl(run.metrics, record.to_json())
                 emitted.append(record)
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)

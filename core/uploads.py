@@ -6,6 +6,7 @@ no links, and limits on the number of files, the total size and the compression 
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -15,12 +16,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from .errors import UploadError, UserError
+from .io import DISK_FULL, free_bytes
+from .settings import settings
 from .weights import Progress, download_file
 
-MAX_ZIP_TOTAL_BYTES = int(os.environ.get("TLD_MAX_ZIP_BYTES", 2 * 1024**3))
 MAX_ZIP_FILES = 200_000
 MAX_COMPRESSION_RATIO = 200  # JPEG/PNG barely compress; text and bombs compress by far more
-MAX_IMAGE_UPLOAD_BYTES = int(os.environ.get("TLD_MAX_IMAGE_BYTES", 20 * 1024**2))
+DISK_MARGIN_BYTES = 64 * 1024**2  # left free after an extraction, so the app can still write its runs
 
 
 def _safe_member_path(name: str) -> PurePosixPath | None:
@@ -35,19 +37,35 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     return path
 
 
-def check_zip(archive: zipfile.ZipFile, *, max_total: int = MAX_ZIP_TOTAL_BYTES, max_files: int = MAX_ZIP_FILES,
+def _check_member(info: zipfile.ZipInfo) -> None:
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UploadError(f"the archive entry '{info.filename}' is a symbolic link; links are not accepted")
+    if info.flag_bits & 0x1:
+        raise UploadError(f"the archive entry '{info.filename}' is encrypted; password-protected zips are not "
+                          "supported, zip the folders again without a password")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        raise UploadError(f"the archive entry '{info.filename}' uses compression method {info.compress_type}, "
+                          "which cannot be read here; use zip's standard (deflate) compression")
+    if any(len(part.encode()) > 255 for part in PurePosixPath(info.filename).parts):
+        raise UploadError(f"the archive entry '{info.filename[:80]}…' has a name longer than 255 bytes, "
+                          "more than file systems allow")
+
+
+def check_zip(archive: zipfile.ZipFile, *, max_total: int | None = None, max_files: int = MAX_ZIP_FILES,
               max_ratio: float = MAX_COMPRESSION_RATIO) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Check every entry and the archive as a whole before anything is written."""
+    max_total = settings().max_zip_bytes if max_total is None else max_total
     members = []
-    total = 0
+    total = packed = 0
     for info in archive.infolist():
         path = _safe_member_path(info.filename)
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise UploadError(f"the archive entry '{info.filename}' is a symbolic link; links are not accepted")
         if path is None:
             continue
         if path.parts[0] == "__MACOSX" or path.name.startswith("."):
             continue  # Finder metadata, not data
+        _check_member(info)
         total += info.file_size
+        packed += info.compress_size
         if info.file_size > max_ratio * max(info.compress_size, 1) and info.file_size > 1024**2:
             raise UploadError(f"'{info.filename}' expands {info.file_size / max(info.compress_size, 1):.0f}× "
                               f"(limit {max_ratio:.0f}×): this looks like a zip bomb and was refused")
@@ -55,7 +73,11 @@ def check_zip(archive: zipfile.ZipFile, *, max_total: int = MAX_ZIP_TOTAL_BYTES,
     if len(members) > max_files:
         raise UploadError(f"the archive holds {len(members):,} files, more than the limit of {max_files:,}")
     if total > max_total:
-        raise UploadError(f"the archive expands to {total:,} bytes, more than the limit of {max_total:,}")
+        raise UploadError(f"the archive expands to {total:,} bytes, more than the limit of {max_total:,} "
+                          "(TLD_MAX_ZIP_BYTES)")
+    if total > 1024**2 and total > max_ratio * max(packed, 1):
+        raise UploadError(f"the archive expands {total / max(packed, 1):.0f}× overall (limit {max_ratio:.0f}×): "
+                          "this looks like a zip bomb and was refused")
     if not members:
         raise UploadError("the archive holds no files")
     return members
@@ -76,12 +98,61 @@ def unique_folder(parent: Path, name: str) -> Path:
     return candidate
 
 
-def extract_zip(source, dest_parent: str | os.PathLike, name: str, *, max_total: int = MAX_ZIP_TOTAL_BYTES,
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = free_bytes(folder)
+    if free is not None and free < needed + DISK_MARGIN_BYTES:
+        raise UploadError(f"not enough free disk space in '{folder}': the archive needs {needed / 1024**2:.0f} MB "
+                          f"and {free / 1024**2:.0f} MB are free; nothing was extracted")
+
+
+def _member_failure(info: zipfile.ZipInfo, exc: BaseException) -> UploadError:
+    """One message, naming the entry, for whatever extracting it raised."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        reason = "the disk filled up while extracting"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        reason = "its name is longer than the file system allows"
+    elif isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+        reason = "another entry of the archive has the same name (two files, or a file and a folder)"
+    elif isinstance(exc, zipfile.BadZipFile):
+        reason = f"the archive is damaged ({exc})"
+    elif isinstance(exc, RuntimeError) and "encrypted" in str(exc):
+        reason = "it is encrypted; password-protected zips are not supported"
+    elif isinstance(exc, NotImplementedError):
+        reason = f"its compression method cannot be read here ({exc})"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return UploadError(f"could not extract '{info.filename}': {reason}; nothing was kept")
+
+
+def _extract_members(archive, members, tmp: Path, strip: bool, max_total: int) -> None:
+    written = 0
+    for info, path in members:
+        parts = path.parts[1:] if strip else path.parts
+        out = tmp.joinpath(*parts)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(out, "xb") as dst:
+                while chunk := src.read(1 << 16):
+                    written += len(chunk)
+                    if written > max_total:
+                        raise UploadError(f"the archive expanded past {max_total:,} bytes while extracting "
+                                          "(its headers understate the sizes); refused, nothing was kept")
+                    dst.write(chunk)
+        except UploadError:
+            raise
+        except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError) as exc:
+            raise _member_failure(info, exc) from None
+
+
+def extract_zip(source, dest_parent: str | os.PathLike, name: str, *, max_total: int | None = None,
                 max_ratio: float = MAX_COMPRESSION_RATIO) -> Path:
     """Extract a zip of class folders into a new folder under ``dest_parent``; return the data root.
 
     A zip whose files all sit in one top folder (``flowers/daisy/…``) yields that folder's content.
+    Everything is checked first (paths, links, encryption, sizes, ratios, free space); the bytes
+    written are counted again; on any failure nothing partial is left behind.
     """
+    max_total = settings().max_zip_bytes if max_total is None else max_total
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     try:
@@ -90,27 +161,14 @@ def extract_zip(source, dest_parent: str | os.PathLike, name: str, *, max_total:
         raise UploadError(f"this is not a readable zip archive ({exc})") from None
     with archive:
         members = check_zip(archive, max_total=max_total, max_ratio=max_ratio)
-        strip = _single_top_folder(members)
         dest_parent = Path(dest_parent)
         dest_parent.mkdir(parents=True, exist_ok=True)
+        _check_free_space(dest_parent, sum(info.file_size for info, _ in members))
         target = unique_folder(dest_parent, _clean_name(name))
         tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=".extract-"))
         try:
-            written = 0
-            for info, path in members:
-                parts = path.parts[1:] if strip else path.parts
-                out = tmp.joinpath(*parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(out, "wb") as dst:
-                    while chunk := src.read(1 << 16):
-                        written += len(chunk)
-                        if written > max_total:
-                            raise UploadError(f"the archive expanded past {max_total:,} bytes while extracting "
-                                              "(its headers understate the sizes); refused")
-                        dst.write(chunk)
+            _extract_members(archive, members, tmp, bool(_single_top_folder(members)), max_total)
             os.replace(tmp, target)
-        except zipfile.BadZipFile as exc:
-            raise UploadError(f"the archive is damaged ({exc}); nothing was kept") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -133,7 +191,7 @@ def download_dataset(url: str, dest_parent: str | os.PathLike, *, progress: Prog
     os.close(fd)
     try:
         try:
-            download_file(url, Path(tmp), progress=progress, timeout=timeout, max_bytes=MAX_ZIP_TOTAL_BYTES)
+            download_file(url, Path(tmp), progress=progress, timeout=timeout, max_bytes=settings().max_zip_bytes)
         except UserError as exc:
             raise UploadError(str(exc)) from None
         name = Path(url.split("?")[0].rstrip("/")).name or "download"
@@ -143,6 +201,7 @@ def download_dataset(url: str, dest_parent: str | os.PathLike, *, progress: Prog
 
 
 def check_image_upload(data: bytes, name: str) -> None:
-    if len(data) > MAX_IMAGE_UPLOAD_BYTES:
+    limit = settings().max_image_bytes
+    if len(data) > limit:
         raise UploadError(f"'{name}' is {len(data) / 1024**2:.1f} MB, more than the limit of "
-                          f"{MAX_IMAGE_UPLOAD_BYTES / 1024**2:.0f} MB per image")
+                          f"{limit / 1024**2:.0f} MB per image (TLD_MAX_IMAGE_BYTES)")

@@ -21,9 +21,10 @@ from typing import Callable
 import torch
 
 from .errors import WeightsError
+from .io import DISK_FULL
+from .settings import settings
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
-DOWNLOAD_TIMEOUT_S = float(os.environ.get("TLD_DOWNLOAD_TIMEOUT", 20))
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
 
@@ -173,31 +174,44 @@ def _check_fits_arch(spec, path: Path) -> None:
 
 
 def store_uploaded_weights(spec, data: bytes, file_name: str) -> Path:
-    """Save an uploaded weights file into torch hub's cache after checking it fits ``spec``."""
+    """Save an uploaded weights file into torch hub's cache after checking it fits ``spec``.
+
+    Messages name the user's file, never the temporary one; the temporary file is always removed.
+    """
     cache = hub_checkpoint_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".upload")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
-        _check_fits_arch(spec, tmp_path)
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".upload")
+        tmp_path = Path(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            _check_fits_arch(spec, tmp_path)
+        except WeightsError as exc:
+            raise WeightsError(str(exc).replace(str(tmp_path), file_name).replace(tmp_path.name, file_name)) from None
         official = [n for n in spec.hub_file_names if n == Path(file_name).name]
         if official:
             check_hash_prefix(tmp_path, official[0])
             target = cache / official[0]
         else:
             target = cache / f"{spec.name}-upload-{sha256_of(tmp_path)[:10]}.pth"
+        os.chmod(tmp_path, 0o644)  # weights are not secret; other users of the machine may load them
         os.replace(tmp_path, target)
         return target
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or str(exc))
+        raise WeightsError(f"could not store '{file_name}' in torch hub's cache ({cache}): {reason}") from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- download
 def download_file(url: str, dest: Path, *, progress: Progress | None = None,
-                  timeout: float = DOWNLOAD_TIMEOUT_S, max_bytes: int | None = None) -> Path:
+                  timeout: float | None = None, max_bytes: int | None = None) -> Path:
     """Stream ``url`` into ``dest`` through a temporary file; an offline machine gets a clear message."""
+    timeout = settings().download_timeout_s if timeout is None else timeout
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
@@ -215,11 +229,14 @@ def download_file(url: str, dest: Path, *, progress: Progress | None = None,
                 out.write(chunk)
                 if progress:
                     progress(done, total)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
         return dest
     except urllib.error.HTTPError as exc:
         raise WeightsError(f"the server answered {exc.code} {exc.reason} for {url}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise WeightsError(f"the disk is full: could not save {url} into '{dest.parent}'") from None
         reason = getattr(exc, "reason", exc)
         raise WeightsError(f"could not download {url} ({reason}); this machine seems to be offline or the "
                            "server is unreachable. Put the file on disk and name it, or upload it") from None
@@ -228,7 +245,7 @@ def download_file(url: str, dest: Path, *, progress: Progress | None = None,
             os.unlink(tmp)
 
 
-def download_weights(spec, *, progress: Progress | None = None, timeout: float = DOWNLOAD_TIMEOUT_S,
+def download_weights(spec, *, progress: Progress | None = None, timeout: float | None = None,
                      url: str | None = None) -> Path:
     """Download ``spec``'s torchvision weights into torch hub's cache, checking the hash prefix."""
     url = url or spec.download_url

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -15,16 +16,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run folder made by core.rundir.create_run")
     parser.add_argument("--cache-dir", help="where cached backbone features are kept")
+    parser.add_argument("--confined", action="store_true",
+                        help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
     args = parser.parse_args(argv)
     from .cli import print_records
     from .train import run_training
+    from .workspace import allowed_roots
 
     try:
-        final = print_records(run_training(args.run_dir, cache_dir=args.cache_dir))
+        roots = allowed_roots() if args.confined else None
+        final = print_records(run_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        _start_next(Path(args.run_dir).parent, args.cache_dir)
     return 0 if final is not None and final.status == "completed" else 1
+
+
+def _start_next(parent: Path, cache_dir: str | None) -> None:
+    """This run's slot is free: start the next queued run, so the queue moves on without a browser."""
+    from .runs import dispatch
+
+    try:
+        dispatch(parent, cache_dir)
+    except Exception as exc:  # the run itself is over and recorded; the app will dispatch later
+        print(f"warning: could not start the next queued run: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Where the app keeps what it makes: datasets, list files, runs, caches.
+"""Where the app keeps what it makes (datasets, list files, runs, caches), and which folders
+a visitor may make it read.
 
-The workspace is ``$TLD_WORKSPACE`` or ``./workspace``. Data roots the app may read are
-limited to ``$TLD_ALLOWED_ROOTS`` (paths separated by ``os.pathsep``), by default the
-workspace and the current folder, so a browser user cannot point the server at any folder.
+The workspace is ``$TLD_WORKSPACE`` or ``./workspace``. These functions only name paths; the
+code that writes into a folder creates it. Data roots, class folders, image files and weights
+files that a browser visitor names must resolve (symbolic links followed) inside
+``$TLD_ALLOWED_ROOTS``, by default the workspace and the current folder. The CLI is the
+user's own shell and is not confined.
 """
 from __future__ import annotations
 
@@ -11,49 +14,51 @@ import os
 from pathlib import Path
 
 from .errors import DatasetError
+from .settings import settings
 
 
 def workspace_dir() -> Path:
-    path = Path(os.environ.get("TLD_WORKSPACE", "workspace")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _sub(name: str) -> Path:
-    path = workspace_dir() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return settings().workspace
 
 
 def runs_dir() -> Path:
-    return _sub("runs")
+    return workspace_dir() / "runs"
 
 
 def datasets_dir() -> Path:
-    return _sub("datasets")
+    return workspace_dir() / "datasets"
 
 
 def lists_dir() -> Path:
-    return _sub("lists")
+    return workspace_dir() / "lists"
 
 
 def cache_dir() -> Path:
-    return _sub("cache")
+    return workspace_dir() / "cache"
 
 
-def allowed_roots() -> list[Path]:
-    configured = os.environ.get("TLD_ALLOWED_ROOTS")
-    if configured:
-        return [Path(p).expanduser().resolve() for p in configured.split(os.pathsep) if p.strip()]
-    return [workspace_dir(), Path.cwd().resolve()]
+def default_data_root() -> str | None:
+    """The workspace's default data root (``TLD_DATA_ROOT``); None: the demo dataset."""
+    return settings().data_root
+
+
+def allowed_roots() -> tuple[Path, ...]:
+    return settings().allowed_roots
+
+
+def is_allowed(path: str | os.PathLike, roots: tuple[Path, ...] | None = None) -> bool:
+    """Whether ``path``, every symbolic link resolved, lies under one of the allowed roots."""
+    resolved = Path(os.path.realpath(path))
+    return any(resolved == root or root in resolved.parents for root in (roots or allowed_roots()))
 
 
 def check_allowed(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root."""
-    resolved = Path(path).expanduser().resolve()
-    for root in allowed_roots():
-        if resolved == root or root in resolved.parents:
-            return resolved
+    """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root.
+
+    The refusal is the same whether or not the path exists, so it reveals nothing about the server.
+    """
+    if is_allowed(path):
+        return Path(os.path.realpath(path))
     allowed = ", ".join(str(r) for r in allowed_roots())
     raise DatasetError(f"'{path}' is outside the folders this app may read ({allowed}); "
                        "set TLD_ALLOWED_ROOTS to allow more")
@@ -64,8 +69,3 @@ def lists_dir_for(root: str | os.PathLike) -> Path:
     resolved = Path(root).expanduser().resolve()
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return lists_dir() / f"{resolved.name or 'root'}-{tag}"
-
-
-def default_data_root() -> str | None:
-    """The workspace's default data root (``TLD_DATA_ROOT``); None: the demo dataset."""
-    return os.environ.get("TLD_DATA_ROOT") or None

@@ -62,7 +62,7 @@ def runs_table(runs: list[RunInfo]) -> None:
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
                      "freeze": c.freeze if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
                      "lr": c.lr if c else None, "batch": c.batch_size if c else None, "best acc": r.best_acc,
-                     "note": r.reason if r.status in ("damaged", "failed", "not responding") else ""})
+                     "note": r.reason if r.status in ("damaged", "failed", "not responding", "queued") else ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"best acc": st.column_config.NumberColumn(format="percent")})
 

@@ -1,7 +1,9 @@
 """Helpers shared by the pages: this visitor's choices, cached access to core/ and consistent error display."""
 from __future__ import annotations
 
+import hmac
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from core.demo import ensure_demo_dataset
 from core.errors import UserError
 from core.errors import WeightsError
 from core.weights import NO_WEIGHTS, PRETRAINED, find_weights, resolve_weights
-from core.workspace import check_allowed, default_data_root, workspace_dir
+from core.workspace import allowed_roots, check_allowed, default_data_root, is_allowed, workspace_dir
 
 
 # ----------------------------------------------------------------------------- this visitor's choices
@@ -87,7 +89,11 @@ def data_root() -> str:
                 return str(check_allowed(chosen))
         except (UserError, OSError):  # a root from a hand-edited URL that this app may not read
             continue
-    return demo_root(str(workspace_dir()))
+    try:
+        return demo_root(str(workspace_dir()))
+    except UserError as exc:  # e.g. a full disk on first launch: say so on every page instead of crashing
+        st.error(str(exc))
+        st.stop()
 
 
 def _folder_stamp(root: str) -> float:
@@ -106,7 +112,7 @@ def _folder_stamp(root: str) -> float:
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=32)
 def _split_summary(root: str, ratio: float, seed: int, stamp: float) -> dict:
-    split = split_dataset(root, ratio, seed)
+    split = split_dataset(root, ratio, seed, allowed_roots=allowed_roots())
     return {"summary": split.summary(), "train": split.train, "test": split.test}
 
 
@@ -127,8 +133,9 @@ def resolve_weights_file(arch: str, state: dict | None = None) -> str | None:
     """The weights file the current choices point to; None for scratch or when none is on this machine."""
     state = state or load_state()
     choice = PRETRAINED if state["weights_mode"] == PRETRAINED else NO_WEIGHTS
+    user_file = state["weights_file"] if state["weights_file"] and is_allowed(state["weights_file"]) else None
     try:
-        return resolve_weights(ARCHITECTURES[arch], choice, state["weights_file"] or None)
+        return resolve_weights(ARCHITECTURES[arch], choice, user_file)
     except WeightsError:
         return None
 
@@ -145,3 +152,51 @@ def user_errors():
 
 def fmt_pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+# ----------------------------------------------------------------------------- serving it to others
+_recent_failures: list[float] = []  # process-wide: opening new sessions does not reset the slow-down
+
+
+def _configured_password() -> str | None:
+    from core.settings import settings
+
+    if settings().password:
+        return settings().password
+    try:
+        return st.secrets.get("password") or None
+    except Exception:  # no secrets file: no password
+        return None
+
+
+def require_password() -> None:
+    """When a password is configured (TLD_PASSWORD or the secret 'password'), ask for it once per session."""
+    expected = _configured_password()
+    if not expected or st.session_state.get("authenticated"):
+        return
+    st.title("Transfer-learning dashboard")
+    with st.form("login"):
+        typed = st.text_input("Password", type="password", key="login_password")
+        submitted = st.form_submit_button("Enter")
+    if submitted:
+        if hmac.compare_digest(typed.encode(), expected.encode()):
+            st.session_state["authenticated"] = True
+            st.rerun()
+        now = time.monotonic()
+        _recent_failures[:] = [t for t in _recent_failures if now - t < 60] + [now]
+        time.sleep(min(0.5 * 2 ** (len(_recent_failures) - 1), 8.0))  # guessing gets slower and slower
+        st.error("That is not the password.")
+    st.stop()
+
+
+@st.cache_resource
+def app_icon():
+    """A small drawn icon (three bars of a chart), made here so nothing is fetched from outside."""
+    from PIL import Image, ImageDraw
+
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle([2, 2, 62, 62], radius=12, fill=(255, 75, 75, 255))
+    for i, height in enumerate((18, 30, 42)):
+        draw.rectangle([12 + 15 * i, 52 - height, 22 + 15 * i, 52], fill=(255, 255, 255, 255))
+    return icon

@@ -12,7 +12,8 @@ from core.split import split_dataset, write_split
 from core.errors import UserError
 from core.images import open_image
 from core.uploads import download_dataset, extract_zip
-from core.workspace import check_allowed, datasets_dir, lists_dir_for, workspace_dir
+from core.settings import settings
+from core.workspace import allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir
 from pages.common import data_root, demo_root, split_summary, user_errors
 
 st.title("1 · Dataset")
@@ -47,7 +48,7 @@ with st.expander("Choose the data", expanded=False):
                 path = check_allowed(typed)
                 if not path.is_dir():
                     raise UserError(f"'{typed}' is not a folder")
-                split_dataset(path)  # refuse unusable folders before switching to them
+                split_dataset(path, allowed_roots=allowed_roots())  # refuse unusable folders before switching
             except UserError as exc:
                 st.error(str(exc))  # the current dataset stays as it was
             else:
@@ -68,7 +69,7 @@ with st.expander("Choose the data", expanded=False):
             st.rerun()
     else:
         url = st.text_input("Address of a zip of class folders", key="ds_url",
-                            value=os.environ.get("TLD_EXAMPLE_DATASET_URL", ""),
+                            value=settings().example_dataset_url,
                             placeholder="https://example.org/flowers.zip")
         if st.button("Download and use", key="ds_download", disabled=not url):
             bar = st.progress(0.0, text="Downloading…")
@@ -129,6 +130,13 @@ def thumbnail(path: str, mtime: float) -> bytes | None:
     return buf.getvalue()
 
 
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # removed since the scan: the thumbnail then says it cannot be read
+        return 0.0
+
+
 st.subheader("Samples")
 per_class = st.slider("Thumbnails per class", 1, 12, 6, key="ds_thumbs")
 by_class: dict[int, list[str]] = {}
@@ -138,7 +146,7 @@ rng = random.Random(0)
 for label, name in enumerate(summary["classes"]):
     paths = sorted(by_class.get(label, []))
     sample = rng.sample(paths, min(per_class, len(paths)))
-    images = [t for t in (thumbnail(p, os.path.getmtime(p)) for p in sample) if t is not None]
+    images = [t for t in (thumbnail(p, _mtime(p)) for p in sample) if t is not None]
     st.markdown(f"**{name}** ({len(paths)} images)")
     if images:
         st.image(images, width=96)
@@ -153,7 +161,7 @@ out_dir = lists_dir_for(root)
 st.caption(f"Written to `{out_dir}`. Each training run keeps its own copy, so rewriting them never changes a past run.")
 if st.button("Write train.txt / test.txt", type="primary", key="ds_write"):
     with user_errors(), st.spinner("Writing…"):
-        write_split(split_dataset(root, ratio, int(seed)), out_dir, overwrite=True)
+        write_split(split_dataset(root, ratio, int(seed), allowed_roots=allowed_roots()), out_dir, overwrite=True)
     st.success(f"Wrote {summary['train_images']} train and {summary['test_images']} test lines.")
 if (out_dir / "train.txt").exists():
     for name in ("train.txt", "test.txt"):

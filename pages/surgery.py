@@ -9,6 +9,7 @@ from pages.common import load_state, save_state
 from core.archs import ARCHITECTURES
 from core.surgery import FREEZE_MODES, adapt_model
 from core.weights import download_weights, list_sources, store_uploaded_weights
+from core.workspace import allowed_roots, is_allowed
 from pages.common import data_root, default_arch, resolve_weights_file, split_summary, user_errors
 
 st.title("2 · Model surgery")
@@ -42,6 +43,11 @@ if mode == "pretrained":
     weights_file = st.text_input("A weights file on this machine (optional)", value=state["weights_file"],
                                  key="sg_file", placeholder="e.g. /data/resnet18_pretrain.pth",
                                  help="Tried first. A state dict saved with torch.save(model.state_dict(), …).")
+    if weights_file and not is_allowed(weights_file):
+        # Same answer whether or not the file exists: the box must not reveal the server's files.
+        st.error(f"'{weights_file}' is outside the folders this app may read "
+                 f"({', '.join(map(str, allowed_roots()))}); use a file inside them, or upload it below.")
+        weights_file = ""
     sources = list_sources(spec, weights_file or None)
     chosen = next((s for s in sources if s.available), None)
     table = pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":

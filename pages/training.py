@@ -6,8 +6,8 @@ from core.archs import ARCHITECTURES
 from core.config import FREEZE_MODES, TrainConfig, default_num_workers
 from core.errors import UserError
 from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
-from core.runs import comparison_twin, launch, request_stop, run_progress
-from core.workspace import runs_dir
+from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
+from core.workspace import cache_dir, runs_dir
 from pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
 from pages.common import data_root, default_arch, fmt_pct, load_state, resolve_weights_file, save_state, user_errors
 
@@ -98,10 +98,20 @@ def live_view(run_path: Path, was_running: bool) -> None:
                        f"{start_record.trainable_params:,} trainable parameters · weights: "
                        f"{start_record.weights or 'random initialisation'}")
     with head[1]:
-        if info.active and st.button("Stop", key="tr_stop", help="Ends the run within a couple of seconds, in any "
-                                     "phase; the last completed epoch's checkpoint is kept."):
+        if info.status == "queued":
+            if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):
+                if not cancel(run_path):
+                    request_stop(run_path)  # it started in the meantime
+                st.rerun()
+        elif info.active and st.button("Stop", key="tr_stop", help="Ends the run within a couple of seconds, in any "
+                                       "phase; the last completed epoch's checkpoint is kept."):
             request_stop(run_path)
             st.toast("Stop requested")
+    if info.status == "queued":
+        waiting = [r.name for r in queue(list_runs(runs_dir()))]
+        position = waiting.index(info.name) + 1 if info.name in waiting else 1
+        st.info(f"Queued: position {position} of {len(waiting)}. At most {max_running()} run(s) train at once "
+                "(TLD_MAX_RUNNING); it starts as soon as a running one ends.")
     if info.status in ("failed", "not responding"):
         st.error(f"The run {'failed' if info.status == 'failed' else 'is not responding'}: {info.reason}")
     elif info.status == "stopped":
@@ -154,14 +164,18 @@ def render_twin_button(run_path: Path, state: dict) -> None:
 def runs_panel(shown: str | None) -> None:
     """Runs table, follow box and comparison: redrawn every LIST_EVERY_S, so runs started in another
     tab or from the command line appear, and running runs' numbers and curves stay current."""
+    if dispatch(runs_dir(), cache_dir()):  # a slot came free: start the next queued run
+        st.rerun(scope="app")
     runs = list_runs(runs_dir())
     if not runs:
         st.caption("Runs appear here once started (from this page, another tab, or `python -m core train`).")
         return
     active = [r for r in runs if r.active]
     if active:
+        waiting = [r.name for r in queue(runs)]
         st.caption("Running now: " + "; ".join(
-            f"{r.name} ({r.status}, {r.epochs_done}/{r.config.epochs if r.config else '?'} epochs)" for r in active))
+            f"{r.name} ({r.status}" + (f" {waiting.index(r.name) + 1}" if r.name in waiting else "")
+            + f", {r.epochs_done}/{r.config.epochs if r.config else '?'} epochs)" for r in active))
     runs_table(runs)
     names = [r.name for r in runs]
     if shown in names and st.session_state.get("tr_follow_shown") != shown:

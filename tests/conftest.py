@@ -43,11 +43,15 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def isolated_workspace(tmp_path, monkeypatch):
-    """Every test gets its own workspace and torch hub cache; nothing touches the user's."""
+def isolated_workspace(tmp_path, tmp_path_factory, monkeypatch):
+    """Every test gets its own workspace and torch hub cache; nothing touches the user's.
+
+    The app may read the test's own folder, the session's shared fixtures (weights files) and the repo.
+    """
     monkeypatch.setenv("TLD_WORKSPACE", str(tmp_path / "workspace"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("TLD_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    shared = tmp_path_factory.getbasetemp() / "shared"
+    monkeypatch.setenv("TLD_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), str(shared), str(ROOT)]))
     monkeypatch.delenv("TLD_DATA_ROOT", raising=False)
     torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
     yield
@@ -85,7 +89,9 @@ def resnet18_file(tmp_path_factory) -> Path:
     from torchvision.models import resnet18
 
     torch.manual_seed(1234)
-    path = tmp_path_factory.mktemp("weights") / "resnet18_pretrain.pth"
+    folder = tmp_path_factory.getbasetemp() / "shared"
+    folder.mkdir(exist_ok=True)
+    path = folder / "resnet18_pretrain.pth"
     torch.save(resnet18(weights=None).state_dict(), path)
     return path
 

@@ -296,7 +296,7 @@ def test_upload_non_image(tmp_path, lite0_file, monkeypatch):
 def test_upload_image_over_the_size_cap(tmp_path, lite0_file, monkeypatch):
     import core.uploads
 
-    monkeypatch.setattr(core.uploads, "MAX_IMAGE_UPLOAD_BYTES", 1000)
+    monkeypatch.setenv("TLD_MAX_IMAGE_BYTES", "1000")
     with pytest.raises(UploadError, match="more than the limit"):
         check_image_upload(b"x" * 2000, "big.jpg")
     root = make_colour_dataset(tmp_path / "workspace" / "datasets" / "c", per_class=4)

@@ -1,0 +1,62 @@
+"""Every ``TLD_*`` setting, read from the environment at call time, in this one place.
+
+Call ``settings()`` where a value is needed (not at import time), so a changed environment,
+a test's ``monkeypatch.setenv`` or a server restarted with other values takes effect. A value
+that cannot be read says which variable is wrong and what it accepts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+GiB, MiB = 1024**3, 1024**2
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path  # TLD_WORKSPACE: datasets, list files, runs and caches
+    allowed_roots: tuple[Path, ...]  # TLD_ALLOWED_ROOTS: folders the app may read (os.pathsep-separated)
+    data_root: str | None  # TLD_DATA_ROOT: the workspace's default dataset (None: the demo)
+    example_dataset_url: str  # TLD_EXAMPLE_DATASET_URL: pre-filled on the Dataset page's download tab
+    max_image_pixels: int  # TLD_MAX_IMAGE_PIXELS
+    max_image_bytes: int  # TLD_MAX_IMAGE_BYTES: per uploaded image
+    max_zip_bytes: int  # TLD_MAX_ZIP_BYTES: a dataset zip's extracted size
+    feature_cache_bytes: int  # TLD_FEATURE_CACHE_BYTES
+    download_timeout_s: float  # TLD_DOWNLOAD_TIMEOUT
+    password: str | None  # TLD_PASSWORD: when set, every page asks for it once per session
+    max_running: int | None  # TLD_MAX_RUNNING: runs training at once (None: 1 on CPU, the GPU count on CUDA)
+
+
+def _number(name: str, default, kind=int, low=1):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(float(raw)) if kind is int else kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; give a {kind.__name__} of at least {low}") from None
+    if value < low:
+        raise ConfigError(f"{name}={raw!r} is too small; give a {kind.__name__} of at least {low}")
+    return value
+
+
+def settings() -> Settings:
+    workspace = Path(os.environ.get("TLD_WORKSPACE") or "workspace").expanduser().resolve()
+    configured = os.environ.get("TLD_ALLOWED_ROOTS", "")
+    roots = tuple(Path(p).expanduser().resolve() for p in configured.split(os.pathsep) if p.strip())
+    return Settings(
+        workspace=workspace,
+        allowed_roots=roots or (workspace, Path.cwd().resolve()),
+        data_root=os.environ.get("TLD_DATA_ROOT") or None,
+        example_dataset_url=os.environ.get("TLD_EXAMPLE_DATASET_URL", ""),
+        max_image_pixels=_number("TLD_MAX_IMAGE_PIXELS", 64_000_000),
+        max_image_bytes=_number("TLD_MAX_IMAGE_BYTES", 20 * MiB),
+        max_zip_bytes=_number("TLD_MAX_ZIP_BYTES", 2 * GiB),
+        feature_cache_bytes=_number("TLD_FEATURE_CACHE_BYTES", 2 * GiB, low=0),
+        download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, kind=float),
+        password=os.environ.get("TLD_PASSWORD") or None,
+        max_running=_number("TLD_MAX_RUNNING", None),
+    )
