@@ -169,6 +169,10 @@ def _configured_password() -> str | None:
         return None
 
 
+def _slow_down(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def require_password() -> None:
     """When a password is configured (TLD_PASSWORD or the secret 'password'), ask for it once per session."""
     expected = _configured_password()
@@ -184,7 +188,7 @@ def require_password() -> None:
             st.rerun()
         now = time.monotonic()
         _recent_failures[:] = [t for t in _recent_failures if now - t < 60] + [now]
-        time.sleep(min(0.5 * 2 ** (len(_recent_failures) - 1), 8.0))  # guessing gets slower and slower
+        _slow_down(min(0.5 * 2 ** (len(_recent_failures) - 1), 8.0))  # guessing gets slower and slower
         st.error("That is not the password.")
     st.stop()
 

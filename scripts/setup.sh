@@ -21,3 +21,7 @@ if [ "${1:-}" = "dev" ]; then
 else
   .venv/bin/python -m pip install --quiet -r requirements.txt
 fi
+# The project itself, editable: `python -m core …`, the `tld` command and the app's worker processes
+# then import it from anywhere, with no path tricks. Its dependencies are installed just above.
+.venv/bin/python -m pip install --quiet "setuptools>=77"
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -89,10 +89,15 @@ def _go(page, title):
 def test_walk_all_pages_train_and_predict(server, page):
     url, workspace = server
     page.set_default_timeout(120_000)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
     page.goto(url)
     page.get_by_text("Current dataset").wait_for()
     page.get_by_text("5 classes ·").first.wait_for()
     _shot(page, "0-home")
+
+    outside = [u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
+    assert outside == [], outside  # nothing fetched from any other host (offline use, privacy)
 
     _go(page, "1 · Dataset")
     page.get_by_text("Samples").wait_for()
@@ -138,3 +143,5 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.get_by_text("Prediction", exact=True).first.wait_for()
     assert "%" in page.locator("[data-testid=stMetricDelta]").first.inner_text()
     _shot(page, "4-prediction")
+    outside = [u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
+    assert outside == [], outside
