@@ -22,8 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from core.archs import ARCHITECTURES  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
 from core.data import (Letterbox, ListDataset, build_transform, collate_skipping_unreadable, read_list_file,  # noqa: E402

@@ -40,12 +40,10 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
     command = [sys.executable, "-m", "core.worker", str(run.path), "--confined"]
     if cache_dir:
         command += ["--cache-dir", str(cache_dir)]
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     with open(run.log, "ab") as log:
         # The caller's working folder, so relative paths in the config mean what they meant to the caller.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                start_new_session=True)
     _children[str(run.path)] = proc
     _reap_when_done(proc)
     # The worker needs a few seconds to import torch before it reports; until then its pid lets
@@ -67,9 +65,17 @@ def max_running() -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
+def _queued_at(info: RunInfo) -> float:
+    try:
+        state = read_worker_state(RunDir(info.path))
+        return state.heartbeat if state else 0.0
+    except DamagedRun:
+        return 0.0
+
+
 def queue(runs: list[RunInfo]) -> list[RunInfo]:
-    """The queued runs in the order they start (their folder names begin with the time they were made)."""
-    return sorted((r for r in runs if r.status == QUEUED), key=lambda r: r.name)
+    """The queued runs in the order they start: the order they were queued in."""
+    return sorted((r for r in runs if r.status == QUEUED), key=lambda r: (_queued_at(r), r.name))
 
 
 def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -1,7 +1,6 @@
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 

@@ -28,7 +28,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "TLD_WORKSPACE": str(tmp_path / "workspace"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TLD_WORKSPACE": str(tmp_path / "workspace")}
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
                              "--server.address", "127.0.0.1", "--server.port", str(port),

@@ -12,9 +12,8 @@ from tests.conftest import ROOT
 
 
 def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
+                          cwd=cwd or ROOT, timeout=300)
 
 
 def _one_error_line(result) -> str:

@@ -122,9 +122,8 @@ def test_status_json_is_the_one_source_of_state(tmp_path):
 
 def test_a_cli_run_into_the_workspace_is_listed_as_running_while_it_runs(tmp_path, lite0_file):
     cfg = _slow_features_config(tmp_path, lite0_file)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--data", cfg.data_root, "--arch",
-                             "efficientnet_lite0", "--num-workers", "0", "--epochs", "1"], env=env,
+                             "efficientnet_lite0", "--num-workers", "0", "--epochs", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert wait_until(lambda: [r.status for r in list_runs(runs_dir())] == ["running"], 120)
