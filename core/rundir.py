@@ -454,7 +454,7 @@ def summarise(records: Records) -> dict:
     """What a finished run's summary.json says, from its epoch records."""
     epochs: list[Epoch] = records.epochs
     tested = [e for e in epochs if e.test_acc is not None]
-    best = max(tested, key=lambda e: e.test_acc, default=None)
+    best = next((e for e in reversed(tested) if e.best), None)  # the checkpointer's choice
     return {"epochs_completed": len(epochs), "final_acc": tested[-1].test_acc if tested else None,
             "best_acc": best.test_acc if best else None, "best_epoch": best.epoch if best else None,
             "skipped_images": epochs[-1].skipped_images if epochs else 0}

@@ -364,16 +364,20 @@ class Checkpointer:
 
     def __init__(self, s: Setup, optimizer):
         self.s, self.optimizer = s, optimizer
-        self.best_acc: float | None = None
-        self.best_epoch: int | None = None
+        self.best: tuple | None = None  # (accuracy, -test loss) of the best epoch so far
 
-    def is_best(self, acc: float | None) -> bool:
-        return self.best_epoch is None or (acc is not None and (self.best_acc is None or acc > self.best_acc))
+    def is_best(self, acc: float | None, loss: float | None) -> bool:
+        """Best = highest test accuracy; on a tie (common on small test sets) the lower test loss."""
+        if acc is None:
+            return self.best is None
+        score = (acc, -(loss if loss is not None else float("inf")))
+        return self.best is None or score > self.best
 
     def save_epoch(self, record: Epoch, predictions: list[dict]) -> None:
         self._save(self.s.run.last, record)
         if record.best:
-            self.best_acc, self.best_epoch = record.test_acc, record.epoch
+            self.best = (record.test_acc if record.test_acc is not None else -1.0,
+                         -(record.test_loss if record.test_loss is not None else float("inf")))
             self._save(self.s.run.best, record)
         test = self.s.split.test
         atomic_write_json(self.s.run.predictions, [{**p, "path": test[p["index"]][0]} for p in predictions])
@@ -403,7 +407,7 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
         record = Epoch(epoch=epoch, train_loss=totals.loss, test_loss=result.test_loss, test_acc=result.test_acc,
                        per_class_acc=result.per_class_acc, confusion=result.confusion, tested=result.tested,
                        skipped_images=totals.skipped + result.skipped + path.fixed_skips,
-                       seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc),
+                       seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc, result.test_loss),
                        images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None)
         checkpointer.save_epoch(record, result.predictions)
         yield record

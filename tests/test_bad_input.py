@@ -125,12 +125,16 @@ def test_image_exif_rotated_photo_is_used_upright(tmp_path):
 
 
 @pytest.mark.parametrize("width, height", [(10_000, 10_000), (100_000, 100_000)])
-def test_image_decompression_bomb_refused_before_decoding(width, height):
+def test_image_decompression_bomb_refused_before_decoding(width, height, monkeypatch):
     data = _png_with_size(width, height)
-    t = time.perf_counter()
-    with pytest.raises(ImageError, match="declares|decompression bomb"):
+
+    def never(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(Image.Image, "load", never)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", never)
+    with pytest.raises(ImageError, match="declares|more pixels than PIL will decode"):
         open_image(data)
-    assert time.perf_counter() - t < 1.0  # refused from the header, not after decoding
 
 
 def test_image_one_pixel(colour_data, resnet18_file, tmp_path):
@@ -139,7 +143,7 @@ def test_image_one_pixel(colour_data, resnet18_file, tmp_path):
     from core.predict import Predictor
 
     probs = Predictor.load(tmp_path / "run").probabilities(Image.new("RGB", (1, 1), (200, 10, 10)))
-    assert abs(probs.sum().item() - 1) < 1e-5
+    assert probs.shape == (2,) and torch.isfinite(probs).all()  # resized to 224×224 like any other image
 
 
 # ============================================================================= split
@@ -204,9 +208,7 @@ def test_split_nested_folders(colour_data):
 
 def test_split_symlink_loop(colour_data):
     os.symlink(colour_data / "red", colour_data / "red" / "loop")
-    t = time.perf_counter()
-    split = split_dataset(colour_data)
-    assert time.perf_counter() - t < 5
+    split = split_dataset(colour_data)  # returns (pytest-timeout fails a hang)
     assert any(s.path.endswith("loop") and "not followed" in s.reason for s in split.skipped)
 
 
@@ -274,7 +276,7 @@ def test_weights_wrapped_state_dict_and_module_prefix(resnet18_file, tmp_path):
 def _app_with_run(small_root, lite0_file, monkeypatch):
     monkeypatch.setenv("TLD_DATA_ROOT", str(small_root))
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
-                           epochs=1, num_workers=0), runs_dir() / "run1"))
+                           epochs=15, lr=0.05, num_workers=0), runs_dir() / "run1"))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
     at.switch_page("pages/prediction.py").run()
@@ -290,7 +292,7 @@ def test_upload_non_image(tmp_path, lite0_file, monkeypatch):
         [e.value for e in at.error]
     # the app keeps working: a real image afterwards is predicted
     at.file_uploader(key="pr_upload").upload("red.png", (root / "red" / "red_00.png").read_bytes(), "image/png").run()
-    assert not at.error and at.metric[0].value in {"blue", "red"}
+    assert not at.error and at.metric[0].value == "red"
 
 
 def test_upload_image_over_the_size_cap(tmp_path, lite0_file, monkeypatch):

@@ -70,12 +70,6 @@ def test_tiny_and_empty_classes_are_reported(tmp_path):
     assert any("'empty' has no images" in w for w in split.warnings)
 
 
-def test_one_class_is_refused(tmp_path):
-    root = make_colour_dataset(tmp_path / "d", per_class=4, classes=("blue",))
-    with pytest.raises(DatasetError, match="at least two class folders.*only 'blue'"):
-        split_dataset(root)
-
-
 @pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1])
 def test_bad_ratio_is_refused(colour_data, ratio):
     with pytest.raises(DatasetError, match="between 0 and 1"):
