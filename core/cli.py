@@ -68,7 +68,7 @@ def cmd_surgery(args) -> int:
     from .weights import resolve_weights
 
     weights = resolve_weights(get_arch(args.arch), args.weights)
-    _, report = adapt_model(args.arch, args.num_classes, weights=weights, variant=args.head_variant,
+    _, report = adapt_model(args.arch, args.num_classes, weights=weights, head_variant=args.head_variant,
                             freeze=args.freeze)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(architectures=not args.brief))
     return 0

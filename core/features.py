@@ -41,11 +41,11 @@ def _file_stamp(path: str) -> list:
         return [path, None, None]
 
 
-def feature_cache_key(*, arch: str, variant: str, weights: str | None, transform: str,
+def feature_cache_key(*, arch: str, head_variant: str, weights: str | None, transform: str,
                       samples: list[tuple[str, int]], precision: str = "fp32") -> str:
     """Changes when any image, the weights file, the architecture, the preprocessing or the precision changes."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([arch, variant, _file_stamp(weights) if weights else None, transform,
+    digest.update(json.dumps([arch, head_variant, _file_stamp(weights) if weights else None, transform,
                               precision]).encode())
     for path, label in samples:
         digest.update(json.dumps([_file_stamp(path), label]).encode())

@@ -65,7 +65,7 @@ class Predictor:
     def _build(cls, cfg: TrainConfig, classes: list[str], state: dict, epoch: int, source: str,
                device: str = "cpu") -> "Predictor":
         # weights=None: the state overwrites every tensor, no need to read the pretrained file.
-        model, _ = adapt_model(cfg.arch, len(classes), variant=cfg.head_variant, freeze="all")
+        model, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze="all")
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError) as exc:

@@ -146,11 +146,12 @@ class Split:
     classes: list[str]
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
-    train_ratio: float
-    seed: int
+    train_ratio: float | None  # None: unknown (list files written elsewhere)
+    seed: int | None
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     given_by: str | None = None  # "train/ + val/" when the dataset came already split; the ratio did not apply
+    class_names: str = "given"  # "given" (folders or classes.json), "from folders" or "numbered" (tutorial lists)
 
     def counts(self) -> list[ClassCounts]:
         train = Counter(label for _, label in self.train)
@@ -315,15 +316,6 @@ def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> l
     return samples
 
 
-@dataclass
-class ListSplit:
-    classes: list[str]
-    train: list[tuple[str, int]]
-    test: list[tuple[str, int]]
-    folder: str
-    class_names: str = "given"  # "given" (classes.json), "from folders" or "numbered"
-
-
 def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
     """Class names for list files without classes.json (the tutorial writes none).
 
@@ -343,7 +335,8 @@ def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
     return [f"class_{i}" for i in range(n)], "numbered"
 
 
-def read_split(folder: str | os.PathLike) -> ListSplit:
+def read_split(folder: str | os.PathLike) -> Split:
+    """The split that list files hold: ``train.txt``, ``test.txt`` and, when present, ``classes.json``."""
     folder = Path(folder)
     missing = [name for name in LIST_FILES[:2] if not (folder / name).is_file()]
     if missing:
@@ -355,7 +348,7 @@ def read_split(folder: str | os.PathLike) -> ListSplit:
         if negative:
             raise DatasetError(f"'{folder}': labels must be 0 or more, found {negative[0]}")
         classes, how = infer_class_names(train + test)
-        return ListSplit(classes, train, test, str(folder), how)
+        return Split(str(folder), classes, train, test, None, None, class_names=how)
     try:
         meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
         classes = meta["classes"] if isinstance(meta, dict) else meta
@@ -364,7 +357,9 @@ def read_split(folder: str | os.PathLike) -> ListSplit:
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
     n = len(classes)
-    return ListSplit(list(classes), read_list_file(folder / "train.txt", n),
-                     read_list_file(folder / "test.txt", n), str(folder))
+    info = meta if isinstance(meta, dict) else {}
+    return Split(str(info.get("root") or folder), list(classes), read_list_file(folder / "train.txt", n),
+                 read_list_file(folder / "test.txt", n), info.get("train_ratio"), info.get("seed"),
+                 given_by=info.get("given_by"))
 
 

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .archs import ArchSpec, get_arch
+from .archs import get_arch
 from .config import FREEZE_MODES
-from .errors import ConfigError, WeightsError
-from .weights import load_state_dict_file, shape_mismatches
+from .errors import ConfigError
+from .weights import check_fits, load_state_dict_file
 
 
 
@@ -31,7 +31,7 @@ class ParamInfo:
 @dataclass
 class SurgeryReport:
     arch: str
-    variant: str
+    head_variant: str
     num_classes: int
     weights_source: str  # a file path, or "random initialisation"
     pretrained: bool
@@ -75,7 +75,7 @@ class SurgeryReport:
 
     def format(self, architectures: bool = True) -> str:
         lines = [
-            f"architecture : {self.arch} (head variant: {self.variant}) for {self.num_classes} classes",
+            f"architecture : {self.arch} (head variant: {self.head_variant}) for {self.num_classes} classes",
             f"weights      : {self.weights_source}",
             f"head         : {self.head_name}: {self.head_before} → {self.head_kind} by {self.head_after}",
             f"popped keys  : {_key_list(self.popped_keys)}",
@@ -126,36 +126,19 @@ def set_train_mode(model: nn.Module, head_name: str, mode: str) -> None:
         model.get_submodule(head_name).train()
 
 
-def _check_fits(spec: ArchSpec, head_name: str, state: dict, model_state: dict, source: str) -> None:
-    mismatched = shape_mismatches(state, model_state)
-    # BatchNorm's num_batches_tracked is absent from older files (resnet18-5c106cde.pth) and harmless.
-    body_missing = [k for k in model_state
-                    if k not in state and not _is_under(k, head_name) and not k.endswith("num_batches_tracked")]
-    if mismatched or body_missing:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} tensors have other shapes ({'; '.join(mismatched[:4])}"
-                         f"{' …' if len(mismatched) > 4 else ''})")
-        if body_missing:
-            parts.append(f"{len(body_missing)} of the model's tensors are not in the file "
-                         f"({', '.join(body_missing[:4])}{' …' if len(body_missing) > 4 else ''})")
-        raise WeightsError(f"'{source}' does not fit {spec.name}: " + "; ".join(parts) +
-                           ". Is it a file for another architecture?")
-
-
 def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | None = None,
-                variant: str | None = None, freeze: str = "head", seed: int | None = None
+                head_variant: str | None = None, freeze: str = "head", seed: int | None = None
                 ) -> tuple[nn.Module, SurgeryReport]:
     """Build ``arch`` for ``num_classes``, load pretrained weights from a file, freeze; report it all."""
     spec = get_arch(arch)
-    head_variant = spec.variant(variant)
+    variant = spec.variant(head_variant)
     if num_classes < 1:
         raise ConfigError(f"number of classes must be at least 1, got {num_classes}")
     if seed is not None:
         torch.manual_seed(seed)  # the new head's initial weights depend on it
     model = spec.build()
     before = str(model)
-    change = head_variant.apply(model, spec.head, num_classes)
+    change = variant.apply(model, spec.head, num_classes)
 
     popped, dropped, loaded, notes = [], [], 0, []
     if change.note:
@@ -167,7 +150,7 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
         popped = [k for k in change.popped_keys if state.pop(k, None) is not None]
         dropped = sorted(k for k in state if k not in model_state)
         state = {k: v for k, v in state.items() if k in model_state}
-        _check_fits(spec, change.head_name, state, model_state, str(weights))
+        check_fits(spec, state, model_state, change.head_name, str(weights))
         loaded = len(state)
         model_state.update(state)
         unexpected = list(model.load_state_dict(model_state).unexpected_keys)
@@ -185,7 +168,7 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
     freeze_model(model, change.head_name, freeze)
     params = [ParamInfo(n, list(p.shape), p.numel(), p.requires_grad) for n, p in model.named_parameters()]
     report = SurgeryReport(
-        arch=spec.name, variant=head_variant.name, num_classes=num_classes,
+        arch=spec.name, head_variant=variant.name, num_classes=num_classes,
         weights_source=str(weights) if weights is not None else "random initialisation",
         pretrained=weights is not None, head_name=change.head_name, head_kind=change.kind,
         head_before=change.before, head_after=change.after,

@@ -31,7 +31,7 @@ from .accel import as_input, inference_batch_size, inference_copy, to_channels_l
 from .archs import get_arch
 from .config import TrainConfig
 from .data import ListDataset, build_transform, collate_skipping_unreadable
-from .split import ListSplit, read_split, split_dataset, write_split
+from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .errors import RunError, UserError
 from .features import compute_head_inputs, feature_cache_key, load_cached_features, store_cached_features
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
@@ -64,7 +64,7 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> ListSplit:
+def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Split:
     """Copy (or make) the list files into the run, so a later re-split cannot change this run.
 
     ``allowed_roots`` confines a run the app started for a visitor to the folders it may read.
@@ -73,11 +73,11 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> ListSpli
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots)
         write_split(split, run.lists, overwrite=True)
     else:
-        source = read_split(cfg.lists_dir)  # validates before copying
+        read_split(cfg.lists_dir)  # validates before copying
         run.lists.mkdir(parents=True, exist_ok=True)
-        for name in ("train.txt", "test.txt", "classes.json"):
-            if (Path(source.folder) / name).is_file():
-                shutil.copyfile(Path(source.folder) / name, run.lists / name)
+        for name in LIST_FILES:
+            if (Path(cfg.lists_dir) / name).is_file():
+                shutil.copyfile(Path(cfg.lists_dir) / name, run.lists / name)
     split = read_split(run.lists)
     if not split.train:
         raise RunError("the training list is empty; add images or change the split")
@@ -90,7 +90,7 @@ class Setup:
     cfg: TrainConfig
     run: RunDir
     device: torch.device
-    split: ListSplit
+    split: Split
     model: nn.Module
     report: SurgeryReport
     eval_tf: object
@@ -124,7 +124,7 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
     cfg.validate()
     device = resolve_device(cfg.device)
     split = prepare_lists(cfg, run, allowed_roots)
-    model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, variant=cfg.head_variant,
+    model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, head_variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
     atomic_write_json(run.surgery, report.to_dict())
     to_channels_last(model.to(device))
@@ -241,7 +241,7 @@ def _features_of(s: Setup, name: str, samples, cache_dir: Path | None):
     """Backbone features of one split, from the cache or computed with progress; yields records."""
     # A random body is never cached: its features depend on the seed, not on a file on disk.
     cache = cache_dir if s.cfg.pretrained else None
-    key = feature_cache_key(arch=s.cfg.arch, variant=s.report.variant, weights=s.cfg.weights,
+    key = feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
                             transform=repr(s.eval_tf), samples=samples, precision=s.cfg.precision)
     t0 = time.time()
     features = load_cached_features(cache, key)

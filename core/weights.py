@@ -137,10 +137,10 @@ def list_sources(spec, user_file: str | os.PathLike | None = None) -> list[Weigh
                                      problem or "in torch hub's cache (downloaded or uploaded earlier)"))
     for p in sorted(cache.glob(f"{spec.name}-upload-*.pth"), key=lambda f: f.stat().st_mtime, reverse=True):
         sources.append(WeightsSource("upload", str(p), True, "uploaded in the browser earlier, kept in the cache"))
-    package_path = getattr(spec.weights, "path", lambda: None)()
-    if getattr(spec.weights, "package", None):
+    if spec.packaged:
+        package_path = spec.packaged.path()
         sources.append(WeightsSource("package", package_path, bool(package_path and Path(package_path).is_file()),
-                                     f"shipped with the pip package {spec.weights.package}"))
+                                     f"shipped with the pip package {spec.packaged.package}"))
     if spec.download_url:
         sources.append(WeightsSource("download", spec.download_url, False,
                                      "download from the internet (needs network)"))
@@ -162,15 +162,37 @@ def shape_mismatches(state: dict, model_state: dict) -> list[str]:
             for k, v in state.items() if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
 
 
-def _check_fits_arch(spec, path: Path) -> None:
+def check_fits(spec, state: dict, model_state: dict, head_name: str, source: str) -> None:
+    """The one rule for "does this weights file fit the architecture": every tensor the file shares
+    with the model has the model's shape, and every tensor of the body (all but ``head_name``) is there.
+
+    Used by the surgery (against the adapted model) and before an upload is stored (against the
+    ImageNet model). Raises WeightsError naming keys and shapes.
+    """
+    mismatched = shape_mismatches(state, model_state)
+    # BatchNorm's num_batches_tracked is absent from older files (resnet18-5c106cde.pth) and harmless.
+    body_missing = [k for k in model_state if k not in state and not _is_under(k, head_name)
+                    and not k.endswith("num_batches_tracked")]
+    if mismatched or body_missing:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} tensors have other shapes ({'; '.join(mismatched[:4])}"
+                         f"{' …' if len(mismatched) > 4 else ''})")
+        if body_missing:
+            parts.append(f"{len(body_missing)} of the model's tensors are not in the file "
+                         f"({', '.join(body_missing[:4])}{' …' if len(body_missing) > 4 else ''})")
+        raise WeightsError(f"'{source}' does not fit {spec.name}: " + "; ".join(parts) +
+                           ". Is it a file for another architecture?")
+
+
+def _is_under(name: str, module_name: str) -> bool:
+    return name == module_name or name.startswith(module_name + ".")
+
+
+def _check_fits_arch(spec, path: Path, shown_name: str) -> None:
     """Refuse a file whose tensors do not fit ``spec`` before it is stored anywhere."""
     state, _ = load_state_dict_file(path)
-    model_state = spec.build_meta().state_dict()
-    mismatched = shape_mismatches(state, model_state)
-    matched = sum(k in model_state for k in state)
-    if mismatched or matched < len(model_state) // 2:
-        detail = "; ".join(mismatched[:4]) or f"only {matched} of its {len(state)} keys are {spec.name} keys"
-        raise WeightsError(f"'{path.name}' does not fit {spec.name}: {detail}")
+    check_fits(spec, state, spec.build_meta().state_dict(), spec.head, shown_name)
 
 
 def store_uploaded_weights(spec, data: bytes, file_name: str) -> Path:
@@ -187,9 +209,9 @@ def store_uploaded_weights(spec, data: bytes, file_name: str) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
-            _check_fits_arch(spec, tmp_path)
-        except WeightsError as exc:
-            raise WeightsError(str(exc).replace(str(tmp_path), file_name).replace(tmp_path.name, file_name)) from None
+            _check_fits_arch(spec, tmp_path, file_name)
+        except WeightsError as exc:  # the reader names the file it read: the temporary one
+            raise WeightsError(str(exc).replace(str(tmp_path), file_name)) from None
         official = [n for n in spec.hub_file_names if n == Path(file_name).name]
         if official:
             check_hash_prefix(tmp_path, official[0])
@@ -251,7 +273,7 @@ def download_weights(spec, *, progress: Progress | None = None, timeout: float |
     url = url or spec.download_url
     if not url:
         raise WeightsError(f"{spec.name} has no download address; its weights come from "
-                           f"{getattr(spec.weights, 'package', 'a file')}")
+                           f"{spec.packaged.package if spec.packaged else 'a file'}")
     file_name = Path(urllib.parse.urlparse(url).path).name
     target = hub_checkpoint_dir() / file_name
     part = target.with_suffix(".download")

@@ -23,14 +23,14 @@ from core.workspace import allowed_roots, check_allowed, default_data_root, is_a
 # Each visitor's choices live in their session and in the URL (so a reload or a shared link keeps
 # them); nothing one visitor picks changes what another sees. Values from the URL are typed by
 # anyone: each is checked, and a bad one falls back to the default.
-DEFAULTS = {"data_root": None, "train_ratio": DEFAULT_TRAIN_RATIO, "seed": 0, "arch": None, "variant": None,
+DEFAULTS = {"data_root": None, "train_ratio": DEFAULT_TRAIN_RATIO, "seed": 0, "arch": None, "head_variant": None,
             "weights_mode": PRETRAINED, "weights_file": "", "freeze": "head"}
 _PARSERS = {
     "data_root": str, "weights_file": str,
     "train_ratio": lambda v: float(v) if 0 < float(v) < 1 else None,
     "seed": lambda v: int(v) if 0 <= int(v) <= 1_000_000 else None,
     "arch": lambda v: v if v in ARCHITECTURES else None,
-    "variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
+    "head_variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
     "weights_mode": lambda v: v if v in (PRETRAINED, "scratch") else None,
     "freeze": lambda v: v if v in FREEZE_MODES else None,
 }

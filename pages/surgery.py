@@ -27,8 +27,8 @@ arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), ke
                     format_func=lambda a: ARCHITECTURES[a].summary)
 spec = ARCHITECTURES[arch]
 variant_names = [v.name for v in spec.variants]
-variant = c2.selectbox("Head", variant_names, key="sg_variant",
-                       index=variant_names.index(state["variant"]) if state["variant"] in variant_names else 0,
+head_variant = c2.selectbox("Head", variant_names, key="sg_variant",
+                       index=variant_names.index(state["head_variant"]) if state["head_variant"] in variant_names else 0,
                        format_func=lambda v: spec.variant(v).description, disabled=len(variant_names) == 1)
 freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
                   key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
@@ -58,7 +58,7 @@ if mode == "pretrained":
         st.warning(f"No {arch} weights are on this machine. Upload the file, download it (needs network), "
                    "or switch to **efficientnet_lite0**, whose ImageNet weights ship with the app.")
         if arch != "efficientnet_lite0" and st.button("Use efficientnet_lite0 instead", key="sg_use_lite"):
-            save_state(arch="efficientnet_lite0", variant=None)
+            save_state(arch="efficientnet_lite0", head_variant=None)
             st.session_state.pop("sg_arch", None)
             st.rerun()
     with st.expander("Add weights: upload or download"):
@@ -82,9 +82,9 @@ if mode == "pretrained":
                 st.success(f"Downloaded to `{path}`.")
                 st.rerun()
         else:
-            st.caption(f"{arch}'s weights come from the pip package {getattr(spec.weights, 'package', '')}.")
+            st.caption(f"{arch}'s weights come from the pip package {spec.packaged.package if spec.packaged else ''}.")
 
-new_state = dict(arch=arch, variant=variant, freeze=freeze, weights_mode=mode, weights_file=weights_file or "")
+new_state = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode, weights_file=weights_file or "")
 if any(state[k] != v for k, v in new_state.items()):
     state = save_state(**new_state)
 
@@ -99,13 +99,13 @@ def _stamp(path):
 
 
 @st.cache_data(max_entries=16, show_spinner="Performing surgery…")
-def surgery_report(arch, n, weights, stamp, variant, freeze) -> dict:
-    _, report = adapt_model(arch, n, weights=weights, variant=variant, freeze=freeze, seed=0)
+def surgery_report(arch, n, weights, stamp, head_variant, freeze) -> dict:
+    _, report = adapt_model(arch, n, weights=weights, head_variant=head_variant, freeze=freeze, seed=0)
     return report.to_dict()
 
 
 with user_errors():
-    report = surgery_report(arch, num_classes, weights, _stamp(weights), variant, freeze)
+    report = surgery_report(arch, num_classes, weights, _stamp(weights), head_variant, freeze)
 
 st.subheader(f"Result for {num_classes} classes")
 m1, m2, m3, m4 = st.columns(4)

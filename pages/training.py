@@ -23,7 +23,7 @@ def _sync(name: str, key: str, convert=lambda v: v):
 
 
 def render_settings(state: dict, arch: str) -> TrainConfig:
-    st.markdown(f"**Model:** {ARCHITECTURES[arch].summary} · head variant `{state['variant'] or 'replace'}` "
+    st.markdown(f"**Model:** {ARCHITECTURES[arch].summary} · head variant `{state['head_variant'] or 'replace'}` "
                 "(change it on the Model surgery page)")
     c1, c2, c3 = st.columns(3)
     pretrained = c1.toggle("Pretrained weights", value=state["weights_mode"] == "pretrained", key="tr_pretrained",
@@ -56,7 +56,7 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     if not pretrained and freeze == "head":
         st.info("From scratch with a frozen body trains only a linear layer on random features. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
-    return TrainConfig(arch=arch, head_variant=state["variant"], freeze=freeze, weights=weights if pretrained else None,
+    return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
                        num_workers=workers, flip=flip, letterbox=letterbox, feature_cache=feature_cache,
                        train_ratio=state["train_ratio"], data_root=data_root())

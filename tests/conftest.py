@@ -98,4 +98,4 @@ def resnet18_file(tmp_path_factory) -> Path:
 def lite0_file() -> Path:
     from core.archs import ARCHITECTURES
 
-    return Path(ARCHITECTURES["efficientnet_lite0"].weights.path())
+    return Path(ARCHITECTURES["efficientnet_lite0"].packaged.path())

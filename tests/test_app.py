@@ -1,5 +1,4 @@
 """The dashboard's pages, driven headlessly with Streamlit's AppTest."""
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest

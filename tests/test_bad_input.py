@@ -4,9 +4,7 @@ import io
 import json
 import os
 import pickle
-import signal
 import struct
-import time
 import tomllib
 import zipfile
 import zlib
@@ -296,7 +294,6 @@ def test_upload_non_image(tmp_path, lite0_file, monkeypatch):
 
 
 def test_upload_image_over_the_size_cap(tmp_path, lite0_file, monkeypatch):
-    import core.uploads
 
     monkeypatch.setenv("TLD_MAX_IMAGE_BYTES", "1000")
     with pytest.raises(UploadError, match="more than the limit"):

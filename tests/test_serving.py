@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.errors import UploadError, WeightsError
-from core.rundir import RunDir, list_runs, read_run
+from core.rundir import list_runs, read_run
 from core.runs import cancel, dispatch, kill_worker, launch, queue
 from core.split import split_dataset
 from core.uploads import extract_zip

@@ -4,7 +4,7 @@ from PIL import Image
 
 from core.archs import ARCHITECTURES
 from core.data import build_transform
-from core.errors import ConfigError, WeightsError
+from core.errors import ConfigError
 from core.surgery import adapt_model, set_train_mode, trainable_parameters
 
 
@@ -70,18 +70,18 @@ def test_no_weights_means_random_initialisation():
     assert any("random initialisation" in n for n in report.notes)
 
 
-@pytest.mark.parametrize("variant, head_name, popped", [
+@pytest.mark.parametrize("head_variant, head_name, popped", [
     ("replace", "classifier.6", ["classifier.6.weight", "classifier.6.bias"]),
     ("add_outside", "add_Linear", []),
     ("add_inside", "classifier.add_Linear", []),
 ])
-def test_vgg16_variants_give_n_outputs(variant, head_name, popped, tmp_path):
+def test_vgg16_variants_give_n_outputs(head_variant, head_name, popped, tmp_path):
     torch.manual_seed(0)
     from torchvision.models import vgg16
 
     path = tmp_path / "vgg16.pth"
     torch.save(vgg16(weights=None).state_dict(), path)
-    model, report = adapt_model("vgg16", 7, weights=path, variant=variant)
+    model, report = adapt_model("vgg16", 7, weights=path, head_variant=head_variant)
     model.eval()
     with torch.inference_mode():
         out = model(torch.randn(1, 3, 224, 224))
@@ -94,7 +94,7 @@ def test_vgg16_variants_give_n_outputs(variant, head_name, popped, tmp_path):
 
 def test_unknown_variant_names_the_allowed_ones():
     with pytest.raises(ConfigError, match="allowed: replace, add_outside, add_inside"):
-        adapt_model("vgg16", 2, variant="sideways")
+        adapt_model("vgg16", 2, head_variant="sideways")
     with pytest.raises(ConfigError, match="allowed: resnet18, vgg16, efficientnet_lite0"):
         adapt_model("alexnet", 2)
 

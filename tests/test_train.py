@@ -6,7 +6,7 @@ import torch
 from core.config import TrainConfig
 from core.errors import ConfigError, RunError
 from core.predict import Predictor
-from core.records import Batch, Epoch, Features, Final, Progress, Start
+from core.records import Batch, Epoch, Features, Progress
 from core.rundir import RunDir, read_records
 from core.features import compute_head_inputs
 from core.train import train
@@ -103,7 +103,7 @@ def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_f
     from core.features import feature_cache_key
 
     split = split_dataset(colour_data)
-    key = lambda: feature_cache_key(arch="resnet18", variant="replace", weights=str(resnet18_file),
+    key = lambda: feature_cache_key(arch="resnet18", head_variant="replace", weights=str(resnet18_file),
                                     transform="t", samples=split.train)
     first = key()
     path = split.train[0][0]
