@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -55,16 +56,24 @@ def as_disk_full(exc: BaseException, path) -> DiskFull | None:
     return None
 
 
-def _atomic_replace(path: Path, write) -> None:
+@contextmanager
+def atomic_file(path, mode: int | None = None):
+    """A binary file that appears at ``path`` only once it is completely written.
+
+    It is written next to ``path`` under a temporary name, then renamed over it, so readers
+    never see half a file; on any failure the temporary file is removed, and a full disk
+    becomes a DiskFull that says where. ``mode`` defaults to what the umask allows
+    (mkstemp's 0600 would hide run files and weights from other users).
+    """
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from other users
+        os.chmod(tmp, (0o666 & ~_UMASK) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp and os.path.exists(tmp):
@@ -73,6 +82,16 @@ def _atomic_replace(path: Path, write) -> None:
         if full:
             raise full from None
         raise
+
+
+def _atomic_replace(path: Path, write) -> None:
+    with atomic_file(path) as f:
+        write(f)
+
+
+def atomic_write_bytes(path, data: bytes, mode: int | None = None) -> None:
+    with atomic_file(path, mode) as f:
+        f.write(data)
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -28,6 +28,7 @@ class Settings:
     download_timeout_s: float  # TLD_DOWNLOAD_TIMEOUT
     password: str | None  # TLD_PASSWORD: when set, every page asks for it once per session
     max_running: int | None  # TLD_MAX_RUNNING: runs training at once (None: 1 on CPU, the GPU count on CUDA)
+    screenshots: Path | None  # TLD_SCREENSHOTS: the browser test keeps a screenshot of each page there
 
 
 def _number(name: str, default, kind=int, low=1):
@@ -59,4 +60,5 @@ def settings() -> Settings:
         download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, kind=float),
         password=os.environ.get("TLD_PASSWORD") or None,
         max_running=_number("TLD_MAX_RUNNING", None),
+        screenshots=Path(os.environ["TLD_SCREENSHOTS"]) if os.environ.get("TLD_SCREENSHOTS") else None,
     )

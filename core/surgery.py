@@ -126,6 +126,41 @@ def set_train_mode(model: nn.Module, head_name: str, mode: str) -> None:
         model.get_submodule(head_name).train()
 
 
+@dataclass
+class _Loading:
+    popped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_pretrained(model: nn.Module, spec, change, weights) -> _Loading:
+    """The recipe: pop the old head's keys, drop keys the model lacks, check the fit, update and load."""
+    state, notes = load_state_dict_file(weights)
+    model_state = model.state_dict()
+    popped = [k for k in change.popped_keys if state.pop(k, None) is not None]
+    dropped = sorted(k for k in state if k not in model_state)
+    state = {k: v for k, v in state.items() if k in model_state}
+    check_fits(spec, state, model_state, change.head_name, str(weights))
+    model_state.update(state)
+    unexpected = list(model.load_state_dict(model_state).unexpected_keys)
+    missing = [k for k in model_state if k not in state]
+    if missing:
+        notes.append("missing keys are expected when the model is being adapted: "
+                     "they belong to the new head and start from random initialisation")
+    return _Loading(popped, dropped, len(state), missing, unexpected, notes)
+
+
+def _random_init(model: nn.Module, freeze: str) -> _Loading:
+    notes = ["no weights file: every layer starts from random initialisation (training from scratch)"]
+    if freeze == "head":
+        notes.append("with random weights and a frozen body, only a linear classifier on random "
+                     "features is trained; choose freeze 'all' to train from scratch properly")
+    return _Loading(missing=list(model.state_dict()), notes=notes)
+
+
 def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | None = None,
                 head_variant: str | None = None, freeze: str = "head", seed: int | None = None
                 ) -> tuple[nn.Module, SurgeryReport]:
@@ -140,31 +175,8 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
     before = str(model)
     change = variant.apply(model, spec.head, num_classes)
 
-    popped, dropped, loaded, notes = [], [], 0, []
-    if change.note:
-        notes.append(change.note)
-    model_state = model.state_dict()
-    if weights is not None:
-        state, load_notes = load_state_dict_file(weights)
-        notes += load_notes
-        popped = [k for k in change.popped_keys if state.pop(k, None) is not None]
-        dropped = sorted(k for k in state if k not in model_state)
-        state = {k: v for k, v in state.items() if k in model_state}
-        check_fits(spec, state, model_state, change.head_name, str(weights))
-        loaded = len(state)
-        model_state.update(state)
-        unexpected = list(model.load_state_dict(model_state).unexpected_keys)
-        missing = [k for k in model_state if k not in state]
-        if missing:
-            notes.append("missing keys are expected when the model is being adapted: "
-                         "they belong to the new head and start from random initialisation")
-    else:
-        missing, unexpected = list(model_state), []
-        notes.append("no weights file: every layer starts from random initialisation (training from scratch)")
-        if freeze == "head":
-            notes.append("with random weights and a frozen body, only a linear classifier on random "
-                         "features is trained; choose freeze 'all' to train from scratch properly")
-
+    loading = _load_pretrained(model, spec, change, weights) if weights is not None else _random_init(model, freeze)
+    notes = ([change.note] if change.note else []) + loading.notes
     freeze_model(model, change.head_name, freeze)
     params = [ParamInfo(n, list(p.shape), p.numel(), p.requires_grad) for n, p in model.named_parameters()]
     report = SurgeryReport(
@@ -174,8 +186,8 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
         head_before=change.before, head_after=change.after,
         head_in_features=change.in_features, head_out_features=change.out_features,
         architecture_before=before, architecture_after=str(model), freeze=freeze,
-        popped_keys=popped, dropped_keys=dropped, loaded_keys=loaded, missing_keys=missing,
-        unexpected_keys=unexpected, parameters=params, notes=notes,
+        popped_keys=loading.popped, dropped_keys=loading.dropped, loaded_keys=loading.loaded,
+        missing_keys=loading.missing, unexpected_keys=loading.unexpected, parameters=params, notes=notes,
     )
     return model, report
 

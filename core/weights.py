@@ -7,10 +7,10 @@ cache); weights shipped inside a pip package; a download through torchvision's U
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .errors import WeightsError
-from .io import DISK_FULL
+from .io import DiskFull, atomic_file, atomic_write_bytes
 from .settings import settings
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
@@ -50,13 +50,18 @@ def _unwrap(obj, source: str) -> tuple[dict, list[str]]:
     return dict(obj), notes
 
 
-def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, list[str]]:
-    """Read a state dict with ``weights_only=True``; return it and notes on any unwrapping."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights file '{path}' does not exist")
+def load_state_dict_file(path: str | os.PathLike | bytes, name: str | None = None) -> tuple[dict, list[str]]:
+    """Read a state dict (a file, or the bytes of an upload called ``name``) with ``weights_only=True``;
+    return it and notes on any unwrapping."""
+    if isinstance(path, (bytes, bytearray)):
+        source, path = io.BytesIO(path), name or "the uploaded file"
+    else:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file '{path}' does not exist")
+        source = path
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         blocked = re.search(r"GLOBAL ([\w.]+)|reduce for ([\w.]+)", str(exc))
         if blocked:
@@ -189,44 +194,29 @@ def _is_under(name: str, module_name: str) -> bool:
     return name == module_name or name.startswith(module_name + ".")
 
 
-def _check_fits_arch(spec, path: Path, shown_name: str) -> None:
-    """Refuse a file whose tensors do not fit ``spec`` before it is stored anywhere."""
-    state, _ = load_state_dict_file(path)
-    check_fits(spec, state, spec.build_meta().state_dict(), spec.head, shown_name)
-
-
 def store_uploaded_weights(spec, data: bytes, file_name: str) -> Path:
-    """Save an uploaded weights file into torch hub's cache after checking it fits ``spec``.
+    """Save an uploaded weights file into torch hub's cache after checking, in memory, that it fits ``spec``.
 
-    Messages name the user's file, never the temporary one; the temporary file is always removed.
+    Messages name the user's file. Weights are not secret: the stored file is readable by other users.
     """
+    state, _ = load_state_dict_file(data, file_name)
+    check_fits(spec, state, spec.build_meta().state_dict(), spec.head, file_name)
+    digest = hashlib.sha256(data).hexdigest()
+    official = next((n for n in spec.hub_file_names if n == Path(file_name).name), None)
+    if official:
+        expected = HASH_PREFIX.search(official)
+        if expected and expected.group(1) and not digest.startswith(expected.group(1)):
+            raise WeightsError(f"'{file_name}' is damaged or not the official file: its sha256 starts with "
+                               f"{digest[:len(expected.group(1))]}, the name promises {expected.group(1)}")
     cache = hub_checkpoint_dir()
-    tmp_path = None
+    target = cache / (official or f"{spec.name}-upload-{digest[:10]}.pth")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".upload")
-        tmp_path = Path(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            _check_fits_arch(spec, tmp_path, file_name)
-        except WeightsError as exc:  # the reader names the file it read: the temporary one
-            raise WeightsError(str(exc).replace(str(tmp_path), file_name)) from None
-        official = [n for n in spec.hub_file_names if n == Path(file_name).name]
-        if official:
-            check_hash_prefix(tmp_path, official[0])
-            target = cache / official[0]
-        else:
-            target = cache / f"{spec.name}-upload-{sha256_of(tmp_path)[:10]}.pth"
-        os.chmod(tmp_path, 0o644)  # weights are not secret; other users of the machine may load them
-        os.replace(tmp_path, target)
-        return target
-    except OSError as exc:
-        reason = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or str(exc))
+        atomic_write_bytes(target, data, mode=0o644)
+    except (OSError, DiskFull) as exc:
+        reason = "the disk is full" if isinstance(exc, DiskFull) else (exc.strerror or str(exc))
         raise WeightsError(f"could not store '{file_name}' in torch hub's cache ({cache}): {reason}") from None
-    finally:
-        if tmp_path is not None:
-            tmp_path.unlink(missing_ok=True)
+    return target
 
 
 # ----------------------------------------------------------------------------- download
@@ -236,9 +226,8 @@ def download_file(url: str, dest: Path, *, progress: Progress | None = None,
     timeout = settings().download_timeout_s if timeout is None else timeout
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with atomic_file(dest, mode=0o644) as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             if max_bytes and total and total > max_bytes:
@@ -251,20 +240,15 @@ def download_file(url: str, dest: Path, *, progress: Progress | None = None,
                 out.write(chunk)
                 if progress:
                     progress(done, total)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
         return dest
     except urllib.error.HTTPError as exc:
         raise WeightsError(f"the server answered {exc.code} {exc.reason} for {url}") from None
+    except DiskFull as exc:
+        raise WeightsError(f"could not save {url}: {exc}") from None
     except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise WeightsError(f"the disk is full: could not save {url} into '{dest.parent}'") from None
         reason = getattr(exc, "reason", exc)
         raise WeightsError(f"could not download {url} ({reason}); this machine seems to be offline or the "
                            "server is unreachable. Put the file on disk and name it, or upload it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download_weights(spec, *, progress: Progress | None = None, timeout: float | None = None,

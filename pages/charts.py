@@ -1,6 +1,8 @@
 """Charts and tables used by the pages (UI only: they draw what core/ computed)."""
 from __future__ import annotations
 
+import html
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -91,3 +93,28 @@ def compare_chart(runs: list[RunInfo]) -> None:
                 x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q",
                 color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
                 width="stretch")
+
+
+def class_counts_chart(counts: pd.DataFrame) -> None:
+    long = counts.melt(id_vars=["class"], value_vars=["train", "test"], var_name="part", value_name="images")
+    st.altair_chart(alt.Chart(long).mark_bar().encode(
+        x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None), color=alt.Color("part:N"),
+        tooltip=["class", "part", "images"]), width="stretch")
+
+
+def download_progress():
+    """A progress bar and the callback that moves it: (bytes done, total or None)."""
+    bar = st.progress(0.0, text="Connecting…")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.progress(min(done / total, 1.0) if total else 0.0,
+                     text=f"Downloading… {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+    return progress
+
+
+def highlighted_lines(lines: list[str], changed: set[int], colour: str) -> str:
+    """HTML of a model printout with the changed lines highlighted (escaped: module names are text)."""
+    rows = [f'<div style="background:{colour if i in changed else "transparent"}">{html.escape(line) or " "}</div>'
+            for i, line in enumerate(lines)]
+    return ('<div style="font-family:monospace;font-size:12px;white-space:pre;overflow:auto;max-height:480px;'
+            'border:1px solid #ddd;border-radius:6px;padding:6px">' + "".join(rows) + "</div>")

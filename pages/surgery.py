@@ -1,59 +1,64 @@
 import difflib
-import html
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from pages.common import load_state, save_state
 from core.archs import ARCHITECTURES
-from core.surgery import FREEZE_MODES, adapt_model
+from core.config import FREEZE_MODES
+from core.surgery import adapt_model
 from core.weights import download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed
-from pages.common import data_root, default_arch, resolve_weights_file, split_summary, user_errors
+from pages.charts import download_progress, highlighted_lines
+from pages.common import (data_root, default_arch, load_state, resolve_weights_file, save_state, split_summary,
+                          user_errors)
 
-st.title("2 · Model surgery")
-st.caption("Swap the ImageNet head for one with N outputs, load pretrained weights, freeze the body.")
+WEIGHT_MODES = {"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}
 
-state = load_state()
-with user_errors():
-    classes = split_summary(data_root(), state["train_ratio"], state["seed"])["summary"]["classes"]
-num_classes = len(classes)
 
-# ----------------------------------------------------------------------------- choices
-names = list(ARCHITECTURES)
-c1, c2, c3 = st.columns(3)
-arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), key="sg_arch",
-                    format_func=lambda a: ARCHITECTURES[a].summary)
-spec = ARCHITECTURES[arch]
-variant_names = [v.name for v in spec.variants]
-head_variant = c2.selectbox("Head", variant_names, key="sg_variant",
-                       index=variant_names.index(state["head_variant"]) if state["head_variant"] in variant_names else 0,
-                       format_func=lambda v: spec.variant(v).description, disabled=len(variant_names) == 1)
-freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
-                  key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
-mode = st.radio("Weights", ["pretrained", "scratch"], horizontal=True, key="sg_mode",
-                index=["pretrained", "scratch"].index(state["weights_mode"]),
-                format_func={"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}.get)
-weights_file = state["weights_file"]
+def render_choices(state: dict) -> dict:
+    """Architecture, head, freeze mode and weights: this visitor's choices, shared with the Training page."""
+    names = list(ARCHITECTURES)
+    c1, c2, c3 = st.columns(3)
+    arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), key="sg_arch",
+                        format_func=lambda a: ARCHITECTURES[a].summary)
+    spec = ARCHITECTURES[arch]
+    variants = [v.name for v in spec.variants]
+    head_variant = c2.selectbox("Head", variants, key="sg_variant",
+                                index=variants.index(state["head_variant"]) if state["head_variant"] in variants
+                                else 0, format_func=lambda v: spec.variant(v).description,
+                                disabled=len(variants) == 1)
+    freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
+                      key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
+    mode = st.radio("Weights", list(WEIGHT_MODES), horizontal=True, key="sg_mode",
+                    index=list(WEIGHT_MODES).index(state["weights_mode"]), format_func=WEIGHT_MODES.get)
+    weights_file = render_weights_manager(arch, state) if mode == "pretrained" else state["weights_file"]
+    chosen = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode,
+                  weights_file=weights_file or "")
+    return save_state(**chosen) if any(state[k] != v for k, v in chosen.items()) else state
 
-# ----------------------------------------------------------------------------- weights manager
-if mode == "pretrained":
-    st.subheader("Where the weights come from")
-    weights_file = st.text_input("A weights file on this machine (optional)", value=state["weights_file"],
-                                 key="sg_file", placeholder="e.g. /data/resnet18_pretrain.pth",
-                                 help="Tried first. A state dict saved with torch.save(model.state_dict(), …).")
-    if weights_file and not is_allowed(weights_file):
+
+def _confined_weights_file(typed: str) -> str:
+    if typed and not is_allowed(typed):
         # Same answer whether or not the file exists: the box must not reveal the server's files.
-        st.error(f"'{weights_file}' is outside the folders this app may read "
+        st.error(f"'{typed}' is outside the folders this app may read "
                  f"({', '.join(map(str, allowed_roots()))}); use a file inside them, or upload it below.")
-        weights_file = ""
+        return ""
+    return typed
+
+
+def render_weights_manager(arch: str, state: dict) -> str:
+    spec = ARCHITECTURES[arch]
+    st.subheader("Where the weights come from")
+    weights_file = _confined_weights_file(st.text_input(
+        "A weights file on this machine (optional)", value=state["weights_file"], key="sg_file",
+        placeholder="e.g. /data/resnet18_pretrain.pth",
+        help="Tried first. A state dict saved with torch.save(model.state_dict(), …)."))
     sources = list_sources(spec, weights_file or None)
     chosen = next((s for s in sources if s.available), None)
-    table = pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":
-                           ("in use" if s is chosen else "available") if s.available else s.detail}
-                          for i, s in enumerate(sources)])
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":
+                                ("in use" if s is chosen else "available") if s.available else s.detail}
+                               for i, s in enumerate(sources)]), hide_index=True, width="stretch")
     if chosen is None:
         st.warning(f"No {arch} weights are on this machine. Upload the file, download it (needs network), "
                    "or switch to **efficientnet_lite0**, whose ImageNet weights ship with the app.")
@@ -61,8 +66,13 @@ if mode == "pretrained":
             save_state(arch="efficientnet_lite0", head_variant=None)
             st.session_state.pop("sg_arch", None)
             st.rerun()
+    render_add_weights(spec)
+    return weights_file
+
+
+def render_add_weights(spec) -> None:
     with st.expander("Add weights: upload or download"):
-        upload = st.file_uploader(f"Upload a {arch} state-dict file (.pth / .pt)", type=["pth", "pt"],
+        upload = st.file_uploader(f"Upload a {spec.name} state-dict file (.pth / .pt)", type=["pth", "pt"],
                                   key="sg_upload")
         if upload is not None and st.button("Check and store in the cache", key="sg_store"):
             with user_errors(), st.spinner("Checking the file fits the architecture…"):
@@ -71,29 +81,14 @@ if mode == "pretrained":
             st.rerun()
         if spec.download_url:
             if st.button(f"Download from {spec.download_url}", key="sg_download"):
-                bar = st.progress(0.0, text="Connecting…")
-
-                def progress(done, total):
-                    bar.progress(min(done / total, 1.0) if total else 0.0,
-                                 text=f"Downloading… {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
-
                 with user_errors():
-                    path = download_weights(spec, progress=progress)
+                    path = download_weights(spec, progress=download_progress())
                 st.success(f"Downloaded to `{path}`.")
                 st.rerun()
-        else:
-            st.caption(f"{arch}'s weights come from the pip package {spec.packaged.package if spec.packaged else ''}.")
-
-new_state = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode, weights_file=weights_file or "")
-if any(state[k] != v for k, v in new_state.items()):
-    state = save_state(**new_state)
-
-weights = resolve_weights_file(arch, state)
-if mode == "pretrained" and weights is None:
-    st.info("Surgery below runs without pretrained weights until a source is available.")
+        elif spec.packaged:
+            st.caption(f"{spec.name}'s weights come from the pip package {spec.packaged.package}.")
 
 
-# ----------------------------------------------------------------------------- surgery
 def _stamp(path):
     return Path(path).stat().st_mtime if path else None
 
@@ -104,71 +99,85 @@ def surgery_report(arch, n, weights, stamp, head_variant, freeze) -> dict:
     return report.to_dict()
 
 
-with user_errors():
-    report = surgery_report(arch, num_classes, weights, _stamp(weights), head_variant, freeze)
-
-st.subheader(f"Result for {num_classes} classes")
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Head", report["head_name"])
-m2.metric("Keys loaded from the file", report["loaded_keys"])
-m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
-m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
-st.markdown(f"**Head change:** `{report['head_name']}`: `{report['head_before']}` → {report['head_kind']} by "
-            f"`{report['head_after']}`")
-st.caption(f"Weights: `{report['weights_source']}`")
-for note in report["notes"]:
-    st.info(note)
-
-
 def key_block(title: str, keys: list[str], explanation: str) -> None:
     st.markdown(f"**{title}** ({len(keys)}): {explanation}")
     st.code("\n".join(keys) if keys else "(none)", language=None)
 
 
-k1, k2 = st.columns(2)
-with k1:
-    key_block("Popped", report["popped_keys"], "the original head's tensors, removed from the file's state dict")
-    key_block("Dropped", report["dropped_keys"], "keys in the file that the model does not have")
-with k2:
-    key_block("Missing", report["missing_keys"][:50] + (["…"] if len(report["missing_keys"]) > 50 else []),
-              "model tensors the file did not provide (expected for a new head)")
-    key_block("Unexpected", report["unexpected_keys"], "reported by load_state_dict")
+def render_report(report: dict, num_classes: int) -> None:
+    st.subheader(f"Result for {num_classes} classes")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Head", report["head_name"])
+    m2.metric("Keys loaded from the file", report["loaded_keys"])
+    m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
+    m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
+    st.markdown(f"**Head change:** `{report['head_name']}`: `{report['head_before']}` → {report['head_kind']} by "
+                f"`{report['head_after']}`")
+    st.caption(f"Weights: `{report['weights_source']}`")
+    for note in report["notes"]:
+        st.info(note)
+    k1, k2 = st.columns(2)
+    with k1:
+        key_block("Popped", report["popped_keys"], "the original head's tensors, removed from the file's state dict")
+        key_block("Dropped", report["dropped_keys"], "keys in the file that the model does not have")
+    with k2:
+        missing = report["missing_keys"]
+        key_block("Missing", missing[:50] + (["…"] if len(missing) > 50 else []),
+                  "model tensors the file did not provide (expected for a new head)")
+        key_block("Unexpected", report["unexpected_keys"], "reported by load_state_dict")
 
 
-# ----------------------------------------------------------------------------- architectures
-def highlighted(lines: list[str], changed: set[int], colour: str) -> str:
-    rows = [f'<div style="background:{colour if i in changed else "transparent"}">{html.escape(line) or " "}</div>'
-            for i, line in enumerate(lines)]
-    return ('<div style="font-family:monospace;font-size:12px;white-space:pre;overflow:auto;max-height:480px;'
-            'border:1px solid #ddd;border-radius:6px;padding:6px">' + "".join(rows) + "</div>")
+def render_architectures(report: dict, num_classes: int) -> None:
+    st.subheader("Architecture before and after")
+    before, after = report["architecture_before"].splitlines(), report["architecture_after"].splitlines()
+    removed, added = set(), set()
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
+        if tag != "equal":
+            removed.update(range(i1, i2))
+            added.update(range(j1, j2))
+    changes = [f"- {before[i]}" for i in sorted(removed)] + [f"+ {after[j]}" for j in sorted(added)]
+    st.markdown("**What changed**")
+    st.code("\n".join(changes) or "(nothing)", language="diff")
+    a1, a2 = st.columns(2)
+    with a1:
+        st.markdown("**Before** (ImageNet, 1000 classes)")
+        st.html(highlighted_lines(before, removed, "#ffd6d6"))
+    with a2:
+        st.markdown(f"**After** ({num_classes} classes)")
+        st.html(highlighted_lines(after, added, "#d4f7d4"))
 
 
-st.subheader("Architecture before and after")
-before, after = report["architecture_before"].splitlines(), report["architecture_after"].splitlines()
-removed, added = set(), set()
-for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
-    if tag != "equal":
-        removed.update(range(i1, i2))
-        added.update(range(j1, j2))
-changes = [f"- {before[i]}" for i in sorted(removed)] + [f"+ {after[j]}" for j in sorted(added)]
-st.markdown("**What changed**")
-st.code("\n".join(changes) or "(nothing)", language="diff")
-a1, a2 = st.columns(2)
-with a1:
-    st.markdown("**Before** (ImageNet, 1000 classes)")
-    st.html(highlighted(before, removed, "#ffd6d6"))
-with a2:
-    st.markdown(f"**After** ({num_classes} classes)")
-    st.html(highlighted(after, added, "#d4f7d4"))
+def render_parameters(report: dict) -> None:
+    st.subheader("Parameters")
+    params = pd.DataFrame(report["parameters"])
+    params["shape"] = params["shape"].map(lambda s: "×".join(map(str, s)))
+    params["status"] = params["trainable"].map({True: "trainable", False: "frozen"})
+    totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(
+        columns={"count": "tensors", "sum": "parameters"})
+    st.dataframe(totals, width="content")
+    show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
+    view = params if show == "all" else params[params["status"] == show]
+    st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch",
+                 height=min(320, 35 * (len(view) + 1) + 3))
 
-st.subheader("Parameters")
-params = pd.DataFrame(report["parameters"])
-params["shape"] = params["shape"].map(lambda s: "×".join(map(str, s)))
-params["status"] = params["trainable"].map({True: "trainable", False: "frozen"})
-totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(columns={"count": "tensors", "sum": "parameters"})
-st.dataframe(totals, width="content")
-show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
-view = params if show == "all" else params[params["status"] == show]
-st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch",
-             height=min(320, 35 * (len(view) + 1) + 3))
-st.page_link("pages/training.py", label="Next: train this model", icon=":material/monitoring:")
+
+def main() -> None:
+    st.title("2 · Model surgery")
+    st.caption("Swap the ImageNet head for one with N outputs, load pretrained weights, freeze the body.")
+    state = load_state()
+    with user_errors():
+        classes = split_summary(data_root(), state["train_ratio"], state["seed"])["summary"]["classes"]
+    state = render_choices(state)
+    weights = resolve_weights_file(state["arch"], state)
+    if state["weights_mode"] == "pretrained" and weights is None:
+        st.info("Surgery below runs without pretrained weights until a source is available.")
+    with user_errors():
+        report = surgery_report(state["arch"], len(classes), weights, _stamp(weights), state["head_variant"],
+                                state["freeze"])
+    render_report(report, len(classes))
+    render_architectures(report, len(classes))
+    render_parameters(report)
+    st.page_link("pages/training.py", label="Next: train this model", icon=":material/monitoring:")
+
+
+main()

@@ -71,7 +71,9 @@ def page():
 
 
 def _shot(page, name):
-    folder = os.environ.get("TLD_SCREENSHOTS")
+    from core.settings import settings
+
+    folder = settings().screenshots
     if folder:
         page.wait_for_timeout(500)
         page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")

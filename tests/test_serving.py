@@ -18,6 +18,7 @@ from core.config import TrainConfig
 from core.errors import UploadError, WeightsError
 from core.rundir import list_runs, read_run
 from core.runs import cancel, dispatch, kill_worker, launch, queue
+from core.settings import settings
 from core.split import split_dataset
 from core.uploads import extract_zip
 from core.workspace import runs_dir
@@ -95,7 +96,7 @@ def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
     assert not at.exception
     errors = [e.value for e in at.error]
     assert errors == [f"'{typed}' is outside the folders this app may read "
-                      f"({', '.join(os.environ['TLD_ALLOWED_ROOTS'].split(os.pathsep))}); "
+                      f"({', '.join(map(str, settings().allowed_roots))}); "
                       "use a file inside them, or upload it below."]
     sources = at.dataframe[0].value
     assert typed not in " ".join(sources["where"])  # never tried, never listed
@@ -156,8 +157,7 @@ def outside(tmp_path_factory):
 
 def test_links_a_class_folder_linking_outside_is_skipped(small_root, outside):
     (small_root / "green").symlink_to(outside / "green")
-    split = split_dataset(small_root, allowed_roots=tuple(Path(p) for p in
-                                                          os.environ["TLD_ALLOWED_ROOTS"].split(os.pathsep)))
+    split = split_dataset(small_root, allowed_roots=settings().allowed_roots)
     assert split.classes == ["blue", "red"]
     assert [(s.path, s.reason) for s in split.skipped] == [(str(small_root / "green"),
                                                             "links outside the allowed folders")]
