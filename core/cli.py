@@ -230,9 +230,9 @@ def cmd_predict(args) -> int:
 
     if args.arch or args.classes:
         predictor = Predictor.from_state_dict(args.run, arch=args.arch, classes=args.classes,
-                                              head_variant=args.head_variant)
+                                              head_variant=args.head_variant, fold=False)
     else:
-        predictor = Predictor.load(args.run)
+        predictor = Predictor.load(args.run, fold=False)
     top = predictor.predict(args.image, topk=args.topk)
     print(json.dumps({"image": str(args.image), "model": predictor.source,
                       "predictions": [{"class": c, "probability": p} for c, p in top]}, indent=2))

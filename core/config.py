@@ -17,11 +17,6 @@ FREEZE_MODES = {
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def default_num_workers() -> int:
-    # Decoding JPEGs is the CPU bottleneck; leave one core for the main process.
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 def _opt(default, help: str, flag: str | None = None, **extra):
     """A field with the help text its command-line flag shows (the CLI's train flags are made from these)."""
     return field(default=default, metadata={"help": help, "flag": flag, **extra})
@@ -89,9 +84,6 @@ class TrainConfig:
         """The body starts from a weights file (False: random initialisation, training from scratch)."""
         return self.weights is not None
 
-    @property
-    def workers(self) -> int:
-        return default_num_workers() if self.num_workers < 0 else self.num_workers
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,24 +1,30 @@
-"""The torch side of the data: preprocessing taken from the weights, and the Dataset over list files."""
+"""The torch side of the data: preprocessing taken from the weights, and the Dataset over list files.
+
+Preprocessing is written with tensor operations (``torch.nn.functional.interpolate`` with
+antialiasing, as torchvision's tensor ``Resize`` does) rather than ``torchvision.transforms``:
+importing torchvision costs about as long as importing torch, and a one-image prediction
+should not pay for it. Training, evaluation and prediction all use this one pipeline.
+"""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms import v2 as T
 
 from .errors import ImageError
 from .images import decode_jpeg_tensor, open_image
 
 
 # ----------------------------------------------------------------------------- transforms
-class Letterbox(torch.nn.Module):
+class Letterbox:
     """The tutorial's preprocessing: scale the whole image onto a black square, keeping its aspect."""
 
     def __init__(self, size: int):
-        super().__init__()
         self.size = size
 
-    def forward(self, img: Image.Image) -> Image.Image:
+    def __call__(self, img: Image.Image) -> Image.Image:
         scale = self.size / max(img.size)
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
         canvas = Image.new("RGB", (self.size, self.size))
@@ -29,21 +35,74 @@ class Letterbox(torch.nn.Module):
         return f"Letterbox(size={self.size})"
 
 
+def to_uint8_tensor(image) -> torch.Tensor:
+    """(3, H, W) uint8 from an RGB PIL image, or the tensor itself."""
+    if isinstance(image, torch.Tensor):
+        return image
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """torchvision's rule for Resize(int): the shorter side becomes ``shorter``, the aspect is kept."""
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
+
+
+class Preprocess:
+    """Resize (shorter side) → centre crop → [0, 1] → normalise, as the weights ask; optional flips while
+    training and the tutorial's letterbox. Takes an RGB PIL image or a (3, H, W) uint8 tensor."""
+
+    def __init__(self, pre, *, train: bool = False, flip: bool = False, vflip: bool = False,
+                 letterbox: bool = False, normalize: bool = True):
+        self.crop = pre.crop_size[0]
+        self.resize = pre.resize_size[0]
+        self.mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic") else "bilinear"
+        self.mean = torch.tensor(pre.mean).view(3, 1, 1)
+        self.std = torch.tensor(pre.std).view(3, 1, 1)
+        self.hflip, self.vflip = train and flip, train and vflip
+        self.letterbox = Letterbox(self.crop) if letterbox else None
+        self.normalize = normalize
+
+    def __call__(self, image) -> torch.Tensor:
+        if self.letterbox is not None:
+            image = self.letterbox(image if isinstance(image, Image.Image) else _to_pil(image))
+            x = to_uint8_tensor(image).float()
+        else:
+            x = self._resize_and_crop(to_uint8_tensor(image))
+        x = x / 255.0
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.vflip and torch.rand(()) < 0.5:
+            x = x.flip(-2)
+        return (x - self.mean) / self.std if self.normalize else x
+
+    def _resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = resized_size(x.shape[-2], x.shape[-1], self.resize)
+        x = F.interpolate(x[None].float(), size=(h, w), mode=self.mode, antialias=True, align_corners=False)[0]
+        x = x.clamp_(0, 255).round_()  # as a uint8 image would hold it, so tensor and PIL inputs agree
+        top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+        if top < 0 or left < 0:  # smaller than the crop: pad with zeros around it, as CenterCrop does
+            pad_h, pad_w = max(0, -top), max(0, -left)
+            x = F.pad(x, (pad_w, pad_w + 1, pad_h, pad_h + 1))
+            top, left = max(top, 0), max(left, 0)
+        return x[:, top:top + self.crop, left:left + self.crop]
+
+    def __repr__(self) -> str:
+        return (f"Preprocess(resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
+                f"std={self.std.flatten().tolist()}, hflip={self.hflip}, vflip={self.vflip}, letterbox={self.letterbox}, "
+                f"normalize={self.normalize})")
+
+
+def _to_pil(x: torch.Tensor) -> Image.Image:
+    return Image.fromarray(x.permute(1, 2, 0).numpy())
+
+
 def build_transform(weights_transform, *, train: bool = False, flip: bool = False,
-                    letterbox: bool = False, normalize: bool = True, vflip: bool = False):
+                    letterbox: bool = False, normalize: bool = True, vflip: bool = False) -> Preprocess:
     """Preprocessing taken from the weights (resize, crop, mean/std), plus opt-in options."""
-    crop = weights_transform.crop_size[0]
-    steps = [T.RandomHorizontalFlip()] if train and flip else []
-    steps += [T.RandomVerticalFlip()] if train and vflip else []
-    if letterbox:
-        steps.append(Letterbox(crop))
-    else:
-        steps += [T.Resize(weights_transform.resize_size, interpolation=weights_transform.interpolation,
-                           antialias=True), T.CenterCrop(crop)]
-    steps += [T.PILToTensor(), T.ToDtype(torch.float32, scale=True)]
-    if normalize:
-        steps.append(T.Normalize(weights_transform.mean, weights_transform.std))
-    return T.Compose(steps)
+    return Preprocess(weights_transform, train=train, flip=flip, vflip=vflip, letterbox=letterbox,
+                      normalize=normalize)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -71,7 +130,7 @@ class ListDataset(Dataset):
 
 
 def _needs_pil(transform) -> bool:
-    return any(isinstance(t, Letterbox) for t in getattr(transform, "transforms", [transform]))
+    return getattr(transform, "letterbox", None) is not None
 
 
 def collate_skipping_unreadable(batch):

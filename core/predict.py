@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .accel import as_input, inference_copy
+from .accel import as_input, inference_copy, resolve_device, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
@@ -63,7 +64,8 @@ class Predictor:
 
     @classmethod
     def _build(cls, cfg: TrainConfig, classes: list[str], state: dict, epoch: int, source: str,
-               device: str = "cpu") -> "Predictor":
+               device: str = "auto", fold: bool = True) -> "Predictor":
+        device = resolve_device(device)  # the GPU when there is one
         # weights=None: the state overwrites every tensor, no need to read the pretrained file.
         model, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze="all")
         try:
@@ -71,12 +73,14 @@ class Predictor:
         except (RuntimeError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunError(f"'{source}' does not fit {cfg.arch} with {len(classes)} classes ({first[:200]})") from None
-        model = inference_copy(model.to(device))
+        # Folding BatchNorm pays off over many images (the page keeps its predictor); tracing the model
+        # for it costs more than it saves on a single one (the CLI's cold predict).
+        model = inference_copy(model.to(device)) if fold else to_channels_last(model.to(device).eval())
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.letterbox)
         return cls(model, classes, transform, cfg, epoch, source)
 
     @classmethod
-    def load(cls, run_or_file: str | os.PathLike, device: str = "cpu") -> "Predictor":
+    def load(cls, run_or_file: str | os.PathLike, device: str = "auto", fold: bool = True) -> "Predictor":
         """A model from a run folder or a checkpoint this tool wrote (it carries its config and classes)."""
         path = checkpoint_path(run_or_file)
         ckpt = _read_checkpoint(path)
@@ -86,11 +90,11 @@ class Predictor:
             state = ckpt["model"]
         except (KeyError, TypeError, UserError) as exc:
             raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
-        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device)
+        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device, fold)
 
     @classmethod
     def from_state_dict(cls, file: str | os.PathLike, *, arch: str | None, classes: str | None,
-                        head_variant: str | None = None, device: str = "cpu") -> "Predictor":
+                        head_variant: str | None = None, device: str = "auto", fold: bool = True) -> "Predictor":
         """A model from a bare state dict, such as the tutorial's ``model_resnet18.pth``."""
         if not arch:
             raise RunError("a bare state dict does not say its architecture; give --arch")
@@ -100,12 +104,18 @@ class Predictor:
             raise RunError(f"'{path}' is not a file")
         state, _ = load_state_dict_file(path)
         cfg = TrainConfig(arch=arch, head_variant=head_variant, data_root=".").validate()
-        return cls._build(cfg, names, state, 0, str(path), device)
+        return cls._build(cfg, names, state, 0, str(path), device, fold)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def probabilities(self, image: ImageSource) -> torch.Tensor:
         """Probabilities over all classes (they sum to 1)."""
-        x = as_input(self.transform(open_image(image)).unsqueeze(0), next(self.model.parameters()).device)
-        with torch.inference_mode():
+        x = as_input(self.transform(open_image(image)).unsqueeze(0), self.device)
+        # bf16 on a GPU (tensor cores), full precision on the CPU
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        with torch.inference_mode(), autocast:
             return self.model(x).float().softmax(1)[0].cpu()
 
     def predict(self, image: ImageSource, topk: int = 5) -> list[tuple[str, float]]:

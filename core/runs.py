@@ -42,8 +42,11 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
         command += ["--cache-dir", str(cache_dir)]
     with open(run.log, "ab") as log:
         # The caller's working folder, so relative paths in the config mean what they meant to the caller.
+        # Passive OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning
+        # threads steal the cores the decoding workers need.
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                env=env, start_new_session=True)
     _children[str(run.path)] = proc
     _reap_when_done(proc)
     # The worker needs a few seconds to import torch before it reports; until then its pid lets

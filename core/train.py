@@ -25,14 +25,16 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler
 
-from .accel import as_input, inference_batch_size, inference_copy, to_channels_last
+from .accel import (as_input, configure_device, inference_batch_size, inference_copy, plan_threads, resolve_device,
+                    to_channels_last)
 from .archs import get_arch
 from .config import TrainConfig
 from .data import ListDataset, build_transform, collate_skipping_unreadable
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .errors import RunError, UserError
+from .features import Features as HeadInputs
 from .features import compute_head_inputs, feature_cache_key, load_cached_features, store_cached_features
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 from .records import Batch, Epoch, Final, Progress, Record, Records, Start
@@ -52,14 +54,6 @@ class NonFiniteLoss(Exception):
 
 
 # ----------------------------------------------------------------------------- setup
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device '{name}' was asked for, but CUDA is not available here; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
@@ -97,6 +91,8 @@ class Setup:
     train_tf: object
     autocast: Callable
     use_cache: bool
+    threads: int
+    workers: int
     _feature_model: nn.Module | None = None
 
     @property
@@ -110,10 +106,15 @@ class Setup:
             self._feature_model = inference_copy(self.model)
         return self._feature_model
 
+    @property
+    def feature_precision(self) -> str:
+        """bf16 on CUDA (tensor cores; its own cache entries), else what the config asks (fp32 by default)."""
+        return "bf16" if self.device.type == "cuda" or self.cfg.precision == "bf16" else "fp32"
+
     def feature_autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.feature_precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return self.autocast()
+        return nullcontext()
 
     def check_stop(self) -> None:
         if self.run.stop_requested():
@@ -123,6 +124,9 @@ class Setup:
 def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
     cfg.validate()
     device = resolve_device(cfg.device)
+    configure_device(device)
+    threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda")
+    torch.set_num_threads(threads)
     split = prepare_lists(cfg, run, allowed_roots)
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, head_variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
@@ -133,7 +137,8 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
     return Setup(cfg, run, device, split, model, report,
                  eval_tf=build_transform(weights_tf, letterbox=cfg.letterbox),
                  train_tf=build_transform(weights_tf, train=True, flip=cfg.flip, letterbox=cfg.letterbox),
-                 autocast=autocast, use_cache=cfg.feature_cache and cfg.freeze == "head" and not cfg.flip)
+                 autocast=autocast, use_cache=cfg.feature_cache and cfg.freeze == "head" and not cfg.flip,
+                 threads=threads, workers=workers)
 
 
 def start_record(s: Setup) -> Start:
@@ -144,7 +149,7 @@ def start_record(s: Setup) -> Start:
                  feature_path="cached features" if s.use_cache else "full forward",
                  trainable_params=s.report.trainable_count, frozen_params=s.report.frozen_count,
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
-                 threads=torch.get_num_threads(), workers=s.cfg.workers)
+                 threads=s.threads, workers=s.workers)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -178,8 +183,8 @@ class ProgressMeter:
 class FeaturePath:
     """What the epoch loop trains through: the head on stored features, or the whole model on images."""
     forward: Callable[[torch.Tensor], torch.Tensor]
-    train_loader: DataLoader
-    test_loader: DataLoader
+    train_loader: DataLoader | DeviceBatches
+    test_loader: DataLoader | DeviceBatches
     sampler: "EpochShuffle"
     fixed_skips: int  # unreadable images left out once, when the features were computed
 
@@ -208,73 +213,119 @@ class EpochShuffle(Sampler):
 def _image_loader(dataset, batch_size: int, device, *, sampler=None, workers: int = 0):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers and device.type == "cuda" else None)
 
 
-def _collate_features(items):
-    x, y, i = zip(*items)
-    return torch.stack(x), torch.stack(y), torch.stack(i), 0
+class DeviceBatches:
+    """Batches of cached features that live on the training device: moved there once, not every epoch,
+    and cut by index (no DataLoader, no collate). Yields what the image loaders yield."""
+
+    def __init__(self, features, device: torch.device, batch_size: int, sampler: Sampler | None = None):
+        self.x = features.features.to(device)
+        self.y = features.labels.to(device)
+        self.i = features.indices.to(device)
+        self.batch_size, self.sampler = batch_size, sampler
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.tensor(list(self.sampler), dtype=torch.long) if self.sampler is not None else torch.arange(n)
+        for idx in order.to(self.x.device).split(self.batch_size):
+            yield self.x[idx], self.y[idx], self.i[idx], 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
 
 
-def _feature_loader(features, batch_size: int, *, sampler=None):
-    dataset = TensorDataset(features.features, features.labels, features.indices)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate_features)
+def _split_features(features, first: int) -> tuple:
+    """Cut the features of train + test (one pass) back into the two splits, with their own indices."""
+    in_first = features.indices < first
+    part = lambda mask, offset: HeadInputs(features.features[mask], features.labels[mask],  # noqa: E731
+                                           features.indices[mask] - offset, 0)
+    return part(in_first, 0), part(~in_first, first)
 
 
-def _metered(batches: Iterator[int], meter: ProgressMeter, s: Setup):
-    """Drive a generator that yields batch sizes: honour Stop, yield Progress records, return its result."""
+def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
+    """Backbone features of the splits in ``todo`` in one pass with one set of workers; yields Progress
+    records per split (the first at once), returns {split: HeadInputs}."""
+    names = list(todo)
+    samples = [sample for name in names for sample in todo[name]]
+    first = len(todo[names[0]])
+    meter = ProgressMeter("features", first, split=names[0])
+    yield meter.first()
+    batches = compute_head_inputs(s.feature_model, s.report.head_name, samples, s.eval_tf, device=s.device,
+                                  batch_size=inference_batch_size(s.device), num_workers=s.workers,
+                                  autocast=s.feature_autocast)
+    done, t0 = 0, time.time()
     try:
         while True:
             try:
                 n = next(batches)
-            except StopIteration as done:
-                return done.value
+            except StopIteration as finished:
+                features = finished.value
+                break
             s.check_stop()
-            record = meter.advance(n)
+            before, done = done, done + n
+            in_first = max(0, min(done, first) - before)
+            record = meter.advance(in_first) if in_first else None
             if record:
                 yield record
+            if n > in_first:  # this batch reached the second split
+                if meter.split == names[0]:
+                    timings[names[0]], t0 = time.time() - t0, time.time()
+                    meter = ProgressMeter("features", len(samples) - first, split=names[1])
+                    yield meter.first()
+                record = meter.advance(n - in_first)
+                if record:
+                    yield record
     finally:
         batches.close()
+    timings[meter.split] = time.time() - t0
+    if len(names) == 1:
+        return {names[0]: features}
+    return dict(zip(names, _split_features(features, first)))
 
 
-def _features_of(s: Setup, name: str, samples, cache_dir: Path | None):
-    """Backbone features of one split, from the cache or computed with progress; yields records."""
+def extract_features(s: Setup, cache_dir: Path | None):
+    """Backbone features of both splits: from the cache where it has them, the rest computed in one pass.
+
+    Yields Progress and Features records; returns (train, test) HeadInputs.
+    """
     # A random body is never cached: its features depend on the seed, not on a file on disk.
     cache = cache_dir if s.cfg.pretrained else None
-    key = feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
-                            transform=repr(s.eval_tf), samples=samples, precision=s.cfg.precision)
+    splits = {"train": s.split.train, "test": s.split.test}
+    keys = {name: feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
+                                    transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision)
+            for name, samples in splits.items()}
     t0 = time.time()
-    features = load_cached_features(cache, key)
-    hit = features is not None
-    if not hit:
-        meter = ProgressMeter("features", len(samples), split=name)
-        yield meter.first()
-        batches = compute_head_inputs(s.feature_model, s.report.head_name, samples, s.eval_tf, device=s.device,
-                                      batch_size=inference_batch_size(s.device), num_workers=s.cfg.workers,
-                                      autocast=s.feature_autocast)
-        features = yield from _metered(batches, meter, s)
-        store_cached_features(cache, key, features)
-    yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped, from_disk=hit,
-                         seconds=time.time() - t0)
-    return features
+    found = {name: load_cached_features(cache, keys[name]) for name in splits}
+    found = {name: f for name, f in found.items() if f is not None}
+    timings = {name: time.time() - t0 for name in found}
+    todo = {name: samples for name, samples in splits.items() if name not in found}
+    computed = (yield from _compute_both(s, todo, timings)) if todo else {}
+    for name, features in computed.items():
+        store_cached_features(cache, keys[name], features)
+    for name in splits:
+        features = found.get(name) or computed[name]
+        yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped,
+                             from_disk=name in found, seconds=timings.get(name, 0.0))
+    return found.get("train") or computed["train"], found.get("test") or computed["test"]
 
 
 def choose_feature_path(s: Setup, cache_dir: Path | None):
     """Cached features when only the head trains on fixed inputs, else the full forward pass."""
     cfg, split = s.cfg, s.split
     if s.use_cache:
-        train_feats = yield from _features_of(s, "train", split.train, cache_dir)
-        test_feats = yield from _features_of(s, "test", split.test, cache_dir)
+        train_feats, test_feats = yield from extract_features(s, cache_dir)
         sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
-        return FeaturePath(s.head, _feature_loader(train_feats, cfg.batch_size, sampler=sampler),
-                           _feature_loader(test_feats, max(cfg.batch_size, 256)), sampler,
+        return FeaturePath(s.head, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
+                           DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
                            train_feats.skipped + test_feats.skipped)
     sampler = EpochShuffle(len(split.train), cfg.seed)
     return FeaturePath(s.model,
                        _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
-                                     sampler=sampler, workers=cfg.workers),
+                                     sampler=sampler, workers=s.workers),
                        _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
-                                     workers=cfg.workers), sampler, 0)
+                                     workers=s.workers), sampler, 0)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -286,9 +337,22 @@ class EpochTotals:
     seconds: float
 
 
+def _finite_or_stop(loss_sum: torch.Tensor, epoch: int, batch: int) -> float:
+    value = loss_sum.item()  # the one CPU-GPU sync of a logging step
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"the loss became {value} by epoch {epoch}, batch {batch}; lower the learning rate")
+    return value
+
+
 def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: int) -> Iterator[Batch]:
-    """Yield Batch records; return the epoch's totals (``totals = yield from train_one_epoch(…)``)."""
-    seen = loss_sum = skipped = 0
+    """Yield Batch records; return the epoch's totals (``totals = yield from train_one_epoch(…)``).
+
+    The loss is summed on the device and read back once per logging step and once at the end, not
+    every batch: on a GPU each read waits for all queued work. A non-finite loss still ends the run
+    at the next logging step.
+    """
+    loss_sum = torch.zeros((), device=s.device)
+    seen = skipped = batch = 0
     t0 = time.time()
     for batch, (inputs, labels, _, n_skipped) in enumerate(path.train_loader, 1):
         skipped += n_skipped
@@ -301,16 +365,13 @@ def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # .item() is a CPU-GPU sync point, paid every batch so a NaN stops the run at once.
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"the loss became {value} at epoch {epoch}, batch {batch}; "
-                                "lower the learning rate")
         seen += len(labels)
-        loss_sum += value * len(labels)
+        loss_sum += loss.detach().float() * len(labels)
         if batch % s.cfg.log_every == 0:
-            yield Batch(epoch=epoch, batch=batch, loss=value, seen=seen, total=len(s.split.train))
-    return EpochTotals(loss_sum / max(seen, 1), seen, skipped, time.time() - t0)
+            _finite_or_stop(loss_sum, epoch, batch)
+            yield Batch(epoch=epoch, batch=batch, loss=loss.item(), seen=seen, total=len(s.split.train))
+    total = _finite_or_stop(loss_sum, epoch, batch)
+    return EpochTotals(total / max(seen, 1), seen, skipped, time.time() - t0)
 
 
 @dataclass
@@ -324,14 +385,39 @@ class EvalResult:
     predictions: list
 
 
+class EvalAccumulator:
+    """Loss, confusion matrix and predictions of a test pass, kept on the device; read back once."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.c = num_classes
+        self.loss = torch.zeros((), device=device)
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+        self.parts: list[tuple] = []
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        self.loss += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        conf, pred = logits.softmax(1).max(1)
+        self.confusion += torch.bincount(labels * self.c + pred, minlength=self.c * self.c)
+        self.parts.append((indices, labels, pred, conf))
+
+    def result(self, skipped: int) -> EvalResult:
+        confusion = self.confusion.view(self.c, self.c).cpu()
+        n = int(confusion.sum())
+        rows = [torch.cat(column).tolist() for column in zip(*self.parts)] if self.parts else [[], [], [], []]
+        predictions = [{"index": i, "label": t, "pred": p, "prob": c} for i, t, p, c in zip(*rows)]
+        per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
+                     for i in range(self.c)]
+        return EvalResult(self.loss.item() / n if n else None, confusion.diag().sum().item() / n if n else None,
+                          per_class, confusion.tolist(), n, skipped, predictions)
+
+
 def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
     """Test loss averaged per sample, accuracy, per-class accuracy, confusion matrix, predictions.
 
     Yields Progress records (phase 'test'); returns an EvalResult.
     """
-    num_classes = len(s.split.classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, n, skipped, predictions = 0.0, 0, 0, []
+    totals = EvalAccumulator(len(s.split.classes), s.device)
+    skipped = 0
     meter = ProgressMeter("test", len(s.split.test), epoch=epoch)
     yield meter.first()
     with torch.inference_mode():
@@ -342,19 +428,11 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
                 inputs, labels = as_input(inputs, s.device), labels.to(s.device, non_blocking=True)
                 with s.autocast():
                     logits = path.forward(inputs).float()
-                loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-                conf, pred = logits.softmax(1).max(1)
-                n += len(labels)
-                for t, p, i, c in zip(labels.tolist(), pred.tolist(), indices.tolist(), conf.tolist()):
-                    confusion[t, p] += 1
-                    predictions.append({"index": i, "label": t, "pred": p, "prob": c})
+                totals.add(logits, labels, indices.to(s.device))
             record = meter.advance(n_skipped + (0 if inputs is None else len(labels)))
             if record:
                 yield record
-    per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
-                 for i in range(num_classes)]
-    return EvalResult(loss_sum / n if n else None, confusion.diag().sum().item() / n if n else None,
-                      per_class, confusion.tolist(), n, skipped, predictions)
+    return totals.result(skipped)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -3,7 +3,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.archs import ARCHITECTURES
-from core.config import FREEZE_MODES, TrainConfig, default_num_workers
+from core.accel import plan_threads
+from core.config import FREEZE_MODES, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
 from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
@@ -45,7 +46,8 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                           format_func=lambda v: f"{v:g}")
     c1, c2, c3 = st.columns(3)
     momentum = c1.slider("Momentum", 0.0, 0.99, DEFAULTS.momentum, 0.01, key="tr_momentum")
-    workers = c2.slider("Data-loading workers", 0, 8, default_num_workers(), key="tr_workers")
+    workers = c2.slider("Data-loading workers", 0, 8, plan_threads()[1], key="tr_workers",
+                        help="Image-decoding processes; the training threads take the other cores.")
     seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
                            help="Sets the split (as on the Dataset page), the new head's initialisation "
                                 "and the data order; the same seed repeats a run exactly.")

@@ -1,0 +1,124 @@
+"""The speed choices, tested on the CPU: thread planning, device choice, device-side accumulation."""
+import pytest
+import torch
+
+from core.accel import configure_device, plan_threads, resolve_device
+from core.errors import RunError
+from core.features import Features
+from core.train import DeviceBatches, EpochShuffle, EvalAccumulator
+
+
+@pytest.mark.parametrize("cores, requested, cuda, expected", [
+    (2, -1, False, (1, 1)),  # the 2-core case measured: 1 thread + 1 decoding worker, never 3 busy threads
+    (1, -1, False, (1, 0)),
+    (16, -1, False, (12, 4)),
+    (16, -1, True, (8, 8)),  # on a GPU the cores mostly decode
+    (64, -1, True, (56, 8)),
+    (2, 0, False, (2, 0)),  # the user's choice of workers; threads take the rest
+    (4, 3, False, (1, 3)),
+])
+def test_threads_and_workers_never_exceed_the_cores(cores, requested, cuda, expected):
+    threads, workers = plan_threads(requested, cuda=cuda, cores=cores)
+    assert (threads, workers) == expected
+    assert threads >= 1 and (threads + workers <= cores or workers >= cores)
+
+
+def test_the_start_record_says_what_was_chosen(colour_data, lite0_file, tmp_path):
+    from core.config import TrainConfig
+    from core.train import train
+
+    start = next(iter(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
+                                        data_root=str(colour_data), epochs=1), tmp_path / "run")))
+    assert (start.threads, start.workers) == plan_threads(-1)
+    assert torch.get_num_threads() == start.threads
+
+
+def test_device_choice():
+    assert resolve_device("auto", cuda_available=False) == torch.device("cpu")
+    assert resolve_device("auto", cuda_available=True) == torch.device("cuda")
+    assert resolve_device("cuda:1", cuda_available=True) == torch.device("cuda:1")
+    with pytest.raises(RunError, match="CUDA is not available"):
+        resolve_device("cuda", cuda_available=False)
+    configure_device(torch.device("cpu"))  # harmless on the CPU
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_the_predictor_uses_the_gpu_when_there_is_one(colour_data, lite0_file, tmp_path, monkeypatch):
+    from core.config import TrainConfig
+    from core.predict import Predictor
+    from core.train import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(colour_data),
+                           epochs=1, num_workers=0), tmp_path / "run"))
+    assert Predictor.load(tmp_path / "run").device == torch.device("cpu")  # auto, on this machine
+    asked = []
+    monkeypatch.setattr("core.predict.resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    Predictor.load(tmp_path / "run")
+    assert asked == ["auto"]
+
+
+def test_cached_features_are_batched_from_the_device_in_the_sampler_order():
+    features = Features(torch.arange(20.0).view(10, 2), torch.arange(10) % 2, torch.arange(10), 0)
+    sampler = EpochShuffle(10, seed=3)
+    sampler.set_epoch(2)
+    batches = list(DeviceBatches(features, torch.device("cpu"), 4, sampler))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert torch.cat([b[2] for b in batches]).tolist() == list(sampler)
+    x, y, i, skipped = batches[0]
+    assert torch.equal(x, features.features[i]) and torch.equal(y, features.labels[i]) and skipped == 0
+
+
+def test_device_side_accumulation_matches_a_per_sample_reference():
+    torch.manual_seed(0)
+    acc = EvalAccumulator(3, torch.device("cpu"))
+    all_logits, all_labels = [], []
+    for start in (0, 5, 12):
+        logits, labels = torch.randn(start + 3, 3), torch.randint(0, 3, (start + 3,))
+        acc.add(logits, labels, torch.arange(len(labels)) + 100 * start)
+        all_logits.append(logits)
+        all_labels.append(labels)
+    result = acc.result(skipped=2)
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    reference = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(labels.tolist(), logits.argmax(1).tolist()):
+        reference[t, p] += 1
+    assert result.confusion == reference.tolist()
+    assert result.tested == len(labels) == 26 and result.skipped == 2
+    assert result.test_loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result.test_acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert [p["pred"] for p in result.predictions] == logits.argmax(1).tolist()
+
+
+def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, resnet18_file, tmp_path):
+    from core.config import TrainConfig
+    from core.train import train
+
+    records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
+                                     freeze="all", lr=1e30, batch_size=2, log_every=3, num_workers=0, epochs=3),
+                         tmp_path / "run"))
+    final = records[-1]
+    assert final.status == "failed" and "the loss became" in final.reason and "batch 3" in final.reason
+    assert not [r for r in records if r.type == "epoch"]
+
+
+def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file, tmp_path, monkeypatch):
+    """On a GPU every read of a tensor waits for all queued work: count the reads on the CPU."""
+    from core.config import TrainConfig
+    from core.train import train
+
+    original = torch.Tensor.item
+
+    def reads_with(log_every: int) -> tuple[int, int]:
+        reads = []
+        monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or original(self))
+        records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
+                                         data_root=str(colour_data), epochs=1, batch_size=2, log_every=log_every,
+                                         num_workers=0), tmp_path / f"run{log_every}"))
+        monkeypatch.setattr(torch.Tensor, "item", original)
+        return len(reads), len([r for r in records if r.type == "batch"])
+
+    every_batch, logged_6 = reads_with(1)
+    every_third, logged_2 = reads_with(3)
+    assert (logged_6, logged_2) == (6, 2)  # 12 train images, batch 2: 6 batches
+    # two reads per logging step (the running sum, the batch's loss) and nothing per batch otherwise
+    assert every_batch - every_third == 2 * (6 - 2)
