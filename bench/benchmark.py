@@ -3,14 +3,22 @@
 Prints figures; it is not a test. Ratios are measured against baselines from the same run,
 since these machines are shared and noisy.
 
-    .venv/bin/python bench/benchmark.py [--images 400] [--epochs 5] [--arch auto] [--skip-flip]
+    python bench/benchmark.py [--images 400] [--epochs 5] [--arch auto] [--skip-flip] [--rss-images 4000]
+
+(a) the tutorial's recipe as written; (b) this project's CLI with its defaults, as a new process
+(cold: interpreter start and imports included; warm: the feature cache filled by the cold run);
+(c) the fastest single forward pass over the same images this machine can do (the best of the
+variants tried: memory layout, BatchNorm folding, batch size). Then: bf16's effect, the feature
+pass on a busy machine, peak memory, cold prediction, and what importing costs.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,15 +30,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from core.archs import ARCHITECTURES  # noqa: E402
-from core.config import TrainConfig  # noqa: E402
-from core.data import (Letterbox, ListDataset, build_transform, collate_skipping_unreadable, read_list_file,  # noqa: E402
-                       split_dataset, write_split)
-from core.demo import draw_shape  # noqa: E402
-from core.predict import Predictor  # noqa: E402
-from core.surgery import adapt_model, trainable_parameters  # noqa: E402
-from core.train import train  # noqa: E402
-from core.weights import find_weights  # noqa: E402
+from core.accel import fold_batchnorm, plan_threads, to_channels_last
+from core.archs import ARCHITECTURES
+from core.data import Letterbox, ListDataset, build_transform, collate_skipping_unreadable
+from core.demo import draw_shape
+from core.records import Features as FeaturesRecord
+from core.rundir import read_records
+from core.split import read_list_file, split_dataset, write_split
+from core.surgery import adapt_model, trainable_parameters
+from core.weights import find_weights, resolve_weights
 
 
 # ----------------------------------------------------------------------------- data
@@ -86,58 +94,88 @@ def recipe(arch: str, weights: str, lists: Path, epochs: int) -> float:
     return correct / len(test_data.dataset)
 
 
-# ----------------------------------------------------------------------------- (b) the project
-def project(arch: str, weights: str, lists: Path, epochs: int, run_dir: Path, flip: bool = False) -> tuple[float, str]:
-    cfg = TrainConfig(arch=arch, weights=weights, lists_dir=str(lists), epochs=epochs, batch_size=8, lr=1e-3,
-                      freeze="head", flip=flip)
-    records = list(train(cfg, run_dir))  # no cache_dir: features are computed inside this run
-    final = records[-1]
-    assert final["status"] == "completed", final
-    return final["final_acc"], records[0]["path"]
+# ----------------------------------------------------------------------------- (b) the project's CLI
+def cli(*args, env=None) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
+                            env=env)
+    seconds = time.perf_counter() - t
+    if result.returncode != 0:
+        raise SystemExit(f"the CLI failed: {result.stderr}")
+    return seconds, result
+
+
+def project_run(arch: str, lists: Path, epochs: int, out: Path, cache: Path, *extra) -> tuple[float, object]:
+    seconds, _ = cli("train", "--lists", lists, "--arch", arch, "--epochs", epochs, "--out", out,
+                     "--cache-dir", cache, *extra)
+    return seconds, read_records(out)
+
+
+def feature_rate(records) -> float:
+    features = records.of(FeaturesRecord)
+    return sum(f.images for f in features) / max(sum(f.seconds for f in features), 1e-9)
 
 
 # ----------------------------------------------------------------------------- (c) the limit
-# A plain forward pass: eval mode, inference_mode, the recipe's batch of 8, default layout.
-def plain_forward(arch: str, lists: Path, workers: int) -> None:
+def forward_pass(arch: str, samples, *, batch: int, channels_last: bool, fold: bool) -> float:
+    """Images per second of one inference pass over ``samples``, decoding included."""
     spec = ARCHITECTURES[arch]
-    samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
-    loader = DataLoader(ListDataset(samples, build_transform(spec.transforms())), batch_size=8,
+    threads, workers = plan_threads()
+    torch.set_num_threads(threads)
+    loader = DataLoader(ListDataset(samples, build_transform(spec.transforms())), batch_size=batch,
                         num_workers=workers, collate_fn=collate_skipping_unreadable)
     model = spec.build().eval()
+    if fold:
+        fold_batchnorm(model)
+    if channels_last:
+        to_channels_last(model)
+    t = time.perf_counter()
     with torch.inference_mode():
         for x, *_ in loader:
-            model(x)
+            model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    return len(samples) / (time.perf_counter() - t)
 
 
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - t, out
+VARIANTS = [("plain (batch 8, default layout)", dict(batch=8, channels_last=False, fold=False)),
+            ("channels_last, batch 8", dict(batch=8, channels_last=True, fold=False)),
+            ("channels_last + folded BN, batch 4", dict(batch=4, channels_last=True, fold=True)),
+            ("channels_last + folded BN, batch 8", dict(batch=8, channels_last=True, fold=True)),
+            ("channels_last + folded BN, batch 16", dict(batch=16, channels_last=True, fold=True))]
 
 
 # ----------------------------------------------------------------------------- extras
-def prediction_latency(run_dir: Path, image: Path, n: int = 50) -> tuple[float, float]:
-    predictor = Predictor.load(run_dir)
-    for _ in range(5):  # warm-up
-        predictor.probabilities(image)
+def busy_loop() -> subprocess.Popen:
+    """Another program keeping one core busy, as a browser or a build would."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def peak_rss_mb(*args) -> float:
+    """Peak resident memory of one CLI process, as the kernel counted it (a wrapper whose only child it is)."""
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "core", *map(str, args)],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip()) / 1024  # ru_maxrss is in KiB
+
+
+def cold_seconds(command: list[str], n: int = 3) -> float:
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        predictor.probabilities(image)
+        subprocess.run(command, capture_output=True, check=True)
         times.append(time.perf_counter() - t)
-    times.sort()
-    return statistics.median(times) * 1000, times[int(0.95 * (n - 1))] * 1000
+    return statistics.median(times)
 
 
-def scan_and_split_100k(tmp: Path, n: int = 100_000) -> float:
-    root = tmp / "many"
-    for c in range(10):
-        (root / f"class{c}").mkdir(parents=True)
-    for k in range(n):
-        (root / f"class{k % 10}" / f"img{k:06d}.jpg").touch()
-    t = time.perf_counter()
-    write_split(split_dataset(root), tmp / "many-lists")
-    return time.perf_counter() - t
+def import_costs(top: int = 6) -> list[tuple[float, str]]:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli, core.train, core.predict"],
+                            capture_output=True, text=True)
+    costs = []
+    for line in result.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|(\s*)(\S+)", line)
+        if match and len(match.group(2)) <= 3:  # top-level and first-level imports
+            costs.append((int(match.group(1)) / 1e6, match.group(3)))
+    return sorted(costs, reverse=True)[:top]
 
 
 def main() -> None:
@@ -146,39 +184,86 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arch", default="auto", help="auto: resnet18 if its weights are on disk, else efficientnet_lite0")
     parser.add_argument("--skip-flip", action="store_true", help="leave out (b'), the flip-augmented run")
+    parser.add_argument("--rss-images", type=int, default=4000, help="images for the large peak-memory run (0: skip)")
     args = parser.parse_args()
 
     arch = args.arch
     if arch == "auto":
         arch = "resnet18" if find_weights(ARCHITECTURES["resnet18"]) else "efficientnet_lite0"
-    weights = find_weights(ARCHITECTURES[arch]).path
-    print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {os.cpu_count()} cores · arch {arch}")
-    print(f"weights: {weights}")
+    weights = resolve_weights(ARCHITECTURES[arch])
+    threads, workers = plan_threads()
+    print(f"torch {torch.__version__} · {os.cpu_count()} cores · plan: {threads} threads + {workers} workers · "
+          f"arch {arch}\nweights: {weights}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        os.environ["TLD_WORKSPACE"] = str(tmp / "workspace")
         data = make_photos(tmp / "photos", args.images)
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
-        print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, lr 1e-3, head only")
+        samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
+        print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, "
+              "lr 1e-3, head only")
 
-        t_c, _ = timed(plain_forward, arch, lists, plan_threads()[1])
-        t_b, (acc_b, path_b) = timed(project, arch, weights, lists, args.epochs, tmp / "run_b")
+        rates = [(forward_pass(arch, samples, **kw), name) for name, kw in VARIANTS]
+        for rate, name in rates:
+            print(f"    (c) variant {name:38s}: {rate:6.1f} images/s")
+        best_rate, best_name = max(rates)
+        t_c = len(samples) / best_rate
+
+        t_b, rec_b = project_run(arch, lists, args.epochs, tmp / "run_b", tmp / "cache")
+        t_warm, rec_warm = project_run(arch, lists, args.epochs, tmp / "run_b_warm", tmp / "cache")
+        t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.train"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)
-        print(f"(a) tutorial recipe        : {t_a:7.1f} s   test accuracy {acc_a:.3f}")
-        print(f"(b) project trainer        : {t_b:7.1f} s   test accuracy {acc_b:.3f}   ({path_b})")
+        print(f"(a) tutorial recipe               : {t_a:7.1f} s   test accuracy {acc_a:.3f}")
+        print(f"(b) project CLI, cold             : {t_b:7.1f} s   test accuracy {rec_b.final.final_acc:.3f}   "
+              f"({rec_b.start.feature_path}; interpreter start and imports included)")
+        print(f"(b) project CLI, warm cache       : {t_warm:7.1f} s   test accuracy {rec_warm.final.final_acc:.3f}   "
+              f"({t_warm - t_imports:.1f} s beyond interpreter start + imports of {t_imports:.1f} s)")
         if not args.skip_flip:
-            t_b2, (acc_b2, path_b2) = timed(project, arch, weights, lists, args.epochs, tmp / "run_b2", flip=True)
-            print(f"(b') project + flip        : {t_b2:7.1f} s   test accuracy {acc_b2:.3f}   ({path_b2})")
-        print(f"(c) one plain forward pass : {t_c:7.1f} s")
-        print(f"a/b = {t_a / t_b:.2f}   b/c = {t_b / t_c:.2f}")
+            t_b2, rec_b2 = project_run(arch, lists, args.epochs, tmp / "run_b2", tmp / "cache", "--flip")
+            print(f"(b') project CLI + flip           : {t_b2:7.1f} s   test accuracy {rec_b2.final.final_acc:.3f}   "
+                  f"({rec_b2.start.feature_path})")
+        print(f"(c) fastest forward pass          : {t_c:7.1f} s   ({best_name}, {best_rate:.1f} images/s)")
+        b_rate = feature_rate(rec_b)
+        print(f"a/b = {t_a / t_b:.2f} (cold)   b/c = {t_b / t_c:.2f}   "
+              f"b's feature pass {b_rate:.1f} images/s = {b_rate / best_rate:.2f}× (c)'s")
 
-        p50, p95 = prediction_latency(tmp / "run_b", next((data / "star").iterdir()))
-        print(f"prediction latency ({arch}, warm, one 500×375 JPEG): p50 {p50:.1f} ms  p95 {p95:.1f} ms")
-        if arch != "resnet18":
-            run18 = tmp / "run_r18"
-            list(train(TrainConfig(arch="resnet18", lists_dir=str(lists), epochs=1), run18))
-            p50, p95 = prediction_latency(run18, next((data / "star").iterdir()))
-            print(f"prediction latency (resnet18, warm, one 500×375 JPEG): p50 {p50:.1f} ms  p95 {p95:.1f} ms")
-        print(f"scan + split + write lists of 100,000 empty image files: {scan_and_split_100k(tmp):.2f} s")
+        t_bf, rec_bf = project_run(arch, lists, args.epochs, tmp / "run_bf16", tmp / "cache", "--precision", "bf16")
+        print(f"bf16 (fast, approximate)          : {t_bf:7.1f} s   test accuracy {rec_bf.final.final_acc:.3f}   "
+              f"feature pass {feature_rate(rec_bf):.1f} images/s (fp32: {b_rate:.1f})")
+
+        hog = busy_loop()
+        try:
+            _, rec_loaded = project_run(arch, lists, 1, tmp / "run_loaded", tmp / "cache-loaded")
+        finally:
+            hog.kill()
+            hog.wait()
+        _, rec_quiet = project_run(arch, lists, 1, tmp / "run_quiet", tmp / "cache-quiet")
+        quiet, loaded = feature_rate(rec_quiet), feature_rate(rec_loaded)
+        print(f"feature pass, quiet vs one busy core beside it: {quiet:.1f} vs {loaded:.1f} images/s "
+              f"= {loaded / quiet:.2f}×")
+
+        rss_small = peak_rss_mb("train", "--lists", lists, "--arch", arch, "--epochs", 1, "--out", tmp / "rss1",
+                                "--no-cache")
+        print(f"peak RSS of a frozen-body run, {len(samples)} images: {rss_small:.0f} MB")
+        if args.rss_images:
+            big = make_photos(tmp / "many", args.rss_images, seed=1)
+            rss_big = peak_rss_mb("train", "--data", big, "--arch", arch, "--epochs", 1, "--out", tmp / "rss2",
+                                  "--no-cache")
+            print(f"peak RSS of a frozen-body run, {args.rss_images} images: {rss_big:.0f} MB")
+
+        image = next((data / "star").iterdir())
+        t_torch = cold_seconds([sys.executable, "-c", "import torch"])
+        t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b"), str(image)])
+        print(f"cold single-image predict {t_predict:.2f} s vs bare `import torch` {t_torch:.2f} s "
+              f"= {t_predict / t_torch:.2f}×")
+        print("import costs (cumulative seconds, core.cli + core.train + core.predict): " +
+              ", ".join(f"{name} {seconds:.2f}" for seconds, name in import_costs()))
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - channels_last: on this project's 2-core CPU it made EfficientNet-Lite0 about 2× and ResNet-18
   about 1.3× faster in inference; on CUDA it suits tensor cores.
 - Small inference batches on the CPU: Lite0's depthwise convolutions ran about 2× faster per
-  image at batch 4-8 than at 32 (activations stay in cache).
+  image at batch 4-8 than at 32 (activations stay in cache), and batch 4 about 1.5× faster than 8
+  once BatchNorm is folded (the benchmark's (c) variants).
 - BatchNorm folded into the convolution before it, for frozen inference (the feature pass and
   prediction): about 20% faster for ResNet-18 and Lite0 on this CPU, the same outputs within 1e-6.
 """
@@ -30,7 +31,7 @@ def as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def inference_batch_size(device: torch.device) -> int:
-    return 64 if device.type == "cuda" else 8
+    return 64 if device.type == "cuda" else 4
 
 
 class _ConvLeafTracer(torch.fx.Tracer):
@@ -95,8 +96,10 @@ def plan_threads(requested_workers: int = -1, *, cuda: bool = False, cores: int 
     """(intra-op threads, image-decoding workers), chosen together so threads + workers ≤ cores.
 
     Oversubscribed, a 2-core machine under any other load fell from 19 to 4 images/s (measured;
-    see the benchmark's quiet-vs-loaded line). On CUDA the GPU computes, so decoding gets the cores.
-    ``requested_workers`` ≥ 0 is the user's choice and the threads take what is left.
+    see the benchmark's quiet-vs-loaded line). On the CPU, decoding and resizing a photo costs
+    about a fifth of a frozen forward pass, so one worker per four cores keeps the model fed (on
+    2 cores: none, decoding in the main process, both cores computing). On CUDA the GPU computes,
+    so decoding gets the cores. ``requested_workers`` ≥ 0 is the user's choice; threads take the rest.
     """
     cores = cores or available_cores()
     if requested_workers >= 0:
@@ -104,7 +107,7 @@ def plan_threads(requested_workers: int = -1, *, cuda: bool = False, cores: int 
     elif cuda:
         workers = max(1, min(8, cores - 1))
     else:
-        workers = min(4, cores // 2)
+        workers = min(4, cores // 4)
     return max(1, cores - workers), workers
 
 
@@ -127,3 +130,36 @@ def resolve_device(name: str, cuda_available: bool | None = None) -> torch.devic
     if name.startswith("cuda") and not cuda_available:
         raise RunError(f"device '{name}' was asked for, but CUDA is not available here; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+class SGD(torch.optim.SGD):
+    """torch.optim.SGD, stepping without importing torch._dynamo.
+
+    ``SGD.step`` is wrapped so that torch.compile sees a graph break; the wrapper imports
+    torch._dynamo (about a second on a 2-core CPU) only to place it. Outside torch.compile the
+    wrapper's other work is running the step with gradients off, which this does too. The
+    update itself is torch's own. If a torch release wraps ``step`` differently, this is plain SGD.
+    """
+
+    def step(self, closure=None):
+        plain = getattr(torch.optim.SGD.step, "__wrapped__", None)
+        if plain is None or self.defaults.get("differentiable"):
+            return super().step(closure)
+        with torch.no_grad():
+            return plain(self, closure)
+
+
+def skip_dynamo_import() -> None:
+    """Let torch.optim run without importing torch._dynamo (1.4 s of a 2-core CPU's start-up, measured).
+
+    torch.optim wraps ``zero_grad``, ``state_dict`` and a few more so that torch.compile leaves them
+    alone; the wrapper imports torch._dynamo on its first call only to say so. This project never
+    compiles, so the wrappers are told, up front, that their plain function is the one to call.
+    If a torch release wraps them differently, this does nothing and the import simply happens.
+    """
+    from torch.optim.optimizer import Optimizer
+
+    for name in ("zero_grad", "state_dict", "load_state_dict", "add_param_group"):
+        original = getattr(getattr(Optimizer, name, None), "__wrapped__", None)
+        if original is not None and getattr(original, "__dynamo_disable", None) is None:
+            setattr(original, "__dynamo_disable", original)

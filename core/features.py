@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .accel import as_input
 from .data import ListDataset, collate_skipping_unreadable
 from .errors import UserError
 from .io import atomic_torch_save

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .accel import (as_input, configure_device, inference_batch_size, inference_copy, plan_threads, resolve_device,
-                    to_channels_last)
+                    SGD, skip_dynamo_import, to_channels_last)
 from .archs import get_arch
 from .config import TrainConfig
 from .data import ListDataset, build_transform, collate_skipping_unreadable
@@ -471,7 +471,8 @@ class Checkpointer:
 
 # ----------------------------------------------------------------------------- the run
 def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
-    optimizer = torch.optim.SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
+    skip_dynamo_import()
+    optimizer = SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
                                 weight_decay=s.cfg.weight_decay)
     criterion = nn.CrossEntropyLoss()
     checkpointer = Checkpointer(s, optimizer)

@@ -9,7 +9,8 @@ from core.train import DeviceBatches, EpochShuffle, EvalAccumulator
 
 
 @pytest.mark.parametrize("cores, requested, cuda, expected", [
-    (2, -1, False, (1, 1)),  # the 2-core case measured: 1 thread + 1 decoding worker, never 3 busy threads
+    (2, -1, False, (2, 0)),  # the 2-core case measured: 2 threads, decoding in between, never 3 busy threads
+    (4, -1, False, (3, 1)),
     (1, -1, False, (1, 0)),
     (16, -1, False, (12, 4)),
     (16, -1, True, (8, 8)),  # on a GPU the cores mostly decode
@@ -122,3 +123,35 @@ def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file,
     assert (logged_6, logged_2) == (6, 2)  # 12 train images, batch 2: 6 batches
     # two reads per logging step (the running sum, the batch's loss) and nothing per batch otherwise
     assert every_batch - every_third == 2 * (6 - 2)
+
+
+def test_our_sgd_steps_exactly_like_torchs():
+    from core.accel import SGD
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(3):
+        x = torch.randn(4, 5)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_cached_run_never_imports_torch_dynamo(colour_data, lite0_file, tmp_path):
+    """torch._dynamo costs about a second of every short run's start-up; a run that does not compile needs none."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom core.config import TrainConfig\nfrom core.train import train\n"
+              f"cfg = TrainConfig(arch='efficientnet_lite0', weights={str(lite0_file)!r}, "
+              f"data_root={str(colour_data)!r}, epochs=2, num_workers=0)\n"
+              f"final = list(train(cfg, {str(tmp_path / 'run')!r}))[-1]\n"
+              "print(final.status, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["completed", "False"], out.stdout + out.stderr
