@@ -236,12 +236,16 @@ class DeviceBatches:
         return math.ceil(len(self.y) / self.batch_size)
 
 
-def _split_features(features, first: int) -> tuple:
-    """Cut the features of train + test (one pass) back into the two splits, with their own indices."""
+def _split_features(features, first: int, total: int) -> tuple:
+    """Cut the features of train + test (one pass) back into the two splits, with their own indices;
+    an image missing from the output was unreadable, and counts as skipped in its own split."""
     in_first = features.indices < first
-    part = lambda mask, offset: HeadInputs(features.features[mask], features.labels[mask],  # noqa: E731
-                                           features.indices[mask] - offset, 0)
-    return part(in_first, 0), part(~in_first, first)
+
+    def part(mask, offset, size):
+        kept = int(mask.sum())
+        return HeadInputs(features.features[mask], features.labels[mask], features.indices[mask] - offset,
+                          size - kept)
+    return part(in_first, 0, first), part(~in_first, first, total - first)
 
 
 def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
@@ -282,7 +286,7 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     timings[meter.split] = time.time() - t0
     if len(names) == 1:
         return {names[0]: features}
-    return dict(zip(names, _split_features(features, first)))
+    return dict(zip(names, _split_features(features, first, len(samples))))
 
 
 def extract_features(s: Setup, cache_dir: Path | None):
