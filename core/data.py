@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from .errors import ImageError
-from .images import decode_jpeg_tensor, open_image
+from .images import decode_jpeg_tensor, open_image, plain_jpeg_bytes
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -66,16 +66,16 @@ class Preprocess:
 
     def __call__(self, image) -> torch.Tensor:
         if self.letterbox is not None:
-            image = self.letterbox(image if isinstance(image, Image.Image) else _to_pil(image))
+            image = self.letterbox(image if isinstance(image, Image.Image) else _to_pil(image.cpu()))
             x = to_uint8_tensor(image).float()
         else:
-            x = self._resize_and_crop(to_uint8_tensor(image))
+            x = self._resize_and_crop(to_uint8_tensor(image))  # on the GPU when the image is there
         x = x / 255.0
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.vflip and torch.rand(()) < 0.5:
             x = x.flip(-2)
-        return (x - self.mean) / self.std if self.normalize else x
+        return (x - self.mean.to(x.device)) / self.std.to(x.device) if self.normalize else x
 
     def _resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
         h, w = resized_size(x.shape[-2], x.shape[-1], self.resize)
@@ -131,6 +131,66 @@ class ListDataset(Dataset):
 
 def _needs_pil(transform) -> bool:
     return getattr(transform, "letterbox", None) is not None
+
+
+class DeferredJpegDataset(ListDataset):
+    """For a GPU: the workers only read JPEG files (their bytes), and the GPU decodes and preprocesses
+    them (nvJPEG through ``torchvision.io.decode_jpeg(device=…)``); anything else is decoded and
+    preprocessed here, as usual. Batch with ``collate_deferred`` and finish with ``GpuJpegDecoder``."""
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        data = plain_jpeg_bytes(path)
+        if data is not None:
+            return ("jpeg", data), label, index
+        item = super().__getitem__(index)
+        return None if item is None else (("tensor", item[0]), label, index)
+
+
+def collate_deferred(batch):
+    good = [item for item in batch if item is not None]
+    if not good:
+        return None, None, None, len(batch)
+    return ([item[0] for item in good], torch.tensor([item[1] for item in good]),
+            torch.tensor([item[2] for item in good]), len(batch) - len(good))
+
+
+class GpuJpegDecoder:
+    """Turns a deferred batch into a preprocessed image batch on ``device``; JPEGs are decoded there."""
+
+    def __init__(self, transform: "Preprocess", device: torch.device):
+        self.transform, self.device = transform, device
+
+    def __call__(self, payloads: list) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the batch, which payloads it holds): a JPEG no decoder can read is left out."""
+        jpegs = [data for kind, data in payloads if kind == "jpeg"]
+        decoded = iter(self._decode(jpegs))
+        images = [next(decoded) if kind == "jpeg" else data.to(self.device) for kind, data in payloads]
+        images = [self.transform(x) if kind == "jpeg" and x is not None else x
+                  for (kind, _), x in zip(payloads, images)]
+        keep = torch.tensor([x is not None for x in images])
+        kept = [x for x in images if x is not None]
+        return (torch.stack(kept) if kept else None), keep
+
+    def _decode(self, jpegs: list) -> list:
+        if not jpegs:
+            return []
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+        except RuntimeError:  # one bad file fails the whole batch: decode them one by one, on the CPU if need be
+            return [self._one(data) for data in jpegs]
+
+    def _one(self, data: torch.Tensor) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        for device in (self.device, torch.device("cpu")):
+            try:
+                return decode_jpeg(data, mode=ImageReadMode.RGB, device=device).to(self.device)
+            except RuntimeError:
+                continue
+        return None  # unreadable: counted as skipped, like any unreadable image
 
 
 def collate_skipping_unreadable(batch):

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import ListDataset, collate_skipping_unreadable
+from .data import (DeferredJpegDataset, GpuJpegDecoder, ListDataset, _needs_pil, collate_deferred,
+                   collate_skipping_unreadable)
 from .errors import UserError
 from .io import atomic_torch_save
 from .settings import settings
@@ -52,7 +53,8 @@ def feature_cache_key(*, arch: str, head_variant: str, weights: str | None, tran
 
 
 def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *, device,
-                        batch_size: int = 32, num_workers: int = 0, autocast=nullcontext) -> Iterator[int]:
+                        batch_size: int = 32, num_workers: int = 0, autocast=nullcontext,
+                        gpu_decode: bool | None = None) -> Iterator[int]:
     """Run the frozen model once over ``samples`` and keep what its head receives.
 
     A generator: it yields the number of images of each batch as it goes (so the caller can
@@ -65,15 +67,24 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     """
     captured = []
     hook = model.get_submodule(head_name).register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-    loader = DataLoader(ListDataset(samples, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
+    # On a GPU, JPEGs are decoded there (nvJPEG): CPU decoding would leave a large GPU waiting.
+    gpu_decode = device.type == "cuda" and not _needs_pil(transform) if gpu_decode is None else gpu_decode
+    dataset = DeferredJpegDataset(samples, transform) if gpu_decode else ListDataset(samples, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_deferred if gpu_decode else collate_skipping_unreadable,
+                        pin_memory=device.type == "cuda" and not gpu_decode,
                         prefetch_factor=4 if num_workers and device.type == "cuda" else None)
+    decode = GpuJpegDecoder(transform, device) if gpu_decode else None
     out = _Outputs(len(samples))
     buffer = InputBuffer(device)
     model.eval()
     try:
         for images, y, idx, n_skipped in loader:
             out.skipped += n_skipped
+            if images is not None and decode:
+                images, keep = decode(images)
+                y, idx = y[keep], idx[keep]
+                out.skipped += int((~keep).sum())
             if images is not None:
                 # no_grad rather than inference_mode: the features later feed a head that needs autograd.
                 with torch.no_grad(), autocast():

@@ -90,13 +90,8 @@ def _describe(source) -> str:
     return f"'{name}'" if name else "the uploaded image"
 
 
-def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None):
-    """An upright RGB uint8 tensor (3, H, W) from a plain JPEG via libjpeg (torchvision.io), or None.
-
-    About 1.8× faster than PIL for decode + resize on this project's CPUs (bench/benchmark.py), within
-    1/255 of it after preprocessing. None sends the file down the PIL path: anything that is not a
-    baseline/progressive RGB or grey JPEG within the pixel limit (CMYK, odd or damaged files).
-    """
+def plain_jpeg_bytes(path: str | os.PathLike, *, max_pixels: int | None = None):
+    """The file's bytes as a uint8 tensor when it is a JPEG libjpeg/nvJPEG can decode to RGB, else None."""
     if not str(path).lower().endswith((".jpg", ".jpeg")):
         return None
     limit = settings().max_image_pixels if max_pixels is None else max_pixels
@@ -105,9 +100,25 @@ def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None
             if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size[0] * img.size[1] > limit:
                 return None
         import torch
+
+        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    except Exception:  # the PIL path reports what is wrong with the file
+        return None
+
+
+def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None):
+    """An upright RGB uint8 tensor (3, H, W) from a plain JPEG via libjpeg (torchvision.io), or None.
+
+    About 1.8× faster than PIL for decode + resize on this project's CPUs (bench/benchmark.py), within
+    1/255 of it after preprocessing. None sends the file down the PIL path: anything that is not a
+    baseline/progressive RGB or grey JPEG within the pixel limit (CMYK, odd or damaged files).
+    """
+    data = plain_jpeg_bytes(path, max_pixels=max_pixels)
+    if data is None:
+        return None
+    try:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
         return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except Exception:  # the PIL path reports what is wrong with the file
         return None

@@ -155,3 +155,49 @@ def test_a_cached_run_never_imports_torch_dynamo(colour_data, lite0_file, tmp_pa
               "print(final.status, 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["completed", "False"], out.stdout + out.stderr
+
+
+def test_the_gpu_decoding_path_gives_the_same_features_run_on_the_cpu(tmp_path, lite0_file):
+    """nvJPEG is not here, but the same path (raw bytes from the workers, decoding after the batch,
+    PIL for what libjpeg declines) runs with the CPU as its device and must match the usual one."""
+    import random as _random
+
+    from PIL import Image
+
+    from core.accel import inference_copy
+    from core.archs import get_arch
+    from core.data import build_transform
+    from core.demo import draw_shape
+    from core.features import compute_head_inputs
+    from core.surgery import adapt_model
+
+    rng = _random.Random(0)
+    samples = []
+    for k in range(5):
+        draw_shape(("circle", "star")[k % 2], rng, size=(320, 240)).save(tmp_path / f"{k}.jpg", quality=90)
+        samples.append((str(tmp_path / f"{k}.jpg"), k % 2))
+    Image.new("RGB", (50, 40), (200, 10, 10)).save(tmp_path / "red.png")
+    Image.new("CMYK", (60, 40), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = (tmp_path / "0.jpg").read_bytes()
+    (tmp_path / "garbled.jpg").write_bytes(good[:200] + bytes(len(good) - 200))  # a header, then zeros
+    samples += [(str(tmp_path / "red.png"), 0), (str(tmp_path / "cmyk.jpg"), 1), (str(tmp_path / "broken.jpg"), 0),
+                (str(tmp_path / "garbled.jpg"), 1)]
+    model, report = adapt_model("efficientnet_lite0", 2, weights=lite0_file, freeze="head")
+    model = inference_copy(model)
+    transform = build_transform(get_arch("efficientnet_lite0").transforms())
+
+    def features(gpu_decode):
+        gen = compute_head_inputs(model, report.head_name, samples, transform, device=torch.device("cpu"),
+                                  batch_size=4, gpu_decode=gpu_decode)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    usual, deferred = features(False), features(True)
+    assert usual.skipped == deferred.skipped
+    assert deferred.indices.tolist() == usual.indices.tolist()
+    assert {0, 1, 2, 3, 4, 5, 6} <= set(usual.indices.tolist()) and 7 not in usual.indices.tolist()
+    torch.testing.assert_close(deferred.features, usual.features, rtol=0, atol=1e-4)
