@@ -251,6 +251,17 @@ def main() -> None:
                                   "--no-cache")
             print(f"peak RSS of a frozen-body run, {args.rss_images} images: {rss_big:.0f} MB")
 
+        rates = {}
+        for nproc in (1, 2):
+            out = tmp / f"ddp{nproc}"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                       "-m", "core", "train", "--lists", str(lists), "--arch", arch, "--epochs", "1",
+                       "--freeze", "all", "--out", str(out)]
+            subprocess.run(command, capture_output=True, check=True)
+            rates[nproc] = read_records(out).epochs[0].images_per_s
+        print(f"full forward path, torchrun --nproc 1 vs 2: {rates[1]:.1f} vs {rates[2]:.1f} training images/s "
+              f"= {rates[2] / rates[1]:.2f}× (2 processes share the same 2 cores here)")
+
         image = next((data / "star").iterdir())
         t_torch = cold_seconds([sys.executable, "-c", "import torch"])
         t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b"), str(image)])

@@ -146,6 +146,11 @@ def describe_record(record) -> str | None:
     return None
 
 
+def _drain(stream) -> None:
+    for _ in stream:
+        pass
+
+
 def print_records(stream, printer=None):
     """Print every record of a training stream; return the Final record."""
     printer = printer or ConsolePrinter()
@@ -205,19 +210,27 @@ def _check_data(cfg: TrainConfig) -> None:
 
 
 def cmd_train(args) -> int:
+    from .distributed import broadcast, finish, start, world_from_env
     from .rundir import new_run_dir, run_label
     from .train import train
     from .workspace import cache_dir, runs_dir
 
     cfg = _config_from_args(args)
     _check_data(cfg)
-    if not cfg.pretrained and cfg.freeze == "head":
+    world = world_from_env()  # several processes when started by torchrun
+    start(world)
+    if not cfg.pretrained and cfg.freeze == "head" and world.main:
         print("warning: random weights with a frozen body train only a linear layer on random features; "
               "use --freeze all for a real from-scratch baseline, or --weights pretrained", file=sys.stderr)
-    out = args.out or new_run_dir(runs_dir(), run_label(cfg))
+    out = broadcast(str(args.out or new_run_dir(runs_dir(), run_label(cfg))) if world.main else None, world)
     cache = None if args.no_cache else (args.cache_dir or cache_dir())
-    print(f"run folder: {out}", flush=True)
-    final = print_records(train(cfg, out, cache_dir=cache, force=args.force))
+    if world.main:
+        print(f"run folder: {out}", flush=True)
+    stream = train(cfg, out, cache_dir=cache, force=args.force, world=world)
+    final = print_records(stream) if world.main else _drain(stream)
+    finish(world)
+    if final is None:  # a rank other than 0: rank 0 reports
+        return 0
     if final.status == "failed":
         print(f"error: the run failed: {final.reason}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -49,6 +49,8 @@ class TrainConfig:
                                   "logits differ by up to about 0.4; the benchmark prints its effect on accuracy)",
                           choices=("fp32", "bf16"))
     log_every: int = _opt(10, "a loss line every this many batches")
+    processes: int = _opt(1, "training processes (the app starts them with torchrun; on the command line, "
+                             "run torchrun yourself): on CUDA one per GPU", flag="")
     data_root: str | None = _opt(None, "a class-folder root, split at start", flag="--data")
     lists_dir: str | None = _opt(None, "a folder with train.txt / test.txt (path<TAB>label) and optionally "
                                        "classes.json", flag="--lists")
@@ -62,7 +64,7 @@ class TrainConfig:
             raise ConfigError(f"freeze mode '{self.freeze}' does not exist; allowed: {', '.join(FREEZE_MODES)}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device '{self.device}' is not supported; allowed: auto, cpu, cuda, cuda:N")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("log_every", 1)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("log_every", 1), ("processes", 1)):
             if int(getattr(self, name)) < low:
                 raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -56,6 +56,7 @@ class Start(_Record):
     class_names: str = "given"  # how the class names were found (for list files without classes.json)
     threads: int | None = None
     workers: int | None = None
+    world_size: int = 1  # processes training together (torchrun)
 
     @property
     def pretrained(self) -> bool:

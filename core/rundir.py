@@ -63,6 +63,9 @@ class RunDir:
     claim_file = property(lambda self: self.path / "claimed")  # made once, by whoever starts a queued run
     log = property(lambda self: self.path / "worker.log")
     error = property(lambda self: self.path / "error.txt")
+
+    def rank_error(self, rank: int) -> Path:
+        return self.path / f"error-rank{rank}.txt"  # a failure of another process than rank 0
     name = property(lambda self: self.path.name)
 
     def plain_state_dict(self, arch: str) -> Path:

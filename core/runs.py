@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .records import Records
-from .rundir import (QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, new_run_dir,
-                     process_start_ticks, read_worker_state, run_label, write_status)
+from .rundir import (QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
+                     new_run_dir, process_start_ticks, read_worker_state, run_label, write_status)
 
 # Workers this process started: each has a thread waiting on it, so a finished one is reaped
 # at once and never lingers as a zombie.
@@ -38,6 +38,10 @@ def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str
 
 def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
     command = [sys.executable, "-m", "core.worker", str(run.path), "--confined"]
+    processes = load_config(run).processes
+    if processes > 1:  # PyTorch's own launcher: torchrun, one machine
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "-m", "core.worker", str(run.path), "--confined"]
     if cache_dir:
         command += ["--cache-dir", str(cache_dir)]
     with open(run.log, "ab") as log:
@@ -144,7 +148,7 @@ def kill_worker(run_dir: str | os.PathLike) -> None:
             return
     if pid:
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(os.getpgid(pid), signal.SIGKILL)  # the worker's whole session: torchrun, its ranks, loaders
         except (ProcessLookupError, PermissionError):
             pass
 

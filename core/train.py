@@ -39,6 +39,7 @@ from .features import compute_head_inputs, feature_cache_key, load_cached_featur
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 from .records import Batch, Epoch, Final, Progress, Record, Records, Start
 from .records import Features as FeaturesRecord
+from .distributed import SINGLE, Terminated, World, barrier, broadcast, device_line, gather_all, shard, total
 from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
 from .surgery import SurgeryReport, adapt_model, set_train_mode, trainable_parameters
 
@@ -58,11 +59,22 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Split:
+def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE) -> Split:
     """Copy (or make) the list files into the run, so a later re-split cannot change this run.
 
     ``allowed_roots`` confines a run the app started for a visitor to the folders it may read.
+    Under torchrun rank 0 writes them and the other ranks read what it wrote.
     """
+    if world.main:
+        _write_lists(cfg, run, allowed_roots)
+    barrier(world)
+    split = read_split(run.lists)
+    if not split.train:
+        raise RunError("the training list is empty; add images or change the split")
+    return split
+
+
+def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
     if cfg.data_root:
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots)
         write_split(split, run.lists, overwrite=True)
@@ -72,10 +84,6 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Split:
         for name in LIST_FILES:
             if (Path(cfg.lists_dir) / name).is_file():
                 shutil.copyfile(Path(cfg.lists_dir) / name, run.lists / name)
-    split = read_split(run.lists)
-    if not split.train:
-        raise RunError("the training list is empty; add images or change the split")
-    return split
 
 
 @dataclass
@@ -93,6 +101,7 @@ class Setup:
     use_cache: bool
     threads: int
     workers: int
+    world: World = SINGLE
     _feature_model: nn.Module | None = None
 
     @property
@@ -117,20 +126,28 @@ class Setup:
         return nullcontext()
 
     def check_stop(self) -> None:
-        if self.run.stop_requested():
+        """Stop when asked. Under torchrun rank 0 reads the STOP file and every rank learns it at the same
+        batch (a collective: all ranks call this at the same points)."""
+        asked = self.world.main and self.run.stop_requested()
+        if self.world.active:
+            asked = bool(total(torch.tensor([int(asked)]), self.world).item())
+        if asked:
             raise StopRequested()
 
 
-def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
+def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE) -> Setup:
     cfg.validate()
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)  # one GPU per local rank
     configure_device(device)
-    threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda")
+    threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda", cores=_cores_per_rank(world))
     torch.set_num_threads(threads)
-    split = prepare_lists(cfg, run, allowed_roots)
+    split = prepare_lists(cfg, run, allowed_roots, world)
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, head_variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
-    atomic_write_json(run.surgery, report.to_dict())
+    if world.main:
+        atomic_write_json(run.surgery, report.to_dict())
     to_channels_last(model.to(device))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     weights_tf = get_arch(cfg.arch).transforms()
@@ -138,14 +155,22 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None) -> Setup:
                  eval_tf=build_transform(weights_tf, letterbox=cfg.letterbox),
                  train_tf=build_transform(weights_tf, train=True, flip=cfg.flip, letterbox=cfg.letterbox),
                  autocast=autocast, use_cache=cfg.feature_cache and cfg.freeze == "head" and not cfg.flip,
-                 threads=threads, workers=workers)
+                 threads=threads, workers=workers, world=world)
+
+
+def _cores_per_rank(world: World) -> int:
+    """Processes on one machine share its cores."""
+    from .accel import available_cores
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) if world.active else 1
+    return max(1, available_cores() // local)
 
 
 def start_record(s: Setup) -> Start:
     return Start(arch=s.cfg.arch, classes=s.split.classes, train_size=len(s.split.train),
                  test_size=len(s.split.test), epochs=s.cfg.epochs,
                  batches_per_epoch=math.ceil(len(s.split.train) / s.cfg.batch_size), device=str(s.device),
-                 device_name=device_name(s.device),
+                 device_name=device_line(s.device, device_name(s.device), s.world), world_size=s.world.size,
                  feature_path="cached features" if s.use_cache else "full forward",
                  trainable_params=s.report.trainable_count, frozen_params=s.report.frozen_count,
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
@@ -165,7 +190,7 @@ class ProgressMeter:
         return self._record()
 
     def advance(self, n: int) -> Progress | None:
-        self.done += n
+        self.done = min(self.total, self.done + n)
         now = time.time()
         if now - self.last >= PROGRESS_EVERY_S or self.done >= self.total:
             self.last = now
@@ -187,6 +212,8 @@ class FeaturePath:
     test_loader: DataLoader | DeviceBatches
     sampler: "EpochShuffle"
     fixed_skips: int  # unreadable images left out once, when the features were computed
+    world: World = SINGLE  # ranks whose figures add up (the full forward path under torchrun); else one
+    test_positions: torch.Tensor | None = None  # this rank's test images, as positions in the test list
 
 
 class EpochShuffle(Sampler):
@@ -253,11 +280,15 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     records per split (the first at once), returns {split: HeadInputs}."""
     names = list(todo)
     samples = [sample for name in names for sample in todo[name]]
-    first = len(todo[names[0]])
-    meter = ProgressMeter("features", first, split=names[0])
+    # Under torchrun each rank computes its share (padded, so all run the same number of batches)
+    # and the shares are gathered back into list order; progress counts rank 0's share × ranks.
+    positions = shard(len(samples), s.world, pad=True) if s.world.active else list(range(len(samples)))
+    scale, global_first = s.world.size, len(todo[names[0]])
+    first = sum(p < global_first for p in positions)
+    meter = ProgressMeter("features", global_first, split=names[0])
     yield meter.first()
-    batches = compute_head_inputs(s.feature_model, s.report.head_name, samples, s.eval_tf, device=s.device,
-                                  batch_size=inference_batch_size(s.device), num_workers=s.workers,
+    batches = compute_head_inputs(s.feature_model, s.report.head_name, [samples[p] for p in positions], s.eval_tf,
+                                  device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
                                   autocast=s.feature_autocast)
     done, t0 = 0, time.time()
     try:
@@ -270,23 +301,36 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
             s.check_stop()
             before, done = done, done + n
             in_first = max(0, min(done, first) - before)
-            record = meter.advance(in_first) if in_first else None
+            record = meter.advance(in_first * scale) if in_first else None
             if record:
                 yield record
             if n > in_first:  # this batch reached the second split
                 if meter.split == names[0]:
                     timings[names[0]], t0 = time.time() - t0, time.time()
-                    meter = ProgressMeter("features", len(samples) - first, split=names[1])
+                    meter = ProgressMeter("features", len(samples) - global_first, split=names[1])
                     yield meter.first()
-                record = meter.advance(n - in_first)
+                record = meter.advance((n - in_first) * scale)
                 if record:
                     yield record
     finally:
         batches.close()
     timings[meter.split] = time.time() - t0
+    if s.world.active:
+        features = _gathered(features, positions, len(samples), s.world)
     if len(names) == 1:
         return {names[0]: features}
-    return dict(zip(names, _split_features(features, first, len(samples))))
+    return dict(zip(names, _split_features(features, global_first, len(samples))))
+
+
+def _gathered(local, positions: list[int], n: int, world: World):
+    """Every rank's share of the features, in list order, each image once (the padding dropped)."""
+    mine = (local.features, local.labels, torch.tensor(positions, dtype=torch.long)[local.indices])
+    parts = gather_all(mine, world)
+    x, y, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
+    idx, order = torch.sort(idx, stable=True)
+    first_time = torch.ones_like(idx, dtype=torch.bool)
+    first_time[1:] = idx[1:] != idx[:-1]
+    return HeadInputs(x[order][first_time], y[order][first_time], idx[first_time], n - int(first_time.sum()))
 
 
 def extract_features(s: Setup, cache_dir: Path | None):
@@ -301,13 +345,14 @@ def extract_features(s: Setup, cache_dir: Path | None):
                                     transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision)
             for name, samples in splits.items()}
     t0 = time.time()
-    found = {name: load_cached_features(cache, keys[name]) for name in splits}
-    found = {name: f for name, f in found.items() if f is not None}
+    found = {name: load_cached_features(cache, keys[name]) for name in splits} if s.world.main else None
+    found = broadcast({name: f for name, f in found.items() if f is not None} if found else {}, s.world)
     timings = {name: time.time() - t0 for name in found}
     todo = {name: samples for name, samples in splits.items() if name not in found}
     computed = (yield from _compute_both(s, todo, timings)) if todo else {}
     for name, features in computed.items():
-        store_cached_features(cache, keys[name], features)
+        if s.world.main:
+            store_cached_features(cache, keys[name], features)
     for name in splits:
         features = found.get(name) or computed[name]
         yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped,
@@ -324,12 +369,33 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
         return FeaturePath(s.head, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
                            DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
                            train_feats.skipped + test_feats.skipped)
+    if s.world.active:
+        return _distributed_full_path(s)
     sampler = EpochShuffle(len(split.train), cfg.seed)
     return FeaturePath(s.model,
                        _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
                                      sampler=sampler, workers=s.workers),
                        _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
                                      workers=s.workers), sampler, 0)
+
+
+def _distributed_full_path(s: Setup) -> FeaturePath:
+    """Each rank trains on its share (DistributedSampler, padded to equal length) through DDP, and tests
+    its share of the test list (not padded: every test image counted once, the figures summed)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    cfg, split = s.cfg, s.split
+    train_set = ListDataset(split.train, s.train_tf)
+    sampler = DistributedSampler(train_set, num_replicas=s.world.size, rank=s.world.rank, shuffle=True, seed=cfg.seed)
+    forward = s.model
+    if s.report.trainable_count:
+        forward = DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    positions = shard(len(split.test), s.world, pad=False)
+    test_set = ListDataset([split.test[p] for p in positions], s.eval_tf)
+    return FeaturePath(forward, _image_loader(train_set, cfg.batch_size, s.device, sampler=sampler, workers=s.workers),
+                       _image_loader(test_set, cfg.batch_size, s.device, workers=s.workers), sampler, 0,
+                       world=s.world, test_positions=torch.tensor(positions, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -341,8 +407,9 @@ class EpochTotals:
     seconds: float
 
 
-def _finite_or_stop(loss_sum: torch.Tensor, epoch: int, batch: int) -> float:
-    value = loss_sum.item()  # the one CPU-GPU sync of a logging step
+def _finite_or_stop(loss_sum: torch.Tensor, epoch: int, batch: int, world: World = SINGLE) -> float:
+    """The loss summed so far (over all ranks under torchrun, so every rank stops together on a NaN)."""
+    value = total(loss_sum.clone(), world).item()  # the one CPU-GPU sync of a logging step
     if not math.isfinite(value):
         raise NonFiniteLoss(f"the loss became {value} by epoch {epoch}, batch {batch}; lower the learning rate")
     return value
@@ -372,10 +439,13 @@ def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: in
         seen += len(labels)
         loss_sum += loss.detach().float() * len(labels)
         if batch % s.cfg.log_every == 0:
-            _finite_or_stop(loss_sum, epoch, batch)
-            yield Batch(epoch=epoch, batch=batch, loss=loss.item(), seen=seen, total=len(s.split.train))
-    total = _finite_or_stop(loss_sum, epoch, batch)
-    return EpochTotals(total / max(seen, 1), seen, skipped, time.time() - t0)
+            _finite_or_stop(loss_sum, epoch, batch, path.world)
+            yield Batch(epoch=epoch, batch=batch, loss=loss.item(), seen=min(seen * path.world.size,
+                                                                              len(s.split.train)),
+                        total=len(s.split.train))
+    summed = _finite_or_stop(loss_sum, epoch, batch, path.world)
+    seen = int(total(torch.tensor([seen]), path.world).item())
+    return EpochTotals(summed / max(seen, 1), seen, skipped, time.time() - t0)
 
 
 @dataclass
@@ -404,11 +474,16 @@ class EvalAccumulator:
         self.confusion += torch.bincount(labels * self.c + pred, minlength=self.c * self.c)
         self.parts.append((indices, labels, pred, conf))
 
-    def result(self, skipped: int) -> EvalResult:
-        confusion = self.confusion.view(self.c, self.c).cpu()
+    def result(self, skipped: int, world: World = SINGLE) -> EvalResult:
+        """The figures of the whole test list: under torchrun summed over the ranks' shares."""
+        confusion = total(self.confusion, world).view(self.c, self.c).cpu()
+        total(self.loss, world)
         n = int(confusion.sum())
         rows = [torch.cat(column).tolist() for column in zip(*self.parts)] if self.parts else [[], [], [], []]
-        predictions = [{"index": i, "label": t, "pred": p, "prob": c} for i, t, p, c in zip(*rows)]
+        rows = [sum(column, []) for column in zip(*gather_all(rows, world))]
+        skipped = int(total(torch.tensor([skipped]), world).item())
+        predictions = sorted(({"index": i, "label": t, "pred": p, "prob": c} for i, t, p, c in zip(*rows)),
+                             key=lambda p: p["index"])
         per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
                      for i in range(self.c)]
         return EvalResult(self.loss.item() / n if n else None, confusion.diag().sum().item() / n if n else None,
@@ -424,19 +499,25 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
     skipped = 0
     meter = ProgressMeter("test", len(s.split.test), epoch=epoch)
     yield meter.first()
+    sharded = path.world.active  # the shares differ in length: Stop is agreed on before the pass, not per batch
+    if sharded:
+        s.check_stop()
     with torch.inference_mode():
         for inputs, labels, indices, n_skipped in path.test_loader:
-            s.check_stop()
+            if not sharded:
+                s.check_stop()
             skipped += n_skipped
             if inputs is not None:
                 inputs, labels = as_input(inputs, s.device), labels.to(s.device, non_blocking=True)
                 with s.autocast():
                     logits = path.forward(inputs).float()
+                if path.test_positions is not None:
+                    indices = path.test_positions[indices]
                 totals.add(logits, labels, indices.to(s.device))
-            record = meter.advance(n_skipped + (0 if inputs is None else len(labels)))
+            record = meter.advance((n_skipped + (0 if inputs is None else len(labels))) * path.world.size)
             if record:
                 yield record
-    return totals.result(skipped)
+    return totals.result(skipped, path.world)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -456,6 +537,11 @@ class Checkpointer:
         return self.best is None or score > self.best
 
     def save_epoch(self, record: Epoch, predictions: list[dict]) -> None:
+        if not self.s.world.main:  # under torchrun only rank 0 writes; the others only keep score
+            if record.best:
+                self.best = (record.test_acc if record.test_acc is not None else -1.0,
+                             -(record.test_loss if record.test_loss is not None else float("inf")))
+            return
         self._save(self.s.run.last, record)
         if record.best:
             self.best = (record.test_acc if record.test_acc is not None else -1.0,
@@ -465,6 +551,8 @@ class Checkpointer:
         atomic_write_json(self.s.run.predictions, [{**p, "path": test[p["index"]][0]} for p in predictions])
 
     def save_final(self) -> None:
+        if not self.s.world.main:
+            return
         atomic_torch_save(self.s.model.state_dict(), self.s.run.plain_state_dict(self.s.cfg.arch))
 
     def _save(self, path: Path, record: Epoch) -> None:
@@ -497,8 +585,9 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     checkpointer.save_final()
 
 
-def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots) -> Iterator[Record]:
-    s = set_up(cfg, run, allowed_roots)
+def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World
+             ) -> Iterator[Record]:
+    s = set_up(cfg, run, allowed_roots, world)
     yield start_record(s)
     path = yield from choose_feature_path(s, cache_dir)
     yield from epoch_loop(s, path)
@@ -516,8 +605,14 @@ def phase_of(record: Record) -> str | None:
 
 
 def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                 allowed_roots=None) -> Iterator[Record]:
-    """Train the config a run folder holds (written once by whoever created it), reporting as it goes."""
+                 allowed_roots=None, world: World = SINGLE) -> Iterator[Record]:
+    """Train the config a run folder holds (written once by whoever created it), reporting as it goes.
+
+    Under torchrun every rank runs this; rank 0 alone writes the records, status.json and summary.json.
+    """
+    if not world.main:
+        yield from _other_rank(RunDir(run_dir), cache_dir, allowed_roots, world)
+        return
     run = RunDir(run_dir)
     cfg = load_config(run)
     emitted: list[Record] = []
@@ -526,14 +621,14 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         heartbeat.set_phase("setting up the model")
         status, reason = "completed", ""
         try:
-            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots):
+            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world):
                 append_jsonl(run.metrics, record.to_json())
                 emitted.append(record)
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)
                 yield record
         except StopRequested:
             status, reason = "stopped", "stopped on request; the last completed epoch's checkpoint is kept"
-        except (NonFiniteLoss, UserError) as exc:
+        except (NonFiniteLoss, UserError, Terminated) as exc:
             status, reason = "failed", str(exc)
         except KeyboardInterrupt:
             status, reason = "stopped", "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
@@ -544,6 +639,18 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
             status, reason = "failed", f"{type(exc).__name__}: {exc}"
             atomic_write_text(run.error, traceback.format_exc())
         yield _finish(run, heartbeat, status, reason, emitted, t0)
+
+
+def _other_rank(run: RunDir, cache_dir, allowed_roots, world: World) -> Iterator[Record]:
+    """A rank other than 0: the same computation and collectives, no files; a failure is left in
+    error-rank<N>.txt for rank 0's reason and the user."""
+    try:
+        yield from _records(run, load_config(run), Path(cache_dir) if cache_dir else None, allowed_roots, world)
+    except (StopRequested, Terminated):
+        return
+    except BaseException:
+        atomic_write_text(run.rank_error(world.rank), traceback.format_exc())
+        raise
 
 
 def _finish(run: RunDir, heartbeat: Heartbeat, status: str, reason: str, emitted: list, t0: float) -> Final:
@@ -560,8 +667,13 @@ def _finish(run: RunDir, heartbeat: Heartbeat, status: str, reason: str, emitted
 
 
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-          force: bool = False) -> Iterator[Record]:
-    """Create a run of ``cfg`` in ``run_dir`` and train it, yielding every record as it is appended."""
+          force: bool = False, world: World = SINGLE) -> Iterator[Record]:
+    """Create a run of ``cfg`` in ``run_dir`` and train it, yielding every record as it is appended.
+
+    Under torchrun, call it on every rank with the same ``run_dir``: rank 0 creates the run.
+    """
     cfg.validate()
-    run = create_run(run_dir, cfg, force=force)
-    yield from run_training(run.path, cache_dir=cache_dir)
+    if world.main:
+        create_run(run_dir, cfg, force=force)
+    barrier(world)
+    yield from run_training(run_dir, cache_dir=cache_dir, world=world)

@@ -20,17 +20,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
     args = parser.parse_args(argv)
     from .cli import print_records
+    from .distributed import finish, start, world_from_env
     from .train import run_training
     from .workspace import allowed_roots
 
+    world = world_from_env()  # the app starts several processes through torchrun
+    final = None
     try:
+        start(world)
         roots = allowed_roots() if args.confined else None
-        final = print_records(run_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots))
+        stream = run_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots, world=world)
+        if world.main:
+            final = print_records(stream)
+        else:
+            for _ in stream:
+                pass
+        finish(world)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
-        _start_next(Path(args.run_dir).parent, args.cache_dir)
+        if world.main:
+            _start_next(Path(args.run_dir).parent, args.cache_dir)
+    if not world.main:
+        return 0
     return 0 if final is not None and final.status == "completed" else 1
 
 

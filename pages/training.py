@@ -18,6 +18,15 @@ LIVE_EVERY_S = 1.0  # the followed run's view
 LIST_EVERY_S = 2.0  # the runs table, the follow box and the comparison: new runs from other tabs or the CLI
 
 
+def max_processes() -> int:
+    """One process per GPU on CUDA; on a CPU up to the cores this app may use."""
+    import torch
+
+    from core.accel import available_cores
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else max(1, available_cores())
+
+
 def _sync(name: str, key: str, convert=lambda v: v):
     """on_change for a widget bound to one of this visitor's choices (shared with the Surgery page)."""
     return lambda: save_state(**{name: convert(st.session_state[key])})
@@ -44,8 +53,11 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     batch_size = c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size, key="tr_batch")
     lr = c3.select_slider("Learning rate (log scale)", LRS, value=DEFAULTS.lr, key="tr_lr",
                           format_func=lambda v: f"{v:g}")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     momentum = c1.slider("Momentum", 0.0, 0.99, DEFAULTS.momentum, 0.01, key="tr_momentum")
+    processes = c4.number_input("Processes", 1, max_processes(), DEFAULTS.processes, key="tr_processes",
+                                help="More than 1 trains through torchrun (DistributedDataParallel): one process "
+                                     "per GPU on CUDA. On a CPU it is rarely faster; the benchmark shows by how much.")
     workers = c2.slider("Data-loading workers", 0, 8, plan_threads()[1], key="tr_workers",
                         help="Image-decoding processes; the training threads take the other cores.")
     seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
@@ -61,7 +73,7 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
                        num_workers=workers, flip=flip, letterbox=letterbox, feature_cache=feature_cache,
-                       train_ratio=state["train_ratio"], data_root=data_root())
+                       train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes))
 
 
 def start(cfg: TrainConfig) -> None:

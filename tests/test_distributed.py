@@ -1,0 +1,121 @@
+"""The same trainer under torchrun (DDP, gloo on the CPU): 2 processes on the generated shapes dataset."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import TrainConfig
+from core.demo import generate_demo
+from core.predict import Predictor
+from core.rundir import RunDir, read_records, read_run, read_status
+from core.train import train
+from core.workspace import runs_dir
+from tests.conftest import ROOT, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    return generate_demo(tmp_path / "shapes", per_class=(8, 8), seed=4)
+
+
+def torchrun(*args, nproc: int = 2, wait: bool = True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "core", "train", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_path):
+    common = ["--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "3", "--lr", "0.01", "--seed", "5",
+              "--cache-dir", tmp_path / "cache"]
+    result = torchrun(*common, "--out", tmp_path / "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(shapes),
+                                    epochs=3, lr=0.01, seed=5), tmp_path / "single"))
+    records = _metrics(tmp_path / "ddp")
+    kinds = [r["type"] for r in records]
+    assert kinds.count("start") == 1 and kinds.count("final") == 1 and records[-1]["status"] == "completed"
+    start = records[0]
+    assert start["world_size"] == 2 and start["device_name"] == "2 × CPU (gloo)"
+    test_size = len((tmp_path / "ddp" / "lists" / "test.txt").read_text().splitlines())
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert all(e["tested"] == test_size for e in epochs)
+    assert [e["test_acc"] for e in epochs] == [e.test_acc for e in single if e.type == "epoch"]
+    assert not list((tmp_path / "ddp").glob("error-rank*.txt"))
+    predictor = Predictor.load(tmp_path / "ddp")
+    assert predictor.classes == ["circle", "cross", "square", "star", "triangle"]
+    again = torchrun(*common, "--out", tmp_path / "again")  # a warm cache: no rank recomputes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["from_disk"] for r in _metrics(tmp_path / "again") if r["type"] == "features"] == [True, True]
+
+
+def test_all_layers_under_two_processes_count_every_test_image_once(shapes, tmp_path):
+    result = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "1", "--freeze", "all",
+                      "--out", tmp_path / "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_records(tmp_path / "all")
+    test_size = len((tmp_path / "all" / "lists" / "test.txt").read_text().splitlines())
+    assert records.final.status == "completed"
+    assert records.epochs[0].tested == test_size and sum(map(sum, records.epochs[0].confusion)) == test_size
+    predictions = json.loads((tmp_path / "all" / "predictions.json").read_text())
+    assert sorted(p["index"] for p in predictions) == list(range(test_size))
+    assert Predictor.load(tmp_path / "all").predict(next((shapes / "star").iterdir()), topk=1)
+
+
+def _rank_pid(run: Path, rank: int) -> int | None:
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = environ.read_bytes().split(b"\0")
+            cmdline = (environ.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and str(run).encode() in cmdline and b"core" in cmdline:
+            return int(environ.parent.name)
+    return None
+
+
+def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
+    run = tmp_path / "killed"
+    proc = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "50", "--freeze", "all",
+                    "--out", run, wait=False)
+    try:
+        assert wait_until(lambda: (run / "metrics.jsonl").exists() and read_records(run).epochs, 180)
+        pid = _rank_pid(run, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: read_status(RunDir(run))[0] == "failed", 120), read_status(RunDir(run))
+        status, reason = read_status(RunDir(run))
+        assert reason, "a failed run must say why"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, monkeypatch, lite0_file):
+    root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(6, 6), seed=2)
+    monkeypatch.setenv("TLD_DATA_ROOT", str(root))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/training.py").run()
+    at.number_input(key="tr_processes").set_value(2).run()
+    at.slider(key="tr_epochs").set_value(2).run()
+    at.button(key="tr_start").click().run()
+    name = at.query_params["run"]
+    assert wait_until(lambda: read_run(runs_dir() / name).finished, 300), read_run(runs_dir() / name)
+    at.run()
+    assert not at.exception
+    assert read_run(runs_dir() / name).status == "completed"
+    assert any("Device: **2 × CPU (gloo)**" in c.value for c in at.caption)
+    assert "Results (last epoch)" in [s.value for s in at.subheader]
