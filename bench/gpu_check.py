@@ -9,7 +9,6 @@ Without a GPU it runs the same steps on the CPU as a dry run (small and quick) a
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -18,20 +17,12 @@ import torch
 
 from core.archs import get_arch
 from core.config import TrainConfig
-from core.demo import draw_shape
 from core.predict import Predictor
 from core.split import split_dataset, write_split
 from core.train import train
 from core.weights import resolve_weights
 
-
-def make_photos(root: Path, n: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    for k in range(n):
-        shape = ("circle", "star")[k % 2]
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        draw_shape(shape, rng, size=(500, 375)).save(root / shape / f"{k:05d}.jpg", quality=90)
-    return root
+from benchmark import make_photos  # the same generated photos as the benchmark (bench/ is the script's folder)
 
 
 def run(cfg: TrainConfig, out: Path) -> None:
