@@ -653,7 +653,21 @@ def _other_rank(run: RunDir, cache_dir, allowed_roots, world: World) -> Iterator
         raise
 
 
+def _rank_failures(run: RunDir) -> str:
+    """The last line of each other rank's traceback, for rank 0's reason."""
+    lines = []
+    for path in sorted(run.path.glob("error-rank*.txt")):
+        try:
+            last = [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-1]
+        except (OSError, IndexError):
+            continue
+        lines.append(f"{path.stem.removeprefix('error-')}: {last[:300]}")
+    return "; ".join(lines)
+
+
 def _finish(run: RunDir, heartbeat: Heartbeat, status: str, reason: str, emitted: list, t0: float) -> Final:
+    others = _rank_failures(run) if status == "failed" else ""
+    reason = f"{reason} ({others})" if others else reason
     records = Records(tuple(emitted))
     start = records.start
     final = Final(status=status, reason=reason, seconds=time.time() - t0, **summarise(records),

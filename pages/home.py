@@ -1,13 +1,10 @@
 import streamlit as st
 
-from pages.common import load_state
 from core.rundir import list_runs
 from core.workspace import runs_dir
-from pages.common import data_root, fmt_pct, split_summary, user_errors
+from pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
 
-st.title("Transfer-learning dashboard")
-st.markdown(
-    """
+INTRO = """
 Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,
 and see every step:
 
@@ -21,21 +18,24 @@ and see every step:
 Everything works offline: a synthetic demo dataset is generated on first launch, and
 EfficientNet-Lite0's ImageNet weights ship with the app.
 """
-)
 
-left, right = st.columns(2)
-with left:
+
+def render_dataset() -> None:
     st.subheader("Current dataset")
     with user_errors():
         root = data_root()
         state = load_state()
         summary = split_summary(root, state["train_ratio"], state["seed"])["summary"]
     st.write(f"`{root}`")
+    how = (f"split given by the dataset ({summary['given_by']})" if summary["given_by"]
+           else f"ratio {summary['train_ratio']}, seed {summary['seed']}")
     st.write(f"{len(summary['classes'])} classes · {summary['train_images']} train / "
-             f"{summary['test_images']} test images (ratio {summary['train_ratio']}, seed {summary['seed']})")
+             f"{summary['test_images']} test images ({how})")
     st.caption(", ".join(summary["classes"]))
     st.page_link("pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
-with right:
+
+
+def render_latest_run() -> None:
     st.subheader("Latest run")
     runs = list_runs(runs_dir())
     if not runs:
@@ -50,3 +50,16 @@ with right:
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
                      f"freeze {cfg.freeze} · best test accuracy {fmt_pct(run.best_acc)}")
     st.page_link("pages/training.py", label="Open Training", icon=":material/monitoring:")
+
+
+def main() -> None:
+    st.title("Transfer-learning dashboard")
+    st.markdown(INTRO)
+    left, right = st.columns(2)
+    with left:
+        render_dataset()
+    with right:
+        render_latest_run()
+
+
+main()

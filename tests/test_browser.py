@@ -6,13 +6,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
@@ -34,15 +33,16 @@ def server(tmp_path):
                              "--server.address", "127.0.0.1", "--server.port", str(port),
                              "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def healthy() -> bool:
         try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-            break
+            return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200
         except OSError:
-            time.sleep(0.5)
-    else:
+            return False
+
+    if not wait_until(healthy, 60, interval=0.5):
         proc.kill()
+        proc.wait()
         raise AssertionError((tmp_path / "server.log").read_text())
     try:
         yield url, tmp_path / "workspace"
