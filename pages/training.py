@@ -110,7 +110,7 @@ def live_view(run_path: Path, was_running: bool) -> None:
             st.caption(f"Device: **{start_record.device_name}** · path: {start_record.feature_path} · "
                        f"{start_record.train_size} train / {start_record.test_size} test images · "
                        f"{start_record.trainable_params:,} trainable parameters · weights: "
-                       f"{start_record.weights or 'random initialisation'}")
+                       f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
     with head[1]:
         if info.status == "queued":
             if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):

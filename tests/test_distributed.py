@@ -119,3 +119,21 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     assert read_run(runs_dir() / name).status == "completed"
     assert any("Device: **2 × CPU (gloo)**" in c.value for c in at.caption)
     assert "Results (last epoch)" in [s.value for s in at.subheader]
+
+
+def test_stop_reaches_every_rank_at_the_same_batch(shapes, tmp_path):
+    run = tmp_path / "stopped"
+    proc = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "50", "--freeze", "all",
+                    "--out", run, wait=False)
+    try:
+        assert wait_until(lambda: (run / "metrics.jsonl").exists() and read_records(run).epochs, 180)
+        RunDir(run).request_stop()
+        assert wait_until(lambda: proc.poll() is not None, 120)  # every rank ended: none waits in a collective
+        records = read_records(run)
+        assert records.final.status == "stopped" and read_status(RunDir(run))[0] == "stopped"
+        assert 1 <= records.final.epochs_completed < 50
+        assert not list(run.glob("error-rank*.txt"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
