@@ -168,7 +168,8 @@ def _train_flag(f: dataclasses.Field) -> str:
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its default and help text taken from the field."""
     types = {"epochs": _at_least(1), "batch_size": _at_least(1), "log_every": _at_least(1), "seed": _at_least(0),
-             "num_workers": _at_least(-1), "train_ratio": _ratio}
+             "num_workers": _at_least(-1), "train_ratio": _ratio, "step_size": _at_least(1),
+             "patience": _at_least(0)}
     for f in dataclasses.fields(TrainConfig):
         if f.metadata.get("flag") == "":
             continue

@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 DEFAULT_TRAIN_RATIO = 0.6
+SCHEDULES = ("none", "step", "cosine")
 FREEZE_MODES = {
     "head": "only the new head trains (the tutorial's fine-tuning)",
     "all": "every layer trains",
@@ -36,6 +37,12 @@ class TrainConfig:
     lr: float = _opt(1e-3, "SGD learning rate")
     momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)")
     weight_decay: float = _opt(0.0, "SGD weight decay")
+    schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
+                                 "PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the epochs)",
+                         choices=SCHEDULES)
+    step_size: int = _opt(7, "epochs between the step schedule's decays")
+    gamma: float = _opt(0.1, "the step schedule's factor")
+    patience: int = _opt(0, "stop early after this many epochs without a better test accuracy (0: never)")
     train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)")
     seed: int = _opt(0, "sets the split, the new head's initialisation and the data order")
     num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores")
@@ -75,6 +82,11 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be ≥ 0, got {self.weight_decay}")
         if not 0 < self.train_ratio < 1:
             raise ConfigError(f"train ratio must be between 0 and 1, got {self.train_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule '{self.schedule}' does not exist; allowed: {', '.join(SCHEDULES)}")
+        if int(self.step_size) < 1 or not 0 < self.gamma <= 1 or int(self.patience) < 0:
+            raise ConfigError(f"step size must be ≥ 1, gamma in (0, 1] and patience ≥ 0; got {self.step_size}, "
+                              f"{self.gamma}, {self.patience}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision '{self.precision}' is not supported; allowed: fp32, bf16")
         if (self.data_root is None) == (self.lists_dir is None):

@@ -118,6 +118,7 @@ class Epoch(_Record):
     seconds: float
     best: bool
     images_per_s: float | None = None
+    lr: float | None = None  # the learning rate this epoch trained with (after the schedule)
     time: float = field(default_factory=time.time)
 
 

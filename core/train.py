@@ -54,6 +54,10 @@ class NonFiniteLoss(Exception):
     pass
 
 
+class EarlyStop(Exception):
+    """The test accuracy stopped improving: the run ends as completed, with this reason."""
+
+
 # ----------------------------------------------------------------------------- setup
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -562,12 +566,25 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------- the run
+def make_schedule(cfg: TrainConfig, optimizer):
+    """torch's own schedulers: StepLR (the PyTorch tutorial's step 7, gamma 0.1) or cosine annealing."""
+    from torch.optim import lr_scheduler
+
+    if cfg.schedule == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
 def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     skip_dynamo_import()
     optimizer = SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
-                                weight_decay=s.cfg.weight_decay)
+                    weight_decay=s.cfg.weight_decay)
+    schedule = make_schedule(s.cfg, optimizer)
     criterion = nn.CrossEntropyLoss()
     checkpointer = Checkpointer(s, optimizer)
+    since_best, best_acc = 0, None  # early stopping watches the test accuracy alone
     for epoch in range(1, s.cfg.epochs + 1):
         t_epoch = time.time()
         path.sampler.set_epoch(epoch)
@@ -579,9 +596,18 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
                        per_class_acc=result.per_class_acc, confusion=result.confusion, tested=result.tested,
                        skipped_images=totals.skipped + result.skipped + path.fixed_skips,
                        seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc, result.test_loss),
-                       images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None)
+                       images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None,
+                       lr=optimizer.param_groups[0]["lr"])
         checkpointer.save_epoch(record, result.predictions)
         yield record
+        if schedule is not None:
+            schedule.step()
+        improved = record.test_acc is not None and (best_acc is None or record.test_acc > best_acc)
+        since_best, best_acc = (0, record.test_acc) if improved else (since_best + 1, best_acc)
+        if s.cfg.patience and since_best >= s.cfg.patience and epoch < s.cfg.epochs:
+            checkpointer.save_final()
+            raise EarlyStop(f"no improvement for {since_best} epochs: stopped early after epoch {epoch}; "
+                            "predictions use the best epoch's checkpoint")
     checkpointer.save_final()
 
 
@@ -628,6 +654,8 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
                 yield record
         except StopRequested:
             status, reason = "stopped", "stopped on request; the last completed epoch's checkpoint is kept"
+        except EarlyStop as exc:
+            status, reason = "completed", str(exc)
         except (NonFiniteLoss, UserError, Terminated) as exc:
             status, reason = "failed", str(exc)
         except KeyboardInterrupt:
@@ -646,7 +674,7 @@ def _other_rank(run: RunDir, cache_dir, allowed_roots, world: World) -> Iterator
     error-rank<N>.txt for rank 0's reason and the user."""
     try:
         yield from _records(run, load_config(run), Path(cache_dir) if cache_dir else None, allowed_roots, world)
-    except (StopRequested, Terminated):
+    except (StopRequested, Terminated, EarlyStop):
         return
     except BaseException:
         atomic_write_text(run.rank_error(world.rank), traceback.format_exc())

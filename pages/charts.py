@@ -34,6 +34,11 @@ def loss_charts(records: Records) -> None:
             st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
                 x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q", color="metric:N",
                 tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]), width="stretch")
+            rates = pd.DataFrame([{"epoch": e.epoch, "learning rate": e.lr} for e in records.epochs if e.lr is not None])
+            if len(rates) and rates["learning rate"].nunique() > 1:
+                st.altair_chart(alt.Chart(rates).mark_line(point=True).encode(
+                    x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("learning rate:Q")).properties(
+                    height=120), width="stretch")
         else:
             st.caption("Appears after the first epoch's test pass.")
 

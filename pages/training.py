@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
-from core.config import FREEZE_MODES, TrainConfig
+from core.config import FREEZE_MODES, SCHEDULES, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
 from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
@@ -63,6 +63,12 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
                            help="Sets the split (as on the Dataset page), the new head's initialisation "
                                 "and the data order; the same seed repeats a run exactly.")
+    c1, c2, c3 = st.columns(3)
+    schedule = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
+                            key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's StepLR); "
+                                                    "cosine: down to 0 over the epochs.")
+    patience = c2.number_input("Stop early after epochs without a better accuracy (0: never)", 0, 50,
+                               DEFAULTS.patience, key="tr_patience")
     weights = resolve_weights_file(arch, {**state, "weights_mode": "pretrained" if pretrained else "scratch"})
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
@@ -73,7 +79,8 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
                        num_workers=workers, flip=flip, letterbox=letterbox, feature_cache=feature_cache,
-                       train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes))
+                       train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes),
+                       schedule=schedule, patience=int(patience))
 
 
 def start(cfg: TrainConfig) -> None:

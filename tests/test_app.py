@@ -1,10 +1,11 @@
 """The dashboard's pages, driven headlessly with Streamlit's AppTest."""
+import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.demo import generate_demo
-from core.rundir import read_run
+from core.rundir import read_records, read_run
 from core.runs import kill_worker
 from core.workspace import lists_dir_for, runs_dir
 from tests.conftest import ROOT, wait_until
@@ -227,3 +228,19 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "2 classes · 10 train / 4 test" in [s.value for s in at.subheader]
     assert any("Split given by the dataset" in i.value for i in at.info)
+
+
+def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
+    at = open_page(app(), "pages/training.py")
+    at.slider(key="tr_epochs").set_value(3).run()
+    at.selectbox(key="tr_schedule").set_value("cosine").run()
+    at.number_input(key="tr_patience").set_value(2).run()
+    at.button(key="tr_start").click().run()
+    name = at.query_params["run"]
+    _wait_for_run(name)
+    config = json.loads((runs_dir() / name / "config.json").read_text())
+    assert (config["schedule"], config["patience"]) == ("cosine", 2)
+    at.run()
+    assert not at.exception
+    lrs = [e.lr for e in read_records(runs_dir() / name).epochs]
+    assert lrs[0] == 1e-3 and lrs[1] < lrs[0]  # the cosine schedule, recorded per epoch

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -262,3 +263,31 @@ def test_decoding_workers_give_the_same_run(colour_data, lite0_file, tmp_path):
     torch.testing.assert_close(heads[0], heads[1])
     full = list(train(_config(colour_data, num_workers=2, freeze="all", **common), tmp_path / "full"))
     assert full[0].feature_path == "full forward" and full[-1].status == "completed"
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("none", [0.01, 0.01, 0.01, 0.01]),
+    ("step", [0.01, 0.01, 0.001, 0.001]),  # StepLR, step 2, gamma 0.1
+    ("cosine", [0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005, 0.01 * (1 + math.cos(3 * math.pi / 4)) / 2]),
+])
+def test_the_schedule_sets_each_epochs_learning_rate(schedule, expected, colour_data, lite0_file, tmp_path):
+    records = list(train(_config(colour_data, arch="efficientnet_lite0", weights=str(lite0_file), epochs=4, lr=0.01,
+                                 schedule=schedule, step_size=2, gamma=0.1), tmp_path / "run"))
+    assert [e.lr for e in records if isinstance(e, Epoch)] == pytest.approx(expected)
+
+
+def test_early_stopping_ends_the_run_as_completed_with_the_reason(colour_data, lite0_file, tmp_path):
+    records = list(train(_config(colour_data, arch="efficientnet_lite0", weights=str(lite0_file), epochs=30,
+                                 lr=0.05, patience=2), tmp_path / "run"))
+    epochs, final = [r for r in records if isinstance(r, Epoch)], records[-1]
+    assert final.status == "completed" and final.reason.startswith("no improvement for 2 epochs")
+    accs = [e.test_acc for e in epochs]
+    assert len(epochs) < 30 and final.epochs_completed == len(epochs)
+    assert max(accs[-2:]) <= max(accs[:-2])  # the last two epochs brought no better accuracy
+    assert (tmp_path / "run" / "model_efficientnet_lite0.pth").is_file()
+    assert Predictor.load(tmp_path / "run").epoch == final.best_epoch
+
+
+def test_a_config_with_an_unknown_schedule_is_refused():
+    with pytest.raises(ConfigError, match="allowed: none, step, cosine"):
+        TrainConfig(schedule="exponential", data_root="x").validate()
