@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TrainConfig
 from .errors import ConfigError, UserError
@@ -246,10 +247,44 @@ def cmd_predict(args) -> int:
         predictor = Predictor.from_state_dict(args.run, arch=args.arch, classes=args.classes,
                                               head_variant=args.head_variant, fold=False)
     else:
-        predictor = Predictor.load(args.run, fold=False)
+        predictor = Predictor.load(args.run, fold=not Path(args.image).is_file())
+    if Path(args.image).is_dir():
+        return _predict_folder(predictor, args)
     top = predictor.predict(args.image, topk=args.topk)
     print(json.dumps({"image": str(args.image), "model": predictor.source,
                       "predictions": [{"class": c, "probability": p} for c, p in top]}, indent=2))
+    return 0
+
+
+def _predict_folder(predictor, args) -> int:
+    """Every image under a folder: one CSV row each (to --csv, or to the console)."""
+    import csv
+
+    from .predict import CSV_HEADER, image_files, predict_many
+
+    paths = image_files(args.image)
+    if not paths:
+        raise ConfigError(f"no images under '{args.image}'")
+    batches = predict_many(predictor, paths, topk=args.topk)
+    while True:
+        try:
+            done, total = next(batches)
+        except StopIteration as finished:
+            rows = finished.value
+            break
+        if sys.stderr.isatty():
+            print(f"\rpredicted {done}/{total} images", end="", file=sys.stderr, flush=True)
+    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(CSV_HEADER)
+        writer.writerows(row.csv_fields() for row in rows)
+    finally:
+        if args.csv:
+            out.close()
+    if args.csv:
+        failed = sum(bool(row.error) for row in rows)
+        print(f"{len(rows)} images predicted into {args.csv}" + (f"; {failed} could not be read" if failed else ""))
     return 0
 
 
@@ -290,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes for an image, as JSON")
     p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
-    p.add_argument("image")
+    p.add_argument("image", help="an image, or a folder: every image under it, one CSV row each")
+    p.add_argument("--csv", help="with a folder: write the rows to this CSV file (default: the console)")
     p.add_argument("--topk", type=_at_least(1), default=5)
     p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth)")
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")

@@ -43,6 +43,7 @@ class TrainConfig:
     step_size: int = _opt(7, "epochs between the step schedule's decays")
     gamma: float = _opt(0.1, "the step schedule's factor")
     patience: int = _opt(0, "stop early after this many epochs without a better test accuracy (0: never)")
+    class_weights: bool = _opt(False, "weight the loss by inverse class frequency (for imbalanced classes)")
     train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)")
     seed: int = _opt(0, "sets the split, the new head's initialisation and the data order")
     num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores")

@@ -112,13 +112,70 @@ class Predictor:
 
     def probabilities(self, image: ImageSource) -> torch.Tensor:
         """Probabilities over all classes (they sum to 1)."""
-        x = as_input(self.transform(open_image(image)).unsqueeze(0), self.device)
+        return self.batch_probabilities(self.transform(open_image(image)).unsqueeze(0))[0]
+
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """(n, classes) probabilities for a batch of preprocessed images."""
+        x = as_input(batch, self.device)
         # bf16 on a GPU (tensor cores), full precision on the CPU
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
-            return self.model(x).float().softmax(1)[0].cpu()
+            return self.model(x).float().softmax(1).cpu()
 
     def predict(self, image: ImageSource, topk: int = 5) -> list[tuple[str, float]]:
         probs = self.probabilities(image)
         values, indices = probs.topk(min(topk, len(self.classes)))
         return [(self.classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+# ----------------------------------------------------------------------------- many images
+@dataclass
+class Row:
+    """One image's prediction in a batch: its top class, that class's probability, the top k."""
+    path: str
+    top_class: str | None
+    probability: float | None
+    topk: list[tuple[str, float]]
+    error: str = ""
+
+    def csv_fields(self) -> list:
+        return [self.path, self.top_class or "", "" if self.probability is None else f"{self.probability:.6f}",
+                "; ".join(f"{c}:{p:.6f}" for c, p in self.topk), self.error]
+
+
+CSV_HEADER = ["path", "top_class", "probability", "topk", "error"]
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every image under ``folder`` (recursively, hidden files left out), sorted."""
+    from .split import IMG_EXTENSIONS, has_file_allowed_extension
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]
+    return found
+
+
+def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, batch_size: int = 16):
+    """Predict ``paths`` in batches, in inference mode. A generator: yields (done, total) as it goes
+    (for a progress bar), returns one Row per path, in order; an unreadable image gets its error."""
+    rows: list[Row | None] = [None] * len(paths)
+    k = min(topk, len(predictor.classes))
+    for start in range(0, len(paths), batch_size):
+        tensors, where = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                tensors.append(predictor.transform(open_image(paths[i])))
+                where.append(i)
+            except UserError as exc:
+                rows[i] = Row(paths[i], None, None, [], str(exc))
+        if tensors:
+            probs = predictor.batch_probabilities(torch.stack(tensors))
+            values, indices = probs.topk(k, dim=1)
+            for i, v, c in zip(where, values.tolist(), indices.tolist()):
+                top = [(predictor.classes[j], p) for j, p in zip(c, v)]
+                rows[i] = Row(paths[i], top[0][0], top[0][1], top)
+        yield min(start + batch_size, len(paths)), len(paths)
+    return rows

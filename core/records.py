@@ -57,6 +57,7 @@ class Start(_Record):
     threads: int | None = None
     workers: int | None = None
     world_size: int = 1  # processes training together (torchrun)
+    class_weights: list | None = None  # the loss's per-class weights, when they are on
 
     @property
     def pretrained(self) -> bool:

@@ -27,7 +27,7 @@ def has_file_allowed_extension(filename: str, extensions: tuple[str, ...]) -> bo
     return filename.lower().endswith(extensions)
 
 LIST_FILES = ("train.txt", "test.txt", "classes.json")
-IMBALANCE_WARNING_RATIO = 5.0
+IMBALANCE_WARNING_RATIO = 3.0  # the largest class over 3× the smallest
 
 
 # ----------------------------------------------------------------------------- scan
@@ -266,9 +266,10 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
                             "image, so it is only in train and its accuracy cannot be measured")
     warnings += [f"class folder '{name}' has no images and was left out" for name in scan.empty_classes]
     sizes = [len(scan.images[c]) for c in scan.classes]
-    if max(sizes) >= IMBALANCE_WARNING_RATIO * min(sizes):
+    if max(sizes) > IMBALANCE_WARNING_RATIO * min(sizes):
         warnings.append(f"classes are strongly imbalanced: {max(sizes)} images in the largest, "
-                        f"{min(sizes)} in the smallest; accuracy alone can mislead")
+                        f"{min(sizes)} in the smallest; accuracy alone can mislead (per-class accuracy and the "
+                        "confusion matrix show it; class-weighted loss can help)")
     return Split(scan.root, scan.classes, train, test, train_ratio, seed, scan.skipped, warnings)
 
 

@@ -178,7 +178,8 @@ def start_record(s: Setup) -> Start:
                  feature_path="cached features" if s.use_cache else "full forward",
                  trainable_params=s.report.trainable_count, frozen_params=s.report.frozen_count,
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
-                 threads=s.threads, workers=s.workers)
+                 threads=s.threads, workers=s.workers,
+                 class_weights=class_weights(s.split) if s.cfg.class_weights else None)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -566,6 +567,14 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------- the run
+def class_weights(split: Split) -> list[float]:
+    """Inverse class frequency in the training list, scaled so a balanced list gets 1 for every class
+    (n / (classes × count), as scikit-learn's "balanced"); a class with no training image gets 0."""
+    counts = torch.bincount(torch.tensor([label for _, label in split.train]), minlength=len(split.classes))
+    n, k = int(counts.sum()), len(split.classes)
+    return [n / (k * int(c)) if c else 0.0 for c in counts]
+
+
 def make_schedule(cfg: TrainConfig, optimizer):
     """torch's own schedulers: StepLR (the PyTorch tutorial's step 7, gamma 0.1) or cosine annealing."""
     from torch.optim import lr_scheduler
@@ -582,7 +591,8 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     optimizer = SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
                     weight_decay=s.cfg.weight_decay)
     schedule = make_schedule(s.cfg, optimizer)
-    criterion = nn.CrossEntropyLoss()
+    weights = class_weights(s.split) if s.cfg.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None)
     checkpointer = Checkpointer(s, optimizer)
     since_best, best_acc = 0, None  # early stopping watches the test accuracy alone
     for epoch in range(1, s.cfg.epochs + 1):

@@ -1,14 +1,17 @@
+import tempfile
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core.errors import UserError
 from core.images import open_image
-from core.predict import Predictor, checkpoint_path
+from core.predict import CSV_HEADER, Predictor, checkpoint_path, image_files, predict_many
 from core.rundir import best_completed, list_runs
-from core.uploads import check_image_upload
+from core.uploads import check_image_upload, extract_zip
 from core.workspace import runs_dir
-from pages.common import fmt_pct
+from pages.common import fmt_pct, user_errors
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
@@ -96,6 +99,49 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
             format="percent", min_value=0.0, max_value=1.0)})
 
 
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]
+
+
+def _batch_paths(uploads, folder: Path) -> list[str]:
+    """Write the uploaded images (each checked) and unpack uploaded zips (safely) into ``folder``."""
+    paths = []
+    for i, upload in enumerate(uploads):
+        data = upload.getvalue()
+        if upload.name.lower().endswith(".zip"):
+            paths += image_files(extract_zip(data, folder, upload.name))
+            continue
+        check_image_upload(data, upload.name)
+        path = folder / f"{i:05d}-{Path(upload.name).name}"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return paths
+
+
+def render_batch(predictor: Predictor, topk: int) -> None:
+    """Several images (or zips of them) at once: a table with a CSV download."""
+    with st.expander("Predict many images at once (several files or a zip), with a CSV"):
+        uploads = st.file_uploader("Images or zips", type=IMAGE_TYPES + ["zip"], accept_multiple_files=True,
+                                   key="pr_batch")
+        if not uploads or not st.button("Predict them", key="pr_batch_go"):
+            return
+        with tempfile.TemporaryDirectory() as tmp, user_errors():
+            paths = _batch_paths(uploads, Path(tmp))
+            bar = st.progress(0.0, text="Predicting…")
+            batches = predict_many(predictor, paths, topk=topk)
+            while True:
+                try:
+                    done, total = next(batches)
+                    bar.progress(done / total, text=f"Predicting… {done}/{total} images")
+                except StopIteration as finished:
+                    rows = finished.value
+                    break
+            names = {p: Path(p).relative_to(tmp).as_posix() for p in paths}
+        table = pd.DataFrame([[names[r.path], *r.csv_fields()[1:]] for r in rows], columns=CSV_HEADER)
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.download_button("Download the CSV", table.to_csv(index=False), file_name="predictions.csv",
+                           mime="text/csv", key="pr_batch_csv")
+
+
 def main() -> None:
     st.title("4 · Prediction")
     st.caption("Upload an image or take a snapshot; the model preprocesses it exactly as in evaluation.")
@@ -105,6 +151,7 @@ def main() -> None:
     topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
     st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
                f"classes: {', '.join(predictor.classes)}")
+    render_batch(predictor, min(topk, n))
     show_prediction(predictor, get_image(), min(topk, n))
 
 

@@ -69,6 +69,9 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                                                     "cosine: down to 0 over the epochs.")
     patience = c2.number_input("Stop early after epochs without a better accuracy (0: never)", 0, 50,
                                DEFAULTS.patience, key="tr_patience")
+    weighted = c3.checkbox("Class-weighted loss (imbalanced classes)", value=DEFAULTS.class_weights,
+                           key="tr_class_weights", help="Each class's loss is weighted by its inverse frequency in "
+                                                         "the training list; the weights are shown with the run.")
     weights = resolve_weights_file(arch, {**state, "weights_mode": "pretrained" if pretrained else "scratch"})
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
@@ -80,7 +83,7 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
                        num_workers=workers, flip=flip, letterbox=letterbox, feature_cache=feature_cache,
                        train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes),
-                       schedule=schedule, patience=int(patience))
+                       schedule=schedule, patience=int(patience), class_weights=weighted)
 
 
 def start(cfg: TrainConfig) -> None:
@@ -118,6 +121,9 @@ def live_view(run_path: Path, was_running: bool) -> None:
                        f"{start_record.train_size} train / {start_record.test_size} test images · "
                        f"{start_record.trainable_params:,} trainable parameters · weights: "
                        f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
+            if start_record.class_weights:
+                st.caption("Class-weighted loss: " + ", ".join(
+                    f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)))
     with head[1]:
         if info.status == "queued":
             if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):

@@ -244,3 +244,30 @@ def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
     assert not at.exception
     lrs = [e.lr for e in read_records(runs_dir() / name).epochs]
     assert lrs[0] == 1e-3 and lrs[1] < lrs[0]  # the cosine schedule, recorded per epoch
+
+
+def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, lite0_file, colour_data):
+    import io
+    import zipfile
+
+    from core.config import TrainConfig
+    from core.train import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
+    stars = sorted((small_demo / "star").iterdir())[:3]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted((small_demo / "circle").iterdir())[:2]:
+            z.write(p, f"circles/{p.name}")
+    at = open_page(app(), "pages/prediction.py")
+    uploads = [(p.name, p.read_bytes(), "image/jpeg") for p in stars] + [("c.zip", buf.getvalue(), "application/zip")]
+    at.file_uploader(key="pr_batch").upload(*uploads[0])
+    for upload in uploads[1:]:
+        at.file_uploader(key="pr_batch").upload(*upload)
+    at.run()
+    at.button(key="pr_batch_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert len(table) == 5 and list(table.columns) == ["path", "top_class", "probability", "topk", "error"]
+    assert sum(table["top_class"] == "star") >= 2 and sum(table["top_class"] == "circle") >= 1

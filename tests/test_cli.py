@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import torch
@@ -168,3 +169,21 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, colour_data):
     ]
     for args in cases:
         _one_error_line(run_cli(*args))
+
+
+def test_predict_a_folder_into_a_csv(colour_data, lite0_file, tmp_path):
+    import csv
+
+    assert run_cli("train", "--data", colour_data, "--arch", "efficientnet_lite0", "--epochs", "8", "--lr", "0.05",
+                   "--batch-size", "4", "--out", tmp_path / "run").returncode == 0
+    (colour_data / "red" / "broken.png").write_bytes(b"not an image")
+    result = run_cli("predict", tmp_path / "run", colour_data, "--csv", tmp_path / "out.csv", "--topk", "2")
+    assert result.returncode == 0, result.stderr
+    assert "21 images predicted" in result.stdout and "1 could not be read" in result.stdout
+    rows = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    assert len(rows) == 21 and set(rows[0]) == {"path", "top_class", "probability", "topk", "error"}
+    readable = [r for r in rows if not r["error"]]
+    right = sum(Path(r["path"]).parent.name == r["top_class"] for r in readable)
+    assert right >= 18, [(r["path"], r["top_class"]) for r in readable]
+    assert all(len(r["topk"].split("; ")) == 2 for r in readable)
+    assert [r for r in rows if r["error"]][0]["path"].endswith("broken.png")

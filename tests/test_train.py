@@ -291,3 +291,31 @@ def test_early_stopping_ends_the_run_as_completed_with_the_reason(colour_data, l
 def test_a_config_with_an_unknown_schedule_is_refused():
     with pytest.raises(ConfigError, match="allowed: none, step, cosine"):
         TrainConfig(schedule="exponential", data_root="x").validate()
+
+
+def test_class_weights_are_inverse_frequency_and_shown_in_the_start_record(tmp_path, lite0_file):
+    from tests.conftest import make_colour_dataset
+
+    root = make_colour_dataset(tmp_path / "imbalanced", per_class=10, classes=("blue",))
+    make_colour_dataset(root, per_class=40, classes=("red",), seed=1)
+    records = list(train(_config(root, arch="efficientnet_lite0", weights=str(lite0_file), epochs=1,
+                                 class_weights=True), tmp_path / "run"))
+    start = records[0]
+    assert start.class_weights == pytest.approx([30 / (2 * 6), 30 / (2 * 24)])  # 6 blue and 24 red in train
+    assert records[-1].status == "completed"
+    plain = list(train(_config(root, arch="efficientnet_lite0", weights=str(lite0_file), epochs=1),
+                       tmp_path / "plain"))
+    assert plain[0].class_weights is None
+    assert records[-1].best_acc is not None
+
+
+def test_a_strongly_imbalanced_dataset_is_warned_about(tmp_path):
+    from core.split import split_dataset
+    from tests.conftest import make_colour_dataset
+
+    root = make_colour_dataset(tmp_path / "d", per_class=3, classes=("blue",))
+    make_colour_dataset(root, per_class=10, classes=("red",), seed=1)
+    assert any("strongly imbalanced: 10 images in the largest, 3" in w for w in split_dataset(root).warnings)
+    make_colour_dataset(tmp_path / "e", per_class=3, classes=("blue",))
+    make_colour_dataset(tmp_path / "e", per_class=9, classes=("red",), seed=1)
+    assert not any("imbalanced" in w for w in split_dataset(tmp_path / "e").warnings)  # 3× is not over 3×
