@@ -256,6 +256,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    path, side = export(args.run, args.format, args.out)
+    print(f"exported {args.format}: {path}\nsidecar (classes, input size, preprocessing): {side}")
+    return 0
+
+
 def _predict_folder(predictor, args) -> int:
     """Every image under a folder: one CSV row each (to --csv, or to the console)."""
     import csv
@@ -332,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
     p.add_argument("--head-variant", help="for a bare vgg16 state dict: replace, add_outside or add_inside")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's best model (TorchScript or ONNX) with a JSON sidecar")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", help="the model file (default: model_<arch>.pt / .onnx in the run folder)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="generate the synthetic-shapes demo dataset")
     p.add_argument("out")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import UserError
+from core.export import export_bytes
 from core.images import open_image
 from core.predict import CSV_HEADER, Predictor, checkpoint_path, image_files, predict_many
 from core.rundir import best_completed, list_runs
@@ -117,6 +118,22 @@ def _batch_paths(uploads, folder: Path) -> list[str]:
     return paths
 
 
+def render_export(run) -> None:
+    """TorchScript or ONNX files of this run's model, each with its JSON sidecar, to download."""
+    with st.expander("Export the model (TorchScript or ONNX, with a JSON sidecar of classes and preprocessing)"):
+        c1, c2 = st.columns(2)
+        for column, fmt, label in ((c1, "torchscript", "TorchScript"), (c2, "onnx", "ONNX")):
+            key = f"pr_export_{fmt}_{run.name}"
+            if column.button(f"Prepare {label}", key=f"pr_prepare_{fmt}"):
+                with tempfile.TemporaryDirectory() as tmp, user_errors(), st.spinner(f"Exporting {label}…"):
+                    st.session_state[key] = export_bytes(run.path, fmt, tmp)
+            if key in st.session_state:
+                model, side, name = st.session_state[key]
+                column.download_button(f"Download {name}", model, file_name=name, key=f"pr_dl_{fmt}")
+                column.download_button(f"Download {name}.json", side, file_name=f"{name}.json",
+                                       mime="application/json", key=f"pr_dl_{fmt}_json")
+
+
 def render_batch(predictor: Predictor, topk: int) -> None:
     """Several images (or zips of them) at once: a table with a CSV download."""
     with st.expander("Predict many images at once (several files or a zip), with a CSV"):
@@ -151,6 +168,7 @@ def main() -> None:
     topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
     st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
                f"classes: {', '.join(predictor.classes)}")
+    render_export(run)
     render_batch(predictor, min(topk, n))
     show_prediction(predictor, get_image(), min(topk, n))
 

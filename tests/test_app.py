@@ -271,3 +271,16 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     table = at.dataframe[0].value
     assert len(table) == 5 and list(table.columns) == ["path", "top_class", "probability", "topk", "error"]
     assert sum(table["top_class"] == "star") >= 2 and sum(table["top_class"] == "circle") >= 1
+
+
+def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0_file):
+    from core.config import TrainConfig
+    from core.train import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=1, num_workers=0), runs_dir() / "run1"))
+    at = open_page(app(), "pages/prediction.py")
+    at.button(key="pr_prepare_onnx").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download model.onnx", "Download model.onnx.json"]
