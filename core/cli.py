@@ -256,6 +256,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .cifar import download_cifar10, import_cifar10
+
+    archive = args.archive or download_cifar10(Path(args.out).parent, progress=_download_line)
+    root = import_cifar10(archive, args.out, progress=lambda done, total: print(f"batch {done}/{total} written",
+                                                                               flush=True))
+    print(f"CIFAR-10 as class folders: {root}/train and {root}/test; list files in {root / 'lists'}")
+    return 0
+
+
+def _download_line(done: int, total: int | None) -> None:
+    if sys.stdout.isatty():
+        print(f"\rdownloading… {done / 1e6:.0f} MB" + (f" of {total / 1e6:.0f} MB" if total else ""), end="",
+              flush=True)
+
+
 def cmd_export(args) -> int:
     from .export import export
 
@@ -346,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     p.add_argument("--out", help="the model file (default: model_<arch>.pt / .onnx in the run folder)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn a known dataset into class folders and list files (CIFAR-10)")
+    p.add_argument("dataset", choices=["cifar10"])
+    p.add_argument("--archive", help="the local cifar-10-python.tar.gz (default: download it, with its MD5 checked)")
+    p.add_argument("--out", required=True, help="a new folder for the class folders and list files")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="generate the synthetic-shapes demo dataset")
     p.add_argument("out")

@@ -10,12 +10,12 @@ from core.errors import UserError
 from core.images import open_image
 from core.settings import settings
 from core.split import split_dataset, write_split
-from core.uploads import download_dataset, extract_zip
+from core.uploads import download_dataset, extract_zip, unique_folder
 from core.workspace import allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir
 from pages.charts import class_counts_chart, download_progress
 from pages.common import data_root, demo_root, load_state, save_state, split_summary, user_errors
 
-SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip"]
+SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
 
 
 def use_root(path) -> None:
@@ -75,6 +75,24 @@ def download_zip() -> None:
         use_root(path)
 
 
+def import_cifar() -> None:
+    """The tutorial's VGG16 example: CIFAR-10 from a local archive, or downloaded (170 MB, needs network)."""
+    st.caption("CIFAR-10 (10 classes of 32×32 photos) becomes class folders with the archive's own train/test "
+               "split, as in the tutorial's VGG16 example.")
+    typed = st.text_input("A local cifar-10-python.tar.gz (optional)", key="ds_cifar_path",
+                          help="Inside the allowed folders (TLD_ALLOWED_ROOTS). Leave empty to download it.")
+    if st.button("Import CIFAR-10", key="ds_cifar"):
+        from core.cifar import download_cifar10, import_cifar10
+
+        with user_errors():
+            archive = check_allowed(typed) if typed else download_cifar10(datasets_dir(), download_progress())
+            bar = st.progress(0.0, text="Writing the images…")
+            root = import_cifar10(archive, unique_folder(datasets_dir(), "cifar10"),
+                                  progress=lambda done, total: bar.progress(done / total,
+                                                                            text=f"Batch {done}/{total} written"))
+        use_root(root)
+
+
 def render_choose_data(root: str) -> None:
     with st.expander("Choose the data", expanded=False):
         source = st.radio("Source", SOURCES, horizontal=True, key="ds_source")
@@ -84,8 +102,10 @@ def render_choose_data(root: str) -> None:
             pick_folder(root)
         elif source == SOURCES[2]:
             upload_zip()
-        else:
+        elif source == SOURCES[3]:
             download_zip()
+        else:
+            import_cifar()
 
 
 def render_split_settings(state: dict) -> tuple[float, int]:
