@@ -10,6 +10,7 @@ from .errors import ConfigError
 
 DEFAULT_TRAIN_RATIO = 0.6
 SCHEDULES = ("none", "step", "cosine")
+AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
 FREEZE_MODES = {
     "head": "only the new head trains (the tutorial's fine-tuning)",
     "all": "every layer trains",
@@ -48,7 +49,12 @@ class TrainConfig:
     seed: int = _opt(0, "sets the split, the new head's initialisation and the data order")
     num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass)")
+    flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass); "
+                             "the same as --augment flip")
+    augment: str = _opt("none", "augmentation preset while training: none, flip, crop+flip (the PyTorch tutorial's "
+                                "RandomResizedCrop + horizontal flip) or letterbox+flips (the recipe's letterbox with "
+                                "horizontal and vertical flips); any but none needs the full forward pass",
+                        choices=AUGMENTATIONS)
     letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
                                   "resize + centre crop")
     feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
@@ -83,6 +89,10 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be ≥ 0, got {self.weight_decay}")
         if not 0 < self.train_ratio < 1:
             raise ConfigError(f"train ratio must be between 0 and 1, got {self.train_ratio}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation '{self.augment}' does not exist; allowed: {', '.join(AUGMENTATIONS)}")
+        if self.flip and self.augment not in ("none", "flip"):
+            raise ConfigError(f"--flip and --augment {self.augment} say different things; give one of them")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule '{self.schedule}' does not exist; allowed: {', '.join(SCHEDULES)}")
         if int(self.step_size) < 1 or not 0 < self.gamma <= 1 or int(self.patience) < 0:
@@ -93,6 +103,15 @@ class TrainConfig:
         if (self.data_root is None) == (self.lists_dir is None):
             raise ConfigError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
         return self
+
+    @property
+    def augmentation(self) -> str:
+        """The preset in effect (``flip`` is the older spelling of ``augment flip``)."""
+        return "flip" if self.flip else self.augment
+
+    @property
+    def uses_letterbox(self) -> bool:
+        return self.letterbox or self.augmentation == "letterbox+flips"
 
     @property
     def pretrained(self) -> bool:

@@ -54,13 +54,14 @@ class Preprocess:
     training and the tutorial's letterbox. Takes an RGB PIL image or a (3, H, W) uint8 tensor."""
 
     def __init__(self, pre, *, train: bool = False, flip: bool = False, vflip: bool = False,
-                 letterbox: bool = False, normalize: bool = True):
+                 letterbox: bool = False, normalize: bool = True, random_crop: bool = False):
         self.crop = pre.crop_size[0]
         self.resize = pre.resize_size[0]
         self.mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic") else "bilinear"
         self.mean = torch.tensor(pre.mean).view(3, 1, 1)
         self.std = torch.tensor(pre.std).view(3, 1, 1)
         self.hflip, self.vflip = train and flip, train and vflip
+        self.random_crop = train and random_crop
         self.letterbox = Letterbox(self.crop) if letterbox else None
         self.normalize = normalize
 
@@ -68,6 +69,8 @@ class Preprocess:
         if self.letterbox is not None:
             image = self.letterbox(image if isinstance(image, Image.Image) else _to_pil(image.cpu()))
             x = to_uint8_tensor(image).float()
+        elif self.random_crop:
+            x = self._random_resized_crop(to_uint8_tensor(image))
         else:
             x = self._resize_and_crop(to_uint8_tensor(image))  # on the GPU when the image is there
         x = x / 255.0
@@ -88,8 +91,17 @@ class Preprocess:
             top, left = max(top, 0), max(left, 0)
         return x[:, top:top + self.crop, left:left + self.crop]
 
+    def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3), then the crop size."""
+        from torchvision.transforms import RandomResizedCrop
+
+        top, left, h, w = RandomResizedCrop.get_params(x, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+        part = x[None, :, top:top + h, left:left + w].float()
+        out = F.interpolate(part, size=(self.crop, self.crop), mode=self.mode, antialias=True, align_corners=False)
+        return out[0].clamp_(0, 255).round_()
+
     def __repr__(self) -> str:
-        return (f"Preprocess(resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
+        return (f"Preprocess(random_crop={self.random_crop}, resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
                 f"std={self.std.flatten().tolist()}, hflip={self.hflip}, vflip={self.vflip}, letterbox={self.letterbox}, "
                 f"normalize={self.normalize})")
 
@@ -99,10 +111,25 @@ def _to_pil(x: torch.Tensor) -> Image.Image:
 
 
 def build_transform(weights_transform, *, train: bool = False, flip: bool = False,
-                    letterbox: bool = False, normalize: bool = True, vflip: bool = False) -> Preprocess:
+                    letterbox: bool = False, normalize: bool = True, vflip: bool = False,
+                    random_crop: bool = False) -> Preprocess:
     """Preprocessing taken from the weights (resize, crop, mean/std), plus opt-in options."""
     return Preprocess(weights_transform, train=train, flip=flip, vflip=vflip, letterbox=letterbox,
-                      normalize=normalize)
+                      normalize=normalize, random_crop=random_crop)
+
+
+AUGMENTATION_OPTIONS = {
+    "none": {},
+    "flip": {"flip": True},
+    "crop+flip": {"random_crop": True, "flip": True},
+    "letterbox+flips": {"letterbox": True, "flip": True, "vflip": True},
+}
+
+
+def training_transform(weights_transform, augmentation: str, *, letterbox: bool = False) -> Preprocess:
+    """The training preprocessing of an augmentation preset (core.config.AUGMENTATIONS)."""
+    options = {"letterbox": letterbox, **AUGMENTATION_OPTIONS[augmentation]}
+    return build_transform(weights_transform, train=True, **options)
 
 
 # ----------------------------------------------------------------------------- dataset

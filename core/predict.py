@@ -76,7 +76,7 @@ class Predictor:
         # Folding BatchNorm pays off over many images (the page keeps its predictor); tracing the model
         # for it costs more than it saves on a single one (the CLI's cold predict).
         model = inference_copy(model.to(device)) if fold else to_channels_last(model.to(device).eval())
-        transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.letterbox)
+        transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.uses_letterbox)
         return cls(model, classes, transform, cfg, epoch, source)
 
     @classmethod

@@ -31,7 +31,7 @@ from .accel import (as_input, configure_device, inference_batch_size, inference_
                     SGD, skip_dynamo_import, to_channels_last)
 from .archs import get_arch
 from .config import TrainConfig
-from .data import ListDataset, build_transform, collate_skipping_unreadable
+from .data import ListDataset, build_transform, collate_skipping_unreadable, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .errors import RunError, UserError
 from .features import Features as HeadInputs
@@ -156,9 +156,10 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     weights_tf = get_arch(cfg.arch).transforms()
     return Setup(cfg, run, device, split, model, report,
-                 eval_tf=build_transform(weights_tf, letterbox=cfg.letterbox),
-                 train_tf=build_transform(weights_tf, train=True, flip=cfg.flip, letterbox=cfg.letterbox),
-                 autocast=autocast, use_cache=cfg.feature_cache and cfg.freeze == "head" and not cfg.flip,
+                 eval_tf=build_transform(weights_tf, letterbox=cfg.uses_letterbox),
+                 train_tf=training_transform(weights_tf, cfg.augmentation, letterbox=cfg.uses_letterbox),
+                 autocast=autocast,
+                 use_cache=cfg.feature_cache and cfg.freeze == "head" and cfg.augmentation == "none",
                  threads=threads, workers=workers, world=world)
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.archs import get_arch
+from core.config import AUGMENTATIONS
+from core.data import training_transform
 from core.errors import UserError
 from core.images import open_image
 from core.settings import settings
@@ -173,6 +176,27 @@ def render_samples(result: dict) -> None:
             st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")
 
 
+def render_augmentation_preview(result: dict) -> None:
+    """A few random augmentations of one image, as the training loader would draw them."""
+    with st.expander("Preview the augmentations"):
+        paths = [p for p, _ in result["train"]][:200]
+        if not paths:
+            return
+        c1, c2 = st.columns(2)
+        preset = c1.selectbox("Augmentation", AUGMENTATIONS[1:], key="ds_aug")
+        path = c2.selectbox("Image", paths, key="ds_aug_image", format_func=lambda p: Path(p).name)
+        arch = load_state()["arch"] or "efficientnet_lite0"
+        transform = training_transform(get_arch(arch).transforms(), preset)
+        transform.normalize = False  # show pixels, not the model's normalised input
+        try:
+            image = open_image(path)
+        except UserError as exc:
+            st.error(str(exc))
+            return
+        samples = [transform(image).clamp(0, 1).permute(1, 2, 0).numpy() for _ in range(6)]
+        st.image(samples, width=112, caption=[f"draw {i + 1}" for i in range(6)])
+
+
 def render_lists(root: str, ratio: float, seed: int, summary: dict) -> None:
     st.subheader("List files")
     out_dir = lists_dir_for(root)
@@ -204,6 +228,7 @@ def main() -> None:
         result = split_summary(root, ratio, seed)
     render_counts(result["summary"])
     render_samples(result)
+    render_augmentation_preview(result)
     render_lists(root, ratio, seed, result["summary"])
 
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
-from core.config import FREEZE_MODES, SCHEDULES, TrainConfig
+from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
 from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
@@ -42,7 +42,11 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     freeze = c2.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
                       key="tr_freeze", format_func=lambda m: FREEZE_MODES[m], on_change=_sync("freeze", "tr_freeze"))
     with c3:
-        flip = st.checkbox("Random horizontal flip", value=DEFAULTS.flip, key="tr_flip")
+        augment = st.selectbox("Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(DEFAULTS.augment),
+                               key="tr_augment", help="crop+flip: the PyTorch tutorial's RandomResizedCrop + flip; "
+                                                      "letterbox+flips: the recipe's. Any augmentation trains "
+                                                      "through the full forward pass (no feature cache). The Dataset "
+                                                      "page previews them.")
         letterbox = st.checkbox("Letterbox (the tutorial's preprocessing)", value=DEFAULTS.letterbox,
                                 key="tr_letterbox")
         feature_cache = st.checkbox("Cache backbone features when the body is frozen", value=DEFAULTS.feature_cache,
@@ -81,7 +85,7 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                 "Choose 'every layer trains' for a real from-scratch baseline.")
     return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
-                       num_workers=workers, flip=flip, letterbox=letterbox, feature_cache=feature_cache,
+                       num_workers=workers, augment=augment, letterbox=letterbox, feature_cache=feature_cache,
                        train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes),
                        schedule=schedule, patience=int(patience), class_weights=weighted)
 

@@ -284,3 +284,10 @@ def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0
     assert not at.exception and not at.error, [e.value for e in at.error]
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Download model.onnx", "Download model.onnx.json"]
+
+
+def test_dataset_page_previews_augmented_samples(small_demo):
+    at = open_page(app(), "pages/dataset.py")
+    at.selectbox(key="ds_aug").set_value("crop+flip").run()
+    assert not at.exception and not at.error
+    assert len(at.get("image")) == 5 + 1  # a row of thumbnails per class, and the row of augmented draws

@@ -319,3 +319,29 @@ def test_a_strongly_imbalanced_dataset_is_warned_about(tmp_path):
     make_colour_dataset(tmp_path / "e", per_class=3, classes=("blue",))
     make_colour_dataset(tmp_path / "e", per_class=9, classes=("red",), seed=1)
     assert not any("imbalanced" in w for w in split_dataset(tmp_path / "e").warnings)  # 3× is not over 3×
+
+
+@pytest.mark.parametrize("preset", ["flip", "crop+flip", "letterbox+flips"])
+def test_augmentation_presets_train_through_the_full_forward_pass(preset, colour_data, lite0_file, tmp_path):
+    records = list(train(_config(colour_data, arch="efficientnet_lite0", weights=str(lite0_file), epochs=1,
+                                 augment=preset), tmp_path / "run"))
+    assert records[0].feature_path == "full forward" and records[-1].status == "completed"
+
+
+def test_augmentation_presets_draw_different_inputs_of_the_right_size():
+    from core.archs import get_arch
+    from core.data import training_transform
+    from PIL import Image
+
+    image = Image.new("RGB", (300, 200))
+    image.paste((255, 0, 0), (0, 0, 150, 200))  # left half red: a flip or a crop changes what is where
+    pre = get_arch("efficientnet_lite0").transforms()
+    for preset in ("flip", "crop+flip", "letterbox+flips"):
+        transform = training_transform(pre, preset)
+        draws = [transform(image) for _ in range(12)]
+        assert all(d.shape == (3, 224, 224) for d in draws)
+        assert len({round(float(d[0].mean()), 3) for d in draws} | {tuple(d[0, 112, :5].tolist()) for d in draws}) > 1
+    still = training_transform(pre, "none")
+    assert torch.equal(still(image), still(image))
+    with pytest.raises(ConfigError, match="say different things"):
+        TrainConfig(flip=True, augment="crop+flip", data_root="x").validate()
