@@ -70,7 +70,6 @@ def get_image():
     source = upload or snapshot
     if source is None:
         st.info("Upload an image (png, jpg, webp, bmp) or take a snapshot to see the class probabilities.")
-        st.stop()
     return source
 
 
@@ -82,7 +81,7 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
         probs = predictor.probabilities(image)
     except UserError as exc:
         st.error(str(exc))
-        st.stop()
+        return
     values, indices = probs.topk(topk)
     table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
     left, right = st.columns([2, 3])
@@ -168,9 +167,11 @@ def main() -> None:
     topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
     st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
                f"classes: {', '.join(predictor.classes)}")
-    render_export(run)
+    source = get_image()
+    if source is not None:
+        show_prediction(predictor, source, min(topk, n))
     render_batch(predictor, min(topk, n))
-    show_prediction(predictor, get_image(), min(topk, n))
+    render_export(run)
 
 
 main()
