@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from .config import DEFAULT_TRAIN_RATIO
 from .errors import DatasetError
@@ -54,7 +55,7 @@ def _unwritable_reason(path: str) -> str | None:
 
 OUTSIDE = "links outside the allowed folders"
 BROKEN = "broken link: what it points to does not exist"
-Roots = "tuple[Path, ...] | None"
+Roots = Optional[tuple[Path, ...]]  # the allowed roots that confine the scan; None: the CLI, unconfined
 
 
 def _link_problem(path: str, allowed: Roots) -> str | None:

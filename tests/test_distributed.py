@@ -1,5 +1,6 @@
 """The same trainer under torchrun (DDP, gloo on the CPU): 2 processes on the generated shapes dataset."""
 import json
+from contextlib import contextmanager
 import os
 import signal
 import subprocess
@@ -86,22 +87,29 @@ def _rank_pid(run: Path, rank: int) -> int | None:
     return None
 
 
-def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
-    run = tmp_path / "killed"
+@contextmanager
+def long_run(shapes, run: Path):
+    """A 2-process, all-layers run long enough to act on after its first epoch; killed on the way out."""
     proc = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "50", "--freeze", "all",
                     "--out", run, wait=False)
     try:
         assert wait_until(lambda: (run / "metrics.jsonl").exists() and read_records(run).epochs, 180)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
+    run = tmp_path / "killed"
+    with long_run(shapes, run):
         pid = _rank_pid(run, 1)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: read_status(RunDir(run))[0] == "failed", 120), read_status(RunDir(run))
         status, reason = read_status(RunDir(run))
         assert reason, "a failed run must say why"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, monkeypatch, lite0_file):
@@ -123,17 +131,10 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
 
 def test_stop_reaches_every_rank_at_the_same_batch(shapes, tmp_path):
     run = tmp_path / "stopped"
-    proc = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "50", "--freeze", "all",
-                    "--out", run, wait=False)
-    try:
-        assert wait_until(lambda: (run / "metrics.jsonl").exists() and read_records(run).epochs, 180)
+    with long_run(shapes, run) as proc:
         RunDir(run).request_stop()
         assert wait_until(lambda: proc.poll() is not None, 120)  # every rank ended: none waits in a collective
         records = read_records(run)
         assert records.final.status == "stopped" and read_status(RunDir(run))[0] == "stopped"
         assert 1 <= records.final.epochs_completed < 50
         assert not list(run.glob("error-rank*.txt"))
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
