@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .data import (DeferredJpegDataset, GpuJpegDecoder, ListDataset, _needs_pil, collate_deferred,
                    collate_skipping_unreadable)
 from .errors import UserError
-from .io import atomic_torch_save
+from .io import atomic_torch_save, torch_load_tensors
 from .settings import settings
 
 
@@ -174,7 +174,7 @@ def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
     if path is None or not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load_tensors(path)
         features = Features(data["features"], data["labels"], data["indices"], int(data["skipped"]))
         os.utime(path)  # mark as recently used for pruning
         return features

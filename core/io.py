@@ -108,6 +108,21 @@ def atomic_torch_save(obj, path) -> None:
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
+def torch_load_tensors(source):
+    """``torch.load`` with ``weights_only=True`` onto the CPU, for files that may be damaged or foreign.
+
+    torch warns about odd pickle protocols before it fails on such a file; the callers turn every
+    failure into one message of their own, so that warning would only be noise (and a second line
+    on the CLI's stderr)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def append_jsonl(path, record: dict) -> None:
     try:
         with open(path, "a", encoding="utf-8") as f:

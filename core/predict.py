@@ -14,6 +14,7 @@ from .config import TrainConfig
 from .data import build_transform
 from .errors import RunError, UserError
 from .images import ImageSource, open_image
+from .io import torch_load_tensors
 from .rundir import RunDir
 from .surgery import adapt_model
 from .weights import load_state_dict_file
@@ -33,7 +34,7 @@ def checkpoint_path(run_or_file: str | os.PathLike) -> Path:
 
 def _read_checkpoint(path: Path) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load_tensors(path)
     except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file
         raise RunError(f"'{path}' is damaged or not a checkpoint: it cannot be read "
                        f"({type(exc).__name__})") from None

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .errors import WeightsError
-from .io import DiskFull, atomic_file, atomic_write_bytes
+from .io import DiskFull, atomic_file, atomic_write_bytes, torch_load_tensors
 from .settings import settings
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
@@ -61,7 +61,7 @@ def load_state_dict_file(path: str | os.PathLike | bytes, name: str | None = Non
             raise WeightsError(f"weights file '{path}' does not exist")
         source = path
     try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
+        obj = torch_load_tensors(source)
     except pickle.UnpicklingError as exc:
         blocked = re.search(r"GLOBAL ([\w.]+)|reduce for ([\w.]+)", str(exc))
         if blocked:
