@@ -206,6 +206,15 @@ class ArchSpec:
     variants: tuple[HeadVariant, ...] = (REPLACE,)
     hub_file_names: tuple[str, ...] = ()  # names under torch hub's checkpoints folder, newest first
     summary: str = ""
+    # Freeze mode 'last_block' trains these modules with the head; the first one is where the
+    # frozen part's output enters them (what that mode caches).
+    last_stage: tuple[str, ...] = ()
+    cam_layer: str = ""  # the last spatial layer, which Grad-CAM explains
+
+    @property
+    def cut(self) -> str:
+        """The module whose input is the frozen part's output in freeze mode 'last_block'."""
+        return self.last_stage[0]
 
     def variant(self, name: str | None) -> HeadVariant:
         if name is None:
@@ -244,6 +253,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             head="fc",
             hub_file_names=("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
             summary="ResNet-18, 11.7 M parameters, head fc (512 → 1000)",
+            last_stage=("layer4",),
+            cam_layer="layer4",
         ),
         ArchSpec(
             name="vgg16",
@@ -253,6 +264,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             variants=(REPLACE, ADD_OUTSIDE, ADD_INSIDE),
             hub_file_names=("vgg16-397923af.pth",),
             summary="VGG-16, 138 M parameters, head classifier[6] (4096 → 1000)",
+            last_stage=tuple(f"features.{i}" for i in range(24, 31)),  # the fifth conv block: 3 convs, ReLUs, pool
+            cam_layer="features.29",  # the last conv block's last ReLU, before its pooling
         ),
         ArchSpec(
             name="efficientnet_lite0",
@@ -260,6 +273,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             weights=EFFICIENTNET_LITE0_WEIGHTS,
             head="_fc",
             summary="EfficientNet-Lite0, 4.7 M parameters, head _fc (1280 → 1000); weights ship with pip",
+            last_stage=("_blocks.15", "_conv_head", "_bn1"),  # the last MBConv stage (one block) and the 1×1 head conv
+            cam_layer="_bn1",
         ),
     )
 }

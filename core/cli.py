@@ -221,9 +221,10 @@ def cmd_train(args) -> int:
     _check_data(cfg)
     world = world_from_env()  # several processes when started by torchrun
     start(world)
-    if not cfg.pretrained and cfg.freeze == "head" and world.main:
-        print("warning: random weights with a frozen body train only a linear layer on random features; "
-              "use --freeze all for a real from-scratch baseline, or --weights pretrained", file=sys.stderr)
+    if not cfg.pretrained and cfg.body_partly_fixed and world.main:
+        print(f"warning: random weights with a frozen body (--freeze {cfg.freeze}) train on top of layers that "
+              "never learn; use --freeze all for a real from-scratch baseline, or --weights pretrained",
+              file=sys.stderr)
     out = broadcast(str(args.out or new_run_dir(runs_dir(), run_label(cfg))) if world.main else None, world)
     cache = None if args.no_cache else (args.cache_dir or cache_dir())
     if world.main:
@@ -249,11 +250,29 @@ def cmd_predict(args) -> int:
     else:
         predictor = Predictor.load(args.run, fold=not Path(args.image).is_file())
     if Path(args.image).is_dir():
+        if args.cam:
+            raise ConfigError("--cam explains one image; give an image file, not a folder")
         return _predict_folder(predictor, args)
     top = predictor.predict(args.image, topk=args.topk)
-    print(json.dumps({"image": str(args.image), "model": predictor.source,
-                      "predictions": [{"class": c, "probability": p} for c, p in top]}, indent=2))
+    result = {"image": str(args.image), "model": predictor.source,
+              "predictions": [{"class": c, "probability": p} for c, p in top]}
+    if args.cam:
+        result["cam"] = _write_cam(predictor, args)
+    print(json.dumps(result, indent=2))
     return 0
+
+
+def _write_cam(predictor, args) -> dict:
+    """The Grad-CAM overlay of the top class (or --cam-class) as a PNG; what it shows, for the JSON."""
+    from .explain import class_index, explain
+    from .io import atomic_file
+
+    if Path(args.cam).suffix.lower() != ".png":
+        raise ConfigError(f"--cam writes a PNG; give a file name ending in .png, not '{args.cam}'")
+    explanation = explain(predictor, args.image, class_index(predictor.classes, args.cam_class))
+    with atomic_file(args.cam) as f:
+        explanation.overlay().save(f, format="PNG")
+    return {"file": str(args.cam), "class": explanation.class_name, "probability": explanation.probability}
 
 
 def cmd_import(args) -> int:
@@ -355,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth)")
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
     p.add_argument("--head-variant", help="for a bare vgg16 state dict: replace, add_outside or add_inside")
+    p.add_argument("--cam", metavar="OUT.png", help="with one image: write its Grad-CAM overlay (where the evidence "
+                                                     "for the class lies) over the image as the model saw it")
+    p.add_argument("--cam-class", help="with --cam: explain this class instead of the predicted one")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run's best model (TorchScript or ONNX) with a JSON sidecar")

@@ -13,6 +13,7 @@ SCHEDULES = ("none", "step", "cosine")
 AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
 FREEZE_MODES = {
     "head": "only the new head trains (the tutorial's fine-tuning)",
+    "last_block": "the body's last stage and the head train",
     "all": "every layer trains",
 }
 
@@ -29,13 +30,17 @@ class TrainConfig:
     arch: str = _opt("resnet18", "architecture: resnet18, vgg16 or efficientnet_lite0")
     head_variant: str | None = _opt(None, "how the head is adapted: replace (default), or for vgg16 add_outside / "
                                           "add_inside", aliases=("--vgg-variant",))
-    freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); all: every layer trains",
+    freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); last_block: the body's "
+                               "last stage and the head train; all: every layer trains",
                        choices=tuple(FREEZE_MODES))
     weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
                                flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
     epochs: int = _opt(5, "passes over the training list")
     batch_size: int = _opt(8, "images per optimiser step")
     lr: float = _opt(1e-3, "SGD learning rate")
+    body_lr_factor: float = _opt(0.1, "the body's layers that train (freeze last_block or all) use lr × this factor "
+                                      "when they start from pretrained weights, so fine-tuning does not wreck them "
+                                      "(1: one rate for all); from scratch every layer uses lr")
     momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)")
     weight_decay: float = _opt(0.0, "SGD weight decay")
     schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
@@ -83,6 +88,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 < self.body_lr_factor <= 1:
+            raise ConfigError(f"body learning-rate factor must be in (0, 1], got {self.body_lr_factor}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -112,6 +119,11 @@ class TrainConfig:
     @property
     def uses_letterbox(self) -> bool:
         return self.letterbox or self.augmentation == "letterbox+flips"
+
+    @property
+    def body_partly_fixed(self) -> bool:
+        """Part of the body is frozen (freeze head or last_block): its output can be computed once and cached."""
+        return self.freeze != "all"
 
     @property
     def pretrained(self) -> bool:

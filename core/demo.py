@@ -44,13 +44,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def draw_shape(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE) -> Image.Image:
+    return draw_shape_with_mask(shape, rng, size)[0]
+
+
+def draw_shape_with_mask(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE
+                         ) -> tuple[Image.Image, Image.Image]:
+    """A demo picture and its shape's mask ("L": 255 inside the shape), for checking where a heat map points."""
     width, height = (size, size) if isinstance(size, int) else size
     short = min(width, height)
     noise = np.random.default_rng(rng.randrange(2**32))
     base = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
     background = np.clip(base + noise.normal(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(background).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
-    draw = ImageDraw.Draw(img)
+    mask = Image.new("L", (width, height), 0)
+    draw, draw_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     # Keep shapes inside the centre crop that resize(256)+crop(224) leaves of the picture.
     r = rng.uniform(short * 0.12, short * 0.3)
     cx = rng.uniform((width - short) / 2 + short * 0.08 + r, (width + short) / 2 - short * 0.08 - r)
@@ -58,9 +65,12 @@ def draw_shape(shape: str, rng: random.Random, size: int | tuple[int, int] = IMA
     colour = tuple(int((c + rng.randrange(80, 176)) % 256) for c in base)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        draw_mask.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=colour)
-    return img
+        outline = _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
+        draw.polygon(outline, fill=colour)
+        draw_mask.polygon(outline, fill=255)
+    return img, mask
 
 
 def generate_demo(dest: str | os.PathLike, *, per_class: tuple[int, int] = (40, 60), seed: int = 0) -> Path:

@@ -1,8 +1,10 @@
-"""Cached backbone features: when only the head trains and inputs are fixed, compute the
-head's inputs once and train the head on them.
+"""Cached backbone features: when the front of the model is frozen and inputs are fixed, compute
+the frozen part's output once and train what follows on it.
 
-The head's input is captured with a forward pre-hook, so the same code works for every
-head in the architecture table (``fc``, ``classifier.6``, ``add_Linear``, ``_fc``).
+With freeze 'head' that output is what the head receives; with freeze 'last_block' it is what
+the body's last stage receives (the architecture table's ``cut``). It is captured with a
+forward pre-hook, so the same code works for every module in the table (``fc``,
+``classifier.6``, ``add_Linear``, ``_fc``, ``layer4``, ``features.24``, ``_blocks.15``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .settings import settings
 
 @dataclass
 class Features:
-    features: torch.Tensor  # (n, d), on the CPU
+    features: torch.Tensor  # (n, …): what the cut module receives, one row per image, on the CPU
     labels: torch.Tensor
     indices: torch.Tensor  # positions in the list file; unreadable images are absent
     skipped: int
@@ -42,20 +44,27 @@ def _file_stamp(path: str) -> list:
 
 
 def feature_cache_key(*, arch: str, head_variant: str, weights: str | None, transform: str,
-                      samples: list[tuple[str, int]], precision: str = "fp32") -> str:
-    """Changes when any image, the weights file, the architecture, the preprocessing or the precision changes."""
+                      samples: list[tuple[str, int]], precision: str = "fp32", cut: str | None = None) -> str:
+    """Changes when any image, the weights file, the architecture, the preprocessing, the precision or
+    the module whose input is cached (``cut``; None: the head) changes."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([arch, head_variant, _file_stamp(weights) if weights else None, transform,
+    head_or_cut = [arch, head_variant] if cut is None else [arch, head_variant, cut]  # old keys stay valid
+    digest.update(json.dumps([*head_or_cut, _file_stamp(weights) if weights else None, transform,
                               precision]).encode())
     for path, label in samples:
         digest.update(json.dumps([_file_stamp(path), label]).encode())
     return digest.hexdigest()[:32]
 
 
-def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *, device,
-                        batch_size: int = 32, num_workers: int = 0, autocast=nullcontext,
-                        gpu_decode: bool | None = None) -> Iterator[int]:
-    """Run the frozen model once over ``samples`` and keep what its head receives.
+class _Captured(Exception):
+    """Raised by the capturing hook: nothing after the cut needs computing."""
+
+
+def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, device,
+                           batch_size: int = 32, num_workers: int = 0, autocast=nullcontext,
+                           gpu_decode: bool | None = None) -> Iterator[int]:
+    """Run the frozen part of the model once over ``samples`` and keep what module ``cut`` receives
+    (the head, or the last stage); the forward pass stops there.
 
     A generator: it yields the number of images of each batch as it goes (so the caller can
     show progress and honour Stop between batches) and returns the Features.
@@ -66,7 +75,12 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
     benchmark's RSS lines).
     """
     captured = []
-    hook = model.get_submodule(head_name).register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+
+    def capture(module, args):
+        captured.append(args[0])
+        raise _Captured
+
+    hook = model.get_submodule(cut).register_forward_pre_hook(capture)
     # On a GPU, JPEGs are decoded there (nvJPEG): CPU decoding would leave a large GPU waiting.
     gpu_decode = device.type == "cuda" and not _needs_pil(transform) if gpu_decode is None else gpu_decode
     dataset = DeferredJpegDataset(samples, transform) if gpu_decode else ListDataset(samples, transform)
@@ -88,12 +102,45 @@ def compute_head_inputs(model: nn.Module, head_name: str, samples, transform, *,
             if images is not None:
                 # no_grad rather than inference_mode: the features later feed a head that needs autograd.
                 with torch.no_grad(), autocast():
-                    model(buffer.fill(images))
-                out.add(captured.pop().flatten(1), y, idx)
+                    try:
+                        model(buffer.fill(images))
+                    except _Captured:
+                        pass
+                out.add(captured.pop(), y, idx)
             yield n_skipped + (0 if y is None else len(y))
     finally:
         hook.remove()
     return out.features()
+
+
+class ForwardFromCut:
+    """``model``'s own forward from module ``cut`` on, fed the inputs ``compute_frozen_outputs`` stored.
+
+    The frozen part runs on a tiny stand-in batch (32×32 pixels, about 2% of a real image's cost)
+    whose output a pre-hook replaces with the stored one. So the model's own forward applies
+    everything after the cut, with the glue a copy of its tail would have to repeat: residual
+    sums, shared activation modules, drop-connect rates, the ``view(batch, -1)`` some models do.
+    The frozen part is in eval mode and needs no gradient, so the stand-in changes nothing.
+    """
+
+    STAND_IN = 32
+
+    def __init__(self, model: nn.Module, cut: str):
+        self.model, self._stored = model, None
+        model.get_submodule(cut).register_forward_pre_hook(self._substitute)
+
+    def _substitute(self, module, args):
+        if self._stored is not None:
+            return (self._stored, *args[1:])
+        return None
+
+    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        stand_in = torch.zeros(len(stored), 3, self.STAND_IN, self.STAND_IN, device=stored.device)
+        self._stored = stored
+        try:
+            return self.model(stand_in)
+        finally:
+            self._stored = None
 
 
 class InputBuffer:
@@ -109,7 +156,8 @@ class InputBuffer:
 
 
 class _Outputs:
-    """Head inputs, labels and indices written into tensors sized for the whole list on the first batch."""
+    """Captured inputs (of any shape), labels and indices, written into tensors sized for the whole
+    list on the first batch."""
 
     def __init__(self, capacity: int):
         self.capacity, self.n, self.skipped = capacity, 0, 0
@@ -117,7 +165,7 @@ class _Outputs:
 
     def add(self, x: torch.Tensor, y: torch.Tensor, i: torch.Tensor) -> None:
         if self.x is None:
-            self.x = torch.empty(self.capacity, x.shape[1])
+            self.x = torch.empty(self.capacity, *x.shape[1:])
             self.y = torch.empty(self.capacity, dtype=torch.long)
             self.i = torch.empty(self.capacity, dtype=torch.long)
         k = len(y)

@@ -44,6 +44,8 @@ class SurgeryReport:
     architecture_before: str
     architecture_after: str
     freeze: str
+    trained_modules: list[str] = field(default_factory=list)  # what trains in this freeze mode ("" = everything)
+    modes: dict[str, list[str]] = field(default_factory=dict)  # the same for every freeze mode, to compare
     popped_keys: list[str] = field(default_factory=list)
     dropped_keys: list[str] = field(default_factory=list)
     loaded_keys: int = 0
@@ -102,28 +104,32 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
 
 
 def _is_under(name: str, module_name: str) -> bool:
-    return name == module_name or name.startswith(module_name + ".")
+    return module_name == "" or name == module_name or name.startswith(module_name + ".")
 
 
-def freeze_model(model: nn.Module, head_name: str, mode: str) -> None:
+def trained_modules(arch: str, head_name: str, mode: str) -> list[str]:
+    """The modules whose parameters train in freeze ``mode`` ("" is the whole model), from the table."""
     if mode not in FREEZE_MODES:
         raise ConfigError(f"freeze mode '{mode}' does not exist; allowed: {', '.join(FREEZE_MODES)}")
+    return {"head": [head_name], "last_block": [*get_arch(arch).last_stage, head_name], "all": [""]}[mode]
+
+
+def freeze_model(model: nn.Module, modules: list[str]) -> None:
+    """Only the parameters under ``modules`` train."""
     for name, param in model.named_parameters():
-        param.requires_grad = mode == "all" or _is_under(name, head_name)
+        param.requires_grad = any(_is_under(name, m) for m in modules)
 
 
-def set_train_mode(model: nn.Module, head_name: str, mode: str) -> None:
-    """Put the model in training mode, keeping a frozen body in eval mode.
+def set_train_mode(model: nn.Module, modules: list[str]) -> None:
+    """Put the modules that train in training mode, keeping the frozen part in eval mode.
 
-    A frozen body is a fixed function only if its BatchNorm layers use their running
+    A frozen part is a fixed function only if its BatchNorm layers use their running
     statistics and its dropout is off (fastai's ``train_bn=False`` choice); it is also what
-    makes cached backbone features give the same result as the full forward pass.
+    makes its cached output give the same result as the full forward pass.
     """
-    if mode == "all":
-        model.train()
-    else:
-        model.eval()
-        model.get_submodule(head_name).train()
+    model.eval()
+    for name in modules:
+        model.get_submodule(name).train()
 
 
 @dataclass
@@ -155,9 +161,10 @@ def _load_pretrained(model: nn.Module, spec, change, weights) -> _Loading:
 
 def _random_init(model: nn.Module, freeze: str) -> _Loading:
     notes = ["no weights file: every layer starts from random initialisation (training from scratch)"]
-    if freeze == "head":
-        notes.append("with random weights and a frozen body, only a linear classifier on random "
-                     "features is trained; choose freeze 'all' to train from scratch properly")
+    if freeze != "all":
+        notes.append("with random weights and a frozen body, layers that never learn feed the ones that "
+                     "train (for freeze 'head', a linear classifier on random features); choose freeze 'all' "
+                     "to train from scratch properly")
     return _Loading(missing=list(model.state_dict()), notes=notes)
 
 
@@ -177,7 +184,8 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
 
     loading = _load_pretrained(model, spec, change, weights) if weights is not None else _random_init(model, freeze)
     notes = ([change.note] if change.note else []) + loading.notes
-    freeze_model(model, change.head_name, freeze)
+    modes = {mode: trained_modules(arch, change.head_name, mode) for mode in FREEZE_MODES}
+    freeze_model(model, modes[freeze])
     params = [ParamInfo(n, list(p.shape), p.numel(), p.requires_grad) for n, p in model.named_parameters()]
     report = SurgeryReport(
         arch=spec.name, head_variant=variant.name, num_classes=num_classes,
@@ -186,6 +194,7 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
         head_before=change.before, head_after=change.after,
         head_in_features=change.in_features, head_out_features=change.out_features,
         architecture_before=before, architecture_after=str(model), freeze=freeze,
+        trained_modules=modes[freeze], modes=modes,
         popped_keys=loading.popped, dropped_keys=loading.dropped, loaded_keys=loading.loaded,
         missing_keys=loading.missing, unexpected_keys=loading.unexpected, parameters=params, notes=notes,
     )
@@ -194,3 +203,21 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def trains_in(report: SurgeryReport, parameter: str, mode: str) -> bool:
+    """Whether ``parameter`` trains in freeze ``mode`` (the Surgery page's per-mode columns)."""
+    return any(_is_under(parameter, m) for m in report.modes[mode])
+
+
+def optimizer_groups(model: nn.Module, head_name: str, lr: float, body_factor: float) -> list[dict]:
+    """The trainable parameters in SGD groups: the head at ``lr``, the body's trainable layers at
+    ``lr × body_factor`` (fastai's discriminative learning rates: pretrained layers move slower)."""
+    head, body = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if _is_under(name, head_name) else body).append(param)
+    groups = [{"params": head, "lr": lr, "name": "head"}]
+    if body:
+        groups.append({"params": body, "lr": lr * body_factor, "name": "body"})
+    return groups

@@ -35,13 +35,14 @@ from .data import ListDataset, build_transform, collate_skipping_unreadable, tra
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .errors import RunError, UserError
 from .features import Features as HeadInputs
-from .features import compute_head_inputs, feature_cache_key, load_cached_features, store_cached_features
+from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
+                       store_cached_features)
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 from .records import Batch, Epoch, Final, Progress, Record, Records, Start
 from .records import Features as FeaturesRecord
 from .distributed import SINGLE, Terminated, World, barrier, broadcast, device_line, gather_all, shard, total
 from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
-from .surgery import SurgeryReport, adapt_model, set_train_mode, trainable_parameters
+from .surgery import SurgeryReport, adapt_model, optimizer_groups, set_train_mode
 
 PROGRESS_EVERY_S = 1.0  # a Progress record at least this often inside a long phase
 
@@ -113,8 +114,13 @@ class Setup:
         return self.model.get_submodule(self.report.head_name)
 
     @property
+    def cut(self) -> str:
+        """The module whose input the feature pass caches: the head, or with freeze 'last_block' the last stage."""
+        return self.report.head_name if self.cfg.freeze == "head" else get_arch(self.cfg.arch).cut
+
+    @property
     def feature_model(self) -> nn.Module:
-        """The frozen model with BatchNorm folded, for the feature pass only (it never trains)."""
+        """The model with BatchNorm folded, for the feature pass through its frozen part only (it never trains)."""
         if self._feature_model is None:
             self._feature_model = inference_copy(self.model)
         return self._feature_model
@@ -159,7 +165,7 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
                  eval_tf=build_transform(weights_tf, letterbox=cfg.uses_letterbox),
                  train_tf=training_transform(weights_tf, cfg.augmentation, letterbox=cfg.uses_letterbox),
                  autocast=autocast,
-                 use_cache=cfg.feature_cache and cfg.freeze == "head" and cfg.augmentation == "none",
+                 use_cache=cfg.feature_cache and cfg.body_partly_fixed and cfg.augmentation == "none",
                  threads=threads, workers=workers, world=world)
 
 
@@ -293,7 +299,7 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     first = sum(p < global_first for p in positions)
     meter = ProgressMeter("features", global_first, split=names[0])
     yield meter.first()
-    batches = compute_head_inputs(s.feature_model, s.report.head_name, [samples[p] for p in positions], s.eval_tf,
+    batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
                                   device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
                                   autocast=s.feature_autocast)
     done, t0 = 0, time.time()
@@ -348,7 +354,8 @@ def extract_features(s: Setup, cache_dir: Path | None):
     cache = cache_dir if s.cfg.pretrained else None
     splits = {"train": s.split.train, "test": s.split.test}
     keys = {name: feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
-                                    transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision)
+                                    transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision,
+                                    cut=None if s.cut == s.report.head_name else s.cut)
             for name, samples in splits.items()}
     t0 = time.time()
     found = {name: load_cached_features(cache, keys[name]) for name in splits} if s.world.main else None
@@ -367,12 +374,14 @@ def extract_features(s: Setup, cache_dir: Path | None):
 
 
 def choose_feature_path(s: Setup, cache_dir: Path | None):
-    """Cached features when only the head trains on fixed inputs, else the full forward pass."""
+    """Cached features when the front of the model is frozen and inputs are fixed, else the full forward
+    pass. With freeze 'head' the head alone runs on them; with 'last_block' the model from its last stage on."""
     cfg, split = s.cfg, s.split
     if s.use_cache:
         train_feats, test_feats = yield from extract_features(s, cache_dir)
         sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
-        return FeaturePath(s.head, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
+        forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut)
+        return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
                            DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
                            train_feats.skipped + test_feats.skipped)
     if s.world.active:
@@ -589,8 +598,9 @@ def make_schedule(cfg: TrainConfig, optimizer):
 
 def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     skip_dynamo_import()
-    optimizer = SGD(trainable_parameters(s.model), lr=s.cfg.lr, momentum=s.cfg.momentum,
-                    weight_decay=s.cfg.weight_decay)
+    body_factor = s.cfg.body_lr_factor if s.cfg.pretrained else 1.0  # a random body has nothing to protect
+    optimizer = SGD(optimizer_groups(s.model, s.report.head_name, s.cfg.lr, body_factor), lr=s.cfg.lr,
+                    momentum=s.cfg.momentum, weight_decay=s.cfg.weight_decay)
     schedule = make_schedule(s.cfg, optimizer)
     weights = class_weights(s.split) if s.cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None)
@@ -599,7 +609,7 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     for epoch in range(1, s.cfg.epochs + 1):
         t_epoch = time.time()
         path.sampler.set_epoch(epoch)
-        set_train_mode(s.model, s.report.head_name, s.cfg.freeze)
+        set_train_mode(s.model, s.report.trained_modules)
         totals = yield from train_one_epoch(s, path, optimizer, criterion, epoch)
         s.model.eval()
         result = yield from evaluate(s, path, epoch)

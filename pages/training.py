@@ -80,8 +80,8 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
                    "Add weights on the Model surgery page, or pick efficientnet_lite0 there.")
-    if not pretrained and freeze == "head":
-        st.info("From scratch with a frozen body trains only a linear layer on random features. "
+    if not pretrained and freeze != "all":
+        st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
     return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),

@@ -168,7 +168,7 @@ def test_the_gpu_decoding_path_gives_the_same_features_run_on_the_cpu(tmp_path, 
     from core.archs import get_arch
     from core.data import build_transform
     from core.demo import draw_shape
-    from core.features import compute_head_inputs
+    from core.features import compute_frozen_outputs
     from core.surgery import adapt_model
 
     rng = _random.Random(0)
@@ -188,7 +188,7 @@ def test_the_gpu_decoding_path_gives_the_same_features_run_on_the_cpu(tmp_path, 
     transform = build_transform(get_arch("efficientnet_lite0").transforms())
 
     def features(gpu_decode):
-        gen = compute_head_inputs(model, report.head_name, samples, transform, device=torch.device("cpu"),
+        gen = compute_frozen_outputs(model, report.head_name, samples, transform, device=torch.device("cpu"),
                                   batch_size=4, gpu_decode=gpu_decode)
         while True:
             try:

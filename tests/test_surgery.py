@@ -49,7 +49,7 @@ def test_only_the_head_changes_after_a_training_step(resnet18_file):
     model, report = adapt_model("resnet18", 2, weights=resnet18_file, freeze="head", seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1, momentum=0.9)
-    set_train_mode(model, report.head_name, "head")
+    set_train_mode(model, report.trained_modules)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 0, 1]))
     loss.backward()
     optimizer.step()
@@ -122,3 +122,53 @@ def test_efficientnet_lite0_pretrained_recognises_a_cat(lite0_file):
     categories = imagenet_categories()
     names = [categories[i] for i in top5]
     assert any(n in ("tabby", "tiger cat", "Egyptian cat") for n in names[:2]), names
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_last_block_mode_trains_the_tables_last_stage_and_the_head(arch):
+    spec = ARCHITECTURES[arch]
+    model, report = adapt_model(arch, 3, freeze="last_block", seed=0)
+    names = dict(model.named_modules())
+    assert spec.cam_layer in names and all(m in names for m in spec.last_stage)
+    assert report.trained_modules == [*spec.last_stage, report.head_name]
+    assert set(report.modes) == {"head", "last_block", "all"} and report.modes["all"] == [""]
+    trained = {p.name for p in report.trainable}
+    assert trained and all(any(n == m or n.startswith(m + ".") for m in report.trained_modules) for n in trained)
+    assert f"{report.head_name}.weight" in trained
+    assert any(n.startswith(spec.cut + ".") for n in trained)  # the stage's first module trains too
+    # the same parameters, seen from the page's per-mode columns
+    from core.surgery import trains_in
+    assert {p.name for p in report.parameters if trains_in(report, p.name, "last_block")} == trained
+    assert all(trains_in(report, p.name, "all") for p in report.parameters)
+    head_only = adapt_model(arch, 3, freeze="head", seed=0)[1]
+    assert head_only.trainable_count < report.trainable_count < head_only.trainable_count + head_only.frozen_count
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_the_model_from_its_cut_on_equals_the_whole_model(arch, lite0_file, tmp_path):
+    """What freeze 'last_block' trains on: the stored input of the last stage, fed through the model's own forward."""
+    from core.accel import inference_copy
+    from core.features import ForwardFromCut, compute_frozen_outputs
+
+    spec = ARCHITECTURES[arch]
+    weights = lite0_file if arch == "efficientnet_lite0" else None
+    model, _ = adapt_model(arch, 3, weights=weights, freeze="last_block", seed=0)
+    model.eval()
+    images = [Image.fromarray(torch.randint(0, 256, (96, 128, 3), dtype=torch.uint8).numpy()) for _ in range(3)]
+    transform = build_transform(spec.transforms())
+    x = torch.stack([transform(img) for img in images])
+    samples = []
+    for i, img in enumerate(images):  # compute_frozen_outputs reads files, as training does
+        img.save(tmp_path / f"{i}.png")
+        samples.append((str(tmp_path / f"{i}.png"), i))
+    gen = compute_frozen_outputs(inference_copy(model), spec.cut, samples, transform, device=torch.device("cpu"))
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        stored = done.value.features
+    with torch.no_grad():
+        whole, tail = model(x), ForwardFromCut(model, spec.cut)(stored)
+    assert stored.dim() == 4 and tail.shape == (3, 3)
+    assert not torch.allclose(whole[0], whole[1])  # the images differ, so must the outputs
+    torch.testing.assert_close(tail, whole, rtol=1e-4, atol=1e-4)

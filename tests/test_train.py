@@ -9,7 +9,7 @@ from core.errors import ConfigError, RunError
 from core.predict import Predictor
 from core.records import Batch, Epoch, Features, Progress
 from core.rundir import RunDir, read_records
-from core.features import compute_head_inputs
+from core.features import compute_frozen_outputs
 from core.train import train
 
 
@@ -162,7 +162,7 @@ def test_feature_cache_keeps_the_newest_entries_within_its_size_cap(tmp_path):
 
 
 def _features(model, head, samples, transform):
-    gen = compute_head_inputs(model, head, samples, transform, device=torch.device("cpu"), batch_size=4)
+    gen = compute_frozen_outputs(model, head, samples, transform, device=torch.device("cpu"), batch_size=4)
     while True:
         try:
             next(gen)
@@ -345,3 +345,27 @@ def test_augmentation_presets_draw_different_inputs_of_the_right_size():
     assert torch.equal(still(image), still(image))
     with pytest.raises(ConfigError, match="say different things"):
         TrainConfig(flip=True, augment="crop+flip", data_root="x").validate()
+
+
+def test_last_block_trains_on_cached_stage_inputs_exactly_as_the_full_forward(colour_data, resnet18_file, tmp_path):
+    """freeze last_block: layer4 + fc train; the frozen front's output is computed once and cached."""
+    common = dict(weights=str(resnet18_file), epochs=2, batch_size=4, freeze="last_block", body_lr_factor=0.5)
+    list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "cached", cache_dir=tmp_path / "c"))
+    list(train(_config(colour_data, feature_cache=False, **common), tmp_path / "full"))
+    cached = torch.load(tmp_path / "cached" / "checkpoint_last.pt", weights_only=True)
+    full = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)
+    start = torch.load(resnet18_file, weights_only=True)
+    for key in ("fc.weight", "layer4.1.conv2.weight", "layer4.0.bn1.running_mean"):
+        torch.testing.assert_close(cached["model"][key], full["model"][key], rtol=1e-3, atol=1e-3)
+    assert not torch.equal(cached["model"]["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])  # it trained
+    torch.testing.assert_close(cached["model"]["layer3.1.conv2.weight"], start["layer3.1.conv2.weight"])  # frozen
+    # two learning rates: the head at lr, the trained body at lr × body_lr_factor
+    assert [g["lr"] for g in cached["optimizer"]["param_groups"]] == [0.01, 0.005]
+    records = read_records(tmp_path / "cached")
+    assert records.start.feature_path == "cached features"
+    assert records.start.trainable_params > 512 * 2 + 2
+    again = list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "again", cache_dir=tmp_path / "c"))
+    assert all(r.from_disk for r in again if isinstance(r, Features))
+    head_run = list(train(_config(colour_data, feature_cache=True, weights=str(resnet18_file), epochs=1),
+                          tmp_path / "head", cache_dir=tmp_path / "c"))
+    assert not any(r.from_disk for r in head_run if isinstance(r, Features))  # another cut, another cache entry
