@@ -117,7 +117,7 @@ def trained_modules(arch: str, head_name: str, mode: str) -> list[str]:
 def freeze_model(model: nn.Module, modules: list[str]) -> None:
     """Only the parameters under ``modules`` train."""
     for name, param in model.named_parameters():
-        param.requires_grad = any(_is_under(name, m) for m in modules)
+        param.requires_grad = trains_in(modules, name)
 
 
 def set_train_mode(model: nn.Module, modules: list[str]) -> None:
@@ -205,9 +205,9 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def trains_in(report: SurgeryReport, parameter: str, mode: str) -> bool:
-    """Whether ``parameter`` trains in freeze ``mode`` (the Surgery page's per-mode columns)."""
-    return any(_is_under(parameter, m) for m in report.modes[mode])
+def trains_in(modules: list[str], parameter: str) -> bool:
+    """Whether ``parameter`` trains when ``modules`` do (a report's ``modes[mode]``: the Surgery page's columns)."""
+    return any(_is_under(parameter, m) for m in modules)
 
 
 def optimizer_groups(model: nn.Module, head_name: str, lr: float, body_factor: float) -> list[dict]:

@@ -15,6 +15,8 @@ from core.split import split_dataset
 from core.demo import ensure_demo_dataset
 from core.errors import UserError
 from core.errors import WeightsError
+from core.explain import explain
+from core.predict import Predictor, checkpoint_path
 from core.weights import NO_WEIGHTS, PRETRAINED, find_weights, resolve_weights
 from core.workspace import allowed_roots, check_allowed, default_data_root, is_allowed, workspace_dir
 
@@ -204,3 +206,28 @@ def app_icon():
     for i, height in enumerate((18, 30, 42)):
         draw.rectangle([12 + 15 * i, 52 - height, 22 + 15 * i, 52], fill=(255, 255, 255, 255))
     return icon
+
+
+# ----------------------------------------------------------------------------- models and explanations
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _load_predictor(checkpoint: str, mtime: float) -> Predictor:
+    # keyed on mtime too, so a checkpoint rewritten by a newer epoch is picked up
+    return Predictor.load(checkpoint)
+
+
+def run_predictor(run_path) -> Predictor:
+    """The run's best model (shared by the visitors; never changed in place)."""
+    checkpoint = checkpoint_path(run_path)
+    return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime)
+
+
+def show_explanation(predictor: Predictor, image, target: int | None, column=st) -> None:
+    """The Grad-CAM overlay of class ``target`` (None: the predicted one) on ``image``, in ``column``."""
+    try:
+        explanation = explain(predictor, image, target)
+    except UserError as exc:
+        column.error(str(exc))
+        return
+    column.image(explanation.overlay(), width="stretch",
+                 caption=f"Grad-CAM for {explanation.class_name} ({explanation.probability:.0%}): red is where "
+                         "the evidence for it lies, on the image as the model saw it")

@@ -8,17 +8,11 @@ import streamlit as st
 from core.errors import UserError
 from core.export import export_bytes
 from core.images import open_image
-from core.predict import CSV_HEADER, Predictor, checkpoint_path, image_files, predict_many
+from core.predict import CSV_HEADER, Predictor, image_files, predict_many
 from core.rundir import best_completed, list_runs
 from core.uploads import check_image_upload, extract_zip
 from core.workspace import runs_dir
-from pages.common import fmt_pct, user_errors
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def load_predictor(checkpoint: str, mtime: float) -> Predictor:
-    # keyed on mtime too, so a checkpoint rewritten by a newer epoch is picked up
-    return Predictor.load(checkpoint)
+from pages.common import fmt_pct, run_predictor, show_explanation, user_errors
 
 
 def pick_run():
@@ -54,8 +48,7 @@ def load_model(run) -> Predictor:
         st.error(f"This run is damaged: {run.reason}. Pick another run.")
         st.stop()
     try:
-        ckpt = checkpoint_path(run.path)
-        return load_predictor(str(ckpt), ckpt.stat().st_mtime)
+        return run_predictor(run.path)
     except (UserError, OSError) as exc:
         st.error(f"This run's model cannot be loaded: {exc}. Pick another run.")
         st.stop()
@@ -84,9 +77,15 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
         return
     values, indices = probs.topk(topk)
     table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
-    left, right = st.columns([2, 3])
+    left, middle, right = st.columns([2, 2, 3])
     with left:
         st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
+    with middle:
+        ranked = [predictor.classes[i] for i in probs.argsort(descending=True).tolist()]
+        target = st.selectbox("Explain the class", ranked, key=f"pr_cam_class:{predictor.source}:{source.name}",
+                              help="Grad-CAM: which parts of the image raise this class's score. "
+                                   "Pre-selected: the predicted class.")
+        show_explanation(predictor, image, predictor.classes.index(target))
     with right:
         best = table.iloc[0]
         st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",

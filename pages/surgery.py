@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.config import FREEZE_MODES
-from core.surgery import adapt_model
+from core.surgery import adapt_model, trains_in
 from core.weights import download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed
 from pages.charts import download_progress, highlighted_lines
@@ -155,9 +155,15 @@ def render_parameters(report: dict) -> None:
     totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(
         columns={"count": "tensors", "sum": "parameters"})
     st.dataframe(totals, width="content")
+    st.caption("The ✓ columns: which tensors train in each fine-tune mode (the chosen one is the status column).")
+    modes = {f"trains: {mode}": mode for mode in FREEZE_MODES}
+    for column, mode in modes.items():
+        params[column] = params["name"].map(lambda n, m=mode: "✓" if trains_in(report["modes"][m], n) else "")
+    st.dataframe(pd.DataFrame({column: [int(params.loc[params[column] == "✓", "numel"].sum())]
+                               for column in modes}, index=["trainable parameters"]), width="content")
     show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
     view = params if show == "all" else params[params["status"] == show]
-    st.dataframe(view[["name", "shape", "numel", "status"]], hide_index=True, width="stretch",
+    st.dataframe(view[["name", "shape", "numel", "status", *modes]], hide_index=True, width="stretch",
                  height=min(320, 35 * (len(view) + 1) + 3))
 
 

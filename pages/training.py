@@ -10,7 +10,8 @@ from core.rundir import RunDir, list_runs, load_config, read_predictions, read_r
 from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
 from core.workspace import cache_dir, runs_dir
 from pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
-from pages.common import data_root, default_arch, fmt_pct, load_state, resolve_weights_file, save_state, user_errors
+from pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
+                          save_state, show_explanation, user_errors)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -67,7 +68,13 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
                            help="Sets the split (as on the Dataset page), the new head's initialisation "
                                 "and the data order; the same seed repeats a run exactly.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
+    body_lr_factor = c4.select_slider(
+        "Body learning rate (× the learning rate)", [0.01, 0.03, 0.1, 0.3, 1.0], value=DEFAULTS.body_lr_factor,
+        key="tr_body_lr", disabled=freeze == "head", format_func=lambda v: f"× {v:g}",
+        help="When the body's last stage or every layer trains, its pretrained layers move this much slower "
+             "than the new head (fastai's discriminative learning rates); × 1: one rate for all. From scratch "
+             "every layer uses the learning rate.")
     schedule = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
                             key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's StepLR); "
                                                     "cosine: down to 0 over the epochs.")
@@ -87,7 +94,8 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
                        num_workers=workers, augment=augment, letterbox=letterbox, feature_cache=feature_cache,
                        train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes),
-                       schedule=schedule, patience=int(patience), class_weights=weighted)
+                       schedule=schedule, patience=int(patience), class_weights=weighted,
+                       body_lr_factor=float(body_lr_factor))
 
 
 def start(cfg: TrainConfig) -> None:
@@ -165,15 +173,44 @@ def render_results(run_path: Path) -> None:
     with c2:
         st.markdown("**Confusion matrix** (rows: true class, columns: predicted)")
         confusion_chart(classes, last.confusion)
+    render_misclassified(run_path, classes)
+
+
+GALLERY_COLUMNS = 6
+
+
+def render_misclassified(run_path: Path, classes: list[str]) -> None:
+    """The last epoch's misclassified test images; "Why?" under one shows where the model looked,
+    for the true class and for the class it predicted."""
     wrong = [p for p in read_predictions(RunDir(run_path)) if p["label"] != p["pred"]]
     shown = [p for p in wrong if Path(p["path"]).is_file()][:24]
     st.markdown(f"**Misclassified test images** ({len(wrong)}"
                 f"{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
-    if shown:
-        st.image([p["path"] for p in shown], width=110,
-                 caption=[f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})" for p in shown])
-    elif not wrong:
+    if not wrong:
         st.caption("None: every test image was classified correctly.")
+    columns = st.columns(GALLERY_COLUMNS)
+    for i, p in enumerate(shown):
+        column = columns[i % GALLERY_COLUMNS]
+        column.image(p["path"], width="stretch",
+                     caption=f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})")
+        if column.button("Why?", key=f"tr_why_{p['index']}", help="Grad-CAM for the true and the predicted class"):
+            st.session_state["tr_explain"] = (run_path.name, p["index"])
+    chosen = st.session_state.get("tr_explain")
+    picked = next((p for p in shown if chosen == (run_path.name, p["index"])), None)
+    if picked is not None:
+        render_why(run_path, classes, picked)
+
+
+def render_why(run_path: Path, classes: list[str], picked: dict) -> None:
+    with user_errors():
+        predictor = run_predictor(run_path)
+    st.markdown(f"**Why {Path(picked['path']).name} was called {classes[picked['pred']]}** (Grad-CAM of checkpoint "
+                f"epoch {predictor.epoch}, on the image as the model saw it)")
+    left, right = st.columns(2)
+    left.caption(f"True class: {classes[picked['label']]}")
+    show_explanation(predictor, picked["path"], picked["label"], left)
+    right.caption(f"Predicted class: {classes[picked['pred']]}")
+    show_explanation(predictor, picked["path"], picked["pred"], right)
 
 
 def render_twin_button(run_path: Path, state: dict) -> None:

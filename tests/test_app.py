@@ -74,6 +74,9 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]  # popped (and missing) keys
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Head"] == "fc" and metrics["Trainable parameters"] == "2,565"
+    per_mode = next(d.value for d in at.dataframe if "trains: last_block" in d.value.columns)
+    counts = per_mode.iloc[0]
+    assert counts["trains: head"] == 2565 < counts["trains: last_block"] < counts["trains: all"]
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
@@ -119,6 +122,38 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
     assert list(table["probability"]) == sorted(table["probability"], reverse=True)
     assert [m.label for m in at.metric] == ["Prediction"]
     assert at.metric[0].value == "star" and table["class"][0] == "star"
+    # beside the upload: its Grad-CAM overlay, for the predicted class first, then for any other on request
+    assert any(c.startswith("Grad-CAM for star (") for image in at.get("image") for c in image.captions)
+    explain_box = next(box for box in at.selectbox if box.label == "Explain the class")
+    assert explain_box.value == "star" and sorted(explain_box.options) == sorted(table["class"])
+    explain_box.set_value("circle").run()
+    assert not at.exception
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert any(c.startswith("Grad-CAM for circle (") for c in captions), captions
+
+
+def test_training_page_explains_a_misclassified_image_for_both_classes(small_demo):
+    from core.config import TrainConfig
+    from core.train import train
+
+    # A random body with a frozen front: many test images end up misclassified.
+    list(train(TrainConfig(arch="efficientnet_lite0", data_root=str(small_demo), epochs=1, num_workers=0),
+               runs_dir() / "scratch"))
+    wrong = [p for p in json.loads((runs_dir() / "scratch" / "predictions.json").read_text())
+             if p["label"] != p["pred"]]
+    assert wrong
+    at = app()
+    at.query_params["run"] = "scratch"
+    at = open_page(at, "pages/training.py")
+    why = [b for b in at.button if b.label == "Why?"]
+    assert len(why) == min(24, len(wrong))
+    why[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    captions = [c for image in at.get("image") for c in image.captions if c.startswith("Grad-CAM for ")]
+    names = sorted(p.name for p in small_demo.iterdir() if p.is_dir())
+    first = wrong[0]
+    assert [c.split(" (")[0] for c in captions] == [f"Grad-CAM for {names[first['label']]}",
+                                                    f"Grad-CAM for {names[first['pred']]}"], captions
 
 
 def test_prediction_page_without_runs_explains_what_to_do(small_demo):

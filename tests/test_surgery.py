@@ -138,8 +138,8 @@ def test_last_block_mode_trains_the_tables_last_stage_and_the_head(arch):
     assert any(n.startswith(spec.cut + ".") for n in trained)  # the stage's first module trains too
     # the same parameters, seen from the page's per-mode columns
     from core.surgery import trains_in
-    assert {p.name for p in report.parameters if trains_in(report, p.name, "last_block")} == trained
-    assert all(trains_in(report, p.name, "all") for p in report.parameters)
+    assert {p.name for p in report.parameters if trains_in(report.modes["last_block"], p.name)} == trained
+    assert all(trains_in(report.modes["all"], p.name) for p in report.parameters)
     head_only = adapt_model(arch, 3, freeze="head", seed=0)[1]
     assert head_only.trainable_count < report.trainable_count < head_only.trainable_count + head_only.frozen_count
 
