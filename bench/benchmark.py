@@ -178,6 +178,20 @@ def import_costs(top: int = 6) -> list[tuple[float, str]]:
     return sorted(costs, reverse=True)[:top]
 
 
+def freeze_mode_figures(arch: str, lists: Path, tmp: Path, epochs: int) -> None:
+    """Seconds per epoch for each freeze mode (pretrained, no augmentation: the cached modes compute the
+    frozen part's output once, then train on it)."""
+    for mode in ("head", "last_block", "all"):
+        seconds, records = project_run(arch, lists, epochs, tmp / f"mode_{mode}", tmp / "cache-modes",
+                                       "--freeze", mode)
+        per_epoch = statistics.mean(e.seconds for e in records.epochs)
+        once = sum(f.seconds for f in records.of(FeaturesRecord))
+        print(f"freeze {mode:10s}: {per_epoch:6.2f} s per epoch" +
+              (f" after a {once:.1f} s pass through the frozen part" if once else " (full forward)") +
+              f"   test accuracy {records.final.final_acc:.3f}   {records.start.trainable_params:,} trainable "
+              f"parameters   ({seconds:.1f} s in all)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
@@ -185,6 +199,7 @@ def main() -> None:
     parser.add_argument("--arch", default="auto", help="auto: resnet18 if its weights are on disk, else efficientnet_lite0")
     parser.add_argument("--skip-flip", action="store_true", help="leave out (b'), the flip-augmented run")
     parser.add_argument("--rss-images", type=int, default=4000, help="images for the large peak-memory run (0: skip)")
+    parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     args = parser.parse_args()
 
     arch = args.arch
@@ -230,6 +245,9 @@ def main() -> None:
         t_bf, rec_bf = project_run(arch, lists, args.epochs, tmp / "run_bf16", tmp / "cache", "--precision", "bf16")
         print(f"bf16 (fast, approximate)          : {t_bf:7.1f} s   test accuracy {rec_bf.final.final_acc:.3f}   "
               f"feature pass {feature_rate(rec_bf):.1f} images/s (fp32: {b_rate:.1f})")
+
+        if args.mode_epochs:
+            freeze_mode_figures(arch, lists, tmp, args.mode_epochs)
 
         hog = busy_loop()
         try:

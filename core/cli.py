@@ -332,10 +332,11 @@ def _predict_folder(predictor, args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+WEIGHTS_HELP = ("pretrained (default: found on this machine, as the app does), none (random initialisation) "
+                "or a state-dict FILE")
 
+
+def _add_split(sub) -> None:
     p = sub.add_parser("split", help="split a class-folder root into train.txt/test.txt/classes.json")
     p.add_argument("root")
     p.add_argument("--train-ratio", type=_ratio, default=DEFAULT_TRAIN_RATIO)
@@ -344,21 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
     p.set_defaults(func=cmd_split)
 
-    weights_help = ("pretrained (default: found on this machine, as the app does), none (random initialisation) "
-                    "or a state-dict FILE")
+
+def _add_surgery(sub) -> None:
     p = sub.add_parser("surgery", help="adapt a model to N classes and print the surgery report")
     p.add_argument("--arch", required=True, help="resnet18, vgg16 or efficientnet_lite0")
     p.add_argument("--num-classes", type=_at_least(1), required=True)
-    p.add_argument("--weights", default="pretrained", help=weights_help)
+    p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
     p.add_argument("--head-variant", "--vgg-variant", dest="head_variant", help="replace, add_outside or add_inside")
     p.add_argument("--freeze", default="head", choices=list(FREEZE_MODES))
     p.add_argument("--brief", action="store_true", help="leave out the printed architectures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_surgery)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train and write a run folder")
     add_train_flags(p)
-    p.add_argument("--weights", default="pretrained", help=weights_help)
+    p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
     p.add_argument("--out", help="run folder (default: a new, named folder under the workspace's runs)")
     p.add_argument("--force", action="store_true",
                    help="reuse --out when it holds a failed or stopped run (the old one is moved aside, not deleted)")
@@ -366,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
     p.set_defaults(func=cmd_train)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for an image, as JSON")
     p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
     p.add_argument("image", help="an image, or a folder: every image under it, one CSV row each")
@@ -379,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-class", help="with --cam: explain this class instead of the predicted one")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export_import_demo(sub) -> None:
     p = sub.add_parser("export", help="export a run's best model (TorchScript or ONNX) with a JSON sidecar")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
@@ -395,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_split, _add_surgery, _add_train, _add_predict, _add_export_import_demo):
+        add(sub)
     return parser
 
 

@@ -83,11 +83,7 @@ def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, de
     hook = model.get_submodule(cut).register_forward_pre_hook(capture)
     # On a GPU, JPEGs are decoded there (nvJPEG): CPU decoding would leave a large GPU waiting.
     gpu_decode = device.type == "cuda" and not _needs_pil(transform) if gpu_decode is None else gpu_decode
-    dataset = DeferredJpegDataset(samples, transform) if gpu_decode else ListDataset(samples, transform)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_deferred if gpu_decode else collate_skipping_unreadable,
-                        pin_memory=device.type == "cuda" and not gpu_decode,
-                        prefetch_factor=4 if num_workers and device.type == "cuda" else None)
+    loader = _loader(samples, transform, device, batch_size, num_workers, gpu_decode)
     decode = GpuJpegDecoder(transform, device) if gpu_decode else None
     out = _Outputs(len(samples))
     buffer = InputBuffer(device)
@@ -141,6 +137,14 @@ class ForwardFromCut:
             return self.model(stand_in)
         finally:
             self._stored = None
+
+
+def _loader(samples, transform, device, batch_size: int, num_workers: int, gpu_decode: bool) -> DataLoader:
+    dataset = DeferredJpegDataset(samples, transform) if gpu_decode else ListDataset(samples, transform)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_deferred if gpu_decode else collate_skipping_unreadable,
+                      pin_memory=device.type == "cuda" and not gpu_decode,
+                      prefetch_factor=4 if num_workers and device.type == "cuda" else None)
 
 
 class InputBuffer:

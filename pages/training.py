@@ -33,9 +33,8 @@ def _sync(name: str, key: str, convert=lambda v: v):
     return lambda: save_state(**{name: convert(st.session_state[key])})
 
 
-def render_settings(state: dict, arch: str) -> TrainConfig:
-    st.markdown(f"**Model:** {ARCHITECTURES[arch].summary} · head variant `{state['head_variant'] or 'replace'}` "
-                "(change it on the Model surgery page)")
+def _model_settings(state: dict) -> dict:
+    """Weights, fine-tune mode and what the images go through."""
     c1, c2, c3 = st.columns(3)
     pretrained = c1.toggle("Pretrained weights", value=state["weights_mode"] == "pretrained", key="tr_pretrained",
                            on_change=_sync("weights_mode", "tr_pretrained", lambda v: "pretrained" if v else "scratch"),
@@ -52,50 +51,64 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
                                 key="tr_letterbox")
         feature_cache = st.checkbox("Cache backbone features when the body is frozen", value=DEFAULTS.feature_cache,
                                     key="tr_cache", help="Same result, much faster: each image goes through the "
-                                                         "frozen body once.")
+                                                         "frozen part of the model once.")
+    return dict(pretrained=pretrained, freeze=freeze, augment=augment, letterbox=letterbox,
+                feature_cache=feature_cache)
+
+
+def _optimiser_settings(state: dict, freeze: str) -> dict:
+    """Epochs, batches, learning rates and their schedule, processes, seed."""
     c1, c2, c3 = st.columns(3)
-    epochs = c1.slider("Epochs", 1, 50, DEFAULTS.epochs, key="tr_epochs")
-    batch_size = c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size, key="tr_batch")
-    lr = c3.select_slider("Learning rate (log scale)", LRS, value=DEFAULTS.lr, key="tr_lr",
-                          format_func=lambda v: f"{v:g}")
+    chosen = dict(epochs=c1.slider("Epochs", 1, 50, DEFAULTS.epochs, key="tr_epochs"),
+                  batch_size=c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size,
+                                              key="tr_batch"),
+                  lr=c3.select_slider("Learning rate (log scale)", LRS, value=DEFAULTS.lr, key="tr_lr",
+                                      format_func=lambda v: f"{v:g}"))
     c1, c2, c3, c4 = st.columns(4)
-    momentum = c1.slider("Momentum", 0.0, 0.99, DEFAULTS.momentum, 0.01, key="tr_momentum")
-    processes = c4.number_input("Processes", 1, max_processes(), DEFAULTS.processes, key="tr_processes",
-                                help="More than 1 trains through torchrun (DistributedDataParallel): one process "
-                                     "per GPU on CUDA. On a CPU it is rarely faster; the benchmark shows by how much.")
-    workers = c2.slider("Data-loading workers", 0, 8, plan_threads()[1], key="tr_workers",
-                        help="Image-decoding processes; the training threads take the other cores.")
-    seed = c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
-                           help="Sets the split (as on the Dataset page), the new head's initialisation "
-                                "and the data order; the same seed repeats a run exactly.")
+    chosen["momentum"] = c1.slider("Momentum", 0.0, 0.99, DEFAULTS.momentum, 0.01, key="tr_momentum")
+    chosen["num_workers"] = c2.slider("Data-loading workers", 0, 8, plan_threads()[1], key="tr_workers",
+                                      help="Image-decoding processes; the training threads take the other cores.")
+    chosen["seed"] = int(c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
+                                         help="Sets the split (as on the Dataset page), the new head's "
+                                              "initialisation and the data order; the same seed repeats a run."))
+    chosen["processes"] = int(c4.number_input(
+        "Processes", 1, max_processes(), DEFAULTS.processes, key="tr_processes",
+        help="More than 1 trains through torchrun (DistributedDataParallel): one process per GPU on CUDA. On a "
+             "CPU it is rarely faster; the benchmark shows by how much."))
     c1, c2, c3, c4 = st.columns(4)
-    body_lr_factor = c4.select_slider(
+    chosen["schedule"] = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
+                                      key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's "
+                                                              "StepLR); cosine: down to 0 over the epochs.")
+    chosen["patience"] = int(c2.number_input("Stop early after epochs without a better accuracy (0: never)", 0, 50,
+                                             DEFAULTS.patience, key="tr_patience"))
+    chosen["class_weights"] = c3.checkbox(
+        "Class-weighted loss (imbalanced classes)", value=DEFAULTS.class_weights, key="tr_class_weights",
+        help="Each class's loss is weighted by its inverse frequency in the training list; the weights are shown "
+             "with the run.")
+    chosen["body_lr_factor"] = float(c4.select_slider(
         "Body learning rate (× the learning rate)", [0.01, 0.03, 0.1, 0.3, 1.0], value=DEFAULTS.body_lr_factor,
         key="tr_body_lr", disabled=freeze == "head", format_func=lambda v: f"× {v:g}",
         help="When the body's last stage or every layer trains, its pretrained layers move this much slower "
              "than the new head (fastai's discriminative learning rates); × 1: one rate for all. From scratch "
-             "every layer uses the learning rate.")
-    schedule = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
-                            key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's StepLR); "
-                                                    "cosine: down to 0 over the epochs.")
-    patience = c2.number_input("Stop early after epochs without a better accuracy (0: never)", 0, 50,
-                               DEFAULTS.patience, key="tr_patience")
-    weighted = c3.checkbox("Class-weighted loss (imbalanced classes)", value=DEFAULTS.class_weights,
-                           key="tr_class_weights", help="Each class's loss is weighted by its inverse frequency in "
-                                                         "the training list; the weights are shown with the run.")
+             "every layer uses the learning rate."))
+    return chosen
+
+
+def render_settings(state: dict, arch: str) -> TrainConfig:
+    st.markdown(f"**Model:** {ARCHITECTURES[arch].summary} · head variant `{state['head_variant'] or 'replace'}` "
+                "(change it on the Model surgery page)")
+    model = _model_settings(state)
+    pretrained = model.pop("pretrained")
+    optimiser = _optimiser_settings(state, model["freeze"])
     weights = resolve_weights_file(arch, {**state, "weights_mode": "pretrained" if pretrained else "scratch"})
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
                    "Add weights on the Model surgery page, or pick efficientnet_lite0 there.")
-    if not pretrained and freeze != "all":
+    if not pretrained and model["freeze"] != "all":
         st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
-    return TrainConfig(arch=arch, head_variant=state["head_variant"], freeze=freeze, weights=weights if pretrained else None,
-                       epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=int(seed),
-                       num_workers=workers, augment=augment, letterbox=letterbox, feature_cache=feature_cache,
-                       train_ratio=state["train_ratio"], data_root=data_root(), processes=int(processes),
-                       schedule=schedule, patience=int(patience), class_weights=weighted,
-                       body_lr_factor=float(body_lr_factor))
+    return TrainConfig(arch=arch, head_variant=state["head_variant"], weights=weights if pretrained else None,
+                       train_ratio=state["train_ratio"], data_root=data_root(), **model, **optimiser)
 
 
 def start(cfg: TrainConfig) -> None:

@@ -144,6 +144,13 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.get_by_text("probability").first.wait_for()
     page.get_by_text("Prediction", exact=True).first.wait_for()
     assert "%" in page.locator("[data-testid=stMetricDelta]").first.inner_text()
+    # Beside the upload: its Grad-CAM overlay, a real image that has loaded
+    overlay = page.locator("[data-testid=stImage]").filter(has_text="Grad-CAM for ").locator("img").first
+    overlay.wait_for()
+    assert wait_until(lambda: overlay.evaluate("img => img.complete && img.naturalWidth") == 224, 30)
+    page.get_by_text("Export the model").click()
+    page.get_by_role("button", name="Prepare TorchScript").wait_for()
+    page.get_by_role("button", name="Prepare ONNX").wait_for()
     _shot(page, "4-prediction")
     outside = [u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
     assert outside == [], outside
