@@ -129,7 +129,7 @@ def test_checkpoint_predict_round_trip(colour_data, lite0_file, tmp_path):
 
 
 def test_config_validation_names_allowed_values():
-    with pytest.raises(ConfigError, match="allowed: head, all"):
+    with pytest.raises(ConfigError, match="allowed: head, last_block, all"):
         TrainConfig(freeze="half", data_root="x").validate()
     with pytest.raises(ConfigError, match="exactly one of"):
         TrainConfig().validate()
