@@ -106,6 +106,16 @@ def plain_jpeg_bytes(path: str | os.PathLike, *, max_pixels: int | None = None):
         return None
 
 
+def load_jpeg_decoder() -> None:
+    """Import libjpeg's decoder now. ``torchvision.io`` brings all of torchvision with it (one to two
+    seconds on a 2-core CPU): that is set-up, and must not land inside the first batch of a pass
+    that reports images per second."""
+    try:
+        import torchvision.io  # noqa: F401
+    except Exception:  # decode_jpeg_tensor then sends every JPEG down the PIL path
+        pass
+
+
 def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None):
     """An upright RGB uint8 tensor (3, H, W) from a plain JPEG via libjpeg (torchvision.io), or None.
 

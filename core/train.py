@@ -34,6 +34,7 @@ from .config import TrainConfig
 from .data import ListDataset, build_transform, collate_skipping_unreadable, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .errors import RunError, UserError
+from .images import load_jpeg_decoder
 from .features import Features as HeadInputs
 from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
                        store_cached_features)
@@ -161,6 +162,8 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
     to_channels_last(model.to(device))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     weights_tf = get_arch(cfg.arch).transforms()
+    if not cfg.uses_letterbox and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in split.train):
+        load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
     return Setup(cfg, run, device, split, model, report,
                  eval_tf=build_transform(weights_tf, letterbox=cfg.uses_letterbox),
                  train_tf=training_transform(weights_tf, cfg.augmentation, letterbox=cfg.uses_letterbox),

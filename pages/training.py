@@ -215,8 +215,11 @@ def render_misclassified(run_path: Path, classes: list[str]) -> None:
 
 
 def render_why(run_path: Path, classes: list[str], picked: dict) -> None:
-    with user_errors():
+    try:
         predictor = run_predictor(run_path)
+    except (UserError, OSError) as exc:  # a checkpoint damaged or replaced meanwhile: the rest of the page stays
+        st.error(f"This run's model cannot be loaded to explain the image: {exc}")
+        return
     st.markdown(f"**Why {Path(picked['path']).name} was called {classes[picked['pred']]}** (Grad-CAM of checkpoint "
                 f"epoch {predictor.epoch}, on the image as the model saw it)")
     left, right = st.columns(2)

@@ -154,6 +154,16 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
     first = wrong[0]
     assert [c.split(" (")[0] for c in captions] == [f"Grad-CAM for {names[first['label']]}",
                                                     f"Grad-CAM for {names[first['pred']]}"], captions
+    # a checkpoint replaced meanwhile by a zip that is no checkpoint (it passes the listing's cheap check):
+    # a message where the maps were, and the rest of the page still there
+    import zipfile
+    for checkpoint in (runs_dir() / "scratch").glob("checkpoint_*.pt"):
+        with zipfile.ZipFile(checkpoint, "w") as archive:
+            archive.writestr("notes.txt", "not a checkpoint")
+    at.run()
+    assert not at.exception
+    assert any("cannot be loaded to explain the image" in e.value for e in at.error)
+    assert "All runs" in [s.value for s in at.subheader]
 
 
 def test_prediction_page_without_runs_explains_what_to_do(small_demo):
