@@ -33,7 +33,7 @@ def run(cfg: TrainConfig, out: Path) -> None:
     epochs = [r for r in records if r.type == "epoch"]
     features = [r for r in records if r.type == "features"]
     images = start.train_size * len(epochs)
-    print(f"  {start.feature_path:15s} on {start.device_name}: {final.status}, best accuracy {final.best_acc}, "
+    print(f"  freeze {cfg.freeze:10s} {start.feature_path:15s} on {start.device_name}: {final.status}, best accuracy {final.best_acc}, "
           f"{seconds:.1f} s in all, threads {start.threads}, workers {start.workers}")
     if features:
         feature_s = sum(f.seconds for f in features)
@@ -97,6 +97,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         print(f"{args.images} JPEGs of 500×375, {args.epochs} epochs")
         run(TrainConfig(freeze="head", **common), tmp / "frozen")
+        run(TrainConfig(freeze="last_block", **common), tmp / "last_block")
         run(TrainConfig(freeze="all", **common), tmp / "full")
         share = data_wait_share(TrainConfig(freeze="all", num_workers=-1, **common), lists)
         print(f"  full path: {100 * share:.0f}% of an epoch is spent waiting for images")
