@@ -162,8 +162,6 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
     to_channels_last(model.to(device))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     weights_tf = get_arch(cfg.arch).transforms()
-    if not cfg.uses_letterbox and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in split.train):
-        load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
     return Setup(cfg, run, device, split, model, report,
                  eval_tf=build_transform(weights_tf, letterbox=cfg.uses_letterbox),
                  train_tf=training_transform(weights_tf, cfg.augmentation, letterbox=cfg.uses_letterbox),
@@ -290,6 +288,13 @@ def _split_features(features, first: int, total: int) -> tuple:
     return part(in_first, 0, first), part(~in_first, first, total - first)
 
 
+def _prepare_decoding(s: Setup, samples: list) -> None:
+    """Import libjpeg's decoder before a pass that will use it (not when every feature comes from the
+    cache): its import is set-up, not part of the pass's images per second."""
+    if not s.cfg.uses_letterbox and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in samples):
+        load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
+
+
 def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     """Backbone features of the splits in ``todo`` in one pass with one set of workers; yields Progress
     records per split (the first at once), returns {split: HeadInputs}."""
@@ -301,7 +306,8 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     scale, global_first = s.world.size, len(todo[names[0]])
     first = sum(p < global_first for p in positions)
     meter = ProgressMeter("features", global_first, split=names[0])
-    yield meter.first()
+    yield meter.first()  # the page shows the feature phase from here, also while the decoder loads
+    _prepare_decoding(s, samples)
     batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
                                   device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
                                   autocast=s.feature_autocast)
@@ -387,6 +393,7 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
         return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
                            DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
                            train_feats.skipped + test_feats.skipped)
+    _prepare_decoding(s, split.train)
     if s.world.active:
         return _distributed_full_path(s)
     sampler = EpochShuffle(len(split.train), cfg.seed)
