@@ -114,6 +114,13 @@ def test_walk_all_pages_train_and_predict(server, page):
     _shot(page, "2-surgery")
 
     _go(page, "3 · Training")
+    # 3 epochs instead of 5 (the twin copies them): the slider moved as a person would, by keyboard
+    epochs = page.get_by_role("slider", name="Epochs")  # Streamlit's slider is an <input type=range>
+    epochs.focus()
+    epochs.press("ArrowLeft")
+    epochs.press("ArrowLeft")
+    assert wait_until(lambda: epochs.input_value() == "3", 30)
+    page.wait_for_timeout(1000)  # the rerun that takes the new value
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Results (last epoch)").wait_for(timeout=240_000)
     assert "run=" in page.url
@@ -123,8 +130,8 @@ def test_walk_all_pages_train_and_predict(server, page):
     # The recipe's claim, one click away: the same run from scratch, overlaid on the pretrained one.
     page.get_by_role("button", name="Train the same from scratch (every layer) to compare").click()
     # While the twin runs, the runs list updates by itself: its epochs count goes up with no click.
-    page.get_by_text(re.compile(r"Running now: .*\(running, 0/5 epochs\)")).wait_for(timeout=120_000)
-    page.get_by_text(re.compile(r"Running now: .*\(running, [1-4]/5 epochs\)")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"Running now: .*\(running, 0/3 epochs\)")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Running now: .*\(running, [12]/3 epochs\)")).wait_for(timeout=300_000)
     assert page.get_by_role("button", name="Stop").count() == 1  # the app's Stop only
     page.get_by_role("button", name="Train the same with pretrained weights (head only) to compare").wait_for(
         timeout=300_000)
