@@ -184,8 +184,8 @@ def adapt_model(arch: str, num_classes: int, *, weights: str | os.PathLike | Non
 
     loading = _load_pretrained(model, spec, change, weights) if weights is not None else _random_init(model, freeze)
     notes = ([change.note] if change.note else []) + loading.notes
+    freeze_model(model, trained_modules(arch, change.head_name, freeze))  # an unknown mode is refused here
     modes = {mode: trained_modules(arch, change.head_name, mode) for mode in FREEZE_MODES}
-    freeze_model(model, modes[freeze])
     params = [ParamInfo(n, list(p.shape), p.numel(), p.requires_grad) for n, p in model.named_parameters()]
     report = SurgeryReport(
         arch=spec.name, head_variant=variant.name, num_classes=num_classes,

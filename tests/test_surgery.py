@@ -92,6 +92,11 @@ def test_vgg16_variants_give_n_outputs(head_variant, head_name, popped, tmp_path
     assert report.missing_keys == [f"{head_name}.weight", f"{head_name}.bias"]
 
 
+def test_unknown_freeze_mode_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match="freeze mode 'half' does not exist; allowed: head, last_block, all"):
+        adapt_model("resnet18", 2, freeze="half")
+
+
 def test_unknown_variant_names_the_allowed_ones():
     with pytest.raises(ConfigError, match="allowed: replace, add_outside, add_inside"):
         adapt_model("vgg16", 2, head_variant="sideways")
