@@ -221,13 +221,23 @@ def run_predictor(run_path) -> Predictor:
     return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime)
 
 
-def show_explanation(predictor: Predictor, image, target: int | None, column=st) -> None:
-    """The Grad-CAM overlay of class ``target`` (None: the predicted one) on ``image``, in ``column``."""
-    try:
-        explanation = explain(predictor, image, target)
-    except UserError as exc:
-        column.error(str(exc))
-        return
-    column.image(explanation.overlay(), width="stretch",
-                 caption=f"Grad-CAM for {explanation.class_name} ({explanation.probability:.0%}): red is where "
-                         "the evidence for it lies, on the image as the model saw it")
+def show_explanation(predictor: Predictor, image, target: int | None, image_key: str, column=st) -> None:
+    """The Grad-CAM overlay of class ``target`` (None: the predicted one) on ``image``, in ``column``.
+
+    Kept in this visitor's session under ``image_key``, so moving another widget does not recompute it
+    (a VGG16 map takes seconds on a CPU)."""
+    kept = st.session_state.setdefault("cam_overlays", {})
+    key = (predictor.source, predictor.epoch, image_key, target)
+    if key not in kept:
+        try:
+            explanation = explain(predictor, image, target)
+        except UserError as exc:
+            column.error(str(exc))
+            return
+        if len(kept) >= 16:
+            kept.pop(next(iter(kept)))
+        kept[key] = (explanation.overlay(),
+                     f"Grad-CAM for {explanation.class_name} ({explanation.probability:.0%}): red is where the "
+                     "evidence for it lies, on the image as the model saw it")
+    overlay, caption = kept[key]
+    column.image(overlay, width="stretch", caption=caption)

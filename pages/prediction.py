@@ -85,7 +85,7 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
         target = st.selectbox("Explain the class", ranked, key=f"pr_cam_class:{predictor.source}:{source.name}",
                               help="Grad-CAM: which parts of the image raise this class's score. "
                                    "Pre-selected: the predicted class.")
-        show_explanation(predictor, image, predictor.classes.index(target))
+        show_explanation(predictor, image, predictor.classes.index(target), image_key=source.file_id)
     with right:
         best = table.iloc[0]
         st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",

@@ -224,9 +224,9 @@ def render_why(run_path: Path, classes: list[str], picked: dict) -> None:
                 f"epoch {predictor.epoch}, on the image as the model saw it)")
     left, right = st.columns(2)
     left.caption(f"True class: {classes[picked['label']]}")
-    show_explanation(predictor, picked["path"], picked["label"], left)
+    show_explanation(predictor, picked["path"], picked["label"], picked["path"], left)
     right.caption(f"Predicted class: {classes[picked['pred']]}")
-    show_explanation(predictor, picked["path"], picked["pred"], right)
+    show_explanation(predictor, picked["path"], picked["pred"], picked["path"], right)
 
 
 def render_twin_button(run_path: Path, state: dict) -> None:
