@@ -356,7 +356,9 @@ def test_last_block_trains_on_cached_stage_inputs_exactly_as_the_full_forward(co
     full = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)
     start = torch.load(resnet18_file, weights_only=True)
     for key in ("fc.weight", "layer4.1.conv2.weight", "layer4.0.bn1.running_mean"):
-        torch.testing.assert_close(cached["model"][key], full["model"][key], rtol=1e-3, atol=1e-3)
+        # float noise of the folded front, grown by two epochs of training: small against the tensor's scale
+        scale = full["model"][key].abs().max().item()
+        torch.testing.assert_close(cached["model"][key], full["model"][key], rtol=0, atol=1e-3 * scale)
     assert not torch.equal(cached["model"]["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])  # it trained
     torch.testing.assert_close(cached["model"]["layer3.1.conv2.weight"], start["layer3.1.conv2.weight"])  # frozen
     # two learning rates: the head at lr, the trained body at lr × body_lr_factor
@@ -369,3 +371,28 @@ def test_last_block_trains_on_cached_stage_inputs_exactly_as_the_full_forward(co
     head_run = list(train(_config(colour_data, feature_cache=True, weights=str(resnet18_file), epochs=1),
                           tmp_path / "head", cache_dir=tmp_path / "c"))
     assert not any(r.from_disk for r in head_run if isinstance(r, Features))  # another cut, another cache entry
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg16"])
+def test_preprocessing_gives_what_the_weights_own_transforms_give_a_photo(arch):
+    """torchvision's recipe feeds ``weights.transforms()`` PIL images (ImageFolder), which PIL resizes.
+    The CPU's uint8 resize agrees with that up to one pixel level at a few pixels; the float resize
+    the project used before was one level off at a sixth of them."""
+    import numpy as np
+    from PIL import Image
+
+    from core.archs import get_arch
+    from core.data import build_transform
+
+    theirs = get_arch(arch).weights.resolve().transforms()
+    ours = build_transform(get_arch(arch).transforms())
+    pixels = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    photo = Image.fromarray(pixels)
+    expected = theirs(photo)
+    got = ours(photo)
+    assert got.shape == expected.shape == (3, 224, 224)
+    level = 1 / 255 / min(theirs.std)
+    difference = (got - expected).abs()
+    assert difference.max() <= level + 1e-5
+    assert difference.mean() < 0.01 * level
+    torch.testing.assert_close(ours(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), got, rtol=0, atol=0)
