@@ -227,7 +227,7 @@ def main() -> None:
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
             measured = {name: forward_pass(arch, samples, **kw) for name, kw in order}
             rounds.append([measured[name] for name, _ in VARIANTS])
-            colds.append(project_run(arch, lists, args.epochs, tmp / f"run_b{r}", tmp / f"cache{r}"))
+            colds.append(project_run(arch, lists, args.epochs, tmp / f"run_b_cold{r}", tmp / f"cache{r}"))
         rates = [(statistics.median(column), name) for column, (name, _) in zip(zip(*rounds), VARIANTS)]
         for (rate, name), column in zip(rates, zip(*rounds)):
             print(f"    (c) variant {name:38s}: {rate:6.1f} images/s   (median of {', '.join(f'{x:.1f}' for x in column)})")
@@ -298,7 +298,7 @@ def main() -> None:
 
         image = next((data / "star").iterdir())
         t_torch = cold_seconds([sys.executable, "-c", "import torch"])
-        t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b0"), str(image)])
+        t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b_cold0"), str(image)])
         print(f"cold single-image predict {t_predict:.2f} s vs bare `import torch` {t_torch:.2f} s "
               f"= {t_predict / t_torch:.2f}×")
         print("import costs (cumulative seconds, core.cli + core.train + core.predict): " +
