@@ -135,7 +135,7 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert page.get_by_role("button", name="Stop").count() == 1  # the app's Stop only
     page.get_by_role("button", name="Train the same with pretrained weights (head only) to compare").wait_for(
         timeout=300_000)
-    page.get_by_text("test acc", exact=True).wait_for()
+    page.get_by_text("test acc", exact=True).wait_for(timeout=300_000)  # the comparison draws once both runs are read back; a fresh clone is slower
     summaries = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/summary.json")]
     configs = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/config.json")]
     assert len(summaries) == 2 and {bool(c["weights"]) for c in configs} == {True, False}
