@@ -108,9 +108,10 @@ class Preprocess:
 def _resize_like_a_uint8_image(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Antialiased resize of a (3, H, W) image to float values rounded as a uint8 image would hold them.
 
-    On the CPU a uint8 image is resized as uint8, channels_last: torch's vectorised kernel, the one
-    torchvision's own Resize uses, is about twice as fast as resizing in float (2.2 against 1.0 ms
-    for a 500×375 photo on this project's CPUs) and gives the weights' ``transforms()`` result.
+    On the CPU a uint8 image is resized as uint8, channels_last: torch's vectorised kernel is about
+    twice as fast as resizing in float (1.0 against 2.2 ms for a 500×375 photo on this project's
+    CPUs), and it agrees with ``weights.transforms()`` applied to a PIL photo (PIL's resize) except
+    for one pixel level at a few pixels. Elsewhere (CUDA) the resize runs in float.
     """
     if x.dtype == torch.uint8 and x.device.type == "cpu":
         x = x[None].contiguous(memory_format=torch.channels_last)
