@@ -194,3 +194,14 @@ def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainCo
     if pretrained_weights is None:
         return None
     return TrainConfig.from_dict({**cfg.to_dict(), "weights": pretrained_weights, "freeze": "head"})
+
+
+def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | None) -> RunInfo | None:
+    """The run among ``runs`` that is ``cfg``'s comparison twin, all settings equal: the newest completed
+    one, else the newest. Matched on the saved settings, so a twin started from another tab or from the
+    command line counts, and a page reload keeps the pair."""
+    target = comparison_twin(cfg, pretrained_weights)
+    if target is None:
+        return None
+    matches = [r for r in runs if r.config == target]
+    return next((r for r in matches if r.status == "completed"), matches[0] if matches else None)

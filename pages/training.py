@@ -7,7 +7,8 @@ from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
-from core.runs import cancel, comparison_twin, dispatch, launch, max_running, queue, request_stop, run_progress
+from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
+                       run_progress)
 from core.workspace import cache_dir, runs_dir
 from pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
 from pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
@@ -173,7 +174,7 @@ def live_view(run_path: Path, was_running: bool) -> None:
         st.rerun()  # redraw the whole page once: results appear and the timer stops
 
 
-def render_results(run_path: Path) -> None:
+def render_results(run_path: Path, state: dict) -> None:
     records = read_records(run_path)
     if not records.epochs or records.start is None:
         return
@@ -186,6 +187,7 @@ def render_results(run_path: Path) -> None:
     with c2:
         st.markdown("**Confusion matrix** (rows: true class, columns: predicted)")
         confusion_chart(classes, last.confusion)
+    render_pretrained_vs_scratch(run_path, state)
     render_misclassified(run_path, classes)
 
 
@@ -229,20 +231,50 @@ def render_why(run_path: Path, classes: list[str], picked: dict) -> None:
     show_explanation(predictor, picked["path"], picked["pred"], picked["path"], right)
 
 
-def render_twin_button(run_path: Path, state: dict) -> None:
-    """One click to the other side of "pretrained vs from scratch": same settings, other weights."""
+def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
+    """The recipe's claim checked on this data: this run beside its twin (same settings, the other
+    weights), or one click to train that twin."""
     cfg = load_config(RunDir(run_path))
-    twin = comparison_twin(cfg, resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"}))
-    if twin is None:
+    weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"})
+    twin = find_twin(cfg, list_runs(runs_dir()), weights)
+    if twin is not None:
+        st.fragment(pair_view, run_every=LIST_EVERY_S if twin.active else None)(run_path, twin.path, twin.active)
+        return
+    twin_cfg = comparison_twin(cfg, weights)
+    if twin_cfg is None:
+        st.caption("No pretrained weights for this architecture are on this machine, so there is no pretrained "
+                   "run to compare with (add weights on the Model surgery page).")
         return
     text = ("Train the same from scratch (every layer) to compare" if cfg.pretrained
             else "Train the same with pretrained weights (head only) to compare")
     if st.button(text, key="tr_twin"):
         with user_errors():
-            path = launch(twin)
-        st.session_state["tr_compare"] = [run_path.name, path.name]
+            path = launch(twin_cfg)
         st.query_params["run"] = path.name
         st.rerun()
+
+
+def _best(info) -> str:
+    return fmt_pct(info.best_acc) if info.best_acc is not None else "no finished epoch yet"
+
+
+def pair_view(run_path: Path, twin_path: Path, twin_was_active: bool) -> None:
+    """Both sides' test curves, pretrained first; redrawn while the twin trains."""
+    this, twin = read_run(run_path), read_run(twin_path)
+    if this.config is None or twin.config is None:
+        st.caption("The pretrained-vs-scratch comparison is not shown: one of the two runs is damaged.")
+        return
+    pretrained, scratch = (this, twin) if this.config.pretrained else (twin, this)
+    st.subheader("Pretrained vs from scratch")
+    line = (f"Same data, split, seed and settings. Best test accuracy: pretrained (head only) **{_best(pretrained)}** "
+            f"({pretrained.status}), from scratch (every layer) **{_best(scratch)}** ({scratch.status}).")
+    if pretrained.status == scratch.status == "completed" and None not in (pretrained.best_acc, scratch.best_acc):
+        gap = (pretrained.best_acc - scratch.best_acc) * 100
+        line += f" Pretraining {'gains' if gap >= 0 else 'loses'} {abs(gap):.1f} points here."
+    st.markdown(line)
+    compare_chart([pretrained, scratch])
+    if twin_was_active and not twin.active:
+        st.rerun()  # the twin just ended: redraw once with its final numbers and stop refreshing
 
 
 def runs_panel(shown: str | None) -> None:
@@ -271,7 +303,9 @@ def runs_panel(shown: str | None) -> None:
         st.query_params["run"] = follow
         st.rerun(scope="app")
     by_name = {r.name: r for r in runs}
-    st.session_state["tr_compare"] = [n for n in st.session_state.get("tr_compare", []) if n in by_name]
+    kept = [n for n in st.session_state.get("tr_compare", []) if n in by_name]
+    if kept != st.session_state.get("tr_compare", []):  # a run deleted meanwhile; else leave the widget's own value
+        st.session_state["tr_compare"] = kept
     picked = st.multiselect("Compare runs (overlay their test curves; running runs included)", names,
                             key="tr_compare", format_func=lambda n: by_name[n].label)
     compare_chart([by_name[n] for n in picked])
@@ -298,8 +332,7 @@ def main() -> None:
         st.fragment(live_view, run_every=LIVE_EVERY_S if info.active else None)(run_path, info.active)
         if info.finished and info.status != "damaged":
             try:
-                render_results(run_path)
-                render_twin_button(run_path, state)
+                render_results(run_path, state)
             except UserError as exc:
                 st.error(f"This run's results cannot be shown: {exc}")
 

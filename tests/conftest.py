@@ -99,3 +99,12 @@ def lite0_file() -> Path:
     from core.archs import ARCHITECTURES
 
     return Path(ARCHITECTURES["efficientnet_lite0"].packaged.path())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Marks a test whose body failed, so a fixture can keep what it saw (the browser test's screen)."""
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+    return report

@@ -185,8 +185,27 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     assert twin != "pretrained"
     config = (runs_dir() / twin / "config.json").read_text()
     assert '"weights": null' in config and '"freeze": "all"' in config
-    assert at.multiselect(key="tr_compare").value == ["pretrained", twin]
     kill_worker(runs_dir() / twin)
+
+    # Once a twin has finished, either run's page shows the pair instead of the button (the newest
+    # completed twin: the one killed above is not it), whichever tab or command started it.
+    from core.rundir import RunDir, load_config
+    from core.runs import comparison_twin
+    pretrained = load_config(RunDir(runs_dir() / "pretrained"))
+    list(train(comparison_twin(pretrained, None), runs_dir() / "scratch"))
+    for shown in ("pretrained", "scratch"):
+        at = app()
+        at.query_params["run"] = shown
+        at = open_page(at, "pages/training.py")
+        assert not at.exception, at.exception
+        assert "Pretrained vs from scratch" in [s.value for s in at.subheader]
+        line = next(m.value for m in at.markdown if m.value.startswith("Same data, split, seed and settings."))
+        best = {name: json.loads((runs_dir() / name / "summary.json").read_text())["best_acc"]
+                for name in ("pretrained", "scratch")}
+        assert f"pretrained (head only) **{best['pretrained']:.1%}** (completed)" in line, line
+        assert f"from scratch (every layer) **{best['scratch']:.1%}** (completed)" in line, line
+        assert f"{abs(best['pretrained'] - best['scratch']) * 100:.1f} points" in line, line
+        assert not any(b.key == "tr_twin" for b in at.button)
 
 
 def _start_long_run() -> AppTest:

@@ -58,7 +58,7 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def page():
+def page(request, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -67,6 +67,13 @@ def page():
             "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         yield page
+        if getattr(request.node, "call_failed", False):  # what was on screen, for a failure seen only in CI
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"--- page at failure ({page.url}); screenshot {tmp_path / 'failure.png'}\n"
+                  + page.locator("body").inner_text()[-6000:])
+            log = tmp_path / "server.log"
+            if log.is_file():
+                print("--- server log (end)\n" + log.read_text(errors="replace")[-4000:])
         browser.close()
 
 
@@ -133,9 +140,11 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.get_by_text(re.compile(r"Running now: .*\(running, 0/3 epochs\)")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"Running now: .*\(running, [12]/3 epochs\)")).wait_for(timeout=300_000)
     assert page.get_by_role("button", name="Stop").count() == 1  # the app's Stop only
-    page.get_by_role("button", name="Train the same with pretrained weights (head only) to compare").wait_for(
-        timeout=300_000)
-    page.get_by_text("test acc", exact=True).wait_for(timeout=300_000)  # the comparison draws once both runs are read back; a fresh clone is slower
+    # Once the twin ends, its page shows the pair: both best accuracies and their overlaid test curves.
+    page.get_by_text("Pretrained vs from scratch", exact=True).first.wait_for(timeout=300_000)
+    page.get_by_text("Same data, split, seed and settings.").first.wait_for()
+    page.get_by_text("test acc", exact=True).first.wait_for()
+    assert page.get_by_role("button", name=re.compile("to compare$")).count() == 0  # the pair exists: no button
     summaries = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/summary.json")]
     configs = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/config.json")]
     assert len(summaries) == 2 and {bool(c["weights"]) for c in configs} == {True, False}

@@ -234,6 +234,23 @@ def test_comparison_twin_flips_weights_and_freeze_and_keeps_the_rest():
     assert comparison_twin(twin, None) is None  # no pretrained weights on the machine: no twin
 
 
+def test_find_twin_matches_every_saved_setting_but_the_weights_side(tmp_path):
+    from core.rundir import create_run, list_runs
+    from core.runs import comparison_twin, find_twin
+
+    pretrained = TrainConfig(arch="resnet18", weights="/w.pth", freeze="head", lr=0.01, epochs=7, data_root="d")
+    scratch = comparison_twin(pretrained, "/w.pth")
+    create_run(tmp_path / "pt", pretrained, queued=True)
+    create_run(tmp_path / "other-lr", TrainConfig.from_dict({**scratch.to_dict(), "lr": 0.1}), queued=True)
+    assert find_twin(pretrained, list_runs(tmp_path), "/w.pth") is None  # a scratch run, but not with these settings
+    create_run(tmp_path / "scratch", scratch, queued=True)
+    runs = list_runs(tmp_path)
+    assert find_twin(pretrained, runs, "/w.pth").name == "scratch"
+    assert find_twin(scratch, runs, "/w.pth").name == "pt"
+    assert find_twin(scratch, runs, "/other.pth") is None  # head-only on other weights is not this pair
+    assert find_twin(scratch, runs, None) is None
+
+
 def test_letterbox_training_uses_its_own_cache_entries(colour_data, lite0_file, tmp_path):
     common = dict(arch="efficientnet_lite0", weights=str(lite0_file), epochs=1)
     list(train(_config(colour_data, **common), tmp_path / "plain", cache_dir=tmp_path / "cache"))
