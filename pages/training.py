@@ -294,10 +294,10 @@ def runs_panel(shown: str | None) -> None:
             + f", {r.epochs_done}/{r.config.epochs if r.config else '?'} epochs)" for r in active))
     runs_table(runs)
     names = [r.name for r in runs]
-    if shown in names and st.session_state.get("tr_follow_shown") != shown:
-        st.session_state["tr_follow"] = shown  # the box always names the run shown above
-        st.session_state["tr_follow_shown"] = shown
-    follow = st.selectbox("Follow a run", names, key="tr_follow",
+    # The box names the run shown above. It is a new widget for each shown run, not one whose value the
+    # script sets: a browser rerun sent before the new value arrived would set the old run back.
+    follow = st.selectbox("Follow a run", names, index=names.index(shown) if shown in names else 0,
+                          key=f"tr_follow_{shown}",
                           format_func=lambda n: next(r.label + f" · {r.status}" for r in runs if r.name == n))
     if (shown is not None and follow != shown) or (shown is None and st.button("Follow", key="tr_follow_btn")):
         st.query_params["run"] = follow

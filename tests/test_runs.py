@@ -261,9 +261,17 @@ def test_the_training_page_lists_a_run_started_elsewhere_and_follows_the_box(sma
         assert list(table["run"]) == [first.name]
         at.query_params["run"] = first.name
         at.run()
-        assert at.selectbox(key="tr_follow").value == first.name
+        assert at.selectbox(key=f"tr_follow_{first.name}").value == first.name
+        second = launch(small_runs_demo)
+        at.run()
+        at.selectbox(key=f"tr_follow_{first.name}").set_value(second.name).run()
+        assert at.query_params["run"] == second.name
+        assert at.subheader[0].value == f"Run {second.name}"
+        assert at.selectbox(key=f"tr_follow_{second.name}").value == second.name
     finally:
         kill_worker(first)
+        if "second" in locals():
+            kill_worker(second)
 
 
 @pytest.fixture
