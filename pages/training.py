@@ -254,6 +254,13 @@ def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
         st.rerun()
 
 
+TRAINS = {"head": "head only", "last_block": "last stage and head", "all": "every layer"}  # what a freeze mode trains
+
+
+def _trains(info) -> str:
+    return TRAINS.get(info.config.freeze, info.config.freeze)
+
+
 def _best(info) -> str:
     return fmt_pct(info.best_acc) if info.best_acc is not None else "no finished epoch yet"
 
@@ -266,8 +273,9 @@ def pair_view(run_path: Path, twin_path: Path, twin_was_active: bool) -> None:
         return
     pretrained, scratch = (this, twin) if this.config.pretrained else (twin, this)
     st.subheader("Pretrained vs from scratch")
-    line = (f"Same data, split, seed and settings. Best test accuracy: pretrained (head only) **{_best(pretrained)}** "
-            f"({pretrained.status}), from scratch (every layer) **{_best(scratch)}** ({scratch.status}).")
+    line = (f"Same data, split, seed and settings. Best test accuracy: pretrained ({_trains(pretrained)}) "
+            f"**{_best(pretrained)}** ({pretrained.status}), from scratch ({_trains(scratch)}) "
+            f"**{_best(scratch)}** ({scratch.status}).")
     if pretrained.status == scratch.status == "completed" and None not in (pretrained.best_acc, scratch.best_acc):
         gap = (pretrained.best_acc - scratch.best_acc) * 100
         line += f" Pretraining {'gains' if gap >= 0 else 'loses'} {abs(gap):.1f} points here."
