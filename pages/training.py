@@ -239,7 +239,8 @@ def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
     twin = find_twin(cfg, list_runs(runs_dir()), weights)
     if twin is not None:
         st.fragment(pair_view, run_every=LIST_EVERY_S if twin.active else None)(run_path, twin.path, twin.active)
-        return
+        if twin.active or twin.status == "completed":
+            return
     twin_cfg = comparison_twin(cfg, weights)
     if twin_cfg is None:
         st.caption("No pretrained weights for this architecture are on this machine, so there is no pretrained "
@@ -247,6 +248,8 @@ def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
         return
     text = ("Train the same from scratch (every layer) to compare" if cfg.pretrained
             else "Train the same with pretrained weights (head only) to compare")
+    if twin is not None:  # it stopped or failed: its partial curves are above, and it can be trained again
+        text = f"Train the {'from-scratch' if cfg.pretrained else 'pretrained'} twin again (the last one {twin.status})"
     if st.button(text, key="tr_twin"):
         with user_errors():
             path = launch(twin_cfg)

@@ -186,6 +186,13 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     config = (runs_dir() / twin / "config.json").read_text()
     assert '"weights": null' in config and '"freeze": "all"' in config
     kill_worker(runs_dir() / twin)
+    assert wait_until(lambda: read_run(runs_dir() / twin).finished, 30)
+    at = app()
+    at.query_params["run"] = "pretrained"
+    at = open_page(at, "pages/training.py")
+    assert "Pretrained vs from scratch" in [s.value for s in at.subheader]  # the ended twin's partial curves
+    status = read_run(runs_dir() / twin).status
+    assert at.button(key="tr_twin").label == f"Train the from-scratch twin again (the last one {status})"
 
     # Once a twin has finished, either run's page shows the pair instead of the button (the newest
     # completed twin: the one killed above is not it), whichever tab or command started it.
