@@ -29,6 +29,7 @@ from .split import split_dataset, write_split
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 META = "batches.meta"
+MAX_MEMBER_BYTES = 64 * 1024**2
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
@@ -62,7 +63,10 @@ def _members(archive: Path) -> dict[str, bytes]:
             for member in tar:
                 name = Path(member.name).name
                 if member.isfile() and name in wanted:
-                    found[name] = tar.extractfile(member).read()
+                    if member.size > MAX_MEMBER_BYTES:  # the real batches are 30 MB each
+                        raise DatasetError(f"'{archive}' is not the python CIFAR-10 archive: its {name} declares "
+                                           f"{member.size:,} bytes, more than any CIFAR-10 batch")
+                    found[name] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DatasetError(f"'{archive}' is not a readable tar.gz archive ({exc})") from None
     missing = sorted(wanted - set(found))
@@ -75,14 +79,43 @@ def _write_batch(batch: dict, names: list[str], folder: Path) -> int:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or len(labels or []) != len(data):
         raise DatasetError("a CIFAR-10 batch does not hold N×3072 pixels with N labels")
-    files = batch.get("filenames") or [f"{i:05d}.png".encode() for i in range(len(data))]
+    if data.dtype != np.uint8:
+        raise DatasetError(f"a CIFAR-10 batch holds {data.dtype} pixels, not bytes (uint8)")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DatasetError("a CIFAR-10 batch has labels that are not whole numbers") from None
+    if labels.ndim != 1 or labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
+        raise DatasetError(f"a CIFAR-10 batch has labels outside 0..{len(names) - 1}")
+    files = batch.get("filenames")
+    if not isinstance(files, list) or len(files) != len(data):
+        files = [b""] * len(data)
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    for image, label, name in zip(images, labels, files):
-        stem = Path((name.decode() if isinstance(name, bytes) else str(name))).stem
-        target = folder / names[int(label)] / f"{stem}.png"
+    for i, (image, label, name) in enumerate(zip(images, labels.tolist(), files)):
+        target = folder / names[label] / f"{_file_stem(name, i)}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(target)
     return len(images)
+
+
+def _file_stem(name, index: int) -> str:
+    """The archive's own file name without its extension, when it is a plain one; else the image's number."""
+    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    stem = Path(text).stem
+    if not stem or stem.startswith(".") or "\x00" in stem or len(stem) > 200:
+        return f"{index:05d}"
+    return stem
+
+
+def _class_names(meta: dict) -> list[str]:
+    """The 10 class names of batches.meta; each becomes a folder, so each must be a plain, distinct name."""
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in meta.get("label_names", [])]
+    if len(names) != 10 or not all(isinstance(n, str) for n in names):
+        raise DatasetError("batches.meta does not name the 10 CIFAR-10 classes")
+    bad = [n for n in names if not n or n in (".", "..") or any(c in n for c in "/\\\x00") or len(n) > 100]
+    if bad or len(set(names)) != 10:
+        raise DatasetError(f"batches.meta names classes that cannot be folder names ({bad[:2] or 'repeated'})")
+    return names
 
 
 def import_cifar10(archive: str | os.PathLike, out: str | os.PathLike,
@@ -92,9 +125,7 @@ def import_cifar10(archive: str | os.PathLike, out: str | os.PathLike,
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"'{out}' is not empty; choose a new folder so nothing is overwritten")
     members = _members(Path(archive))
-    names = [n.decode() if isinstance(n, bytes) else n for n in _load(members[META]).get("label_names", [])]
-    if len(names) != 10:
-        raise DatasetError("batches.meta does not name the 10 CIFAR-10 classes")
+    names = _class_names(_load(members[META]))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -214,6 +214,7 @@ def _check_data(cfg: TrainConfig) -> None:
 def cmd_train(args) -> int:
     from .distributed import broadcast, finish, start, world_from_env
     from .rundir import new_run_dir, run_label
+    from .runs import start_next_queued
     from .train import train
     from .workspace import cache_dir, runs_dir
 
@@ -230,7 +231,11 @@ def cmd_train(args) -> int:
     if world.main:
         print(f"run folder: {out}", flush=True)
     stream = train(cfg, out, cache_dir=cache, force=args.force, world=world)
-    final = print_records(stream) if world.main else _drain(stream)
+    try:
+        final = print_records(stream) if world.main else _drain(stream)
+    finally:
+        if world.main:  # this run's slot is free: queued app runs in the same folder start now, browser or not
+            start_next_queued(Path(out).parent, cache)
     finish(world)
     if final is None:  # a rank other than 0: rank 0 reports
         return 0

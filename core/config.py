@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -83,9 +84,15 @@ class TrainConfig:
             raise ConfigError(f"freeze mode '{self.freeze}' does not exist; allowed: {', '.join(FREEZE_MODES)}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device '{self.device}' is not supported; allowed: auto, cpu, cuda, cuda:N")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("log_every", 1), ("processes", 1)):
-            if int(getattr(self, name)) < low:
-                raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for f in fields(self):  # inf and nan pass every comparison below the wrong way: refuse them first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name.replace('_', ' ')} must be a finite number, got {value}")
+        for name, low, high in (("epochs", 1, 10_000), ("batch_size", 1, 65_536), ("log_every", 1, 10**9),
+                                ("processes", 1, 1024), ("step_size", 1, 10_000), ("patience", 0, 10_000),
+                                ("seed", 0, 2**32 - 1), ("num_workers", -1, 256)):
+            if not low <= int(getattr(self, name)) <= high:
+                raise ConfigError(f"{name.replace('_', ' ')} must be from {low:,} to {high:,}, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if not 0 < self.body_lr_factor <= 1:

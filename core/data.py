@@ -81,6 +81,7 @@ class Preprocess:
         return (x - self.mean.to(x.device)) / self.std.to(x.device) if self.normalize else x
 
     def _resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
+        x = centre_of_long_side(x)
         h, w = resized_size(x.shape[-2], x.shape[-1], self.resize)
         x = _resize_like_a_uint8_image(x, (h, w), self.mode)
         top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
@@ -103,6 +104,28 @@ class Preprocess:
         return (f"Preprocess(random_crop={self.random_crop}, resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
                 f"std={self.std.flatten().tolist()}, hflip={self.hflip}, vflip={self.vflip}, letterbox={self.letterbox}, "
                 f"normalize={self.normalize}, resize_in=uint8)")
+
+
+MAX_ASPECT = 2  # a longer side than this × the shorter one never reaches the centre crop
+
+
+def centre_of_long_side(x: torch.Tensor) -> torch.Tensor:
+    """The centre of a very long image: at most MAX_ASPECT × its shorter side (plus one pixel, to stay centred).
+
+    Resizing the shorter side first makes the work grow with the aspect ratio: a 60000×1 PNG of 260 bytes
+    would ask for a 256 × 15,360,000 image (47 GB in float). The centre crop only ever sees the middle
+    ``crop/resize`` of the shorter side's length along the long side, so cutting the rest away first
+    bounds the work by the output (at most 2 × resize × resize pixels) and leaves the result as it was,
+    to within the resize's rounding. Images of ordinary aspect ratios (up to 2:1) are untouched.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if w > MAX_ASPECT * h:
+        cut = (w - MAX_ASPECT * h) // 2
+        return x[..., :, cut:w - cut]
+    if h > MAX_ASPECT * w:
+        cut = (h - MAX_ASPECT * w) // 2
+        return x[..., cut:h - cut, :]
+    return x
 
 
 def _resize_like_a_uint8_image(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import DatasetError
 from .io import DISK_FULL
+from .workspace import NOT_WRITABLE, workspace_writes
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 IMAGE_SIZE = 224
@@ -92,7 +93,7 @@ def generate_demo(dest: str | os.PathLike, *, per_class: tuple[int, int] = (40, 
     except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and exc.errno not in NOT_WRITABLE:
             reason = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or str(exc))
             raise DatasetError(f"could not generate the demo dataset in '{dest.parent}': {reason}") from None
         raise
@@ -103,5 +104,6 @@ def ensure_demo_dataset(workspace: str | os.PathLike) -> Path:
     """The demo dataset's folder in ``workspace``, generating it the first time."""
     dest = Path(workspace) / "datasets" / "demo-shapes"
     if not (dest / DONE_MARKER).exists():
-        generate_demo(dest)
+        with workspace_writes("generate the demo dataset"):
+            generate_demo(dest)
     return dest

@@ -44,6 +44,7 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     predictor = Predictor.load(run_dir, device="cpu")
     model = predictor.model.eval()
     example = torch.zeros(1, 3, predictor.transform.crop, predictor.transform.crop)
+    predictor.batch_probabilities(example)  # refuses a model whose outputs are not finite before anything is written
     out = Path(out) if out else Path(run_dir) / f"model_{predictor.config.arch}{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode(False), torch.no_grad():

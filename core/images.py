@@ -83,6 +83,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def thumbnail_jpeg(source: ImageSource, max_side: int) -> bytes:
+    """A JPEG of the image (upright RGB, as training sees it) whose longer side is at most ``max_side``:
+    what pages show. Any mode (16-bit, CMYK, palette, alpha) and any aspect ratio; work bounded by the output."""
+    img = open_image(source)
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 def _describe(source) -> str:
     if isinstance(source, (str, Path)):
         return f"'{source}'"

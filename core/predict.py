@@ -12,12 +12,13 @@ from .accel import as_input, inference_copy, resolve_device, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
-from .errors import RunError, UserError
+from .errors import RunError, UserError, WeightsError
 from .images import ImageSource, open_image
 from .io import torch_load_tensors
 from .rundir import RunDir
+from .split import MAX_CLASSES
 from .surgery import adapt_model
-from .weights import load_state_dict_file
+from .weights import check_finite, load_state_dict_file
 
 
 def checkpoint_path(run_or_file: str | os.PathLike) -> Path:
@@ -66,12 +67,17 @@ class Predictor:
     @classmethod
     def _build(cls, cfg: TrainConfig, classes: list[str], state: dict, epoch: int, source: str,
                device: str = "auto", fold: bool = True) -> "Predictor":
+        if not 0 < len(classes) <= MAX_CLASSES:  # the class count sizes the head before anything is checked
+            raise RunError(f"'{source}' names {len(classes):,} classes; a model here has 1 to {MAX_CLASSES:,}")
         device = resolve_device(device)  # the GPU when there is one
         # weights=None: the state overwrites every tensor, no need to read the pretrained file.
         model, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze="all")
         try:
+            check_finite(state, source)
             model.load_state_dict(state)
-        except (RuntimeError, TypeError) as exc:
+        except WeightsError as exc:
+            raise RunError(str(exc)) from None
+        except (RuntimeError, TypeError, AttributeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunError(f"'{source}' does not fit {cfg.arch} with {len(classes)} classes ({first[:200]})") from None
         # Folding BatchNorm pays off over many images (the page keeps its predictor); tracing the model
@@ -87,7 +93,7 @@ class Predictor:
         ckpt = _read_checkpoint(path)
         try:
             cfg = TrainConfig.from_dict(ckpt["config"])
-            classes = [str(c) for c in ckpt["classes"]]
+            classes = [str(c) for c in ckpt["classes"][:MAX_CLASSES + 1]]
             state = ckpt["model"]
         except (KeyError, TypeError, UserError) as exc:
             raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
@@ -121,7 +127,11 @@ class Predictor:
         # bf16 on a GPU (tensor cores), full precision on the CPU
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
-            return self.model(x).float().softmax(1).cpu()
+            logits = self.model(x).float()
+        if not bool(torch.isfinite(logits).all()):
+            raise RunError(f"the model '{self.source}' gave outputs that are not finite numbers (NaN or infinity); "
+                           "its probabilities would mean nothing. Train it again with a lower learning rate")
+        return logits.softmax(1).cpu()
 
     def predict(self, image: ImageSource, topk: int = 5) -> list[tuple[str, float]]:
         probs = self.probabilities(image)

@@ -33,6 +33,7 @@ QUEUED = "queued"  # waiting for a free slot (TLD_MAX_RUNNING); no process yet
 ACTIVE = ("starting", "running")
 ENDED = ("completed", "stopped", "failed")
 BUSY = ("starting", "running", "not responding")  # statuses that hold a slot
+DISPATCH_LOCK = ".dispatch.lock"  # in a runs folder: held while one process counts slots and starts runs
 
 
 class DamagedRun(RunError):
@@ -120,6 +121,7 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
                            f"overwritten{hint}")
         aside = run.path.with_name(f"{run.name}.{status}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
         os.rename(run.path, aside)
+        remove_leftover_writes(RunDir(aside))  # the moved-aside run is over: no write of it will finish
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.config, cfg.to_dict())
     write_status(run, WorkerState(QUEUED, pid=None, phase="waiting for a free slot") if queued
@@ -332,22 +334,39 @@ def read_records(run: RunDir | str | os.PathLike) -> Records:
     return Records(tuple(items))
 
 
-def read_predictions(run: RunDir) -> list[dict]:
-    """The last epoch's test predictions (path, label, pred, prob), checked."""
+def _is_prediction(p, num_classes: int | None) -> bool:
+    def label(v) -> bool:  # an index into the class list
+        return type(v) is int and 0 <= v < (num_classes if num_classes is not None else 10**6)
+
+    return (isinstance(p, dict) and isinstance(p.get("path"), str) and label(p.get("label")) and label(p.get("pred"))
+            and type(p.get("index", 0)) is int and p.get("index", 0) >= 0
+            and isinstance(p.get("prob"), (int, float)) and 0 <= p["prob"] <= 1)
+
+
+def read_predictions(run: RunDir, num_classes: int | None = None) -> list[dict]:
+    """The last epoch's test predictions (path, label, pred, prob, index), each checked: labels are class
+    indices (below ``num_classes`` when given), the probability lies in [0, 1]."""
     data = _read_json(run.predictions, "the test predictions")
     if data is None:
         return []
-    keys = {"path", "label", "pred", "prob"}
-    if not isinstance(data, list) or not all(isinstance(p, dict) and keys <= p.keys() for p in data):
-        raise DamagedRun(run.predictions.name, "it is not a list of test predictions")
+    if not isinstance(data, list) or not all(_is_prediction(p, num_classes) for p in data):
+        raise DamagedRun(run.predictions.name, "it is not a list of this run's test predictions")
     return data
 
 
 def _check_checkpoints(run: RunDir) -> None:
-    # torch.save writes a zip archive; its directory at the end is cheap to check without loading tensors.
+    # torch.save writes a zip archive holding '<name>/data.pkl'; its directory at the end is cheap to read
+    # without loading tensors, and tells a checkpoint from a cut-short file or some other zip renamed .pt.
     for path in (run.best, run.last):
-        if path.is_file() and not zipfile.is_zipfile(path):
-            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)")
+        if not path.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile, ValueError):
+            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)") from None
+        if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+            raise DamagedRun(path.name, f"it is a zip archive of {len(names)} file(s), not a PyTorch checkpoint")
 
 
 # ----------------------------------------------------------------------------- listing
@@ -404,7 +423,7 @@ def _read_contents(path: Path, stamp: tuple) -> _Contents:
     try:
         records = read_records(run)
         _read_json(run.summary, "the summary")
-        read_predictions(run)
+        read_predictions(run, len(records.start.classes) if records.start else None)
         _check_checkpoints(run)
     except DamagedRun as exc:
         return _Contents(config, None, str(exc))
@@ -420,6 +439,25 @@ def _stamp(run: RunDir) -> tuple:
         return ()
 
 
+def remove_leftover_writes(run: RunDir) -> list[str]:
+    """Delete the temporary files of writes that never finished (a process killed while it saved a
+    checkpoint leaves a ``.checkpoint_last.pt.*.tmp`` of the model's size). Only for a run that has
+    ended: then nothing writes into the folder any more. Returns the names removed."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(run.path) if e.name.startswith(".") and e.name.endswith(".tmp")
+                   and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except OSError:  # a read-only workspace: leave it, the run still reads
+            pass
+    return removed
+
+
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
     run = RunDir(run_dir)
     contents = _read_contents(run.path, _stamp(run))
@@ -430,6 +468,8 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     if contents.damage:
         return RunInfo(run.path, "damaged", contents.damage, contents.config, started=started)
     status, reason = read_status(run)
+    if status in ENDED:
+        remove_leftover_writes(run)
     records = contents.records
     start = records.start
     return RunInfo(run.path, status, reason, contents.config, records.best_acc, records.final_acc,
@@ -445,6 +485,21 @@ def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
         return []
     runs = [read_run(p) for p in folders if RunDir(p).holds_run()]
     return sorted(runs, key=lambda r: r.started, reverse=True)
+
+
+def find_run(parent: str | os.PathLike, name: str) -> Path | None:
+    """The run folder called ``name`` directly inside ``parent``, or None: a name from a URL is a bare folder
+    name (no separator, NUL or leading dot), and the folder, links resolved, must lie inside ``parent``."""
+    if not name or len(name) > 255 or any(c in name for c in ("/", "\\", "\x00")) or name.startswith("."):
+        return None
+    try:
+        home = Path(os.path.realpath(parent))
+        path = Path(os.path.realpath(Path(parent) / name))
+        if path.parent != home or not RunDir(path).holds_run():
+            return None
+    except (OSError, ValueError):
+        return None
+    return Path(parent) / name
 
 
 def best_completed(runs: list[RunInfo]) -> RunInfo | None:

@@ -6,17 +6,19 @@ app down. The run folder (``core.rundir``) holds all state; the worker reports i
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import TrainConfig
 from .records import Records
-from .rundir import (QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
+from .rundir import (DISPATCH_LOCK, QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
                      new_run_dir, process_start_ticks, read_worker_state, run_label, write_status)
 
 # Workers this process started: each has a thread waiting on it, so a finished one is reaped
@@ -85,35 +87,64 @@ def queue(runs: list[RunInfo]) -> list[RunInfo]:
     return sorted((r for r in runs if r.status == QUEUED), key=lambda r: (_queued_at(r), r.name))
 
 
+@contextmanager
+def _dispatching(parent: str | os.PathLike):
+    """Hold the runs folder's dispatch lock (one dispatcher at a time, across processes); yields False when
+    the lock file cannot be made (a read-only workspace: nothing could be started there anyway)."""
+    try:
+        fd = os.open(Path(parent) / DISPATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, also if this process dies
+        yield True
+    finally:
+        os.close(fd)
+
+
 def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Path]:
     """Start queued runs, oldest first, while fewer than ``max_running()`` runs hold a slot.
 
-    Called after every launch, by the Training page as it refreshes, and by each worker as it
-    ends, so the queue moves on with or without a browser open. ``claim`` makes sure two
-    callers never start the same run.
+    Called after every launch, by the Training page as it refreshes, and by every run as it ends
+    (app or command line), so the queue moves on with or without a browser open. Counting the busy
+    runs and starting new ones happen under one lock, so two Start clicks that arrive together, in
+    any processes, never start more runs than the cap; ``claim`` makes sure no run starts twice.
     """
-    runs = list_runs(parent)
-    free = max_running() - sum(r.busy for r in runs)
-    started = []
-    for info in queue(runs):
-        if free <= 0:
-            break
-        run = RunDir(info.path)
-        if claim(run):
-            _spawn(run, cache_dir)
-            started.append(run.path)
-            free -= 1
-    return started
+    with _dispatching(parent) as locked:
+        if not locked:
+            return []
+        runs = list_runs(parent)
+        free = max_running() - sum(r.busy for r in runs)
+        started = []
+        for info in queue(runs):
+            if free <= 0:
+                break
+            run = RunDir(info.path)
+            if claim(run):
+                _spawn(run, cache_dir)  # writes 'starting' before returning: the next dispatcher counts it
+                started.append(run.path)
+                free -= 1
+        return started
+
+
+def start_next_queued(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> None:
+    """A run in ``parent`` has ended (however it was started): its slot is free, so start what waits."""
+    try:
+        dispatch(parent, cache_dir)
+    except Exception as exc:  # the run itself is over and recorded; the Training page dispatches later
+        print(f"warning: could not start the next queued run: {exc}", file=sys.stderr, flush=True)
 
 
 def launch(cfg: TrainConfig) -> Path:
     """Queue ``cfg`` in a new, uniquely named run folder of the workspace and start it as soon as a
     slot is free (at once, usually), with the workspace's feature cache."""
-    from .workspace import cache_dir, runs_dir
+    from .workspace import cache_dir, runs_dir, workspace_writes
 
     cfg.validate()
-    run = create_run(new_run_dir(runs_dir(), run_label(cfg)), cfg, queued=True)
-    dispatch(runs_dir(), cache_dir())
+    with workspace_writes("start a run"):
+        run = create_run(new_run_dir(runs_dir(), run_label(cfg)), cfg, queued=True)
+        dispatch(runs_dir(), cache_dir())
     return run.path
 
 

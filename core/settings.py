@@ -6,6 +6,7 @@ that cannot be read says which variable is wrong and what it accepts.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 GiB, MiB = 1024**3, 1024**2
+# The server's upload cap (.streamlit/config.toml, server.maxUploadSize, in MB; a test keeps them equal): the
+# largest file a page takes is a weights file, and VGG16's is 528 MB.
+UPLOAD_CAP_MB = 600
 
 
 @dataclass(frozen=True)
@@ -31,17 +35,25 @@ class Settings:
     screenshots: Path | None  # TLD_SCREENSHOTS: the browser test keeps a screenshot of each page there
 
 
-def _number(name: str, default, kind=int, low=1):
+def _show(number) -> str:
+    return f"{number:,}" if isinstance(number, int) else f"{number:g}"
+
+
+def _number(name: str, default, low, high, *, whole: bool = True):
+    """``$name`` as a number from ``low`` to ``high`` (``default`` when unset); anything else is a ConfigError
+    naming the variable, the value and what is allowed (nan, inf, 1e999 and words included)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
+    kind = "a whole number" if whole else "a number"
+    allowed = f"{name}={raw[:40]!r} is not allowed: give {kind} from {_show(low)} to {_show(high)}"
     try:
-        value = kind(float(raw)) if kind is int else kind(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; give a {kind.__name__} of at least {low}") from None
-    if value < low:
-        raise ConfigError(f"{name}={raw!r} is too small; give a {kind.__name__} of at least {low}")
-    return value
+        raise ConfigError(allowed) from None
+    if not math.isfinite(value) or not low <= value <= high or (whole and not value.is_integer()):
+        raise ConfigError(allowed)
+    return int(value) if whole else value
 
 
 def settings() -> Settings:
@@ -53,12 +65,12 @@ def settings() -> Settings:
         allowed_roots=roots or (workspace, Path.cwd().resolve()),
         data_root=os.environ.get("TLD_DATA_ROOT") or None,
         example_dataset_url=os.environ.get("TLD_EXAMPLE_DATASET_URL", ""),
-        max_image_pixels=_number("TLD_MAX_IMAGE_PIXELS", 64_000_000),
-        max_image_bytes=_number("TLD_MAX_IMAGE_BYTES", 20 * MiB),
-        max_zip_bytes=_number("TLD_MAX_ZIP_BYTES", 2 * GiB),
-        feature_cache_bytes=_number("TLD_FEATURE_CACHE_BYTES", 2 * GiB, low=0),
-        download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, kind=float),
+        max_image_pixels=_number("TLD_MAX_IMAGE_PIXELS", 64_000_000, 1, 1_000_000_000),
+        max_image_bytes=_number("TLD_MAX_IMAGE_BYTES", 20 * MiB, 1, UPLOAD_CAP_MB * MiB),
+        max_zip_bytes=_number("TLD_MAX_ZIP_BYTES", 2 * GiB, 1, 1024 * GiB),
+        feature_cache_bytes=_number("TLD_FEATURE_CACHE_BYTES", 2 * GiB, 0, 1024**5),
+        download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, 0.1, 3600.0, whole=False),
         password=os.environ.get("TLD_PASSWORD") or None,
-        max_running=_number("TLD_MAX_RUNNING", None),
+        max_running=_number("TLD_MAX_RUNNING", None, 1, 1024),
         screenshots=Path(os.environ["TLD_SCREENSHOTS"]) if os.environ.get("TLD_SCREENSHOTS") else None,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -295,9 +296,13 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
     return out
 
 
+LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+MAX_CLASSES = 100_000
+
+
 def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (Notepad's UTF-8) must not stick to line 1
             lines = f.read().split("\n")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
@@ -309,11 +314,13 @@ def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> l
         if not line.strip():
             continue
         image_path, sep, label = line.rpartition("\t")
-        if not sep or not label.strip().lstrip("-").isdigit():
+        if not sep or not LABEL.fullmatch(label.strip()):
             raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
         label_int = int(label)
-        if num_classes is not None and not 0 <= label_int < num_classes:
-            raise DatasetError(f"{path}, line {lineno}: label {label_int} is outside 0..{num_classes - 1}")
+        high = num_classes if num_classes is not None else MAX_CLASSES
+        if not 0 <= label_int < high:  # a label sizes the model's head and indexes the class list
+            raise DatasetError(f"{path}, line {lineno}: label {label.strip()[:30]} is outside 0..{high - 1}"
+                               + ("" if num_classes is not None else f" (at most {MAX_CLASSES:,} classes)"))
         samples.append((image_path, label_int))
     return samples
 
@@ -346,17 +353,16 @@ def read_split(folder: str | os.PathLike) -> Split:
                            "(train.txt and test.txt hold one 'path<TAB>label' line per image)")
     if not (folder / "classes.json").is_file():
         train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
-        negative = [label for _, label in train + test if label < 0]
-        if negative:
-            raise DatasetError(f"'{folder}': labels must be 0 or more, found {negative[0]}")
         classes, how = infer_class_names(train + test)
         return Split(str(folder), classes, train, test, None, None, class_names=how)
     try:
-        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8-sig"))
         classes = meta["classes"] if isinstance(meta, dict) else meta
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise ValueError("expected a list of class names")
-    except (ValueError, KeyError, TypeError) as exc:
+        if not 0 < len(classes) <= MAX_CLASSES:
+            raise ValueError(f"expected 1 to {MAX_CLASSES:,} class names, found {len(classes):,}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
     n = len(classes)
     info = meta if isinstance(meta, dict) else {}

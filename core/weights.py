@@ -44,10 +44,21 @@ def _unwrap(obj, source: str) -> tuple[dict, list[str]]:
     if not_tensors:
         raise WeightsError(f"'{source}' is not a state dict: entries {', '.join(map(str, not_tensors[:5]))} "
                            "are not tensors")
+    check_finite(obj, source)
     if all(str(k).startswith("module.") for k in obj):
         notes.append("keys carried the 'module.' prefix of DataParallel/DistributedDataParallel; it was removed")
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj), notes
+
+
+def check_finite(state: dict, source: str) -> None:
+    """Refuse a state dict holding NaN or infinite values: a model built from it predicts NaN for every image."""
+    bad = [str(k) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"'{source}' holds values that are not finite numbers (NaN or infinity) in {len(bad)} "
+                           f"tensor(s) ({', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}); a model made from it "
+                           "cannot predict. Was its training diverging (a learning rate too high)?")
 
 
 def load_state_dict_file(path: str | os.PathLike | bytes, name: str | None = None) -> tuple[dict, list[str]]:

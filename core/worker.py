@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .cli import print_records
     from .distributed import finish, start, world_from_env
+    from .runs import start_next_queued
     from .train import run_training
     from .workspace import allowed_roots
 
@@ -41,20 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if world.main:
-            _start_next(Path(args.run_dir).parent, args.cache_dir)
+            start_next_queued(Path(args.run_dir).parent, args.cache_dir)
     if not world.main:
         return 0
     return 0 if final is not None and final.status == "completed" else 1
-
-
-def _start_next(parent: Path, cache_dir: str | None) -> None:
-    """This run's slot is free: start the next queued run, so the queue moves on without a browser."""
-    from .runs import dispatch
-
-    try:
-        dispatch(parent, cache_dir)
-    except Exception as exc:  # the run itself is over and recorded; the app will dispatch later
-        print(f"warning: could not start the next queued run: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

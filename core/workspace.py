@@ -9,11 +9,13 @@ user's own shell and is not confined.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DatasetError
+from .errors import DatasetError, UserError
 from .settings import settings
 
 
@@ -46,9 +48,36 @@ def allowed_roots() -> tuple[Path, ...]:
     return settings().allowed_roots
 
 
+PATH_MAX, NAME_MAX = 4096, 255  # Linux's limits: longer paths and names cannot exist, so refuse them up front
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot name a file at all (a NUL byte, too long), or None when it can."""
+    text = os.fspath(path)
+    if isinstance(text, bytes) or "\x00" in text:
+        return "it contains a NUL byte"
+    if len(text.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        return f"it is longer than {PATH_MAX} bytes"
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in text.split(os.sep)):
+        return f"one of its names is longer than {NAME_MAX} bytes"
+    return None
+
+
+def shown(path: str | os.PathLike, limit: int = 120) -> str:
+    """A path as a message quotes it: NULs visible, a long one cut in the middle."""
+    text = os.fspath(path).replace("\x00", "\\0")
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]}"
+
+
 def is_allowed(path: str | os.PathLike, roots: tuple[Path, ...] | None = None) -> bool:
-    """Whether ``path``, every symbolic link resolved, lies under one of the allowed roots."""
-    resolved = Path(os.path.realpath(path))
+    """Whether ``path``, every symbolic link resolved, lies under one of the allowed roots (False for a
+    path that cannot exist: a NUL byte, too long, a link loop)."""
+    if path_problem(path):
+        return False
+    try:
+        resolved = Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return False
     return any(resolved == root or root in resolved.parents for root in (roots or allowed_roots()))
 
 
@@ -57,10 +86,13 @@ def check_allowed(path: str | os.PathLike) -> Path:
 
     The refusal is the same whether or not the path exists, so it reveals nothing about the server.
     """
+    problem = path_problem(path)
+    if problem:
+        raise DatasetError(f"'{shown(path)}' is not a usable path: {problem}")
     if is_allowed(path):
         return Path(os.path.realpath(path))
     allowed = ", ".join(str(r) for r in allowed_roots())
-    raise DatasetError(f"'{path}' is outside the folders this app may read ({allowed}); "
+    raise DatasetError(f"'{shown(path)}' is outside the folders this app may read ({allowed}); "
                        "set TLD_ALLOWED_ROOTS to allow more")
 
 
@@ -69,3 +101,25 @@ def lists_dir_for(root: str | os.PathLike) -> Path:
     resolved = Path(root).expanduser().resolve()
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return lists_dir() / f"{resolved.name or 'root'}-{tag}"
+
+
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class WorkspaceNotWritable(UserError):
+    """The workspace cannot be written; the message says where and what still works."""
+
+
+@contextmanager
+def workspace_writes(what: str):
+    """Turn a failed write into the workspace (read-only, no permission) into a message saying where, and
+    that what reads only (following runs, prediction) still works. ``what``: e.g. "start a run"."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        raise WorkspaceNotWritable(
+            f"could not {what}: the workspace '{workspace_dir()}' is not writable ({exc.strerror or exc}). "
+            "Existing runs can still be followed, and prediction still works; to train or save datasets, "
+            "whoever runs the app must make it writable or set TLD_WORKSPACE to a writable folder") from None

@@ -11,7 +11,7 @@ from core.workspace import lists_dir_for, runs_dir
 from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "streamlit_app.py")
-PAGES = ["pages/home.py", "pages/dataset.py", "pages/surgery.py", "pages/training.py", "pages/prediction.py"]
+PAGES = ["app_pages/home.py", "app_pages/dataset.py", "app_pages/surgery.py", "app_pages/training.py", "app_pages/prediction.py"]
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_first_launch_generates_the_demo_dataset():
 
 
 def test_dataset_page_writes_the_split(small_demo):
-    at = open_page(app(), "pages/dataset.py")
+    at = open_page(app(), "app_pages/dataset.py")
     assert "5 classes · 30 train / 20 test" in [s.value for s in at.subheader]
     at.button(key="ds_write").click().run()
     assert not at.exception
@@ -63,13 +63,13 @@ def test_dataset_page_writes_the_split(small_demo):
 
 
 def test_dataset_page_ratio_slider_changes_the_split(small_demo):
-    at = open_page(app(), "pages/dataset.py")
+    at = open_page(app(), "app_pages/dataset.py")
     at.slider(key="ds_ratio").set_value(0.5).run()
     assert "5 classes · 25 train / 25 test" in [s.value for s in at.subheader]
 
 
 def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_file):
-    at = open_page(app(arch="resnet18", weights_file=resnet18_file), "pages/surgery.py")
+    at = open_page(app(arch="resnet18", weights_file=resnet18_file), "app_pages/surgery.py")
     assert not at.error, [e.value for e in at.error]
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]  # popped (and missing) keys
     metrics = {m.label: m.value for m in at.metric}
@@ -80,7 +80,7 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
-    at = open_page(app(arch="resnet18"), "pages/surgery.py")
+    at = open_page(app(arch="resnet18"), "app_pages/surgery.py")
     assert any("No resnet18 weights are on this machine" in w.value for w in at.warning)
     at.button(key="sg_use_lite").click().run()
     assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
@@ -91,7 +91,7 @@ def _wait_for_run(name: str, timeout: float = 180) -> None:
 
 
 def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
-    at = open_page(app(), "pages/training.py")
+    at = open_page(app(), "app_pages/training.py")
     at.slider(key="tr_epochs").set_value(2).run()
     at.button(key="tr_start").click().run()
     assert not at.exception
@@ -113,7 +113,7 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
-    at = open_page(app(), "pages/prediction.py")
+    at = open_page(app(), "app_pages/prediction.py")
     image = next((small_demo / "star").iterdir()).read_bytes()
     at.file_uploader(key="pr_upload").upload("star.jpg", image, "image/jpeg").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -144,7 +144,7 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
     assert wrong
     at = app()
     at.query_params["run"] = "scratch"
-    at = open_page(at, "pages/training.py")
+    at = open_page(at, "app_pages/training.py")
     why = [b for b in at.button if b.label == "Why?"]
     assert len(why) == min(24, len(wrong))
     why[0].click().run()
@@ -154,12 +154,12 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
     first = wrong[0]
     assert [c.split(" (")[0] for c in captions] == [f"Grad-CAM for {names[first['label']]}",
                                                     f"Grad-CAM for {names[first['pred']]}"], captions
-    # a checkpoint replaced meanwhile by a zip that is no checkpoint (it passes the listing's cheap check):
-    # a message where the maps were, and the rest of the page still there
+    # a checkpoint replaced meanwhile by a zip that looks like one to the listing's cheap check (it has a
+    # data.pkl) but cannot be loaded: a message where the maps were, and the rest of the page still there
     import zipfile
     for checkpoint in (runs_dir() / "scratch").glob("checkpoint_*.pt"):
         with zipfile.ZipFile(checkpoint, "w") as archive:
-            archive.writestr("notes.txt", "not a checkpoint")
+            archive.writestr("archive/data.pkl", "not a pickle")
     at.run()
     assert not at.exception
     assert any("cannot be loaded to explain the image" in e.value for e in at.error)
@@ -167,7 +167,7 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
 
 
 def test_prediction_page_without_runs_explains_what_to_do(small_demo):
-    at = open_page(app(), "pages/prediction.py")
+    at = open_page(app(), "app_pages/prediction.py")
     assert any("No trained model yet" in i.value for i in at.info)
 
 
@@ -179,7 +179,7 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
                            epochs=1, num_workers=0), runs_dir() / "pretrained"))
     at = app()
     at.query_params["run"] = "pretrained"
-    at = open_page(at, "pages/training.py")
+    at = open_page(at, "app_pages/training.py")
     at.button(key="tr_twin").click().run()
     twin = at.query_params["run"]
     assert twin != "pretrained"
@@ -189,7 +189,7 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     assert wait_until(lambda: read_run(runs_dir() / twin).finished, 30)
     at = app()
     at.query_params["run"] = "pretrained"
-    at = open_page(at, "pages/training.py")
+    at = open_page(at, "app_pages/training.py")
     assert "Pretrained vs from scratch" in [s.value for s in at.subheader]  # the ended twin's partial curves
     status = read_run(runs_dir() / twin).status
     assert at.button(key="tr_twin").label == f"Train the from-scratch twin again (the last one {status})"
@@ -203,7 +203,7 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     for shown in ("pretrained", "scratch"):
         at = app()
         at.query_params["run"] = shown
-        at = open_page(at, "pages/training.py")
+        at = open_page(at, "app_pages/training.py")
         assert not at.exception, at.exception
         assert "Pretrained vs from scratch" in [s.value for s in at.subheader]
         line = next(m.value for m in at.markdown if m.value.startswith("Same data, split, seed and settings."))
@@ -217,7 +217,7 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
 
 def _start_long_run() -> AppTest:
     """Start, from the Training page, a from-scratch run long enough to still be running when checked."""
-    at = open_page(app(), "pages/training.py")
+    at = open_page(app(), "app_pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False)
     at.radio(key="tr_freeze").set_value("all")
     at.slider(key="tr_epochs").set_value(50)
@@ -246,7 +246,7 @@ def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
     with zipfile.ZipFile(buf, "w") as z:
         for p in colour_data.rglob("*.png"):
             z.write(p, p.relative_to(colour_data))
-    at = open_page(app(), "pages/dataset.py")
+    at = open_page(app(), "app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Upload a zip").run()
     at.file_uploader(key="ds_zip").upload("my colours.zip", buf.getvalue(), "application/zip").run()
     at.button(key="ds_extract").click().run()
@@ -256,7 +256,7 @@ def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
 
 
 def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_file):
-    at = open_page(app(arch="resnet18"), "pages/surgery.py")
+    at = open_page(app(arch="resnet18"), "app_pages/surgery.py")
     at.file_uploader(key="sg_upload").upload("resnet18_pretrain.pth", resnet18_file.read_bytes(),
                                              "application/octet-stream").run()
     at.button(key="sg_store").click().run()
@@ -273,7 +273,7 @@ def test_a_reload_reattaches_to_the_running_run(small_demo):
     reloaded = AppTest.from_file(APP, default_timeout=120)  # a new browser session with the same URL
     reloaded.query_params["run"] = name
     reloaded.run()
-    open_page(reloaded, "pages/training.py")
+    open_page(reloaded, "app_pages/training.py")
     assert f"Run {name}" in [s.value for s in reloaded.subheader]
     assert read_run(runs_dir() / name).active  # the first session going away did not stop it
     assert [b.label for b in reloaded.button if b.key == "tr_stop"] == ["Stop"]
@@ -292,7 +292,7 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
     with zipfile.ZipFile(buf, "w") as z:
         for p in (tmp_path / "hym").rglob("*.png"):
             z.write(p, p.relative_to(tmp_path))
-    at = open_page(app(), "pages/dataset.py")
+    at = open_page(app(), "app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Upload a zip").run()
     at.file_uploader(key="ds_zip").upload("hymenoptera.zip", buf.getvalue(), "application/zip").run()
     at.button(key="ds_extract").click().run()
@@ -302,7 +302,7 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
 
 
 def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
-    at = open_page(app(), "pages/training.py")
+    at = open_page(app(), "app_pages/training.py")
     at.slider(key="tr_epochs").set_value(3).run()
     at.selectbox(key="tr_schedule").set_value("cosine").run()
     at.number_input(key="tr_patience").set_value(2).run()
@@ -331,7 +331,7 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     with zipfile.ZipFile(buf, "w") as z:
         for p in sorted((small_demo / "circle").iterdir())[:2]:
             z.write(p, f"circles/{p.name}")
-    at = open_page(app(), "pages/prediction.py")
+    at = open_page(app(), "app_pages/prediction.py")
     uploads = [(p.name, p.read_bytes(), "image/jpeg") for p in stars] + [("c.zip", buf.getvalue(), "application/zip")]
     at.file_uploader(key="pr_batch").upload(*uploads[0])
     for upload in uploads[1:]:
@@ -350,7 +350,7 @@ def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=1, num_workers=0), runs_dir() / "run1"))
-    at = open_page(app(), "pages/prediction.py")
+    at = open_page(app(), "app_pages/prediction.py")
     at.button(key="pr_prepare_onnx").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     labels = [b.label for b in at.get("download_button")]
@@ -358,7 +358,7 @@ def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0
 
 
 def test_dataset_page_previews_augmented_samples(small_demo):
-    at = open_page(app(), "pages/dataset.py")
+    at = open_page(app(), "app_pages/dataset.py")
     at.selectbox(key="ds_aug").set_value("crop+flip").run()
     assert not at.exception and not at.error
     assert len(at.get("image")) == 5 + 1  # a row of thumbnails per class, and the row of augmented draws

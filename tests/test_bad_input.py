@@ -277,7 +277,7 @@ def _app_with_run(small_root, lite0_file, monkeypatch):
                            epochs=15, lr=0.05, num_workers=0), runs_dir() / "run1"))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/prediction.py").run()
+    at.switch_page("app_pages/prediction.py").run()
     return at
 
 
@@ -378,7 +378,7 @@ def test_training_worker_killed(tmp_path, lite0_file):
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.query_params["run"] = run.name
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("app_pages/training.py").run()
     assert not at.exception
     assert any("The run failed: the training process ended without finishing" in e.value for e in at.error)
 
@@ -433,7 +433,7 @@ def test_server_data_root_outside_allowed_roots(tmp_path, monkeypatch):
         check_allowed("/etc")
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("app_pages/dataset.py").run()
     at.radio(key="ds_source").set_value("A folder on this machine").run()
     at.text_input(key="ds_path").input("/etc").run()
     at.button(key="ds_use_path").click().run()

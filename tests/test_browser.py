@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@contextmanager
+def serving(tmp_path: Path, **env: str):
+    """A fresh Streamlit server of the app (the README's command) on a free port, with ``env`` added; yields
+    its URL and workspace. Stopped afterwards, with any training processes it started."""
     port = _free_port()
-    env = {**os.environ, "TLD_WORKSPACE": str(tmp_path / "workspace")}
+    env = {**os.environ, "TLD_WORKSPACE": str(tmp_path / "workspace"), **env}
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
                              "--server.address", "127.0.0.1", "--server.port", str(port),
@@ -43,18 +46,26 @@ def server(tmp_path):
     if not wait_until(healthy, 60, interval=0.5):
         proc.kill()
         proc.wait()
+        log.close()
         raise AssertionError((tmp_path / "server.log").read_text())
     try:
         yield url, tmp_path / "workspace"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
         # The server's training processes run in their own sessions: end any that are still at work.
         from core.rundir import read_run
         from core.runs import kill_worker
         for run in (tmp_path / "workspace" / "runs").glob("*"):
             if read_run(run).active:
                 kill_worker(run)
+
+
+@pytest.fixture
+def server(tmp_path):
+    with serving(tmp_path) as served:
+        yield served
 
 
 @pytest.fixture

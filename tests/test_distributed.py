@@ -116,7 +116,7 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(6, 6), seed=2)
     monkeypatch.setenv("TLD_DATA_ROOT", str(root))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("app_pages/training.py").run()
     at.number_input(key="tr_processes").set_value(2).run()
     at.slider(key="tr_epochs").set_value(2).run()
     at.button(key="tr_start").click().run()

@@ -223,7 +223,7 @@ def test_damaged_runs_are_listed_as_damaged_with_the_file_and_reason(good_and_da
     assert best_completed(list(runs.values())).name == "good"
 
 
-@pytest.mark.parametrize("page", ["pages/home.py", "pages/training.py", "pages/prediction.py"])
+@pytest.mark.parametrize("page", ["app_pages/home.py", "app_pages/training.py", "app_pages/prediction.py"])
 def test_pages_render_with_damaged_runs_and_the_good_run_still_works(good_and_damaged, page, colour_data):
     good, damaged = good_and_damaged
     for name in [*damaged, None]:
@@ -233,26 +233,26 @@ def test_pages_render_with_damaged_runs_and_the_good_run_still_works(good_and_da
         at.run()
         at.switch_page(page).run()
         assert not at.exception, (name, [e.message for e in at.exception])
-        if page == "pages/training.py" and name:
+        if page == "app_pages/training.py" and name:
             assert any("damaged" in e.value for e in at.error), name
             table = at.dataframe[-1].value
             assert dict(zip(table["run"], table["status"]))[name] == "damaged"
             assert dict(zip(table["run"], table["status"]))["good"] == "completed"
-    if page == "pages/prediction.py":
+    if page == "app_pages/prediction.py":
         assert at.selectbox(key="pr_run").value == "good"  # the best completed run, not the newest
         at.file_uploader(key="pr_upload").upload("r.png", (colour_data / "red" / "red_00.png").read_bytes(),
                                                  "image/png").run()
         assert not at.exception and at.metric[0].value == "red"
         at.selectbox(key="pr_run").set_value(next(n for n, f in damaged.items() if f == "checkpoint_best.pt")).run()
         assert not at.exception and any("damaged" in e.value for e in at.error)
-    if page == "pages/home.py":
+    if page == "app_pages/home.py":
         assert not at.exception
 
 
 def test_the_training_page_lists_a_run_started_elsewhere_and_follows_the_box(small_runs_demo):
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("app_pages/training.py").run()
     assert any("Runs appear here" in c.value for c in at.caption)
     first = launch(small_runs_demo)  # as another tab or the CLI would
     try:

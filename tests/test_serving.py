@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.errors import UploadError, WeightsError
+from core.guard import GuessLimiter
 from core.rundir import list_runs, read_run
 from core.runs import cancel, dispatch, kill_worker, launch, queue
 from core.settings import settings
@@ -91,7 +92,7 @@ def test_exposure_a_page_that_raises_shows_no_traceback():
 
 @pytest.mark.parametrize("typed", ["/etc/shadow", "/no/such/file.pth", "/proc/1/environ"])
 def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
-    at = _app("pages/surgery.py")
+    at = _app("app_pages/surgery.py")
     at.text_input(key="sg_file").input(typed).run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -104,7 +105,7 @@ def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
 
 
 def test_exposure_three_start_clicks_run_one_and_queue_two(small_root, lite0_file):
-    at = _app("pages/training.py")
+    at = _app("app_pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False).run()
     at.radio(key="tr_freeze").set_value("all").run()
     at.slider(key="tr_epochs").set_value(50).run()
@@ -161,14 +162,14 @@ def test_links_a_class_folder_linking_outside_is_skipped(small_root, outside):
     assert split.classes == ["blue", "red"]
     assert [(s.path, s.reason) for s in split.skipped] == [(str(small_root / "green"),
                                                             "links outside the allowed folders")]
-    at = _app("pages/dataset.py")
+    at = _app("app_pages/dataset.py")
     assert "2 classes · 4 train / 4 test" in [s.value for s in at.subheader]
     assert str(outside) not in str([e.value for e in at.dataframe])  # the target is never listed
 
 
 def test_links_a_link_to_etc_is_one_skipped_entry(small_root):
     (small_root / "etc").symlink_to("/etc")
-    at = _app("pages/dataset.py")
+    at = _app("app_pages/dataset.py")
     skipped = at.dataframe[-1].value
     assert list(skipped["path"]) == [str(small_root / "etc")]
     assert list(skipped["reason"]) == ["links outside the allowed folders"]
@@ -176,7 +177,7 @@ def test_links_a_link_to_etc_is_one_skipped_entry(small_root):
 
 def test_links_a_dangling_image_link_is_skipped_and_the_page_renders(small_root):
     (small_root / "red" / "x.jpg").symlink_to(small_root / "red" / "gone.jpg")
-    at = _app("pages/dataset.py")
+    at = _app("app_pages/dataset.py")
     skipped = at.dataframe[-1].value
     assert list(skipped["reason"]) == ["broken link: what it points to does not exist"]
     assert not at.error
@@ -255,7 +256,7 @@ def test_zip_failures_are_one_message_naming_the_entry(case, data, message, tmp_
 
 
 def test_zip_failures_on_the_dataset_page_are_messages(small_root):
-    at = _app("pages/dataset.py")
+    at = _app("app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Upload a zip").run()
     at.file_uploader(key="ds_zip").upload("enc.zip", _patched_zip({"a/1.png": b"x", "b/1.png": b"y"}, flag_bits=1),
                                           "application/zip").run()
@@ -364,7 +365,7 @@ def test_smaller_stored_and_downloaded_weights_are_readable_by_others(resnet18_f
 
 def test_smaller_password_gate_wrong_then_right(monkeypatch, small_root):
     monkeypatch.setenv("TLD_PASSWORD", "open sesame")
-    monkeypatch.setattr("pages.common._slow_down", lambda s: None)
+    monkeypatch.setattr("app_pages.gate._guesses", GuessLimiter())  # this test's guesses only
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert [t.label for t in at.text_input] == ["Password"]
     assert not any("Current dataset" in s.value for s in at.subheader)  # nothing shown before the password
@@ -376,7 +377,7 @@ def test_smaller_password_gate_wrong_then_right(monkeypatch, small_root):
     at.button[0].click().run()
     assert not at.exception
     assert "Current dataset" in [s.value for s in at.subheader]
-    at.switch_page("pages/training.py").run()  # once per session, not once per page
+    at.switch_page("app_pages/training.py").run()  # once per session, not once per page
     assert [t.label for t in at.text_input if t.label == "Password"] == []
 
 
@@ -384,17 +385,3 @@ def test_smaller_no_password_configured_opens_the_app(small_root):
     at = _app()
     assert "Current dataset" in [s.value for s in at.subheader]
     assert not [t for t in at.text_input if t.label == "Password"]
-
-
-def test_smaller_repeated_wrong_passwords_are_slowed_down(monkeypatch, small_root):
-    import pages.common
-
-    monkeypatch.setenv("TLD_PASSWORD", "right")
-    waits = []
-    monkeypatch.setattr("pages.common._slow_down", waits.append)
-    pages.common._recent_failures.clear()
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    for _ in range(4):
-        at.text_input(key="login_password").input("wrong")
-        at.button[0].click().run()
-    assert waits == [0.5, 1.0, 2.0, 4.0]

@@ -1,5 +1,3 @@
-import io
-import os
 import random
 from pathlib import Path
 
@@ -14,9 +12,10 @@ from core.images import open_image
 from core.settings import settings
 from core.split import split_dataset, write_split
 from core.uploads import download_dataset, extract_zip, unique_folder
-from core.workspace import allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir
-from pages.charts import class_counts_chart, download_progress
-from pages.common import data_root, demo_root, load_state, save_state, split_summary, user_errors
+from core.workspace import (allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir,
+                            workspace_writes)
+from app_pages.charts import class_counts_chart, download_progress
+from app_pages.common import data_root, demo_root, load_state, save_state, split_summary, thumbnail, user_errors
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
 
@@ -27,9 +26,16 @@ def use_root(path) -> None:
 
 
 def pick_workspace_dataset(root: str) -> None:
-    demo = demo_root(str(workspace_dir()))
-    found = [str(p) for p in datasets_dir().iterdir() if p.is_dir() and not p.name.startswith(".")]
-    options = sorted({demo, root, *found})
+    try:
+        demo = [demo_root(str(workspace_dir()))]
+    except UserError as exc:  # a read-only or full workspace: the demo cannot be made, the rest still works
+        st.caption(f"The demo dataset is not offered: {exc}")
+        demo = []
+    try:
+        found = [str(p) for p in datasets_dir().iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:  # no datasets folder yet (nothing uploaded), or one that cannot be read
+        found = []
+    options = sorted({*demo, root, *found})
     picked = st.selectbox("Dataset", options, index=options.index(root), key="ds_pick",
                           format_func=lambda p: f"{Path(p).name}  ({p})")
     if picked != root and st.button("Use this dataset", key="ds_use_pick"):
@@ -62,7 +68,7 @@ def _usable_or_stop(path: Path) -> None:
 def upload_zip() -> None:
     upload = st.file_uploader("A zip of class folders", type=["zip"], key="ds_zip")
     if upload is not None and st.button("Extract and use", key="ds_extract"):
-        with user_errors(), st.spinner("Extracting…"):
+        with user_errors(), st.spinner("Extracting…"), workspace_writes("extract the zip"):
             path = extract_zip(upload.getvalue(), datasets_dir(), upload.name)
         _usable_or_stop(path)
         use_root(path)
@@ -72,7 +78,7 @@ def download_zip() -> None:
     url = st.text_input("Address of a zip of class folders", key="ds_url", value=settings().example_dataset_url,
                         placeholder="https://example.org/flowers.zip")
     if st.button("Download and use", key="ds_download", disabled=not url):
-        with user_errors():
+        with user_errors(), workspace_writes("save the download"):
             path = download_dataset(url, datasets_dir(), progress=download_progress())
         _usable_or_stop(path)
         use_root(path)
@@ -87,7 +93,7 @@ def import_cifar() -> None:
     if st.button("Import CIFAR-10", key="ds_cifar"):
         from core.cifar import download_cifar10, import_cifar10
 
-        with user_errors():
+        with user_errors(), workspace_writes("import CIFAR-10"):
             archive = check_allowed(typed) if typed else download_cifar10(datasets_dir(), download_progress())
             bar = st.progress(0.0, text="Writing the images…")
             root = import_cifar10(archive, unique_folder(datasets_dir(), "cifar10"),
@@ -137,25 +143,6 @@ def render_counts(summary: dict) -> None:
         class_counts_chart(counts)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
-def thumbnail(path: str, mtime: float) -> bytes | None:
-    try:
-        img = open_image(path)
-    except UserError:
-        return None
-    img.thumbnail((112, 112))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.path.getmtime(path)
-    except OSError:  # removed since the scan: the thumbnail then says it cannot be read
-        return 0.0
-
-
 def render_samples(result: dict) -> None:
     st.subheader("Samples")
     per_class = st.slider("Thumbnails per class", 1, 12, 6, key="ds_thumbs")
@@ -166,7 +153,7 @@ def render_samples(result: dict) -> None:
     for label, name in enumerate(result["summary"]["classes"]):
         paths = sorted(by_class.get(label, []))
         sample = rng.sample(paths, min(per_class, len(paths)))
-        images = [t for t in (thumbnail(p, _mtime(p)) for p in sample) if t is not None]
+        images = [t for t in (thumbnail(p) for p in sample) if t is not None]
         st.markdown(f"**{name}** ({len(paths)} images)")
         if images:
             st.image(images, width=96)
@@ -203,7 +190,7 @@ def render_lists(root: str, ratio: float, seed: int, summary: dict) -> None:
     st.caption(f"Written to `{out_dir}`. Each training run keeps its own copy, so rewriting them never changes "
                "a past run.")
     if st.button("Write train.txt / test.txt", type="primary", key="ds_write"):
-        with user_errors(), st.spinner("Writing…"):
+        with user_errors(), st.spinner("Writing…"), workspace_writes("write the list files"):
             write_split(split_dataset(root, ratio, seed, allowed_roots=allowed_roots()), out_dir, overwrite=True)
         st.success(f"Wrote {summary['train_images']} train and {summary['test_images']} test lines.")
     for name in ("train.txt", "test.txt"):

@@ -1,11 +1,8 @@
 """Helpers shared by the pages: this visitor's choices, cached access to core/ and consistent error display."""
 from __future__ import annotations
 
-import hmac
 import os
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import streamlit as st
 
@@ -16,19 +13,25 @@ from core.demo import ensure_demo_dataset
 from core.errors import UserError
 from core.errors import WeightsError
 from core.explain import explain
+from core.images import thumbnail_jpeg
 from core.predict import Predictor, checkpoint_path
 from core.weights import NO_WEIGHTS, PRETRAINED, find_weights, resolve_weights
-from core.workspace import allowed_roots, check_allowed, default_data_root, is_allowed, workspace_dir
+from core.workspace import (allowed_roots, check_allowed, default_data_root, is_allowed, path_problem,
+                            workspace_dir)
 
 
 # ----------------------------------------------------------------------------- this visitor's choices
 # Each visitor's choices live in their session and in the URL (so a reload or a shared link keeps
 # them); nothing one visitor picks changes what another sees. Values from the URL are typed by
 # anyone: each is checked, and a bad one falls back to the default.
+def _path_text(value: str) -> str | None:
+    return None if path_problem(value) else value
+
+
 DEFAULTS = {"data_root": None, "train_ratio": DEFAULT_TRAIN_RATIO, "seed": 0, "arch": None, "head_variant": None,
             "weights_mode": PRETRAINED, "weights_file": "", "freeze": "head"}
 _PARSERS = {
-    "data_root": str, "weights_file": str,
+    "data_root": _path_text, "weights_file": _path_text,
     "train_ratio": lambda v: float(v) if 0 < float(v) < 1 else None,
     "seed": lambda v: int(v) if 0 <= int(v) <= 1_000_000 else None,
     "arch": lambda v: v if v in ARCHITECTURES else None,
@@ -87,7 +90,7 @@ def data_root() -> str:
     """The current data root: the one chosen on the Dataset page, else the workspace's default, else the demo."""
     for chosen in (load_state()["data_root"], default_data_root()):
         try:
-            if chosen and Path(chosen).is_dir():
+            if chosen and check_allowed(chosen).is_dir():
                 return str(check_allowed(chosen))
         except (UserError, OSError):  # a root from a hand-edited URL that this app may not read
             continue
@@ -156,43 +159,36 @@ def fmt_pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-# ----------------------------------------------------------------------------- serving it to others
-_recent_failures: list[float] = []  # process-wide: opening new sessions does not reset the slow-down
-
-
-def _configured_password() -> str | None:
-    from core.settings import settings
-
-    if settings().password:
-        return settings().password
+# ----------------------------------------------------------------------------- images
+@st.cache_data(max_entries=512, show_spinner=False)
+def _thumbnail(path: str, size: int, mtime: float) -> bytes | None:
     try:
-        return st.secrets.get("password") or None
-    except Exception:  # no secrets file: no password
+        return thumbnail_jpeg(path, size)
+    except UserError:
         return None
 
 
-def _slow_down(seconds: float) -> None:
-    time.sleep(seconds)
+def thumbnail(path: str, size: int = 112) -> bytes | None:
+    """A JPEG of the image at most ``size`` pixels on its longer side, or None when it cannot be read (any
+    mode, as training converts it); cached until the file changes."""
+    try:
+        mtime = os.path.getmtime(path)
+    except (OSError, ValueError):  # removed since the scan: the thumbnail then says it cannot be read
+        return None
+    return _thumbnail(path, size, mtime)
 
 
-def require_password() -> None:
-    """When a password is configured (TLD_PASSWORD or the secret 'password'), ask for it once per session."""
-    expected = _configured_password()
-    if not expected or st.session_state.get("authenticated"):
-        return
-    st.title("Transfer-learning dashboard")
-    with st.form("login"):
-        typed = st.text_input("Password", type="password", key="login_password")
-        submitted = st.form_submit_button("Enter")
-    if submitted:
-        if hmac.compare_digest(typed.encode(), expected.encode()):
-            st.session_state["authenticated"] = True
-            st.rerun()
-        now = time.monotonic()
-        _recent_failures[:] = [t for t in _recent_failures if now - t < 60] + [now]
-        _slow_down(min(0.5 * 2 ** (len(_recent_failures) - 1), 8.0))  # guessing gets slower and slower
-        st.error("That is not the password.")
-    st.stop()
+# ----------------------------------------------------------------------------- the app
+def settings_or_stop() -> None:
+    """Every page needs the TLD_* settings: one that cannot be read is said once, naming it, and nothing runs."""
+    from core.errors import ConfigError
+    from core.settings import settings
+
+    try:
+        settings()
+    except ConfigError as exc:
+        st.error(f"This app cannot start: {exc}. Whoever runs the server must change it and restart.")
+        st.stop()
 
 
 @st.cache_resource

@@ -8,9 +8,9 @@ from core.archs import ARCHITECTURES
 from core.config import FREEZE_MODES
 from core.surgery import adapt_model, trains_in
 from core.weights import download_weights, list_sources, store_uploaded_weights
-from core.workspace import allowed_roots, is_allowed
-from pages.charts import download_progress, highlighted_lines
-from pages.common import (data_root, default_arch, load_state, resolve_weights_file, save_state, split_summary,
+from core.workspace import allowed_roots, is_allowed, path_problem, shown
+from app_pages.charts import download_progress, highlighted_lines
+from app_pages.common import (data_root, default_arch, load_state, resolve_weights_file, save_state, split_summary,
                           user_errors)
 
 WEIGHT_MODES = {"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}
@@ -39,9 +39,12 @@ def render_choices(state: dict) -> dict:
 
 
 def _confined_weights_file(typed: str) -> str:
+    if typed and path_problem(typed):
+        st.error(f"'{shown(typed)}' is not a usable path: {path_problem(typed)}.")
+        return ""
     if typed and not is_allowed(typed):
         # Same answer whether or not the file exists: the box must not reveal the server's files.
-        st.error(f"'{typed}' is outside the folders this app may read "
+        st.error(f"'{shown(typed)}' is outside the folders this app may read "
                  f"({', '.join(map(str, allowed_roots()))}); use a file inside them, or upload it below.")
         return ""
     return typed
@@ -183,7 +186,7 @@ def main() -> None:
     render_report(report, len(classes))
     render_architectures(report, len(classes))
     render_parameters(report)
-    st.page_link("pages/training.py", label="Next: train this model", icon=":material/monitoring:")
+    st.page_link("app_pages/training.py", label="Next: train this model", icon=":material/monitoring:")
 
 
 main()

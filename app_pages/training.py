@@ -6,13 +6,13 @@ from core.archs import ARCHITECTURES
 from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TrainConfig
 from core.errors import UserError
-from core.rundir import RunDir, list_runs, load_config, read_predictions, read_records, read_run
+from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
                        run_progress)
 from core.workspace import cache_dir, runs_dir
-from pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
-from pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
-                          save_state, show_explanation, user_errors)
+from app_pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
+from app_pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
+                              save_state, show_explanation, thumbnail, user_errors)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -121,9 +121,9 @@ def start(cfg: TrainConfig) -> None:
 
 def followed_run() -> Path | None:
     """The run named in the URL, else the newest active one; a name from the URL must be a run here."""
-    name = st.query_params.get("run")
-    if name and "/" not in name and not name.startswith(".") and RunDir(runs_dir() / name).holds_run():
-        return runs_dir() / name
+    found = find_run(runs_dir(), st.query_params.get("run") or "")
+    if found is not None:
+        return found
     active = [r for r in list_runs(runs_dir()) if r.active]
     return active[0].path if active else None
 
@@ -197,21 +197,21 @@ GALLERY_COLUMNS = 6
 def render_misclassified(run_path: Path, classes: list[str]) -> None:
     """The last epoch's misclassified test images; "Why?" under one shows where the model looked,
     for the true class and for the class it predicted."""
-    wrong = [p for p in read_predictions(RunDir(run_path)) if p["label"] != p["pred"]]
-    shown = [p for p in wrong if Path(p["path"]).is_file()][:24]
+    wrong = [p for p in read_predictions(RunDir(run_path), len(classes)) if p["label"] != p["pred"]]
+    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p["path"], 320)) is not None][:24]
     st.markdown(f"**Misclassified test images** ({len(wrong)}"
                 f"{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
     if not wrong:
         st.caption("None: every test image was classified correctly.")
     columns = st.columns(GALLERY_COLUMNS)
-    for i, p in enumerate(shown):
+    for i, (p, image) in enumerate(shown):
         column = columns[i % GALLERY_COLUMNS]
-        column.image(p["path"], width="stretch",
+        column.image(image, width="stretch",
                      caption=f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})")
         if column.button("Why?", key=f"tr_why_{p['index']}", help="Grad-CAM for the true and the predicted class"):
             st.session_state["tr_explain"] = (run_path.name, p["index"])
     chosen = st.session_state.get("tr_explain")
-    picked = next((p for p in shown if chosen == (run_path.name, p["index"])), None)
+    picked = next((p for p, _ in shown if chosen == (run_path.name, p["index"])), None)
     if picked is not None:
         render_why(run_path, classes, picked)
 

@@ -2,7 +2,7 @@ import streamlit as st
 
 from core.rundir import list_runs
 from core.workspace import runs_dir
-from pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
+from app_pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
 
 INTRO = """
 Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,
@@ -32,7 +32,7 @@ def render_dataset() -> None:
     st.write(f"{len(summary['classes'])} classes · {summary['train_images']} train / "
              f"{summary['test_images']} test images ({how})")
     st.caption(", ".join(summary["classes"]))
-    st.page_link("pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
+    st.page_link("app_pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
 
 
 def render_latest_run() -> None:
@@ -49,7 +49,7 @@ def render_latest_run() -> None:
             cfg = run.config
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
                      f"freeze {cfg.freeze} · best test accuracy {fmt_pct(run.best_acc)}")
-    st.page_link("pages/training.py", label="Open Training", icon=":material/monitoring:")
+    st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:")
 
 
 def main() -> None:

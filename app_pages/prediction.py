@@ -7,12 +7,12 @@ import streamlit as st
 
 from core.errors import UserError
 from core.export import export_bytes
-from core.images import open_image
+from core.images import open_image, thumbnail_jpeg
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
-from core.rundir import best_completed, list_runs
+from core.rundir import RunDir, best_completed, list_runs
 from core.uploads import check_image_upload, extract_zip
 from core.workspace import runs_dir
-from pages.common import fmt_pct, run_predictor, show_explanation, user_errors
+from app_pages.common import fmt_pct, run_predictor, show_explanation, user_errors
 
 
 def pick_run():
@@ -21,7 +21,7 @@ def pick_run():
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
         st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
-        st.page_link("pages/training.py", label="Go to Training", icon=":material/monitoring:")
+        st.page_link("app_pages/training.py", label="Go to Training", icon=":material/monitoring:")
         st.stop()
     best = best_completed(runs)
     by_name = {r.name: r for r in runs}
@@ -79,7 +79,8 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
     table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
     left, middle, right = st.columns([2, 2, 3])
     with left:
-        st.image(image, caption=f"{source.name} ({image.width}×{image.height}, shown upright)", width="stretch")
+        st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({image.width}×{image.height}, shown upright)",
+                 width="stretch")
     with middle:
         ranked = [predictor.classes[i] for i in probs.argsort(descending=True).tolist()]
         target = st.selectbox("Explain the class", ranked, key=f"pr_cam_class:{predictor.source}:{source.name}",
@@ -116,12 +117,19 @@ def _batch_paths(uploads, folder: Path) -> list[str]:
     return paths
 
 
+def _checkpoint_stamp(run) -> int:
+    try:
+        return RunDir(run.path).checkpoint().stat().st_mtime_ns
+    except (AttributeError, OSError):
+        return 0
+
+
 def render_export(run) -> None:
     """TorchScript or ONNX files of this run's model, each with its JSON sidecar, to download."""
     with st.expander("Export the model (TorchScript or ONNX, with a JSON sidecar of classes and preprocessing)"):
         c1, c2 = st.columns(2)
         for column, fmt, label in ((c1, "torchscript", "TorchScript"), (c2, "onnx", "ONNX")):
-            key = f"pr_export_{fmt}_{run.name}"
+            key = f"pr_export_{fmt}_{run.name}_{_checkpoint_stamp(run)}"  # a newer best epoch: prepare it again
             if column.button(f"Prepare {label}", key=f"pr_prepare_{fmt}"):
                 with tempfile.TemporaryDirectory() as tmp, user_errors(), st.spinner(f"Exporting {label}…"):
                     st.session_state[key] = export_bytes(run.path, fmt, tmp)
