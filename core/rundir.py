@@ -331,7 +331,23 @@ def read_records(run: RunDir | str | os.PathLike) -> Records:
             items.append(record)
     if items and items[0].type != "start":
         raise DamagedRun(run.metrics.name, f"the first record is '{items[0].type}', not 'start'")
+    if items:
+        _check_shapes(run, items)
     return Records(tuple(items))
+
+
+def _check_shapes(run: RunDir, items: list) -> None:
+    """Per-class lists and the confusion matrix index the class list: each must be classes long."""
+    classes = items[0].classes
+    if not isinstance(classes, list) or not 0 < len(classes) <= 100_000:
+        raise DamagedRun(run.metrics.name, "the start record's class list is not 1 to 100,000 names")
+    n = len(classes)
+    for item in items:
+        if isinstance(item, Epoch) and not (
+                isinstance(item.per_class_acc, list) and len(item.per_class_acc) == n
+                and isinstance(item.confusion, list) and len(item.confusion) == n
+                and all(isinstance(row, list) and len(row) == n for row in item.confusion)):
+            raise DamagedRun(run.metrics.name, f"epoch {item.epoch}'s per-class figures are not for {n} classes")
 
 
 def _is_prediction(p, num_classes: int | None) -> bool:

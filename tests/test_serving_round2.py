@@ -722,6 +722,18 @@ def test_numbers_from_files_predictions_that_index_past_the_classes_make_the_run
     assert any("damaged" in e.value for e in at.error)
 
 
+def test_numbers_from_files_an_epochs_confusion_matrix_must_fit_the_classes(lite0_run):
+    lines = (lite0_run / "metrics.jsonl").read_text().splitlines()
+    epoch = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "epoch")
+    record = json.loads(lines[epoch])
+    record["confusion"] = [[0] * 5 for _ in range(5)]
+    lines[epoch] = json.dumps(record)
+    (lite0_run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    info = read_run(lite0_run)
+    assert info.status == "damaged" and "per-class figures are not for 2 classes" in info.reason
+    _app("app_pages/training.py", run=lite0_run.name)  # a message, no crash
+
+
 def test_run_names_from_urls_resolve_inside_the_workspace(lite0_run, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     (elsewhere / "config.json").write_text("{}")
