@@ -7,9 +7,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.config import TRAINS
 from core.errors import UserError
 from core.records import Records
 from core.rundir import RunInfo, read_records
+
+
+# Epochs are whole numbers: an ordinal axis labels each one ("1", "2", …), never "1.000000" or "1.5".
+EPOCH_AXIS = alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0))
 
 
 def loss_charts(records: Records) -> None:
@@ -32,13 +37,17 @@ def loss_charts(records: Records) -> None:
         if len(epochs):
             long = epochs.melt(id_vars=["epoch"], var_name="metric", value_name="value")
             st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
-                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q", color="metric:N",
+                x=EPOCH_AXIS, y="value:Q", color="metric:N",
                 tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]), width="stretch")
             rates = pd.DataFrame([{"epoch": e.epoch, "learning rate": e.lr} for e in records.epochs if e.lr is not None])
             if len(rates) and rates["learning rate"].nunique() > 1:
+                st.markdown("**Learning rate per epoch**")
+                positive = bool((rates["learning rate"] > 0).all())  # a log axis cannot show 0
                 st.altair_chart(alt.Chart(rates).mark_line(point=True).encode(
-                    x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("learning rate:Q")).properties(
-                    height=120), width="stretch")
+                    x=EPOCH_AXIS, y=alt.Y("learning rate:Q", scale=alt.Scale(type="log" if positive else "linear"),
+                                          axis=alt.Axis(format=".0e", tickCount=4)),
+                    tooltip=["epoch", alt.Tooltip("learning rate:Q", format=".2e")]).properties(height=200),
+                    width="stretch")
         else:
             st.caption("Appears after the first epoch's test pass.")
 
@@ -67,9 +76,9 @@ def runs_table(runs: list[RunInfo]) -> None:
         c = r.config
         rows.append({"run": r.name, "status": r.status, "arch": c.arch if c else None,
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
-                     "freeze": c.freeze if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
+                     "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
                      "lr": c.lr if c else None, "batch": c.batch_size if c else None, "best acc": r.best_acc,
-                     "note": r.reason if r.status in ("damaged", "failed", "not responding", "queued") else ""})
+                     "note": r.reason if r.status != "running" else ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"best acc": st.column_config.NumberColumn(format="percent")})
 
@@ -95,7 +104,7 @@ def compare_chart(runs: list[RunInfo]) -> None:
         with col:
             st.markdown(f"**{metric.replace('_', ' ')}**")
             st.altair_chart(alt.Chart(data[data["metric"] == metric]).mark_line(point=True).encode(
-                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q",
+                x=EPOCH_AXIS, y="value:Q",
                 color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
                 width="stretch")
 
@@ -107,14 +116,23 @@ def class_counts_chart(counts: pd.DataFrame) -> None:
         tooltip=["class", "part", "images"]), width="stretch")
 
 
-def download_progress():
-    """A progress bar and the callback that moves it: (bytes done, total or None)."""
-    bar = st.progress(0.0, text="Connecting…")
+class DownloadProgress:
+    """A progress bar and the callback that moves it: (bytes done, total or None). ``clear()`` removes it, so
+    a download that failed leaves a message, not a bar stuck at "Connecting…"."""
 
-    def progress(done: int, total: int | None) -> None:
-        bar.progress(min(done / total, 1.0) if total else 0.0,
-                     text=f"Downloading… {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
-    return progress
+    def __init__(self):
+        self.slot = st.empty()
+        self.slot.progress(0.0, text="Connecting…")
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.slot.progress(min(done / total, 1.0) if total else 0.0,
+                           text=f"Downloading… {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+
+    def clear(self) -> None:
+        self.slot.empty()
+
+
+download_progress = DownloadProgress
 
 
 def highlighted_lines(lines: list[str], changed: set[int], colour: str) -> str:

@@ -15,9 +15,10 @@ from core.errors import WeightsError
 from core.explain import explain
 from core.images import thumbnail_jpeg
 from core.predict import Predictor, checkpoint_path
-from core.weights import NO_WEIGHTS, PRETRAINED, find_weights, resolve_weights
+from core.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
+from core.weights import default_arch as default_arch_and_reason
 from core.workspace import (allowed_roots, check_allowed, default_data_root, is_allowed, path_problem,
-                            workspace_dir)
+                            remember_data_root, remembered_data_root, workspace_dir)
 
 
 # ----------------------------------------------------------------------------- this visitor's choices
@@ -86,9 +87,23 @@ def demo_root(workspace: str) -> str:
     return str(ensure_demo_dataset(workspace))
 
 
+def visitor() -> str:
+    """Whose remembered choices to use: everyone's without a password; with one, this client address's."""
+    from app_pages.gate import client_address, configured_password
+
+    return f"address {client_address()}" if configured_password() else "everyone"
+
+
+def choose_data_root(path) -> None:
+    """Make ``path`` this visitor's data root, now (session and URL) and next time (the workspace)."""
+    save_state(data_root=str(path))
+    remember_data_root(path, visitor())
+
+
 def data_root() -> str:
-    """The current data root: the one chosen on the Dataset page, else the workspace's default, else the demo."""
-    for chosen in (load_state()["data_root"], default_data_root()):
+    """The current data root: the one chosen in this session (or the link), else the one this visitor chose
+    last time, else the workspace's default, else the demo."""
+    for chosen in (load_state()["data_root"], remembered_data_root(visitor()), default_data_root()):
         try:
             if chosen and check_allowed(chosen).is_dir():
                 return str(check_allowed(chosen))
@@ -131,7 +146,7 @@ def default_arch() -> str:
     state = load_state()
     if state["arch"] in ARCHITECTURES:
         return state["arch"]
-    return "resnet18" if find_weights(ARCHITECTURES["resnet18"]) else "efficientnet_lite0"
+    return default_arch_and_reason()[0]
 
 
 def resolve_weights_file(arch: str, state: dict | None = None) -> str | None:
@@ -155,27 +170,44 @@ def user_errors():
         st.stop()
 
 
+@contextmanager
+def reported(*leftovers):
+    """Show a UserError as st.error and go on with the page (unlike ``user_errors``, which stops it): for an
+    action whose failure must not blank what is below. ``leftovers`` (progress bars) are cleared on failure.
+    The code after the ``with`` block runs either way: check that what the block made exists."""
+    try:
+        yield
+    except UserError as exc:
+        for leftover in leftovers:
+            leftover.clear()
+        st.error(str(exc))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def fmt_pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
 # ----------------------------------------------------------------------------- images
 @st.cache_data(max_entries=512, show_spinner=False)
-def _thumbnail(path: str, size: int, mtime: float) -> bytes | None:
+def _thumbnail(path: str, size: int, square: bool, mtime: float) -> bytes | None:
     try:
-        return thumbnail_jpeg(path, size)
+        return thumbnail_jpeg(path, size, square=square)
     except UserError:
         return None
 
 
-def thumbnail(path: str, size: int = 112) -> bytes | None:
-    """A JPEG of the image at most ``size`` pixels on its longer side, or None when it cannot be read (any
-    mode, as training converts it); cached until the file changes."""
+def thumbnail(path: str, size: int = 112, *, square: bool = False) -> bytes | None:
+    """A JPEG of the image at most ``size`` pixels on its longer side (``square``: on a white square), or None
+    when it cannot be read (any mode, as training converts it); cached until the file changes."""
     try:
         mtime = os.path.getmtime(path)
     except (OSError, ValueError):  # removed since the scan: the thumbnail then says it cannot be read
         return None
-    return _thumbnail(path, size, mtime)
+    return _thumbnail(path, size, square, mtime)
 
 
 # ----------------------------------------------------------------------------- the app

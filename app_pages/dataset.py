@@ -15,13 +15,17 @@ from core.uploads import download_dataset, extract_zip, unique_folder
 from core.workspace import (allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir,
                             workspace_writes)
 from app_pages.charts import class_counts_chart, download_progress
-from app_pages.common import data_root, demo_root, load_state, save_state, split_summary, thumbnail, user_errors
+from app_pages.common import (choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
+                              split_summary, thumbnail, user_errors)
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
 
 
-def use_root(path) -> None:
-    save_state(data_root=str(path))
+def use_root(path, message: str = "") -> None:
+    """Switch to ``path`` (remembered for next time) and redraw; ``message`` is shown once after the redraw."""
+    choose_data_root(path)
+    if message:
+        st.session_state["ds_done"] = message
     st.rerun()
 
 
@@ -57,31 +61,34 @@ def pick_folder(root: str) -> None:
             use_root(path)
 
 
-def _usable_or_stop(path: Path) -> None:
+def _usable(path: Path) -> bool:
     try:
         split_dataset(path, allowed_roots=allowed_roots())
+        return True
     except UserError as exc:
         st.warning(f"Extracted to `{path}`, but it is not usable as a dataset: {exc}")
-        st.stop()
+        return False
 
 
 def upload_zip() -> None:
     upload = st.file_uploader("A zip of class folders", type=["zip"], key="ds_zip")
     if upload is not None and st.button("Extract and use", key="ds_extract"):
-        with user_errors(), st.spinner("Extracting…"), workspace_writes("extract the zip"):
+        path = None
+        with reported(), st.spinner("Extracting…"), workspace_writes("extract the zip"):
             path = extract_zip(upload.getvalue(), datasets_dir(), upload.name)
-        _usable_or_stop(path)
-        use_root(path)
+        if path is not None and _usable(path):
+            use_root(path, f"Extracted {upload.name} to `{path}`; it is now the dataset.")
 
 
 def download_zip() -> None:
     url = st.text_input("Address of a zip of class folders", key="ds_url", value=settings().example_dataset_url,
                         placeholder="https://example.org/flowers.zip")
     if st.button("Download and use", key="ds_download", disabled=not url):
-        with user_errors(), workspace_writes("save the download"):
-            path = download_dataset(url, datasets_dir(), progress=download_progress())
-        _usable_or_stop(path)
-        use_root(path)
+        path, bar = None, download_progress()
+        with reported(bar), workspace_writes("save the download"):
+            path = download_dataset(url, datasets_dir(), progress=bar)
+        if path is not None and _usable(path):
+            use_root(path, f"Downloaded and extracted to `{path}`; it is now the dataset.")
 
 
 def import_cifar() -> None:
@@ -93,13 +100,17 @@ def import_cifar() -> None:
     if st.button("Import CIFAR-10", key="ds_cifar"):
         from core.cifar import download_cifar10, import_cifar10
 
-        with user_errors(), workspace_writes("import CIFAR-10"):
-            archive = check_allowed(typed) if typed else download_cifar10(datasets_dir(), download_progress())
-            bar = st.progress(0.0, text="Writing the images…")
+        root, download, writing = None, download_progress() if not typed else None, st.empty()
+        with reported(*[p for p in (download,) if p]), workspace_writes("import CIFAR-10"):
+            archive = check_allowed(typed) if typed else download_cifar10(
+                datasets_dir(), download, local_file_hint="in the box above")
+            writing.progress(0.0, text="Writing the images…")
             root = import_cifar10(archive, unique_folder(datasets_dir(), "cifar10"),
-                                  progress=lambda done, total: bar.progress(done / total,
-                                                                            text=f"Batch {done}/{total} written"))
-        use_root(root)
+                                  progress=lambda done, total: writing.progress(done / total,
+                                                                                text=f"Batch {done}/{total} written"))
+        writing.empty()
+        if root is not None:
+            use_root(root, f"CIFAR-10 imported to `{root}`; it is now the dataset.")
 
 
 def render_choose_data(root: str) -> None:
@@ -117,10 +128,11 @@ def render_choose_data(root: str) -> None:
             import_cifar()
 
 
-def render_split_settings(state: dict) -> tuple[float, int]:
+def render_split_settings(state: dict, given: bool) -> tuple[float, int]:
     c1, c2 = st.columns(2)
-    ratio = c1.slider("Train ratio", 0.1, 0.9, float(state["train_ratio"]), 0.05, key="ds_ratio",
-                      help="Share of each class that goes to training; the rest is the test set.")
+    ratio = c1.slider("Train ratio", 0.1, 0.9, float(state["train_ratio"]), 0.05, key="ds_ratio", disabled=given,
+                      help="The dataset brings its own train and test folders: the ratio does not apply." if given
+                      else "Share of each class that goes to training; the rest is the test set.")
     seed = c2.slider("Seed", 0, 100, min(int(state["seed"]), 100), key="ds_seed",
                      help="The same seed always gives the same split.")
     if (ratio, seed) != (state["train_ratio"], state["seed"]):
@@ -159,7 +171,7 @@ def render_samples(result: dict) -> None:
             st.image(images, width=96)
     skipped = result["summary"]["skipped"]
     if skipped:
-        with st.expander(f"{len(skipped)} files were skipped"):
+        with st.expander(f"{plural(len(skipped), 'file')} skipped"):
             st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")
 
 
@@ -187,12 +199,14 @@ def render_augmentation_preview(result: dict) -> None:
 def render_lists(root: str, ratio: float, seed: int, summary: dict) -> None:
     st.subheader("List files")
     out_dir = lists_dir_for(root)
-    st.caption(f"Written to `{out_dir}`. Each training run keeps its own copy, so rewriting them never changes "
-               "a past run.")
+    where = st.empty()  # filled after the button, so it says what is true once a click has written them
     if st.button("Write train.txt / test.txt", type="primary", key="ds_write"):
         with user_errors(), st.spinner("Writing…"), workspace_writes("write the list files"):
             write_split(split_dataset(root, ratio, seed, allowed_roots=allowed_roots()), out_dir, overwrite=True)
         st.success(f"Wrote {summary['train_images']} train and {summary['test_images']} test lines.")
+    written = (out_dir / "train.txt").is_file()
+    where.caption(f"{'Written to' if written else 'Not written yet; the button writes them to'} `{out_dir}`. Each "
+                  "training run keeps its own copy, so rewriting them never changes a past run.")
     for name in ("train.txt", "test.txt"):
         try:
             with open(out_dir / name, encoding="utf-8") as f:
@@ -208,11 +222,17 @@ def main() -> None:
     st.caption("A root folder with one sub-folder per class (or `train/` and `val/` folders of them). Each class "
                "is split on its own after a seeded shuffle.")
     root = data_root()
+    if "ds_done" in st.session_state:  # what the last action did, said once after it switched the dataset
+        st.success(st.session_state.pop("ds_done"))
     render_choose_data(root)
     st.write(f"**Data root:** `{root}`")
-    ratio, seed = render_split_settings(load_state())
+    state = load_state()
     with user_errors():
-        result = split_summary(root, ratio, seed)
+        result = split_summary(root, state["train_ratio"], state["seed"])
+    ratio, seed = render_split_settings(state, given=bool(result["summary"]["given_by"]))
+    if (ratio, seed) != (state["train_ratio"], state["seed"]):
+        with user_errors():
+            result = split_summary(root, ratio, seed)
     render_counts(result["summary"])
     render_samples(result)
     render_augmentation_preview(result)

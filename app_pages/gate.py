@@ -85,7 +85,7 @@ def install_serving_guards() -> None:
     Runtime.disconnect_session = disconnect_session
 
 
-def _client_address() -> str:
+def client_address() -> str:
     try:
         address = st.context.ip_address
     except Exception:  # no request behind this run
@@ -111,7 +111,7 @@ def require_password() -> None:
         typed = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Enter")
     if submitted:
-        address = _client_address()
+        address = client_address()
         wait = _guesses.attempt(address)
         if wait > 0:
             st.error(f"Too many wrong passwords were tried from your address or on this server. Try again in "

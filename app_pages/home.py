@@ -1,5 +1,6 @@
 import streamlit as st
 
+from core.config import TRAINS
 from core.rundir import list_runs
 from core.workspace import runs_dir
 from app_pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
@@ -48,7 +49,7 @@ def render_latest_run() -> None:
         else:
             cfg = run.config
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
-                     f"freeze {cfg.freeze} · best test accuracy {fmt_pct(run.best_acc)}")
+                     f"trains {TRAINS[cfg.freeze]} · best test accuracy {fmt_pct(run.best_acc)}")
     st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:")
 
 

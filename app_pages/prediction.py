@@ -10,9 +10,9 @@ from core.export import export_bytes
 from core.images import open_image, thumbnail_jpeg
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
 from core.rundir import RunDir, best_completed, list_runs
-from core.uploads import check_image_upload, extract_zip
+from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
 from core.workspace import runs_dir
-from app_pages.common import fmt_pct, run_predictor, show_explanation, user_errors
+from app_pages.common import fmt_pct, plural, run_predictor, show_explanation, user_errors
 
 
 def pick_run():
@@ -57,7 +57,8 @@ def load_model(run) -> Predictor:
 def get_image():
     upload_tab, camera_tab = st.tabs(["Upload an image", "Webcam snapshot"])
     with upload_tab:
-        upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="pr_upload")
+        upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="pr_upload",
+                                  max_upload_size=image_upload_limit_mb())
     with camera_tab:
         snapshot = st.camera_input("Take a snapshot", key="pr_camera")
     source = upload or snapshot
@@ -158,7 +159,11 @@ def render_batch(predictor: Predictor, topk: int) -> None:
                 except StopIteration as finished:
                     rows = finished.value
                     break
+            bar.empty()  # done: the table below says so, a full bar saying "Predicting…" would not
             names = {p: Path(p).relative_to(tmp).as_posix() for p in paths}
+        failed = sum(bool(r.error) for r in rows)
+        st.success(f"Predicted {plural(len(rows) - failed, 'image')}"
+                   + (f"; {plural(failed, 'file')} could not be read (see the error column)" if failed else "") + ".")
         table = pd.DataFrame([[names[r.path], *r.csv_fields()[1:]] for r in rows], columns=CSV_HEADER)
         st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Download the CSV", table.to_csv(index=False), file_name="predictions.csv",

@@ -10,8 +10,8 @@ from core.surgery import adapt_model, trains_in
 from core.weights import download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed, path_problem, shown
 from app_pages.charts import download_progress, highlighted_lines
-from app_pages.common import (data_root, default_arch, load_state, resolve_weights_file, save_state, split_summary,
-                          user_errors)
+from app_pages.common import (data_root, default_arch, load_state, reported, resolve_weights_file, save_state,
+                              split_summary, user_errors)
 
 WEIGHT_MODES = {"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}
 
@@ -84,10 +84,12 @@ def render_add_weights(spec) -> None:
             st.rerun()
         if spec.download_url:
             if st.button(f"Download from {spec.download_url}", key="sg_download"):
-                with user_errors():
-                    path = download_weights(spec, progress=download_progress())
-                st.success(f"Downloaded to `{path}`.")
-                st.rerun()
+                path, bar = None, download_progress()
+                with reported(bar):
+                    path = download_weights(spec, progress=bar)
+                if path is not None:
+                    st.success(f"Downloaded to `{path}`.")
+                    st.rerun()
         elif spec.packaged:
             st.caption(f"{spec.name}'s weights come from the pip package {spec.packaged.package}.")
 
@@ -108,10 +110,12 @@ def key_block(title: str, keys: list[str], explanation: str) -> None:
 
 
 def render_report(report: dict, num_classes: int) -> None:
-    st.subheader(f"Result for {num_classes} classes")
+    pretrained = report["pretrained"]
+    st.subheader(f"Result for {num_classes} classes"
+                 + ("" if pretrained else ": every layer starts from random weights"))
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Head", report["head_name"])
-    m2.metric("Keys loaded from the file", report["loaded_keys"])
+    m2.metric("Keys loaded from the file", report["loaded_keys"] if pretrained else "none: no file")
     m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
     m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
     st.markdown(f"**Head change:** `{report['head_name']}`: `{report['head_before']}` → {report['head_kind']} by "
@@ -126,7 +130,8 @@ def render_report(report: dict, num_classes: int) -> None:
     with k2:
         missing = report["missing_keys"]
         key_block("Missing", missing[:50] + (["…"] if len(missing) > 50 else []),
-                  "model tensors the file did not provide (expected for a new head)")
+                  "model tensors the file did not provide (expected for a new head)" if pretrained else
+                  "every tensor of the model: with no weights file, all start from random initialisation")
         key_block("Unexpected", report["unexpected_keys"], "reported by load_state_dict")
 
 
@@ -179,7 +184,9 @@ def main() -> None:
     state = render_choices(state)
     weights = resolve_weights_file(state["arch"], state)
     if state["weights_mode"] == "pretrained" and weights is None:
-        st.info("Surgery below runs without pretrained weights until a source is available.")
+        st.warning(f"Pretrained was chosen, but no {state['arch']} weights are on this machine: the result below, "
+                   "and a run started now, begin from random weights. Add weights above, or pick "
+                   "efficientnet_lite0, whose weights ship with the app.")
     with user_errors():
         report = surgery_report(state["arch"], len(classes), weights, _stamp(weights), state["head_variant"],
                                 state["freeze"])

@@ -4,11 +4,11 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
-from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TrainConfig
+from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
-                       run_progress)
+                       run_progress, seconds_left, smooth_eta)
 from core.workspace import cache_dir, runs_dir
 from app_pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
 from app_pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
@@ -74,8 +74,8 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
                                               "initialisation and the data order; the same seed repeats a run."))
     chosen["processes"] = int(c4.number_input(
         "Processes", 1, max_processes(), DEFAULTS.processes, key="tr_processes",
-        help="More than 1 trains through torchrun (DistributedDataParallel): one process per GPU on CUDA. On a "
-             "CPU it is rarely faster; the benchmark shows by how much."))
+        help="Training processes working together, one per GPU on a machine with several GPUs. On a CPU more "
+             "than 1 is rarely faster: they share the same cores."))
     c1, c2, c3, c4 = st.columns(4)
     chosen["schedule"] = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
                                       key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's "
@@ -96,8 +96,9 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
 
 
 def render_settings(state: dict, arch: str) -> TrainConfig:
-    st.markdown(f"**Model:** {ARCHITECTURES[arch].summary} · head variant `{state['head_variant'] or 'replace'}` "
-                "(change it on the Model surgery page)")
+    spec = ARCHITECTURES[arch]
+    head = spec.variant(state["head_variant"]).description if len(spec.variants) > 1 else "a new last layer"
+    st.markdown(f"**Model:** {arch} with {head} (change it on the Model surgery page)")
     model = _model_settings(state)
     pretrained = model.pop("pretrained")
     optimiser = _optimiser_settings(state, model["freeze"])
@@ -128,6 +129,19 @@ def followed_run() -> Path | None:
     return active[0].path if active else None
 
 
+def _time_left(run_path: Path, records) -> str:
+    """", about N s left", smoothed over this visitor's redraws of the run (the raw estimate jumps)."""
+    import time
+
+    kept = st.session_state.setdefault("tr_eta", {})
+    now = time.time()
+    left = smooth_eta(kept.get(run_path.name), seconds_left(records, now), now)
+    if left is None:
+        return ""
+    kept[run_path.name] = (left, now)
+    return f", about {left:.0f}s left"
+
+
 def live_view(run_path: Path, was_running: bool) -> None:
     info = read_run(run_path)
     if info.status == "damaged":
@@ -137,9 +151,9 @@ def live_view(run_path: Path, was_running: bool) -> None:
     start_record = records.start
     head = st.columns([3, 1])
     with head[0]:
-        fraction, text = run_progress(records)
+        fraction, text = run_progress(records, setup_phase=info.reason)
         if info.active:
-            st.progress(fraction, text=f"**{info.status}** · {text}")
+            st.progress(fraction, text=f"**{info.status}** · {text}{_time_left(run_path, records)}")
         else:
             st.progress(1.0 if info.status == "completed" else fraction, text=f"**{info.status}**")
         if start_record:
@@ -165,6 +179,8 @@ def live_view(run_path: Path, was_running: bool) -> None:
         position = waiting.index(info.name) + 1 if info.name in waiting else 1
         st.info(f"Queued: position {position} of {len(waiting)}. At most {max_running()} run(s) train at once "
                 "(TLD_MAX_RUNNING); it starts as soon as a running one ends.")
+    if info.status == "completed" and info.reason:  # it ended early: say why, and which epoch predicts
+        st.info(info.reason[:1].upper() + info.reason[1:] + ".")
     if info.status in ("failed", "not responding"):
         st.error(f"The run {'failed' if info.status == 'failed' else 'is not responding'}: {info.reason}")
     elif info.status == "stopped":
@@ -195,39 +211,38 @@ GALLERY_COLUMNS = 6
 
 
 def render_misclassified(run_path: Path, classes: list[str]) -> None:
-    """The last epoch's misclassified test images; "Why?" under one shows where the model looked,
-    for the true class and for the class it predicted."""
+    """The last epoch's misclassified test images, in a grid that lines up; "Why?" under one opens where the
+    model looked, for the true class and for the class it predicted, beside that image."""
     wrong = [p for p in read_predictions(RunDir(run_path), len(classes)) if p["label"] != p["pred"]]
-    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p["path"], 320)) is not None][:24]
+    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p["path"], 320, square=True)) is not None][:24]
     st.markdown(f"**Misclassified test images** ({len(wrong)}"
                 f"{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
     if not wrong:
         st.caption("None: every test image was classified correctly.")
-    columns = st.columns(GALLERY_COLUMNS)
-    for i, (p, image) in enumerate(shown):
-        column = columns[i % GALLERY_COLUMNS]
-        column.image(image, width="stretch",
-                     caption=f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})")
-        if column.button("Why?", key=f"tr_why_{p['index']}", help="Grad-CAM for the true and the predicted class"):
-            st.session_state["tr_explain"] = (run_path.name, p["index"])
-    chosen = st.session_state.get("tr_explain")
-    picked = next((p for p, _ in shown if chosen == (run_path.name, p["index"])), None)
-    if picked is not None:
-        render_why(run_path, classes, picked)
+    for row in range(0, len(shown), GALLERY_COLUMNS):
+        columns = st.columns(GALLERY_COLUMNS)  # one row at a time: every row starts level
+        for column, (p, image) in zip(columns, shown[row:row + GALLERY_COLUMNS]):
+            column.image(image, width="stretch")
+            if column.button("Why?", key=f"tr_why_{p['index']}", width="stretch",
+                             help="Grad-CAM for the true and the predicted class"):
+                why_dialog(run_path, classes, p)
+            column.caption(f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})")
 
 
-def render_why(run_path: Path, classes: list[str], picked: dict) -> None:
+@st.dialog("Why did the model say that?", width="large")
+def why_dialog(run_path: Path, classes: list[str], picked: dict) -> None:
     try:
         predictor = run_predictor(run_path)
     except (UserError, OSError) as exc:  # a checkpoint damaged or replaced meanwhile: the rest of the page stays
         st.error(f"This run's model cannot be loaded to explain the image: {exc}")
         return
-    st.markdown(f"**Why {Path(picked['path']).name} was called {classes[picked['pred']]}** (Grad-CAM of checkpoint "
-                f"epoch {predictor.epoch}, on the image as the model saw it)")
+    st.markdown(f"**{Path(picked['path']).name}**, a {classes[picked['label']]}, was called "
+                f"**{classes[picked['pred']]}** ({picked['prob']:.0%}). Grad-CAM of the checkpoint of epoch "
+                f"{predictor.epoch}, on the image as the model saw it: red is where the evidence lies.")
     left, right = st.columns(2)
-    left.caption(f"True class: {classes[picked['label']]}")
+    left.caption(f"Evidence for the true class: {classes[picked['label']]}")
     show_explanation(predictor, picked["path"], picked["label"], picked["path"], left)
-    right.caption(f"Predicted class: {classes[picked['pred']]}")
+    right.caption(f"Evidence for the predicted class: {classes[picked['pred']]}")
     show_explanation(predictor, picked["path"], picked["pred"], picked["path"], right)
 
 
@@ -255,9 +270,6 @@ def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
             path = launch(twin_cfg)
         st.query_params["run"] = path.name
         st.rerun()
-
-
-TRAINS = {"head": "head only", "last_block": "last stage and head", "all": "every layer"}  # what a freeze mode trains
 
 
 def _trains(info) -> str:

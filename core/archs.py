@@ -179,7 +179,7 @@ def append_head_inside(model: nn.Module, head: str, num_classes: int) -> HeadCha
     return HeadChange("appended", new_name, _linear_text(old), _linear_text(container.add_Linear),
                       old.out_features, num_classes, [],
                       f"add_Linear is appended inside {container_name}, after the original "
-                      f"{old.out_features}-way layer, which keeps its pretrained weights.")
+                      f"{old.out_features}-way layer, which stays (it is not replaced).")
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             build=_build_efficientnet_lite0,
             weights=EFFICIENTNET_LITE0_WEIGHTS,
             head="_fc",
-            summary="EfficientNet-Lite0, 4.7 M parameters, head _fc (1280 → 1000); weights ship with pip",
+            summary="EfficientNet-Lite0, 4.7 M parameters, head _fc (1280 → 1000); ImageNet weights come with the app (work offline)",
             last_stage=("_blocks.15", "_conv_head", "_bn1"),  # the last MBConv stage (one block) and the 1×1 head conv
             cam_layer="_bn1",
         ),

@@ -143,8 +143,9 @@ def import_cifar10(archive: str | os.PathLike, out: str | os.PathLike,
     return out
 
 
-def download_cifar10(folder: str | os.PathLike, progress=None) -> Path:
-    """torchvision's CIFAR-10 archive, downloaded with a progress callback and its MD5 checked."""
+def download_cifar10(folder: str | os.PathLike, progress=None, *, local_file_hint: str = "with --archive") -> Path:
+    """torchvision's CIFAR-10 archive, downloaded with a progress callback and its MD5 checked. When it cannot
+    be downloaded, the message says how to give a local copy instead (``local_file_hint``)."""
     from torchvision.datasets import CIFAR10
 
     from .weights import download_file
@@ -152,10 +153,10 @@ def download_cifar10(folder: str | os.PathLike, progress=None) -> Path:
     target = Path(folder) / CIFAR10.filename
     if not target.is_file():
         try:
-            download_file(CIFAR10.url, target, progress=progress, timeout=60)
+            download_file(CIFAR10.url, target, progress=progress)
         except UserError as exc:
-            raise DatasetError(f"{exc}. Offline? Download {CIFAR10.url} elsewhere and give the file with "
-                               "--archive (or its path on the Dataset page)") from None
+            raise DatasetError(f"{exc}. Offline? Download {CIFAR10.url} elsewhere and give the file "
+                               f"{local_file_hint}") from None
     digest = hashlib.md5(target.read_bytes()).hexdigest()
     if digest != CIFAR10.tgz_md5:
         target.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TrainConfig
+from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TRAINS, TrainConfig
 from .errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
@@ -183,20 +183,28 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
         kind = types.get(f.name) or (float if isinstance(f.default, float) else str)
+        if f.name == "arch":  # no default here: without --arch the app's rule picks one (core.weights.default_arch)
+            parser.add_argument(*names, dest=f.name, default=None, help=f.metadata["help"] + (
+                " (default: resnet18 when its pretrained weights are on this machine, else efficientnet_lite0)"))
+            continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
                             help=f.metadata["help"] + (f" (default {f.default})" if f.default is not None else ""))
 
 
-def _config_from_args(args) -> TrainConfig:
+def _config_from_args(args) -> tuple[TrainConfig, str]:
+    """The run's config, and a note to print once it proved valid (why the architecture was chosen)."""
     from .archs import get_arch
-    from .weights import resolve_weights
+    from .weights import NO_WEIGHTS, PRETRAINED, default_arch, resolve_weights
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if not values["data_root"] and not values["lists_dir"]:
         raise ConfigError("train needs --data ROOT (class folders) or --lists DIR (train.txt / test.txt)")
+    why = ""
+    if values["arch"] is None:  # no --arch: what the app does (resnet18 when its weights are here)
+        values["arch"], why = default_arch(args.weights if args.weights not in (PRETRAINED, NO_WEIGHTS) else None)
     cfg = TrainConfig(**values)
     cfg.weights = resolve_weights(get_arch(cfg.arch), args.weights)
-    return cfg.validate()
+    return cfg.validate(), why
 
 
 def _check_data(cfg: TrainConfig) -> None:
@@ -218,14 +226,16 @@ def cmd_train(args) -> int:
     from .train import train
     from .workspace import cache_dir, runs_dir
 
-    cfg = _config_from_args(args)
+    cfg, why = _config_from_args(args)
     _check_data(cfg)
+    if why:
+        print(f"note: {why}", file=sys.stderr, flush=True)
     world = world_from_env()  # several processes when started by torchrun
     start(world)
     if not cfg.pretrained and cfg.body_partly_fixed and world.main:
-        print(f"warning: random weights with a frozen body (--freeze {cfg.freeze}) train on top of layers that "
-              "never learn; use --freeze all for a real from-scratch baseline, or --weights pretrained",
-              file=sys.stderr)
+        print(f"warning: random weights with a frozen body (--freeze {cfg.freeze}: {TRAINS[cfg.freeze]} trains) train "
+              "on top of layers that never learn; use --freeze all (every layer trains) for a real from-scratch "
+              "baseline, or --weights pretrained", file=sys.stderr)
     out = broadcast(str(args.out or new_run_dir(runs_dir(), run_label(cfg))) if world.main else None, world)
     cache = None if args.no_cache else (args.cache_dir or cache_dir())
     if world.main:

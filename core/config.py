@@ -18,6 +18,10 @@ FREEZE_MODES = {
     "all": "every layer trains",
 }
 
+# What a person reads about a freeze mode: what trains, never the word "freeze" alone ("freeze all" reads as
+# "nothing trains", the opposite of what it does).
+TRAINS = {"head": "head only", "last_block": "last stage + head", "all": "every layer"}
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -83,11 +83,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def thumbnail_jpeg(source: ImageSource, max_side: int) -> bytes:
+def thumbnail_jpeg(source: ImageSource, max_side: int, *, square: bool = False) -> bytes:
     """A JPEG of the image (upright RGB, as training sees it) whose longer side is at most ``max_side``:
-    what pages show. Any mode (16-bit, CMYK, palette, alpha) and any aspect ratio; work bounded by the output."""
+    what pages show. Any mode (16-bit, CMYK, palette, alpha) and any aspect ratio; work bounded by the output.
+    ``square``: centred on a white ``max_side`` square, so a grid of them lines up."""
     img = open_image(source)
     img.thumbnail((max_side, max_side))
+    if square:
+        canvas = Image.new("RGB", (max_side, max_side), (255, 255, 255))
+        canvas.paste(img, ((max_side - img.width) // 2, (max_side - img.height) // 2))
+        img = canvas
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
 from .io import atomic_write_json
 from .records import Epoch, Final, RecordError, Records, parse_record
@@ -419,7 +419,7 @@ class RunInfo:
         c = self.config
         if c is None:
             return f"damaged · {self.name}"
-        return f"{'pretrained' if c.pretrained else 'scratch'} · {c.freeze} · {c.arch} · {self.name}"
+        return f"{'pretrained' if c.pretrained else 'scratch'} · trains {TRAINS[c.freeze]} · {c.arch} · {self.name}"
 
 
 @dataclass(frozen=True)

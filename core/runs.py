@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import TrainConfig
-from .records import Records
+from .records import Features, Records
 from .rundir import (DISPATCH_LOCK, QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
                      new_run_dir, process_start_ticks, read_worker_state, run_label, write_status)
 
@@ -184,19 +184,19 @@ def kill_worker(run_dir: str | os.PathLike) -> None:
             pass
 
 
-def run_progress(records: Records, now: float | None = None) -> tuple[float, str]:
-    """Fraction done (0..1) and a line with the phase, elapsed time and an estimate of what is left.
+def run_progress(records: Records, now: float | None = None, setup_phase: str = "") -> tuple[float, str]:
+    """Fraction done (0..1) and a line with the phase and the elapsed time (``seconds_left`` estimates the rest).
 
-    The feature pass counts as the first epoch's share of the work: it is most of a cached run's time.
+    Before the first record the line names the set-up step the training process reports (``setup_phase``,
+    from its status). The feature pass counts as the first epoch's share of the work: it is most of a cached
+    run's time.
     """
     start = records.start
     if start is None:
-        return 0.0, "starting the training process…"
+        return 0.0, f"starting: {setup_phase or 'launching the training process'}…"
     epochs_done = len(records.epochs)
     current = epochs_done + 1
-    batches = [b for b in records.batches if b.epoch == current]
-    partial = batches[-1].seen / batches[-1].total if batches else 0.0
-    fraction = min((epochs_done + partial) / start.epochs, 1.0)
+    fraction = min((epochs_done + _epoch_share(records, current)) / start.epochs, 1.0)
     progress = records.latest_progress
     elapsed = (now or time.time()) - start.time
     if progress is not None and progress.phase == "features":
@@ -210,8 +210,45 @@ def run_progress(records: Records, now: float | None = None) -> tuple[float, str
         return min(done / max(total, 1), 1.0) * 0.999, text
     phase = (f"testing {progress.done}/{progress.total} images" if progress is not None and progress.phase == "test"
              else f"epoch {min(current, start.epochs)}/{start.epochs}")
-    eta = f", about {elapsed / fraction * (1 - fraction):.0f}s left" if 0.02 < fraction < 1 else ""
-    return fraction, f"{phase} · {elapsed:.0f}s elapsed{eta}"
+    return fraction, f"{phase} · {elapsed:.0f}s elapsed"
+
+
+def _epoch_share(records: Records, epoch: int) -> float:
+    batches = [b for b in records.batches if b.epoch == epoch]
+    return batches[-1].seen / batches[-1].total if batches else 0.0
+
+
+def seconds_left(records: Records, now: float | None = None) -> float | None:
+    """The training time still to go, from the epochs' own durations (set-up and the feature pass left out, so
+    the estimate does not shrink by itself when they end); None until there is something to go by."""
+    start = records.start
+    if start is None or not records.epochs and not records.batches:
+        return None
+    done = len(records.epochs)
+    if done >= start.epochs:
+        return 0.0
+    share = _epoch_share(records, done + 1)
+    if done:
+        per_epoch = sum(e.seconds for e in records.epochs) / done
+    else:
+        features = records.of(Features)
+        began = max([start.time] + [f.time for f in features])  # the first epoch began after the feature pass
+        if share < 0.05:
+            return None
+        per_epoch = ((now or time.time()) - began) / share
+    return max(0.0, per_epoch * (start.epochs - done - share))
+
+
+def smooth_eta(previous: tuple[float, float] | None, raw: float | None, now: float) -> float | None:
+    """Time left, smoothed: the last estimate counted down to ``now`` and moved a third of the way to ``raw``.
+    ``previous`` is (estimate, when); jumps of a noisy estimate (301 → 356 → 204 s) become small steps."""
+    if raw is None:
+        return None
+    if previous is None:
+        return raw
+    estimate, when = previous
+    counted_down = max(0.0, estimate - (now - when))
+    return counted_down + (raw - counted_down) / 3
 
 
 def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainConfig | None:

@@ -163,8 +163,8 @@ def _random_init(model: nn.Module, freeze: str) -> _Loading:
     notes = ["no weights file: every layer starts from random initialisation (training from scratch)"]
     if freeze != "all":
         notes.append("with random weights and a frozen body, layers that never learn feed the ones that "
-                     "train (for freeze 'head', a linear classifier on random features); choose freeze 'all' "
-                     "to train from scratch properly")
+                     "train (with only the head training, a linear classifier on random features); choose "
+                     "'every layer trains' (--freeze all) to train from scratch properly")
     return _Loading(missing=list(model.state_dict()), notes=notes)
 
 

@@ -146,7 +146,9 @@ class Setup:
             raise StopRequested()
 
 
-def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE) -> Setup:
+def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE, phase=lambda text: None
+           ) -> Setup:
+    """Everything a run needs before its first record; ``phase`` hears each step's name (for the status)."""
     cfg.validate()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.active:
@@ -154,7 +156,9 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
     configure_device(device)
     threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda", cores=_cores_per_rank(world))
     torch.set_num_threads(threads)
+    phase("scanning the images and copying the list files")
     split = prepare_lists(cfg, run, allowed_roots, world)
+    phase(f"building {cfg.arch}" + (" and loading its weights" if cfg.weights else ""))
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, head_variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
     if world.main:
@@ -553,6 +557,7 @@ class Checkpointer:
     def __init__(self, s: Setup, optimizer):
         self.s, self.optimizer = s, optimizer
         self.best: tuple | None = None  # (accuracy, -test loss) of the best epoch so far
+        self.best_epoch: int | None = None
 
     def is_best(self, acc: float | None, loss: float | None) -> bool:
         """Best = highest test accuracy; on a tie (common on small test sets) the lower test loss."""
@@ -562,15 +567,14 @@ class Checkpointer:
         return self.best is None or score > self.best
 
     def save_epoch(self, record: Epoch, predictions: list[dict]) -> None:
-        if not self.s.world.main:  # under torchrun only rank 0 writes; the others only keep score
-            if record.best:
-                self.best = (record.test_acc if record.test_acc is not None else -1.0,
-                             -(record.test_loss if record.test_loss is not None else float("inf")))
-            return
-        self._save(self.s.run.last, record)
         if record.best:
             self.best = (record.test_acc if record.test_acc is not None else -1.0,
                          -(record.test_loss if record.test_loss is not None else float("inf")))
+            self.best_epoch = record.epoch
+        if not self.s.world.main:  # under torchrun only rank 0 writes; the others only keep score
+            return
+        self._save(self.s.run.last, record)
+        if record.best:
             self._save(self.s.run.best, record)
         test = self.s.split.test
         atomic_write_json(self.s.run.predictions, [{**p, "path": test[p["index"]][0]} for p in predictions])
@@ -637,14 +641,15 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
         since_best, best_acc = (0, record.test_acc) if improved else (since_best + 1, best_acc)
         if s.cfg.patience and since_best >= s.cfg.patience and epoch < s.cfg.epochs:
             checkpointer.save_final()
-            raise EarlyStop(f"no improvement for {since_best} epochs: stopped early after epoch {epoch}; "
-                            "predictions use the best epoch's checkpoint")
+            raise EarlyStop(f"stopped early at epoch {epoch} of {s.cfg.epochs}: no better test accuracy for "
+                            f"{since_best} epoch{'s' if since_best > 1 else ''}; predictions use epoch "
+                            f"{checkpointer.best_epoch}")
     checkpointer.save_final()
 
 
-def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World
-             ) -> Iterator[Record]:
-    s = set_up(cfg, run, allowed_roots, world)
+def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World,
+             phase=lambda text: None) -> Iterator[Record]:
+    s = set_up(cfg, run, allowed_roots, world, phase)
     yield start_record(s)
     path = yield from choose_feature_path(s, cache_dir)
     yield from epoch_loop(s, path)
@@ -675,10 +680,11 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     emitted: list[Record] = []
     t0 = time.time()
     with Heartbeat(run) as heartbeat:
-        heartbeat.set_phase("setting up the model")
+        heartbeat.set_phase("setting up")
         status, reason = "completed", ""
         try:
-            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world):
+            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world,
+                                   heartbeat.set_phase):
                 append_jsonl(run.metrics, record.to_json())
                 emitted.append(record)
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)

@@ -181,7 +181,7 @@ def _clean_name(name: str) -> str:
 
 
 def download_dataset(url: str, dest_parent: str | os.PathLike, *, progress: Progress | None = None,
-                     timeout: float = 20.0) -> Path:
+                     timeout: float | None = None) -> Path:
     """Download a zip of class folders from ``url`` and extract it safely; return the data root."""
     if not url.lower().startswith(("http://", "https://")):
         raise UploadError(f"'{url}' is not an http(s) address")
@@ -200,8 +200,14 @@ def download_dataset(url: str, dest_parent: str | os.PathLike, *, progress: Prog
         Path(tmp).unlink(missing_ok=True)
 
 
+def image_upload_limit_mb() -> int:
+    """The per-image upload cap in the uploader's own unit (Streamlit's MB: 2**20 bytes), at least 1."""
+    return max(1, settings().max_image_bytes // 1024**2)
+
+
 def check_image_upload(data: bytes, name: str) -> None:
     limit = settings().max_image_bytes
     if len(data) > limit:
-        raise UploadError(f"'{name}' is {len(data) / 1024**2:.1f} MB, more than the limit of "
-                          f"{limit / 1024**2:.0f} MB per image (TLD_MAX_IMAGE_BYTES)")
+        # The size as the uploader shows a file's size (10**6 bytes a MB), the limit as it shows its limit.
+        shown = f"{limit / 1024**2:g} MB" if limit >= 1024**2 else f"{limit:,} bytes"
+        raise UploadError(f"'{name}' is {len(data) / 1e6:.1f} MB, more than the limit of {shown} per image")

@@ -171,6 +171,23 @@ def find_weights(spec, user_file: str | os.PathLike | None = None) -> WeightsSou
     return None
 
 
+PREFERRED_ARCH, OFFLINE_ARCH = "resnet18", "efficientnet_lite0"  # the recipe's model; the one whose weights ship
+
+
+def default_arch(user_file: str | os.PathLike | None = None) -> tuple[str, str]:
+    """The architecture to use when none was asked for, and why: resnet18 (the recipe's) when its pretrained
+    weights are on this machine (``user_file`` counts: a file the user named is the recipe's), else
+    EfficientNet-Lite0, whose ImageNet weights ship with the app."""
+    from .archs import get_arch
+
+    if find_weights(get_arch(PREFERRED_ARCH), user_file):
+        return PREFERRED_ARCH, ""
+    return OFFLINE_ARCH, (f"no pretrained {PREFERRED_ARCH} weights on this machine (looked in torch hub's cache, "
+                          f"{hub_checkpoint_dir()}); using "
+                          f"{OFFLINE_ARCH}, whose ImageNet weights ship with the app (--arch {PREFERRED_ARCH} to "
+                          "insist)")
+
+
 # ----------------------------------------------------------------------------- storing
 def shape_mismatches(state: dict, model_state: dict) -> list[str]:
     """'key: file (shape) vs model (shape)' for every shared key whose shapes differ."""

@@ -6,6 +6,7 @@ the run) and reports its own state in ``status.json``; its output goes to the ru
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confined", action="store_true",
                         help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
     args = parser.parse_args(argv)
+    if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
+        from .rundir import RunDir, this_process_state, write_status
+
+        write_status(RunDir(args.run_dir), this_process_state("starting", "importing PyTorch and the model code"))
     from .cli import print_records
     from .distributed import finish, start, world_from_env
     from .runs import start_next_queued

@@ -39,6 +39,33 @@ def cache_dir() -> Path:
     return workspace_dir() / "cache"
 
 
+def _remembered_file(visitor: str) -> Path:
+    return workspace_dir() / "state" / f"data-root-{hashlib.sha256(visitor.encode()).hexdigest()[:16]}.json"
+
+
+def remember_data_root(path: str | os.PathLike, visitor: str) -> None:
+    """Keep ``visitor``'s chosen data root in the workspace, so the bare address opens it next time.
+    Best effort: a workspace that cannot be written only forgets it."""
+    from .io import atomic_write_json
+
+    try:
+        _remembered_file(visitor).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(_remembered_file(visitor), {"data_root": str(path)})
+    except (OSError, UserError):
+        pass
+
+
+def remembered_data_root(visitor: str) -> str | None:
+    """The data root ``visitor`` chose last, or None (never chosen, or the file is damaged)."""
+    import json
+
+    try:
+        value = json.loads(_remembered_file(visitor).read_text(encoding="utf-8")).get("data_root")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def default_data_root() -> str | None:
     """The workspace's default data root (``TLD_DATA_ROOT``); None: the demo dataset."""
     return settings().data_root

@@ -161,6 +161,7 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
         with zipfile.ZipFile(checkpoint, "w") as archive:
             archive.writestr("archive/data.pkl", "not a pickle")
     at.run()
+    [b for b in at.button if b.label == "Why?"][0].click().run()  # the maps open in a dialog, on each click
     assert not at.exception
     assert any("cannot be loaded to explain the image" in e.value for e in at.error)
     assert "All runs" in [s.value for s in at.subheader]

@@ -297,7 +297,9 @@ def test_early_stopping_ends_the_run_as_completed_with_the_reason(colour_data, l
     records = list(train(_config(colour_data, arch="efficientnet_lite0", weights=str(lite0_file), epochs=30,
                                  lr=0.05, patience=2), tmp_path / "run"))
     epochs, final = [r for r in records if isinstance(r, Epoch)], records[-1]
-    assert final.status == "completed" and final.reason.startswith("no improvement for 2 epochs")
+    assert final.status == "completed"
+    assert final.reason == (f"stopped early at epoch {len(epochs)} of 30: no better test accuracy for 2 epochs; "
+                            f"predictions use epoch {final.best_epoch}")
     accs = [e.test_acc for e in epochs]
     assert len(epochs) < 30 and final.epochs_completed == len(epochs)
     assert max(accs[-2:]) <= max(accs[:-2])  # the last two epochs brought no better accuracy
