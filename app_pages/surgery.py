@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.archs import ARCHITECTURES
-from core.config import FREEZE_MODES
+from core.config import FREEZE_MODES, TRAINS
 from core.surgery import adapt_model, trains_in
 from core.weights import download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed, path_problem, shown
@@ -164,7 +164,7 @@ def render_parameters(report: dict) -> None:
         columns={"count": "tensors", "sum": "parameters"})
     st.dataframe(totals, width="content")
     st.caption("The ✓ columns: which tensors train in each fine-tune mode (the chosen one is the status column).")
-    modes = {f"trains: {mode}": mode for mode in FREEZE_MODES}
+    modes = {f"trains when {TRAINS[mode]}": mode for mode in FREEZE_MODES}
     for column, mode in modes.items():
         params[column] = params["name"].map(lambda n, m=mode: "✓" if trains_in(report["modes"][m], n) else "")
     st.dataframe(pd.DataFrame({column: [int(params.loc[params[column] == "✓", "numel"].sum())]

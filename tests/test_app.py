@@ -74,9 +74,10 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]  # popped (and missing) keys
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Head"] == "fc" and metrics["Trainable parameters"] == "2,565"
-    per_mode = next(d.value for d in at.dataframe if "trains: last_block" in d.value.columns)
+    per_mode = next(d.value for d in at.dataframe if "trains when last stage + head" in d.value.columns)
     counts = per_mode.iloc[0]
-    assert counts["trains: head"] == 2565 < counts["trains: last_block"] < counts["trains: all"]
+    assert (counts["trains when head only"] == 2565 < counts["trains when last stage + head"]
+            < counts["trains when every layer"])
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
