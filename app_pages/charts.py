@@ -11,6 +11,7 @@ from core.config import TRAINS
 from core.errors import UserError
 from core.records import Records
 from core.rundir import RunInfo, read_records
+from core.states import RunState
 
 
 # Epochs are whole numbers: an ordinal axis labels each one ("1", "2", …), never "1.000000" or "1.5".
@@ -78,7 +79,7 @@ def runs_table(runs: list[RunInfo]) -> None:
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
                      "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
                      "lr": c.lr if c else None, "batch": c.batch_size if c else None, "best acc": r.best_acc,
-                     "note": r.reason if r.status != "running" else ""})
+                     "note": r.reason if r.status is not RunState.RUNNING else ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"best acc": st.column_config.NumberColumn(format="percent")})
 

@@ -37,7 +37,8 @@ _PARSERS = {
     "seed": lambda v: int(v) if 0 <= int(v) <= 1_000_000 else None,
     "arch": lambda v: v if v in ARCHITECTURES else None,
     "head_variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
-    "weights_mode": lambda v: v if v in (PRETRAINED, "scratch") else None,
+    # "none" as on the command line; "scratch" is how links made before said it
+    "weights_mode": lambda v: {PRETRAINED: PRETRAINED, NO_WEIGHTS: NO_WEIGHTS, "scratch": NO_WEIGHTS}.get(v),
     "freeze": lambda v: v if v in FREEZE_MODES else None,
 }
 

@@ -2,6 +2,7 @@ import streamlit as st
 
 from core.config import TRAINS
 from core.rundir import list_runs
+from core.states import RunState
 from core.workspace import runs_dir
 from app_pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
 
@@ -44,7 +45,7 @@ def render_latest_run() -> None:
     else:
         run = runs[0]
         st.write(f"**{run.name}** · {run.status}")
-        if run.config is None or run.status == "damaged":
+        if run.config is None or run.status is RunState.DAMAGED:
             st.warning(f"This run is damaged: {run.reason}")
         else:
             cfg = run.config

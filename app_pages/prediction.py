@@ -10,6 +10,7 @@ from core.export import export_bytes
 from core.images import open_image, thumbnail_jpeg
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
 from core.rundir import RunDir, best_completed, list_runs
+from core.states import RunState
 from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
 from core.workspace import runs_dir
 from app_pages.common import fmt_pct, plural, run_predictor, show_explanation, user_errors
@@ -17,7 +18,7 @@ from app_pages.common import fmt_pct, plural, run_predictor, show_explanation, u
 
 def pick_run():
     """The run to predict with: the completed run with the best test accuracy unless the visitor picks another."""
-    runs = [r for r in list_runs(runs_dir()) if r.has_checkpoint or r.status == "damaged"]
+    runs = [r for r in list_runs(runs_dir()) if r.has_checkpoint or r.status is RunState.DAMAGED]
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
         st.info("No trained model yet: start a run on the Training page (the defaults work), then come back.")
@@ -32,7 +33,7 @@ def pick_run():
 
     def describe(name: str) -> str:
         r = by_name[name]
-        if r.config is None or r.status == "damaged":
+        if r.config is None or r.status is RunState.DAMAGED:
             return f"{r.name} · damaged"
         return (f"{r.name} · {r.config.arch} · {'pretrained' if r.config.pretrained else 'scratch'} · "
                 f"best {fmt_pct(r.best_acc)} · {r.status}")
@@ -44,7 +45,7 @@ def pick_run():
 
 
 def load_model(run) -> Predictor:
-    if run.status == "damaged":
+    if run.status is RunState.DAMAGED:
         st.error(f"This run is damaged: {run.reason}. Pick another run.")
         st.stop()
     try:

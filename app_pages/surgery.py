@@ -7,13 +7,13 @@ import streamlit as st
 from core.archs import ARCHITECTURES
 from core.config import FREEZE_MODES, TRAINS
 from core.surgery import adapt_model, trains_in
-from core.weights import download_weights, list_sources, store_uploaded_weights
+from core.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed, path_problem, shown
 from app_pages.charts import download_progress, highlighted_lines
 from app_pages.common import (data_root, default_arch, load_state, reported, resolve_weights_file, save_state,
                               split_summary, user_errors)
 
-WEIGHT_MODES = {"pretrained": "Pretrained (ImageNet)", "scratch": "From scratch (random)"}
+WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (random)"}
 
 
 def render_choices(state: dict) -> dict:
@@ -32,7 +32,7 @@ def render_choices(state: dict) -> dict:
                       key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
     mode = st.radio("Weights", list(WEIGHT_MODES), horizontal=True, key="sg_mode",
                     index=list(WEIGHT_MODES).index(state["weights_mode"]), format_func=WEIGHT_MODES.get)
-    weights_file = render_weights_manager(arch, state) if mode == "pretrained" else state["weights_file"]
+    weights_file = render_weights_manager(arch, state) if mode == PRETRAINED else state["weights_file"]
     chosen = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode,
                   weights_file=weights_file or "")
     return save_state(**chosen) if any(state[k] != v for k, v in chosen.items()) else state
@@ -183,7 +183,7 @@ def main() -> None:
         classes = split_summary(data_root(), state["train_ratio"], state["seed"])["summary"]["classes"]
     state = render_choices(state)
     weights = resolve_weights_file(state["arch"], state)
-    if state["weights_mode"] == "pretrained" and weights is None:
+    if state["weights_mode"] == PRETRAINED and weights is None:
         st.warning(f"Pretrained was chosen, but no {state['arch']} weights are on this machine: the result below, "
                    "and a run started now, begin from random weights. Add weights above, or pick "
                    "efficientnet_lite0, whose weights ship with the app.")

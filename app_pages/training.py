@@ -7,6 +7,8 @@ from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig
 from core.errors import UserError
 from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
+from core.states import RunState
+from core.weights import NO_WEIGHTS, PRETRAINED
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
                        run_progress, seconds_left, smooth_eta)
 from core.workspace import cache_dir, runs_dir
@@ -37,8 +39,8 @@ def _sync(name: str, key: str, convert=lambda v: v):
 def _model_settings(state: dict) -> dict:
     """Weights, fine-tune mode and what the images go through."""
     c1, c2, c3 = st.columns(3)
-    pretrained = c1.toggle("Pretrained weights", value=state["weights_mode"] == "pretrained", key="tr_pretrained",
-                           on_change=_sync("weights_mode", "tr_pretrained", lambda v: "pretrained" if v else "scratch"),
+    pretrained = c1.toggle("Pretrained weights", value=state["weights_mode"] == PRETRAINED, key="tr_pretrained",
+                           on_change=_sync("weights_mode", "tr_pretrained", lambda v: PRETRAINED if v else NO_WEIGHTS),
                            help="Off: train from scratch (random initialisation) to check what pretraining buys.")
     freeze = c2.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
                       key="tr_freeze", format_func=lambda m: FREEZE_MODES[m], on_change=_sync("freeze", "tr_freeze"))
@@ -102,7 +104,7 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     model = _model_settings(state)
     pretrained = model.pop("pretrained")
     optimiser = _optimiser_settings(state, model["freeze"])
-    weights = resolve_weights_file(arch, {**state, "weights_mode": "pretrained" if pretrained else "scratch"})
+    weights = resolve_weights_file(arch, {**state, "weights_mode": PRETRAINED if pretrained else NO_WEIGHTS})
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
                    "Add weights on the Model surgery page, or pick efficientnet_lite0 there.")
@@ -144,7 +146,7 @@ def _time_left(run_path: Path, records) -> str:
 
 def live_view(run_path: Path, was_running: bool) -> None:
     info = read_run(run_path)
-    if info.status == "damaged":
+    if info.status is RunState.DAMAGED:
         st.error(f"This run is damaged and cannot be followed: {info.reason}")
         return
     records = read_records(run_path)
@@ -155,7 +157,7 @@ def live_view(run_path: Path, was_running: bool) -> None:
         if info.active:
             st.progress(fraction, text=f"**{info.status}** · {text}{_time_left(run_path, records)}")
         else:
-            st.progress(1.0 if info.status == "completed" else fraction, text=f"**{info.status}**")
+            st.progress(1.0 if info.status is RunState.COMPLETED else fraction, text=f"**{info.status}**")
         if start_record:
             st.caption(f"Device: **{start_record.device_name}** · path: {start_record.feature_path} · "
                        f"{start_record.train_size} train / {start_record.test_size} test images · "
@@ -165,7 +167,7 @@ def live_view(run_path: Path, was_running: bool) -> None:
                 st.caption("Class-weighted loss: " + ", ".join(
                     f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)))
     with head[1]:
-        if info.status == "queued":
+        if info.status is RunState.QUEUED:
             if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):
                 if not cancel(run_path):
                     request_stop(run_path)  # it started in the meantime
@@ -174,16 +176,16 @@ def live_view(run_path: Path, was_running: bool) -> None:
                                        "phase; the last completed epoch's checkpoint is kept."):
             request_stop(run_path)
             st.toast("Stop requested")
-    if info.status == "queued":
+    if info.status is RunState.QUEUED:
         waiting = [r.name for r in queue(list_runs(runs_dir()))]
         position = waiting.index(info.name) + 1 if info.name in waiting else 1
         st.info(f"Queued: position {position} of {len(waiting)}. At most {max_running()} run(s) train at once "
                 "(TLD_MAX_RUNNING); it starts as soon as a running one ends.")
-    if info.status == "completed" and info.reason:  # it ended early: say why, and which epoch predicts
+    if info.status is RunState.COMPLETED and info.reason:  # it ended early: say why, and which epoch predicts
         st.info(info.reason[:1].upper() + info.reason[1:] + ".")
-    if info.status in ("failed", "not responding"):
-        st.error(f"The run {'failed' if info.status == 'failed' else 'is not responding'}: {info.reason}")
-    elif info.status == "stopped":
+    if info.status in (RunState.FAILED, RunState.NOT_RESPONDING):
+        st.error(f"The run {'failed' if info.status is RunState.FAILED else 'is not responding'}: {info.reason}")
+    elif info.status is RunState.STOPPED:
         st.warning(info.reason or "The run was stopped.")
     loss_charts(records)
     if was_running and not info.active:
@@ -250,11 +252,11 @@ def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
     """The recipe's claim checked on this data: this run beside its twin (same settings, the other
     weights), or one click to train that twin."""
     cfg = load_config(RunDir(run_path))
-    weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": "pretrained"})
+    weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": PRETRAINED})
     twin = find_twin(cfg, list_runs(runs_dir()), weights)
     if twin is not None:
         st.fragment(pair_view, run_every=LIST_EVERY_S if twin.active else None)(run_path, twin.path, twin.active)
-        if twin.active or twin.status == "completed":
+        if twin.active or twin.status is RunState.COMPLETED:
             return
     twin_cfg = comparison_twin(cfg, weights)
     if twin_cfg is None:
@@ -291,7 +293,7 @@ def pair_view(run_path: Path, twin_path: Path, twin_was_active: bool) -> None:
     line = (f"Same data, split, seed and settings. Best test accuracy: pretrained ({_trains(pretrained)}) "
             f"**{_best(pretrained)}** ({pretrained.status}), from scratch ({_trains(scratch)}) "
             f"**{_best(scratch)}** ({scratch.status}).")
-    if pretrained.status == scratch.status == "completed" and None not in (pretrained.best_acc, scratch.best_acc):
+    if pretrained.status is scratch.status is RunState.COMPLETED and None not in (pretrained.best_acc, scratch.best_acc):
         gap = (pretrained.best_acc - scratch.best_acc) * 100
         line += f" Pretraining {'gains' if gap >= 0 else 'loses'} {abs(gap):.1f} points here."
     st.markdown(line)
@@ -353,7 +355,7 @@ def main() -> None:
         info = read_run(run_path)
         st.subheader(f"Run {run_path.name}")
         st.fragment(live_view, run_every=LIVE_EVERY_S if info.active else None)(run_path, info.active)
-        if info.finished and info.status != "damaged":
+        if info.finished and info.status is not RunState.DAMAGED:
             try:
                 render_results(run_path, state)
             except UserError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TRAINS, TrainConfig
 from .errors import ConfigError, UserError
+from .states import Phase, RunState
 
 EXIT_USER_ERROR = 2
 
@@ -105,7 +106,7 @@ class ConsolePrinter:
             print(line, file=self.stream, flush=True)
 
     def _progress(self, p) -> None:
-        what = f"features ({p.split})" if p.phase == "features" else f"test pass (epoch {p.epoch})"
+        what = f"features ({p.split})" if p.phase == Phase.FEATURES else f"test pass (epoch {p.epoch})"
         text = f"{what}: {p.done}/{p.total} images, {p.images_per_s:.1f} images/s"
         if self.tty:
             print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
@@ -249,10 +250,10 @@ def cmd_train(args) -> int:
     finish(world)
     if final is None:  # a rank other than 0: rank 0 reports
         return 0
-    if final.status == "failed":
+    if final.status == RunState.FAILED:
         print(f"error: the run failed: {final.reason}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0 if final.status == "completed" else 1
+    return 0 if final.status == RunState.COMPLETED else 1
 
 
 # ----------------------------------------------------------------------------- predict

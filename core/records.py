@@ -12,11 +12,21 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
+from .states import Phase, RunState
+
 FEATURE_PATHS = ("cached features", "full forward")
 
 
 class RecordError(ValueError):
     """A line of metrics.jsonl that is not a valid record; the message says why."""
+
+
+def _coerce(record, name: str, kind: type) -> None:
+    """A field read from JSON as a plain string becomes its enum; a value that is none of them does not fit."""
+    try:
+        object.__setattr__(record, name, kind(getattr(record, name)))
+    except ValueError:
+        raise TypeError(f"{name} {getattr(record, name)!r} is not one of {', '.join(k.value for k in kind)}") from None
 
 
 @dataclass(frozen=True)
@@ -74,13 +84,16 @@ class Start(_Record):
 class Progress(_Record):
     """Sign of life inside a long phase: backbone features of one split, or a test pass."""
     type: ClassVar[str] = "progress"
-    phase: str  # "features" or "test"
+    phase: Phase
     done: int
     total: int
     images_per_s: float
     split: str = "test"
     epoch: int | None = None
     time: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        _coerce(self, "phase", Phase)
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,7 @@ class Epoch(_Record):
 @dataclass(frozen=True)
 class Final(_Record):
     type: ClassVar[str] = "final"
-    status: str  # completed, stopped or failed
+    status: RunState  # completed, stopped or failed
     reason: str
     epochs_completed: int
     final_acc: float | None
@@ -138,6 +151,9 @@ class Final(_Record):
     feature_path: str | None = None
     skipped_images: int = 0
     time: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        _coerce(self, "status", RunState)
 
     @classmethod
     def from_json(cls, data: dict):

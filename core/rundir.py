@@ -26,13 +26,10 @@ from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
 from .io import atomic_write_json
 from .records import Epoch, Final, RecordError, Records, parse_record
+from .states import ENDED, WRITTEN, RunState
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
 STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
-QUEUED = "queued"  # waiting for a free slot (TLD_MAX_RUNNING); no process yet
-ACTIVE = ("starting", "running")
-ENDED = ("completed", "stopped", "failed")
-BUSY = ("starting", "running", "not responding")  # statuses that hold a slot
 DISPATCH_LOCK = ".dispatch.lock"  # in a runs folder: held while one process counts slots and starts runs
 
 
@@ -114,8 +111,9 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
     run = RunDir(path)
     if run.holds_run():
         status, _ = read_status(run)
-        if not force or status not in ("failed", "stopped", "damaged"):
-            hint = (" (--force moves a failed or stopped run aside)" if status in ("failed", "stopped", "damaged")
+        movable = (RunState.FAILED, RunState.STOPPED, RunState.DAMAGED)
+        if not force or status not in movable:
+            hint = (" (--force moves a failed or stopped run aside)" if status in movable
                     else "")
             raise RunError(f"'{run.path}' already holds a {status} run; choose a new folder so nothing is "
                            f"overwritten{hint}")
@@ -124,8 +122,8 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
         remove_leftover_writes(RunDir(aside))  # the moved-aside run is over: no write of it will finish
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.config, cfg.to_dict())
-    write_status(run, WorkerState(QUEUED, pid=None, phase="waiting for a free slot") if queued
-                 else WorkerState("starting", pid=None, phase="starting"))
+    write_status(run, WorkerState(RunState.QUEUED, pid=None, phase="waiting for a free slot") if queued
+                 else WorkerState(RunState.STARTING, pid=None, phase="waiting for its process"))
     return run
 
 
@@ -156,7 +154,7 @@ def process_start_ticks(pid: int) -> int | None:
 
 @dataclass(frozen=True)
 class WorkerState:
-    state: str  # starting, running, completed, stopped, failed
+    state: RunState  # one of WRITTEN: the process's own word on the run
     pid: int | None
     phase: str = ""
     reason: str = ""
@@ -185,22 +183,22 @@ class Heartbeat:
     """
 
     def __init__(self, run: RunDir, interval: float = HEARTBEAT_S):
-        self.run, self.interval, self.phase = run, interval, "starting"
+        self.run, self.interval, self.phase = run, interval, "setting up"  # free text, for people
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        self._write("running")
+        self._write(RunState.RUNNING)
         self._thread.start()
         return self
 
     def set_phase(self, phase: str) -> None:
         if phase != self.phase:
             self.phase = phase
-            self._write("running")
+            self._write(RunState.RUNNING)
 
-    def finish(self, state: str, reason: str) -> None:
+    def finish(self, state: RunState, reason: str) -> None:
         self._stop.set()
         self._thread.join()
         self._write(state, reason)
@@ -211,11 +209,11 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self._write("running")
+                self._write(RunState.RUNNING)
             except OSError:  # a full disk must not kill the run from this thread; the next beat retries
                 pass
 
-    def _write(self, state: str, reason: str = "") -> None:
+    def _write(self, state: RunState, reason: str = "") -> None:
         with self._lock:
             write_status(self.run, this_process_state(state, self.phase, reason))
 
@@ -233,10 +231,11 @@ def read_worker_state(run: RunDir) -> WorkerState | None:
     data = _read_json(run.status_file, "the worker's status")
     if data is None:
         return None
-    if not isinstance(data, dict) or data.get("state") not in (QUEUED, *ACTIVE, *ENDED):
+    if not isinstance(data, dict) or data.get("state") not in WRITTEN:
         raise DamagedRun(run.status_file.name, "it is not a status written by this tool")
     try:
-        return WorkerState(**{k: v for k, v in data.items() if k in WorkerState.__dataclass_fields__})
+        fields = {k: v for k, v in data.items() if k in WorkerState.__dataclass_fields__}
+        return WorkerState(**{**fields, "state": RunState(data["state"])})
     except TypeError as exc:
         raise DamagedRun(run.status_file.name, str(exc)) from None
 
@@ -268,38 +267,38 @@ def _last_log_line(run: RunDir) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def read_status(run: RunDir, now: float | None = None) -> tuple[str, str]:
+def read_status(run: RunDir, now: float | None = None) -> tuple[RunState, str]:
     """(status, reason), from status.json alone: starting, running, not responding,
     completed, stopped, failed, or damaged when the file cannot be read."""
     try:
         state = read_worker_state(run)
     except DamagedRun as exc:
-        return "damaged", str(exc)
+        return RunState.DAMAGED, str(exc)
     if state is None:
         return _legacy_status(run)
     if state.state in ENDED:
         return state.state, state.reason
-    if state.state == QUEUED:
-        return QUEUED, state.phase
+    if state.state is RunState.QUEUED:
+        return RunState.QUEUED, state.phase
     if _process_gone(state):
         last = _last_log_line(run)
-        return "failed", ("the training process ended without finishing the run (killed or crashed)"
+        return RunState.FAILED, ("the training process ended without finishing the run (killed or crashed)"
                           + (f": {last}" if last else ""))
     age = (now or time.time()) - state.heartbeat
     if age > STALE_AFTER_S:
-        return "not responding", f"no heartbeat for {age:.0f}s (phase: {state.phase or 'unknown'})"
+        return RunState.NOT_RESPONDING, f"no heartbeat for {age:.0f}s (phase: {state.phase or 'unknown'})"
     return state.state, state.phase
 
 
-def _legacy_status(run: RunDir) -> tuple[str, str]:
+def _legacy_status(run: RunDir) -> tuple[RunState, str]:
     """Run folders written before status.json existed: their summary says how they ended."""
     try:
         summary = _read_json(run.summary, "the summary")
     except DamagedRun as exc:
-        return "damaged", str(exc)
+        return RunState.DAMAGED, str(exc)
     if isinstance(summary, dict) and summary.get("status") in ENDED:
-        return summary["status"], str(summary.get("reason", ""))
-    return "failed", "no training process ever reported on this run"
+        return RunState(summary["status"]), str(summary.get("reason", ""))
+    return RunState.FAILED, "no training process ever reported on this run"
 
 
 # ----------------------------------------------------------------------------- records
@@ -389,7 +388,7 @@ def _check_checkpoints(run: RunDir) -> None:
 @dataclass(frozen=True)
 class RunInfo:
     path: Path
-    status: str  # queued, starting, running, not responding, completed, stopped, failed, damaged
+    status: RunState
     reason: str
     config: TrainConfig | None
     best_acc: float | None = None
@@ -402,7 +401,7 @@ class RunInfo:
 
     @property
     def finished(self) -> bool:
-        return self.status in ENDED or self.status == "damaged"
+        return self.status.finished
 
     @property
     def active(self) -> bool:
@@ -412,7 +411,7 @@ class RunInfo:
     @property
     def busy(self) -> bool:
         """Holds one of the TLD_MAX_RUNNING slots."""
-        return self.status in BUSY
+        return self.status.busy
 
     @property
     def label(self) -> str:
@@ -482,7 +481,7 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     except OSError:
         started = 0.0
     if contents.damage:
-        return RunInfo(run.path, "damaged", contents.damage, contents.config, started=started)
+        return RunInfo(run.path, RunState.DAMAGED, contents.damage, contents.config, started=started)
     status, reason = read_status(run)
     if status in ENDED:
         remove_leftover_writes(run)
@@ -520,7 +519,7 @@ def find_run(parent: str | os.PathLike, name: str) -> Path | None:
 
 def best_completed(runs: list[RunInfo]) -> RunInfo | None:
     """The completed run with the best test accuracy: the one to predict with by default."""
-    done = [r for r in runs if r.status == "completed" and r.has_checkpoint and r.best_acc is not None]
+    done = [r for r in runs if r.status is RunState.COMPLETED and r.has_checkpoint and r.best_acc is not None]
     return max(done, key=lambda r: r.best_acc, default=None)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .records import Features, Records
-from .rundir import (DISPATCH_LOCK, QUEUED, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
+from .states import Phase, RunState
+from .rundir import (DISPATCH_LOCK, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
                      new_run_dir, process_start_ticks, read_worker_state, run_label, write_status)
 
 # Workers this process started: each has a thread waiting on it, so a finished one is reaped
@@ -57,7 +58,7 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
     _reap_when_done(proc)
     # The worker needs a few seconds to import torch before it reports; until then its pid lets
     # readers tell a starting worker from one that died at once.
-    write_status(run, WorkerState("starting", pid=proc.pid, phase="starting the training process",
+    write_status(run, WorkerState(RunState.STARTING, pid=proc.pid, phase="starting the training process",
                                   pid_start=process_start_ticks(proc.pid)))
 
 
@@ -84,7 +85,7 @@ def _queued_at(info: RunInfo) -> float:
 
 def queue(runs: list[RunInfo]) -> list[RunInfo]:
     """The queued runs in the order they start: the order they were queued in."""
-    return sorted((r for r in runs if r.status == QUEUED), key=lambda r: (_queued_at(r), r.name))
+    return sorted((r for r in runs if r.status is RunState.QUEUED), key=lambda r: (_queued_at(r), r.name))
 
 
 @contextmanager
@@ -153,7 +154,7 @@ def cancel(run_dir: str | os.PathLike) -> bool:
     run = RunDir(run_dir)
     if not claim(run):
         return False
-    write_status(run, WorkerState("stopped", pid=None, phase="cancelled", reason="cancelled before it started"))
+    write_status(run, WorkerState(RunState.STOPPED, pid=None, phase="cancelled", reason="cancelled before it started"))
     return True
 
 
@@ -199,16 +200,16 @@ def run_progress(records: Records, now: float | None = None, setup_phase: str = 
     fraction = min((epochs_done + _epoch_share(records, current)) / start.epochs, 1.0)
     progress = records.latest_progress
     elapsed = (now or time.time()) - start.time
-    if progress is not None and progress.phase == "features":
+    if progress is not None and progress.phase == Phase.FEATURES:
         # images per second of the feature pass predicts the rest of the run best
         total = start.train_size + start.test_size
-        done = progress.done + (start.train_size if progress.split == "test" else 0)
+        done = progress.done + (start.train_size if progress.split == "test" else 0)  # the split, not a phase
         left = (total - done) / progress.images_per_s if progress.images_per_s else None
         text = (f"computing backbone features ({progress.split}): {progress.done}/{progress.total} images · "
                 f"{progress.images_per_s:.1f} images/s · {elapsed:.0f}s elapsed"
                 + (f", about {left:.0f}s left for features" if left is not None else ""))
         return min(done / max(total, 1), 1.0) * 0.999, text
-    phase = (f"testing {progress.done}/{progress.total} images" if progress is not None and progress.phase == "test"
+    phase = (f"testing {progress.done}/{progress.total} images" if progress is not None and progress.phase == Phase.TEST
              else f"epoch {min(current, start.epochs)}/{start.epochs}")
     return fraction, f"{phase} · {elapsed:.0f}s elapsed"
 
@@ -272,4 +273,4 @@ def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | N
     if target is None:
         return None
     matches = [r for r in runs if r.config == target]
-    return next((r for r in matches if r.status == "completed"), matches[0] if matches else None)
+    return next((r for r in matches if r.status is RunState.COMPLETED), matches[0] if matches else None)

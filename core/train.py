@@ -33,6 +33,7 @@ from .archs import get_arch
 from .config import TrainConfig
 from .data import ListDataset, build_transform, collate_skipping_unreadable, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
+from .states import Phase, RunState
 from .errors import RunError, UserError
 from .images import load_jpeg_decoder
 from .features import Features as HeadInputs
@@ -198,7 +199,7 @@ def start_record(s: Setup) -> Start:
 class ProgressMeter:
     """Turns per-batch counts into Progress records, at most one per PROGRESS_EVERY_S (plus first and last)."""
 
-    def __init__(self, phase: str, total: int, split: str = "test", epoch: int | None = None):
+    def __init__(self, phase: Phase, total: int, split: str = "test", epoch: int | None = None):
         self.phase, self.total, self.split, self.epoch = phase, total, split, epoch
         self.t0 = self.last = time.time()
         self.done = 0
@@ -309,7 +310,7 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
     positions = shard(len(samples), s.world, pad=True) if s.world.active else list(range(len(samples)))
     scale, global_first = s.world.size, len(todo[names[0]])
     first = sum(p < global_first for p in positions)
-    meter = ProgressMeter("features", global_first, split=names[0])
+    meter = ProgressMeter(Phase.FEATURES, global_first, split=names[0])
     yield meter.first()  # the page shows the feature phase from here, also while the decoder loads
     _prepare_decoding(s, samples)
     batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
@@ -332,7 +333,7 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
             if n > in_first:  # this batch reached the second split
                 if meter.split == names[0]:
                     timings[names[0]], t0 = time.time() - t0, time.time()
-                    meter = ProgressMeter("features", len(samples) - global_first, split=names[1])
+                    meter = ProgressMeter(Phase.FEATURES, len(samples) - global_first, split=names[1])
                     yield meter.first()
                 record = meter.advance((n - in_first) * scale)
                 if record:
@@ -526,7 +527,7 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
     """
     totals = EvalAccumulator(len(s.split.classes), s.device)
     skipped = 0
-    meter = ProgressMeter("test", len(s.split.test), epoch=epoch)
+    meter = ProgressMeter(Phase.TEST, len(s.split.test), epoch=epoch)
     yield meter.first()
     sharded = path.world.active  # the shares differ in length: Stop is agreed on before the pass, not per batch
     if sharded:
@@ -658,7 +659,7 @@ def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_root
 def phase_of(record: Record) -> str | None:
     """The phase status.json shows once ``record`` has been emitted."""
     if isinstance(record, Progress):
-        return f"features ({record.split})" if record.phase == "features" else f"test pass, epoch {record.epoch}"
+        return f"features ({record.split})" if record.phase == Phase.FEATURES else f"test pass, epoch {record.epoch}"
     if isinstance(record, Start):
         return "preparing data"
     if isinstance(record, (Batch, Epoch)):
@@ -681,7 +682,7 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     t0 = time.time()
     with Heartbeat(run) as heartbeat:
         heartbeat.set_phase("setting up")
-        status, reason = "completed", ""
+        status, reason = RunState.COMPLETED, ""
         try:
             for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world,
                                    heartbeat.set_phase):
@@ -690,18 +691,18 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)
                 yield record
         except StopRequested:
-            status, reason = "stopped", "stopped on request; the last completed epoch's checkpoint is kept"
+            status, reason = RunState.STOPPED, "stopped on request; the last completed epoch's checkpoint is kept"
         except EarlyStop as exc:
-            status, reason = "completed", str(exc)
+            status, reason = RunState.COMPLETED, str(exc)
         except (NonFiniteLoss, UserError, Terminated) as exc:
-            status, reason = "failed", str(exc)
+            status, reason = RunState.FAILED, str(exc)
         except KeyboardInterrupt:
-            status, reason = "stopped", "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
+            status, reason = RunState.STOPPED, "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
         except GeneratorExit:
-            _finish(run, heartbeat, "stopped", "the consumer of the record stream stopped early", emitted, t0)
+            _finish(run, heartbeat, RunState.STOPPED, "the consumer of the record stream stopped early", emitted, t0)
             raise
         except Exception as exc:  # a bug or a resource problem: keep the traceback for the log
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            status, reason = RunState.FAILED, f"{type(exc).__name__}: {exc}"
             atomic_write_text(run.error, traceback.format_exc())
         yield _finish(run, heartbeat, status, reason, emitted, t0)
 
@@ -730,8 +731,8 @@ def _rank_failures(run: RunDir) -> str:
     return "; ".join(lines)
 
 
-def _finish(run: RunDir, heartbeat: Heartbeat, status: str, reason: str, emitted: list, t0: float) -> Final:
-    others = _rank_failures(run) if status == "failed" else ""
+def _finish(run: RunDir, heartbeat: Heartbeat, status: RunState, reason: str, emitted: list, t0: float) -> Final:
+    others = _rank_failures(run) if status is RunState.FAILED else ""
     reason = f"{reason} ({others})" if others else reason
     records = Records(tuple(emitted))
     start = records.start

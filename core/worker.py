@@ -22,11 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
         from .rundir import RunDir, this_process_state, write_status
+        from .states import RunState
 
-        write_status(RunDir(args.run_dir), this_process_state("starting", "importing PyTorch and the model code"))
+        write_status(RunDir(args.run_dir), this_process_state(RunState.STARTING, "importing PyTorch and the model code"))
     from .cli import print_records
     from .distributed import finish, start, world_from_env
     from .runs import start_next_queued
+    from .states import RunState
     from .train import run_training
     from .workspace import allowed_roots
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             start_next_queued(Path(args.run_dir).parent, args.cache_dir)
     if not world.main:
         return 0
-    return 0 if final is not None and final.status == "completed" else 1
+    return 0 if final is not None and final.status == RunState.COMPLETED else 1
 
 
 if __name__ == "__main__":

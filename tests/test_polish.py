@@ -132,7 +132,7 @@ def test_7_without_weights_every_sentence_is_true(small_root):
     assert "all start from random initialisation" in text and "expected for a new head" not in text
     at.selectbox(key="sg_arch").set_value("vgg16").run()
     at.selectbox(key="sg_variant").set_value("add_inside").run()
-    at.radio(key="sg_mode").set_value("scratch").run()
+    at.radio(key="sg_mode").set_value("none").run()
     assert not any("keeps its pretrained weights" in i.value for i in at.info)
     assert list(at.dataframe[-1].value.columns[-3:]) == ["trains when head only", "trains when last stage + head",
                                                          "trains when every layer"]
