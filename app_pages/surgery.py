@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.config import FREEZE_MODES, TRAINS
-from core.surgery import adapt_model, trains_in
+from core.surgery import SurgeryReport, adapt_model, trains_in
 from core.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed, path_problem, shown
 from app_pages.charts import download_progress, highlighted_lines
@@ -99,9 +99,9 @@ def _stamp(path):
 
 
 @st.cache_data(max_entries=16, show_spinner="Performing surgery…")
-def surgery_report(arch, n, weights, stamp, head_variant, freeze) -> dict:
+def surgery_report(arch, n, weights, stamp, head_variant, freeze) -> SurgeryReport:
     _, report = adapt_model(arch, n, weights=weights, head_variant=head_variant, freeze=freeze, seed=0)
-    return report.to_dict()
+    return report
 
 
 def key_block(title: str, keys: list[str], explanation: str) -> None:
@@ -109,35 +109,35 @@ def key_block(title: str, keys: list[str], explanation: str) -> None:
     st.code("\n".join(keys) if keys else "(none)", language=None)
 
 
-def render_report(report: dict, num_classes: int) -> None:
-    pretrained = report["pretrained"]
+def render_report(report: SurgeryReport, num_classes: int) -> None:
+    pretrained = report.pretrained
     st.subheader(f"Result for {num_classes} classes"
                  + ("" if pretrained else ": every layer starts from random weights"))
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Head", report["head_name"])
-    m2.metric("Keys loaded from the file", report["loaded_keys"] if pretrained else "none: no file")
-    m3.metric("Trainable parameters", f"{report['trainable_count']:,}")
-    m4.metric("Frozen parameters", f"{report['frozen_count']:,}")
-    st.markdown(f"**Head change:** `{report['head_name']}`: `{report['head_before']}` → {report['head_kind']} by "
-                f"`{report['head_after']}`")
-    st.caption(f"Weights: `{report['weights_source']}`")
-    for note in report["notes"]:
+    m1.metric("Head", report.head_name)
+    m2.metric("Keys loaded from the file", report.loaded_keys if pretrained else "none: no file")
+    m3.metric("Trainable parameters", f"{report.trainable_count:,}")
+    m4.metric("Frozen parameters", f"{report.frozen_count:,}")
+    st.markdown(f"**Head change:** `{report.head_name}`: `{report.head_before}` → {report.head_kind} by "
+                f"`{report.head_after}`")
+    st.caption(f"Weights: `{report.weights_source}`")
+    for note in report.notes:
         st.info(note)
     k1, k2 = st.columns(2)
     with k1:
-        key_block("Popped", report["popped_keys"], "the original head's tensors, removed from the file's state dict")
-        key_block("Dropped", report["dropped_keys"], "keys in the file that the model does not have")
+        key_block("Popped", report.popped_keys, "the original head's tensors, removed from the file's state dict")
+        key_block("Dropped", report.dropped_keys, "keys in the file that the model does not have")
     with k2:
-        missing = report["missing_keys"]
+        missing = report.missing_keys
         key_block("Missing", missing[:50] + (["…"] if len(missing) > 50 else []),
                   "model tensors the file did not provide (expected for a new head)" if pretrained else
                   "every tensor of the model: with no weights file, all start from random initialisation")
-        key_block("Unexpected", report["unexpected_keys"], "reported by load_state_dict")
+        key_block("Unexpected", report.unexpected_keys, "reported by load_state_dict")
 
 
-def render_architectures(report: dict, num_classes: int) -> None:
+def render_architectures(report: SurgeryReport, num_classes: int) -> None:
     st.subheader("Architecture before and after")
-    before, after = report["architecture_before"].splitlines(), report["architecture_after"].splitlines()
+    before, after = report.architecture_before.splitlines(), report.architecture_after.splitlines()
     removed, added = set(), set()
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
         if tag != "equal":
@@ -155,9 +155,9 @@ def render_architectures(report: dict, num_classes: int) -> None:
         st.html(highlighted_lines(after, added, "#d4f7d4"))
 
 
-def render_parameters(report: dict) -> None:
+def render_parameters(report: SurgeryReport) -> None:
     st.subheader("Parameters")
-    params = pd.DataFrame(report["parameters"])
+    params = pd.DataFrame(report.parameters)
     params["shape"] = params["shape"].map(lambda s: "×".join(map(str, s)))
     params["status"] = params["trainable"].map({True: "trainable", False: "frozen"})
     totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(
@@ -166,7 +166,7 @@ def render_parameters(report: dict) -> None:
     st.caption("The ✓ columns: which tensors train in each fine-tune mode (the chosen one is the status column).")
     modes = {f"trains when {TRAINS[mode]}": mode for mode in FREEZE_MODES}
     for column, mode in modes.items():
-        params[column] = params["name"].map(lambda n, m=mode: "✓" if trains_in(report["modes"][m], n) else "")
+        params[column] = params["name"].map(lambda n, m=mode: "✓" if trains_in(report.modes[m], n) else "")
     st.dataframe(pd.DataFrame({column: [int(params.loc[params[column] == "✓", "numel"].sum())]
                                for column in modes}, index=["trainable parameters"]), width="content")
     show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")

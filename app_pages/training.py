@@ -6,6 +6,7 @@ from core.archs import ARCHITECTURES
 from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig
 from core.errors import UserError
+from core.records import Prediction
 from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
 from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
@@ -215,8 +216,8 @@ GALLERY_COLUMNS = 6
 def render_misclassified(run_path: Path, classes: list[str]) -> None:
     """The last epoch's misclassified test images, in a grid that lines up; "Why?" under one opens where the
     model looked, for the true class and for the class it predicted, beside that image."""
-    wrong = [p for p in read_predictions(RunDir(run_path), len(classes)) if p["label"] != p["pred"]]
-    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p["path"], 320, square=True)) is not None][:24]
+    wrong = [p for p in read_predictions(RunDir(run_path), len(classes)) if p.wrong]
+    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p.path, 320, square=True)) is not None][:24]
     st.markdown(f"**Misclassified test images** ({len(wrong)}"
                 f"{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
     if not wrong:
@@ -225,27 +226,27 @@ def render_misclassified(run_path: Path, classes: list[str]) -> None:
         columns = st.columns(GALLERY_COLUMNS)  # one row at a time: every row starts level
         for column, (p, image) in zip(columns, shown[row:row + GALLERY_COLUMNS]):
             column.image(image, width="stretch")
-            if column.button("Why?", key=f"tr_why_{p['index']}", width="stretch",
+            if column.button("Why?", key=f"tr_why_{p.index}", width="stretch",
                              help="Grad-CAM for the true and the predicted class"):
                 why_dialog(run_path, classes, p)
-            column.caption(f"{classes[p['label']]} → {classes[p['pred']]} ({p['prob']:.0%})")
+            column.caption(f"{classes[p.label]} → {classes[p.pred]} ({p.prob:.0%})")
 
 
 @st.dialog("Why did the model say that?", width="large")
-def why_dialog(run_path: Path, classes: list[str], picked: dict) -> None:
+def why_dialog(run_path: Path, classes: list[str], picked: Prediction) -> None:
     try:
         predictor = run_predictor(run_path)
     except (UserError, OSError) as exc:  # a checkpoint damaged or replaced meanwhile: the rest of the page stays
         st.error(f"This run's model cannot be loaded to explain the image: {exc}")
         return
-    st.markdown(f"**{Path(picked['path']).name}**, a {classes[picked['label']]}, was called "
-                f"**{classes[picked['pred']]}** ({picked['prob']:.0%}). Grad-CAM of the checkpoint of epoch "
+    st.markdown(f"**{Path(picked.path).name}**, a {classes[picked.label]}, was called "
+                f"**{classes[picked.pred]}** ({picked.prob:.0%}). Grad-CAM of the checkpoint of epoch "
                 f"{predictor.epoch}, on the image as the model saw it: red is where the evidence lies.")
     left, right = st.columns(2)
-    left.caption(f"Evidence for the true class: {classes[picked['label']]}")
-    show_explanation(predictor, picked["path"], picked["label"], picked["path"], left)
-    right.caption(f"Evidence for the predicted class: {classes[picked['pred']]}")
-    show_explanation(predictor, picked["path"], picked["pred"], picked["path"], right)
+    left.caption(f"Evidence for the true class: {classes[picked.label]}")
+    show_explanation(predictor, picked.path, picked.label, picked.path, left)
+    right.caption(f"Evidence for the predicted class: {classes[picked.pred]}")
+    show_explanation(predictor, picked.path, picked.pred, picked.path, right)
 
 
 def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:

@@ -9,12 +9,12 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TRAINS, TrainConfig
 from .errors import ConfigError, UserError
-from .states import Phase, RunState
+from .console import print_records
+from .states import RunState
 
 EXIT_USER_ERROR = 2
 
@@ -84,83 +84,9 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-class ConsolePrinter:
-    """Prints the record stream: one line per event, and progress as a single line that updates
-    in place on a terminal (in a log file, a line every few seconds)."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.open_line = False
-        self.last_progress = 0.0
-
-    def __call__(self, record) -> None:
-        from .records import Progress
-
-        if isinstance(record, Progress):
-            self._progress(record)
-            return
-        line = describe_record(record)
-        if line:
-            self._end_progress()
-            print(line, file=self.stream, flush=True)
-
-    def _progress(self, p) -> None:
-        what = f"features ({p.split})" if p.phase == Phase.FEATURES else f"test pass (epoch {p.epoch})"
-        text = f"{what}: {p.done}/{p.total} images, {p.images_per_s:.1f} images/s"
-        if self.tty:
-            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
-            self.open_line = True
-        elif time.time() - self.last_progress >= 5 or p.done >= p.total:
-            self.last_progress = time.time()
-            print(text, file=self.stream, flush=True)
-
-    def _end_progress(self) -> None:
-        if self.open_line:
-            print(file=self.stream)
-            self.open_line = False
-
-
-def describe_record(record) -> str | None:
-    """The console line for a record (None: nothing to print)."""
-    from .records import Batch, Epoch, Features, Final, Start
-
-    if isinstance(record, Start):
-        weights = record.weights or "none: random initialisation (training from scratch)"
-        names = {"from folders": " (class names from the image folders)",
-                 "numbered": " (class names numbered: the list files name no classes)"}.get(record.class_names, "")
-        return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {record.train_size} train / "
-                f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}")
-    if isinstance(record, Features):
-        origin = "read from the cache" if record.from_disk else "computed"
-        return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"
-    if isinstance(record, Batch):
-        return f"epoch {record.epoch}  loss: {record.loss:>7f}  [{record.seen:>5d}/{record.total:>5d}]"
-    if isinstance(record, Epoch):
-        if record.test_acc is None:
-            return f"epoch {record.epoch} done: no test images"
-        return (f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, test loss {record.test_loss:.4f}, "
-                f"test accuracy {100 * record.test_acc:.1f}% ({record.seconds:.1f}s)")
-    if isinstance(record, Final):
-        best = f", best test accuracy {100 * record.best_acc:.1f}% (epoch {record.best_epoch})" if record.best_acc \
-            is not None else ""
-        return f"{record.status} after {record.seconds:.1f}s{best}" + (f": {record.reason}" if record.reason else "")
-    return None
-
-
 def _drain(stream) -> None:
     for _ in stream:
         pass
-
-
-def print_records(stream, printer=None):
-    """Print every record of a training stream; return the Final record."""
-    printer = printer or ConsolePrinter()
-    final = None
-    for record in stream:
-        printer(record)
-        final = record
-    return final
 
 
 def _train_flag(f: dataclasses.Field) -> str:

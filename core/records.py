@@ -21,6 +21,24 @@ class RecordError(ValueError):
     """A line of metrics.jsonl that is not a valid record; the message says why."""
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One test image's prediction, as predictions.json stores it: its index in the test list, its true class
+    (``label``), the predicted class (``pred``) and that class's probability; ``path`` once written."""
+    index: int
+    label: int
+    pred: int
+    prob: float
+    path: str = ""
+
+    @property
+    def wrong(self) -> bool:
+        return self.label != self.pred
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def _coerce(record, name: str, kind: type) -> None:
     """A field read from JSON as a plain string becomes its enum; a value that is none of them does not fit."""
     try:

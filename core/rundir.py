@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
 from .io import atomic_write_json
-from .records import Epoch, Final, RecordError, Records, parse_record
+from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
 from .states import ENDED, WRITTEN, RunState
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
@@ -358,7 +358,7 @@ def _is_prediction(p, num_classes: int | None) -> bool:
             and isinstance(p.get("prob"), (int, float)) and 0 <= p["prob"] <= 1)
 
 
-def read_predictions(run: RunDir, num_classes: int | None = None) -> list[dict]:
+def read_predictions(run: RunDir, num_classes: int | None = None) -> list[Prediction]:
     """The last epoch's test predictions (path, label, pred, prob, index), each checked: labels are class
     indices (below ``num_classes`` when given), the probability lies in [0, 1]."""
     data = _read_json(run.predictions, "the test predictions")
@@ -366,7 +366,7 @@ def read_predictions(run: RunDir, num_classes: int | None = None) -> list[dict]:
         return []
     if not isinstance(data, list) or not all(_is_prediction(p, num_classes) for p in data):
         raise DamagedRun(run.predictions.name, "it is not a list of this run's test predictions")
-    return data
+    return [Prediction(p.get("index", 0), p["label"], p["pred"], float(p["prob"]), p["path"]) for p in data]
 
 
 def _check_checkpoints(run: RunDir) -> None:

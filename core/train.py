@@ -40,7 +40,7 @@ from .features import Features as HeadInputs
 from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
                        store_cached_features)
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
-from .records import Batch, Epoch, Final, Progress, Record, Records, Start
+from .records import Batch, Epoch, Final, Prediction, Progress, Record, Records, Start
 from .records import Features as FeaturesRecord
 from .distributed import SINGLE, Terminated, World, barrier, broadcast, device_line, gather_all, shard, total
 from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
@@ -486,7 +486,7 @@ class EvalResult:
     confusion: list
     tested: int
     skipped: int
-    predictions: list
+    predictions: list[Prediction]
 
 
 class EvalAccumulator:
@@ -512,8 +512,7 @@ class EvalAccumulator:
         rows = [torch.cat(column).tolist() for column in zip(*self.parts)] if self.parts else [[], [], [], []]
         rows = [sum(column, []) for column in zip(*gather_all(rows, world))]
         skipped = int(total(torch.tensor([skipped]), world).item())
-        predictions = sorted(({"index": i, "label": t, "pred": p, "prob": c} for i, t, p, c in zip(*rows)),
-                             key=lambda p: p["index"])
+        predictions = sorted((Prediction(i, t, p, c) for i, t, p, c in zip(*rows)), key=lambda p: p.index)
         per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
                      for i in range(self.c)]
         return EvalResult(self.loss.item() / n if n else None, confusion.diag().sum().item() / n if n else None,
@@ -567,7 +566,7 @@ class Checkpointer:
         score = (acc, -(loss if loss is not None else float("inf")))
         return self.best is None or score > self.best
 
-    def save_epoch(self, record: Epoch, predictions: list[dict]) -> None:
+    def save_epoch(self, record: Epoch, predictions: list[Prediction]) -> None:
         if record.best:
             self.best = (record.test_acc if record.test_acc is not None else -1.0,
                          -(record.test_loss if record.test_loss is not None else float("inf")))
@@ -578,7 +577,7 @@ class Checkpointer:
         if record.best:
             self._save(self.s.run.best, record)
         test = self.s.split.test
-        atomic_write_json(self.s.run.predictions, [{**p, "path": test[p["index"]][0]} for p in predictions])
+        atomic_write_json(self.s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in predictions])
 
     def save_final(self) -> None:
         if not self.s.world.main:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         from .states import RunState
 
         write_status(RunDir(args.run_dir), this_process_state(RunState.STARTING, "importing PyTorch and the model code"))
-    from .cli import print_records
+    from .console import print_records
     from .distributed import finish, start, world_from_env
     from .runs import start_next_queued
     from .states import RunState
