@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from core.config import DEFAULT_TRAIN_RATIO, FREEZE_MODES
+from core.config import FREEZE_MODES, field_default, field_range
 from core.archs import ARCHITECTURES
 from core.split import split_dataset
 from core.demo import ensure_demo_dataset
@@ -25,16 +25,21 @@ from core.workspace import (allowed_roots, check_allowed, default_data_root, is_
 # Each visitor's choices live in their session and in the URL (so a reload or a shared link keeps
 # them); nothing one visitor picks changes what another sees. Values from the URL are typed by
 # anyone: each is checked, and a bad one falls back to the default.
+def _within(value, name: str):
+    low, high = field_range(name, ui=True)
+    return value if low <= value <= high else None
+
+
 def _path_text(value: str) -> str | None:
     return None if path_problem(value) else value
 
 
-DEFAULTS = {"data_root": None, "train_ratio": DEFAULT_TRAIN_RATIO, "seed": 0, "arch": None, "head_variant": None,
-            "weights_mode": PRETRAINED, "weights_file": "", "freeze": "head"}
+DEFAULTS = {"data_root": None, "train_ratio": field_default("train_ratio"), "seed": field_default("seed"), "arch": None,
+            "head_variant": None, "weights_mode": PRETRAINED, "weights_file": "", "freeze": field_default("freeze")}
 _PARSERS = {
     "data_root": _path_text, "weights_file": _path_text,
-    "train_ratio": lambda v: float(v) if 0 < float(v) < 1 else None,
-    "seed": lambda v: int(v) if 0 <= int(v) <= 1_000_000 else None,
+    "train_ratio": lambda v: _within(float(v), "train_ratio"),
+    "seed": lambda v: _within(int(v), "seed"),
     "arch": lambda v: v if v in ARCHITECTURES else None,
     "head_variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
     # "none" as on the command line; "scratch" is how links made before said it

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.archs import get_arch
-from core.config import AUGMENTATIONS
+from core.config import AUGMENTATIONS, field_range
 from core.data import training_transform
 from core.errors import UserError
 from core.images import open_image
@@ -130,10 +130,11 @@ def render_choose_data(root: str) -> None:
 
 def render_split_settings(state: dict, given: bool) -> tuple[float, int]:
     c1, c2 = st.columns(2)
-    ratio = c1.slider("Train ratio", 0.1, 0.9, float(state["train_ratio"]), 0.05, key="ds_ratio", disabled=given,
+    ratio = c1.slider("Train ratio", *field_range("train_ratio", ui=True), float(state["train_ratio"]), 0.05,
+                      key="ds_ratio", disabled=given,
                       help="The dataset brings its own train and test folders: the ratio does not apply." if given
                       else "Share of each class that goes to training; the rest is the test set.")
-    seed = c2.slider("Seed", 0, 100, min(int(state["seed"]), 100), key="ds_seed",
+    seed = c2.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="ds_seed",
                      help="The same seed always gives the same split.")
     if (ratio, seed) != (state["train_ratio"], state["seed"]):
         save_state(train_ratio=ratio, seed=int(seed))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
-from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig
+from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig, field_range
 from core.errors import UserError
 from core.records import Prediction
 from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
@@ -63,16 +63,18 @@ def _model_settings(state: dict) -> dict:
 def _optimiser_settings(state: dict, freeze: str) -> dict:
     """Epochs, batches, learning rates and their schedule, processes, seed."""
     c1, c2, c3 = st.columns(3)
-    chosen = dict(epochs=c1.slider("Epochs", 1, 50, DEFAULTS.epochs, key="tr_epochs"),
+    chosen = dict(epochs=c1.slider("Epochs", *field_range("epochs", ui=True), DEFAULTS.epochs, key="tr_epochs"),
                   batch_size=c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size,
                                               key="tr_batch"),
                   lr=c3.select_slider("Learning rate (log scale)", LRS, value=DEFAULTS.lr, key="tr_lr",
                                       format_func=lambda v: f"{v:g}"))
     c1, c2, c3, c4 = st.columns(4)
-    chosen["momentum"] = c1.slider("Momentum", 0.0, 0.99, DEFAULTS.momentum, 0.01, key="tr_momentum")
-    chosen["num_workers"] = c2.slider("Data-loading workers", 0, 8, plan_threads()[1], key="tr_workers",
+    chosen["momentum"] = c1.slider("Momentum", *field_range("momentum", ui=True), DEFAULTS.momentum, 0.01,
+                                   key="tr_momentum")
+    chosen["num_workers"] = c2.slider("Data-loading workers", *field_range("num_workers", ui=True), plan_threads()[1],
+                                      key="tr_workers",
                                       help="Image-decoding processes; the training threads take the other cores.")
-    chosen["seed"] = int(c3.number_input("Seed", 0, 1_000_000, int(state["seed"]), key="tr_seed",
+    chosen["seed"] = int(c3.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="tr_seed",
                                          help="Sets the split (as on the Dataset page), the new head's "
                                               "initialisation and the data order; the same seed repeats a run."))
     chosen["processes"] = int(c4.number_input(
@@ -81,9 +83,11 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
              "than 1 is rarely faster: they share the same cores."))
     c1, c2, c3, c4 = st.columns(4)
     chosen["schedule"] = c1.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(DEFAULTS.schedule),
-                                      key="tr_schedule", help="step: × 0.1 every 7 epochs (the PyTorch tutorial's "
-                                                              "StepLR); cosine: down to 0 over the epochs.")
-    chosen["patience"] = int(c2.number_input("Stop early after epochs without a better accuracy (0: never)", 0, 50,
+                                      key="tr_schedule", help=f"step: × {DEFAULTS.gamma:g} every {DEFAULTS.step_size} "
+                                                              "epochs (the PyTorch tutorial's StepLR); cosine: down "
+                                                              "to 0 over the epochs.")
+    chosen["patience"] = int(c2.number_input("Stop early after epochs without a better accuracy (0: never)",
+                                             *field_range("patience", ui=True),
                                              DEFAULTS.patience, key="tr_patience"))
     chosen["class_weights"] = c3.checkbox(
         "Class-weighted loss (imbalanced classes)", value=DEFAULTS.class_weights, key="tr_class_weights",

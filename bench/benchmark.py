@@ -169,7 +169,7 @@ def cold_seconds(command: list[str], n: int = 3) -> float:
 
 
 def import_costs(top: int = 6) -> list[tuple[float, str]]:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli, core.train, core.predict"],
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli, core.run, core.predict"],
                             capture_output=True, text=True)
     costs = []
     for line in result.stderr.splitlines():
@@ -239,7 +239,7 @@ def main() -> None:
 
         t_warm, rec_warm = project_run(arch, lists, args.epochs, tmp / "run_b_warm", tmp / "cache")
         # the CLI ends with os._exit once its files are closed, so the baseline skips the teardown too
-        t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.train, os; os._exit(0)"])
+        t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.run, os; os._exit(0)"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)
         print(f"(a) tutorial recipe               : {t_a:7.1f} s   test accuracy {acc_a:.3f}")
         print(f"(b) project CLI, cold             : {t_b:7.1f} s   test accuracy {rec_b.final.final_acc:.3f}   "
@@ -301,7 +301,7 @@ def main() -> None:
         t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b_cold0"), str(image)])
         print(f"cold single-image predict {t_predict:.2f} s vs bare `import torch` {t_torch:.2f} s "
               f"= {t_predict / t_torch:.2f}×")
-        print("import costs (cumulative seconds, core.cli + core.train + core.predict): " +
+        print("import costs (cumulative seconds, core.cli + core.run + core.predict): " +
               ", ".join(f"{name} {seconds:.2f}" for seconds, name in import_costs()))
 
 

@@ -19,7 +19,7 @@ from core.archs import get_arch
 from core.config import TrainConfig
 from core.predict import Predictor
 from core.split import split_dataset, write_split
-from core.train import train
+from core.run import train
 from core.weights import resolve_weights
 
 from benchmark import make_photos  # the same generated photos as the benchmark (bench/ is the script's folder)

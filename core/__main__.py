@@ -1,11 +1,7 @@
 import os
 import sys
 
-# Threads that wait for work spin by default and steal the CPU from the decoding workers (and from
-# everything else on a busy machine); set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .cli import main  # noqa: E402
+from .cli import main  # core/__init__.py has set OMP_WAIT_POLICY before this imports torch
 
 code = main()
 if sys.argv[1:2] == ["predict"]:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import importlib
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # the table itself is torch-free: the config, the split and the CLI's help read it cheaply
+    from torch import nn
 
 
 def _tv_models():
@@ -147,6 +148,8 @@ def _set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
 
 
 def replace_head(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    from torch import nn
+
     old = model.get_submodule(head)
     new = nn.Linear(old.in_features, num_classes)
     _set_submodule(model, head, new)
@@ -159,6 +162,8 @@ def _apply_added_linear(module, inputs, output):
 
 
 def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    from torch import nn
+
     old = model.get_submodule(head)
     model.add_module("add_Linear", nn.Linear(old.out_features, num_classes))
     # torchvision's VGG.forward never calls a module added with add_module, so without this
@@ -171,6 +176,8 @@ def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadCh
 
 
 def append_head_inside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    from torch import nn
+
     old = model.get_submodule(head)
     container_name = head.rpartition(".")[0]
     container = model.get_submodule(container_name)
@@ -239,6 +246,8 @@ class ArchSpec:
 
     def build_meta(self) -> nn.Module:
         """The model on the meta device: shapes and names with no memory or init cost."""
+        import torch
+
         with torch.device("meta"):
             return self.build()
 

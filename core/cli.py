@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_TRAIN_RATIO, FREEZE_MODES, TRAINS, TrainConfig
+from .archs import ARCHITECTURES
+from .split import MAX_CLASSES
+from .config import FREEZE_MODES, TRAINS, TrainConfig, field_default, field_range
 from .errors import ConfigError, UserError
 from .console import print_records
 from .states import RunState
@@ -20,26 +23,24 @@ EXIT_USER_ERROR = 2
 
 
 # ----------------------------------------------------------------------------- argument types
-def _at_least(low: int):
-    def parse(text: str) -> int:
+def _number(low, high, kind: type = int):
+    """An argparse type for a ``kind`` from ``low`` to ``high`` (inclusive); words, nan and inf are refused."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text) if kind is int else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {text}")
         return value
     return parse
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
+def _field_type(name: str):
+    """The flag type of a TrainConfig field: its own range, so the flag refuses what the config would."""
+    low, high = field_range(name)
+    return _number(low, high, type(field_default(name)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,9 +96,6 @@ def _train_flag(f: dataclasses.Field) -> str:
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its default and help text taken from the field."""
-    types = {"epochs": _at_least(1), "batch_size": _at_least(1), "log_every": _at_least(1), "seed": _at_least(0),
-             "num_workers": _at_least(-1), "train_ratio": _ratio, "step_size": _at_least(1),
-             "patience": _at_least(0)}
     for f in dataclasses.fields(TrainConfig):
         if f.metadata.get("flag") == "":
             continue
@@ -109,7 +107,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             else:
                 parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
-        kind = types.get(f.name) or (float if isinstance(f.default, float) else str)
+        kind = _field_type(f.name) if f.metadata.get("low") is not None else str
         if f.name == "arch":  # no default here: without --arch the app's rule picks one (core.weights.default_arch)
             parser.add_argument(*names, dest=f.name, default=None, help=f.metadata["help"] + (
                 " (default: resnet18 when its pretrained weights are on this machine, else efficientnet_lite0)"))
@@ -131,7 +129,7 @@ def _config_from_args(args) -> tuple[TrainConfig, str]:
         values["arch"], why = default_arch(args.weights if args.weights not in (PRETRAINED, NO_WEIGHTS) else None)
     cfg = TrainConfig(**values)
     cfg.weights = resolve_weights(get_arch(cfg.arch), args.weights)
-    return cfg.validate(), why
+    return cfg, why
 
 
 def _check_data(cfg: TrainConfig) -> None:
@@ -150,7 +148,7 @@ def cmd_train(args) -> int:
     from .distributed import broadcast, finish, start, world_from_env
     from .rundir import new_run_dir, run_label
     from .runs import start_next_queued
-    from .train import train
+    from .run import train
     from .workspace import cache_dir, runs_dir
 
     cfg, why = _config_from_args(args)
@@ -281,8 +279,8 @@ WEIGHTS_HELP = ("pretrained (default: found on this machine, as the app does), n
 def _add_split(sub) -> None:
     p = sub.add_parser("split", help="split a class-folder root into train.txt/test.txt/classes.json")
     p.add_argument("root")
-    p.add_argument("--train-ratio", type=_ratio, default=DEFAULT_TRAIN_RATIO)
-    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--train-ratio", type=_field_type("train_ratio"), default=field_default("train_ratio"))
+    p.add_argument("--seed", type=_field_type("seed"), default=field_default("seed"))
     p.add_argument("--out", help="folder for the list files (default: in the workspace)")
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
     p.set_defaults(func=cmd_split)
@@ -290,11 +288,12 @@ def _add_split(sub) -> None:
 
 def _add_surgery(sub) -> None:
     p = sub.add_parser("surgery", help="adapt a model to N classes and print the surgery report")
-    p.add_argument("--arch", required=True, help="resnet18, vgg16 or efficientnet_lite0")
-    p.add_argument("--num-classes", type=_at_least(1), required=True)
+    p.add_argument("--arch", required=True, help=", ".join(ARCHITECTURES))
+    p.add_argument("--num-classes", type=_number(1, MAX_CLASSES), required=True)
     p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
-    p.add_argument("--head-variant", "--vgg-variant", dest="head_variant", help="replace, add_outside or add_inside")
-    p.add_argument("--freeze", default="head", choices=list(FREEZE_MODES))
+    p.add_argument("--head-variant", "--vgg-variant", dest="head_variant",
+                   help=", ".join(sorted({v.name for spec in ARCHITECTURES.values() for v in spec.variants})))
+    p.add_argument("--freeze", default=field_default("freeze"), choices=list(FREEZE_MODES))
     p.add_argument("--brief", action="store_true", help="leave out the printed architectures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_surgery)
@@ -317,7 +316,7 @@ def _add_predict(sub) -> None:
     p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
     p.add_argument("image", help="an image, or a folder: every image under it, one CSV row each")
     p.add_argument("--csv", help="with a folder: write the rows to this CSV file (default: the console)")
-    p.add_argument("--topk", type=_at_least(1), default=5)
+    p.add_argument("--topk", type=_number(1, MAX_CLASSES), default=5)
     p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth)")
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
     p.add_argument("--head-variant", help="for a bare vgg16 state dict: replace, add_outside or add_inside")
@@ -342,7 +341,7 @@ def _add_export_import_demo(sub) -> None:
 
     p = sub.add_parser("demo", help="generate the synthetic-shapes demo dataset")
     p.add_argument("out")
-    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--seed", type=_field_type("seed"), default=field_default("seed"))
     p.set_defaults(func=cmd_demo)
 
 

@@ -25,46 +25,82 @@ TRAINS = {"head": "head only", "last_block": "last stage + head", "all": "every 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _opt(default, help: str, flag: str | None = None, **extra):
-    """A field with the help text its command-line flag shows (the CLI's train flags are made from these)."""
-    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+def _range_problem(label: str, value, low, high, kind: type) -> list[str]:
+    """[] when ``value`` is a finite ``kind`` from ``low`` to ``high``; else the sentence that says so."""
+    whole = kind is int
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if whole else isinstance(value, (int, float))
+    if ok and math.isfinite(value) and low <= value <= high:
+        return []
+    show = (lambda x: f"{x:,}") if whole else (lambda x: f"{x:g}")
+    return [f"{label} must be {'a whole number' if whole else 'a number'} from {show(low)} to {show(high)}, "
+            f"got {value!r}"]
+
+
+def field_range(name: str, ui: bool = False) -> tuple:
+    """The (low, high) a TrainConfig field allows (``ui``: what a page's widget offers, within it)."""
+    meta = next(f.metadata for f in fields(TrainConfig) if f.name == name)
+    return meta["ui"] if ui and meta["ui"] else (meta["low"], meta["high"])
+
+
+def field_default(name: str):
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
+def _opt(default, help: str, flag: str | None = None, *, low=None, high=None, ui: tuple | None = None, **extra):
+    """A field with the help text its command-line flag shows (the CLI's train flags are made from these), and
+    for numbers the range it must lie in (``low``/``high``, inclusive; the flags and widgets check the same) and
+    the narrower range a page's slider offers (``ui``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "low": low, "high": high, "ui": ui, **extra})
+
+
+def _arch_names() -> str:
+    from .archs import ARCHITECTURES  # the table, torch-free
+
+    return ", ".join(ARCHITECTURES)
 
 
 @dataclass
 class TrainConfig:
-    arch: str = _opt("resnet18", "architecture: resnet18, vgg16 or efficientnet_lite0")
+    """Everything a run is trained with; checked once, when it is made (``ConfigError``: one line per wrong
+    field, each naming what is allowed). A config may name no data (a model to predict with); a run needs one
+    of ``data_root`` or ``lists_dir``."""
+    arch: str = _opt("resnet18", f"architecture: {_arch_names()}")
     head_variant: str | None = _opt(None, "how the head is adapted: replace (default), or for vgg16 add_outside / "
                                           "add_inside", aliases=("--vgg-variant",))
     freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); last_block: the body's "
                                "last stage and the head train; all: every layer trains",
-                       choices=tuple(FREEZE_MODES))
+                       choices=tuple(FREEZE_MODES), label="freeze mode")
     weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
                                flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
-    epochs: int = _opt(5, "passes over the training list")
-    batch_size: int = _opt(8, "images per optimiser step")
-    lr: float = _opt(1e-3, "SGD learning rate")
+    epochs: int = _opt(5, "passes over the training list", low=1, high=10_000, ui=(1, 50))
+    batch_size: int = _opt(8, "images per optimiser step", low=1, high=65_536)
+    lr: float = _opt(1e-3, "SGD learning rate", low=1e-8, high=10.0)
     body_lr_factor: float = _opt(0.1, "the body's layers that train (freeze last_block or all) use lr × this factor "
                                       "when they start from pretrained weights, so fine-tuning does not wreck them "
-                                      "(1: one rate for all); from scratch every layer uses lr")
-    momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)")
-    weight_decay: float = _opt(0.0, "SGD weight decay")
+                                      "(1: one rate for all); from scratch every layer uses lr", low=1e-4, high=1.0)
+    momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)", low=0.0, high=0.999, ui=(0.0, 0.99))
+    weight_decay: float = _opt(0.0, "SGD weight decay", low=0.0, high=1.0)
     schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
                                  "PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the epochs)",
                          choices=SCHEDULES)
-    step_size: int = _opt(7, "epochs between the step schedule's decays")
-    gamma: float = _opt(0.1, "the step schedule's factor")
-    patience: int = _opt(0, "stop early after this many epochs without a better test accuracy (0: never)")
+    step_size: int = _opt(7, "epochs between the step schedule's decays", low=1, high=10_000)
+    gamma: float = _opt(0.1, "the step schedule's factor", low=1e-4, high=1.0)
+    patience: int = _opt(0, "stop early after this many epochs without a better test accuracy (0: never)",
+                         low=0, high=10_000, ui=(0, 50))
     class_weights: bool = _opt(False, "weight the loss by inverse class frequency (for imbalanced classes)")
-    train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)")
-    seed: int = _opt(0, "sets the split, the new head's initialisation and the data order")
-    num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores")
+    train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)",
+                              low=0.01, high=0.99, ui=(0.1, 0.9))
+    seed: int = _opt(0, "sets the split, the new head's initialisation and the data order", low=0, high=2**32 - 1,
+                     ui=(0, 1_000_000))
+    num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores", low=-1, high=256,
+                            ui=(0, 8))
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass); "
                              "the same as --augment flip")
     augment: str = _opt("none", "augmentation preset while training: none, flip, crop+flip (the PyTorch tutorial's "
                                 "RandomResizedCrop + horizontal flip) or letterbox+flips (the recipe's letterbox with "
                                 "horizontal and vertical flips); any but none needs the full forward pass",
-                        choices=AUGMENTATIONS)
+                        choices=AUGMENTATIONS, label="augmentation")
     letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
                                   "resize + centre crop")
     feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
@@ -72,55 +108,45 @@ class TrainConfig:
     precision: str = _opt("fp32", "the frozen feature pass's arithmetic: fp32, or bf16 (fast, approximate: "
                                   "logits differ by up to about 0.4; the benchmark prints its effect on accuracy)",
                           choices=("fp32", "bf16"))
-    log_every: int = _opt(10, "a loss line every this many batches")
+    log_every: int = _opt(10, "a loss line every this many batches", low=1, high=10**9)
     processes: int = _opt(1, "training processes (the app starts them with torchrun; on the command line, "
-                             "run torchrun yourself): on CUDA one per GPU", flag="")
+                             "run torchrun yourself): on CUDA one per GPU", flag="", low=1, high=1024)
     data_root: str | None = _opt(None, "a class-folder root, split at start", flag="--data")
     lists_dir: str | None = _opt(None, "a folder with train.txt / test.txt (path<TAB>label) and optionally "
                                        "classes.json", flag="--lists")
 
-    def validate(self) -> "TrainConfig":
-        from .archs import get_arch  # torchvision is slow to import; only checking a config needs it
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
 
-        spec = get_arch(self.arch)
-        spec.variant(self.head_variant)
-        if self.freeze not in FREEZE_MODES:
-            raise ConfigError(f"freeze mode '{self.freeze}' does not exist; allowed: {', '.join(FREEZE_MODES)}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device '{self.device}' is not supported; allowed: auto, cpu, cuda, cuda:N")
-        for f in fields(self):  # inf and nan pass every comparison below the wrong way: refuse them first
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name.replace('_', ' ')} must be a finite number, got {value}")
-        for name, low, high in (("epochs", 1, 10_000), ("batch_size", 1, 65_536), ("log_every", 1, 10**9),
-                                ("processes", 1, 1024), ("step_size", 1, 10_000), ("patience", 0, 10_000),
-                                ("seed", 0, 2**32 - 1), ("num_workers", -1, 256)):
-            if not low <= int(getattr(self, name)) <= high:
-                raise ConfigError(f"{name.replace('_', ' ')} must be from {low:,} to {high:,}, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if not 0 < self.body_lr_factor <= 1:
-            raise ConfigError(f"body learning-rate factor must be in (0, 1], got {self.body_lr_factor}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight decay must be ≥ 0, got {self.weight_decay}")
-        if not 0 < self.train_ratio < 1:
-            raise ConfigError(f"train ratio must be between 0 and 1, got {self.train_ratio}")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"augmentation '{self.augment}' does not exist; allowed: {', '.join(AUGMENTATIONS)}")
+    def problems(self) -> list[str]:
+        """What is wrong with these settings: one sentence per wrong field, each saying what is allowed."""
+        from .archs import ARCHITECTURES
+
+        found = []
+        for f in fields(self):
+            value, label = getattr(self, f.name), f.metadata.get("label") or f.name.replace("_", " ")
+            if f.metadata.get("low") is not None:
+                found += _range_problem(label, value, f.metadata["low"], f.metadata["high"], type(f.default))
+            elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+                found.append(f"{label} '{value}' does not exist (allowed: {', '.join(f.metadata['choices'])})")
+        if self.arch not in ARCHITECTURES:
+            found.append(f"architecture '{self.arch}' does not exist (allowed: {', '.join(ARCHITECTURES)})")
+        elif self.head_variant is not None and self.head_variant not in (v.name for v in ARCHITECTURES[self.arch].variants):
+            found.append(f"head variant '{self.head_variant}' does not exist for {self.arch} (allowed: "
+                         + ", ".join(v.name for v in ARCHITECTURES[self.arch].variants) + ")")
+        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            found.append(f"device '{self.device}' is not supported (allowed: auto, cpu, cuda, cuda:N)")
         if self.flip and self.augment not in ("none", "flip"):
-            raise ConfigError(f"--flip and --augment {self.augment} say different things; give one of them")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule '{self.schedule}' does not exist; allowed: {', '.join(SCHEDULES)}")
-        if int(self.step_size) < 1 or not 0 < self.gamma <= 1 or int(self.patience) < 0:
-            raise ConfigError(f"step size must be ≥ 1, gamma in (0, 1] and patience ≥ 0; got {self.step_size}, "
-                              f"{self.gamma}, {self.patience}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision '{self.precision}' is not supported; allowed: fp32, bf16")
-        if (self.data_root is None) == (self.lists_dir is None):
-            raise ConfigError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
-        return self
+            found.append(f"--flip and --augment {self.augment} say different things: give one of them")
+        if self.data_root is not None and self.lists_dir is not None:
+            found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
+        return found
+
+    @property
+    def has_data(self) -> bool:
+        return (self.data_root is None) != (self.lists_dir is None)
 
     @property
     def augmentation(self) -> str:

@@ -20,6 +20,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # processes of this run on this machine: they share its cores
 
     @property
     def main(self) -> bool:
@@ -39,11 +40,12 @@ class Terminated(Exception):
 
 
 def world_from_env() -> World:
-    """The world torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    """The world torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), or a single process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE
-    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")),
+                 int(os.environ.get("LOCAL_WORLD_SIZE", size)))
 
 
 def start(world: World) -> None:

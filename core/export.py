@@ -16,6 +16,7 @@ import torch
 from .errors import ConfigError, RunError
 from .io import atomic_file, atomic_write_json
 from .predict import Predictor
+from .rundir import RunDir
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -45,7 +46,7 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     model = predictor.model.eval()
     example = torch.zeros(1, 3, predictor.transform.crop, predictor.transform.crop)
     predictor.batch_probabilities(example)  # refuses a model whose outputs are not finite before anything is written
-    out = Path(out) if out else Path(run_dir) / f"model_{predictor.config.arch}{FORMATS[fmt]}"
+    out = Path(out) if out else RunDir(run_dir).export_file(predictor.config.arch, FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode(False), torch.no_grad():
         if fmt == "torchscript":

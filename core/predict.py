@@ -110,7 +110,7 @@ class Predictor:
         if not path.is_file():
             raise RunError(f"'{path}' is not a file")
         state, _ = load_state_dict_file(path)
-        cfg = TrainConfig(arch=arch, head_variant=head_variant, data_root=".").validate()
+        cfg = TrainConfig(arch=arch, head_variant=head_variant)  # a model, no data: nothing to train
         return cls._build(cfg, names, state, 0, str(path), device, fold)
 
     @property

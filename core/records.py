@@ -239,3 +239,32 @@ class Records:
     def final_acc(self) -> float | None:
         tested = [e.test_acc for e in self.epochs if e.test_acc is not None]
         return tested[-1] if tested else None
+
+
+# ----------------------------------------------------------------------------- how progress is reported
+PROGRESS_EVERY_S = 1.0  # a Progress record at least this often inside a long phase
+
+
+class ProgressMeter:
+    """Turns per-batch counts into Progress records, at most one per PROGRESS_EVERY_S (plus first and last)."""
+
+    def __init__(self, phase: Phase, total: int, split: str = "test", epoch: int | None = None):
+        self.phase, self.total, self.split, self.epoch = phase, total, split, epoch
+        self.t0 = self.last = time.time()
+        self.done = 0
+
+    def first(self) -> Progress:
+        return self._record()
+
+    def advance(self, n: int) -> Progress | None:
+        self.done = min(self.total, self.done + n)
+        now = time.time()
+        if now - self.last >= PROGRESS_EVERY_S or self.done >= self.total:
+            self.last = now
+            return self._record()
+        return None
+
+    def _record(self) -> Progress:
+        elapsed = time.time() - self.t0
+        return Progress(phase=self.phase, split=self.split, epoch=self.epoch, done=self.done, total=self.total,
+                        images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)

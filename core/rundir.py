@@ -64,6 +64,12 @@ class RunDir:
 
     def rank_error(self, rank: int) -> Path:
         return self.path / f"error-rank{rank}.txt"  # a failure of another process than rank 0
+
+    def rank_errors(self) -> list[Path]:
+        return sorted(self.path.glob("error-rank*.txt"))
+
+    def export_file(self, arch: str, suffix: str) -> Path:
+        return self.path / f"model_{arch}{suffix}"  # an exported model (TorchScript .pt, ONNX .onnx)
     name = property(lambda self: self.path.name)
 
     def plain_state_dict(self, arch: str) -> Path:
@@ -108,6 +114,9 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
     A folder that already holds a run is refused. With ``force``, a failed or stopped run
     there is moved aside (renamed, never deleted); a running or completed one never is.
     """
+    if not cfg.has_data:  # the one thing a config may leave out, a run needs
+        raise ConfigError("a run needs exactly one of a data root (class folders) or a lists folder "
+                          "(train.txt/test.txt)")
     run = RunDir(path)
     if run.holds_run():
         status, _ = read_status(run)

@@ -33,7 +33,6 @@ def _reap_when_done(proc: subprocess.Popen) -> None:
 
 def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """Create a run of ``cfg`` in ``run_dir`` and train it in a separate process now; return at once."""
-    cfg.validate()
     run = create_run(run_dir, cfg)
     _spawn(run, cache_dir)
     return run.path
@@ -48,12 +47,10 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
     if cache_dir:
         command += ["--cache-dir", str(cache_dir)]
     with open(run.log, "ab") as log:
-        # The caller's working folder, so relative paths in the config mean what they meant to the caller.
-        # Passive OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning
-        # threads steal the cores the decoding workers need.
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        # The caller's working folder and environment (OMP_WAIT_POLICY included, see core/__init__.py), so
+        # relative paths in the config mean what they meant to the caller.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                start_new_session=True)
     _children[str(run.path)] = proc
     _reap_when_done(proc)
     # The worker needs a few seconds to import torch before it reports; until then its pid lets
@@ -142,7 +139,6 @@ def launch(cfg: TrainConfig) -> Path:
     slot is free (at once, usually), with the workspace's feature cache."""
     from .workspace import cache_dir, runs_dir, workspace_writes
 
-    cfg.validate()
     with workspace_writes("start a run"):
         run = create_run(new_run_dir(runs_dir(), run_label(cfg)), cfg, queued=True)
         dispatch(runs_dir(), cache_dir())

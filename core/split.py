@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import DEFAULT_TRAIN_RATIO
+from .config import DEFAULT_TRAIN_RATIO, field_range
 from .errors import DatasetError
 from .io import atomic_write_text
 
@@ -176,8 +176,9 @@ class Split:
 
 
 def _check_ratio(train_ratio: float) -> None:
-    if not 0.0 < train_ratio < 1.0:
-        raise DatasetError(f"train ratio must be between 0 and 1 (exclusive), got {train_ratio}")
+    low, high = field_range("train_ratio")  # the config's own range: the flag, the slider and the split agree
+    if not low <= train_ratio <= high:
+        raise DatasetError(f"train ratio must be from {low} to {high}, got {train_ratio}")
 
 
 def _train_count(n: int, train_ratio: float) -> int:

@@ -14,10 +14,8 @@ The layout follows torchvision's reference ``train.py``: set up, choose the feat
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
-import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,28 +23,22 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
 
-from .accel import (as_input, configure_device, inference_batch_size, inference_copy, plan_threads, resolve_device,
-                    SGD, skip_dynamo_import, to_channels_last)
+from .accel import (as_input, configure_device, inference_copy, plan_threads, resolve_device, SGD,
+                    skip_dynamo_import, to_channels_last)
 from .archs import get_arch
 from .config import TrainConfig
-from .data import ListDataset, build_transform, collate_skipping_unreadable, training_transform
+from .data import build_transform, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
-from .states import Phase, RunState
-from .errors import RunError, UserError
-from .images import load_jpeg_decoder
-from .features import Features as HeadInputs
-from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
-                       store_cached_features)
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
-from .records import Batch, Epoch, Final, Prediction, Progress, Record, Records, Start
-from .records import Features as FeaturesRecord
-from .distributed import SINGLE, Terminated, World, barrier, broadcast, device_line, gather_all, shard, total
-from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
+from .states import Phase
+from .errors import RunError
+from .io import atomic_torch_save, atomic_write_json
+from .records import Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start
+from .distributed import SINGLE, World, barrier, device_line, gather_all, total
+from .rundir import RunDir
 from .surgery import SurgeryReport, adapt_model, optimizer_groups, set_train_mode
+from .feature_path import FeaturePath
 
-PROGRESS_EVERY_S = 1.0  # a Progress record at least this often inside a long phase
 
 
 class StopRequested(Exception):
@@ -150,7 +142,6 @@ class Setup:
 def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE, phase=lambda text: None
            ) -> Setup:
     """Everything a run needs before its first record; ``phase`` hears each step's name (for the status)."""
-    cfg.validate()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)  # one GPU per local rank
@@ -179,8 +170,7 @@ def _cores_per_rank(world: World) -> int:
     """Processes on one machine share its cores."""
     from .accel import available_cores
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) if world.active else 1
-    return max(1, available_cores() // local)
+    return max(1, available_cores() // world.local_size)
 
 
 def start_record(s: Setup) -> Start:
@@ -193,239 +183,6 @@ def start_record(s: Setup) -> Start:
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
                  threads=s.threads, workers=s.workers,
                  class_weights=class_weights(s.split) if s.cfg.class_weights else None)
-
-
-# ----------------------------------------------------------------------------- progress
-class ProgressMeter:
-    """Turns per-batch counts into Progress records, at most one per PROGRESS_EVERY_S (plus first and last)."""
-
-    def __init__(self, phase: Phase, total: int, split: str = "test", epoch: int | None = None):
-        self.phase, self.total, self.split, self.epoch = phase, total, split, epoch
-        self.t0 = self.last = time.time()
-        self.done = 0
-
-    def first(self) -> Progress:
-        return self._record()
-
-    def advance(self, n: int) -> Progress | None:
-        self.done = min(self.total, self.done + n)
-        now = time.time()
-        if now - self.last >= PROGRESS_EVERY_S or self.done >= self.total:
-            self.last = now
-            return self._record()
-        return None
-
-    def _record(self) -> Progress:
-        elapsed = time.time() - self.t0
-        return Progress(phase=self.phase, split=self.split, epoch=self.epoch, done=self.done, total=self.total,
-                        images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)
-
-
-# ----------------------------------------------------------------------------- the feature path
-@dataclass
-class FeaturePath:
-    """What the epoch loop trains through: the head on stored features, or the whole model on images."""
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    train_loader: DataLoader | DeviceBatches
-    test_loader: DataLoader | DeviceBatches
-    sampler: "EpochShuffle"
-    fixed_skips: int  # unreadable images left out once, when the features were computed
-    world: World = SINGLE  # ranks whose figures add up (the full forward path under torchrun); else one
-    test_positions: torch.Tensor | None = None  # this rank's test images, as positions in the test list
-
-
-class EpochShuffle(Sampler):
-    """A permutation that depends only on (seed, epoch), like DistributedSampler.set_epoch.
-
-    The cached-feature and the full path draw the very same order from it, whatever the
-    DataLoader does with its own generator (persistent workers draw differently).
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def _image_loader(dataset, batch_size: int, device, *, sampler=None, workers: int = 0):
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers and device.type == "cuda" else None)
-
-
-class DeviceBatches:
-    """Batches of cached features that live on the training device: moved there once, not every epoch,
-    and cut by index (no DataLoader, no collate). Yields what the image loaders yield."""
-
-    def __init__(self, features, device: torch.device, batch_size: int, sampler: Sampler | None = None):
-        self.x = features.features.to(device)
-        self.y = features.labels.to(device)
-        self.i = features.indices.to(device)
-        self.batch_size, self.sampler = batch_size, sampler
-
-    def __iter__(self):
-        n = len(self.y)
-        order = torch.tensor(list(self.sampler), dtype=torch.long) if self.sampler is not None else torch.arange(n)
-        for idx in order.to(self.x.device).split(self.batch_size):
-            yield self.x[idx], self.y[idx], self.i[idx], 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
-
-
-def _split_features(features, first: int, total: int) -> tuple:
-    """Cut the features of train + test (one pass) back into the two splits, with their own indices;
-    an image missing from the output was unreadable, and counts as skipped in its own split."""
-    in_first = features.indices < first
-
-    def part(mask, offset, size):
-        kept = int(mask.sum())
-        return HeadInputs(features.features[mask], features.labels[mask], features.indices[mask] - offset,
-                          size - kept)
-    return part(in_first, 0, first), part(~in_first, first, total - first)
-
-
-def _prepare_decoding(s: Setup, samples: list) -> None:
-    """Import libjpeg's decoder before a pass that will use it (not when every feature comes from the
-    cache): its import is set-up, not part of the pass's images per second."""
-    if not s.cfg.uses_letterbox and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in samples):
-        load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
-
-
-def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
-    """Backbone features of the splits in ``todo`` in one pass with one set of workers; yields Progress
-    records per split (the first at once), returns {split: HeadInputs}."""
-    names = list(todo)
-    samples = [sample for name in names for sample in todo[name]]
-    # Under torchrun each rank computes its share (padded, so all run the same number of batches)
-    # and the shares are gathered back into list order; progress counts rank 0's share × ranks.
-    positions = shard(len(samples), s.world, pad=True) if s.world.active else list(range(len(samples)))
-    scale, global_first = s.world.size, len(todo[names[0]])
-    first = sum(p < global_first for p in positions)
-    meter = ProgressMeter(Phase.FEATURES, global_first, split=names[0])
-    yield meter.first()  # the page shows the feature phase from here, also while the decoder loads
-    _prepare_decoding(s, samples)
-    batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
-                                  device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
-                                  autocast=s.feature_autocast)
-    done, t0 = 0, time.time()
-    try:
-        while True:
-            try:
-                n = next(batches)
-            except StopIteration as finished:
-                features = finished.value
-                break
-            s.check_stop()
-            before, done = done, done + n
-            in_first = max(0, min(done, first) - before)
-            record = meter.advance(in_first * scale) if in_first else None
-            if record:
-                yield record
-            if n > in_first:  # this batch reached the second split
-                if meter.split == names[0]:
-                    timings[names[0]], t0 = time.time() - t0, time.time()
-                    meter = ProgressMeter(Phase.FEATURES, len(samples) - global_first, split=names[1])
-                    yield meter.first()
-                record = meter.advance((n - in_first) * scale)
-                if record:
-                    yield record
-    finally:
-        batches.close()
-    timings[meter.split] = time.time() - t0
-    if s.world.active:
-        features = _gathered(features, positions, len(samples), s.world)
-    if len(names) == 1:
-        return {names[0]: features}
-    return dict(zip(names, _split_features(features, global_first, len(samples))))
-
-
-def _gathered(local, positions: list[int], n: int, world: World):
-    """Every rank's share of the features, in list order, each image once (the padding dropped)."""
-    mine = (local.features, local.labels, torch.tensor(positions, dtype=torch.long)[local.indices])
-    parts = gather_all(mine, world)
-    x, y, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
-    idx, order = torch.sort(idx, stable=True)
-    first_time = torch.ones_like(idx, dtype=torch.bool)
-    first_time[1:] = idx[1:] != idx[:-1]
-    return HeadInputs(x[order][first_time], y[order][first_time], idx[first_time], n - int(first_time.sum()))
-
-
-def extract_features(s: Setup, cache_dir: Path | None):
-    """Backbone features of both splits: from the cache where it has them, the rest computed in one pass.
-
-    Yields Progress and Features records; returns (train, test) HeadInputs.
-    """
-    # A random body is never cached: its features depend on the seed, not on a file on disk.
-    cache = cache_dir if s.cfg.pretrained else None
-    splits = {"train": s.split.train, "test": s.split.test}
-    keys = {name: feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
-                                    transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision,
-                                    cut=None if s.cut == s.report.head_name else s.cut)
-            for name, samples in splits.items()}
-    t0 = time.time()
-    found = {name: load_cached_features(cache, keys[name]) for name in splits} if s.world.main else None
-    found = broadcast({name: f for name, f in found.items() if f is not None} if found else {}, s.world)
-    timings = {name: time.time() - t0 for name in found}
-    todo = {name: samples for name, samples in splits.items() if name not in found}
-    computed = (yield from _compute_both(s, todo, timings)) if todo else {}
-    for name, features in computed.items():
-        if s.world.main:
-            store_cached_features(cache, keys[name], features)
-    for name in splits:
-        features = found.get(name) or computed[name]
-        yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped,
-                             from_disk=name in found, seconds=timings.get(name, 0.0))
-    return found.get("train") or computed["train"], found.get("test") or computed["test"]
-
-
-def choose_feature_path(s: Setup, cache_dir: Path | None):
-    """Cached features when the front of the model is frozen and inputs are fixed, else the full forward
-    pass. With freeze 'head' the head alone runs on them; with 'last_block' the model from its last stage on."""
-    cfg, split = s.cfg, s.split
-    if s.use_cache:
-        train_feats, test_feats = yield from extract_features(s, cache_dir)
-        sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
-        forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut)
-        return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
-                           DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
-                           train_feats.skipped + test_feats.skipped)
-    _prepare_decoding(s, split.train)
-    if s.world.active:
-        return _distributed_full_path(s)
-    sampler = EpochShuffle(len(split.train), cfg.seed)
-    return FeaturePath(s.model,
-                       _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
-                                     sampler=sampler, workers=s.workers),
-                       _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
-                                     workers=s.workers), sampler, 0)
-
-
-def _distributed_full_path(s: Setup) -> FeaturePath:
-    """Each rank trains on its share (DistributedSampler, padded to equal length) through DDP, and tests
-    its share of the test list (not padded: every test image counted once, the figures summed)."""
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data.distributed import DistributedSampler
-
-    cfg, split = s.cfg, s.split
-    train_set = ListDataset(split.train, s.train_tf)
-    sampler = DistributedSampler(train_set, num_replicas=s.world.size, rank=s.world.rank, shuffle=True, seed=cfg.seed)
-    forward = s.model
-    if s.report.trainable_count:
-        forward = DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
-    positions = shard(len(split.test), s.world, pad=False)
-    test_set = ListDataset([split.test[p] for p in positions], s.eval_tf)
-    return FeaturePath(forward, _image_loader(train_set, cfg.batch_size, s.device, sampler=sampler, workers=s.workers),
-                       _image_loader(test_set, cfg.batch_size, s.device, workers=s.workers), sampler, 0,
-                       world=s.world, test_positions=torch.tensor(positions, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -645,114 +402,3 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
                             f"{since_best} epoch{'s' if since_best > 1 else ''}; predictions use epoch "
                             f"{checkpointer.best_epoch}")
     checkpointer.save_final()
-
-
-def _records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World,
-             phase=lambda text: None) -> Iterator[Record]:
-    s = set_up(cfg, run, allowed_roots, world, phase)
-    yield start_record(s)
-    path = yield from choose_feature_path(s, cache_dir)
-    yield from epoch_loop(s, path)
-
-
-def phase_of(record: Record) -> str | None:
-    """The phase status.json shows once ``record`` has been emitted."""
-    if isinstance(record, Progress):
-        return f"features ({record.split})" if record.phase == Phase.FEATURES else f"test pass, epoch {record.epoch}"
-    if isinstance(record, Start):
-        return "preparing data"
-    if isinstance(record, (Batch, Epoch)):
-        return f"epoch {record.epoch + (1 if isinstance(record, Epoch) else 0)}"
-    return None
-
-
-def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                 allowed_roots=None, world: World = SINGLE) -> Iterator[Record]:
-    """Train the config a run folder holds (written once by whoever created it), reporting as it goes.
-
-    Under torchrun every rank runs this; rank 0 alone writes the records, status.json and summary.json.
-    """
-    if not world.main:
-        yield from _other_rank(RunDir(run_dir), cache_dir, allowed_roots, world)
-        return
-    run = RunDir(run_dir)
-    cfg = load_config(run)
-    emitted: list[Record] = []
-    t0 = time.time()
-    with Heartbeat(run) as heartbeat:
-        heartbeat.set_phase("setting up")
-        status, reason = RunState.COMPLETED, ""
-        try:
-            for record in _records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world,
-                                   heartbeat.set_phase):
-                append_jsonl(run.metrics, record.to_json())
-                emitted.append(record)
-                heartbeat.set_phase(phase_of(record) or heartbeat.phase)
-                yield record
-        except StopRequested:
-            status, reason = RunState.STOPPED, "stopped on request; the last completed epoch's checkpoint is kept"
-        except EarlyStop as exc:
-            status, reason = RunState.COMPLETED, str(exc)
-        except (NonFiniteLoss, UserError, Terminated) as exc:
-            status, reason = RunState.FAILED, str(exc)
-        except KeyboardInterrupt:
-            status, reason = RunState.STOPPED, "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
-        except GeneratorExit:
-            _finish(run, heartbeat, RunState.STOPPED, "the consumer of the record stream stopped early", emitted, t0)
-            raise
-        except Exception as exc:  # a bug or a resource problem: keep the traceback for the log
-            status, reason = RunState.FAILED, f"{type(exc).__name__}: {exc}"
-            atomic_write_text(run.error, traceback.format_exc())
-        yield _finish(run, heartbeat, status, reason, emitted, t0)
-
-
-def _other_rank(run: RunDir, cache_dir, allowed_roots, world: World) -> Iterator[Record]:
-    """A rank other than 0: the same computation and collectives, no files; a failure is left in
-    error-rank<N>.txt for rank 0's reason and the user."""
-    try:
-        yield from _records(run, load_config(run), Path(cache_dir) if cache_dir else None, allowed_roots, world)
-    except (StopRequested, Terminated, EarlyStop):
-        return
-    except BaseException:
-        atomic_write_text(run.rank_error(world.rank), traceback.format_exc())
-        raise
-
-
-def _rank_failures(run: RunDir) -> str:
-    """The last line of each other rank's traceback, for rank 0's reason."""
-    lines = []
-    for path in sorted(run.path.glob("error-rank*.txt")):
-        try:
-            last = [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-1]
-        except (OSError, IndexError):
-            continue
-        lines.append(f"{path.stem.removeprefix('error-')}: {last[:300]}")
-    return "; ".join(lines)
-
-
-def _finish(run: RunDir, heartbeat: Heartbeat, status: RunState, reason: str, emitted: list, t0: float) -> Final:
-    others = _rank_failures(run) if status is RunState.FAILED else ""
-    reason = f"{reason} ({others})" if others else reason
-    records = Records(tuple(emitted))
-    start = records.start
-    final = Final(status=status, reason=reason, seconds=time.time() - t0, **summarise(records),
-                  device=start.device if start else None, device_name=start.device_name if start else None,
-                  feature_path=start.feature_path if start else None)
-    append_jsonl(run.metrics, final.to_json())
-    write_summary(run, final)
-    run.stop_flag.unlink(missing_ok=True)
-    heartbeat.finish(status, reason)
-    return final
-
-
-def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-          force: bool = False, world: World = SINGLE) -> Iterator[Record]:
-    """Create a run of ``cfg`` in ``run_dir`` and train it, yielding every record as it is appended.
-
-    Under torchrun, call it on every rank with the same ``run_dir``: rank 0 creates the run.
-    """
-    cfg.validate()
-    if world.main:
-        create_run(run_dir, cfg, force=force)
-    barrier(world)
-    yield from run_training(run_dir, cache_dir=cache_dir, world=world)

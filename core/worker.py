@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import finish, start, world_from_env
     from .runs import start_next_queued
     from .states import RunState
-    from .train import run_training
+    from .run import run_training
     from .workspace import allowed_roots
 
     world = world_from_env()  # the app starts several processes through torchrun

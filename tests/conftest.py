@@ -55,14 +55,37 @@ def isolated_workspace(tmp_path, tmp_path_factory, monkeypatch):
     yield
 
 
+def _live_workers(runs_folder) -> dict[str, int]:
+    """Training processes at work on runs in ``runs_folder``, whoever started them (this process, or a worker
+    that started the next queued run as it ended): run folder → pid."""
+    from core.rundir import DamagedRun, RunDir, list_runs, process_start_ticks, read_worker_state
+
+    live = {}
+    for info in list_runs(runs_folder):
+        try:
+            state = read_worker_state(RunDir(info.path))
+        except DamagedRun:
+            continue
+        if (state and state.pid and state.pid != os.getpid() and info.busy
+                and process_start_ticks(state.pid) == state.pid_start):
+            live[str(info.path)] = state.pid
+    return live
+
+
 @pytest.fixture(autouse=True)
 def no_worker_left_behind():
-    """Kill every training process a test started, pass or fail, and fail a test that left one running."""
+    """Kill every training process a test started, pass or fail, and fail a test that left one running:
+    its own children, and the workers those started in the test's workspace (grandchildren)."""
     from core import runs
+    from core.workspace import runs_dir
 
-    before = set(runs.children())
+    before, folder = set(runs.children()), runs_dir()  # the folder now: a test may change the settings
     yield
     leaked = []
+    if not wait_until(lambda: not _live_workers(folder), 15):  # a run that has just ended is still closing
+        leaked = sorted(_live_workers(folder))
+        for path in leaked:
+            runs.kill_worker(path)
     for path, proc in runs.children().items():
         if path in before:
             continue

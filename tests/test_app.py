@@ -38,6 +38,7 @@ def open_page(at: AppTest, page: str) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(page, small_demo):
     at = open_page(app(), page)
@@ -91,6 +92,7 @@ def _wait_for_run(name: str, timeout: float = 180) -> None:
     assert wait_until(lambda: read_run(runs_dir() / name).finished, timeout), "the run did not finish in time"
 
 
+@pytest.mark.slow
 def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
     at = open_page(app(), "app_pages/training.py")
     at.slider(key="tr_epochs").set_value(2).run()
@@ -110,7 +112,7 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
 
 def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path, lite0_file):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
@@ -135,7 +137,7 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
 
 def test_training_page_explains_a_misclassified_image_for_both_classes(small_demo):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     # A random body with a frozen front: many test images end up misclassified.
     list(train(TrainConfig(arch="efficientnet_lite0", data_root=str(small_demo), epochs=1, num_workers=0),
@@ -173,9 +175,10 @@ def test_prediction_page_without_runs_explains_what_to_do(small_demo):
     assert any("No trained model yet" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=1, num_workers=0), runs_dir() / "pretrained"))
@@ -227,6 +230,7 @@ def _start_long_run() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_stop_button_ends_a_running_worker(small_demo):
     at = _start_long_run()
     run = runs_dir() / at.query_params["run"]
@@ -303,6 +307,7 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
     assert any("Split given by the dataset" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
     at = open_page(app(), "app_pages/training.py")
     at.slider(key="tr_epochs").set_value(3).run()
@@ -324,7 +329,7 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     import zipfile
 
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
@@ -348,7 +353,7 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
 
 def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0_file):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=1, num_workers=0), runs_dir() / "run1"))

@@ -18,14 +18,14 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.split import read_split, split_dataset, write_split
-from core.errors import DatasetError, ImageError, UploadError, WeightsError
+from core.errors import ConfigError, DatasetError, ImageError, UploadError, WeightsError
 from core.images import open_image
 from core.io import atomic_torch_save
 from core.records import Epoch
 from core.rundir import RunDir, new_run_dir, read_run, read_status
 from core.runs import kill_worker, start_worker
 from core.surgery import adapt_model
-from core.train import train
+from core.run import train
 from core.uploads import check_image_upload, extract_zip
 from core.workspace import check_allowed, runs_dir
 from tests.conftest import ROOT, make_colour_dataset, wait_until
@@ -340,9 +340,19 @@ def test_upload_zip_of_class_folders_is_extracted(tmp_path, colour_data):
 
 
 # ============================================================================= training
-def test_training_nan_loss(colour_data, resnet18_file, tmp_path):
+class NanLoss(torch.nn.CrossEntropyLoss):
+    """A training that diverged: every loss is NaN (a learning rate as high as 1e30 is refused up front now)."""
+
+    def forward(self, logits, target):
+        return super().forward(logits, target) * float("nan")
+
+
+def test_training_nan_loss(colour_data, resnet18_file, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="lr must be a number from 1e-08 to 10, got 1e[+]30"):
+        TrainConfig(arch="resnet18", data_root=str(colour_data), lr=1e30)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NanLoss)
     records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
-                                     freeze="all", lr=1e30, num_workers=0), tmp_path / "run"))
+                                     freeze="all", num_workers=0), tmp_path / "run"))
     final = records[-1]
     assert final.status == "failed"
     assert final.reason.startswith("the loss became nan") or "the loss became inf" in final.reason
@@ -383,6 +393,7 @@ def test_training_worker_killed(tmp_path, lite0_file):
     assert any("The run failed: the training process ended without finishing" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_training_two_runs_at_once(colour_data, resnet18_file, tmp_path):
     dirs = {new_run_dir(runs_dir(), "same") for _ in range(5)}
     assert len(dirs) == 5

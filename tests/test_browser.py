@@ -106,6 +106,7 @@ def _go(page, title):
     page.get_by_role("link", name=title).first.click()
 
 
+@pytest.mark.slow
 def test_walk_all_pages_train_and_predict(server, page):
     url, workspace = server
     page.set_default_timeout(120_000)

@@ -2,9 +2,10 @@
 import json
 import os
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from core.rundir import list_runs, read_records
@@ -31,6 +32,7 @@ def test_split_command(colour_data, tmp_path):
     assert len((tmp_path / "lists" / "test.txt").read_text().splitlines()) == 8
 
 
+@pytest.mark.slow
 def test_surgery_command(resnet18_file):
     result = run_cli("surgery", "--arch", "resnet18", "--num-classes", "3", "--weights", resnet18_file, "--json")
     assert result.returncode == 0, result.stderr
@@ -41,6 +43,7 @@ def test_surgery_command(resnet18_file):
     assert text.returncode == 0 and "classifier.add_Linear" in text.stdout
 
 
+@pytest.mark.slow
 def test_train_defaults_to_pretrained_weights_a_named_run_folder_and_the_cache(colour_data, lite0_file):
     """No --weights, --out or cache flags: the packaged weights, a run under the workspace, features cached."""
     args = ("train", "--data", colour_data, "--arch", "efficientnet_lite0", "--epochs", "1", "--num-workers", "0")
@@ -58,6 +61,7 @@ def test_train_defaults_to_pretrained_weights_a_named_run_folder_and_the_cache(c
     assert len(list_runs(runs_dir())) == 2
 
 
+@pytest.mark.slow
 def test_train_weights_none_warns_and_trains_from_random_initialisation(colour_data, tmp_path):
     result = run_cli("train", "--data", colour_data, "--arch", "resnet18", "--weights", "none", "--epochs", "1",
                      "--num-workers", "0", "--out", tmp_path / "run")
@@ -74,6 +78,7 @@ def test_train_pretrained_with_no_weights_on_the_machine_says_where_it_looked(co
     assert not (tmp_path / "run").exists()  # nothing made for a run that cannot start
 
 
+@pytest.mark.slow
 def test_train_then_predict_commands(colour_data, resnet18_file, tmp_path):
     result = run_cli("train", "--data", colour_data, "--arch", "resnet18", "--weights", resnet18_file,
                      "--epochs", "3", "--batch-size", "4", "--num-workers", "0", "--log-every", "1", "--lr", "0.05",
@@ -87,6 +92,7 @@ def test_train_then_predict_commands(colour_data, resnet18_file, tmp_path):
     assert [p["class"] for p in out["predictions"]][0] == "blue"
 
 
+@pytest.mark.slow
 def test_predict_from_the_tutorials_bare_state_dict(colour_data, resnet18_file, tmp_path):
     assert run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--epochs", "3", "--lr", "0.05",
                    "--batch-size", "4", "--num-workers", "0", "--out", tmp_path / "run").returncode == 0
@@ -102,6 +108,7 @@ def test_predict_from_the_tutorials_bare_state_dict(colour_data, resnet18_file, 
     assert "does not fit resnet18 with 3 classes" in wrong
 
 
+@pytest.mark.slow
 def test_train_from_tutorial_lists_without_classes_json(colour_data, resnet18_file, tmp_path):
     lists = tmp_path / "tutorial"
     lists.mkdir()
@@ -126,6 +133,7 @@ def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_p
     assert split.classes == ["class_0", "class_1"] and split.class_names == "numbered"
 
 
+@pytest.mark.slow
 def test_out_holding_a_failed_run_is_reused_only_with_force(colour_data, resnet18_file, tmp_path):
     out = tmp_path / "run"
     failed = run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--freeze", "all", "--lr", "1e30",
@@ -145,6 +153,7 @@ def test_out_holding_a_failed_run_is_reused_only_with_force(colour_data, resnet1
     assert "already holds a completed run" in refused
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_one_error_line(colour_data, resnet18_file, tmp_path):
     assert run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--epochs", "1", "--num-workers", "0",
                    "--out", tmp_path / "run").returncode == 0
@@ -155,6 +164,7 @@ def test_damaged_checkpoint_is_one_error_line(colour_data, resnet18_file, tmp_pa
     assert "checkpoint_best.pt' is damaged or not a checkpoint" in line
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, colour_data):
     cases = [
         ("split", tmp_path / "missing"),
@@ -173,6 +183,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, colour_data):
         _one_error_line(run_cli(*args))
 
 
+@pytest.mark.slow
 def test_predict_a_folder_into_a_csv(colour_data, lite0_file, tmp_path):
     import csv
 

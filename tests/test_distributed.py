@@ -14,7 +14,7 @@ from core.config import TrainConfig
 from core.demo import generate_demo
 from core.predict import Predictor
 from core.rundir import RunDir, read_records, read_run, read_status
-from core.train import train
+from core.run import train
 from core.workspace import runs_dir
 from tests.conftest import ROOT, wait_until
 
@@ -38,6 +38,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_path):
     common = ["--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "3", "--lr", "0.01", "--seed", "5",
               "--cache-dir", tmp_path / "cache"]
@@ -62,6 +63,7 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
     assert [r["from_disk"] for r in _metrics(tmp_path / "again") if r["type"] == "features"] == [True, True]
 
 
+@pytest.mark.slow
 def test_all_layers_under_two_processes_count_every_test_image_once(shapes, tmp_path):
     result = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "1", "--freeze", "all",
                       "--out", tmp_path / "all")
@@ -101,6 +103,7 @@ def long_run(shapes, run: Path):
         proc.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
     run = tmp_path / "killed"
     with long_run(shapes, run):
@@ -112,6 +115,7 @@ def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
         assert reason, "a failed run must say why"
 
 
+@pytest.mark.slow
 def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, monkeypatch, lite0_file):
     root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(6, 6), seed=2)
     monkeypatch.setenv("TLD_DATA_ROOT", str(root))
@@ -129,6 +133,7 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     assert "Results (last epoch)" in [s.value for s in at.subheader]
 
 
+@pytest.mark.slow
 def test_stop_reaches_every_rank_at_the_same_batch(shapes, tmp_path):
     run = tmp_path / "stopped"
     with long_run(shapes, run) as proc:

@@ -11,7 +11,7 @@ from core.demo import SHAPES, draw_shape_with_mask, generate_demo
 from core.errors import ConfigError
 from core.explain import class_index, explain, model_view
 from core.predict import Predictor
-from core.train import train
+from core.run import train
 from tests.test_cli import _one_error_line, run_cli
 
 
@@ -31,6 +31,7 @@ def _fresh_shapes(n: int):
     return [(SHAPES[i % len(SHAPES)], *draw_shape_with_mask(SHAPES[i % len(SHAPES)], rng)) for i in range(n)]
 
 
+@pytest.mark.slow
 def test_the_heat_map_falls_mostly_on_the_shape(shapes_run):
     predictor = Predictor.load(shapes_run)
     inside, concentration = [], []
@@ -61,6 +62,7 @@ def test_any_class_can_be_explained_and_the_overlay_is_the_models_view(shapes_ru
         class_index(predictor.classes, "hexagon")
 
 
+@pytest.mark.slow
 def test_cli_writes_the_cam_png(shapes_run, tmp_path):
     shape, image, _ = _fresh_shapes(1)[0]
     image.save(tmp_path / "in.jpg")

@@ -9,7 +9,7 @@ from core.config import TrainConfig
 from core.export import export
 from core.images import open_image
 from core.predict import Predictor
-from core.train import train
+from core.run import train
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def _inputs(predictor, folder) -> torch.Tensor:
     return torch.stack([predictor.transform(open_image(p)) for p in paths])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_exported_models_give_our_probabilities_without_project_code(fmt, trained, colour_data_module, tmp_path):
     model_path, side_path = export(trained, fmt, tmp_path / f"m.{fmt}")
@@ -56,6 +57,7 @@ def test_exported_models_give_our_probabilities_without_project_code(fmt, traine
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_command_and_a_bad_format(trained, tmp_path):
     import subprocess
     import sys

@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.rundir import RunDir, WorkerState, create_run, list_runs, read_records, read_run, write_status
 from core.runs import run_progress, seconds_left, smooth_eta, start_worker
 from core.workspace import runs_dir
-from tests.conftest import ROOT, make_colour_dataset, wait_until
+from tests.conftest import make_colour_dataset, wait_until
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
-APP = str(ROOT / "streamlit_app.py")
-
-
 def _train(small_root, lite0_file, name: str, **settings) -> Path:
-    from core.train import train
+    from core.run import train
 
     path = runs_dir() / name
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
@@ -32,6 +28,7 @@ def _train(small_root, lite0_file, name: str, **settings) -> Path:
 
 
 # ============================================================================= Training
+@pytest.mark.slow
 def test_1_early_stopping_is_said_where_the_run_is_shown_and_in_the_table(small_root, lite0_file):
     run = _train(small_root, lite0_file, "early", epochs=8, lr=0.05, patience=1)
     final = read_records(run).final
@@ -103,6 +100,7 @@ def test_5_the_time_left_is_smoothed():
     assert smooth_eta(None, 120.0, 0.0) == 120.0 and smooth_eta((10.0, 0.0), None, 1.0) is None
 
 
+@pytest.mark.slow
 def test_5_the_time_left_comes_from_the_epochs_own_durations(small_root, lite0_file):
     run = _train(small_root, lite0_file, "timed", epochs=3)
     records = read_records(run)
@@ -223,6 +221,7 @@ def _finished_run(small_root, lite0_file) -> Path:
     return _train(small_root, lite0_file, "finished", epochs=1)
 
 
+@pytest.mark.slow
 def test_11_one_upload_limit_shown_by_the_widget_in_its_unit(small_root, lite0_file, monkeypatch):
     _finished_run(small_root, lite0_file)
     monkeypatch.setenv("TLD_MAX_IMAGE_BYTES", str(3 * 1024**2))

@@ -133,6 +133,7 @@ def test_exposure_three_start_clicks_run_one_and_queue_two(small_root, lite0_fil
             kill_worker(runs_dir() / name)
 
 
+@pytest.mark.slow
 def test_exposure_queued_runs_start_when_a_run_ends_without_a_browser(colour_data, resnet18_file):
     cfg = TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data), epochs=1,
                       num_workers=0)
@@ -287,7 +288,7 @@ def test_disk_full_a_weights_file_that_does_not_fit_is_named_as_uploaded(tmp_pat
 
 
 def test_disk_full_a_nearly_full_run_folder_says_the_disk_is_full(colour_data, resnet18_file, tmp_path, monkeypatch):
-    from core.train import train
+    from core.run import train
 
     def torch_zip_writer_failure(obj, f, *args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1234 vs 1200")
@@ -324,6 +325,7 @@ def _hammer_cache(folder: str, worker: int, rounds: int, errors) -> None:
             errors.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_cache_four_processes_under_a_tiny_cap_see_no_errors(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.Queue()

@@ -39,7 +39,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture
 def lite0_run(small_root, lite0_file) -> Path:
     """A finished head-only run of the shipped EfficientNet-Lite0 on the small colour dataset."""
-    from core.train import train
+    from core.run import train
 
     path = runs_dir() / "finished"
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root), epochs=1,
@@ -293,6 +293,7 @@ def _start_together(parent: str, barrier, results) -> None:
     results.put(len(core.runs.dispatch(parent)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cap", [1, 2])
 def test_run_cap_concurrent_starts_never_exceed_it(tmp_path, monkeypatch, cap):
     monkeypatch.setenv("TLD_MAX_RUNNING", str(cap))
@@ -314,6 +315,7 @@ def test_run_cap_concurrent_starts_never_exceed_it(tmp_path, monkeypatch, cap):
 
 
 # ============================================================================= 5. the queue moves without a browser
+@pytest.mark.slow
 def test_queue_a_command_line_run_that_ends_starts_the_queued_app_run(small_root, resnet18_file, monkeypatch,
                                                                        capsys):
     from core.cli import main
@@ -337,6 +339,7 @@ LONG_PATH = "/" + "a" * 6000
 @pytest.mark.parametrize("bad", [NUL_PATH, LONG_PATH, "/" + "b" * 300 + "/c"])
 @pytest.mark.parametrize("page", ["app_pages/home.py", "app_pages/dataset.py", "app_pages/surgery.py",
                                   "app_pages/training.py"])
+@pytest.mark.slow
 def test_links_with_a_nul_or_a_very_long_path_are_ignored(bad, page, small_root):
     at = _app(page, data_root=bad, weights_file=bad, run=bad[:300])
     assert not at.error
@@ -344,6 +347,7 @@ def test_links_with_a_nul_or_a_very_long_path_are_ignored(bad, page, small_root)
         assert any(str(small_root) in m.value for m in at.markdown)  # the default data root, not the link's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [NUL_PATH, LONG_PATH])
 def test_text_boxes_with_a_nul_or_a_very_long_path_are_messages(bad, small_root):
     at = _app("app_pages/dataset.py")

@@ -5,7 +5,8 @@ import torch
 from core.accel import configure_device, plan_threads, resolve_device
 from core.errors import RunError
 from core.features import Features
-from core.train import DeviceBatches, EpochShuffle, EvalAccumulator
+from core.feature_path import DeviceBatches, EpochShuffle
+from core.train import EvalAccumulator
 
 
 @pytest.mark.parametrize("cores, requested, cuda, expected", [
@@ -26,7 +27,7 @@ def test_threads_and_workers_never_exceed_the_cores(cores, requested, cuda, expe
 
 def test_the_start_record_says_what_was_chosen(colour_data, lite0_file, tmp_path):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     start = next(iter(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
                                         data_root=str(colour_data), epochs=1), tmp_path / "run")))
@@ -47,7 +48,7 @@ def test_device_choice():
 def test_the_predictor_uses_the_gpu_when_there_is_one(colour_data, lite0_file, tmp_path, monkeypatch):
     from core.config import TrainConfig
     from core.predict import Predictor
-    from core.train import train
+    from core.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(colour_data),
                            epochs=1, num_workers=0), tmp_path / "run"))
@@ -87,15 +88,17 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
     assert result.tested == len(labels) == 26 and result.skipped == 2
     assert result.test_loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result.test_acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
-    assert [p["pred"] for p in result.predictions] == logits.argmax(1).tolist()
+    assert [p.pred for p in result.predictions] == logits.argmax(1).tolist()
 
 
-def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, resnet18_file, tmp_path):
+def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, resnet18_file, tmp_path, monkeypatch):
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
+    from tests.test_bad_input import NanLoss
 
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NanLoss)  # a diverged training
     records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
-                                     freeze="all", lr=1e30, batch_size=2, log_every=3, num_workers=0, epochs=3),
+                                     freeze="all", batch_size=2, log_every=3, num_workers=0, epochs=3),
                          tmp_path / "run"))
     final = records[-1]
     assert final.status == "failed" and "the loss became" in final.reason and "batch 3" in final.reason
@@ -105,7 +108,7 @@ def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, res
 def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file, tmp_path, monkeypatch):
     """On a GPU every read of a tensor waits for all queued work: count the reads on the CPU."""
     from core.config import TrainConfig
-    from core.train import train
+    from core.run import train
 
     original = torch.Tensor.item
 
@@ -148,7 +151,7 @@ def test_a_cached_run_never_imports_torch_dynamo(colour_data, lite0_file, tmp_pa
     import subprocess
     import sys
 
-    script = ("import sys\nfrom core.config import TrainConfig\nfrom core.train import train\n"
+    script = ("import sys\nfrom core.config import TrainConfig\nfrom core.run import train\n"
               f"cfg = TrainConfig(arch='efficientnet_lite0', weights={str(lite0_file)!r}, "
               f"data_root={str(colour_data)!r}, epochs=2, num_workers=0)\n"
               f"final = list(train(cfg, {str(tmp_path / 'run')!r}))[-1]\n"

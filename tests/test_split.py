@@ -72,7 +72,7 @@ def test_tiny_and_empty_classes_are_reported(tmp_path):
 
 @pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1])
 def test_bad_ratio_is_refused(colour_data, ratio):
-    with pytest.raises(DatasetError, match="between 0 and 1"):
+    with pytest.raises(DatasetError, match=r"train ratio must be from 0.01 to 0.99"):
         split_dataset(colour_data, train_ratio=ratio)
 
 

@@ -75,6 +75,7 @@ def test_no_weights_means_random_initialisation():
     ("add_outside", "add_Linear", []),
     ("add_inside", "classifier.add_Linear", []),
 ])
+@pytest.mark.slow
 def test_vgg16_variants_give_n_outputs(head_variant, head_name, popped, tmp_path):
     torch.manual_seed(0)
     from torchvision.models import vgg16

@@ -10,7 +10,7 @@ from core.predict import Predictor
 from core.records import Batch, Epoch, Features, Progress
 from core.rundir import RunDir, read_records
 from core.features import compute_frozen_outputs
-from core.train import train
+from core.run import train
 
 
 def _config(data, **overrides):
@@ -72,6 +72,7 @@ def test_pretrained_head_training_learns_the_demo_shapes(tmp_path, lite0_file):
     assert epochs[-1].test_acc >= 0.8, [e.test_acc for e in epochs]
 
 
+@pytest.mark.slow
 def test_full_path_loss_goes_down_with_all_layers_training(colour_data, resnet18_file, tmp_path):
     records = list(train(_config(colour_data, weights=str(resnet18_file), freeze="all", epochs=3, lr=0.005),
                          tmp_path / "run"))
@@ -130,11 +131,27 @@ def test_checkpoint_predict_round_trip(colour_data, lite0_file, tmp_path):
 
 def test_config_validation_names_allowed_values():
     with pytest.raises(ConfigError, match="allowed: head, last_block, all"):
-        TrainConfig(freeze="half", data_root="x").validate()
+        TrainConfig(freeze="half", data_root="x")
     with pytest.raises(ConfigError, match="exactly one of"):
-        TrainConfig().validate()
+        TrainConfig(data_root="x", lists_dir="y")
 
 
+def test_a_config_is_checked_once_when_made_with_one_sentence_per_wrong_field(tmp_path):
+    from core.rundir import create_run
+
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(epochs=0, lr=float("nan"), momentum=1.5, arch="resnet99", data_root="x")
+    assert str(caught.value).split("; ") == [
+        "epochs must be a whole number from 1 to 10,000, got 0", "lr must be a number from 1e-08 to 10, got nan",
+        "momentum must be a number from 0 to 0.999, got 1.5",
+        "architecture 'resnet99' does not exist (allowed: resnet18, vgg16, efficientnet_lite0)"]
+    with pytest.raises(ConfigError, match="exactly one of"):  # a model without data is a config; not a run
+        create_run(tmp_path / "run", TrainConfig())
+    with pytest.raises(ConfigError, match="epochs must be"):  # a config.json edited by hand is checked too
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "epochs": -3})
+
+
+@pytest.mark.slow
 def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file):
     from core.demo import generate_demo
 
@@ -271,6 +288,7 @@ def test_vgg16_add_outside_trains_through_the_feature_cache(colour_data, tmp_pat
     assert state["add_Linear.weight"].shape == (2, 1000)
 
 
+@pytest.mark.slow
 def test_decoding_workers_give_the_same_run(colour_data, lite0_file, tmp_path):
     common = dict(arch="efficientnet_lite0", weights=str(lite0_file), epochs=2)
     runs = {w: list(train(_config(colour_data, num_workers=w, **common), tmp_path / f"w{w}")) for w in (0, 2)}
@@ -309,7 +327,7 @@ def test_early_stopping_ends_the_run_as_completed_with_the_reason(colour_data, l
 
 def test_a_config_with_an_unknown_schedule_is_refused():
     with pytest.raises(ConfigError, match="allowed: none, step, cosine"):
-        TrainConfig(schedule="exponential", data_root="x").validate()
+        TrainConfig(schedule="exponential", data_root="x")
 
 
 def test_class_weights_are_inverse_frequency_and_shown_in_the_start_record(tmp_path, lite0_file):
@@ -363,9 +381,10 @@ def test_augmentation_presets_draw_different_inputs_of_the_right_size():
     still = training_transform(pre, "none")
     assert torch.equal(still(image), still(image))
     with pytest.raises(ConfigError, match="say different things"):
-        TrainConfig(flip=True, augment="crop+flip", data_root="x").validate()
+        TrainConfig(flip=True, augment="crop+flip", data_root="x")
 
 
+@pytest.mark.slow
 def test_last_block_trains_on_cached_stage_inputs_exactly_as_the_full_forward(colour_data, resnet18_file, tmp_path):
     """freeze last_block: layer4 + fc train; the frozen front's output is computed once and cached."""
     common = dict(weights=str(resnet18_file), epochs=2, batch_size=4, freeze="last_block", body_lr_factor=0.5)

@@ -1,0 +1,238 @@
+"""The feature path: how a run's training images reach the trainable part of the model.
+
+With a frozen body and fixed inputs, the frozen part's output is computed once per image (read from the
+feature cache when it is there), and the epochs train on those tensors; otherwise every batch goes through
+the full forward pass. Under torchrun each rank computes its share and the shares are gathered in list order.
+``choose_feature_path(setup, cache_dir)`` is the one entry: a generator of Progress/Features records that
+returns the ``FeaturePath`` the epoch loop draws its batches from.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .accel import inference_batch_size
+from .data import ListDataset, collate_skipping_unreadable
+from .states import Phase
+from .images import load_jpeg_decoder
+from .features import Features as HeadInputs
+from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
+                       store_cached_features)
+from .records import ProgressMeter
+from .records import Features as FeaturesRecord
+from .distributed import SINGLE, World, broadcast, gather_all, shard
+
+if TYPE_CHECKING:
+    from .train import Setup
+
+
+@dataclass
+class FeaturePath:
+    """What the epoch loop trains through: the head on stored features, or the whole model on images."""
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    train_loader: DataLoader | DeviceBatches
+    test_loader: DataLoader | DeviceBatches
+    sampler: "EpochShuffle"
+    fixed_skips: int  # unreadable images left out once, when the features were computed
+    world: World = SINGLE  # ranks whose figures add up (the full forward path under torchrun); else one
+    test_positions: torch.Tensor | None = None  # this rank's test images, as positions in the test list
+
+
+class EpochShuffle(Sampler):
+    """A permutation that depends only on (seed, epoch), like DistributedSampler.set_epoch.
+
+    The cached-feature and the full path draw the very same order from it, whatever the
+    DataLoader does with its own generator (persistent workers draw differently).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _image_loader(dataset, batch_size: int, device, *, sampler=None, workers: int = 0):
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers and device.type == "cuda" else None)
+
+
+class DeviceBatches:
+    """Batches of cached features that live on the training device: moved there once, not every epoch,
+    and cut by index (no DataLoader, no collate). Yields what the image loaders yield."""
+
+    def __init__(self, features, device: torch.device, batch_size: int, sampler: Sampler | None = None):
+        self.x = features.features.to(device)
+        self.y = features.labels.to(device)
+        self.i = features.indices.to(device)
+        self.batch_size, self.sampler = batch_size, sampler
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.tensor(list(self.sampler), dtype=torch.long) if self.sampler is not None else torch.arange(n)
+        for idx in order.to(self.x.device).split(self.batch_size):
+            yield self.x[idx], self.y[idx], self.i[idx], 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+
+def _split_features(features, first: int, total: int) -> tuple:
+    """Cut the features of train + test (one pass) back into the two splits, with their own indices;
+    an image missing from the output was unreadable, and counts as skipped in its own split."""
+    in_first = features.indices < first
+
+    def part(mask, offset, size):
+        kept = int(mask.sum())
+        return HeadInputs(features.features[mask], features.labels[mask], features.indices[mask] - offset,
+                          size - kept)
+    return part(in_first, 0, first), part(~in_first, first, total - first)
+
+
+def _prepare_decoding(s: Setup, samples: list) -> None:
+    """Import libjpeg's decoder before a pass that will use it (not when every feature comes from the
+    cache): its import is set-up, not part of the pass's images per second."""
+    if not s.cfg.uses_letterbox and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in samples):
+        load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
+
+
+def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
+    """Backbone features of the splits in ``todo`` in one pass with one set of workers; yields Progress
+    records per split (the first at once), returns {split: HeadInputs}."""
+    names = list(todo)
+    samples = [sample for name in names for sample in todo[name]]
+    # Under torchrun each rank computes its share (padded, so all run the same number of batches)
+    # and the shares are gathered back into list order; progress counts rank 0's share × ranks.
+    positions = shard(len(samples), s.world, pad=True) if s.world.active else list(range(len(samples)))
+    scale, global_first = s.world.size, len(todo[names[0]])
+    first = sum(p < global_first for p in positions)
+    meter = ProgressMeter(Phase.FEATURES, global_first, split=names[0])
+    yield meter.first()  # the page shows the feature phase from here, also while the decoder loads
+    _prepare_decoding(s, samples)
+    batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
+                                  device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
+                                  autocast=s.feature_autocast)
+    done, t0 = 0, time.time()
+    try:
+        while True:
+            try:
+                n = next(batches)
+            except StopIteration as finished:
+                features = finished.value
+                break
+            s.check_stop()
+            before, done = done, done + n
+            in_first = max(0, min(done, first) - before)
+            record = meter.advance(in_first * scale) if in_first else None
+            if record:
+                yield record
+            if n > in_first:  # this batch reached the second split
+                if meter.split == names[0]:
+                    timings[names[0]], t0 = time.time() - t0, time.time()
+                    meter = ProgressMeter(Phase.FEATURES, len(samples) - global_first, split=names[1])
+                    yield meter.first()
+                record = meter.advance((n - in_first) * scale)
+                if record:
+                    yield record
+    finally:
+        batches.close()
+    timings[meter.split] = time.time() - t0
+    if s.world.active:
+        features = _gathered(features, positions, len(samples), s.world)
+    if len(names) == 1:
+        return {names[0]: features}
+    return dict(zip(names, _split_features(features, global_first, len(samples))))
+
+
+def _gathered(local, positions: list[int], n: int, world: World):
+    """Every rank's share of the features, in list order, each image once (the padding dropped)."""
+    mine = (local.features, local.labels, torch.tensor(positions, dtype=torch.long)[local.indices])
+    parts = gather_all(mine, world)
+    x, y, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
+    idx, order = torch.sort(idx, stable=True)
+    first_time = torch.ones_like(idx, dtype=torch.bool)
+    first_time[1:] = idx[1:] != idx[:-1]
+    return HeadInputs(x[order][first_time], y[order][first_time], idx[first_time], n - int(first_time.sum()))
+
+
+def extract_features(s: Setup, cache_dir: Path | None):
+    """Backbone features of both splits: from the cache where it has them, the rest computed in one pass.
+
+    Yields Progress and Features records; returns (train, test) HeadInputs.
+    """
+    # A random body is never cached: its features depend on the seed, not on a file on disk.
+    cache = cache_dir if s.cfg.pretrained else None
+    splits = {"train": s.split.train, "test": s.split.test}
+    keys = {name: feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
+                                    transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision,
+                                    cut=None if s.cut == s.report.head_name else s.cut)
+            for name, samples in splits.items()}
+    t0 = time.time()
+    found = {name: load_cached_features(cache, keys[name]) for name in splits} if s.world.main else None
+    found = broadcast({name: f for name, f in found.items() if f is not None} if found else {}, s.world)
+    timings = {name: time.time() - t0 for name in found}
+    todo = {name: samples for name, samples in splits.items() if name not in found}
+    computed = (yield from _compute_both(s, todo, timings)) if todo else {}
+    for name, features in computed.items():
+        if s.world.main:
+            store_cached_features(cache, keys[name], features)
+    for name in splits:
+        features = found.get(name) or computed[name]
+        yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped,
+                             from_disk=name in found, seconds=timings.get(name, 0.0))
+    return found.get("train") or computed["train"], found.get("test") or computed["test"]
+
+
+def choose_feature_path(s: Setup, cache_dir: Path | None):
+    """Cached features when the front of the model is frozen and inputs are fixed, else the full forward
+    pass. With freeze 'head' the head alone runs on them; with 'last_block' the model from its last stage on."""
+    cfg, split = s.cfg, s.split
+    if s.use_cache:
+        train_feats, test_feats = yield from extract_features(s, cache_dir)
+        sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
+        forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut)
+        return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
+                           DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
+                           train_feats.skipped + test_feats.skipped)
+    _prepare_decoding(s, split.train)
+    if s.world.active:
+        return _distributed_full_path(s)
+    sampler = EpochShuffle(len(split.train), cfg.seed)
+    return FeaturePath(s.model,
+                       _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
+                                     sampler=sampler, workers=s.workers),
+                       _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
+                                     workers=s.workers), sampler, 0)
+
+
+def _distributed_full_path(s: Setup) -> FeaturePath:
+    """Each rank trains on its share (DistributedSampler, padded to equal length) through DDP, and tests
+    its share of the test list (not padded: every test image counted once, the figures summed)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    cfg, split = s.cfg, s.split
+    train_set = ListDataset(split.train, s.train_tf)
+    sampler = DistributedSampler(train_set, num_replicas=s.world.size, rank=s.world.rank, shuffle=True, seed=cfg.seed)
+    forward = s.model
+    if s.report.trainable_count:
+        forward = DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    positions = shard(len(split.test), s.world, pad=False)
+    test_set = ListDataset([split.test[p] for p in positions], s.eval_tf)
+    return FeaturePath(forward, _image_loader(train_set, cfg.batch_size, s.device, sampler=sampler, workers=s.workers),
+                       _image_loader(test_set, cfg.batch_size, s.device, workers=s.workers), sampler, 0,
+                       world=s.world, test_positions=torch.tensor(positions, dtype=torch.long))
