@@ -252,6 +252,9 @@ class ArchSpec:
             return self.build()
 
 
+PREFERRED_ARCH = "resnet18"  # the recipe's model, used when its pretrained weights are on the machine
+OFFLINE_ARCH = "efficientnet_lite0"  # the one whose ImageNet weights ship with the app: works offline
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (

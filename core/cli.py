@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from .archs import ARCHITECTURES
+from .archs import ARCHITECTURES, OFFLINE_ARCH, PREFERRED_ARCH
 from .split import MAX_CLASSES
 from .config import FREEZE_MODES, TRAINS, TrainConfig, field_default, field_range
 from .errors import ConfigError, UserError
@@ -110,7 +110,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         kind = _field_type(f.name) if f.metadata.get("low") is not None else str
         if f.name == "arch":  # no default here: without --arch the app's rule picks one (core.weights.default_arch)
             parser.add_argument(*names, dest=f.name, default=None, help=f.metadata["help"] + (
-                " (default: resnet18 when its pretrained weights are on this machine, else efficientnet_lite0)"))
+                f" (default: {PREFERRED_ARCH} when its pretrained weights are on this machine, else {OFFLINE_ARCH})"))
             continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
                             help=f.metadata["help"] + (f" (default {f.default})" if f.default is not None else ""))
@@ -317,9 +317,11 @@ def _add_predict(sub) -> None:
     p.add_argument("image", help="an image, or a folder: every image under it, one CSV row each")
     p.add_argument("--csv", help="with a folder: write the rows to this CSV file (default: the console)")
     p.add_argument("--topk", type=_number(1, MAX_CLASSES), default=5)
-    p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth)")
+    p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth): "
+                                   + ", ".join(ARCHITECTURES))
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
-    p.add_argument("--head-variant", help="for a bare vgg16 state dict: replace, add_outside or add_inside")
+    p.add_argument("--head-variant", help="for a bare state dict whose head was adapted otherwise: "
+                                           + ", ".join(sorted({v.name for s in ARCHITECTURES.values() for v in s.variants})))
     p.add_argument("--cam", metavar="OUT.png", help="with one image: write its Grad-CAM overlay (where the evidence "
                                                      "for the class lies) over the image as the model saw it")
     p.add_argument("--cam-class", help="with --cam: explain this class instead of the predicted one")

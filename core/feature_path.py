@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .accel import inference_batch_size
+from .errors import RunError
 from .data import ListDataset, collate_skipping_unreadable
 from .states import Phase
 from .images import load_jpeg_decoder
@@ -203,6 +204,9 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
     cfg, split = s.cfg, s.split
     if s.use_cache:
         train_feats, test_feats = yield from extract_features(s, cache_dir)
+        if len(train_feats.labels) == 0:  # nothing to train on: say why, rather than fail inside the head
+            raise RunError(f"none of the {len(split.train)} training images could be read (all were skipped as "
+                           "unreadable: empty, not images, or damaged); check the data folder")
         sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
         forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut)
         return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),

@@ -382,6 +382,9 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
         path.sampler.set_epoch(epoch)
         set_train_mode(s.model, s.report.trained_modules)
         totals = yield from train_one_epoch(s, path, optimizer, criterion, epoch)
+        if totals.seen == 0:  # every training image was unreadable: nothing was learned, say so
+            raise RunError(f"none of the {len(s.split.train)} training images could be read (all were skipped as "
+                           "unreadable: empty, not images, or damaged); check the data folder")
         s.model.eval()
         result = yield from evaluate(s, path, epoch)
         record = Epoch(epoch=epoch, train_loss=totals.loss, test_loss=result.test_loss, test_acc=result.test_acc,

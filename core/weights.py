@@ -171,14 +171,11 @@ def find_weights(spec, user_file: str | os.PathLike | None = None) -> WeightsSou
     return None
 
 
-PREFERRED_ARCH, OFFLINE_ARCH = "resnet18", "efficientnet_lite0"  # the recipe's model; the one whose weights ship
-
-
 def default_arch(user_file: str | os.PathLike | None = None) -> tuple[str, str]:
     """The architecture to use when none was asked for, and why: resnet18 (the recipe's) when its pretrained
     weights are on this machine (``user_file`` counts: a file the user named is the recipe's), else
     EfficientNet-Lite0, whose ImageNet weights ship with the app."""
-    from .archs import get_arch
+    from .archs import OFFLINE_ARCH, PREFERRED_ARCH, get_arch
 
     if find_weights(get_arch(PREFERRED_ARCH), user_file):
         return PREFERRED_ARCH, ""

@@ -22,7 +22,7 @@ from core.errors import ConfigError, DatasetError, ImageError, UploadError, Weig
 from core.images import open_image
 from core.io import atomic_torch_save
 from core.records import Epoch
-from core.rundir import RunDir, new_run_dir, read_run, read_status
+from core.rundir import RunDir, new_run_dir, read_records, read_run, read_status
 from core.runs import kill_worker, start_worker
 from core.surgery import adapt_model
 from core.run import train
@@ -405,8 +405,7 @@ def test_training_two_runs_at_once(colour_data, resnet18_file, tmp_path):
     for run in (a, b):
         info = read_run(run)
         assert info.status == "completed", info.reason
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["type"] for r in records].count("start") == 1
+        assert [r.type for r in read_records(run).items].count("start") == 1
 
 
 def test_training_checkpoint_write_interrupted(tmp_path, monkeypatch):

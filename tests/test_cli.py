@@ -134,11 +134,29 @@ def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_p
 
 
 @pytest.mark.slow
+def _unreadable_data(folder: Path) -> Path:
+    """Class folders whose images are all damaged: a run on them starts, then fails."""
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            (folder / name / f"{i}.png").write_bytes(b"not a picture")
+    return folder
+
+
+@pytest.mark.parametrize("freeze", ["head", "all"])
+def test_a_run_on_only_unreadable_images_fails_saying_so(tmp_path, resnet18_file, freeze):
+    failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file, "--freeze",
+                     freeze, "--epochs", "1", "--num-workers", "0", "--out", tmp_path / "run")
+    assert failed.returncode == 2
+    assert "none of the 4 training images could be read" in failed.stderr
+    assert read_records(tmp_path / "run").final.status == "failed"
+
+
 def test_out_holding_a_failed_run_is_reused_only_with_force(colour_data, resnet18_file, tmp_path):
     out = tmp_path / "run"
-    failed = run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--freeze", "all", "--lr", "1e30",
+    failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file,
                      "--epochs", "1", "--num-workers", "0", "--out", out)
-    assert "loss became" in _one_error_line(failed)
+    assert "none of the 4 training images could be read" in _one_error_line(failed)
     again = _one_error_line(run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--epochs", "1",
                                     "--num-workers", "0", "--out", out))
     assert "already holds a failed run" in again and "--force" in again

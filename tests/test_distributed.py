@@ -34,10 +34,6 @@ def torchrun(*args, nproc: int = 2, wait: bool = True):
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_path):
     common = ["--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "3", "--lr", "0.01", "--seed", "5",
@@ -46,21 +42,21 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     single = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(shapes),
                                     epochs=3, lr=0.01, seed=5), tmp_path / "single"))
-    records = _metrics(tmp_path / "ddp")
-    kinds = [r["type"] for r in records]
-    assert kinds.count("start") == 1 and kinds.count("final") == 1 and records[-1]["status"] == "completed"
-    start = records[0]
-    assert start["world_size"] == 2 and start["device_name"] == "2 × CPU (gloo)"
+    records = read_records(tmp_path / "ddp")
+    kinds = [r.type for r in records.items]
+    assert kinds.count("start") == 1 and kinds.count("final") == 1 and records.final.status == "completed"
+    assert records.start.world_size == 2 and records.start.device_name == "2 × CPU (gloo)"
     test_size = len((tmp_path / "ddp" / "lists" / "test.txt").read_text().splitlines())
-    epochs = [r for r in records if r["type"] == "epoch"]
-    assert all(e["tested"] == test_size for e in epochs)
-    assert [e["test_acc"] for e in epochs] == [e.test_acc for e in single if e.type == "epoch"]
+    assert all(e.tested == test_size for e in records.epochs)
+    assert [e.test_acc for e in records.epochs] == [e.test_acc for e in single if e.type == "epoch"]
     assert not list((tmp_path / "ddp").glob("error-rank*.txt"))
     predictor = Predictor.load(tmp_path / "ddp")
     assert predictor.classes == ["circle", "cross", "square", "star", "triangle"]
     again = torchrun(*common, "--out", tmp_path / "again")  # a warm cache: no rank recomputes
     assert again.returncode == 0, again.stderr[-3000:]
-    assert [r["from_disk"] for r in _metrics(tmp_path / "again") if r["type"] == "features"] == [True, True]
+    from core.records import Features
+
+    assert [r.from_disk for r in read_records(tmp_path / "again").of(Features)] == [True, True]
 
 
 @pytest.mark.slow
