@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,8 +58,6 @@ def remember_data_root(path: str | os.PathLike, visitor: str) -> None:
 
 def remembered_data_root(visitor: str) -> str | None:
     """The data root ``visitor`` chose last, or None (never chosen, or the file is damaged)."""
-    import json
-
     try:
         value = json.loads(_remembered_file(visitor).read_text(encoding="utf-8")).get("data_root")
     except (OSError, ValueError, AttributeError):
