@@ -133,7 +133,6 @@ def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_p
     assert split.classes == ["class_0", "class_1"] and split.class_names == "numbered"
 
 
-@pytest.mark.slow
 def _unreadable_data(folder: Path) -> Path:
     """Class folders whose images are all damaged: a run on them starts, then fails."""
     for name in ("a", "b"):
@@ -143,6 +142,7 @@ def _unreadable_data(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", ["head", "all"])
 def test_a_run_on_only_unreadable_images_fails_saying_so(tmp_path, resnet18_file, freeze):
     failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file, "--freeze",
@@ -152,6 +152,7 @@ def test_a_run_on_only_unreadable_images_fails_saying_so(tmp_path, resnet18_file
     assert read_records(tmp_path / "run").final.status == "failed"
 
 
+@pytest.mark.slow
 def test_out_holding_a_failed_run_is_reused_only_with_force(colour_data, resnet18_file, tmp_path):
     out = tmp_path / "run"
     failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file,
