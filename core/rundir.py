@@ -484,7 +484,8 @@ def remove_leftover_writes(run: RunDir) -> list[str]:
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
     run = RunDir(run_dir)
-    contents = _read_contents(run.path, _stamp(run))
+    stamp = _stamp(run)
+    contents = _read_contents(run.path, stamp)
     try:
         started = run.path.stat().st_mtime
     except OSError:
@@ -492,8 +493,8 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     if contents.damage:
         return RunInfo(run.path, RunState.DAMAGED, contents.damage, contents.config, started=started)
     status, reason = read_status(run)
-    if status in ENDED:
-        remove_leftover_writes(run)
+    if status in ENDED and any(name.startswith(".") and name.endswith(".tmp") for name, *_ in stamp):
+        remove_leftover_writes(run)  # the stamp has listed the folder already: look again only when needed
     records = contents.records
     start = records.start
     return RunInfo(run.path, status, reason, contents.config, records.best_acc, records.final_acc,
