@@ -1,4 +1,4 @@
-"""Command line over the same functions the pages use: ``python -m core {split,surgery,train,predict,demo}``.
+"""Command line over the same functions the pages use: ``python -m core {split,inspect,surgery,train,predict,…}``.
 
 Every subcommand imports only what it needs (``--help`` and ``split`` start fast), and every
 error the user can fix is one ``error: …`` line with exit code 2.
@@ -53,7 +53,12 @@ def cmd_split(args) -> int:
     from .split import split_dataset, write_split
     from .workspace import lists_dir_for
 
-    split = split_dataset(args.root, args.train_ratio, args.seed)
+    groups = None
+    if args.keep_together:
+        from .datacheck import duplicate_groups_from_json
+
+        groups = duplicate_groups_from_json(args.keep_together)
+    split = split_dataset(args.root, args.train_ratio, args.seed, keep_together=groups)
     out = write_split(split, args.out or lists_dir_for(args.root), overwrite=args.force)
     for c in split.counts():
         print(f"{c.label:3d} {c.name:<24} train {c.train:6d}  test {c.test:6d}")
@@ -62,7 +67,83 @@ def cmd_split(args) -> int:
         print(f"skipped: {s.path}: {s.reason}")
     for w in split.warnings:
         print(f"warning: {w}")
+    if groups is not None:
+        print(f"{len(groups)} duplicate group(s) kept each on one side of the split")
     return 0
+
+
+# ----------------------------------------------------------------------------- inspect
+def cmd_inspect(args) -> int:
+    from .archs import get_arch
+    from .datacheck import check_data, describe, load_split, save_report
+    from .records import Progress
+    from .weights import NO_WEIGHTS, PRETRAINED, default_arch, resolve_weights
+    from .workspace import cache_dir, checks_dir
+
+    if not args.data_root and not args.lists_dir:
+        raise ConfigError("inspect needs --data ROOT (class folders) or --lists DIR (train.txt / test.txt)")
+    arch = args.arch
+    if arch is None:
+        arch, why = default_arch(args.weights if args.weights not in (PRETRAINED, NO_WEIGHTS) else None)
+        print(f"note: {why}", file=sys.stderr, flush=True)
+    weights = resolve_weights(get_arch(arch), args.weights)
+    split = load_split(args.data_root, args.lists_dir, train_ratio=args.train_ratio, seed=args.seed)
+    stream = check_data(split, arch=arch, weights=weights, cache_dir=None if args.no_cache else cache_dir(),
+                        near_threshold=args.near_threshold, device=args.device)
+    while True:
+        try:
+            record = next(stream)
+        except StopIteration as finished:
+            report = finished.value
+            break
+        if isinstance(record, Progress) and (record.done in (0, record.total) or sys.stderr.isatty()):
+            print(describe(record), file=sys.stderr, flush=True)
+    print_data_report(report)
+    try:
+        stored = save_report(report, checks_dir())
+        print(f"stored for the app: {stored}")
+    except OSError as exc:  # a read-only workspace: the printed and --json report are still whole
+        print(f"note: the report could not be stored in the workspace ({exc.strerror or exc})", file=sys.stderr)
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+        print(f"full report: {args.json}")
+    return 0
+
+
+def print_data_report(report) -> None:
+    """The short summary of a data check."""
+    h = report.health
+    print(f"{len(report.classes)} classes, {report.train} train / {report.test} test images; {h.readable} readable")
+    for c in h.classes:
+        print(f"  {c.label:3d} {c.name:<24} train {c.train:6d}  test {c.test:6d}"
+              + (f"  unreadable {c.unreadable}" if c.unreadable else ""))
+    print("formats: " + ", ".join(f"{k} {v}" for k, v in h.formats.items()))
+    if h.small:
+        print(f"{len(h.small)} image(s) smaller than the model's {h.input_size}-pixel input")
+    if h.converted:
+        print(f"{len(h.converted)} image(s) not RGB (converted before training)")
+    for u in h.unreadable:
+        print(f"unreadable: {u.path}: {u.reason}")
+    for w in h.warnings:
+        print(f"warning: {w}")
+    exact = sum(g.kind == "exact" for g in report.duplicates)
+    print(f"duplicates: {len(report.duplicates)} group(s) ({exact} exact, {len(report.duplicates) - exact} near, "
+          f"threshold {report.near_threshold:g}); {len(report.leaks)} across train and test; "
+          f"{len(report.conflicts)} across classes")
+    if report.leak_effect():
+        print(f"leakage: {report.leak_effect()}")
+    if report.baseline:
+        b = report.baseline
+        print(f"baseline: a linear head on the features reaches {100 * b.accuracy:.1f}% ± {100 * b.std:.1f} "
+              f"({b.folds}-fold cross-validation over {b.images} images; k-NN {100 * b.knn_accuracy:.1f}%)")
+    if report.label_issues:
+        print(f"label issues: {len(report.label_issues)} suspect(s), most suspect first:")
+        for i in report.label_issues[:10]:
+            print(f"  {i.path}: given {i.given}, looks like {i.suggested} ({100 * i.confidence:.0f}%)")
+    for note in report.notes:
+        print(f"note: {note}")
 
 
 def cmd_surgery(args) -> int:
@@ -127,6 +208,14 @@ def _config_from_args(args) -> tuple[TrainConfig, str]:
     why = ""
     if values["arch"] is None:  # no --arch: what the app does (resnet18 when its weights are here)
         values["arch"], why = default_arch(args.weights if args.weights not in (PRETRAINED, NO_WEIGHTS) else None)
+    if getattr(args, "exclude_file", None):
+        from .datacheck import read_path_list
+
+        values["exclude"] = tuple(read_path_list(args.exclude_file))
+    if getattr(args, "keep_together_file", None):
+        from .datacheck import duplicate_groups_from_json
+
+        values["keep_together"] = tuple(tuple(g) for g in duplicate_groups_from_json(args.keep_together_file))
     cfg = TrainConfig(**values)
     cfg.weights = resolve_weights(get_arch(cfg.arch), args.weights)
     return cfg, why
@@ -283,7 +372,29 @@ def _add_split(sub) -> None:
     p.add_argument("--seed", type=_field_type("seed"), default=field_default("seed"))
     p.add_argument("--out", help="folder for the list files (default: in the workspace)")
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
+    p.add_argument("--keep-together", metavar="REPORT.json", help="a report of `inspect --json`: keep each of its "
+                                                                  "duplicate groups on one side of the split")
     p.set_defaults(func=cmd_split)
+
+
+def _add_inspect(sub) -> None:
+    from .datacheck import NEAR_THRESHOLD
+
+    p = sub.add_parser("inspect", help="check the data: health, duplicates and leakage, label issues, a baseline")
+    p.add_argument("--data", dest="data_root", help="a class-folder root, split as a run would split it")
+    p.add_argument("--lists", dest="lists_dir", help="a folder with train.txt / test.txt")
+    p.add_argument("--arch", help=f"the backbone whose features are compared (default: {PREFERRED_ARCH} when its "
+                                  f"pretrained weights are on this machine, else {OFFLINE_ARCH})")
+    p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
+    p.add_argument("--train-ratio", type=_field_type("train_ratio"), default=field_default("train_ratio"))
+    p.add_argument("--seed", type=_field_type("seed"), default=field_default("seed"))
+    p.add_argument("--near-threshold", type=_number(0.5, 1.0, float), default=NEAR_THRESHOLD,
+                   help=f"cosine similarity of features from which two images count as near copies "
+                        f"(default {NEAR_THRESHOLD})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", metavar="OUT.json", help="write the full report here")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
+    p.set_defaults(func=cmd_inspect)
 
 
 def _add_surgery(sub) -> None:
@@ -308,6 +419,10 @@ def _add_train(sub) -> None:
                    help="reuse --out when it holds a failed or stopped run (the old one is moved aside, not deleted)")
     p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
+    p.add_argument("--exclude", dest="exclude_file", metavar="FILE", help="leave these training images out: one path per line, or the "
+                                                     "label-issue CSV of the app (the test split stays whole)")
+    p.add_argument("--keep-together", dest="keep_together_file", metavar="REPORT.json", help="with --data: a report of `inspect --json`; "
+                                                                  "each duplicate group stays on one side of the split")
     p.set_defaults(func=cmd_train)
 
 
@@ -350,7 +465,7 @@ def _add_export_import_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_split, _add_surgery, _add_train, _add_predict, _add_export_import_demo):
+    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_predict, _add_export_import_demo):
         add(sub)
     return parser
 

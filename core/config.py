@@ -114,8 +114,21 @@ class TrainConfig:
     data_root: str | None = _opt(None, "a class-folder root, split at start", flag="--data")
     lists_dir: str | None = _opt(None, "a folder with train.txt / test.txt (path<TAB>label) and optionally "
                                        "classes.json", flag="--lists")
+    exclude: tuple[str, ...] = _opt((), "training images left out (paths, e.g. the label suspects of `inspect`); "
+                                        "the test split stays whole, so its figure stays comparable",
+                                    flag="")  # the CLI's --exclude FILE reads the paths from a file
+
+    keep_together: tuple[tuple[str, ...], ...] = _opt(
+        (), "groups of paths (the duplicate groups of `inspect`) the split keeps each on one side, so no copy of a "
+            "test image is trained on (with --data)", flag="")  # the CLI's --keep-together REPORT.json
+
+    MAX_EXCLUDED = 1_000_000
 
     def __post_init__(self):
+        if isinstance(self.exclude, list):  # read back from JSON
+            self.exclude = tuple(self.exclude)
+        if isinstance(self.keep_together, list) and all(isinstance(g, (list, tuple)) for g in self.keep_together):
+            self.keep_together = tuple(tuple(group) for group in self.keep_together)
         problems = self.problems()
         if problems:
             raise ConfigError("; ".join(problems))
@@ -140,6 +153,17 @@ class TrainConfig:
             found.append(f"device '{self.device}' is not supported (allowed: auto, cpu, cuda, cuda:N)")
         if self.flip and self.augment not in ("none", "flip"):
             found.append(f"--flip and --augment {self.augment} say different things: give one of them")
+        if not isinstance(self.exclude, tuple) or not all(isinstance(p, str) and p for p in self.exclude):
+            found.append("exclude must be a list of image paths")
+        elif len(self.exclude) > self.MAX_EXCLUDED:
+            found.append(f"exclude lists {len(self.exclude):,} paths; at most {self.MAX_EXCLUDED:,} are allowed")
+        if not isinstance(self.keep_together, tuple) or not all(
+                isinstance(g, tuple) and all(isinstance(p, str) and p for p in g) for g in self.keep_together):
+            found.append("keep together must be a list of groups of image paths")
+        elif sum(map(len, self.keep_together)) > self.MAX_EXCLUDED:
+            found.append(f"keep together names more than {self.MAX_EXCLUDED:,} paths")
+        elif self.keep_together and self.lists_dir is not None:
+            found.append("keep together re-splits a data root; list files are already split (give --data instead)")
         if self.data_root is not None and self.lists_dir is not None:
             found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
         return found

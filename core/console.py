@@ -57,7 +57,9 @@ def describe_record(record) -> str | None:
         names = {"from folders": " (class names from the image folders)",
                  "numbered": " (class names numbered: the list files name no classes)"}.get(record.class_names, "")
         return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {record.train_size} train / "
-                f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}")
+                f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}"
+                + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
+                   if record.excluded else ""))
     if isinstance(record, Features):
         origin = "read from the cache" if record.from_disk else "computed"
         return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"

@@ -86,6 +86,7 @@ class Start(_Record):
     workers: int | None = None
     world_size: int = 1  # processes training together (torchrun)
     class_weights: list | None = None  # the loss's per-class weights, when they are on
+    excluded: int = 0  # training images the config left out (label suspects); see lists/excluded.txt
 
     @property
     def pretrained(self) -> bool:

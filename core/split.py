@@ -18,6 +18,7 @@ from typing import Optional
 
 from .config import DEFAULT_TRAIN_RATIO, field_range
 from .errors import DatasetError
+from .health import Unreadable, read_header
 from .io import atomic_write_text
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
@@ -37,6 +38,7 @@ IMBALANCE_WARNING_RATIO = 3.0  # the largest class over 3× the smallest
 class Skipped:
     path: str
     reason: str
+    unreadable: bool = False  # an image file that cannot be used (empty, not an image, truncated, too large)
 
 
 @dataclass
@@ -92,6 +94,10 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -
             if reason:
                 skipped.append(Skipped(full, reason))
                 continue
+            header = read_header(full)  # the header only: a cheap check, not a decode
+            if isinstance(header, Unreadable):
+                skipped.append(Skipped(full, header.reason, unreadable=True))
+                continue
             images.append(full)
     return images
 
@@ -99,7 +105,9 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -
 def scan_image_folder(root: str | os.PathLike, allowed_roots: Roots = None) -> FolderScan:
     """Find class folders and their images (recursively), reporting everything left out.
 
-    Hidden files and folders (names starting with '.') are ignored without a report. With
+    Hidden files and folders (names starting with '.') are ignored without a report; files that are
+    not usable images (empty, not an image, truncated, over the pixel limit: ``core.health.read_header``)
+    are skipped with their reason, so they never reach the list files. With
     ``allowed_roots`` (the app), a class folder or image that is a link leading outside them is
     skipped and its target never listed; broken links are always skipped with a reason.
     """
@@ -237,13 +245,32 @@ def _given_split(root: str, parts: tuple[str, str], seed: int, allowed_roots: Ro
                  train_scan.skipped + test_scan.skipped, warnings, given_by=names)
 
 
+class _Sides:
+    """Which side of the split each group of ``keep_together`` went to: the first member drawn decides,
+    and every other member follows it, whatever its class."""
+
+    def __init__(self, keep_together: list[list[str]] | None):
+        self.group_of = {path: i for i, group in enumerate(keep_together or ()) for path in group}
+        self.side: dict[int, str] = {}
+
+    def place(self, path: str, wanted: str) -> str:
+        group = self.group_of.get(path)
+        if group is None:
+            return wanted
+        return self.side.setdefault(group, wanted)
+
+
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
-                  allowed_roots: Roots = None) -> Split:
+                  allowed_roots: Roots = None, keep_together: list[list[str]] | None = None) -> Split:
     """Scan ``root`` and split every class on its own; the same seed gives the same split.
 
     A dataset that ships already split (``train/`` and ``val/`` or ``test/`` sub-folders holding
     the same class folders) keeps its own split, and ``train_ratio`` does not apply. The app
     passes ``allowed_roots`` so links cannot lead a visitor outside them.
+
+    ``keep_together``: groups of paths (duplicates found by ``core.datacheck``) that must all land on
+    one side, so no copy of a test image is trained on. The same shuffle and ratio decide; a group goes
+    where its first drawn member would have gone. Without groups the split is exactly the plain one.
     """
     _check_ratio(train_ratio)
     parts = find_given_split(Path(root).expanduser(), allowed_roots) if Path(root).expanduser().is_dir() else None
@@ -258,12 +285,17 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
         )
     rng = random.Random(seed)
     train, test, warnings = [], [], []
+    sides = _Sides(keep_together)
     for label, name in enumerate(scan.classes):
         paths = list(scan.images[name])
         rng.shuffle(paths)
-        k = _train_count(len(paths), train_ratio)
-        train += [(p, label) for p in paths[:k]]
-        test += [(p, label) for p in paths[k:]]
+        k, in_train = _train_count(len(paths), train_ratio), 0
+        for p in paths:
+            if sides.place(p, "train" if in_train < k else "test") == "train":
+                train.append((p, label))
+                in_train += 1
+            else:
+                test.append((p, label))
         if len(paths) < 2:
             warnings.append(f"class '{name}' has {len(paths)} image: too few for both a train and a test "
                             "image, so it is only in train and its accuracy cannot be measured")

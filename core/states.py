@@ -50,3 +50,20 @@ class Phase(_Named):
     """What a progress record counts."""
     FEATURES = "features"  # the frozen part's pass over the images, computed once
     TEST = "test"  # a test pass after an epoch
+    # The data check's phases (core.datacheck), in the order they run.
+    HEADERS = "headers"  # every image's header read (the health section)
+    HASHES = "hashes"  # contents hashed, for exact duplicates
+    NEIGHBOURS = "neighbours"  # feature similarities, for near duplicates
+    FOLDS = "folds"  # cross-validation of a linear head and k-NN (label issues, the baseline)
+    MAP = "map"  # the 2-D projection of the features
+
+    @property
+    def doing(self) -> str:
+        """What the phase is busy with, for a progress line."""
+        return PHASE_DOING[self]
+
+
+PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.TEST: "testing",
+               Phase.HEADERS: "reading image headers", Phase.HASHES: "hashing for exact duplicates",
+               Phase.NEIGHBOURS: "comparing features for near duplicates",
+               Phase.FOLDS: "cross-validating a linear head", Phase.MAP: "projecting the features to 2-D"}

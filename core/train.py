@@ -32,7 +32,7 @@ from .data import build_transform, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .states import Phase
 from .errors import RunError
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .records import Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start
 from .distributed import SINGLE, World, barrier, device_line, gather_all, total
 from .rundir import RunDir
@@ -66,6 +66,8 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: Worl
     """
     if world.main:
         _write_lists(cfg, run, allowed_roots)
+        if cfg.exclude:
+            _leave_out(run, set(cfg.exclude))
     barrier(world)
     split = read_split(run.lists)
     if not split.train:
@@ -75,7 +77,8 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: Worl
 
 def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
     if cfg.data_root:
-        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots)
+        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots,
+                              keep_together=[list(g) for g in cfg.keep_together])
         write_split(split, run.lists, overwrite=True)
     else:
         read_split(cfg.lists_dir)  # validates before copying
@@ -83,6 +86,26 @@ def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
         for name in LIST_FILES:
             if (Path(cfg.lists_dir) / name).is_file():
                 shutil.copyfile(Path(cfg.lists_dir) / name, run.lists / name)
+
+
+EXCLUDED_LIST = "excluded.txt"
+
+
+def _leave_out(run: RunDir, exclude: set[str]) -> None:
+    """Drop the config's excluded paths from the run's own train list, and keep the dropped lines beside it
+    (``excluded.txt``), so the run says what it left out. The test list stays whole."""
+    lines = (run.lists / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.rpartition("\t")[0] not in exclude]
+    dropped = [line for line in lines if line.rpartition("\t")[0] in exclude]
+    atomic_write_text(run.lists / "train.txt", "".join(kept))
+    atomic_write_text(run.lists / EXCLUDED_LIST, "".join(dropped))
+
+
+def excluded_count(run: RunDir) -> int:
+    try:
+        return sum(1 for line in (run.lists / EXCLUDED_LIST).read_text(encoding="utf-8").splitlines() if line)
+    except (OSError, UnicodeDecodeError):
+        return 0
 
 
 @dataclass
@@ -182,7 +205,8 @@ def start_record(s: Setup) -> Start:
                  trainable_params=s.report.trainable_count, frozen_params=s.report.frozen_count,
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
                  threads=s.threads, workers=s.workers,
-                 class_weights=class_weights(s.split) if s.cfg.class_weights else None)
+                 class_weights=class_weights(s.split) if s.cfg.class_weights else None,
+                 excluded=excluded_count(s.run))
 
 
 # ----------------------------------------------------------------------------- one epoch

@@ -40,6 +40,11 @@ def cache_dir() -> Path:
     return workspace_dir() / "cache"
 
 
+def checks_dir() -> Path:
+    """Stored data checks (``core.datacheck``), one JSON file per split, architecture and weights."""
+    return workspace_dir() / "checks"
+
+
 def _remembered_file(visitor: str) -> Path:
     return workspace_dir() / "state" / f"data-root-{hashlib.sha256(visitor.encode()).hexdigest()[:16]}.json"
 
