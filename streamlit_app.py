@@ -19,8 +19,9 @@ require_password()  # before st.navigation: no page runs for a session that has 
 pages = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/dataset.py", title="1 · Dataset", icon=":material/folder_open:"),
-    st.Page("app_pages/surgery.py", title="2 · Model surgery", icon=":material/build:"),
-    st.Page("app_pages/training.py", title="3 · Training", icon=":material/monitoring:"),
-    st.Page("app_pages/prediction.py", title="4 · Prediction", icon=":material/online_prediction:"),
+    st.Page("app_pages/check.py", title="2 · Check the data", icon=":material/troubleshoot:"),
+    st.Page("app_pages/surgery.py", title="3 · Model surgery", icon=":material/build:"),
+    st.Page("app_pages/training.py", title="4 · Training", icon=":material/monitoring:"),
+    st.Page("app_pages/prediction.py", title="5 · Prediction", icon=":material/online_prediction:"),
 ]
 st.navigation(pages).run()

@@ -142,3 +142,57 @@ def highlighted_lines(lines: list[str], changed: set[int], colour: str) -> str:
             for i, line in enumerate(lines)]
     return ('<div style="font-family:monospace;font-size:12px;white-space:pre;overflow:auto;max-height:480px;'
             'border:1px solid #ddd;border-radius:6px;padding:6px">' + "".join(rows) + "</div>")
+
+
+# ----------------------------------------------------------------------------- the data check
+MAX_CHART_POINTS = 5000  # an Altair chart ships its data to the browser: past this, a seeded sample is drawn
+
+
+def _sampled(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame if len(frame) <= MAX_CHART_POINTS else frame.sample(MAX_CHART_POINTS, random_state=0)
+
+
+def image_size_charts(sizes: pd.DataFrame, input_size: int) -> None:
+    """Width against height (one point per image, by class) and the aspect ratios; the model's input size as rules."""
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown(f"**Width × height** (lines: the model's {input_size}-pixel input)")
+        points = alt.Chart(_sampled(sizes)).mark_circle(size=30, opacity=0.6).encode(
+            x=alt.X("width:Q", scale=alt.Scale(type="log")), y=alt.Y("height:Q", scale=alt.Scale(type="log")),
+            color=alt.Color("class:N"), tooltip=["path", "class", "split", "width", "height"])
+        rules = alt.Chart(pd.DataFrame({"size": [input_size]}))
+        st.altair_chart(points + rules.mark_rule(strokeDash=[4, 4]).encode(x="size:Q")
+                        + rules.mark_rule(strokeDash=[4, 4]).encode(y="size:Q"), width="stretch")
+    with c2:
+        st.markdown("**Aspect ratio** (longer side ÷ shorter side)")
+        st.altair_chart(alt.Chart(sizes).mark_bar().encode(
+            x=alt.X("aspect:Q", bin=alt.Bin(maxbins=30), title="aspect ratio"), y=alt.Y("count():Q", title="images"),
+            color=alt.Color("class:N")), width="stretch")
+
+
+MAP_SELECTION = "picked"
+
+
+def embedding_chart(points: pd.DataFrame, key: str):
+    """The features' 2-D map, coloured by class and shaped by split; drag a box or click points to select them.
+    Returns Streamlit's selection event."""
+    brush = alt.selection_interval(name=MAP_SELECTION, encodings=["x", "y"])
+    chart = alt.Chart(_sampled(points)).mark_point(filled=True, size=45).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
+        color=alt.Color("class:N"), shape=alt.Shape("split:N", scale=alt.Scale(domain=["train", "test"],
+                                                                              range=["circle", "triangle"])),
+        opacity=alt.condition(brush, alt.value(0.9), alt.value(0.25)),
+        tooltip=["class", "split", "path"]).add_params(brush).properties(height=480)
+    return st.altair_chart(chart, on_select="rerun", selection_mode=[MAP_SELECTION], key=key, width="stretch")
+
+
+def selected_in_box(points: pd.DataFrame, event) -> pd.DataFrame:
+    """The points inside the dragged box of ``embedding_chart``'s selection event (none selected: empty)."""
+    try:
+        box = event.selection[MAP_SELECTION]
+    except (AttributeError, KeyError, TypeError):
+        return points.iloc[:0]
+    if not box or "x" not in box or "y" not in box:
+        return points.iloc[:0]
+    (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+    return points[points["x"].between(x0, x1) & points["y"].between(y0, y1)]

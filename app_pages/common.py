@@ -8,7 +8,8 @@ import streamlit as st
 
 from core.config import FREEZE_MODES, field_default, field_range
 from core.archs import ARCHITECTURES
-from core.split import split_dataset
+from core.split import Split, split_dataset
+from core.datacheck import DataReport, load_report, report_path
 from core.demo import ensure_demo_dataset
 from core.errors import UserError
 from core.errors import WeightsError
@@ -17,7 +18,7 @@ from core.images import thumbnail_jpeg
 from core.predict import Predictor, checkpoint_path
 from core.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
 from core.weights import default_arch as default_arch_and_reason
-from core.workspace import (allowed_roots, check_allowed, default_data_root, is_allowed, path_problem,
+from core.workspace import (allowed_roots, check_allowed, checks_dir, default_data_root, is_allowed, path_problem,
                             remember_data_root, remembered_data_root, workspace_dir)
 
 
@@ -145,6 +146,35 @@ def _split_summary(root: str, ratio: float, seed: int, stamp: float) -> dict:
 def split_summary(root: str, ratio: float, seed: int) -> dict:
     check_allowed(root)
     return _split_summary(root, ratio, seed, _folder_stamp(root))
+
+
+@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
+def _split(root: str, ratio: float, seed: int, stamp: float) -> Split:
+    return split_dataset(root, ratio, seed, allowed_roots=allowed_roots())
+
+
+def current_split(root: str, ratio: float, seed: int) -> Split:
+    """The split a run started now would train on (cached until a folder of the dataset changes)."""
+    check_allowed(root)
+    return _split(root, ratio, seed, _folder_stamp(root))
+
+
+KEEP_GROUPS = "keep_duplicate_groups"  # session flag: the Check page re-split, so runs keep duplicate groups together
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _stored_check(fingerprint: str, mtime: float) -> DataReport | None:
+    return load_report(checks_dir(), fingerprint)
+
+
+def stored_check(fingerprint: str) -> DataReport | None:
+    """The stored data check of these images (``core.datacheck``), or None; read again when its file changes.
+    A damaged file raises DatasetError (a UserError)."""
+    try:
+        mtime = report_path(checks_dir(), fingerprint).stat().st_mtime
+    except OSError:
+        return None
+    return _stored_check(fingerprint, mtime)
 
 
 def default_arch() -> str:

@@ -11,11 +11,13 @@ Fine-tune a pretrained CNN on your own folder of images, the way the classic tut
 and see every step:
 
 1. **Dataset**: one sub-folder per class, split per class into `train.txt` / `test.txt`.
-2. **Model surgery**: swap the ImageNet head for one with *N* outputs, load pretrained weights,
+2. **Check the data**: unreadable files, duplicates leaking between train and test, suspect labels,
+   a map of the images as the backbone sees them, and the accuracy a head-only fine-tune should reach.
+3. **Model surgery**: swap the ImageNet head for one with *N* outputs, load pretrained weights,
    freeze the body. See what was replaced, popped, dropped and frozen.
-3. **Training**: cross-entropy + SGD in a background process, with live loss and accuracy.
+4. **Training**: cross-entropy + SGD in a background process, with live loss and accuracy.
    Compare pretrained against from-scratch runs.
-4. **Prediction**: upload an image or take a snapshot, get class probabilities.
+5. **Prediction**: upload an image or take a snapshot, get class probabilities.
 
 Everything works offline: a synthetic demo dataset is generated on first launch, and
 EfficientNet-Lite0's ImageNet weights ship with the app.

@@ -172,7 +172,7 @@ def render_batch(predictor: Predictor, topk: int) -> None:
 
 
 def main() -> None:
-    st.title("4 · Prediction")
+    st.title("5 · Prediction")
     st.caption("Upload an image or take a snapshot; the model preprocesses it exactly as in evaluation.")
     run, topk_column = pick_run()
     predictor = load_model(run)

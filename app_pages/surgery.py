@@ -176,7 +176,7 @@ def render_parameters(report: SurgeryReport) -> None:
 
 
 def main() -> None:
-    st.title("2 · Model surgery")
+    st.title("3 · Model surgery")
     st.caption("Swap the ImageNet head for one with N outputs, load pretrained weights, freeze the body.")
     state = load_state()
     with user_errors():

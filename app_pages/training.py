@@ -12,10 +12,12 @@ from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
                        run_progress, seconds_left, smooth_eta)
-from core.workspace import cache_dir, runs_dir
+from core.workspace import cache_dir, checks_dir, runs_dir
+from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
-from app_pages.common import (data_root, default_arch, fmt_pct, load_state, resolve_weights_file, run_predictor,
-                              save_state, show_explanation, thumbnail, user_errors)
+from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, resolve_weights_file,
+                              run_predictor, save_state, show_explanation, stored_check, thumbnail, user_errors,
+                              KEEP_GROUPS)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -116,8 +118,36 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     if not pretrained and model["freeze"] != "all":
         st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
+    checked = data_check_settings(state, arch, weights if pretrained else None)
     return TrainConfig(arch=arch, head_variant=state["head_variant"], weights=weights if pretrained else None,
-                       train_ratio=state["train_ratio"], data_root=data_root(), **model, **optimiser)
+                       train_ratio=state["train_ratio"], data_root=data_root(), **model, **optimiser, **checked)
+
+
+def data_check_settings(state: dict, arch: str, weights: str | None) -> dict:
+    """What the data check of these images offers a run: keep duplicate groups on one side of the split, leave
+    the label suspects out of training. Nothing unless the check was made (on the Check the data page)."""
+    try:
+        split = current_split(data_root(), state["train_ratio"], state["seed"])
+        report = stored_check(data_fingerprint(split, arch, weights))
+    except UserError:
+        return {}
+    if report is None:
+        return {}
+    chosen = {}
+    c1, c2 = st.columns(2)
+    if report.duplicates and not split.given_by:
+        if c1.checkbox(f"Keep the {len(report.duplicates)} duplicate groups on one side of the split",
+                       value=bool(st.session_state.get(KEEP_GROUPS)), key="tr_keep_groups",
+                       help=f"From the data check: {len(report.leaks)} groups cross the plain split, so their test "
+                            "copies would be answered from memory."):
+            chosen["keep_together"] = tuple(tuple(m.path for m in g.members) for g in report.duplicates)
+    suspects = [i.path for i in report.label_issues if i.split == "train"]
+    if suspects and c2.checkbox(f"Leave the {len(suspects)} label suspects out of training", value=False,
+                                key="tr_exclude_suspects",
+                                help="From the data check; the test split stays whole, so the accuracy stays "
+                                     "comparable. The run records what it left out."):
+        chosen["exclude"] = tuple(suspects)
+    return chosen
 
 
 def start(cfg: TrainConfig) -> None:
@@ -207,11 +237,23 @@ def render_results(run_path: Path, state: dict) -> None:
     with c1:
         st.markdown(f"**Per-class accuracy** · overall {fmt_pct(last.test_acc)}")
         per_class_chart(classes, last.per_class_acc)
+        baseline_line(run_path)
     with c2:
         st.markdown("**Confusion matrix** (rows: true class, columns: predicted)")
         confusion_chart(classes, last.confusion)
     render_pretrained_vs_scratch(run_path, state)
     render_misclassified(run_path, classes)
+
+
+def baseline_line(run_path: Path) -> None:
+    """The data check's baseline beside the run's accuracy, when the run's images were checked."""
+    report = check_of_run(run_path, checks_dir())
+    if report is None or report.baseline is None:
+        return
+    b = report.baseline
+    st.caption(f"Data check's baseline for these images: a linear head on the {report.arch} features reaches "
+               f"{100 * b.accuracy:.1f}% ± {100 * b.std:.1f} ({b.folds}-fold cross-validation; k-NN "
+               f"{100 * b.knn_accuracy:.1f}%). A head-only run should land near it.")
 
 
 GALLERY_COLUMNS = 6
@@ -342,7 +384,7 @@ def runs_panel(shown: str | None) -> None:
 
 
 def main() -> None:
-    st.title("3 · Training")
+    st.title("4 · Training")
     st.caption("Cross-entropy + SGD in a background process. Reruns, page switches, reloads and closed tabs do not "
                "stop it; runs started from the command line show up here too.")
     state = load_state()

@@ -122,7 +122,8 @@ class DataReport:
     near_threshold: float = NEAR_THRESHOLD
     features_from_cache: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
-    fingerprint: str = ""
+    fingerprint: str = ""  # data_fingerprint: the images, labels, architecture and weights
+    split_fingerprint: str = ""  # which side each image was on
     created: float = field(default_factory=time.time)
 
     @property
@@ -158,7 +159,7 @@ class DataReport:
         return {
             "version": REPORT_VERSION, "source": self.source, "arch": self.arch, "weights": self.weights,
             "classes": self.classes, "train": self.train, "test": self.test, "created": self.created,
-            "fingerprint": self.fingerprint, "near_threshold": self.near_threshold,
+            "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint, "near_threshold": self.near_threshold,
             "features_from_cache": self.features_from_cache, "seconds": self.seconds, "notes": self.notes,
             "too_small": self.too_small,
             "health": health,
@@ -195,16 +196,25 @@ class DataReport:
                 notes=[str(n) for n in data["notes"]], too_small=[str(c) for c in data["too_small"]],
                 near_threshold=float(data["near_threshold"]), features_from_cache=bool(data["features_from_cache"]),
                 seconds={str(k): float(v) for k, v in data["seconds"].items()}, fingerprint=str(data["fingerprint"]),
-                created=float(data["created"]))
+                split_fingerprint=str(data["split_fingerprint"]), created=float(data["created"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DatasetError(f"the stored data check is damaged ({type(exc).__name__}: {str(exc)[:100]}); "
                                "run the check again") from None
 
 
 # ----------------------------------------------------------------------------- where reports live
-def data_fingerprint(split: Split, arch: str, weights: str | None) -> str:
-    """Names a check: the very images, labels and sides of the split, the architecture and the weights file."""
+def data_fingerprint(split: Split, arch: str, weights: str | None, also: list[tuple[str, int]] = ()) -> str:
+    """Names a check: the images and their labels (whichever side they are on), the architecture and the
+    weights file. A run finds the check of its data by it, whatever its split (``also``: images a run left out)."""
     digest = hashlib.sha256(json.dumps([arch, str(weights) if weights else None, split.classes]).encode())
+    for path, label in sorted([*split.train, *split.test, *also]):
+        digest.update(f"{label}\t{path}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def split_fingerprint(split: Split) -> str:
+    """Which side each image is on: a check's leakage figures hold for this split only."""
+    digest = hashlib.sha256()
     for side, samples in (("train", split.train), ("test", split.test)):
         for path, label in samples:
             digest.update(f"{side}\t{label}\t{path}\n".encode("utf-8", "surrogateescape"))
@@ -552,7 +562,7 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
             yield record
     report = DataReport(source or split.root, arch, weights, list(split.classes), len(split.train), len(split.test),
                         tally.report(), near_threshold=near_threshold,
-                        fingerprint=data_fingerprint(split, arch, weights))
+                        fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split))
     t0 = _timed(seconds, "health", t0)
     readable = [s for s in samples if s.path in tally.headers]
     if not readable:
@@ -668,3 +678,20 @@ def describe(progress: Progress) -> str:
     where = f" ({progress.split})" if progress.split in ("train", "test") else ""
     return f"{phase.doing}{where}: {progress.done:,}/{progress.total:,}"
 
+
+
+def check_of_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> DataReport | None:
+    """The stored check of the images a run was trained and tested on (its left-out images included), or None:
+    none was made, or a file of the run or the check cannot be read."""
+    from .errors import UserError
+    from .rundir import RunDir, load_config
+    from .split import read_list_file, read_split
+
+    run = RunDir(run_dir)
+    try:
+        cfg = load_config(run)
+        split = read_split(run.lists)
+        left_out = read_list_file(run.lists / "excluded.txt") if (run.lists / "excluded.txt").is_file() else []
+        return load_report(folder, data_fingerprint(split, cfg.arch, cfg.weights, also=left_out))
+    except (UserError, OSError):
+        return None

@@ -127,12 +127,12 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert (next((workspace / "lists").iterdir()) / "train.txt").is_file()
     _shot(page, "1-dataset")
 
-    _go(page, "2 · Model surgery")
+    _go(page, "3 · Model surgery")
     page.get_by_text("Architecture before and after").wait_for()
     page.get_by_text("_fc.weight").first.wait_for()
     _shot(page, "2-surgery")
 
-    _go(page, "3 · Training")
+    _go(page, "4 · Training")
     # 3 epochs instead of 5 (the twin copies them): the slider moved as a person would, by keyboard
     epochs = page.get_by_role("slider", name="Epochs")  # Streamlit's slider is an <input type=range>
     epochs.focus()
@@ -165,7 +165,7 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert best[True] > best[False] + 0.3, best
     _shot(page, "3b-comparison")
 
-    _go(page, "4 · Prediction")
+    _go(page, "5 · Prediction")
     page.get_by_text("Upload an image (png").wait_for()
     image = next((workspace / "datasets" / "demo-shapes" / "star").glob("*.jpg"))
     page.locator("input[type=file]").first.set_input_files(str(image))

@@ -94,7 +94,7 @@ class RawSession:
         self.http.close()
 
 
-PAGE_TEXTS = ["1 · Dataset", "2 · Model surgery", "3 · Training", "4 · Prediction", "Start training",
+PAGE_TEXTS = ["1 · Dataset", "2 · Check the data", "3 · Model surgery", "4 · Training", "5 · Prediction", "Start training",
               "Current dataset", "Where the weights come from"]
 
 
@@ -105,7 +105,7 @@ def test_gate_holds_for_every_page_path_and_raw_websocket_from_the_first_request
 
     from tests.test_browser import serving
 
-    paths = ["", "dataset", "surgery", "training", "prediction", "home", "common", "charts", "gate", "nope"]
+    paths = ["", "dataset", "check", "surgery", "training", "prediction", "home", "common", "charts", "gate", "nope"]
     with serving(tmp_path, TLD_PASSWORD="correct horse") as (url, workspace):
         # A raw client first, before any browser: the first script run of a fresh server.
         raw = RawSession(url)

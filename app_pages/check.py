@@ -1,0 +1,279 @@
+"""2 · Check the data: health, duplicates and leakage, the embedding map, label issues and a baseline."""
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.config import TrainConfig
+from core.datacheck import (NEAR_THRESHOLD, DataReport, check_data, data_fingerprint, describe, label_issues_csv,
+                            save_report, split_fingerprint)
+from core.errors import UserError
+from core.runs import launch
+from core.split import Split, split_dataset, write_split
+from core.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
+from app_pages.charts import embedding_chart, image_size_charts, selected_in_box
+from app_pages.common import (KEEP_GROUPS, current_split, data_root, default_arch, load_state, plural, reported,
+                              resolve_weights_file, stored_check, thumbnail, user_errors)
+
+GROUPS_SHOWN = 30  # duplicate groups drawn as thumbnails (all are in the downloadable report)
+SELECTED_SHOWN = 48  # thumbnails of the map's selection
+SUSPECTS_SHOWN = 12  # label suspects drawn as thumbnails (all are in the table and the CSV)
+
+
+# ----------------------------------------------------------------------------- running the check
+def run_check(split: Split, arch: str, weights: str | None, threshold: float) -> DataReport | None:
+    """Run the check with a progress bar and a Stop button; store and return the report."""
+    bar = st.progress(0.0, text="Starting the check…")
+    st.button("Stop", key="ck_stop", help="Stops the check at once; nothing is stored.")
+    st.session_state["ck_running"] = True  # still set on the next run only when a Stop click cut this one short
+    stream = check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(), near_threshold=threshold)
+    try:
+        while True:
+            try:
+                progress = next(stream)
+            except StopIteration as finished:
+                report = finished.value
+                break
+            bar.progress(min(1.0, progress.done / progress.total) if progress.total else 0.0, text=describe(progress))
+    finally:
+        stream.close()
+    st.session_state.pop("ck_running", None)
+    bar.empty()
+    with reported(), workspace_writes("store the check"):
+        save_report(report, checks_dir())
+    return report
+
+
+def _class_names(report: DataReport, labels) -> list[str]:
+    return [report.classes[label] if 0 <= label < len(report.classes) else str(label) for label in labels]
+
+
+# ----------------------------------------------------------------------------- health
+def render_health(report: DataReport) -> None:
+    h = report.health
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Images", f"{report.train + report.test:,}", help=f"{report.train} train, {report.test} test")
+    c2.metric("Readable", f"{h.readable:,}")
+    c3.metric("Unreadable", f"{len(h.unreadable):,}", help="Left out of the list files, each with its reason below.")
+    c4.metric("Largest ÷ smallest class", "–" if h.imbalance is None else f"{h.imbalance:.1f}×")
+    for warning in h.warnings:
+        st.warning(warning)
+    counts = pd.DataFrame([{"label": c.label, "class": c.name, "train": c.train, "test": c.test,
+                            "unreadable": c.unreadable} for c in h.classes])
+    left, right = st.columns([2, 1])
+    left.dataframe(counts, hide_index=True, width="stretch")
+    with right:
+        st.dataframe(pd.DataFrame({"format": list(h.formats), "images": list(h.formats.values())}), hide_index=True)
+        st.dataframe(pd.DataFrame({"colour mode": list(h.modes), "images": list(h.modes.values())}), hide_index=True)
+    if h.sizes:
+        sizes = pd.DataFrame([{"path": s.path, "class": report.classes[s.label], "split": s.split, "width": s.width,
+                               "height": s.height, "aspect": s.aspect} for s in h.sizes])
+        image_size_charts(sizes, h.input_size)
+    for title, flagged in ((f"smaller than the model's {h.input_size}-pixel input", h.small),
+                           ("not RGB (converted before training)", h.converted)):
+        if flagged:
+            with st.expander(f"{plural(len(flagged), 'image')} {title}"):
+                st.dataframe(pd.DataFrame([{"path": f.path, "class": report.classes[f.label], "split": f.split,
+                                            "why": f.reason} for f in flagged]), hide_index=True, width="stretch")
+    if h.unreadable:
+        st.error(f"{plural(len(h.unreadable), 'file')} cannot be used; the split leaves them out:")
+        st.dataframe(pd.DataFrame([{"path": u.path, "reason": u.reason} for u in h.unreadable]), hide_index=True,
+                     width="stretch")
+
+
+# ----------------------------------------------------------------------------- duplicates
+def _group_title(i: int, group, report: DataReport) -> str:
+    what = "exact copies" if group.kind == "exact" else f"near copies (similarity ≥ {group.similarity:.3f})"
+    flags = [":red[**leak: train and test**]"] if group.leak else []
+    flags += [":orange[**conflict: two classes**]"] if group.conflict else []
+    return f"**Group {i + 1}** · {len(group.members)} {what}" + (" · " + " · ".join(flags) if flags else "")
+
+
+def render_duplicates(report: DataReport, split: Split, root: str, state: dict) -> None:
+    if not report.duplicates:
+        st.success("No duplicates: no two images have the same bytes"
+                   + (f" or backbone features at least {report.near_threshold:g} alike." if report.baseline or
+                      report.embedding else "."))
+        return
+    leaks, conflicts = report.leaks, report.conflicts
+    st.markdown(f"{plural(len(report.duplicates), 'group')} of copies; {len(leaks)} across train and test, "
+                f"{len(conflicts)} across classes.")
+    if report.leak_effect():
+        st.warning(f"**Leakage.** {report.leak_effect()}")
+    if conflicts:
+        st.warning(f"**{plural(len(conflicts), 'group')} filed under two classes**: at least one label of each is "
+                   "wrong (see Label issues).")
+    for i, group in enumerate(report.duplicates[:GROUPS_SHOWN]):
+        st.markdown(_group_title(i, group, report))
+        images = [(thumbnail(m.path), f"{m.split} · {_class_names(report, [m.label])[0]}") for m in group.members[:12]]
+        shown_images = [(img, caption) for img, caption in images if img is not None]
+        if shown_images:
+            st.image([img for img, _ in shown_images], caption=[c for _, c in shown_images], width=112)
+        with st.expander("Paths"):
+            st.code("\n".join(m.path for m in group.members), language=None)
+    if len(report.duplicates) > GROUPS_SHOWN:
+        st.caption(f"{len(report.duplicates) - GROUPS_SHOWN} more groups are in the report "
+                   "(`python -m core inspect --json` writes them all).")
+    render_resplit(report, split, root, state)
+
+
+def render_resplit(report: DataReport, split: Split, root: str, state: dict) -> None:
+    if split.given_by:
+        st.info(f"The dataset brings its own split ({split.given_by}), so it is not re-split here; move the copies "
+                "between its folders yourself to stop the leak.")
+        return
+    if not report.leaks:
+        return
+    st.markdown("**Measure honestly:** a group-aware split keeps each group on one side (same ratio and seed "
+                "otherwise). Your files are not moved or deleted.")
+    if st.button("Re-split keeping every duplicate group on one side", key="ck_resplit"):
+        groups = [[m.path for m in g.members] for g in report.duplicates]
+        with user_errors(), workspace_writes("write the list files"):
+            grouped = split_dataset(root, state["train_ratio"], state["seed"], allowed_roots=allowed_roots(),
+                                    keep_together=groups)
+            out = write_split(grouped, lists_dir_for(root), overwrite=True)
+        sides = {path: "train" for path, _ in grouped.train} | {path: "test" for path, _ in grouped.test}
+        crossing = sum(len({sides.get(p) for p in g} - {None}) > 1 for g in groups)
+        st.session_state[KEEP_GROUPS] = True
+        st.success(f"Wrote {len(grouped.train)} train and {len(grouped.test)} test lines to `{out}`; "
+                   f"{crossing} groups cross the split now. Runs started from the Training page keep the groups "
+                   "together too (a checkbox there).")
+
+
+# ----------------------------------------------------------------------------- map
+def render_map(report: DataReport) -> None:
+    if not report.embedding:
+        st.info("No map: " + (" ".join(report.notes) or "no features."))
+        return
+    points = pd.DataFrame([{"path": p.path, "x": p.x, "y": p.y, "class": report.classes[p.label], "split": p.split}
+                           for p in report.embedding])
+    st.caption(f"{report.embedding_method} of the {report.arch} features; nearby points look alike to the "
+               "backbone. Drag a box to see those images; an image among another class's points may be mislabeled.")
+    event = embedding_chart(points, key="ck_map")
+    picked = selected_in_box(points, event)
+    if picked.empty:
+        return
+    st.markdown(f"**{plural(len(picked), 'image')} selected**")
+    first = picked.head(SELECTED_SHOWN)
+    images = [(thumbnail(path), f"{name} · {side}") for path, name, side in zip(first["path"], first["class"],
+                                                                                  first["split"])]
+    kept = [(img, caption) for img, caption in images if img is not None]
+    if kept:
+        st.image([img for img, _ in kept], caption=[c for _, c in kept], width=96)
+    st.dataframe(picked[["path", "class", "split"]], hide_index=True, width="stretch")
+
+
+# ----------------------------------------------------------------------------- label issues
+def render_label_issues(report: DataReport, root: str, state: dict) -> None:
+    if report.too_small:
+        st.caption(f"Too small for label checking (fewer than 3 images): {', '.join(report.too_small)}.")
+    if not report.label_issues:
+        st.success("No label issues found." if report.baseline else "Not checked: " + " ".join(report.notes))
+        return
+    issues = report.label_issues
+    st.markdown(f"**{plural(len(issues), 'suspect')}**, most suspect first: a linear head trained without them "
+                "(5-fold cross-validation) expects another class. Nothing is relabelled; look, then decide.")
+    first = issues[:SUSPECTS_SHOWN]
+    images = [(thumbnail(i.path), f"{i.given} → {i.suggested} ({100 * i.confidence:.0f}%)") for i in first]
+    kept = [(img, caption) for img, caption in images if img is not None]
+    if kept:
+        st.image([img for img, _ in kept], caption=[c for _, c in kept], width=112)
+    table = pd.DataFrame([{"path": i.path, "split": i.split, "given": i.given, "model expects": i.suggested,
+                           "probability": round(i.confidence, 3), "given class's probability": round(i.score, 4),
+                           "found by": i.found_by} for i in issues])
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Download the list (CSV)", label_issues_csv(issues), file_name="label_issues.csv",
+                       mime="text/csv", key="ck_issues_csv")
+    in_train = [i.path for i in issues if i.split == "train"]
+    if in_train and st.button(f"Start a run that leaves the {plural(len(in_train), 'training suspect')} out",
+                              key="ck_train_without",
+                              help="A head-only run with the default settings; the test split stays whole so "
+                                   "its accuracy stays comparable. The run records what it left out."):
+        start_without(in_train, root, state, report)
+
+
+def start_without(paths: list[str], root: str, state: dict, report: DataReport) -> None:
+    groups = tuple(tuple(m.path for m in g.members) for g in report.duplicates) if st.session_state.get(KEEP_GROUPS) \
+        else ()
+    with user_errors():
+        cfg = TrainConfig(arch=report.arch, head_variant=state["head_variant"], weights=report.weights,
+                          train_ratio=state["train_ratio"], seed=state["seed"], data_root=root,
+                          exclude=tuple(paths), keep_together=groups)
+        path = launch(cfg)
+    st.switch_page("app_pages/training.py", query_params={"run": path.name})
+
+
+# ----------------------------------------------------------------------------- baseline
+def render_baseline(report: DataReport) -> None:
+    b = report.baseline
+    if b is None:
+        st.info("No baseline: " + (" ".join(report.notes) or "no features."))
+        return
+    c1, c2 = st.columns(2)
+    c1.metric("Linear head on the features", f"{100 * b.accuracy:.1f}% ± {100 * b.std:.1f}",
+              help="Logistic regression, the same model a head-only fine-tune trains, cross-validated.")
+    c2.metric("k-NN on the features (k=5)", f"{100 * b.knn_accuracy:.1f}% ± {100 * b.knn_std:.1f}")
+    st.caption(f"{b.folds}-fold cross-validation over {b.images:,} images of {b.classes} classes; copies share a fold, "
+               "so none is tested against itself. A head-only fine-tune should reach about this; far below means the "
+               "run's settings, far above means the test split is easier (or leaks).")
+
+
+# ----------------------------------------------------------------------------- the page
+def _stored(fingerprint: str) -> DataReport | None:
+    try:
+        return stored_check(fingerprint)
+    except UserError as exc:
+        st.warning(str(exc))
+        return None
+
+
+def main() -> None:
+    st.title("2 · Check the data")
+    st.caption("Before training: unreadable files, duplicates and leakage between train and test, suspect labels, "
+               "a map of the images as the backbone sees them, and the accuracy a head-only fine-tune should reach. "
+               "All from the backbone features a run uses (cached, so a run afterwards computes none again).")
+    root, state = data_root(), load_state()
+    arch = default_arch()
+    weights = resolve_weights_file(arch, state)
+    with user_errors():
+        split = current_split(root, state["train_ratio"], state["seed"])
+    st.write(f"**Data:** `{shown(root)}` · {len(split.train)} train / {len(split.test)} test images "
+             f"(ratio {state['train_ratio']}, seed {state['seed']}) · **backbone:** {arch}, "
+             + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine"))
+    if st.session_state.pop("ck_running", False):
+        st.info("The check was stopped; nothing was stored.")
+    report = _stored(data_fingerprint(split, arch, weights))
+    c1, c2 = st.columns([1, 3])
+    threshold = c2.slider("Near-duplicate threshold (cosine similarity of features)", 0.90, 0.995,
+                          report.near_threshold if report else NEAR_THRESHOLD, 0.005, key="ck_threshold",
+                          help="Lower finds looser copies (and more false ones).")
+    label = "Check again" if report else "Check the data"
+    if c1.button(label, type="primary", key="ck_run"):
+        report = run_check(split, arch, weights, threshold) or report
+    if report is None:
+        st.info("Press **Check the data**. The first check computes each image's backbone features (the slow part, "
+                "with progress); later checks and head-only runs read them from the cache.")
+        return
+    when = pd.Timestamp(report.created, unit="s").strftime("%Y-%m-%d %H:%M UTC")
+    st.caption(f"Checked {when} in {sum(report.seconds.values()):.1f} s"
+               + (" (features from the cache)" if report.features_from_cache else ""))
+    if report.split_fingerprint != split_fingerprint(split):
+        st.warning("This check was made on another split of these images (the ratio or seed changed since): its "
+                   "leakage figures are for that split. Check again for this one.")
+    for note in report.notes:
+        st.caption(f"Note: {note}")
+    tabs = st.tabs(["Health", f"Duplicates ({len(report.duplicates)})", "Map",
+                    f"Label issues ({len(report.label_issues)})", "Baseline"])
+    with tabs[0]:
+        render_health(report)
+    with tabs[1]:
+        render_duplicates(report, split, root, state)
+    with tabs[2]:
+        render_map(report)
+    with tabs[3]:
+        render_label_issues(report, root, state)
+    with tabs[4]:
+        render_baseline(report)
+
+
+main()
