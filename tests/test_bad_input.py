@@ -425,9 +425,18 @@ def test_training_checkpoint_write_interrupted(tmp_path, monkeypatch):
 
 
 def test_training_list_with_an_unreadable_image(colour_data, resnet18_file, tmp_path):
-    (colour_data / "red" / "red_03.png").write_text("not an image")
+    bad = colour_data / "red" / "red_03.png"
+    bad.write_text("not an image")
+    # Split from the folders: the header check leaves the file out of the lists, so nothing is skipped later.
+    records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
+                                     epochs=1, num_workers=0), tmp_path / "from-root"))
+    assert records[-1].status == "completed" and records[-1].skipped_images == 0
+    lists = (tmp_path / "from-root" / "lists")
+    assert str(bad) not in (lists / "train.txt").read_text() + (lists / "test.txt").read_text()
+    # List files written elsewhere may still name it: the trainer skips it, on both feature paths.
+    (lists / "train.txt").write_text((lists / "train.txt").read_text() + f"{bad}\t1\n")
     for cache in (True, False):
-        records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
+        records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), lists_dir=str(lists),
                                          epochs=2, num_workers=0, feature_cache=cache), tmp_path / f"run{cache}"))
         final = records[-1]
         assert final.status == "completed", final.reason
