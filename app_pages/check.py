@@ -262,8 +262,9 @@ def main() -> None:
                    "leakage figures are for that split. Check again for this one.")
     for note in report.notes:
         st.caption(f"Note: {note}")
+    # A keyed tab bar remembers the open tab, so a selection on the map (a rerun) keeps the map in view.
     tabs = st.tabs(["Health", f"Duplicates ({len(report.duplicates)})", "Map",
-                    f"Label issues ({len(report.label_issues)})", "Baseline"])
+                    f"Label issues ({len(report.label_issues)})", "Baseline"], key="ck_tabs", on_change="rerun")
     with tabs[0]:
         render_health(report)
     with tabs[1]:

@@ -369,3 +369,61 @@ def test_dataset_page_previews_augmented_samples(small_demo):
     at.selectbox(key="ds_aug").set_value("crop+flip").run()
     assert not at.exception and not at.error
     assert len(at.get("image")) == 5 + 1  # a row of thumbnails per class, and the row of augmented draws
+
+
+# ----------------------------------------------------------------------------- 2 · Check the data
+def _plant_copies(root):
+    """Five copies of one circle (they straddle any 60% split) and a star filed under square."""
+    import shutil
+
+    for i in range(5):
+        shutil.copy(root / "circle" / "circle_000.jpg", root / "circle" / f"zz_copy{i}.jpg")
+    shutil.copy(root / "star" / "star_001.jpg", root / "square" / "zz_star.jpg")
+
+
+def test_check_page_finds_leaks_resplits_and_starts_a_run_without_the_suspects(small_demo):
+    import json
+
+    from core.workspace import checks_dir
+
+    _plant_copies(small_demo)
+    at = open_page(app(), "app_pages/check.py")
+    assert any("Press **Check the data**" in i.value for i in at.info)  # the untouched page: nothing stored yet
+    at.button(key="ck_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    labels = [t.label for t in at.tabs]
+    assert labels[0] == "Health" and labels[1] == "Duplicates (2)" and labels[3].startswith("Label issues (")
+    assert any("Leakage" in w.value for w in at.warning)
+    stored = list(checks_dir().glob("*.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["leaks"]
+
+    at.button(key="ck_resplit").click().run()
+    assert any("0 groups cross the split now" in s.value for s in at.success), [s.value for s in at.success]
+    lists = lists_dir_for(small_demo)
+    sides = {line.split("\t")[0]: name for name in ("train", "test")
+             for line in (lists / f"{name}.txt").read_text().splitlines()}
+    assert len({sides[str(small_demo / "circle" / f"zz_copy{i}.jpg")] for i in range(5)}) == 1
+
+    training = open_page(app(), "app_pages/training.py")  # a new session: the re-split flag is this session's
+    assert training.checkbox(key="tr_keep_groups").value is False
+    assert training.checkbox(key="tr_exclude_suspects").label.startswith("Leave the ")
+
+    at = open_page(at, "app_pages/check.py")
+    at.button(key="ck_train_without").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    cfg = json.loads((runs_dir() / at.query_params["run"] / "config.json").read_text())
+    assert any(p.endswith(("zz_star.jpg", "star_001.jpg")) for p in cfg["exclude"])  # one of the two is wrong
+    assert cfg["keep_together"]  # this session re-split: the run keeps the groups together
+
+
+def test_check_page_with_a_damaged_stored_report_says_so_and_checks_again(small_demo):
+    from core.workspace import checks_dir
+
+    at = open_page(app(), "app_pages/check.py")
+    at.button(key="ck_run").click().run()
+    stored = next(checks_dir().glob("*.json"))
+    stored.write_text('{"version": 1, "heal')  # half-written
+    at = open_page(app(), "app_pages/check.py")
+    assert any("damaged" in w.value for w in at.warning)
+    at.button(key="ck_run").click().run()
+    assert not at.exception and [t.label for t in at.tabs][0] == "Health"

@@ -127,6 +127,25 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert (next((workspace / "lists").iterdir()) / "train.txt").is_file()
     _shot(page, "1-dataset")
 
+    # 2 · Check the data: the check runs, and a box dragged on the map shows the images inside it.
+    _go(page, "2 · Check the data")
+    page.get_by_role("button", name="Check the data").click()
+    page.get_by_role("tab", name="Map").wait_for(timeout=240_000)
+    page.get_by_text("Largest ÷ smallest class").wait_for()
+    page.get_by_role("tab", name="Map").click()
+    chart = page.locator("[data-testid=stVegaLiteChart]:visible").first
+    chart.wait_for()
+    page.wait_for_timeout(1500)  # the chart draws after the script run
+    box = chart.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.95, steps=8)
+    page.mouse.up()
+    page.get_by_text(re.compile(r"^\d+ images? selected$")).wait_for(timeout=60_000)
+    assert page.locator("[data-testid=stImage]:visible").count() > 0  # the selected images, as thumbnails
+    _shot(page, "1b-check")
+
     _go(page, "3 · Model surgery")
     page.get_by_text("Architecture before and after").wait_for()
     page.get_by_text("_fc.weight").first.wait_for()
