@@ -245,6 +245,16 @@ def _given_split(root: str, parts: tuple[str, str], seed: int, allowed_roots: Ro
                  train_scan.skipped + test_scan.skipped, warnings, given_by=names)
 
 
+def _unreadable_note(skipped: list[Skipped]) -> str:
+    """Why a folder of image files still counts as having no images: they could not be read."""
+    unreadable = [s for s in skipped if s.unreadable]
+    if not unreadable:
+        return ""
+    first = unreadable[0]
+    return (f" ({len(unreadable)} image file{'s' if len(unreadable) != 1 else ''} could not be read and "
+            f"{'were' if len(unreadable) != 1 else 'was'} left out, e.g. '{first.path}': {first.reason})")
+
+
 class _Sides:
     """Which side of the split each group of ``keep_together`` went to: the first member drawn decides,
     and every other member follows it, whatever its class."""
@@ -280,8 +290,8 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
     if len(scan.classes) < 2:
         found = f"only '{scan.classes[0]}'" if scan.classes else "none"
         raise DatasetError(
-            f"'{root}' needs at least two class folders that contain images, found {found}; "
-            "put each class's images in its own sub-folder"
+            f"'{root}' needs at least two class folders that contain images, found {found}"
+            f"{_unreadable_note(scan.skipped)}; put each class's images in its own sub-folder"
         )
     rng = random.Random(seed)
     train, test, warnings = [], [], []

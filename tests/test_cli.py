@@ -1,12 +1,15 @@
 """The command line, run as a user runs it: a subprocess, its output, its exit code, the files it writes."""
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.rundir import list_runs, read_records
 from core.workspace import runs_dir
@@ -133,13 +136,34 @@ def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_p
     assert split.classes == ["class_0", "class_1"] and split.class_names == "numbered"
 
 
+def _damaged_png() -> bytes:
+    """A PNG whose header and end marker are intact (it passes the split's header check) but whose
+    pixel data is broken, so only a full decode finds out."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"IDAT") + 8
+    data[start:start + 200] = bytes(200)
+    return bytes(data)
+
+
 def _unreadable_data(folder: Path) -> Path:
-    """Class folders whose images are all damaged: a run on them starts, then fails."""
+    """Class folders whose images are all damaged inside: a run on them starts, then fails."""
     for name in ("a", "b"):
         (folder / name).mkdir(parents=True)
         for i in range(3):
-            (folder / name / f"{i}.png").write_bytes(b"not a picture")
+            (folder / name / f"{i}.png").write_bytes(_damaged_png())
     return folder
+
+
+def test_a_folder_of_files_that_are_not_images_is_refused_at_the_split_saying_why(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "bad" / name).mkdir(parents=True)
+        (tmp_path / "bad" / name / "0.png").write_bytes(b"not a picture")
+    refused = _one_error_line(run_cli("split", tmp_path / "bad", "--out", tmp_path / "lists"))
+    assert "found none (2 image files could not be read and were left out" in refused
+    assert "0.png" in refused and "not an image" in refused
+    assert not (tmp_path / "lists" / "train.txt").exists()
 
 
 @pytest.mark.slow
