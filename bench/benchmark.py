@@ -9,7 +9,10 @@ since these machines are shared and noisy.
 (cold: interpreter start and imports included; warm: the feature cache filled by the cold run);
 (c) the fastest single forward pass over the same images this machine can do (the best of the
 variants tried: memory layout, BatchNorm folding, batch size). Then: bf16's effect, the feature
-pass on a busy machine, peak memory, cold prediction, and what importing costs.
+pass on a busy machine, peak memory, cold prediction, and what importing costs. Last, the data check
+(``python -m core inspect``) on 400 and on 10,000 images: cold, and with the features cached.
+
+    python bench/benchmark.py --only datacheck [--check-sizes 400 10000]   # just the data check figures
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import core  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP (see core/__init__.py)
 import torch
 from PIL import Image
 from torch import nn
@@ -193,6 +197,37 @@ def freeze_mode_figures(arch: str, lists: Path, tmp: Path, epochs: int) -> None:
               f"parameters   ({seconds:.1f} s in all)")
 
 
+def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
+    """The data check's seconds: cold (the feature pass, shared with training, dominates) and with the
+    features cached (everything else: headers, hashes, neighbours, cross-validation, the map), in this
+    process so imports are not counted, plus the peak memory of the cached run as a new process."""
+    from core.datacheck import check_data, load_split
+    from core.workspace import cache_dir
+
+    weights = resolve_weights(ARCHITECTURES[arch])
+    for n in sizes:
+        data = make_photos(tmp / f"check{n}", n, seed=2)
+        t_cold, _ = cli("inspect", "--lists", write_split(split_dataset(data, 0.6, 0), tmp / f"check{n}-lists"),
+                        "--arch", arch)
+        split = load_split(lists_dir=str(tmp / f"check{n}-lists"))
+        t_warm, report = timed(_drain, check_data(split, arch=arch, weights=weights, cache_dir=cache_dir()))
+        rss = peak_rss_mb("inspect", "--lists", tmp / f"check{n}-lists", "--arch", arch)
+        print(f"data check, {n:6d} images: cold CLI {t_cold:6.1f} s (imports and the feature pass included); "
+              f"features cached {t_warm:5.2f} s beyond imports [" +
+              ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items() if k != "features") +
+              f"]; peak RSS of the cached CLI run {rss:.0f} MB; {len(report.duplicates)} duplicate groups; "
+              + (f"baseline {report.baseline.accuracy:.3f}" if report.baseline else "no baseline"))
+
+
+def _drain(stream):
+    """Run a generator of progress records to its end; its return value."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as finished:
+            return finished.value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
@@ -201,6 +236,9 @@ def main() -> None:
     parser.add_argument("--skip-flip", action="store_true", help="leave out (b'), the flip-augmented run")
     parser.add_argument("--rss-images", type=int, default=4000, help="images for the large peak-memory run (0: skip)")
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
+    parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
+                        help="image counts for the data check figures (none: skip)")
+    parser.add_argument("--only", choices=["datacheck"], help="print only these figures")
     args = parser.parse_args()
 
     arch = args.arch
@@ -213,6 +251,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["TLD_WORKSPACE"] = str(tmp / "workspace")
+        if args.only == "datacheck":
+            datacheck_figures(arch, tmp, args.check_sizes)
+            return
         data = make_photos(tmp / "photos", args.images)
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
         samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
@@ -303,6 +344,7 @@ def main() -> None:
               f"= {t_predict / t_torch:.2f}×")
         print("import costs (cumulative seconds, core.cli + core.run + core.predict): " +
               ", ".join(f"{name} {seconds:.2f}" for seconds, name in import_costs()))
+        datacheck_figures(arch, tmp, args.check_sizes)
 
 
 def timed(fn, *args, **kwargs):
