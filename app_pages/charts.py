@@ -60,15 +60,64 @@ def per_class_chart(classes: list[str], accuracies: list) -> None:
         tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]), width="stretch")
 
 
-def confusion_chart(classes: list[str], confusion: list[list[int]]) -> None:
-    cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": n}
+CELL_SELECTION = "cell"
+CELL_PX = 40
+
+
+def confusion_chart(classes: list[str], confusion: list[list[int]], key: str | None = None):
+    """Rows: true class, columns: predicted. With a ``key`` a click selects a cell; returns the selection
+    event (``selected_cell`` reads it)."""
+    cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": n, "t": i, "p": j}
                           for i, row in enumerate(confusion) for j, n in enumerate(row)])
-    base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
+    # Cells tall enough to click (about 40 px while that fits 600 px), the predicted classes named on top so the
+    # matrix's bottom-right corner is the chart's; the counts are written in the cells, so no legend.
+    base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=classes, axis=alt.Axis(orient="top")),
+                                   y=alt.Y("true:N", sort=classes),
+                                   tooltip=["true", "predicted", "count"]).properties(
+        height=min(CELL_PX * len(classes), 600) + 90)
     dark = alt.datum.count > cells["count"].max() / 2
-    st.altair_chart(base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
-                    + base.mark_text().encode(text="count:Q", color=alt.condition(dark, alt.value("white"),
-                                                                                  alt.value("black"))),
-                    width="stretch")
+    rect = base.mark_rect(stroke="#333").encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"),
+                                                                legend=None))
+    if key is None:
+        st.altair_chart(rect + _counts(base, dark), width="stretch")
+        return None
+    pick = alt.selection_point(name=CELL_SELECTION, fields=["t", "p"], on="click", clear="dblclick")
+    rect = rect.encode(strokeWidth=alt.condition(pick, alt.value(3), alt.value(0))).add_params(pick)
+    return st.altair_chart(rect + _counts(base, dark), on_select="rerun", selection_mode=[CELL_SELECTION], key=key,
+                           width="stretch")
+
+
+def _counts(base, dark):
+    return base.mark_text().encode(text="count:Q", color=alt.condition(dark, alt.value("white"), alt.value("black")))
+
+
+def selected_cell(event, classes: int) -> tuple[int, int] | None:
+    """(true class, predicted class) of the clicked confusion cell, or None."""
+    try:
+        points = event.selection[CELL_SELECTION]
+        t, p = int(points[0]["t"]), int(points[0]["p"])
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        return None
+    return (t, p) if 0 <= t < classes and 0 <= p < classes else None
+
+
+def reliability_chart(bins, bins_calibrated) -> None:
+    """Accuracy against confidence per bin, raw and after temperature scaling; the diagonal is perfect
+    calibration, points below it are overconfident. A point's size is its bin's image count."""
+    rows = [{"confidence": b.confidence, "accuracy": b.accuracy, "images": b.count, "probabilities": name,
+             "bin": f"{b.low:.2f}–{b.high:.2f}"}
+            for name, group in (("raw", bins), ("temperature-scaled (held apart)", bins_calibrated))
+            for b in group if b.count]
+    diagonal = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    curves = alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+        x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="confidence (mean of the bin)"),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy of the bin"),
+        color=alt.Color("probabilities:N", legend=alt.Legend(orient="bottom")),
+        tooltip=["probabilities", "bin", "images", alt.Tooltip("confidence:Q", format=".3f"),
+                 alt.Tooltip("accuracy:Q", format=".3f")])
+    points = curves.mark_point(filled=True).encode(size=alt.Size("images:Q", legend=None))
+    st.altair_chart(diagonal + curves + points, width="stretch")
 
 
 def runs_table(runs: list[RunInfo]) -> None:

@@ -5,6 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.config import TTA_MODES
 from core.errors import UserError
 from core.export import export_bytes
 from core.images import open_image, thumbnail_jpeg
@@ -68,12 +69,29 @@ def get_image():
     return source
 
 
-def show_prediction(predictor: Predictor, source, topk: int) -> None:
+def probability_options(predictor: Predictor) -> tuple[bool, str | None]:
+    """Calibrated or raw probabilities, and test-time augmentation: this visitor's choice."""
+    c1, c2 = st.columns(2)
+    has_t = predictor.temperature is not None
+    calibrated = c1.toggle("Calibrated probabilities", value=has_t, disabled=not has_t, key="pr_calibrated",
+                           help="Softmax of the logits divided by the run's temperature, fitted after training so "
+                                "that a 90% answer is right about 90% of the time (see the Training page's "
+                                "Calibration tab). Off: the raw softmax.")
+    if not has_t:
+        c1.caption("This run keeps no temperature (trained before calibration was added): raw probabilities.")
+    tta = c2.selectbox("Test-time augmentation", ["none", *TTA_MODES], key="pr_tta",
+                       format_func=lambda m: "none" if m == "none" else f"{m}: {TTA_MODES[m]}",
+                       help="Average the probabilities over several views of the image. Whether it helps this "
+                            "run is measured on the Training page (Test-time augmentation tab).")
+    return calibrated and has_t, None if tta == "none" else tta
+
+
+def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = True, tta: str | None = None) -> None:
     try:
         data = source.getvalue()
         check_image_upload(data, source.name)
         image = open_image(data)
-        probs = predictor.probabilities(image)
+        probs = predictor.probabilities(image, calibrated=calibrated, tta=tta)
     except UserError as exc:
         st.error(str(exc))
         return
@@ -93,6 +111,9 @@ def show_prediction(predictor: Predictor, source, topk: int) -> None:
         best = table.iloc[0]
         st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",
                   delta_arrow="off")
+        st.caption(("Calibrated" if calibrated else "Raw") + " probabilities"
+                   + (f", temperature {predictor.temperature:.2f}" if calibrated else "")
+                   + (f", averaged over {tta} views" if tta else "") + ".")
         st.altair_chart(alt.Chart(table).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),
@@ -142,7 +163,7 @@ def render_export(run) -> None:
                                        mime="application/json", key=f"pr_dl_{fmt}_json")
 
 
-def render_batch(predictor: Predictor, topk: int) -> None:
+def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> None:
     """Several images (or zips of them) at once: a table with a CSV download."""
     with st.expander("Predict many images at once (several files or a zip), with a CSV"):
         uploads = st.file_uploader("Images or zips", type=IMAGE_TYPES + ["zip"], accept_multiple_files=True,
@@ -152,7 +173,7 @@ def render_batch(predictor: Predictor, topk: int) -> None:
         with tempfile.TemporaryDirectory() as tmp, user_errors():
             paths = _batch_paths(uploads, Path(tmp))
             bar = st.progress(0.0, text="Predicting…")
-            batches = predict_many(predictor, paths, topk=topk)
+            batches = predict_many(predictor, paths, topk=topk, calibrated=calibrated)
             while True:
                 try:
                     done, total = next(batches)
@@ -180,10 +201,11 @@ def main() -> None:
     topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
     st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
                f"classes: {', '.join(predictor.classes)}")
+    calibrated, tta = probability_options(predictor)
     source = get_image()
     if source is not None:
-        show_prediction(predictor, source, min(topk, n))
-    render_batch(predictor, min(topk, n))
+        show_prediction(predictor, source, min(topk, n), calibrated, tta)
+    render_batch(predictor, min(topk, n), calibrated)
     render_export(run)
 
 

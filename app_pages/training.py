@@ -1,23 +1,26 @@
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig, field_range
 from core.errors import UserError
-from core.records import Prediction
-from core.rundir import RunDir, find_run, list_runs, load_config, read_predictions, read_records, read_run
+from core.config import TTA_MODES
+from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
+from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
                        run_progress, seconds_left, smooth_eta)
 from core.workspace import cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
-from app_pages.charts import compare_chart, confusion_chart, loss_charts, per_class_chart, runs_table
-from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, resolve_weights_file,
-                              run_predictor, save_state, show_explanation, stored_check, thumbnail, user_errors,
-                              KEEP_GROUPS)
+from app_pages.charts import (compare_chart, confusion_chart, loss_charts, per_class_chart, reliability_chart,
+                              runs_table, selected_cell)
+from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, reported,
+                              resolve_weights_file, run_predictor, save_state, show_explanation, stored_check,
+                              thumbnail, user_errors, KEEP_GROUPS)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -227,59 +230,187 @@ def live_view(run_path: Path, was_running: bool) -> None:
         st.rerun()  # redraw the whole page once: results appear and the timer stops
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _run_report(path: str, stamp: tuple) -> RunReport:
+    """One report per run and state of its files: a click on the page does not recompute it."""
+    return run_report(path)
+
+
 def render_results(run_path: Path, state: dict) -> None:
     records = read_records(run_path)
     if not records.epochs or records.start is None:
         return
-    classes, last = records.start.classes, records.epochs[-1]
-    st.subheader("Results (last epoch)")
+    try:
+        report = _run_report(str(run_path), report_stamp(run_path))
+    except UserError as exc:
+        st.error(f"This run's report cannot be made: {exc}")
+        return
+    classes = report.classes
+    st.subheader(f"Results (epoch {report.epoch}, the last finished)")
+    for note in report.notes:
+        st.caption(f"Note: {note[:1].upper() + note[1:]}.")
     c1, c2 = st.columns(2)
     with c1:
-        st.markdown(f"**Per-class accuracy** · overall {fmt_pct(last.test_acc)}")
-        per_class_chart(classes, last.per_class_acc)
+        last = records.epochs[-1]
+        st.markdown(f"**Per-class accuracy** · overall {fmt_pct(report.accuracy)}")
+        per_class_chart(classes, last.per_class_acc if last.epoch == report.epoch else
+                        [s.recall if s.support else None for s in report.per_class])
         baseline_line(run_path)
+        render_most_confused(report)
     with c2:
-        st.markdown("**Confusion matrix** (rows: true class, columns: predicted)")
-        confusion_chart(classes, last.confusion)
+        st.markdown("**Confusion matrix** (rows: true class, columns: predicted). Click a cell to see its images.")
+        event = confusion_chart(classes, report.confusion, key=f"tr_cells_{run_path.name}")
+    render_cell(run_path, report, selected_cell(event, len(classes)))
     render_pretrained_vs_scratch(run_path, state)
-    render_misclassified(run_path, classes)
+    tabs = st.tabs(["Precision, recall, F1", f"Misclassified ({sum(not i.correct for i in report.images)})",
+                    "Top losses", "Least certain", "Calibration", "Test-time augmentation"],
+                   key="tr_result_tabs", on_change="rerun")
+    with tabs[0]:
+        render_scores(report)
+    with tabs[1]:
+        wrong = [i for i in report.images if not i.correct]
+        if not wrong:
+            st.caption("None: every test image was classified correctly.")
+        gallery(run_path, classes, wrong, "wrong", f"the first {GALLERY_SHOWN} of {len(wrong)} shown")
+    with tabs[2]:
+        st.caption("The test images the model got most wrong: the highest cross-entropy loss (a low probability for "
+                   "the true class). Mislabeled images often show up here.")
+        if _needs_logits(report):
+            gallery(run_path, classes, report.top_losses, "loss")
+    with tabs[3]:
+        st.caption("The test images the model was least sure about: the smallest margin between its two most likely "
+                   "classes. Good candidates to look at, and to add more of.")
+        if _needs_logits(report):
+            gallery(run_path, classes, report.least_certain, "margin")
+    with tabs[4]:
+        render_calibration(report)
+    with tabs[5]:
+        render_tta(run_path)
 
 
-def baseline_line(run_path: Path) -> None:
-    """The data check's baseline beside the run's accuracy, when the run's images were checked."""
-    report = check_of_run(run_path, checks_dir())
-    if report is None or report.baseline is None:
+def _needs_logits(report: RunReport) -> bool:
+    if report.calibration is None:
+        st.info("This run kept no test logits (a run from before they were kept), so this cannot be shown.")
+        return False
+    return True
+
+
+def render_most_confused(report: RunReport) -> None:
+    if report.most_confused:
+        st.markdown("**Most confused**\n" + "\n".join(f"- {pair.sentence()}" for pair in report.most_confused[:5]))
+
+
+def render_cell(run_path: Path, report: RunReport, cell: tuple[int, int] | None) -> None:
+    """The test images behind the clicked confusion cell."""
+    if cell is None:
         return
-    b = report.baseline
-    st.caption(f"Data check's baseline for these images: a linear head on the {report.arch} features reaches "
-               f"{100 * b.accuracy:.1f}% ± {100 * b.std:.1f} ({b.folds}-fold cross-validation; k-NN "
-               f"{100 * b.knn_accuracy:.1f}%). A head-only run should land near it.")
+    t, p = cell
+    images = report.cell(t, p)
+    what = (f"{report.classes[t]} recognised as {report.classes[t]}" if t == p else
+            f"{report.classes[t]} taken for {report.classes[p]}")
+    st.markdown(f"**{what}: {len(images)} test image{'s' if len(images) != 1 else ''}**")
+    if not images:
+        st.caption("No test image in this cell.")
+    gallery(run_path, report.classes, images, f"cell{t}_{p}", f"the first {GALLERY_SHOWN} of {len(images)} shown")
+
+
+def render_scores(report: RunReport) -> None:
+    rows = [{"class": s.name, "precision": s.precision, "recall": s.recall, "F1": s.f1, "support": s.support}
+            for s in [*report.per_class, report.macro, report.weighted]]
+    percent = st.column_config.NumberColumn(format="percent")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"precision": percent, "recall": percent, "F1": percent})
+    st.caption("Precision: of the images called this class, the share that are. Recall: of this class's images, the "
+               "share found. F1: their harmonic mean. Support: test images of the class. Macro: the plain mean over "
+               "classes; weighted: weighted by support (scikit-learn's figures).")
+
+
+def render_calibration(report: RunReport) -> None:
+    c = report.calibration
+    if not _needs_logits(report):
+        return
+    m1, m2, m3 = st.columns(3)
+    m1.metric("ECE, raw", f"{c.ece:.3f}", help="Expected calibration error (15 bins): the average gap between "
+              "confidence and accuracy, weighted by the images in each bin. 0 is perfectly calibrated.")
+    m2.metric("ECE, temperature-scaled", "n/a" if c.ece_calibrated is None else f"{c.ece_calibrated:.3f}",
+              help="Judged on held-apart images: a temperature fitted on one half of the test images scales the "
+                   "other half, and the other way round.")
+    m3.metric("Temperature", f"{c.temperature:.2f}", help="Logits are divided by it. Above 1: the raw model is "
+              "overconfident; below 1: underconfident. It never changes the predicted class.")
+    reliability_chart(c.bins, c.bins_calibrated)
+    st.caption(f"How the temperature is chosen: {c.method}. "
+               + (f"The checkpoint prediction uses (epoch {report.temperature_epoch}) keeps temperature "
+                  f"{report.temperature:.2f}; the Prediction page and `predict` show calibrated probabilities by "
+                  "default." if report.temperature is not None else
+                  "This run's checkpoint keeps no temperature: its predictions are raw probabilities."))
+
+
+def render_tta(run_path: Path) -> None:
+    """Accuracy and ECE with and without test-time augmentation, measured on request (it runs the model)."""
+    st.caption("Test-time augmentation averages the probabilities over several views of each test image. Whether it "
+               "helps is measured here on this run's test images, with the checkpoint prediction uses.")
+    c1, c2 = st.columns([2, 1])
+    mode = c1.selectbox("Views", list(TTA_MODES), format_func=lambda m: f"{m}: {TTA_MODES[m]}", key="tr_tta_mode")
+    key = ("tta", str(run_path), mode, report_stamp(run_path))
+    if st.session_state.pop("tr_tta_running", False):
+        st.info("The measurement was stopped.")
+    if c2.button("Measure", key="tr_tta_go"):
+        bar = st.progress(0.0, text="Test-time augmentation…")
+        st.button("Stop", key="tr_tta_stop", help="Stops the measurement at once.")
+        st.session_state["tr_tta_running"] = True  # still set on the next run only when Stop cut this one short
+        with reported(bar):
+            stream = evaluate_tta(run_path, mode)
+            try:
+                while True:
+                    try:
+                        step = next(stream)
+                    except StopIteration as finished:
+                        st.session_state[key] = finished.value
+                        break
+                    bar.progress(step.done / max(step.total, 1), text=f"Test-time augmentation… {step.done}/"
+                                 f"{step.total} images")
+            finally:
+                stream.close()
+        st.session_state.pop("tr_tta_running", None)
+        bar.empty()
+    result = st.session_state.get(key)
+    if result is None:
+        return
+    kind = "calibrated" if result.calibrated else "raw"
+    m1, m2 = st.columns(2)
+    m1.metric("Accuracy with TTA", fmt_pct(result.tta_accuracy), f"{100 * (result.tta_accuracy - result.accuracy):+.1f} "
+              f"points (without: {fmt_pct(result.accuracy)})", delta_color="normal")
+    m2.metric(f"ECE with TTA ({kind})", f"{result.tta_ece:.3f}", f"{result.tta_ece - result.ece:+.3f} (without: "
+              f"{result.ece:.3f})", delta_color="inverse")
+    st.caption(f"Checkpoint of epoch {result.epoch}, {result.images} test images, {result.seconds:.1f} s"
+               + (f"; {result.unreadable} could not be read" if result.unreadable else "") + ".")
 
 
 GALLERY_COLUMNS = 6
+GALLERY_SHOWN = 24
 
 
-def render_misclassified(run_path: Path, classes: list[str]) -> None:
-    """The last epoch's misclassified test images, in a grid that lines up; "Why?" under one opens where the
-    model looked, for the true class and for the class it predicted, beside that image."""
-    wrong = [p for p in read_predictions(RunDir(run_path), len(classes)) if p.wrong]
-    shown = [(p, image) for p in wrong[:48] if (image := thumbnail(p.path, 320, square=True)) is not None][:24]
-    st.markdown(f"**Misclassified test images** ({len(wrong)}"
-                f"{f', the first {len(shown)} shown' if len(wrong) > len(shown) else ''})")
-    if not wrong:
-        st.caption("None: every test image was classified correctly.")
+def gallery(run_path: Path, classes: list[str], images: list[TestImage], key: str, more: str = "") -> None:
+    """Test images in a grid that lines up, each with true → predicted class and probability; "Why?" under one
+    opens where the model looked, for the true and the predicted class, beside that image."""
+    shown = [(i, image) for i in images[:2 * GALLERY_SHOWN]
+             if (image := thumbnail(i.path, 320, square=True)) is not None][:GALLERY_SHOWN]
+    if len(images) > len(shown) and more:
+        st.caption(more)
     for row in range(0, len(shown), GALLERY_COLUMNS):
         columns = st.columns(GALLERY_COLUMNS)  # one row at a time: every row starts level
-        for column, (p, image) in zip(columns, shown[row:row + GALLERY_COLUMNS]):
+        for column, (i, image) in zip(columns, shown[row:row + GALLERY_COLUMNS]):
             column.image(image, width="stretch")
-            if column.button("Why?", key=f"tr_why_{p.index}", width="stretch",
+            if column.button("Why?", key=f"tr_why_{key}_{i.index}", width="stretch",
                              help="Grad-CAM for the true and the predicted class"):
-                why_dialog(run_path, classes, p)
-            column.caption(f"{classes[p.label]} → {classes[p.pred]} ({p.prob:.0%})")
+                why_dialog(run_path, classes, i)
+            column.caption(f"{classes[i.label]} → {classes[i.pred]} ({i.prob:.0%})"
+                           + (f" · loss {i.loss:.2f}" if key == "loss" and i.loss is not None else "")
+                           + (f" · margin {i.margin:.2f}" if key == "margin" and i.margin is not None else ""))
 
 
 @st.dialog("Why did the model say that?", width="large")
-def why_dialog(run_path: Path, classes: list[str], picked: Prediction) -> None:
+def why_dialog(run_path: Path, classes: list[str], picked: TestImage) -> None:
     try:
         predictor = run_predictor(run_path)
     except (UserError, OSError) as exc:  # a checkpoint damaged or replaced meanwhile: the rest of the page stays
@@ -293,6 +424,17 @@ def why_dialog(run_path: Path, classes: list[str], picked: Prediction) -> None:
     show_explanation(predictor, picked.path, picked.label, picked.path, left)
     right.caption(f"Evidence for the predicted class: {classes[picked.pred]}")
     show_explanation(predictor, picked.path, picked.pred, picked.path, right)
+
+
+def baseline_line(run_path: Path) -> None:
+    """The data check's baseline beside the run's accuracy, when the run's images were checked."""
+    report = check_of_run(run_path, checks_dir())
+    if report is None or report.baseline is None:
+        return
+    b = report.baseline
+    st.caption(f"Data check's baseline for these images: a linear head on the {report.arch} features reaches "
+               f"{100 * b.accuracy:.1f}% ± {100 * b.std:.1f} ({b.folds}-fold cross-validation; k-NN "
+               f"{100 * b.knn_accuracy:.1f}%). A head-only run should land near it.")
 
 
 def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:

@@ -204,6 +204,8 @@ def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
     from core.datacheck import check_data, load_split
     from core.workspace import cache_dir
 
+    t_imports, _ = timed(_import_check_libraries)
+    print(f"data check: importing scikit-learn and cleanlab {t_imports:.2f} s (once per process; not counted below)")
     weights = resolve_weights(ARCHITECTURES[arch])
     for n in sizes:
         data = make_photos(tmp / f"check{n}", n, seed=2)
@@ -217,6 +219,30 @@ def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
               ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items() if k != "features") +
               f"]; peak RSS of the cached CLI run {rss:.0f} MB; {len(report.duplicates)} duplicate groups; "
               + (f"baseline {report.baseline.accuracy:.3f}" if report.baseline else "no baseline"))
+
+
+def report_figures(run_dir: Path) -> None:
+    """The after-training report of a finished run (python -m core report), in this process after a first
+    call has imported what it needs, and the same as a new process."""
+    from core.report import run_report
+
+    run_report(run_dir)  # imports scikit-learn and scipy once
+    t_report, report = timed(run_report, run_dir)
+    t_cli, _ = cli("report", run_dir)
+    c = report.calibration
+    print(f"after-training report, {report.tested} test images: {t_report:.2f} s beyond imports "
+          f"({t_cli:.1f} s as a new process); ECE {c.ece:.3f} raw, {c.ece_calibrated:.3f} temperature-scaled "
+          f"(T = {c.temperature:.2f})")
+
+
+def _import_check_libraries() -> None:
+    import cleanlab.filter  # noqa: F401
+    import cleanlab.rank  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.manifold  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
 
 
 def _drain(stream):
@@ -238,7 +264,7 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck"], help="print only these figures")
+    parser.add_argument("--only", choices=["datacheck", "report"], help="print only these figures")
     args = parser.parse_args()
 
     arch = args.arch
@@ -256,6 +282,10 @@ def main() -> None:
             return
         data = make_photos(tmp / "photos", args.images)
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
+        if args.only == "report":
+            project_run(arch, lists, args.epochs, tmp / "run", tmp / "cache")
+            report_figures(tmp / "run")
+            return
         samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
         print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, "
               "lr 1e-3, head only")
@@ -279,6 +309,7 @@ def main() -> None:
         shutil.copytree(tmp / f"cache{[run[0] for run in colds].index(t_b)}", tmp / "cache")
 
         t_warm, rec_warm = project_run(arch, lists, args.epochs, tmp / "run_b_warm", tmp / "cache")
+        report_figures(tmp / "run_b_warm")
         # the CLI ends with os._exit once its files are closed, so the baseline skips the teardown too
         t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.run, os; os._exit(0)"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)

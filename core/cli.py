@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .archs import ARCHITECTURES, OFFLINE_ARCH, PREFERRED_ARCH
 from .split import MAX_CLASSES
-from .config import FREEZE_MODES, TRAINS, TrainConfig, field_default, field_range
+from .config import FREEZE_MODES, TRAINS, TTA_MODES, TrainConfig, field_default, field_range
 from .errors import ConfigError, UserError
 from .console import print_records
 from .states import RunState
@@ -269,6 +269,57 @@ def cmd_train(args) -> int:
     return 0 if final.status == RunState.COMPLETED else 1
 
 
+# ----------------------------------------------------------------------------- report
+def cmd_report(args) -> int:
+    from .report import evaluate_tta, run_report
+
+    if not Path(args.run).is_dir():
+        raise ConfigError(f"'{args.run}' is not a run folder")
+    report = run_report(args.run)
+    print_run_report(report)
+    data = report.to_json()
+    if args.tta:
+        stream = evaluate_tta(args.run, args.tta, device=args.device)
+        while True:
+            try:
+                step = next(stream)
+            except StopIteration as finished:
+                tta = finished.value
+                break
+            if sys.stderr.isatty() or step.done in (0, step.total):
+                print(f"\rtest-time augmentation: {step.done}/{step.total} images", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        kind = "calibrated" if tta.calibrated else "raw"
+        print(f"test-time augmentation ({tta.mode}), checkpoint of epoch {tta.epoch}, {tta.images} images: accuracy "
+              f"{tta.accuracy:.3f} → {tta.tta_accuracy:.3f}, ECE ({kind}) {tta.ece:.3f} → {tta.tta_ece:.3f}")
+        data["tta"] = tta.to_json()
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(data, indent=1, ensure_ascii=False))
+        print(f"full report: {args.json}")
+    return 0
+
+
+def print_run_report(report) -> None:
+    print(f"epoch {report.epoch} · {report.tested} test images · accuracy {report.accuracy:.3f} · {report.state}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"{'class':<24} precision  recall     f1  support")
+    for s in [*report.per_class, report.macro, report.weighted]:
+        print(f"{s.name:<24} {s.precision:9.3f} {s.recall:7.3f} {s.f1:6.3f} {s.support:8d}")
+    for pair in report.most_confused[:5]:
+        print(f"most confused: {pair.sentence()}")
+    for image in report.top_losses[:5]:
+        print(f"top loss {image.loss:.2f}: {image.path} ({report.classes[image.label]} → "
+              f"{report.classes[image.pred]}, {image.prob:.0%})")
+    c = report.calibration
+    if c:
+        after = f"{c.ece_calibrated:.3f}" if c.ece_calibrated is not None else "n/a (one test image)"
+        print(f"calibration: ECE {c.ece:.3f} raw, {after} after temperature scaling (T = {c.temperature:.2f}; "
+              "judged cross-fitted on halves of the test images)")
+
+
 # ----------------------------------------------------------------------------- predict
 def cmd_predict(args) -> int:
     from .predict import Predictor
@@ -282,8 +333,12 @@ def cmd_predict(args) -> int:
         if args.cam:
             raise ConfigError("--cam explains one image; give an image file, not a folder")
         return _predict_folder(predictor, args)
-    top = predictor.predict(args.image, topk=args.topk)
+    calibrated = not args.raw and predictor.temperature is not None
+    top = predictor.predict(args.image, topk=args.topk, calibrated=calibrated, tta=args.tta)
     result = {"image": str(args.image), "model": predictor.source,
+              "probabilities": ("calibrated" if calibrated else "raw") + (f", averaged over {args.tta} views"
+                                                                          if args.tta else ""),
+              "temperature": predictor.temperature,
               "predictions": [{"class": c, "probability": p} for c, p in top]}
     if args.cam:
         result["cam"] = _write_cam(predictor, args)
@@ -337,7 +392,9 @@ def _predict_folder(predictor, args) -> int:
     paths = image_files(args.image)
     if not paths:
         raise ConfigError(f"no images under '{args.image}'")
-    batches = predict_many(predictor, paths, topk=args.topk)
+    if args.tta:
+        raise ConfigError("--tta predicts one image at a time; give an image file, not a folder")
+    batches = predict_many(predictor, paths, topk=args.topk, calibrated=not args.raw)
     while True:
         try:
             done, total = next(batches)
@@ -440,7 +497,22 @@ def _add_predict(sub) -> None:
     p.add_argument("--cam", metavar="OUT.png", help="with one image: write its Grad-CAM overlay (where the evidence "
                                                      "for the class lies) over the image as the model saw it")
     p.add_argument("--cam-class", help="with --cam: explain this class instead of the predicted one")
+    p.add_argument("--raw", action="store_true", help="the raw softmax instead of the probabilities calibrated by "
+                                                      "the run's temperature (runs from before calibration: raw)")
+    p.add_argument("--tta", choices=list(TTA_MODES), help="test-time augmentation: average the probabilities over "
+                   + "; ".join(f"{k}: {v}" for k, v in TTA_MODES.items()))
     p.set_defaults(func=cmd_predict)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="after training: confusion, precision/recall/F1, top losses, calibration")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--json", metavar="OUT.json", help="write the whole report as JSON for scripts")
+    p.add_argument("--tta", choices=list(TTA_MODES), help="also measure test-time augmentation (runs the model "
+                                                          "on the test images): " + "; ".join(
+                                                              f"{k}: {v}" for k, v in TTA_MODES.items()))
+    p.add_argument("--device", default="auto", help="for --tta: auto (the GPU when there is one), cpu, cuda")
+    p.set_defaults(func=cmd_report)
 
 
 def _add_export_import_demo(sub) -> None:
@@ -465,7 +537,7 @@ def _add_export_import_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_predict, _add_export_import_demo):
+    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_predict, _add_report, _add_export_import_demo):
         add(sub)
     return parser
 

@@ -12,6 +12,10 @@ from .errors import ConfigError
 DEFAULT_TRAIN_RATIO = 0.6
 SCHEDULES = ("none", "step", "cosine")
 AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
+TTA_MODES = {  # test-time augmentation at evaluation and prediction: probabilities averaged over the views
+    "flip": "the image and its mirror (2 views)",
+    "flip+crops": "the centre and four corner crops, each with its mirror (10 views, torchvision's TenCrop)",
+}
 FREEZE_MODES = {
     "head": "only the new head trains (the tutorial's fine-tuning)",
     "last_block": "the body's last stage and the head train",

@@ -80,10 +80,34 @@ class Preprocess:
             x = x.flip(-2)
         return (x - self.mean.to(x.device)) / self.std.to(x.device) if self.normalize else x
 
-    def _resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
+    def views(self, image, mode: str) -> torch.Tensor:
+        """Test-time augmentation: (views, 3, crop, crop), the plain evaluation view first. ``flip``: it and
+        its mirror; ``flip+crops``: the centre and the four corner crops of the resized image, then each one's
+        mirror (torchvision's TenCrop). A letterboxed image has no corners to crop: its mirror only."""
+        plain = self(image)
+        if mode == "flip" or self.letterbox is not None:
+            return torch.stack([plain, plain.flip(-1)])
+        if mode != "flip+crops":
+            raise ValueError(f"test-time augmentation '{mode}' does not exist; allowed: flip, flip+crops")
+        x = self._resize(to_uint8_tensor(image))
+        h, w, c = x.shape[-2], x.shape[-1], self.crop
+        if h < c or w < c:  # smaller than the crop: the corners are the centre
+            corners = [plain] * 4
+        else:
+            x = x / 255.0
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device) if self.normalize else x
+            corners = [x[:, :c, :c], x[:, :c, w - c:], x[:, h - c:, :c], x[:, h - c:, w - c:]]
+        five = torch.stack([plain, *corners])
+        return torch.cat([five, five.flip(-1)])
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         x = centre_of_long_side(x)
         h, w = resized_size(x.shape[-2], x.shape[-1], self.resize)
-        x = _resize_like_a_uint8_image(x, (h, w), self.mode)
+        return _resize_like_a_uint8_image(x, (h, w), self.mode)
+
+    def _resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._resize(x)
+        h, w = x.shape[-2], x.shape[-1]
         top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
         if top < 0 or left < 0:  # smaller than the crop: pad with zeros around it, as CenterCrop does
             pad_h, pad_w = max(0, -top), max(0, -left)

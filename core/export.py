@@ -4,7 +4,8 @@ that says everything needed to feed the model (classes, input size, resize/crop,
     python -m core export RUN_DIR --format torchscript|onnx [--out FILE]
 
 The exported model takes a float batch (N, 3, crop, crop), already resized, centre-cropped and
-normalised as the sidecar says, and returns logits; softmax gives the probabilities.
+normalised as the sidecar says, and returns logits; softmax(logits / temperature), with the sidecar's
+temperature (core.calibration), gives the calibrated probabilities the app shows.
 """
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ def sidecar(predictor: Predictor, fmt: str, accuracy: float | None) -> dict:
         "preprocessing": {"resize_shorter_side": t.resize, "interpolation": t.mode, "centre_crop": t.crop,
                           "scale": "pixels / 255", "mean": t.mean.flatten().tolist(), "std": t.std.flatten().tolist(),
                           "letterbox": t.letterbox is not None},
-        "output": "logits, one per class in the order of 'classes'; softmax gives probabilities",
+        "output": ("logits, one per class in the order of 'classes'; softmax(logits / temperature) gives the "
+                   "calibrated probabilities the app shows (plain softmax: the raw ones)"
+                   if predictor.temperature is not None else
+                   "logits, one per class in the order of 'classes'; softmax gives the (raw) probabilities"),
+        "temperature": predictor.temperature,
         "test_accuracy": accuracy,
         "epoch": predictor.epoch,
     }

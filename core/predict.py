@@ -55,6 +55,23 @@ def _class_names(classes: str | None) -> list[str]:
     return names
 
 
+def _temperature(ckpt: dict, path: Path) -> float | None:
+    """The checkpoint's temperature (core.calibration); None when it has none (written before calibration)."""
+    value = ckpt.get("temperature")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-3 <= float(value) <= 1e3:
+        raise RunError(f"'{path}' holds a temperature of {value!r}; a calibrating one is a number from 0.001 to 1000")
+    return float(value)
+
+
+def read_temperature(run_or_file: str | os.PathLike) -> tuple[float | None, int | None]:
+    """The temperature the checkpoint prediction uses keeps, and that checkpoint's epoch."""
+    path = checkpoint_path(run_or_file)
+    ckpt = _read_checkpoint(path)
+    return _temperature(ckpt, path), int(ckpt.get("epoch", 0)) if isinstance(ckpt.get("epoch", 0), int) else None
+
+
 @dataclass
 class Predictor:
     model: torch.nn.Module
@@ -63,10 +80,11 @@ class Predictor:
     config: TrainConfig
     epoch: int
     source: str
+    temperature: float | None = None  # divides the logits for calibrated probabilities; None: raw only
 
     @classmethod
     def _build(cls, cfg: TrainConfig, classes: list[str], state: dict, epoch: int, source: str,
-               device: str = "auto", fold: bool = True) -> "Predictor":
+               device: str = "auto", fold: bool = True, temperature: float | None = None) -> "Predictor":
         if not 0 < len(classes) <= MAX_CLASSES:  # the class count sizes the head before anything is checked
             raise RunError(f"'{source}' names {len(classes):,} classes; a model here has 1 to {MAX_CLASSES:,}")
         device = resolve_device(device)  # the GPU when there is one
@@ -84,7 +102,7 @@ class Predictor:
         # for it costs more than it saves on a single one (the CLI's cold predict).
         model = inference_copy(model.to(device)) if fold else to_channels_last(model.to(device).eval())
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.uses_letterbox)
-        return cls(model, classes, transform, cfg, epoch, source)
+        return cls(model, classes, transform, cfg, epoch, source, temperature)
 
     @classmethod
     def load(cls, run_or_file: str | os.PathLike, device: str = "auto", fold: bool = True) -> "Predictor":
@@ -97,7 +115,8 @@ class Predictor:
             state = ckpt["model"]
         except (KeyError, TypeError, UserError) as exc:
             raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
-        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device, fold)
+        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device, fold,
+                          _temperature(ckpt, path))
 
     @classmethod
     def from_state_dict(cls, file: str | os.PathLike, *, arch: str | None, classes: str | None,
@@ -117,12 +136,37 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def probabilities(self, image: ImageSource) -> torch.Tensor:
-        """Probabilities over all classes (they sum to 1)."""
-        return self.batch_probabilities(self.transform(open_image(image)).unsqueeze(0))[0]
+    def probabilities(self, image: ImageSource, *, calibrated: bool = True, tta: str | None = None) -> torch.Tensor:
+        """Probabilities over all classes (they sum to 1): calibrated by the run's temperature when it has one
+        (``calibrated=False``: the raw softmax), averaged over test-time augmented views when ``tta`` names
+        a mode (core.report.TTA_MODES)."""
+        image = open_image(image)
+        if tta:
+            return self.batch_probabilities(self.views(image, tta), calibrated=calibrated).mean(0)
+        return self.batch_probabilities(self.transform(image).unsqueeze(0), calibrated=calibrated)[0]
 
-    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(n, classes) probabilities for a batch of preprocessed images."""
+    def views(self, image, mode: str) -> torch.Tensor:
+        """The test-time augmented views of an opened image, the plain one first."""
+        try:
+            return self.transform.views(image, mode)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+
+    @property
+    def calibration_label(self) -> str:
+        return (f"calibrated (temperature {self.temperature:.2f})" if self.temperature is not None
+                else "raw (this run keeps no temperature)")
+
+    def batch_probabilities(self, batch: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:
+        """(n, classes) probabilities for a batch of preprocessed images; ``calibrated``: softmax(logits / T)
+        with the run's temperature T, when it has one."""
+        logits = self.batch_logits(batch)
+        if calibrated and self.temperature is not None:
+            logits = logits / self.temperature
+        return logits.softmax(1)
+
+    def batch_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(n, classes) logits on the CPU, checked finite."""
         x = as_input(batch, self.device)
         # bf16 on a GPU (tensor cores), full precision on the CPU
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -131,10 +175,11 @@ class Predictor:
         if not bool(torch.isfinite(logits).all()):
             raise RunError(f"the model '{self.source}' gave outputs that are not finite numbers (NaN or infinity); "
                            "its probabilities would mean nothing. Train it again with a lower learning rate")
-        return logits.softmax(1).cpu()
+        return logits.cpu()
 
-    def predict(self, image: ImageSource, topk: int = 5) -> list[tuple[str, float]]:
-        probs = self.probabilities(image)
+    def predict(self, image: ImageSource, topk: int = 5, *, calibrated: bool = True,
+                tta: str | None = None) -> list[tuple[str, float]]:
+        probs = self.probabilities(image, calibrated=calibrated, tta=tta)
         values, indices = probs.topk(min(topk, len(self.classes)))
         return [(self.classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
 
@@ -169,7 +214,8 @@ def image_files(folder: str | os.PathLike) -> list[str]:
     return found
 
 
-def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, batch_size: int = 16):
+def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, batch_size: int = 16,
+                 calibrated: bool = True):
     """Predict ``paths`` in batches, in inference mode. A generator: yields (done, total) as it goes
     (for a progress bar), returns one Row per path, in order; an unreadable image gets its error."""
     rows: list[Row | None] = [None] * len(paths)
@@ -183,7 +229,7 @@ def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, bat
             except UserError as exc:
                 rows[i] = Row(paths[i], None, None, [], str(exc))
         if tensors:
-            probs = predictor.batch_probabilities(torch.stack(tensors))
+            probs = predictor.batch_probabilities(torch.stack(tensors), calibrated=calibrated)
             values, indices = probs.topk(k, dim=1)
             for i, v, c in zip(where, values.tolist(), indices.tolist()):
                 top = [(predictor.classes[j], p) for j, p in zip(c, v)]

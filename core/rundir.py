@@ -21,12 +21,16 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
 from .io import atomic_write_json
 from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
 from .states import ENDED, WRITTEN, RunState
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
 STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
@@ -54,6 +58,7 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     surgery = property(lambda self: self.path / "surgery.json")
     predictions = property(lambda self: self.path / "predictions.json")
+    test_outputs = property(lambda self: self.path / "test_outputs.npz")  # the last epoch's test logits
     last = property(lambda self: self.path / "checkpoint_last.pt")
     best = property(lambda self: self.path / "checkpoint_best.pt")
     lists = property(lambda self: self.path / "lists")
@@ -378,6 +383,63 @@ def read_predictions(run: RunDir, num_classes: int | None = None) -> list[Predic
     return [Prediction(p.get("index", 0), p["label"], p["pred"], float(p["prob"]), p["path"]) for p in data]
 
 
+@dataclass(frozen=True)
+class TestOutputs:
+    """The last finished epoch's test pass as ``test_outputs.npz`` keeps it: for each tested image its index in
+    the test list, its true class and the logits (float32, one per class)."""
+    epoch: int
+    index: "np.ndarray"
+    label: "np.ndarray"
+    logits: "np.ndarray"
+
+
+TEST_OUTPUT_KEYS = ("epoch", "index", "label", "logits")
+
+
+def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOutputs | None:
+    """The stored test logits, each array checked (shapes agree, labels and indices in range, logits finite);
+    None when the run has none (a run from before they were kept, or one too large to keep them)."""
+    import numpy as np
+
+    name = run.test_outputs.name
+    try:
+        with np.load(run.test_outputs, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in TEST_OUTPUT_KEYS}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise DamagedRun(name, f"it cannot be read as this run's test outputs ({type(exc).__name__})") from None
+    epoch, index, label, logits = (arrays[key] for key in TEST_OUTPUT_KEYS)
+    n = len(index) if index.ndim == 1 else -1
+    problem = (
+        "the epoch is not one whole number" if epoch.shape != () or epoch.dtype.kind not in "iu" else
+        "the indices are not one list of whole numbers" if n < 0 or index.dtype.kind not in "iu" else
+        f"the logits are not {n} rows of {num_classes} classes" if logits.shape != (n, num_classes)
+        or logits.dtype.kind != "f" else
+        "the labels do not match the indices" if label.shape != (n,) or label.dtype.kind not in "iu" else
+        f"a label is not one of the {num_classes} classes" if n and (label.min() < 0 or label.max() >= num_classes) else
+        f"an index lies outside the {test_images} test images" if n and (index.min() < 0 or index.max() >= test_images)
+        else "an index appears twice" if len(np.unique(index)) != n else
+        "a logit is not a finite number" if not np.isfinite(logits).all() else "")
+    if problem:
+        raise DamagedRun(name, problem)
+    return TestOutputs(int(epoch), index, label, logits.astype(np.float32, copy=False))
+
+
+def _check_test_outputs(run: RunDir) -> None:
+    # a glance, as for the checkpoints: a zip holding the arrays; the report checks them in full
+    if not run.test_outputs.is_file():
+        return
+    try:
+        with zipfile.ZipFile(run.test_outputs) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        raise DamagedRun(run.test_outputs.name, "it is not this run's test outputs (damaged or cut short)") from None
+    missing = [key for key in TEST_OUTPUT_KEYS if f"{key}.npy" not in names]
+    if missing:
+        raise DamagedRun(run.test_outputs.name, f"it lacks {', '.join(missing)}")
+
+
 def _check_checkpoints(run: RunDir) -> None:
     # torch.save writes a zip archive holding '<name>/data.pkl'; its directory at the end is cheap to read
     # without loading tensors, and tells a checkpoint from a cut-short file or some other zip renamed .pt.
@@ -449,6 +511,7 @@ def _read_contents(path: Path, stamp: tuple) -> _Contents:
         _read_json(run.summary, "the summary")
         read_predictions(run, len(records.start.classes) if records.start else None)
         _check_checkpoints(run)
+        _check_test_outputs(run)
     except DamagedRun as exc:
         return _Contents(config, None, str(exc))
     return _Contents(config, records, "")

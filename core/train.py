@@ -32,7 +32,7 @@ from .data import build_transform, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .states import Phase
 from .errors import RunError
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .records import Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start
 from .distributed import SINGLE, World, barrier, device_line, gather_all, total
 from .rundir import RunDir
@@ -268,22 +268,39 @@ class EvalResult:
     tested: int
     skipped: int
     predictions: list[Prediction]
+    logits: torch.Tensor | None = None  # (tested, classes) on the CPU, in the predictions' order; None: too large
+
+
+# The test logits are kept for the after-training report (top losses, calibration) while tested × classes stays
+# below this (80 MB of float32): a 100,000-class head over a large test list keeps only the predictions.
+MAX_KEPT_LOGITS = 20_000_000
 
 
 class EvalAccumulator:
-    """Loss, confusion matrix and predictions of a test pass, kept on the device; read back once."""
+    """Loss, confusion matrix, predictions (and the logits, when ``keep_logits``) of a test pass, kept on the
+    device; read back once."""
 
-    def __init__(self, num_classes: int, device: torch.device):
+    def __init__(self, num_classes: int, device: torch.device, keep_logits: bool = False):
         self.c = num_classes
         self.loss = torch.zeros((), device=device)
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
         self.parts: list[tuple] = []
+        self.logits: list[torch.Tensor] | None = [] if keep_logits else None
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
         self.loss += nn.functional.cross_entropy(logits, labels, reduction="sum")
         conf, pred = logits.softmax(1).max(1)
         self.confusion += torch.bincount(labels * self.c + pred, minlength=self.c * self.c)
         self.parts.append((indices, labels, pred, conf))
+        if self.logits is not None:
+            self.logits.append(logits.detach())
+
+    def _gathered_logits(self, world: World) -> torch.Tensor | None:
+        """Every rank's logits in the order of ``indices`` gathered the same way (rank order, then batches)."""
+        if self.logits is None:
+            return None
+        mine = torch.cat(self.logits).cpu() if self.logits else torch.zeros(0, self.c)
+        return torch.cat(gather_all(mine, world))
 
     def result(self, skipped: int, world: World = SINGLE) -> EvalResult:
         """The figures of the whole test list: under torchrun summed over the ranks' shares."""
@@ -292,12 +309,15 @@ class EvalAccumulator:
         n = int(confusion.sum())
         rows = [torch.cat(column).tolist() for column in zip(*self.parts)] if self.parts else [[], [], [], []]
         rows = [sum(column, []) for column in zip(*gather_all(rows, world))]
+        logits = self._gathered_logits(world)
         skipped = int(total(torch.tensor([skipped]), world).item())
-        predictions = sorted((Prediction(i, t, p, c) for i, t, p, c in zip(*rows)), key=lambda p: p.index)
+        order = sorted(range(len(rows[0])), key=lambda k: rows[0][k])
+        predictions = [Prediction(*(column[k] for column in rows)) for k in order]
         per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
                      for i in range(self.c)]
         return EvalResult(self.loss.item() / n if n else None, confusion.diag().sum().item() / n if n else None,
-                          per_class, confusion.tolist(), n, skipped, predictions)
+                          per_class, confusion.tolist(), n, skipped, predictions,
+                          None if logits is None else logits[torch.tensor(order, dtype=torch.long)])
 
 
 def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
@@ -305,7 +325,8 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
 
     Yields Progress records (phase 'test'); returns an EvalResult.
     """
-    totals = EvalAccumulator(len(s.split.classes), s.device)
+    totals = EvalAccumulator(len(s.split.classes), s.device,
+                             keep_logits=len(s.split.test) * len(s.split.classes) <= MAX_KEPT_LOGITS)
     skipped = 0
     meter = ProgressMeter(Phase.TEST, len(s.split.test), epoch=epoch)
     yield meter.first()
@@ -347,28 +368,55 @@ class Checkpointer:
         score = (acc, -(loss if loss is not None else float("inf")))
         return self.best is None or score > self.best
 
-    def save_epoch(self, record: Epoch, predictions: list[Prediction]) -> None:
+    def save_epoch(self, record: Epoch, result: EvalResult) -> None:
         if record.best:
             self.best = (record.test_acc if record.test_acc is not None else -1.0,
                          -(record.test_loss if record.test_loss is not None else float("inf")))
             self.best_epoch = record.epoch
         if not self.s.world.main:  # under torchrun only rank 0 writes; the others only keep score
             return
-        self._save(self.s.run.last, record)
+        calibration = epoch_temperature(result)
+        self._save(self.s.run.last, record, calibration)
         if record.best:
-            self._save(self.s.run.best, record)
+            self._save(self.s.run.best, record, calibration)
         test = self.s.split.test
-        atomic_write_json(self.s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in predictions])
+        if result.logits is not None:
+            write_test_outputs(self.s.run, record.epoch, result.predictions, result.logits)
+        atomic_write_json(self.s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in result.predictions])
 
     def save_final(self) -> None:
         if not self.s.world.main:
             return
         atomic_torch_save(self.s.model.state_dict(), self.s.run.plain_state_dict(self.s.cfg.arch))
 
-    def _save(self, path: Path, record: Epoch) -> None:
+    def _save(self, path: Path, record: Epoch, calibration: dict | None) -> None:
         atomic_torch_save({"model": self.s.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                            "epoch": record.epoch, "classes": self.s.split.classes, "config": self.s.cfg.to_dict(),
-                           "metrics": record.to_json()}, path)
+                           "metrics": record.to_json(), **(calibration or {})}, path)
+
+
+def epoch_temperature(result: EvalResult) -> dict | None:
+    """The temperature that calibrates this epoch's model, fitted on its test logits (the report judges it
+    cross-fitted on halves, see core.calibration), as the checkpoint keeps it; None without logits."""
+    from .calibration import fit_temperature
+
+    if result.logits is None or not len(result.predictions):
+        return None
+    labels = [p.label for p in result.predictions]
+    return {"temperature": fit_temperature(result.logits.numpy(), labels),
+            "temperature_fitted_on": f"the {len(labels)} test images' logits"}
+
+
+def write_test_outputs(run: RunDir, epoch: int, predictions: list[Prediction], logits: torch.Tensor) -> None:
+    """The test pass's logits beside predictions.json, for the after-training report (core.report)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, epoch=np.array(epoch), index=np.array([p.index for p in predictions], dtype=np.int64),
+             label=np.array([p.label for p in predictions], dtype=np.int64), logits=logits.numpy().astype(np.float32))
+    atomic_write_bytes(run.test_outputs, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- the run
@@ -417,7 +465,7 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
                        seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc, result.test_loss),
                        images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None,
                        lr=optimizer.param_groups[0]["lr"])
-        checkpointer.save_epoch(record, result.predictions)
+        checkpointer.save_epoch(record, result)
         yield record
         if schedule is not None:
             schedule.step()

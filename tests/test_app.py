@@ -103,7 +103,7 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
     at.run()
     assert not at.exception
     assert f"Run {name}" in [s.value for s in at.subheader]
-    assert "Results (last epoch)" in [s.value for s in at.subheader]
+    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
     assert any("**completed**" in (p.proto.text or "") for p in at.get("progress"))
     assert any("Device: **CPU**" in c.value for c in at.caption)
     runs_table = at.dataframe[-1].value
@@ -125,6 +125,16 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
     assert list(table["probability"]) == sorted(table["probability"], reverse=True)
     assert [m.label for m in at.metric] == ["Prediction"]
     assert at.metric[0].value == "star" and table["class"][0] == "star"
+    # calibrated by the run's temperature unless the visitor asks for the raw softmax
+    assert at.toggle(key="pr_calibrated").value is True
+    assert any(c.value.startswith("Calibrated probabilities, temperature ") for c in at.caption)
+    calibrated = table["probability"][0]
+    at.toggle(key="pr_calibrated").set_value(False).run()
+    assert any(c.value == "Raw probabilities." for c in at.caption)
+    assert at.dataframe[0].value["probability"][0] != pytest.approx(calibrated)
+    at.selectbox(key="pr_tta").set_value("flip").run()
+    assert not at.exception and any(c.value == "Raw probabilities, averaged over flip views." for c in at.caption)
+    at.toggle(key="pr_calibrated").set_value(True).run()
     # beside the upload: its Grad-CAM overlay, for the predicted class first, then for any other on request
     assert any(c.startswith("Grad-CAM for star (") for image in at.get("image") for c in image.captions)
     explain_box = next(box for box in at.selectbox if box.label == "Explain the class")
@@ -148,7 +158,7 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
     at = app()
     at.query_params["run"] = "scratch"
     at = open_page(at, "app_pages/training.py")
-    why = [b for b in at.button if b.label == "Why?"]
+    why = [b for b in at.button if b.label == "Why?" and b.key.startswith("tr_why_wrong_")]
     assert len(why) == min(24, len(wrong))
     why[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -164,7 +174,7 @@ def test_training_page_explains_a_misclassified_image_for_both_classes(small_dem
         with zipfile.ZipFile(checkpoint, "w") as archive:
             archive.writestr("archive/data.pkl", "not a pickle")
     at.run()
-    [b for b in at.button if b.label == "Why?"][0].click().run()  # the maps open in a dialog, on each click
+    [b for b in at.button if b.key.startswith("tr_why_wrong_")][0].click().run()  # a dialog, on each click
     assert not at.exception
     assert any("cannot be loaded to explain the image" in e.value for e in at.error)
     assert "All runs" in [s.value for s in at.subheader]
@@ -427,3 +437,31 @@ def test_check_page_with_a_damaged_stored_report_says_so_and_checks_again(small_
     assert any("damaged" in w.value for w in at.warning)
     at.button(key="ck_run").click().run()
     assert not at.exception and [t.label for t in at.tabs][0] == "Health"
+
+
+def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_file):
+    from core.config import TrainConfig
+    from core.run import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=2, num_workers=0, lr=0.01), runs_dir() / "r"))
+    at = app()
+    at.query_params["run"] = "r"
+    at = open_page(at, "app_pages/training.py")
+    assert not at.error, [e.value for e in at.error]
+    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
+    assert [t.label for t in at.tabs][:6] == ["Precision, recall, F1", "Misclassified (" + at.tabs[1].label.split("(")[1],
+                                              "Top losses", "Least certain", "Calibration", "Test-time augmentation"]
+    scores = next(d.value for d in at.dataframe if "precision" in d.value.columns)
+    assert list(scores["class"]) == ["circle", "cross", "square", "star", "triangle", "macro", "weighted"]
+    assert scores["support"][:5].sum() == scores["support"][5] == scores["support"][6]
+    labels = [m.label for m in at.metric]
+    assert {"ECE, raw", "ECE, temperature-scaled", "Temperature"} <= set(labels)
+    # top losses and least certain are galleries with "Why?", as the misclassified ones
+    assert any(b.key.startswith("tr_why_loss_") for b in at.button)
+    assert any(b.key.startswith("tr_why_margin_") for b in at.button)
+    at.button(key="tr_tta_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert {"Accuracy with TTA", "ECE with TTA (calibrated)"} <= {m.label for m in at.metric}
+    at.run()  # the measurement stays for this visitor
+    assert "Accuracy with TTA" in {m.label for m in at.metric}

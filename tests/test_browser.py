@@ -142,8 +142,8 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=8)
     page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.95, steps=8)
     page.mouse.up()
-    page.get_by_text(re.compile(r"^\d+ images? selected$")).wait_for(timeout=60_000)
-    assert page.locator("[data-testid=stImage]:visible").count() > 0  # the selected images, as thumbnails
+    page.get_by_text(re.compile(r"^[1-9]\d* images? selected$")).wait_for(timeout=60_000)
+    page.locator("[data-testid=stImage]:visible").first.wait_for(timeout=30_000)  # the selected images, as thumbnails
     _shot(page, "1b-check")
 
     _go(page, "3 · Model surgery")
@@ -160,9 +160,19 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert wait_until(lambda: epochs.input_value() == "3", 30)
     page.wait_for_timeout(1000)  # the rerun that takes the new value
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("Results (last epoch)").wait_for(timeout=240_000)
+    page.get_by_text("Results (epoch 3, the last finished)").wait_for(timeout=240_000)
     assert "run=" in page.url
     page.get_by_text("Device: CPU").first.wait_for()
+    # The confusion matrix answers a click: the bottom-right cell (triangles called triangles) lists its images.
+    # Vega draws the cells as SVG paths in data order (true class, then predicted); the click lands in the
+    # cell's corner, beside the count written in its middle.
+    matrix = page.locator("[class*='st-key-tr_cells_'] [data-testid=stVegaLiteChart]").first
+    matrix.wait_for()
+    cells = matrix.locator("g.mark-rect path")
+    assert wait_until(lambda: cells.count() == 25, 30)
+    cells.nth(24).click(position={"x": 6, "y": 6})
+    page.get_by_text(re.compile(r"^triangle recognised as triangle: [1-9]\d* test images?$")).wait_for(timeout=60_000)
+    page.locator("[data-testid=stImage]:visible").first.wait_for(timeout=30_000)
     _shot(page, "3-training")
 
     # The recipe's claim, one click away: the same run from scratch, overlaid on the pretrained one.

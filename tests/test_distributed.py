@@ -126,7 +126,7 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     assert not at.exception
     assert read_run(runs_dir() / name).status == "completed"
     assert any("Device: **2 × CPU (gloo)**" in c.value for c in at.caption)
-    assert "Results (last epoch)" in [s.value for s in at.subheader]
+    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
 
 
 @pytest.mark.slow

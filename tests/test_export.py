@@ -43,17 +43,18 @@ def test_exported_models_give_our_probabilities_without_project_code(fmt, traine
     predictor = Predictor.load(trained)
     x = _inputs(predictor, colour_data_module)
     assert len(x) == 8
-    ours = predictor.batch_probabilities(x)
+    ours = predictor.batch_probabilities(x)  # calibrated, as the app shows them
+    assert side["temperature"] == predictor.temperature and side["temperature"] > 0
     if fmt == "torchscript":
-        theirs = torch.jit.load(str(model_path))(x).softmax(1)
+        logits = torch.jit.load(str(model_path))(x)
     else:
         import onnx
         import onnxruntime
 
         onnx.checker.check_model(str(model_path))
         session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {"image": x.numpy().astype(np.float32)})[0]  # a batch of 8: the axis is dynamic
-        theirs = torch.from_numpy(logits).softmax(1)
+        logits = torch.from_numpy(session.run(None, {"image": x.numpy().astype(np.float32)})[0])  # batch axis dynamic
+    theirs = (logits / side["temperature"]).softmax(1)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
 
 
