@@ -189,7 +189,7 @@ def render_augmentation_preview(result: dict) -> None:
         transform = training_transform(get_arch(arch).transforms(), preset)
         transform.normalize = False  # show pixels, not the model's normalised input
         try:
-            image = open_image(path)
+            image = open_image(path, min_side=transform.decode_min_side)
         except UserError as exc:
             st.error(str(exc))
             return

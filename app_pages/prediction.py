@@ -90,7 +90,8 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
     try:
         data = source.getvalue()
         check_image_upload(data, source.name)
-        image = open_image(data)
+        # decoded once, at reduced scale when it is a large JPEG: enough for the model and the 800-pixel view
+        image = open_image(data, min_side=predictor.transform.decode_min_side, min_long_side=800)
         probs = predictor.probabilities(image, calibrated=calibrated, tta=tta)
     except UserError as exc:
         st.error(str(exc))
@@ -99,7 +100,7 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
     table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
     left, middle, right = st.columns([2, 2, 3])
     with left:
-        st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({image.width}×{image.height}, shown upright)",
+        st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({'×'.join(map(str, image.info.get('decoded_from', image.size)))}, shown upright)",
                  width="stretch")
     with middle:
         ranked = [predictor.classes[i] for i in probs.argsort(descending=True).tolist()]

@@ -221,6 +221,57 @@ def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
               + (f"baseline {report.baseline.accuracy:.3f}" if report.baseline else "no baseline"))
 
 
+PHONE_CACHE = Path(os.environ.get("TLD_BENCH_CACHE", Path.home() / ".cache" / "tld-bench"))
+
+
+def make_phone_photos(n: int) -> tuple[Path, Path]:
+    """n photo-like 12-megapixel JPEGs (4032×3024) in two classes, and the same photos at 504×378, written
+    once to a cache folder (generating them takes about a second each)."""
+    from core.demo import phone_photo
+
+    big, small = PHONE_CACHE / f"phone-{n}" / "12mp", PHONE_CACHE / f"phone-{n}" / "504x378"
+    done = PHONE_CACHE / f"phone-{n}" / ".complete"
+    if not done.exists():
+        rng = random.Random(3)
+        for k in range(n):
+            shape = ("circle", "star")[k % 2]
+            for root in (big, small):
+                (root / shape).mkdir(parents=True, exist_ok=True)
+            photo = phone_photo(shape, rng)
+            photo.save(big / shape / f"{k:04d}.jpg", quality=90)
+            photo.resize((504, 378), Image.LANCZOS).save(small / shape / f"{k:04d}.jpg", quality=90)
+        done.touch()
+    return big, small
+
+
+def phone_figures(arch: str, tmp: Path, n: int) -> None:
+    """Real photo sizes: the feature pass, a cold prediction and a thumbnail on 12-megapixel JPEGs against
+    the same photos at 504×378, in one run."""
+    from core.images import thumbnail_jpeg
+
+    t_make, (big, small) = timed(make_phone_photos, n)
+    print(f"phone photos: {n} JPEGs of 4032×3024 ({sum(p.stat().st_size for p in big.rglob('*.jpg')) / n / 1e6:.1f} MB "
+          f"each) and the same at 504×378 ({t_make:.0f} s to make or find them in {big.parent})")
+    sets = {"12 MP": big, "504×378": small}
+    rates, accuracy, runs = {}, {}, {}
+    for k, (name, root) in enumerate(sets.items()):
+        lists = write_split(split_dataset(root, 0.6, 0), tmp / f"phone-lists-{k}")
+        _, records = project_run(arch, lists, 1, tmp / f"phone-run-{k}", tmp / f"phone-cache-{k}")
+        rates[name], accuracy[name], runs[name] = feature_rate(records), records.final.final_acc, records
+    print(f"feature pass: 12 MP {rates['12 MP']:.1f} images/s vs 504×378 {rates['504×378']:.1f} images/s = "
+          f"{rates['12 MP'] / rates['504×378']:.2f}× (target ≥ 0.7×); test accuracy {accuracy['12 MP']:.3f} vs "
+          f"{accuracy['504×378']:.3f}\n    decoding: {runs['12 MP'].start.decoding}")
+    one_big, one_small = sorted((big / "star").iterdir())[0], sorted((small / "star").iterdir())[0]
+    t_big = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "phone-run-0"), str(one_big)])
+    t_small = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "phone-run-0"), str(one_small)])
+    print(f"cold single-image predict: 12 MP {t_big:.2f} s vs 504×378 {t_small:.2f} s = {t_big / t_small:.2f}× "
+          "(target ≤ 1.3×)")
+    for name, root in sets.items():
+        paths = sorted(root.rglob("*.jpg"))[:20]
+        t, _ = timed(lambda: [thumbnail_jpeg(p, 112, square=True) for p in paths])
+        print(f"thumbnail (the Dataset page's, 112 px) of a {name} photo: {1000 * t / len(paths):.0f} ms")
+
+
 def report_figures(run_dir: Path) -> None:
     """The after-training report of a finished run (python -m core report), in this process after a first
     call has imported what it needs, and the same as a new process."""
@@ -264,7 +315,9 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck", "report"], help="print only these figures")
+    parser.add_argument("--only", choices=["datacheck", "report", "phone"], help="print only these figures")
+    parser.add_argument("--phone-photos", type=int, default=100, help="12-megapixel photos for the phone-photo "
+                                                                       "figures (0: skip)")
     args = parser.parse_args()
 
     arch = args.arch
@@ -279,6 +332,9 @@ def main() -> None:
         os.environ["TLD_WORKSPACE"] = str(tmp / "workspace")
         if args.only == "datacheck":
             datacheck_figures(arch, tmp, args.check_sizes)
+            return
+        if args.only == "phone":
+            phone_figures(arch, tmp, args.phone_photos)
             return
         data = make_photos(tmp / "photos", args.images)
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
@@ -376,6 +432,8 @@ def main() -> None:
         print("import costs (cumulative seconds, core.cli + core.run + core.predict): " +
               ", ".join(f"{name} {seconds:.2f}" for seconds, name in import_costs()))
         datacheck_figures(arch, tmp, args.check_sizes)
+        if args.phone_photos:
+            phone_figures(arch, tmp, args.phone_photos)
 
 
 def timed(fn, *args, **kwargs):

@@ -59,7 +59,8 @@ def describe_record(record) -> str | None:
         return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {record.train_size} train / "
                 f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}"
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
-                   if record.excluded else ""))
+                   if record.excluded else "")
+                + (f"\ndecoding: {record.decoding}" if record.decoding else ""))
     if isinstance(record, Features):
         origin = "read from the cache" if record.from_disk else "computed"
         return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"

@@ -7,6 +7,8 @@ should not pay for it. Training, evaluation and prediction all use this one pipe
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -49,6 +51,9 @@ def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     return int(shorter * height / width), shorter
 
 
+RANDOM_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default
+
+
 class Preprocess:
     """Resize (shorter side) → centre crop → [0, 1] → normalise, as the weights ask; optional flips while
     training and the tutorial's letterbox. Takes an RGB PIL image or a (3, H, W) uint8 tensor."""
@@ -64,6 +69,16 @@ class Preprocess:
         self.random_crop = train and random_crop
         self.letterbox = Letterbox(self.crop) if letterbox else None
         self.normalize = normalize
+
+    @property
+    def decode_min_side(self) -> int:
+        """The smallest shorter side a decoded image may have without losing anything this preprocessing
+        keeps: JPEGs are decoded at reduced scale down to it (core.images.open_image)."""
+        if self.letterbox is not None:
+            return self.crop  # the longer side becomes the crop; a shorter side of crop is more than enough
+        if self.random_crop:  # a crop of 8% of the area, i.e. √0.08 of a side, is enlarged to the crop size
+            return math.ceil(self.crop / math.sqrt(RANDOM_CROP_SCALE[0]))
+        return self.resize
 
     def __call__(self, image) -> torch.Tensor:
         if self.letterbox is not None:
@@ -119,7 +134,7 @@ class Preprocess:
         """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3), then the crop size."""
         from torchvision.transforms import RandomResizedCrop
 
-        top, left, h, w = RandomResizedCrop.get_params(x, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+        top, left, h, w = RandomResizedCrop.get_params(x, scale=RANDOM_CROP_SCALE, ratio=(3 / 4, 4 / 3))
         part = x[None, :, top:top + h, left:left + w].float()
         out = F.interpolate(part, size=(self.crop, self.crop), mode=self.mode, antialias=True, align_corners=False)
         return out[0].clamp_(0, 255).round_()
@@ -127,7 +142,7 @@ class Preprocess:
     def __repr__(self) -> str:
         return (f"Preprocess(random_crop={self.random_crop}, resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
                 f"std={self.std.flatten().tolist()}, hflip={self.hflip}, vflip={self.vflip}, letterbox={self.letterbox}, "
-                f"normalize={self.normalize}, resize_in=uint8)")
+                f"normalize={self.normalize}, resize_in=uint8, decode=dct-reduced)")
 
 
 MAX_ASPECT = 2  # a longer side than this × the shorter one never reaches the centre crop
@@ -200,6 +215,7 @@ class ListDataset(Dataset):
     def __init__(self, samples: list[tuple[str, int]], transform, *, fast_jpeg: bool | None = None):
         self.samples = samples
         self.transform = transform
+        self.min_side = getattr(transform, "decode_min_side", None)  # big JPEGs decode at reduced scale
         # libjpeg straight to a tensor, unless a PIL-only step (the letterbox) needs a PIL image
         self.fast_jpeg = not _needs_pil(transform) if fast_jpeg is None else fast_jpeg
 
@@ -208,10 +224,10 @@ class ListDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = decode_jpeg_tensor(path) if self.fast_jpeg else None
+        image = decode_jpeg_tensor(path, min_side=self.min_side) if self.fast_jpeg else None
         if image is None:
             try:
-                image = open_image(path)
+                image = open_image(path, min_side=self.min_side)
             except ImageError:
                 return None
         return self.transform(image), label, index
@@ -221,14 +237,25 @@ def _needs_pil(transform) -> bool:
     return getattr(transform, "letterbox", None) is not None
 
 
+def decoding_line(transform: "Preprocess", gpu: bool) -> str:
+    """How this preprocessing gets its pixels, for the start record: nvJPEG cannot decode at reduced scale,
+    so on a GPU each image goes where it is cheapest."""
+    side = transform.decode_min_side
+    small = "PIL (the letterbox needs it)" if transform.letterbox is not None else (
+        "nvJPEG on the GPU" if gpu else "libjpeg (torchvision)")
+    return (f"JPEGs with a shorter side of {2 * side} px or more: reduced-scale decoding on the CPU (libjpeg DCT "
+            f"scaling, never below {side} px); smaller JPEGs: {small}; other formats: PIL at full size")
+
+
 class DeferredJpegDataset(ListDataset):
     """For a GPU: the workers only read JPEG files (their bytes), and the GPU decodes and preprocesses
-    them (nvJPEG through ``torchvision.io.decode_jpeg(device=…)``); anything else is decoded and
-    preprocessed here, as usual. Batch with ``collate_deferred`` and finish with ``GpuJpegDecoder``."""
+    them (nvJPEG through ``torchvision.io.decode_jpeg(device=…)``); a JPEG large enough to decode at
+    reduced scale, and anything else, is decoded and preprocessed here, on the CPU, as usual. Batch
+    with ``collate_deferred`` and finish with ``GpuJpegDecoder``."""
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        data = plain_jpeg_bytes(path)
+        data = plain_jpeg_bytes(path, min_side=self.min_side)  # a large JPEG: reduced-scale decoding here
         if data is not None:
             return ("jpeg", data), label, index
         item = super().__getitem__(index)

@@ -48,6 +48,19 @@ def draw_shape(shape: str, rng: random.Random, size: int | tuple[int, int] = IMA
     return draw_shape_with_mask(shape, rng, size)[0]
 
 
+PHONE_PHOTO = (4032, 3024)  # 12 megapixels, a phone camera's photo
+
+
+def phone_photo(shape: str, rng: random.Random, size: tuple[int, int] = PHONE_PHOTO) -> Image.Image:
+    """A photo-like picture at a camera's size: a demo shape drawn at a quarter of the size and enlarged
+    smoothly (detail at every scale, as in a photo, not per-pixel noise), with a little sensor noise on top.
+    For benchmarks and tests of decoding at real photo sizes."""
+    width, height = size
+    img = draw_shape(shape, rng, (max(1, width // 4), max(1, height // 4))).resize(size, Image.BICUBIC)
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 4, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
 def draw_shape_with_mask(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE
                          ) -> tuple[Image.Image, Image.Image]:
     """A demo picture and its shape's mask ("L": 255 inside the shape), for checking where a heat map points."""

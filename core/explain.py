@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .archs import get_arch
 from .errors import ConfigError
-from .images import ImageSource, open_image
+from .images import ImageSource
 
 
 @dataclass
@@ -64,7 +64,7 @@ def explain(predictor, image: ImageSource, target: int | None = None) -> Explana
     from torchcam.methods import GradCAM
 
     model, layer = predictor.model, get_arch(predictor.config.arch).cam_layer
-    x = predictor.transform(open_image(image))
+    x = predictor.transform(predictor.open(image))
     batch = x.unsqueeze(0).to(predictor.device, memory_format=torch.channels_last)
     # The input asks for gradients so the maps exist even where the model's own weights are frozen.
     batch.requires_grad_(True)

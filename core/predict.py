@@ -140,10 +140,15 @@ class Predictor:
         """Probabilities over all classes (they sum to 1): calibrated by the run's temperature when it has one
         (``calibrated=False``: the raw softmax), averaged over test-time augmented views when ``tta`` names
         a mode (core.report.TTA_MODES)."""
-        image = open_image(image)
+        image = self.open(image)
         if tta:
             return self.batch_probabilities(self.views(image, tta), calibrated=calibrated).mean(0)
         return self.batch_probabilities(self.transform(image).unsqueeze(0), calibrated=calibrated)[0]
+
+    def open(self, image: ImageSource):
+        """The image decoded for this model: a large JPEG at reduced scale, never below what the
+        preprocessing keeps (core.images.open_image)."""
+        return open_image(image, min_side=self.transform.decode_min_side)
 
     def views(self, image, mode: str) -> torch.Tensor:
         """The test-time augmented views of an opened image, the plain one first."""
@@ -224,7 +229,7 @@ def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, bat
         tensors, where = [], []
         for i in range(start, min(start + batch_size, len(paths))):
             try:
-                tensors.append(predictor.transform(open_image(paths[i])))
+                tensors.append(predictor.transform(predictor.open(paths[i])))
                 where.append(i)
             except UserError as exc:
                 rows[i] = Row(paths[i], None, None, [], str(exc))

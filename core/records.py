@@ -87,6 +87,7 @@ class Start(_Record):
     world_size: int = 1  # processes training together (torchrun)
     class_weights: list | None = None  # the loss's per-class weights, when they are on
     excluded: int = 0  # training images the config left out (label suspects); see lists/excluded.txt
+    decoding: str = ""  # how images are decoded (reduced-scale JPEG decoding, the GPU's share); "" before it was said
 
     @property
     def pretrained(self) -> bool:

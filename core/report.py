@@ -281,7 +281,7 @@ def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str 
     TTAProgress; returns a TTAResult. Runs the model: seconds to minutes on a CPU."""
     import torch
 
-    from .images import ImageError, open_image
+    from .images import ImageError
     from .predict import Predictor
 
     if mode not in TTA_MODES:
@@ -298,7 +298,7 @@ def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str 
         views, kept = [], []
         for path, label in samples[start:start + batch_images]:
             try:
-                views.append(predictor.views(open_image(path), mode))
+                views.append(predictor.views(predictor.open(path), mode))
                 kept.append(label)
             except ImageError:
                 unreadable += 1

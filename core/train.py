@@ -28,7 +28,7 @@ from .accel import (as_input, configure_device, inference_copy, plan_threads, re
                     skip_dynamo_import, to_channels_last)
 from .archs import get_arch
 from .config import TrainConfig
-from .data import build_transform, training_transform
+from .data import build_transform, decoding_line, training_transform
 from .split import LIST_FILES, Split, read_split, split_dataset, write_split
 from .states import Phase
 from .errors import RunError
@@ -206,7 +206,8 @@ def start_record(s: Setup) -> Start:
                  weights=s.cfg.weights, time=time.time(), class_names=s.split.class_names,
                  threads=s.threads, workers=s.workers,
                  class_weights=class_weights(s.split) if s.cfg.class_weights else None,
-                 excluded=excluded_count(s.run))
+                 excluded=excluded_count(s.run),
+                 decoding=decoding_line(s.eval_tf, gpu=s.device.type == "cuda"))
 
 
 # ----------------------------------------------------------------------------- one epoch

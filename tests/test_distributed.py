@@ -139,3 +139,44 @@ def test_stop_reaches_every_rank_at_the_same_batch(shapes, tmp_path):
         assert records.final.status == "stopped" and read_status(RunDir(run))[0] == "stopped"
         assert 1 <= records.final.epochs_completed < 50
         assert not list(run.glob("error-rank*.txt"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_with_c10d_rendezvous_train_one_run_folder(shapes, lite0_file, tmp_path):
+    """The README's two-node command, simulated on this machine: two torchrun launchers (one process each)
+    meet through a c10d rendezvous on 127.0.0.1 and train one run folder."""
+    port = _free_port()
+    common = ["--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "2", "--lr", "0.01", "--seed", "5",
+              "--cache-dir", tmp_path / "cache", "--out", tmp_path / "nodes"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_id", "tld-two-nodes",
+                               "--rdzv_endpoint", f"127.0.0.1:{port}", "-m", "core", "train", *map(str, common)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], "\n---\n".join(o[-3000:] for o in outputs)
+    records = read_records(tmp_path / "nodes")
+    kinds = [r.type for r in records.items]
+    assert kinds.count("start") == 1 and kinds.count("final") == 1 and records.final.status == "completed"
+    assert records.start.world_size == 2
+    test_size = len((tmp_path / "nodes" / "lists" / "test.txt").read_text().splitlines())
+    assert all(e.tested == test_size for e in records.epochs)
+    predictions = json.loads((tmp_path / "nodes" / "predictions.json").read_text())
+    assert sorted(p["index"] for p in predictions) == list(range(test_size))  # every test image counted once
+    single = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(shapes),
+                                    epochs=2, lr=0.01, seed=5), tmp_path / "single"))
+    assert [e.test_acc for e in records.epochs] == [e.test_acc for e in single if e.type == "epoch"]

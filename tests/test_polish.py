@@ -37,7 +37,7 @@ def test_1_early_stopping_is_said_where_the_run_is_shown_and_in_the_table(small_
     said = (f"Stopped early at epoch {final.epochs_completed} of 8: no better test accuracy for 1 epoch; "
             f"predictions use epoch {final.best_epoch}.")
     assert said in [i.value for i in at.info]
-    table = at.dataframe[0].value
+    table = next(d.value for d in at.dataframe if "note" in d.value.columns)  # the runs table
     assert said[1:-1] in " ".join(table["note"]).replace("stopped", "Stopped")[1:]
 
 
