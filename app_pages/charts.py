@@ -245,3 +245,18 @@ def selected_in_box(points: pd.DataFrame, event) -> pd.DataFrame:
         return points.iloc[:0]
     (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
     return points[points["x"].between(x0, x1) & points["y"].between(y0, y1)]
+
+
+def lr_finder_chart(result) -> None:
+    """The finder's smoothed loss against the learning rate (log scale), the suggestion marked."""
+    curve = pd.DataFrame({"learning rate": result.lrs, "loss (smoothed)": result.losses})
+    line = alt.Chart(curve).mark_line().encode(
+        x=alt.X("learning rate:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e")),
+        y=alt.Y("loss (smoothed):Q", scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip("learning rate:Q", format=".2e"), alt.Tooltip("loss (smoothed):Q", format=".3f")])
+    layers = [line]
+    if result.suggestion is not None:
+        marks = pd.DataFrame({"learning rate": [result.suggestion], "what": ["suggested (valley)"]})
+        layers.append(alt.Chart(marks).mark_rule(color="red", strokeDash=[4, 4]).encode(
+            x="learning rate:Q", tooltip=["what", alt.Tooltip("learning rate:Q", format=".2e")]))
+    st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -8,16 +9,18 @@ from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig, field_range
 from core.errors import UserError
 from core.config import TTA_MODES
+from core.lr_find import find_lr
+from core.records import Progress
 from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
                        run_progress, seconds_left, smooth_eta)
-from core.workspace import cache_dir, checks_dir, runs_dir
+from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
-from app_pages.charts import (compare_chart, confusion_chart, loss_charts, per_class_chart, reliability_chart,
-                              runs_table, selected_cell)
+from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
+                              reliability_chart, runs_table, selected_cell)
 from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, reported,
                               resolve_weights_file, run_predictor, save_state, show_explanation, stored_check,
                               thumbnail, user_errors, KEEP_GROUPS)
@@ -71,8 +74,10 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
     chosen = dict(epochs=c1.slider("Epochs", *field_range("epochs", ui=True), DEFAULTS.epochs, key="tr_epochs"),
                   batch_size=c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size,
                                               key="tr_batch"),
-                  lr=c3.select_slider("Learning rate (log scale)", LRS, value=DEFAULTS.lr, key="tr_lr",
-                                      format_func=lambda v: f"{v:g}"))
+                  lr=c3.select_slider("Learning rate (log scale)", _lr_options(), value=DEFAULTS.lr, key="tr_lr",
+                                      format_func=lambda v: f"{v:.3g}",
+                                      help="Not sure? The learning-rate finder below suggests one for these "
+                                           "settings."))
     c1, c2, c3, c4 = st.columns(4)
     chosen["momentum"] = c1.slider("Momentum", *field_range("momentum", ui=True), DEFAULTS.momentum, 0.01,
                                    key="tr_momentum")
@@ -105,6 +110,62 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
              "than the new head (fastai's discriminative learning rates); × 1: one rate for all. From scratch "
              "every layer uses the learning rate."))
     return chosen
+
+
+def _lr_options() -> list[float]:
+    """The slider's rates, with the finder's suggestion once the visitor took it."""
+    found = st.session_state.get("tr_lr_found")
+    return sorted(set(LRS) | ({found} if found else set()))
+
+
+def _use_lr(value: float) -> None:
+    st.session_state["tr_lr_found"] = value
+    st.session_state["tr_lr"] = value
+
+
+def render_lr_finder(cfg: TrainConfig) -> None:
+    """fastai's learning-rate finder for the settings above: a sweep, its curve, a suggestion to take."""
+    key = ("lr_find", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+    c1, c2 = st.columns([1, 3])
+    if st.session_state.pop("tr_lr_running", False):
+        st.info("The sweep was stopped.")
+    if c1.button("Find a learning rate", key="tr_lr_find", help="Trains these settings for 100 mini-batches with "
+                 "a learning rate growing from 1e-7 to 10 and watches the loss (the model is put back afterwards). "
+                 "With a frozen body it takes a second or two after the feature pass."):
+        bar = st.progress(0.0, text="Preparing the sweep…")
+        st.button("Stop", key="tr_lr_stop", help="Stops the sweep at once.")
+        st.session_state["tr_lr_running"] = True  # still set on the next run only when Stop cut this one short
+        with reported(bar):
+            stream = find_lr(cfg, cache_dir=cache_dir(), allowed_roots=allowed_roots())
+            try:
+                while True:
+                    try:
+                        record = next(stream)
+                    except StopIteration as finished:
+                        st.session_state[key] = finished.value
+                        break
+                    if isinstance(record, Progress):
+                        bar.progress(min(1.0, record.done / max(record.total, 1)),
+                                     text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
+                                          f"{record.done}/{record.total}")
+            finally:
+                stream.close()
+        st.session_state.pop("tr_lr_running", None)
+        bar.empty()
+    result = st.session_state.get(key)
+    if result is None:
+        c2.caption("The finder sweeps the learning rate over a few mini-batches of the training images (never the "
+                   "test images) and suggests where the loss falls best (fastai's valley).")
+        return
+    lr_finder_chart(result)
+    for note in result.notes:
+        st.warning(note)
+    st.caption(f"{len(result.lrs)} steps on {result.feature_path} in {result.seconds:.1f} s; {result.stopped}.")
+    if result.suggestion is not None:
+        suggested = float(f"{result.suggestion:.2g}")
+        st.button(f"Use {suggested:g}", key="tr_lr_use", on_click=_use_lr, args=(suggested,),
+                  help=f"Sets the learning rate to the valley's {result.suggestion:.3g} (rounded)"
+                       + (f"; the loss falls fastest at {result.steep:.3g}" if result.steep else "") + ".")
 
 
 def render_settings(state: dict, arch: str) -> TrainConfig:
@@ -533,6 +594,8 @@ def main() -> None:
     with st.expander("Settings", expanded=not st.query_params.get("run")):
         cfg = render_settings(state, default_arch())
         st.caption(f"Data: `{cfg.data_root}` (train ratio {cfg.train_ratio})")
+        with st.container(border=True):
+            render_lr_finder(cfg)
         if st.button("Start training", type="primary", key="tr_start"):
             start(cfg)
 

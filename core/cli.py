@@ -483,6 +483,53 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="sweep the learning rate (fastai's finder) for these settings; suggests one")
+    add_train_flags(p)
+    p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
+    p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=_number(10, 1000), default=100, help="mini-batches in the sweep")
+    p.add_argument("--json", metavar="OUT.json", help="write the curve and the suggestions as JSON")
+    p.set_defaults(func=cmd_lr_find, exclude_file=None, keep_together_file=None)
+
+
+def cmd_lr_find(args) -> int:
+    from .lr_find import find_lr
+    from .records import Progress
+    from .workspace import cache_dir
+
+    cfg, why = _config_from_args(args)
+    _check_data(cfg)
+    if why:
+        print(f"note: {why}", file=sys.stderr, flush=True)
+    stream = find_lr(cfg, cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
+                     start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.steps)
+    while True:
+        try:
+            record = next(stream)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        if isinstance(record, Progress) and (record.done in (0, record.total) or sys.stderr.isatty()):
+            print(f"{record.phase.doing}: {record.done}/{record.total}", file=sys.stderr, flush=True)
+    print(f"{len(result.lrs)} steps from {result.lrs[0]:.1e} ({result.feature_path}, {result.seconds:.1f} s); "
+          f"{result.stopped}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.valley is not None:
+        print(f"suggested learning rate: {result.valley:.2e} (valley)" +
+              (f"; steepest descent at {result.steep:.2e}" if result.steep else ""))
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result.to_json(), indent=1))
+        print(f"curve: {args.json}")
+    return 0
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for an image, as JSON")
     p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
@@ -537,7 +584,8 @@ def _add_export_import_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_predict, _add_report, _add_export_import_demo):
+    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_lr_find, _add_predict, _add_report,
+                _add_export_import_demo):
         add(sub)
     return parser
 

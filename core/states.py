@@ -56,6 +56,7 @@ class Phase(_Named):
     NEIGHBOURS = "neighbours"  # feature similarities, for near duplicates
     FOLDS = "folds"  # cross-validation of a linear head and k-NN (label issues, the baseline)
     MAP = "map"  # the 2-D projection of the features
+    LR_SWEEP = "lr sweep"  # the learning-rate finder's steps (core.lr_find)
 
     @property
     def doing(self) -> str:
@@ -66,4 +67,5 @@ class Phase(_Named):
 PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.TEST: "testing",
                Phase.HEADERS: "reading image headers", Phase.HASHES: "hashing for exact duplicates",
                Phase.NEIGHBOURS: "comparing features for near duplicates",
-               Phase.FOLDS: "cross-validating a linear head", Phase.MAP: "projecting the features to 2-D"}
+               Phase.FOLDS: "cross-validating a linear head", Phase.MAP: "projecting the features to 2-D",
+               Phase.LR_SWEEP: "sweeping the learning rate"}

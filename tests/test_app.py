@@ -465,3 +465,16 @@ def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_fi
     assert {"Accuracy with TTA", "ECE with TTA (calibrated)"} <= {m.label for m in at.metric}
     at.run()  # the measurement stays for this visitor
     assert "Accuracy with TTA" in {m.label for m in at.metric}
+
+
+def test_training_page_finds_a_learning_rate_and_uses_it(small_demo):
+    at = open_page(app(), "app_pages/training.py")
+    at.button(key="tr_lr_find").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    use = at.button(key="tr_lr_use")
+    suggested = float(use.label.removeprefix("Use "))
+    assert 1e-7 < suggested < 10
+    assert any(c.value.startswith("100 steps on cached features") or "diverged" in c.value for c in at.caption)
+    use.click().run()
+    assert not at.exception
+    assert at.select_slider(key="tr_lr").value == pytest.approx(suggested)
