@@ -8,6 +8,7 @@ from core.config import TrainConfig
 from core.datacheck import (NEAR_THRESHOLD, DataReport, check_data, data_fingerprint, describe, label_issues_csv,
                             save_report, split_fingerprint)
 from core.errors import UserError
+from core.records import follow
 from core.runs import launch
 from core.split import Split, split_dataset, write_split
 from core.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
@@ -27,16 +28,8 @@ def run_check(split: Split, arch: str, weights: str | None, threshold: float) ->
     st.button("Stop", key="ck_stop", help="Stops the check at once; nothing is stored.")
     st.session_state["ck_running"] = True  # still set on the next run only when a Stop click cut this one short
     stream = check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(), near_threshold=threshold)
-    try:
-        while True:
-            try:
-                progress = next(stream)
-            except StopIteration as finished:
-                report = finished.value
-                break
-            bar.progress(min(1.0, progress.done / progress.total) if progress.total else 0.0, text=describe(progress))
-    finally:
-        stream.close()
+    report = follow(stream, lambda progress: bar.progress(min(1.0, progress.done / progress.total)
+                                                         if progress.total else 0.0, text=describe(progress)))
     st.session_state.pop("ck_running", None)
     bar.empty()
     with reported(), workspace_writes("store the check"):

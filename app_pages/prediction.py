@@ -9,6 +9,7 @@ from core.config import TTA_MODES
 from core.errors import UserError
 from core.export import export_bytes
 from core.images import open_image, thumbnail_jpeg
+from core.records import follow
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
 from core.rundir import RunDir, best_completed, list_runs
 from core.states import RunState
@@ -174,14 +175,8 @@ def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> No
         with tempfile.TemporaryDirectory() as tmp, user_errors():
             paths = _batch_paths(uploads, Path(tmp))
             bar = st.progress(0.0, text="Predicting…")
-            batches = predict_many(predictor, paths, topk=topk, calibrated=calibrated)
-            while True:
-                try:
-                    done, total = next(batches)
-                    bar.progress(done / total, text=f"Predicting… {done}/{total} images")
-                except StopIteration as finished:
-                    rows = finished.value
-                    break
+            rows = follow(predict_many(predictor, paths, topk=topk, calibrated=calibrated), lambda step: bar.progress(
+                step[0] / step[1], text=f"Predicting… {step[0]}/{step[1]} images"))
             bar.empty()  # done: the table below says so, a full bar saying "Predicting…" would not
             names = {p: Path(p).relative_to(tmp).as_posix() for p in paths}
         failed = sum(bool(r.error) for r in rows)

@@ -10,7 +10,7 @@ from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainCon
 from core.errors import UserError
 from core.config import TTA_MODES
 from core.lr_find import find_lr
-from core.records import Progress
+from core.records import Progress, follow
 from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
@@ -136,20 +136,13 @@ def render_lr_finder(cfg: TrainConfig) -> None:
         st.button("Stop", key="tr_lr_stop", help="Stops the sweep at once.")
         st.session_state["tr_lr_running"] = True  # still set on the next run only when Stop cut this one short
         with reported(bar):
-            stream = find_lr(cfg, cache_dir=cache_dir(), allowed_roots=allowed_roots())
-            try:
-                while True:
-                    try:
-                        record = next(stream)
-                    except StopIteration as finished:
-                        st.session_state[key] = finished.value
-                        break
-                    if isinstance(record, Progress):
-                        bar.progress(min(1.0, record.done / max(record.total, 1)),
-                                     text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
-                                          f"{record.done}/{record.total}")
-            finally:
-                stream.close()
+            def show(record) -> None:
+                if isinstance(record, Progress):
+                    bar.progress(min(1.0, record.done / max(record.total, 1)),
+                                 text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
+                                      f"{record.done}/{record.total}")
+
+            st.session_state[key] = follow(find_lr(cfg, cache_dir=cache_dir(), allowed_roots=allowed_roots()), show)
         st.session_state.pop("tr_lr_running", None)
         bar.empty()
     result = st.session_state.get(key)
@@ -420,18 +413,8 @@ def render_tta(run_path: Path) -> None:
         st.button("Stop", key="tr_tta_stop", help="Stops the measurement at once.")
         st.session_state["tr_tta_running"] = True  # still set on the next run only when Stop cut this one short
         with reported(bar):
-            stream = evaluate_tta(run_path, mode)
-            try:
-                while True:
-                    try:
-                        step = next(stream)
-                    except StopIteration as finished:
-                        st.session_state[key] = finished.value
-                        break
-                    bar.progress(step.done / max(step.total, 1), text=f"Test-time augmentation… {step.done}/"
-                                 f"{step.total} images")
-            finally:
-                stream.close()
+            st.session_state[key] = follow(evaluate_tta(run_path, mode), lambda step: bar.progress(
+                step.done / max(step.total, 1), text=f"Test-time augmentation… {step.done}/{step.total} images"))
         st.session_state.pop("tr_tta_running", None)
         bar.empty()
     result = st.session_state.get(key)

@@ -39,7 +39,7 @@ from core.accel import fold_batchnorm, plan_threads, to_channels_last
 from core.archs import ARCHITECTURES
 from core.data import Letterbox, ListDataset, build_transform, collate_skipping_unreadable
 from core.demo import draw_shape
-from core.records import Features as FeaturesRecord
+from core.records import Features as FeaturesRecord, follow
 from core.rundir import read_records
 from core.split import read_list_file, split_dataset, write_split
 from core.surgery import adapt_model, trainable_parameters
@@ -212,7 +212,7 @@ def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
         t_cold, _ = cli("inspect", "--lists", write_split(split_dataset(data, 0.6, 0), tmp / f"check{n}-lists"),
                         "--arch", arch)
         split = load_split(lists_dir=str(tmp / f"check{n}-lists"))
-        t_warm, report = timed(_drain, check_data(split, arch=arch, weights=weights, cache_dir=cache_dir()))
+        t_warm, report = timed(follow, check_data(split, arch=arch, weights=weights, cache_dir=cache_dir()))
         rss = peak_rss_mb("inspect", "--lists", tmp / f"check{n}-lists", "--arch", arch)
         print(f"data check, {n:6d} images: cold CLI {t_cold:6.1f} s (imports and the feature pass included); "
               f"features cached {t_warm:5.2f} s beyond imports [" +
@@ -294,15 +294,6 @@ def _import_check_libraries() -> None:
     import sklearn.manifold  # noqa: F401
     import sklearn.model_selection  # noqa: F401
     import sklearn.neighbors  # noqa: F401
-
-
-def _drain(stream):
-    """Run a generator of progress records to its end; its return value."""
-    while True:
-        try:
-            next(stream)
-        except StopIteration as finished:
-            return finished.value
 
 
 def main() -> None:

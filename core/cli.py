@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from .archs import ARCHITECTURES, OFFLINE_ARCH, PREFERRED_ARCH
@@ -17,6 +18,7 @@ from .split import MAX_CLASSES
 from .config import FREEZE_MODES, TRAINS, TTA_MODES, TrainConfig, field_default, field_range
 from .errors import ConfigError, UserError
 from .console import print_records
+from .records import follow
 from .states import RunState
 
 EXIT_USER_ERROR = 2
@@ -76,7 +78,6 @@ def cmd_split(args) -> int:
 def cmd_inspect(args) -> int:
     from .archs import get_arch
     from .datacheck import check_data, describe, load_split, save_report
-    from .records import Progress
     from .weights import NO_WEIGHTS, PRETRAINED, default_arch, resolve_weights
     from .workspace import cache_dir, checks_dir
 
@@ -90,14 +91,7 @@ def cmd_inspect(args) -> int:
     split = load_split(args.data_root, args.lists_dir, train_ratio=args.train_ratio, seed=args.seed)
     stream = check_data(split, arch=arch, weights=weights, cache_dir=None if args.no_cache else cache_dir(),
                         near_threshold=args.near_threshold, device=args.device)
-    while True:
-        try:
-            record = next(stream)
-        except StopIteration as finished:
-            report = finished.value
-            break
-        if isinstance(record, Progress) and (record.done in (0, record.total) or sys.stderr.isatty()):
-            print(describe(record), file=sys.stderr, flush=True)
+    report = follow(stream, _progress_line(describe))
     print_data_report(report)
     try:
         stored = save_report(report, checks_dir())
@@ -269,6 +263,20 @@ def cmd_train(args) -> int:
     return 0 if final.status == RunState.COMPLETED else 1
 
 
+def _progress_line(describe):
+    """A progress record's line on stderr: the first and the last, and on a terminal one a second between."""
+    last = [0.0]
+
+    def show(record) -> None:
+        if not hasattr(record, "done"):
+            return
+        now = time.monotonic()
+        if record.done in (0, record.total) or (sys.stderr.isatty() and now - last[0] >= 1.0):
+            last[0] = now
+            print(describe(record), file=sys.stderr, flush=True)
+    return show
+
+
 # ----------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
     from .report import evaluate_tta, run_report
@@ -279,16 +287,8 @@ def cmd_report(args) -> int:
     print_run_report(report)
     data = report.to_json()
     if args.tta:
-        stream = evaluate_tta(args.run, args.tta, device=args.device)
-        while True:
-            try:
-                step = next(stream)
-            except StopIteration as finished:
-                tta = finished.value
-                break
-            if sys.stderr.isatty() or step.done in (0, step.total):
-                print(f"\rtest-time augmentation: {step.done}/{step.total} images", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
+        tta = follow(evaluate_tta(args.run, args.tta, device=args.device),
+                     _progress_line(lambda step: f"test-time augmentation: {step.done}/{step.total} images"))
         kind = "calibrated" if tta.calibrated else "raw"
         print(f"test-time augmentation ({tta.mode}), checkpoint of epoch {tta.epoch}, {tta.images} images: accuracy "
               f"{tta.accuracy:.3f} → {tta.tta_accuracy:.3f}, ECE ({kind}) {tta.ece:.3f} → {tta.tta_ece:.3f}")
@@ -498,7 +498,6 @@ def _add_lr_find(sub) -> None:
 
 def cmd_lr_find(args) -> int:
     from .lr_find import find_lr
-    from .records import Progress
     from .workspace import cache_dir
 
     cfg, why = _config_from_args(args)
@@ -507,14 +506,7 @@ def cmd_lr_find(args) -> int:
         print(f"note: {why}", file=sys.stderr, flush=True)
     stream = find_lr(cfg, cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
                      start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.steps)
-    while True:
-        try:
-            record = next(stream)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        if isinstance(record, Progress) and (record.done in (0, record.total) or sys.stderr.isatty()):
-            print(f"{record.phase.doing}: {record.done}/{record.total}", file=sys.stderr, flush=True)
+    result = follow(stream, _progress_line(lambda record: f"{record.phase.doing}: {record.done}/{record.total}"))
     print(f"{len(result.lrs)} steps from {result.lrs[0]:.1e} ({result.feature_path}, {result.seconds:.1f} s); "
           f"{result.stopped}")
     for note in result.notes:

@@ -270,3 +270,19 @@ class ProgressMeter:
         elapsed = time.time() - self.t0
         return Progress(phase=self.phase, split=self.split, epoch=self.epoch, done=self.done, total=self.total,
                         images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)
+
+
+def follow(stream, on_record=None):
+    """Run a generator of records (progress, batches, steps) to its end, handing each to ``on_record``;
+    returns the generator's return value (``return report`` in it). The generator is closed either way, so
+    an interruption (a page's Stop, Ctrl-C) runs its clean-up at once."""
+    try:
+        while True:
+            try:
+                record = next(stream)
+            except StopIteration as finished:
+                return finished.value
+            if on_record is not None:
+                on_record(record)
+    finally:
+        stream.close()

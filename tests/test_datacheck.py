@@ -12,6 +12,7 @@ from core.config import TrainConfig
 from core.datacheck import (DataReport, check_data, data_fingerprint, duplicate_groups_from_json, load_report,
                             read_path_list, save_report, _Groups, _near_pairs)
 from core.demo import generate_demo
+from core.records import follow
 from core.errors import ConfigError, DatasetError
 from core.health import Header, Unreadable, read_header
 from core.split import read_split, split_dataset
@@ -21,11 +22,7 @@ from tests.conftest import ROOT
 def drain(stream):
     """Run a check to its end; the Progress records and the report."""
     seen = []
-    while True:
-        try:
-            seen.append(next(stream))
-        except StopIteration as finished:
-            return seen, finished.value
+    return seen, follow(stream, seen.append)
 
 
 def plant(root):

@@ -8,17 +8,14 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.records import follow
 from core.lr_find import exponential_lrs, find_lr, smooth, steep, sweep, valley
 from tests.conftest import ROOT, make_colour_dataset
 
 
 def _drain(stream):
     records = []
-    while True:
-        try:
-            records.append(next(stream))
-        except StopIteration as finished:
-            return records, finished.value
+    return records, follow(stream, records.append)
 
 
 def test_the_sweep_puts_the_model_and_optimizer_back():

@@ -15,7 +15,7 @@ from core.data import build_transform
 from core.archs import get_arch
 from core.errors import RunError
 from core.predict import Predictor
-from core.records import Prediction
+from core.records import Prediction, follow
 from core.report import _coverage_notes, class_scores, evaluate_tta, run_report
 from core.rundir import RunDir, read_records, read_run
 from core.states import RunState
@@ -234,12 +234,7 @@ def test_damaged_test_outputs_show_the_run_as_damaged(run, tmp_path):
 def test_tta_is_measured_with_and_without_on_the_same_checkpoint(run):
     stream = evaluate_tta(run, "flip+crops")
     steps = []
-    while True:
-        try:
-            steps.append(next(stream))
-        except StopIteration as finished:
-            result = finished.value
-            break
+    result = follow(stream, steps.append)
     assert steps[0].done == 0 and steps[-1].done == steps[-1].total == result.images
     report = run_report(run)
     assert result.images == report.tested and result.calibrated
