@@ -22,6 +22,7 @@ from .records import Batch, Epoch, Final, Progress, Record, Records, Start
 from .distributed import SINGLE, Terminated, World, barrier
 from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
 from .feature_path import choose_feature_path
+from .tensorboard_log import TensorBoardLog
 from .train import EarlyStop, NonFiniteLoss, StopRequested, epoch_loop, set_up, start_record
 
 
@@ -56,6 +57,7 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     run = RunDir(run_dir)
     cfg = load_config(run)
     emitted: list[Record] = []
+    events = TensorBoardLog(run.path, cfg.to_dict())  # best-effort: its failures never end the run
     t0 = time.time()
     with Heartbeat(run) as heartbeat:
         heartbeat.set_phase("setting up")
@@ -65,6 +67,7 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
                                    heartbeat.set_phase):
                 append_jsonl(run.metrics, record.to_json())
                 emitted.append(record)
+                events.write(record)
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)
                 yield record
         except StopRequested:
@@ -76,12 +79,15 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         except KeyboardInterrupt:
             status, reason = RunState.STOPPED, "interrupted (Ctrl+C); the last completed epoch's checkpoint is kept"
         except GeneratorExit:
-            _finish(run, heartbeat, RunState.STOPPED, "the consumer of the record stream stopped early", emitted, t0)
+            events.write(_finish(run, heartbeat, RunState.STOPPED, "the consumer of the record stream stopped early",
+                                 emitted, t0))
             raise
         except Exception as exc:  # a bug or a resource problem: keep the traceback for the log
             status, reason = RunState.FAILED, f"{type(exc).__name__}: {exc}"
             atomic_write_text(run.error, traceback.format_exc())
-        yield _finish(run, heartbeat, status, reason, emitted, t0)
+        final = _finish(run, heartbeat, status, reason, emitted, t0)
+        events.write(final)
+        yield final
 
 
 def _other_rank(run: RunDir, cache_dir, allowed_roots, world: World) -> Iterator[Record]:
