@@ -260,3 +260,20 @@ def lr_finder_chart(result) -> None:
         layers.append(alt.Chart(marks).mark_rule(color="red", strokeDash=[4, 4]).encode(
             x="learning rate:Q", tooltip=["what", alt.Tooltip("learning rate:Q", format=".2e")]))
     st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")
+
+
+def trials_chart(trials) -> None:
+    """The head search's score per trial (pruned trials at the score they had when stopped), best so far as a line."""
+    rows, best = [], None
+    for t in trials:
+        if t.score is not None and t.state == "complete":
+            best = t.score if best is None else max(best, t.score)
+        rows.append({"trial": t.number, "score": t.score, "state": t.state, "best so far": best,
+                     **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.params.items()}})
+    data = pd.DataFrame(rows)
+    points = alt.Chart(data).mark_point(filled=True).encode(
+        x=alt.X("trial:Q"), y=alt.Y("score:Q", title="cross-validated accuracy", scale=alt.Scale(zero=False)),
+        color=alt.Color("state:N", scale=alt.Scale(domain=["complete", "pruned"], range=["#1f77b4", "#bbbbbb"])),
+        tooltip=list(data.columns))
+    line = alt.Chart(data).mark_line(color="#d62728").encode(x="trial:Q", y="best so far:Q")
+    st.altair_chart((points + line).properties(height=220), width="stretch")

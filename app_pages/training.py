@@ -10,6 +10,7 @@ from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainCon
 from core.errors import UserError
 from core.config import TTA_MODES
 from core.lr_find import find_lr
+from core.tune import tune_head
 from core.records import Progress, follow
 from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
@@ -20,7 +21,7 @@ from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max
 from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
-                              reliability_chart, runs_table, selected_cell)
+                              reliability_chart, runs_table, selected_cell, trials_chart)
 from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, reported,
                               resolve_weights_file, run_predictor, save_state, show_explanation, stored_check,
                               thumbnail, user_errors, KEEP_GROUPS)
@@ -123,32 +124,54 @@ def _use_lr(value: float) -> None:
     st.session_state["tr_lr"] = value
 
 
-def render_lr_finder(cfg: TrainConfig) -> None:
-    """fastai's learning-rate finder for the settings above: a sweep, its curve, a suggestion to take."""
-    key = ("lr_find", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
-    c1, c2 = st.columns([1, 3])
-    if st.session_state.pop("tr_lr_running", False):
-        st.info("The sweep was stopped.")
-    if c1.button("Find a learning rate", key="tr_lr_find", help="Trains these settings for 100 mini-batches with "
-                 "a learning rate growing from 1e-7 to 10 and watches the loss (the model is put back afterwards). "
-                 "With a frozen body it takes a second or two after the feature pass."):
-        bar = st.progress(0.0, text="Preparing the sweep…")
-        st.button("Stop", key="tr_lr_stop", help="Stops the sweep at once.")
-        st.session_state["tr_lr_running"] = True  # still set on the next run only when Stop cut this one short
-        with reported(bar):
-            def show(record) -> None:
-                if isinstance(record, Progress):
-                    bar.progress(min(1.0, record.done / max(record.total, 1)),
-                                 text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
-                                      f"{record.done}/{record.total}")
+def run_with_stop(stream, *, key: str, what: str):
+    """Follow ``stream`` (Progress records) under a progress bar with a Stop button; its result, or None when
+    it failed (said) or is cut short by Stop (said on the next run, from the ``key`` flag left behind)."""
+    bar = st.progress(0.0, text=f"Preparing the {what}…")
+    st.button("Stop", key=f"{key}_stop", help=f"Stops the {what} at once.")
+    st.session_state[key] = True  # still set on the next run only when Stop cut this one short
+    result = None
+    with reported(bar):
+        def show(record) -> None:
+            if isinstance(record, Progress):
+                bar.progress(min(1.0, record.done / max(record.total, 1)),
+                             text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
+                                  f"{record.done}/{record.total}")
 
-            st.session_state[key] = follow(find_lr(cfg, cache_dir=cache_dir(), allowed_roots=allowed_roots()), show)
-        st.session_state.pop("tr_lr_running", None)
-        bar.empty()
+        result = follow(stream, show)
+    st.session_state.pop(key, None)
+    bar.empty()
+    return result
+
+
+def remembered_action(cfg: TrainConfig, name: str, label: str, *, what: str, help: str, hint: str, work):
+    """A button that runs ``work()`` (a generator of Progress) with a progress bar and Stop, and this visitor's
+    last result of it for these settings (None before any, with ``hint`` beside the button)."""
+    key = (name, json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+    c1, c2 = st.columns([1, 3])
+    if st.session_state.pop(f"tr_{name}_running", False):
+        st.info(f"The {what} was stopped.")
+    if c1.button(label, key=f"tr_{name}", help=help):
+        found = run_with_stop(work(), key=f"tr_{name}_running", what=what)
+        if found is not None:
+            st.session_state[key] = found
     result = st.session_state.get(key)
     if result is None:
-        c2.caption("The finder sweeps the learning rate over a few mini-batches of the training images (never the "
-                   "test images) and suggests where the loss falls best (fastai's valley).")
+        c2.caption(hint)
+    return result
+
+
+def render_lr_finder(cfg: TrainConfig) -> None:
+    """fastai's learning-rate finder for the settings above: a sweep, its curve, a suggestion to take."""
+    result = remembered_action(
+        cfg, "lr_find", "Find a learning rate", what="sweep",
+        help="Trains these settings for 100 mini-batches with a learning rate growing from 1e-7 to 10 and watches "
+             "the loss (the model is put back afterwards). With a frozen body it takes a second or two after the "
+             "feature pass.",
+        hint="The finder sweeps the learning rate over a few mini-batches of the training images (never the test "
+             "images) and suggests where the loss falls best (fastai's valley).",
+        work=lambda: find_lr(cfg, cache_dir=cache_dir(), allowed_roots=allowed_roots()))
+    if result is None:
         return
     lr_finder_chart(result)
     for note in result.notes:
@@ -159,6 +182,37 @@ def render_lr_finder(cfg: TrainConfig) -> None:
         st.button(f"Use {suggested:g}", key="tr_lr_use", on_click=_use_lr, args=(suggested,),
                   help=f"Sets the learning rate to the valley's {result.suggestion:.3g} (rounded)"
                        + (f"; the loss falls fastest at {result.steep:.3g}" if result.steep else "") + ".")
+
+
+TRIALS = 50
+
+
+def render_head_search(cfg: TrainConfig) -> None:
+    """Optuna over the head's settings, cross-validated on the training split, and a run with the best."""
+    if cfg.freeze != "head" or not cfg.pretrained or cfg.augmentation != "none":
+        st.caption("The head search needs pretrained weights, fine-tune mode 'only the new head' and no "
+                   "augmentation: then every trial trains on cached features in milliseconds.")
+        return
+    result = remembered_action(
+        cfg, "tune", f"Search the head's settings ({TRIALS} trials)", what="search",
+        help="Optuna (TPE, pruning) tries learning rate, weight decay, momentum, epochs and label smoothing; each "
+             "trial is scored by 5-fold cross-validation on the training images. The test images are not looked "
+             "at until a run trains with the best settings.",
+        hint="Tries settings for the new head in seconds (it trains on the cached features), scoring each on the "
+             "training images only, and offers a run with the best.",
+        work=lambda: tune_head(cfg, cache_dir=cache_dir(), trials=TRIALS, seed=cfg.seed))
+    if result is None:
+        return
+    trials_chart(result.trials)
+    for note in result.notes:
+        st.caption(f"Note: {note}.")
+    best = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in result.best.items()}
+    st.dataframe(pd.DataFrame([best]), hide_index=True)
+    st.caption(f"Best cross-validated accuracy {fmt_pct(result.best_score)} over {result.folds} folds of "
+               f"{result.train_images} training images; {len(result.trials)} trials in {result.seconds:.1f} s.")
+    if st.button("Start a run with the best settings", key="tr_tune_start", type="primary",
+                 help="A normal run, tested on the test split; it records that its settings came from this search."):
+        start(result.apply(cfg))
 
 
 def render_settings(state: dict, arch: str) -> TrainConfig:
@@ -255,6 +309,8 @@ def live_view(run_path: Path, was_running: bool) -> None:
                        f"{start_record.train_size} train / {start_record.test_size} test images · "
                        f"{start_record.trainable_params:,} trainable parameters · weights: "
                        f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
+            if info.config is not None and info.config.tuned_by:
+                st.caption(f"Settings from a {info.config.tuned_by}.")
             if start_record.class_weights:
                 st.caption("Class-weighted loss: " + ", ".join(
                     f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)))
@@ -579,6 +635,8 @@ def main() -> None:
         st.caption(f"Data: `{cfg.data_root}` (train ratio {cfg.train_ratio})")
         with st.container(border=True):
             render_lr_finder(cfg)
+        with st.container(border=True):
+            render_head_search(cfg)
         if st.button("Start training", type="primary", key="tr_start"):
             start(cfg)
 

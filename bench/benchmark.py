@@ -272,6 +272,23 @@ def phone_figures(arch: str, tmp: Path, n: int) -> None:
         print(f"thumbnail (the Dataset page's, 112 px) of a {name} photo: {1000 * t / len(paths):.0f} ms")
 
 
+def search_figures(arch: str, lists: Path, cache: Path) -> None:
+    """The learning-rate finder and the 50-trial head search on the cached features of a finished run
+    (the feature pass is the run's; these figures are what comes after it), in this process."""
+    from core.config import TrainConfig
+    from core.lr_find import find_lr
+    from core.tune import tune_head
+
+    cfg = TrainConfig(arch=arch, weights=resolve_weights(ARCHITECTURES[arch]), lists_dir=str(lists))
+    follow(find_lr(cfg, cache_dir=cache, num_it=10))  # imports and loads once, not counted below
+    t_find, found = timed(follow, find_lr(cfg, cache_dir=cache))
+    t_tune, tuned = timed(follow, tune_head(cfg, cache_dir=cache, trials=50))
+    pruned = sum(t.state == "pruned" for t in tuned.trials)
+    print(f"learning-rate finder on cached features: {t_find:.2f} s for {len(found.lrs)} steps (suggests "
+          f"{found.suggestion:.2g}); head search: {t_tune:.1f} s for 50 trials ({pruned} pruned, {tuned.folds}-fold "
+          f"cross-validation on {tuned.train_images} training images, best {100 * tuned.best_score:.1f}%)")
+
+
 def report_figures(run_dir: Path) -> None:
     """The after-training report of a finished run (python -m core report), in this process after a first
     call has imported what it needs, and the same as a new process."""
@@ -306,7 +323,8 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck", "report", "phone"], help="print only these figures")
+    parser.add_argument("--only", choices=["datacheck", "report", "phone", "search"],
+                        help="print only these figures")
     parser.add_argument("--phone-photos", type=int, default=100, help="12-megapixel photos for the phone-photo "
                                                                        "figures (0: skip)")
     args = parser.parse_args()
@@ -329,9 +347,12 @@ def main() -> None:
             return
         data = make_photos(tmp / "photos", args.images)
         lists = write_split(split_dataset(data, 0.6, 0), tmp / "lists")
-        if args.only == "report":
+        if args.only in ("report", "search"):
             project_run(arch, lists, args.epochs, tmp / "run", tmp / "cache")
-            report_figures(tmp / "run")
+            if args.only == "report":
+                report_figures(tmp / "run")
+            else:
+                search_figures(arch, lists, tmp / "cache")
             return
         samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
         print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, "
@@ -357,6 +378,7 @@ def main() -> None:
 
         t_warm, rec_warm = project_run(arch, lists, args.epochs, tmp / "run_b_warm", tmp / "cache")
         report_figures(tmp / "run_b_warm")
+        search_figures(arch, lists, tmp / "cache")
         # the CLI ends with os._exit once its files are closed, so the baseline skips the teardown too
         t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.run, os; os._exit(0)"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)

@@ -483,12 +483,17 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_lr_find(sub) -> None:
-    p = sub.add_parser("lr-find", help="sweep the learning rate (fastai's finder) for these settings; suggests one")
+def _add_run_settings(p) -> None:
+    """The settings of a run, for a command that works with the run's model and cache without training it."""
     add_train_flags(p)
     p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
     p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
+
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="sweep the learning rate (fastai's finder) for these settings; suggests one")
+    _add_run_settings(p)
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
     p.add_argument("--steps", type=_number(10, 1000), default=100, help="mini-batches in the sweep")
@@ -520,6 +525,55 @@ def cmd_lr_find(args) -> int:
         atomic_write_text(args.json, json.dumps(result.to_json(), indent=1))
         print(f"curve: {args.json}")
     return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="search the head's settings (Optuna, cross-validated on the training split)")
+    _add_run_settings(p)
+    p.add_argument("--trials", type=_number(1, 10_000), default=50, help="settings to try")
+    p.add_argument("--json", metavar="OUT.json", help="write every trial and the best settings as JSON")
+    p.add_argument("--train", action="store_true", help="then train a normal run with the best settings (it "
+                                                        "records that they came from this search)")
+    p.set_defaults(func=cmd_tune, exclude_file=None, keep_together_file=None)
+
+
+def cmd_tune(args) -> int:
+    from .tune import save_result, tune_head
+    from .workspace import cache_dir
+
+    cfg, why = _config_from_args(args)
+    if cfg.data_root:
+        _check_data(cfg)
+    if why:
+        print(f"note: {why}", file=sys.stderr, flush=True)
+    result = follow(tune_head(cfg, cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
+                              trials=args.trials, seed=cfg.seed),
+                    _progress_line(lambda record: f"{record.phase.doing}: {record.done}/{record.total}"))
+    pruned = sum(t.state == "pruned" for t in result.trials)
+    print(f"{len(result.trials)} trials ({pruned} pruned) in {result.seconds:.1f} s; {result.folds}-fold "
+          f"cross-validation on {result.train_images} training images (the test split was not read)")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"best: {100 * result.best_score:.1f}% with " + ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items()))
+    flags = " ".join(f"--{k.replace('_', '-')} {v:.3g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                     for k, v in result.best.items())
+    print(f"train with them: python -m core train {'--data ' + cfg.data_root if cfg.data_root else '--lists ' + cfg.lists_dir}"
+          f" --arch {cfg.arch} {flags}")
+    if args.json:
+        save_result(result, args.json)
+        print(f"trials: {args.json}")
+    if not args.train:
+        return 0
+    from .rundir import new_run_dir, run_label
+    from .run import train
+    from .workspace import runs_dir
+
+    tuned = result.apply(cfg)
+    out = new_run_dir(runs_dir(), run_label(tuned))
+    print(f"run folder: {out}", flush=True)
+    final = print_records(train(tuned, out, cache_dir=None if args.no_cache else (args.cache_dir or cache_dir())))
+    return 0 if final is None or final.status != RunState.FAILED else EXIT_USER_ERROR
 
 
 def _add_predict(sub) -> None:
@@ -576,8 +630,8 @@ def _add_export_import_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_lr_find, _add_predict, _add_report,
-                _add_export_import_demo):
+    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_lr_find, _add_tune, _add_predict,
+                _add_report, _add_export_import_demo):
         add(sub)
     return parser
 

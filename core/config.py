@@ -84,6 +84,7 @@ class TrainConfig:
                                       "(1: one rate for all); from scratch every layer uses lr", low=1e-4, high=1.0)
     momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)", low=0.0, high=0.999, ui=(0.0, 0.99))
     weight_decay: float = _opt(0.0, "SGD weight decay", low=0.0, high=1.0)
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (0: none)", low=0.0, high=0.5)
     schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
                                  "PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the epochs)",
                          choices=SCHEDULES)
@@ -122,6 +123,7 @@ class TrainConfig:
                                         "the test split stays whole, so its figure stays comparable",
                                     flag="")  # the CLI's --exclude FILE reads the paths from a file
 
+    tuned_by: str = _opt("", "where these settings came from when a head search chose them (`tune`)", flag="")
     keep_together: tuple[tuple[str, ...], ...] = _opt(
         (), "groups of paths (the duplicate groups of `inspect`) the split keeps each on one side, so no copy of a "
             "test image is trained on (with --data)", flag="")  # the CLI's --keep-together REPORT.json

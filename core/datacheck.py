@@ -20,7 +20,6 @@ import json
 import os
 import threading
 import time
-from contextlib import nullcontext
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -379,11 +378,10 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
     cache)."""
     import torch
 
-    from .accel import configure_device, inference_batch_size, inference_copy, plan_threads, resolve_device, \
-        to_channels_last
+    from .accel import configure_device, plan_threads, resolve_device
     from .archs import get_arch
     from .data import build_transform
-    from .features import compute_frozen_outputs, feature_cache_key, load_cached_features, store_cached_features
+    from .features import head_inputs
     from .surgery import adapt_model
 
     dev = resolve_device(device)
@@ -393,37 +391,23 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
     model, surgery = adapt_model(arch, len(split.classes), weights=weights, freeze="head")
     eval_tf = build_transform(get_arch(arch).transforms())
     precision = "bf16" if dev.type == "cuda" else "fp32"  # as a run's feature pass (train.Setup.feature_precision)
-    feature_model = None
     parts, kept, from_cache = [], [], True
     for side, samples in (("train", split.train), ("test", split.test)):
         if not samples:
             continue
-        key = feature_cache_key(arch=arch, head_variant=surgery.head_variant, weights=weights,
-                                transform=repr(eval_tf), samples=samples, precision=precision)
-        found = load_cached_features(cache_dir, key)
-        if found is None:
-            from_cache = False
-            if feature_model is None:
-                feature_model = to_channels_last(inference_copy(model).to(dev))
-            autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-            meter = ProgressMeter(Phase.FEATURES, len(samples), split=side)
-            yield meter.first()
-            batches = compute_frozen_outputs(feature_model, surgery.head_name, samples, eval_tf, device=dev,
-                                             batch_size=inference_batch_size(dev), num_workers=workers,
-                                             autocast=autocast)
+        stream = head_inputs(samples, model=model, head_name=surgery.head_name, head_variant=surgery.head_variant,
+                             arch=arch, weights=weights, transform=eval_tf, precision=precision, cache_dir=cache_dir,
+                             device=dev, split=side, workers=workers)
+        computed = False
+        while True:
             try:
-                while True:
-                    try:
-                        n = next(batches)
-                    except StopIteration as finished:
-                        found = finished.value
-                        break
-                    record = meter.advance(n)
-                    if record:
-                        yield record
-            finally:
-                batches.close()
-            store_cached_features(cache_dir, key, found)
+                record = next(stream)
+            except StopIteration as finished:
+                found = finished.value
+                break
+            computed = True
+            yield record
+        from_cache = from_cache and not computed
         parts.append(found.features.flatten(1).float().numpy())
         kept += [Sample(samples[i][0], samples[i][1], side) for i in found.indices.tolist()]
     features = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -248,3 +248,40 @@ def store_cached_features(cache_dir: Path | None, key: str, features: Features) 
     except (OSError, UserError):
         return False
     return True
+
+
+def head_inputs(samples: list[tuple[str, int]], *, model: nn.Module, head_name: str, head_variant: str, arch: str,
+                weights: str, transform, precision: str, cache_dir, device: torch.device, split: str,
+                workers: int) -> Iterator:
+    """What the head of ``model`` receives for each of ``samples``, under the training run's own cache key: read
+    from the cache, or computed (BatchNorm folded) with Progress records and stored. Returns the Features.
+    The data check and the head search share the training features this way, in both directions."""
+    from .accel import inference_batch_size, inference_copy, to_channels_last
+    from .records import ProgressMeter
+    from .states import Phase
+
+    key = feature_cache_key(arch=arch, head_variant=head_variant, weights=weights, transform=repr(transform),
+                            samples=samples, precision=precision)
+    found = load_cached_features(cache_dir, key)
+    if found is not None:
+        return found
+    meter = ProgressMeter(Phase.FEATURES, len(samples), split=split)
+    yield meter.first()
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    batches = compute_frozen_outputs(to_channels_last(inference_copy(model).to(device)), head_name, samples,
+                                     transform, device=device, batch_size=inference_batch_size(device),
+                                     num_workers=workers, autocast=autocast)
+    try:
+        while True:
+            try:
+                n = next(batches)
+            except StopIteration as finished:
+                found = finished.value
+                break
+            record = meter.advance(n)
+            if record:
+                yield record
+    finally:
+        batches.close()
+    store_cached_features(cache_dir, key, found)
+    return found

@@ -387,6 +387,33 @@ def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
     return [f"class_{i}" for i in range(n)], "numbered"
 
 
+def _read_classes_json(folder: Path) -> tuple[list[str], dict]:
+    """The class names of ``classes.json``, and the rest it says (root, ratio, seed), checked."""
+    try:
+        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8-sig"))
+        classes = meta["classes"] if isinstance(meta, dict) else meta
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError("expected a list of class names")
+        if not 0 < len(classes) <= MAX_CLASSES:
+            raise ValueError(f"expected 1 to {MAX_CLASSES:,} class names, found {len(classes):,}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
+    return list(classes), meta if isinstance(meta, dict) else {}
+
+
+def read_training_list(folder: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
+    """``train.txt`` and the class names (``classes.json``, else from the training images' folders) without
+    opening ``test.txt``: for work that must not look at the test split (the head search)."""
+    folder = Path(folder)
+    if not (folder / "train.txt").is_file():
+        raise DatasetError(f"'{folder}' lacks train.txt; run the split first")
+    if (folder / "classes.json").is_file():
+        classes, _ = _read_classes_json(folder)
+        return read_list_file(folder / "train.txt", len(classes)), classes
+    train = read_list_file(folder / "train.txt")
+    return train, infer_class_names(train)[0]
+
+
 def read_split(folder: str | os.PathLike) -> Split:
     """The split that list files hold: ``train.txt``, ``test.txt`` and, when present, ``classes.json``."""
     folder = Path(folder)
@@ -398,17 +425,8 @@ def read_split(folder: str | os.PathLike) -> Split:
         train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
         classes, how = infer_class_names(train + test)
         return Split(str(folder), classes, train, test, None, None, class_names=how)
-    try:
-        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8-sig"))
-        classes = meta["classes"] if isinstance(meta, dict) else meta
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise ValueError("expected a list of class names")
-        if not 0 < len(classes) <= MAX_CLASSES:
-            raise ValueError(f"expected 1 to {MAX_CLASSES:,} class names, found {len(classes):,}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{folder / 'classes.json'} is not a valid class list: {exc}") from None
+    classes, info = _read_classes_json(folder)
     n = len(classes)
-    info = meta if isinstance(meta, dict) else {}
     return Split(str(info.get("root") or folder), list(classes), read_list_file(folder / "train.txt", n),
                  read_list_file(folder / "test.txt", n), info.get("train_ratio"), info.get("seed"),
                  given_by=info.get("given_by"))

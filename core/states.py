@@ -57,6 +57,7 @@ class Phase(_Named):
     FOLDS = "folds"  # cross-validation of a linear head and k-NN (label issues, the baseline)
     MAP = "map"  # the 2-D projection of the features
     LR_SWEEP = "lr sweep"  # the learning-rate finder's steps (core.lr_find)
+    TRIALS = "trials"  # the head search's trials (core.tune)
 
     @property
     def doing(self) -> str:
@@ -68,4 +69,4 @@ PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.TEST: "testi
                Phase.HEADERS: "reading image headers", Phase.HASHES: "hashing for exact duplicates",
                Phase.NEIGHBOURS: "comparing features for near duplicates",
                Phase.FOLDS: "cross-validating a linear head", Phase.MAP: "projecting the features to 2-D",
-               Phase.LR_SWEEP: "sweeping the learning rate"}
+               Phase.LR_SWEEP: "sweeping the learning rate", Phase.TRIALS: "searching the head's settings"}

@@ -447,7 +447,8 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
                     momentum=s.cfg.momentum, weight_decay=s.cfg.weight_decay)
     schedule = make_schedule(s.cfg, optimizer)
     weights = class_weights(s.split) if s.cfg.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None)
+    criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None,
+                                    label_smoothing=s.cfg.label_smoothing)
     checkpointer = Checkpointer(s, optimizer)
     since_best, best_acc = 0, None  # early stopping watches the test accuracy alone
     for epoch in range(1, s.cfg.epochs + 1):

@@ -478,3 +478,20 @@ def test_training_page_finds_a_learning_rate_and_uses_it(small_demo):
     use.click().run()
     assert not at.exception
     assert at.select_slider(key="tr_lr").value == pytest.approx(suggested)
+
+
+def test_training_page_searches_the_head_and_starts_a_run_with_the_best(small_demo):
+    at = open_page(app(), "app_pages/training.py")
+    at.button(key="tr_tune").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    best = next(d.value for d in at.dataframe if "label_smoothing" in d.value.columns)
+    assert list(best.columns) == ["lr", "weight_decay", "momentum", "epochs", "label_smoothing"]
+    assert any(c.value.startswith("Best cross-validated accuracy") for c in at.caption)
+    at.button(key="tr_tune_start").click().run()
+    assert not at.exception
+    name = at.query_params["run"]
+    _wait_for_run(name)
+    config = read_run(runs_dir() / name).config
+    assert config.tuned_by.startswith("head search: Optuna TPE, 50 trials") and config.epochs == int(best["epochs"][0])
+    at.run()
+    assert any(c.value.startswith("Settings from a head search") for c in at.caption)
