@@ -17,7 +17,7 @@ from core.rundir import RunDir, find_run, list_runs, load_config, read_records, 
 from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
 from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
-                       run_progress, seconds_left, smooth_eta)
+                       resume, run_progress, seconds_left, smooth_eta)
 from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
@@ -335,6 +335,12 @@ def live_view(run_path: Path, was_running: bool) -> None:
         st.error(f"The run {'failed' if info.status is RunState.FAILED else 'is not responding'}: {info.reason}")
     elif info.status is RunState.STOPPED:
         st.warning(info.reason or "The run was stopped.")
+    if info.status in (RunState.STOPPED, RunState.FAILED) and info.has_checkpoint:
+        if st.button("Resume", key="tr_resume", help="Continue from the last finished epoch's checkpoint (model, "
+                     "optimizer, schedule and random state), in this run folder, as if it had never stopped."):
+            with reported():
+                resume(run_path, cache_dir())
+                st.rerun()
     loss_charts(records)
     if was_running and not info.active:
         st.rerun()  # redraw the whole page once: results appear and the timer stops

@@ -234,6 +234,8 @@ def cmd_train(args) -> int:
     from .run import train
     from .workspace import cache_dir, runs_dir
 
+    if args.resume:
+        return _resume(args)
     cfg, why = _config_from_args(args)
     _check_data(cfg)
     if why:
@@ -467,6 +469,20 @@ def _add_surgery(sub) -> None:
     p.set_defaults(func=cmd_surgery)
 
 
+def _resume(args) -> int:
+    """``train --resume RUN_DIR``: a stopped or failed run goes on from its last checkpoint."""
+    from .distributed import world_from_env
+    from .run import resume_training
+    from .workspace import cache_dir
+
+    if world_from_env().active:
+        raise ConfigError("--resume runs as one process; start it without torchrun")
+    print(f"run folder: {args.resume}", flush=True)
+    final = print_records(resume_training(args.resume, cache_dir=None if args.no_cache else
+                                          (args.cache_dir or cache_dir())))
+    return 0 if final is None or final.status != RunState.FAILED else EXIT_USER_ERROR
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train and write a run folder")
     add_train_flags(p)
@@ -474,6 +490,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run folder (default: a new, named folder under the workspace's runs)")
     p.add_argument("--force", action="store_true",
                    help="reuse --out when it holds a failed or stopped run (the old one is moved aside, not deleted)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or failed run from its last checkpoint "
+                                                        "(its own settings and lists; other flags are ignored)")
     p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
     p.add_argument("--exclude", dest="exclude_file", metavar="FILE", help="leave these training images out: one path per line, or the "

@@ -50,7 +50,7 @@ class ConsolePrinter:
 
 def describe_record(record) -> str | None:
     """The console line for a record (None: nothing to print)."""
-    from .records import Batch, Epoch, Features, Final, Start
+    from .records import Batch, Epoch, Features, Final, Resumed, Start
 
     if isinstance(record, Start):
         weights = record.weights or "none: random initialisation (training from scratch)"
@@ -61,6 +61,8 @@ def describe_record(record) -> str | None:
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
                    if record.excluded else "")
                 + (f"\ndecoding: {record.decoding}" if record.decoding else ""))
+    if isinstance(record, Resumed):
+        return f"resumed after epoch {record.after_epoch}, from its checkpoint"
     if isinstance(record, Features):
         origin = "read from the cache" if record.from_disk else "computed"
         return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"

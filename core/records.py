@@ -183,7 +183,16 @@ class Final(_Record):
 
 
 Record = Union[Start, Progress, Features, Batch, Epoch, Final]
-KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Final)}
+@dataclass(frozen=True)
+class Resumed(_Record):
+    """A stopped or failed run continues here, from the checkpoint of ``after_epoch``; the records before it
+    stay as they were (the ``final`` of the interrupted part included)."""
+    type: ClassVar[str] = "resumed"
+    after_epoch: int
+    time: float
+
+
+KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Final, Resumed)}
 
 
 def parse_record(data) -> Record | None:
@@ -213,7 +222,13 @@ class Records:
 
     @property
     def final(self) -> Final | None:
-        return next((r for r in reversed(self.items) if isinstance(r, Final)), None)
+        """The run's end; None while it trains (a resumed run's earlier final no longer holds)."""
+        for record in reversed(self.items):
+            if isinstance(record, Final):
+                return record
+            if isinstance(record, Resumed):
+                return None
+        return None
 
     def of(self, kind: type) -> list:
         return [r for r in self.items if isinstance(r, kind)]

@@ -16,22 +16,22 @@ from typing import Iterator
 
 from .config import TrainConfig
 from .states import Phase, RunState
-from .errors import UserError
+from .errors import RunError, UserError
 from .io import append_jsonl, atomic_write_text
-from .records import Batch, Epoch, Final, Progress, Record, Records, Start
+from .records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start
 from .distributed import SINGLE, Terminated, World, barrier
-from .rundir import Heartbeat, RunDir, create_run, load_config, summarise, write_summary
+from .rundir import Heartbeat, RunDir, create_run, load_config, read_records, summarise, write_summary
 from .feature_path import choose_feature_path
 from .tensorboard_log import TensorBoardLog
-from .train import EarlyStop, NonFiniteLoss, StopRequested, epoch_loop, set_up, start_record
+from .train import ResumePoint, EarlyStop, NonFiniteLoss, StopRequested, epoch_loop, set_up, start_record
 
 
 def records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World,
-             phase=lambda text: None) -> Iterator[Record]:
-    s = set_up(cfg, run, allowed_roots, world, phase)
-    yield start_record(s)
+             phase=lambda text: None, resume: ResumePoint | None = None) -> Iterator[Record]:
+    s = set_up(cfg, run, allowed_roots, world, phase, resuming=resume is not None)
+    yield start_record(s) if resume is None else Resumed(after_epoch=resume.epoch, time=time.time())
     path = yield from choose_feature_path(s, cache_dir)
-    yield from epoch_loop(s, path)
+    yield from epoch_loop(s, path, resume)
 
 
 def phase_of(record: Record) -> str | None:
@@ -45,8 +45,58 @@ def phase_of(record: Record) -> str | None:
     return None
 
 
+def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
+    """Check that ``run`` can go on from its last checkpoint, and claim it (one resume at a time); RunError
+    saying why not, with the run left as it was. ``claimed``: the app checked and claimed it before starting
+    this worker (whose status says 'starting' by now), so only the checkpoint is read again."""
+    from .predict import _read_checkpoint
+    from .rundir import read_run
+    from .train import run_inputs
+
+    if not claimed:
+        info = read_run(run.path)
+        if info.status is RunState.DAMAGED:
+            raise RunError(f"this run is damaged and cannot be resumed: {info.reason}")
+        if info.status is RunState.COMPLETED:
+            raise RunError("nothing to resume: the run completed")
+        if not info.status.ended:
+            raise RunError(f"the run is {info.status}; only a stopped or failed run can be resumed")
+    if not run.last.is_file():
+        raise RunError("nothing to resume from: the run stopped before its first epoch ended; start it again")
+    checkpoint = _read_checkpoint(run.last)
+    stored = checkpoint.get("inputs")
+    if not isinstance(stored, dict) or not isinstance(checkpoint.get("epoch"), int) or "rng" not in checkpoint:
+        raise RunError(f"{run.last.name} was written before runs could be resumed (or is not this tool's); start "
+                       "the run again")
+    now = run_inputs(run)
+    changed = sorted(name for name in set(stored) | set(now) if stored.get(name) != now.get(name))
+    if changed:
+        raise RunError(f"the run's {', '.join(changed)} changed since its last checkpoint; resuming would train "
+                       "something else than it started. Start a new run instead")
+    records = read_records(run)
+    if checkpoint["epoch"] >= load_config(run).epochs:
+        raise RunError("nothing to resume: the checkpoint is of the last epoch")
+    claim = run.path / f"resume-{len(records.of(Resumed)) + 1}.claim"
+    try:
+        if not claimed:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise RunError("another resume of this run has started; follow that one") from None
+    return ResumePoint(checkpoint, [e for e in records.epochs if e.epoch <= checkpoint["epoch"]])
+
+
+def resume_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                    allowed_roots=None, claimed: bool = False) -> Iterator[Record]:
+    """Continue a stopped or failed run from checkpoint_last.pt (model, optimizer, schedule, epoch, RNG): its
+    records go on in the same metrics.jsonl after a ``resumed`` record, as if it had never stopped. One
+    process (a run trained under torchrun resumes as one: the same model and cached features)."""
+    run = RunDir(run_dir)
+    point = resume_point(run, claimed=claimed)
+    yield from run_training(run.path, cache_dir=cache_dir, allowed_roots=allowed_roots, resume=point)
+
+
 def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                 allowed_roots=None, world: World = SINGLE) -> Iterator[Record]:
+                 allowed_roots=None, world: World = SINGLE, resume: ResumePoint | None = None) -> Iterator[Record]:
     """Train the config a run folder holds (written once by whoever created it), reporting as it goes.
 
     Under torchrun every rank runs this; rank 0 alone writes the records, status.json and summary.json.
@@ -56,15 +106,16 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         return
     run = RunDir(run_dir)
     cfg = load_config(run)
-    emitted: list[Record] = []
-    events = TensorBoardLog(run.path, cfg.to_dict())  # best-effort: its failures never end the run
+    # a resumed run's summary covers all its epochs: the records before the resume count, their final does not
+    emitted: list[Record] = [r for r in read_records(run).items if not isinstance(r, Final)] if resume else []
+    events = TensorBoardLog(run.path, cfg.to_dict(), emitted[0] if emitted else None)  # best-effort
     t0 = time.time()
     with Heartbeat(run) as heartbeat:
         heartbeat.set_phase("setting up")
         status, reason = RunState.COMPLETED, ""
         try:
             for record in records(run, cfg, Path(cache_dir) if cache_dir else None, allowed_roots, world,
-                                   heartbeat.set_phase):
+                                   heartbeat.set_phase, resume):
                 append_jsonl(run.metrics, record.to_json())
                 emitted.append(record)
                 events.write(record)

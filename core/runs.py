@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import TrainConfig
+from .errors import RunError
 from .records import Features, Records
 from .states import Phase, RunState
 from .rundir import (DISPATCH_LOCK, DamagedRun, RunDir, RunInfo, WorkerState, claim, create_run, list_runs, load_config,
@@ -38,9 +39,9 @@ def start_worker(cfg: TrainConfig, run_dir: str | os.PathLike, *, cache_dir: str
     return run.path
 
 
-def _spawn(run: RunDir, cache_dir: str | os.PathLike | None) -> None:
-    command = [sys.executable, "-m", "core.worker", str(run.path), "--confined"]
-    processes = load_config(run).processes
+def _spawn(run: RunDir, cache_dir: str | os.PathLike | None, resume: bool = False) -> None:
+    command = [sys.executable, "-m", "core.worker", str(run.path), "--confined"] + (["--resume"] if resume else [])
+    processes = 1 if resume else load_config(run).processes  # a resume goes on as one process
     if processes > 1:  # PyTorch's own launcher: torchrun, one machine
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                    "-m", "core.worker", str(run.path), "--confined"]
@@ -124,6 +125,24 @@ def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = No
                 started.append(run.path)
                 free -= 1
         return started
+
+
+def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Resume a stopped or failed run in a worker, when a training slot is free (checked, and the run claimed,
+    under the dispatch lock, so two clicks never resume it twice nor exceed the cap). RunError saying why not."""
+    from .run import resume_point
+
+    run = RunDir(run_dir)
+    with _dispatching(run.path.parent) as locked:
+        if not locked:
+            raise RunError("the runs folder cannot be written, so no run can be resumed here")
+        busy = sum(r.busy for r in list_runs(run.path.parent))
+        if busy >= max_running():
+            raise RunError(f"all {max_running()} training slot(s) are busy (TLD_MAX_RUNNING); resume it when a run "
+                           "has ended")
+        resume_point(run)  # refuses with the reason, or claims the run
+        _spawn(run, cache_dir, resume=True)
+    return run.path
 
 
 def start_next_queued(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .records import Batch, Epoch, Final, Record, Start
+from .records import Batch, Epoch, Final, Record, Resumed, Start
 
 
 def _scalar_hparams(config: dict) -> dict:
@@ -30,11 +30,11 @@ def _scalar_hparams(config: dict) -> dict:
 class TensorBoardLog:
     """Feed it the run's records (``write``); it writes events into ``folder``."""
 
-    def __init__(self, folder: str | Path, config: dict):
+    def __init__(self, folder: str | Path, config: dict, start: Start | None = None):
         self.folder, self.config = Path(folder), config
         self.writer = None
         self.failed = False
-        self.batches_per_epoch = 1
+        self.batches_per_epoch = start.batches_per_epoch if isinstance(start, Start) else 1
 
     def write(self, record: Record) -> None:
         if self.failed:
@@ -48,13 +48,14 @@ class TensorBoardLog:
             self.close()
 
     def _write(self, record: Record) -> None:
-        if isinstance(record, Start):
+        if isinstance(record, (Start, Resumed)):
             from torch.utils.tensorboard import SummaryWriter
 
-            self.batches_per_epoch = max(1, record.batches_per_epoch)
-            self.writer = SummaryWriter(log_dir=str(self.folder), flush_secs=10)
-            self.writer.add_text("run", f"{record.arch} on {record.device_name} ({record.feature_path}); "
-                                        f"{record.train_size} train / {record.test_size} test images", 0)
+            self.writer = SummaryWriter(log_dir=str(self.folder), flush_secs=10)  # a resume adds an event file
+            if isinstance(record, Start):
+                self.batches_per_epoch = max(1, record.batches_per_epoch)
+                self.writer.add_text("run", f"{record.arch} on {record.device_name} ({record.feature_path}); "
+                                            f"{record.train_size} train / {record.test_size} test images", 0)
             return
         if self.writer is None:
             return

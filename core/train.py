@@ -58,13 +58,15 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE) -> Split:
+def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE,
+                  written: bool = False) -> Split:
     """Copy (or make) the list files into the run, so a later re-split cannot change this run.
 
     ``allowed_roots`` confines a run the app started for a visitor to the folders it may read.
-    Under torchrun rank 0 writes them and the other ranks read what it wrote.
+    Under torchrun rank 0 writes them and the other ranks read what it wrote. ``written``: the run has its
+    lists already (a resumed run): they are read as they are.
     """
-    if world.main:
+    if world.main and not written:
         _write_lists(cfg, run, allowed_roots)
         if cfg.exclude:
             _leave_out(run, set(cfg.exclude))
@@ -162,8 +164,8 @@ class Setup:
             raise StopRequested()
 
 
-def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE, phase=lambda text: None
-           ) -> Setup:
+def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE, phase=lambda text: None,
+           resuming: bool = False) -> Setup:
     """Everything a run needs before its first record; ``phase`` hears each step's name (for the status)."""
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.active:
@@ -172,7 +174,7 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
     threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda", cores=_cores_per_rank(world))
     torch.set_num_threads(threads)
     phase("scanning the images and copying the list files")
-    split = prepare_lists(cfg, run, allowed_roots, world)
+    split = prepare_lists(cfg, run, allowed_roots, world, written=resuming)
     phase(f"building {cfg.arch}" + (" and loading its weights" if cfg.weights else ""))
     model, report = adapt_model(cfg.arch, len(split.classes), weights=cfg.weights, head_variant=cfg.head_variant,
                                 freeze=cfg.freeze, seed=cfg.seed)
@@ -357,10 +359,18 @@ class Checkpointer:
     """Writes checkpoint_last.pt every epoch, checkpoint_best.pt on a new best, the test predictions,
     and at the end the tutorial's bare state dict."""
 
-    def __init__(self, s: Setup, optimizer):
-        self.s, self.optimizer = s, optimizer
+    def __init__(self, s: Setup, optimizer, schedule=None):
+        self.s, self.optimizer, self.schedule = s, optimizer, schedule
         self.best: tuple | None = None  # (accuracy, -test loss) of the best epoch so far
         self.best_epoch: int | None = None
+
+    def replay(self, history: list[Epoch]) -> None:
+        """The best so far, from the records of the epochs before a resume."""
+        for record in history:
+            if record.best:
+                self.best = (record.test_acc if record.test_acc is not None else -1.0,
+                             -(record.test_loss if record.test_loss is not None else float("inf")))
+                self.best_epoch = record.epoch
 
     def is_best(self, acc: float | None, loss: float | None) -> bool:
         """Best = highest test accuracy; on a tie (common on small test sets) the lower test loss."""
@@ -393,7 +403,10 @@ class Checkpointer:
     def _save(self, path: Path, record: Epoch, calibration: dict | None) -> None:
         atomic_torch_save({"model": self.s.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                            "epoch": record.epoch, "classes": self.s.split.classes, "config": self.s.cfg.to_dict(),
-                           "metrics": record.to_json(), **(calibration or {})}, path)
+                           "metrics": record.to_json(), **(calibration or {}),
+                           # what a resume needs to go on exactly as if it had never stopped
+                           "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
+                           "rng": torch.get_rng_state(), "inputs": run_inputs(self.s.run)}, path)
 
 
 def epoch_temperature(result: EvalResult) -> dict | None:
@@ -440,7 +453,48 @@ def make_schedule(cfg: TrainConfig, optimizer):
     return None
 
 
-def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
+def run_inputs(run: RunDir) -> dict[str, str]:
+    """SHA-256 of what a run trains from (its config and its list files): a resume refuses when they changed."""
+    import hashlib
+
+    files = [run.config, *sorted(p for p in run.lists.glob("*") if p.is_file())] if run.lists.is_dir() else [run.config]
+    out = {}
+    for path in files:
+        try:
+            out[str(path.relative_to(run.path))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            out[str(path.relative_to(run.path))] = "unreadable"
+    return out
+
+
+@dataclass
+class ResumePoint:
+    """Where a stopped or failed run goes on: its last checkpoint and the epochs recorded before it."""
+    checkpoint: dict
+    history: list[Epoch]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint["epoch"])
+
+    def restore(self, s: Setup, optimizer, schedule, checkpointer: "Checkpointer") -> tuple[int, float | None]:
+        """Model, optimizer, schedule, RNG and the best so far as they were after ``epoch``; returns the
+        early-stopping state (epochs since the best, the best accuracy)."""
+        s.model.load_state_dict(self.checkpoint["model"])
+        optimizer.load_state_dict(self.checkpoint["optimizer"])
+        if schedule is not None and self.checkpoint.get("scheduler") is not None:
+            schedule.load_state_dict(self.checkpoint["scheduler"])
+            schedule.step()  # the checkpoint was written before that epoch's step
+        torch.set_rng_state(self.checkpoint["rng"])
+        checkpointer.replay(self.history)
+        since_best, best_acc = 0, None
+        for record in self.history:
+            improved = record.test_acc is not None and (best_acc is None or record.test_acc > best_acc)
+            since_best, best_acc = (0, record.test_acc) if improved else (since_best + 1, best_acc)
+        return since_best, best_acc
+
+
+def epoch_loop(s: Setup, path: FeaturePath, resume: ResumePoint | None = None) -> Iterator[Record]:
     skip_dynamo_import()
     body_factor = s.cfg.body_lr_factor if s.cfg.pretrained else 1.0  # a random body has nothing to protect
     optimizer = SGD(optimizer_groups(s.model, s.report.head_name, s.cfg.lr, body_factor), lr=s.cfg.lr,
@@ -449,9 +503,11 @@ def epoch_loop(s: Setup, path: FeaturePath) -> Iterator[Record]:
     weights = class_weights(s.split) if s.cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None,
                                     label_smoothing=s.cfg.label_smoothing)
-    checkpointer = Checkpointer(s, optimizer)
+    checkpointer = Checkpointer(s, optimizer, schedule)
     since_best, best_acc = 0, None  # early stopping watches the test accuracy alone
-    for epoch in range(1, s.cfg.epochs + 1):
+    if resume is not None:
+        since_best, best_acc = resume.restore(s, optimizer, schedule, checkpointer)
+    for epoch in range((resume.epoch + 1) if resume else 1, s.cfg.epochs + 1):
         t_epoch = time.time()
         path.sampler.set_epoch(epoch)
         set_train_mode(s.model, s.report.trained_modules)

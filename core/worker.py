@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="where cached backbone features are kept")
     parser.add_argument("--confined", action="store_true",
                         help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its last checkpoint (checked and claimed by core.runs.resume)")
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
         from .rundir import RunDir, this_process_state, write_status
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import finish, start, world_from_env
     from .runs import start_next_queued
     from .states import RunState
-    from .run import run_training
+    from .run import resume_training, run_training
     from .workspace import allowed_roots
 
     world = world_from_env()  # the app starts several processes through torchrun
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start(world)
         roots = allowed_roots() if args.confined else None
-        stream = run_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots, world=world)
+        stream = (resume_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots, claimed=True)
+                  if args.resume else
+                  run_training(args.run_dir, cache_dir=args.cache_dir, allowed_roots=roots, world=world))
         if world.main:
             final = print_records(stream)
         else:

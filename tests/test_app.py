@@ -495,3 +495,27 @@ def test_training_page_searches_the_head_and_starts_a_run_with_the_best(small_de
     assert config.tuned_by.startswith("head search: Optuna TPE, 50 trials") and config.epochs == int(best["epochs"][0])
     at.run()
     assert any(c.value.startswith("Settings from a head search") for c in at.caption)
+
+
+def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
+    from core.config import TrainConfig
+    from core.records import Epoch
+    from core.run import train
+
+    stream = train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                               epochs=3, num_workers=0), runs_dir() / "halfway")
+    for record in stream:
+        if isinstance(record, Epoch) and record.epoch == 1:
+            break
+    stream.close()
+    at = app()
+    at.query_params["run"] = "halfway"
+    at = open_page(at, "app_pages/training.py")
+    at.button(key="tr_resume").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    _wait_for_run("halfway")
+    records = read_records(runs_dir() / "halfway")
+    assert [e.epoch for e in records.epochs] == [1, 2, 3] and records.final.status == "completed"
+    assert [r.type for r in records.items].count("resumed") == 1
+    at.run()
+    assert not [b for b in at.button if b.key == "tr_resume"]  # completed: nothing to resume

@@ -1,0 +1,119 @@
+"""Resume: a stopped or failed run goes on from checkpoint_last.pt exactly as if it had never stopped, and is
+refused, untouched, when it cannot."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.config import TrainConfig
+from core.errors import RunError
+from core.records import Epoch, follow
+from core.run import resume_training, train
+from core.rundir import RunDir, read_records, read_run
+from tests.conftest import ROOT, make_colour_dataset
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return make_colour_dataset(tmp_path_factory.mktemp("resume") / "c", per_class=8, classes=("blue", "green", "red"))
+
+
+def _stopped_after(cfg: TrainConfig, run, epoch: int, cache) -> None:
+    """Train ``cfg`` and stop once epoch ``epoch`` is recorded (as Stop or Ctrl+C would, between epochs)."""
+    stream = train(cfg, run, cache_dir=cache)
+    for record in stream:
+        if isinstance(record, Epoch) and record.epoch == epoch:
+            break
+    stream.close()
+    assert read_run(run).status == "stopped"
+
+
+def _weights(run) -> dict:
+    return torch.load(RunDir(run).last, weights_only=False)["model"]
+
+
+def _config(colours, lite0_file, **extra) -> TrainConfig:
+    return TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(colours), num_workers=0,
+                       epochs=4, lr=0.05, schedule="step", step_size=1, gamma=0.5, **extra)
+
+
+def test_a_run_stopped_after_2_of_4_epochs_and_resumed_equals_one_that_ran_straight(colours, lite0_file, tmp_path):
+    cfg = _config(colours, lite0_file)
+    list(train(cfg, tmp_path / "straight", cache_dir=tmp_path / "cache"))
+    _stopped_after(cfg, tmp_path / "resumed", 2, tmp_path / "cache")
+    records = list(resume_training(tmp_path / "resumed", cache_dir=tmp_path / "cache"))
+    assert records[0].type == "resumed" and records[0].after_epoch == 2 and records[-1].status == "completed"
+    straight, resumed = read_records(tmp_path / "straight"), read_records(tmp_path / "resumed")
+    assert [e.epoch for e in resumed.epochs] == [1, 2, 3, 4]  # one stream, in the same folder
+    assert [e.test_acc for e in resumed.epochs] == [e.test_acc for e in straight.epochs]
+    assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in straight.epochs]
+    assert [e.lr for e in resumed.epochs] == [e.lr for e in straight.epochs]  # the schedule went on
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the head's weights, bit for bit
+    assert resumed.final.status == "completed" and resumed.final.best_acc == straight.final.best_acc
+    assert read_run(tmp_path / "resumed").status == "completed"
+
+
+@pytest.mark.slow
+def test_the_full_forward_path_resumes_within_float_tolerance(colours, tmp_path):
+    cfg = TrainConfig(arch="efficientnet_lite0", data_root=str(colours), num_workers=0, epochs=2, lr=0.01,
+                      freeze="all")
+    list(train(cfg, tmp_path / "straight"))
+    _stopped_after(cfg, tmp_path / "resumed", 1, None)
+    list(resume_training(tmp_path / "resumed"))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
+    straight, resumed = read_records(tmp_path / "straight"), read_records(tmp_path / "resumed")
+    assert [e.test_acc for e in resumed.epochs] == pytest.approx([e.test_acc for e in straight.epochs], abs=0.1)
+
+
+def test_resume_refusals_leave_the_run_as_it_was(colours, lite0_file, tmp_path):
+    cfg = _config(colours, lite0_file)
+    done = tmp_path / "done"
+    list(train(TrainConfig.from_dict({**cfg.to_dict(), "epochs": 1}), done, cache_dir=tmp_path / "cache"))
+    with pytest.raises(RunError, match="nothing to resume"):
+        follow(resume_training(done))
+
+    run = tmp_path / "stopped"
+    _stopped_after(cfg, run, 2, tmp_path / "cache")
+    metrics = RunDir(run).metrics.read_bytes()
+
+    config = RunDir(run).config.read_text()
+    RunDir(run).config.write_text(config.replace('"lr": 0.05', '"lr": 0.5'))
+    with pytest.raises(RunError, match="config.json changed since its last checkpoint"):
+        follow(resume_training(run))
+    RunDir(run).config.write_text(config)
+
+    train_list = (RunDir(run).lists / "train.txt").read_text()
+    (RunDir(run).lists / "train.txt").write_text(train_list.splitlines()[0] + "\n")
+    with pytest.raises(RunError, match="lists/train.txt changed"):
+        follow(resume_training(run))
+    (RunDir(run).lists / "train.txt").write_text(train_list)
+
+    checkpoint = RunDir(run).last.read_bytes()
+    RunDir(run).last.write_bytes(checkpoint[: len(checkpoint) // 2])
+    with pytest.raises(RunError, match="cannot be resumed: checkpoint_last.pt"):
+        follow(resume_training(run))
+    RunDir(run).last.write_bytes(checkpoint)
+
+    (RunDir(run).path / "resume-1.claim").touch()  # another resume got there first
+    with pytest.raises(RunError, match="another resume of this run has started"):
+        follow(resume_training(run))
+    assert RunDir(run).metrics.read_bytes() == metrics and read_run(run).status == "stopped"  # untouched
+    (RunDir(run).path / "resume-1.claim").unlink()
+    assert read_records(run).epochs[-1].epoch == 2
+    list(resume_training(run, cache_dir=tmp_path / "cache"))  # and once all is back, it resumes
+    assert read_records(run).final.status == "completed" and len(read_records(run).epochs) == 4
+
+
+@pytest.mark.slow
+def test_train_resume_command(colours, lite0_file, tmp_path):
+    _stopped_after(_config(colours, lite0_file), tmp_path / "run", 2, tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(tmp_path / "run"), "--cache-dir",
+                          str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "resumed after epoch 2, from its checkpoint" in out.stdout
+    again = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(tmp_path / "run")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 2 and again.stderr.strip() == "error: nothing to resume: the run completed"
