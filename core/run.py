@@ -76,7 +76,9 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     records = read_records(run)
     if checkpoint["epoch"] >= load_config(run).epochs:
         raise RunError("nothing to resume: the checkpoint is of the last epoch")
-    claim = run.path / f"resume-{len(records.of(Resumed)) + 1}.claim"
+    # One claim per attempt: every attempt that got its claim ends with a final record (a failure included),
+    # so the count of finals names the next attempt and a failed one never blocks the next.
+    claim = run.path / f"resume-{len(records.of(Final))}.claim"
     try:
         if not claimed:
             os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))

@@ -117,3 +117,17 @@ def test_train_resume_command(colours, lite0_file, tmp_path):
     again = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(tmp_path / "run")],
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 2 and again.stderr.strip() == "error: nothing to resume: the run completed"
+
+
+def test_a_resume_that_fails_does_not_block_the_next(colours, lite0_file, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(colours, data)
+    run = tmp_path / "run"
+    _stopped_after(_config(data, lite0_file), run, 2, tmp_path / "cache")
+    shutil.rmtree(data)  # the images are gone: this resume fails
+    assert list(resume_training(run, cache_dir=None))[-1].status == "failed"
+    shutil.copytree(colours, data)  # back again: the next resume is not blocked by the failed one's claim
+    list(resume_training(run, cache_dir=tmp_path / "cache"))
+    assert read_records(run).final.status == "completed" and [e.epoch for e in read_records(run).epochs] == [1, 2, 3, 4]
