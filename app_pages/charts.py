@@ -113,7 +113,7 @@ def reliability_chart(bins, bins_calibrated) -> None:
     curves = alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
         x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="confidence (mean of the bin)"),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy of the bin"),
-        color=alt.Color("probabilities:N", legend=alt.Legend(orient="bottom")),
+        color=alt.Color("probabilities:N", legend=alt.Legend(orient="bottom", labelLimit=400)),
         tooltip=["probabilities", "bin", "images", alt.Tooltip("confidence:Q", format=".3f"),
                  alt.Tooltip("accuracy:Q", format=".3f")])
     points = curves.mark_point(filled=True).encode(size=alt.Size("images:Q", legend=None))

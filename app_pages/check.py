@@ -8,13 +8,13 @@ from core.config import TrainConfig
 from core.datacheck import (NEAR_THRESHOLD, DataReport, check_data, data_fingerprint, describe, label_issues_csv,
                             save_report, split_fingerprint)
 from core.errors import UserError
-from core.records import follow
 from core.runs import launch
 from core.split import Split, split_dataset, write_split
 from core.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
 from app_pages.charts import embedding_chart, image_size_charts, selected_in_box
-from app_pages.common import (KEEP_GROUPS, current_split, data_root, default_arch, load_state, plural, reported,
-                              resolve_weights_file, stored_check, thumbnail, user_errors)
+from app_pages.common import (current_split, data_root, default_arch, load_state, plural, reported,
+                              resolve_weights_file, run_with_stop, stored_check, thumbnail, user_errors, was_stopped,
+                              KEEP_GROUPS)
 
 GROUPS_SHOWN = 30  # duplicate groups drawn as thumbnails (all are in the downloadable report)
 SELECTED_SHOWN = 48  # thumbnails of the map's selection
@@ -24,14 +24,10 @@ SUSPECTS_SHOWN = 12  # label suspects drawn as thumbnails (all are in the table 
 # ----------------------------------------------------------------------------- running the check
 def run_check(split: Split, arch: str, weights: str | None, threshold: float) -> DataReport | None:
     """Run the check with a progress bar and a Stop button; store and return the report."""
-    bar = st.progress(0.0, text="Starting the check…")
-    st.button("Stop", key="ck_stop", help="Stops the check at once; nothing is stored.")
-    st.session_state["ck_running"] = True  # still set on the next run only when a Stop click cut this one short
-    stream = check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(), near_threshold=threshold)
-    report = follow(stream, lambda progress: bar.progress(min(1.0, progress.done / progress.total)
-                                                         if progress.total else 0.0, text=describe(progress)))
-    st.session_state.pop("ck_running", None)
-    bar.empty()
+    report = run_with_stop(check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(),
+                                      near_threshold=threshold), key="ck_running", what="check", describe=describe)
+    if report is None:
+        return None
     with reported(), workspace_writes("store the check"):
         save_report(report, checks_dir())
     return report
@@ -233,8 +229,7 @@ def main() -> None:
     st.write(f"**Data:** `{shown(root)}` · {len(split.train)} train / {len(split.test)} test images "
              f"(ratio {state['train_ratio']}, seed {state['seed']}) · **backbone:** {arch}, "
              + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine"))
-    if st.session_state.pop("ck_running", False):
-        st.info("The check was stopped; nothing was stored.")
+    was_stopped("ck_running", "check")  # nothing of it was stored
     report = _stored(data_fingerprint(split, arch, weights))
     c1, c2 = st.columns([1, 3])
     threshold = c2.slider("Near-duplicate threshold (cosine similarity of features)", 0.90, 0.995,

@@ -305,3 +305,35 @@ def show_explanation(predictor: Predictor, image, target: int | None, image_key:
                      "evidence for it lies, on the image as the model saw it")
     overlay, caption = kept[key]
     column.image(overlay, width="stretch", caption=caption)
+
+
+def run_with_stop(stream, *, key: str, what: str, describe):
+    """Follow ``stream`` under a progress bar and a Stop button; its result, or None when it failed (said
+    here). A Stop click ends this script run at once; the ``key`` flag it leaves behind lets the next run say
+    so (``was_stopped``). ``describe(record)``: the bar's text for a record with ``done`` and ``total``,
+    or None to leave the bar as it is. Bar and button go once the work is done."""
+    from core.records import follow
+
+    bar = st.progress(0.0, text=f"Preparing the {what}…")
+    stop = st.empty()
+    stop.button("Stop", key=f"{key}_stop", help=f"Stops the {what} at once.")
+    st.session_state[key] = True  # still set on the next run only when Stop cut this one short
+
+    def show(record) -> None:
+        text = describe(record)
+        if text is not None:
+            bar.progress(min(1.0, record.done / max(record.total, 1)), text=text)
+
+    result = None
+    with reported(bar):
+        result = follow(stream, show)
+    st.session_state.pop(key, None)
+    bar.empty()
+    stop.empty()
+    return result
+
+
+def was_stopped(key: str, what: str) -> None:
+    """Say that the last run's work was cut short by its Stop button (see ``run_with_stop``)."""
+    if st.session_state.pop(key, False):
+        st.info(f"The {what} was stopped.")

@@ -11,7 +11,7 @@ from core.errors import UserError
 from core.config import TTA_MODES
 from core.lr_find import find_lr
 from core.tune import tune_head
-from core.records import Progress, follow
+from core.records import Progress
 from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
@@ -23,8 +23,8 @@ from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
                               reliability_chart, runs_table, selected_cell, trials_chart)
 from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, reported,
-                              resolve_weights_file, run_predictor, save_state, show_explanation, stored_check,
-                              thumbnail, user_errors, KEEP_GROUPS)
+                              resolve_weights_file, run_predictor, run_with_stop, save_state, show_explanation,
+                              stored_check, thumbnail, user_errors, was_stopped, KEEP_GROUPS)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -124,35 +124,21 @@ def _use_lr(value: float) -> None:
     st.session_state["tr_lr"] = value
 
 
-def run_with_stop(stream, *, key: str, what: str):
-    """Follow ``stream`` (Progress records) under a progress bar with a Stop button; its result, or None when
-    it failed (said) or is cut short by Stop (said on the next run, from the ``key`` flag left behind)."""
-    bar = st.progress(0.0, text=f"Preparing the {what}…")
-    st.button("Stop", key=f"{key}_stop", help=f"Stops the {what} at once.")
-    st.session_state[key] = True  # still set on the next run only when Stop cut this one short
-    result = None
-    with reported(bar):
-        def show(record) -> None:
-            if isinstance(record, Progress):
-                bar.progress(min(1.0, record.done / max(record.total, 1)),
-                             text=f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… "
-                                  f"{record.done}/{record.total}")
-
-        result = follow(stream, show)
-    st.session_state.pop(key, None)
-    bar.empty()
-    return result
+def progress_text(record) -> str | None:
+    """A Progress record's line for the bar: what the phase is doing, done of total."""
+    if not isinstance(record, Progress):
+        return None
+    return f"{record.phase.doing[:1].upper()}{record.phase.doing[1:]}… {record.done}/{record.total}"
 
 
 def remembered_action(cfg: TrainConfig, name: str, label: str, *, what: str, help: str, hint: str, work):
     """A button that runs ``work()`` (a generator of Progress) with a progress bar and Stop, and this visitor's
     last result of it for these settings (None before any, with ``hint`` beside the button)."""
     key = (name, json.dumps(cfg.to_dict(), sort_keys=True, default=str))
-    c1, c2 = st.columns([1, 3])
-    if st.session_state.pop(f"tr_{name}_running", False):
-        st.info(f"The {what} was stopped.")
+    c1, c2 = st.columns([2, 3])
+    was_stopped(f"tr_{name}_running", what)
     if c1.button(label, key=f"tr_{name}", help=help):
-        found = run_with_stop(work(), key=f"tr_{name}_running", what=what)
+        found = run_with_stop(work(), key=f"tr_{name}_running", what=what, describe=progress_text)
         if found is not None:
             st.session_state[key] = found
     result = st.session_state.get(key)
@@ -468,17 +454,12 @@ def render_tta(run_path: Path) -> None:
     c1, c2 = st.columns([2, 1])
     mode = c1.selectbox("Views", list(TTA_MODES), format_func=lambda m: f"{m}: {TTA_MODES[m]}", key="tr_tta_mode")
     key = ("tta", str(run_path), mode, report_stamp(run_path))
-    if st.session_state.pop("tr_tta_running", False):
-        st.info("The measurement was stopped.")
+    was_stopped("tr_tta_running", "measurement")
     if c2.button("Measure", key="tr_tta_go"):
-        bar = st.progress(0.0, text="Test-time augmentation…")
-        st.button("Stop", key="tr_tta_stop", help="Stops the measurement at once.")
-        st.session_state["tr_tta_running"] = True  # still set on the next run only when Stop cut this one short
-        with reported(bar):
-            st.session_state[key] = follow(evaluate_tta(run_path, mode), lambda step: bar.progress(
-                step.done / max(step.total, 1), text=f"Test-time augmentation… {step.done}/{step.total} images"))
-        st.session_state.pop("tr_tta_running", None)
-        bar.empty()
+        measured = run_with_stop(evaluate_tta(run_path, mode), key="tr_tta_running", what="measurement",
+                                 describe=lambda step: f"Test-time augmentation… {step.done}/{step.total} images")
+        if measured is not None:
+            st.session_state[key] = measured
     result = st.session_state.get(key)
     if result is None:
         return
