@@ -160,7 +160,9 @@ def test_walk_all_pages_train_and_predict(server, page):
     assert wait_until(lambda: epochs.input_value() == "3", 30)
     page.wait_for_timeout(1000)  # the rerun that takes the new value
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("Results (epoch 3, the last finished)").wait_for(timeout=240_000)
+    # The results' own content, not their heading: a live-view fragment's last tick can race the full rerun
+    # that draws the results, and leave the heading out until the next rerun (seen once in CI, under load).
+    page.get_by_text(re.compile(r"^Per-class accuracy")).wait_for(timeout=240_000)
     assert "run=" in page.url
     page.get_by_text("Device: CPU").first.wait_for()
     # The confusion matrix answers a click: the bottom-right cell (triangles called triangles) lists its images.
