@@ -1,12 +1,11 @@
-import os
 import sys
 
 from .cli import main  # core/__init__.py has set OMP_WAIT_POLICY before this imports torch
+from .exiting import exit_without_teardown, under_torchrun
 
 code = main()
-if sys.argv[1:2] == ["predict"]:
-    # Every output is written: skip the interpreter's teardown (about a second with torch loaded).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+if sys.argv[1:2] == ["predict"] or under_torchrun():
+    # Every output is written. predict: the teardown costs about a second with torch loaded;
+    # under torchrun: it can abort a rank after a completed run.
+    exit_without_teardown(code)
 sys.exit(code)

@@ -65,7 +65,9 @@ def start(world: World) -> None:
 
 
 def finish(world: World) -> None:
+    """Leave the process group together: no rank closes its connections while another still uses them."""
     if world.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -60,4 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .exiting import exit_without_teardown, under_torchrun
+
+    code = main()
+    if under_torchrun():  # every output is written; the teardown can abort a rank after a completed run
+        exit_without_teardown(code)
+    sys.exit(code)

@@ -34,12 +34,19 @@ def torchrun(*args, nproc: int = 2, wait: bool = True):
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
+def failure(result) -> str:
+    """What went wrong in each rank: the lines that say so (a C++ abort prints before the Python tail), then the tail."""
+    telling = [line for line in result.stderr.splitlines()
+               if any(word in line for word in ("terminate", "what()", "Abort", "Error", "error"))]
+    return "\n".join(telling[:40]) + "\n...\n" + result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_path):
     common = ["--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "3", "--lr", "0.01", "--seed", "5",
               "--cache-dir", tmp_path / "cache"]
     result = torchrun(*common, "--out", tmp_path / "ddp")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     single = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(shapes),
                                     epochs=3, lr=0.01, seed=5), tmp_path / "single"))
     records = read_records(tmp_path / "ddp")
@@ -53,7 +60,7 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
     predictor = Predictor.load(tmp_path / "ddp")
     assert predictor.classes == ["circle", "cross", "square", "star", "triangle"]
     again = torchrun(*common, "--out", tmp_path / "again")  # a warm cache: no rank recomputes
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, failure(again)
     from core.records import Features
 
     assert [r.from_disk for r in read_records(tmp_path / "again").of(Features)] == [True, True]
@@ -63,7 +70,7 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
 def test_all_layers_under_two_processes_count_every_test_image_once(shapes, tmp_path):
     result = torchrun("--data", shapes, "--arch", "efficientnet_lite0", "--epochs", "1", "--freeze", "all",
                       "--out", tmp_path / "all")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     records = read_records(tmp_path / "all")
     test_size = len((tmp_path / "all" / "lists" / "test.txt").read_text().splitlines())
     assert records.final.status == "completed"
