@@ -1,12 +1,15 @@
 """Why did it say that? Grad-CAM heat maps through torchcam.
 
 The layer explained is the architecture table's ``cam_layer`` (the last spatial layer: resnet18
-``layer4``, vgg16's last conv block, efficientnet_lite0 ``_bn1``). The map is drawn over the
+``layer4``, vgg16's last conv block, efficientnet_lite0 ``_bn1``). A ViT has no spatial layer: its
+patch tokens are laid back on their grid (torchcam's ``reshape_transform``, the documented way for
+transformers), at the last block's first norm, the last place where they still reach the class token. The map is drawn over the
 image as the model saw it (after resize and crop, or the letterbox), so every pixel of the
 overlay lines up with what the prediction was computed from.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -59,16 +62,28 @@ def class_index(classes: list[str], name: str | None) -> int | None:
     return classes.index(name)
 
 
+def token_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """A ViT layer's tokens (batch, 1 + h·w, channels), class token first, as a map (batch, channels, h, w)."""
+    patches = tokens[:, 1:]
+    batch, count, channels = patches.shape
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ConfigError(f"{count} patch tokens do not form a square grid, so they cannot be drawn as a map")
+    return patches.transpose(1, 2).reshape(batch, channels, side, side)
+
+
 def explain(predictor, image: ImageSource, target: int | None = None) -> Explanation:
     """Grad-CAM of ``predictor``'s model for class ``target`` (None: the predicted class) on ``image``."""
     from torchcam.methods import GradCAM
 
-    model, layer = predictor.model, get_arch(predictor.config.arch).cam_layer
+    spec = get_arch(predictor.config.arch)
+    model, layer = predictor.model, spec.cam_layer
     x = predictor.transform(predictor.open(image))
     batch = x.unsqueeze(0).to(predictor.device, memory_format=torch.channels_last)
     # The input asks for gradients so the maps exist even where the model's own weights are frozen.
     batch.requires_grad_(True)
-    with _HOOKS, GradCAM(model, target_layer=layer) as cam, torch.enable_grad():
+    with _HOOKS, GradCAM(model, target_layer=layer,
+                                  reshape_transform=token_grid if spec.cam_tokens else None) as cam, torch.enable_grad():
         scores = model(batch).float()
         chosen = int(scores.argmax(1)) if target is None else target
         if not 0 <= chosen < scores.shape[1]:

@@ -53,6 +53,25 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     predictor.batch_probabilities(example)  # refuses a model whose outputs are not finite before anything is written
     out = Path(out) if out else RunDir(run_dir).export_file(predictor.config.arch, FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
+    export_model(model, fmt, example, out)
+    side = out.with_suffix(out.suffix + ".json")
+    atomic_write_json(side, sidecar(predictor, fmt, _accuracy(run_dir)))
+    return out, side
+
+
+def export_model(model: torch.nn.Module, fmt: str, example: torch.Tensor, out: Path) -> None:
+    """Write ``model`` (in eval mode) as ``fmt`` to ``out``, traced on ``example``, with a batch size free to vary."""
+    # ONNX has no operator for the fused attention that nn.MultiheadAttention uses in inference (ViT):
+    # export through its plain ops. A process-wide switch, so it is put back at once.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _trace_and_write(model, fmt, example, out)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _trace_and_write(model: torch.nn.Module, fmt: str, example: torch.Tensor, out: Path) -> None:
     with torch.inference_mode(False), torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(model, example)
@@ -60,9 +79,6 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
                 torch.jit.save(traced, f)
         else:
             _export_onnx(model, example, out)
-    side = out.with_suffix(out.suffix + ".json")
-    atomic_write_json(side, sidecar(predictor, fmt, _accuracy(run_dir)))
-    return out, side
 
 
 def _export_onnx(model, example, out: Path) -> None:

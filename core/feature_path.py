@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .accel import inference_batch_size
+from .archs import fixed_size
 from .errors import RunError
 from .data import ListDataset, collate_skipping_unreadable
 from .states import Phase
@@ -208,7 +209,7 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
             raise RunError(f"none of the {len(split.train)} training images could be read (all were skipped as "
                            "unreadable: empty, not images, or damaged); check the data folder")
         sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
-        forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut)
+        forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut, fixed_size(s.cfg.arch))
         return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
                            DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
                            train_feats.skipped + test_feats.skipped)

@@ -117,12 +117,16 @@ class ForwardFromCut:
     everything after the cut, with the glue a copy of its tail would have to repeat: residual
     sums, shared activation modules, drop-connect rates, the ``view(batch, -1)`` some models do.
     The frozen part is in eval mode and needs no gradient, so the stand-in changes nothing.
+
+    A model that accepts only one input size (``fixed_size``: ViT checks it, and its position embeddings
+    fix the token count) gets an empty batch of that size instead: nothing before the cut costs anything,
+    and ViT's forward takes the batch size after the cut from the stored tokens.
     """
 
     STAND_IN = 32
 
-    def __init__(self, model: nn.Module, cut: str):
-        self.model, self._stored = model, None
+    def __init__(self, model: nn.Module, cut: str, fixed_size: int | None = None):
+        self.model, self._stored, self.fixed_size = model, None, fixed_size
         model.get_submodule(cut).register_forward_pre_hook(self._substitute)
 
     def _substitute(self, module, args):
@@ -131,7 +135,10 @@ class ForwardFromCut:
         return None
 
     def __call__(self, stored: torch.Tensor) -> torch.Tensor:
-        stand_in = torch.zeros(len(stored), 3, self.STAND_IN, self.STAND_IN, device=stored.device)
+        if self.fixed_size:
+            stand_in = torch.zeros(0, 3, self.fixed_size, self.fixed_size, device=stored.device)
+        else:
+            stand_in = torch.zeros(len(stored), 3, self.STAND_IN, self.STAND_IN, device=stored.device)
         self._stored = stored
         try:
             return self.model(stand_in)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from core.archs import ARCHITECTURES
 from core.config import TrainConfig
 from core.errors import ConfigError, RunError
 from core.predict import Predictor
@@ -144,7 +145,7 @@ def test_a_config_is_checked_once_when_made_with_one_sentence_per_wrong_field(tm
     assert str(caught.value).split("; ") == [
         "epochs must be a whole number from 1 to 10,000, got 0", "lr must be a number from 1e-08 to 10, got nan",
         "momentum must be a number from 0 to 0.999, got 1.5",
-        "architecture 'resnet99' does not exist (allowed: resnet18, vgg16, efficientnet_lite0)"]
+        f"architecture 'resnet99' does not exist (allowed: {', '.join(ARCHITECTURES)})"]
     with pytest.raises(ConfigError, match="exactly one of"):  # a model without data is a config; not a run
         create_run(tmp_path / "run", TrainConfig())
     with pytest.raises(ConfigError, match="epochs must be"):  # a config.json edited by hand is checked too
