@@ -337,3 +337,36 @@ def was_stopped(key: str, what: str) -> None:
     """Say that the last run's work was cut short by its Stop button (see ``run_with_stop``)."""
     if st.session_state.pop(key, False):
         st.info(f"The {what} was stopped.")
+
+
+# ----------------------------------------------------------------------------- choosing an architecture
+def architecture_rows(choices):
+    """One row per architecture: what a user weighs when choosing (core.arch_choice.ArchChoice)."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "architecture": c.name,
+        "parameters (M)": round(c.parameters / 1e6, 1),
+        "input (px)": c.input_size,
+        "ImageNet top-1 (%)": c.imagenet_top1,
+        "s / 100 images": round(c.speed.seconds_per_100, 1) if c.speed else None,
+        "weights here": ("yes, ship with the app" if c.offline and c.weights_here
+                         else "yes" if c.weights_here else "no"),
+        "about": c.summary,
+    } for c in choices])
+
+
+def render_architecture_table(selected: str | None = None) -> None:
+    """The table of architectures, with where its speeds were measured."""
+    from core.arch_choice import architecture_choices
+
+    choices = architecture_choices()
+    st.dataframe(architecture_rows(choices), hide_index=True, width="stretch",
+                 column_config={"ImageNet top-1 (%)": st.column_config.NumberColumn(format="%.1f")})
+    where = sorted({c.speed.where for c in choices if c.speed})
+    unmeasured = [c.name for c in choices if not c.speed]
+    st.caption("s / 100 images: the frozen feature pass (what a default run spends its time on), measured by "
+               "`python bench/benchmark.py --only archs` on " + (" and ".join(where) if where else "no machine yet")
+               + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "")
+               + ". ImageNet top-1 comes from each weights' own description."
+               + (f" Selected: **{selected}**." if selected else ""))

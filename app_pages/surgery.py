@@ -10,8 +10,8 @@ from core.surgery import SurgeryReport, adapt_model, trains_in
 from core.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.workspace import allowed_roots, is_allowed, path_problem, shown
 from app_pages.charts import download_progress, highlighted_lines
-from app_pages.common import (data_root, default_arch, load_state, reported, resolve_weights_file, save_state,
-                              split_summary, user_errors)
+from app_pages.common import (data_root, default_arch, load_state, render_architecture_table, reported,
+                              resolve_weights_file, save_state, split_summary, user_errors)
 
 WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (random)"}
 
@@ -19,9 +19,11 @@ WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (
 def render_choices(state: dict) -> dict:
     """Architecture, head, freeze mode and weights: this visitor's choices, shared with the Training page."""
     names = list(ARCHITECTURES)
+    with st.expander("Compare the architectures", expanded=False):
+        render_architecture_table(default_arch())
     c1, c2, c3 = st.columns(3)
     arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), key="sg_arch",
-                        format_func=lambda a: ARCHITECTURES[a].summary)
+                        format_func=_arch_label)
     spec = ARCHITECTURES[arch]
     variants = [v.name for v in spec.variants]
     head_variant = c2.selectbox("Head", variants, key="sg_variant",
@@ -36,6 +38,12 @@ def render_choices(state: dict) -> dict:
     chosen = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode,
                   weights_file=weights_file or "")
     return save_state(**chosen) if any(state[k] != v for k, v in chosen.items()) else state
+
+
+def _arch_label(name: str) -> str:
+    spec = ARCHITECTURES[name]
+    top1 = f", ImageNet top-1 {spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else ""
+    return f"{name}: {spec.num_params / 1e6:.1f} M parameters, {spec.input_size} px{top1}"
 
 
 def _confined_weights_file(typed: str) -> str:
@@ -63,14 +71,27 @@ def render_weights_manager(arch: str, state: dict) -> str:
                                 ("in use" if s is chosen else "available") if s.available else s.detail}
                                for i, s in enumerate(sources)]), hide_index=True, width="stretch")
     if chosen is None:
-        st.warning(f"No {arch} weights are on this machine. Upload the file, download it (needs network), "
-                   "or switch to **efficientnet_lite0**, whose ImageNet weights ship with the app.")
-        if arch != "efficientnet_lite0" and st.button("Use efficientnet_lite0 instead", key="sg_use_lite"):
-            save_state(arch="efficientnet_lite0", head_variant=None)
-            st.session_state.pop("sg_arch", None)
-            st.rerun()
+        render_no_weights(arch, sources)
     render_add_weights(spec)
     return weights_file
+
+
+def render_no_weights(arch: str, sources) -> None:
+    """Where we looked, and a one-click switch to an architecture whose weights ship with the app."""
+    from core.arch_choice import offline_choices
+
+    looked = [s.path for s in sources if s.kind != "download" and s.path]
+    offline = offline_choices()
+    st.warning(f"No {arch} weights are on this machine (looked in: {', '.join(f'`{p}`' for p in looked) or 'nowhere'}). "
+               "Upload the file, download it (needs network)"
+               + (f", or switch to one whose ImageNet weights ship with the app: {', '.join(offline)}." if offline
+                  else "."))
+    if offline and arch not in offline:
+        pick = st.selectbox("Offline architecture", offline, key="sg_offline_pick")
+        if st.button(f"Use {pick} instead", key="sg_use_lite"):
+            save_state(arch=pick, head_variant=None)
+            st.session_state.pop("sg_arch", None)
+            st.rerun()
 
 
 def render_add_weights(spec) -> None:
@@ -186,7 +207,7 @@ def main() -> None:
     if state["weights_mode"] == PRETRAINED and weights is None:
         st.warning(f"Pretrained was chosen, but no {state['arch']} weights are on this machine: the result below, "
                    "and a run started now, begin from random weights. Add weights above, or pick "
-                   "efficientnet_lite0, whose weights ship with the app.")
+                   "one whose weights ship with the app (efficientnet_lite0, _lite1, _lite2).")
     with user_errors():
         report = surgery_report(state["arch"], len(classes), weights, _stamp(weights), state["head_variant"],
                                 state["freeze"])

@@ -22,8 +22,8 @@ from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
                               reliability_chart, runs_table, selected_cell, trials_chart)
-from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, reported,
-                              resolve_weights_file, run_predictor, run_with_stop, save_state, show_explanation,
+from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, render_architecture_table,
+                              reported, resolve_weights_file, run_predictor, run_with_stop, save_state, show_explanation,
                               stored_check, thumbnail, user_errors, was_stopped, KEEP_GROUPS)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
@@ -205,13 +205,16 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
     spec = ARCHITECTURES[arch]
     head = spec.variant(state["head_variant"]).description if len(spec.variants) > 1 else "a new last layer"
     st.markdown(f"**Model:** {arch} with {head} (change it on the Model surgery page)")
+    with st.expander("Compare the architectures", expanded=False):
+        render_architecture_table(arch)
     model = _model_settings(state)
     pretrained = model.pop("pretrained")
     optimiser = _optimiser_settings(state, model["freeze"])
     weights = resolve_weights_file(arch, {**state, "weights_mode": PRETRAINED if pretrained else NO_WEIGHTS})
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
-                   "Add weights on the Model surgery page, or pick efficientnet_lite0 there.")
+                   "Add weights on the Model surgery page, or pick one whose weights ship with the app there "
+                   "(efficientnet_lite0, _lite1, _lite2).")
     if not pretrained and model["freeze"] != "all":
         st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")

@@ -13,10 +13,18 @@ pass on a busy machine, peak memory, cold prediction, and what importing costs. 
 (``python -m core inspect``) on 400 and on 10,000 images: cold, and with the features cached.
 
     python bench/benchmark.py --only datacheck [--check-sizes 400 10000]   # just the data check figures
+    python bench/benchmark.py --only archs [--arch-images 100] [--reference]  # every architecture's feature pass
+
+The architectures' table: for each, the frozen feature pass (what a default run spends its time on) as the
+trainer runs it (BatchNorm folded, channels_last, its batch size, threads and decoding workers), each in a
+process of its own for its peak memory. The figures go to the workspace (``arch_speed.json``, which the
+pages' architecture chooser reads as "this machine"); ``--reference`` also writes bench/arch_speed.json,
+the figures shipped for machines that never ran it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -323,11 +331,19 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck", "report", "phone", "search"],
+    parser.add_argument("--only", choices=["datacheck", "report", "phone", "search", "archs"],
                         help="print only these figures")
     parser.add_argument("--phone-photos", type=int, default=100, help="12-megapixel photos for the phone-photo "
                                                                        "figures (0: skip)")
+    parser.add_argument("--arch-images", type=int, default=100, help="images for each architecture's feature pass")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --only archs: also write bench/arch_speed.json, the figures shipped with the project")
+    parser.add_argument("--feature-pass", help=argparse.SUPPRESS)  # one architecture's pass, in its own process
+    parser.add_argument("--lists", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.feature_pass:
+        print(json.dumps(feature_pass(args.feature_pass, Path(args.lists))))
+        return
 
     arch = args.arch
     if arch == "auto":
@@ -336,9 +352,15 @@ def main() -> None:
     threads, workers = plan_threads()
     print(f"torch {torch.__version__} · {os.cpu_count()} cores · plan: {threads} threads + {workers} workers · "
           f"arch {arch}\nweights: {weights}")
+    from core.arch_choice import measured_speeds_file
+
+    speed_file = measured_speeds_file()  # the real workspace, before the figures below move it
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["TLD_WORKSPACE"] = str(tmp / "workspace")
+        if args.only == "archs":
+            arch_figures(tmp, args.arch_images, speed_file, args.reference)
+            return
         if args.only == "datacheck":
             datacheck_figures(arch, tmp, args.check_sizes)
             return
@@ -447,6 +469,68 @@ def main() -> None:
         datacheck_figures(arch, tmp, args.check_sizes)
         if args.phone_photos:
             phone_figures(arch, tmp, args.phone_photos)
+
+
+# ----------------------------------------------------------------------------- every architecture
+def feature_pass(arch: str, lists: Path) -> dict:
+    """One frozen feature pass of ``arch`` over the benchmark's images, as the trainer runs it."""
+    from core.accel import inference_batch_size, inference_copy
+    from core.features import compute_frozen_outputs
+    from core.images import load_jpeg_decoder
+
+    spec = ARCHITECTURES[arch]
+    samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
+    threads, workers = plan_threads()
+    torch.set_num_threads(threads)
+    load_jpeg_decoder()
+    model, report = adapt_model(arch, 2, freeze="head", seed=0)  # random weights: the same work as real ones
+    fast = inference_copy(model)
+    batch = inference_batch_size(torch.device("cpu"))
+    t = time.perf_counter()
+    passes = compute_frozen_outputs(fast, report.head_name, samples, build_transform(spec.transforms()),
+                                    device=torch.device("cpu"), batch_size=batch, num_workers=workers)
+    for _ in passes:
+        pass
+    return {"images_per_s": len(samples) / (time.perf_counter() - t), "batch": batch}
+
+
+def machine_description() -> str:
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores{', ' + model if model else ''}; torch {torch.__version__}"
+
+
+def arch_figures(tmp: Path, images: int, speed_file: Path, reference: bool) -> None:
+    """The architectures' table: each pass in a fresh process (its peak memory is its own)."""
+    from core.arch_choice import REFERENCE_SPEEDS, write_speeds
+
+    data = make_photos(tmp / "arch-photos", images, seed=2)
+    lists = write_split(split_dataset(data, 0.6, 0), tmp / "arch-lists")
+    wrapper = ("import json, resource, subprocess, sys; out = subprocess.run(sys.argv[1:], check=True, "
+               "capture_output=True, text=True).stdout; row = json.loads(out.splitlines()[-1]); "
+               "row['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
+               "print(json.dumps(row))")
+    rows = {}
+    print(f"frozen feature pass per architecture: {images} JPEGs of 500×375, the trainer's batch, layout and "
+          "workers, random weights, one process each")
+    print(f"{'architecture':20s} {'images/s':>9s} {'s / 100':>8s} {'batch':>6s} {'peak RSS MiB':>13s}")
+    for arch in ARCHITECTURES:
+        result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, __file__, "--feature-pass", arch,
+                                 "--lists", str(lists)], capture_output=True, text=True, check=True)
+        row = json.loads(result.stdout.splitlines()[-1])
+        rows[arch] = row
+        print(f"{arch:20s} {row['images_per_s']:9.1f} {100 / row['images_per_s']:8.1f} {row['batch']:6d} "
+              f"{row['peak_rss_mib']:13.0f}")
+    machine = machine_description()
+    write_speeds(speed_file, machine, rows)
+    print(f"written to {speed_file} (the pages' chooser reads it as this machine's figures)")
+    if reference:
+        write_speeds(REFERENCE_SPEEDS, machine, rows)
+        print(f"and to {REFERENCE_SPEEDS} (the figures shipped with the project)")
 
 
 def timed(fn, *args, **kwargs):

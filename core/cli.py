@@ -615,6 +615,20 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def _add_archs(sub) -> None:
+    p = sub.add_parser("archs", help="the architectures to choose from: size, input, ImageNet top-1, speed, "
+                                     "whether their weights are on this machine")
+    p.add_argument("--markdown", action="store_true", help="README's table (reference speeds, no local state)")
+    p.set_defaults(func=cmd_archs)
+
+
+def cmd_archs(args) -> int:
+    from .arch_choice import architecture_choices, markdown_table, text_table
+
+    print(markdown_table() if args.markdown else text_table(architecture_choices()))
+    return 0
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="after training: confusion, precision/recall/F1, top losses, calibration")
     p.add_argument("run", help="a run folder")
@@ -648,8 +662,8 @@ def _add_export_import_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_split, _add_inspect, _add_surgery, _add_train, _add_lr_find, _add_tune, _add_predict,
-                _add_report, _add_export_import_demo):
+    for add in (_add_split, _add_inspect, _add_archs, _add_surgery, _add_train, _add_lr_find, _add_tune,
+                _add_predict, _add_report, _add_export_import_demo):
         add(sub)
     return parser
 

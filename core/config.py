@@ -60,7 +60,8 @@ def _opt(default, help: str, flag: str | None = None, *, low=None, high=None, ui
 def _arch_names() -> str:
     from .archs import ARCHITECTURES  # the table, torch-free
 
-    return ", ".join(ARCHITECTURES)
+    return ", ".join(f"{name} (weights ship with the app)" if spec.packaged else name
+                     for name, spec in ARCHITECTURES.items())
 
 
 @dataclass

@@ -4,6 +4,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.archs import ARCHITECTURES
 from core.demo import generate_demo
 from core.rundir import read_records, read_run
 from core.runs import kill_worker
@@ -82,10 +83,20 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
+    from core.weights import hub_checkpoint_dir
+
     at = open_page(app(arch="resnet18"), "app_pages/surgery.py")
-    assert any("No resnet18 weights are on this machine" in w.value for w in at.warning)
+    warning = next(w.value for w in at.warning if "No resnet18 weights are on this machine" in w.value)
+    assert str(hub_checkpoint_dir() / "resnet18-f37072fd.pth") in warning  # where it looked
+    assert at.selectbox(key="sg_offline_pick").options == ["efficientnet_lite0", "efficientnet_lite1",
+                                                            "efficientnet_lite2"]
     at.button(key="sg_use_lite").click().run()
     assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
+    table = next(d.value for d in at.dataframe if "ImageNet top-1 (%)" in d.value.columns)  # the chooser
+    assert list(table["architecture"]) == list(ARCHITECTURES)
+    assert table.set_index("architecture").loc["resnet18", "weights here"] == "no"
+    assert table.set_index("architecture").loc["efficientnet_lite2", "weights here"] == "yes, ship with the app"
+    assert table["s / 100 images"].notna().all()  # the shipped reference figures
 
 
 def _wait_for_run(name: str, timeout: float = 180) -> None:

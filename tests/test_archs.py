@@ -248,3 +248,93 @@ def test_a_file_of_another_family_is_refused_naming_keys_and_shapes(wrong, arch,
     with pytest.raises(WeightsError, match=f"does not fit {arch}") as exc:
         adapt_model(arch, 3, weights=tmp_path / "other.pth")
     assert "file (" in str(exc.value) or "not in the file" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- choosing
+def test_the_chooser_says_what_is_here_and_where_it_looked(tmp_path):
+    from core.arch_choice import architecture_choices, offline_choices
+    from core.weights import hub_checkpoint_dir
+
+    choices = {c.name: c for c in architecture_choices()}
+    assert list(choices) == ARCHS
+    assert offline_choices() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    for name in offline_choices():
+        assert choices[name].offline and choices[name].weights_here.endswith(".pth")
+    resnet50 = choices["resnet50"]
+    assert resnet50.weights_here is None and not resnet50.offline  # the test's own, empty hub cache
+    assert resnet50.looked_in == (str(hub_checkpoint_dir() / "resnet50-11ad3fa6.pth"),)
+    assert resnet50.parameters == 25_557_032 and resnet50.input_size == 224 and resnet50.imagenet_top1 == 80.858
+    assert choices["efficientnet_lite2"].input_size == 260 and choices["efficientnet_lite1"].input_size == 240
+    # a file put in the hub cache under torchvision's name is found (its name's hash prefix is checked)
+    hub_checkpoint_dir().mkdir(parents=True, exist_ok=True)
+    torch.save(torch.nn.Linear(1, 1).state_dict(), hub_checkpoint_dir() / "resnet34-b627a593.pth")
+    from core.arch_choice import describe
+
+    assert describe("resnet34").weights_here is None  # hash prefix wrong: not counted as there
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"archs": []}', b'{"archs": {"resnet18": {"images_per_s": -1}}}',
+                                     b'{"archs": {"resnet18": {"images_per_s": "fast"}, "alexnet": {"images_per_s": 5}}}',
+                                     b"\xff\xfe" * 10, b'{"archs": {"resnet18": {"images_per_s": 1e999}}}'])
+def test_a_damaged_speed_file_gives_no_figures_and_no_error(content, tmp_path):
+    from core.arch_choice import read_speeds
+
+    path = tmp_path / "arch_speed.json"
+    path.write_bytes(content)
+    assert read_speeds(path) == {}
+
+
+def test_this_machines_figures_win_over_the_reference_ones():
+    from core.arch_choice import REFERENCE_SPEEDS, known_speeds, measured_speeds_file, read_speeds, write_speeds
+
+    reference = read_speeds(REFERENCE_SPEEDS)
+    assert set(reference) == set(ARCHS)  # the shipped figures cover the whole table
+    write_speeds(measured_speeds_file(), "here", {"vit_b_16": {"images_per_s": 4.0, "peak_rss_mib": 900.0, "batch": 4}})
+    speeds = known_speeds()
+    assert speeds["vit_b_16"].where == "this machine" and speeds["vit_b_16"].seconds_per_100 == 25.0
+    assert speeds["resnet18"] == reference["resnet18"] and speeds["resnet18"].where != "this machine"
+
+
+def test_readme_table_is_the_tables(tmp_path):
+    from core.arch_choice import markdown_table
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- archs table: python -m core archs --markdown -->\n")
+    end = readme.index("<!-- end of archs table -->")
+    body = readme[start:end].split("\n", 1)[1].strip()
+    assert body == markdown_table(), "README's architecture table is stale: paste `python -m core archs --markdown`"
+
+
+def test_the_cli_lists_the_architectures_from_the_table():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    listed = subprocess.run([sys.executable, "-m", "core", "archs"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    for name in ARCHS:
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert ("ships with the app" in row) == (name in ("efficientnet_lite0", "efficientnet_lite1",
+                                                          "efficientnet_lite2"))
+    assert "no (looked in" in next(line for line in lines if line.startswith("vit_b_16 "))
+    helped = subprocess.run([sys.executable, "-m", "core", "train", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    flat = " ".join(helped.stdout.split())
+    assert all(name in flat for name in ARCHS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_the_offline_architectures_learn_the_demo_with_the_default_settings(arch, tmp_path):
+    from core.demo import generate_demo
+    from core.run import train
+
+    data = generate_demo(tmp_path / "shapes")  # the app's own demo, at its full size
+    cfg = TrainConfig(arch=arch, weights=get_arch(arch).packaged.path(), data_root=str(data))
+    assert cfg.epochs == 5 and cfg.freeze == "head"  # the defaults, untouched
+    final = list(train(cfg, tmp_path / "run"))[-1]
+    assert final.status == "completed" and final.final_acc >= 0.9, (final.final_acc, final.best_acc)
