@@ -207,6 +207,7 @@ def test_a_vits_tokens_are_laid_on_their_grid():
         token_grid(torch.zeros(1, 4, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_exported_model_gives_the_same_logits(arch, fmt, tmp_path):
@@ -338,3 +339,28 @@ def test_the_offline_architectures_learn_the_demo_with_the_default_settings(arch
     assert cfg.epochs == 5 and cfg.freeze == "head"  # the defaults, untouched
     final = list(train(cfg, tmp_path / "run"))[-1]
     assert final.status == "completed" and final.final_acc >= 0.9, (final.final_acc, final.best_acc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_trainer_runs_every_family_on_cached_last_stage_inputs(arch, tmp_path):
+    """End to end through the trainer: a weights file (random, shaped like the real one), freeze 'last_block'
+    (the cached input of the last stage, fed through ForwardFromCut), a checkpoint, a prediction."""
+    from core.predict import Predictor
+    from core.run import train
+    from tests.conftest import make_colour_dataset
+
+    spec = get_arch(arch)
+    weights = spec.packaged.path() if spec.packaged else tmp_path / "imagenet.pth"
+    if not spec.packaged:
+        torch.save(lifelike(spec.build(), arch).state_dict(), weights)
+    data = make_colour_dataset(tmp_path / "colours", per_class=5, size=48)
+    cfg = TrainConfig(arch=arch, weights=str(weights), data_root=str(data), freeze="last_block", epochs=2,
+                      batch_size=4, num_workers=0)
+    records = list(train(cfg, tmp_path / "run"))
+    start, final = records[0], records[-1]
+    assert final.status == "completed", final.reason
+    assert start.feature_path.startswith("cached") and start.arch == arch
+    predictor = Predictor.load(tmp_path / "run", device="cpu")
+    probs = predictor.probabilities(Image.open(next((data / "red").iterdir())))
+    assert probs.shape == (2,) and abs(float(probs.sum()) - 1) < 1e-4

@@ -135,3 +135,41 @@ def test_dataset_zip_download_and_extraction(http_server, colour_data, tmp_path)
     assert len(list(extracted.rglob("*.png"))) == 20 and seen
     with pytest.raises(UploadError, match="404"):
         download_dataset(f"{base}/missing.zip", tmp_path / "datasets")
+
+
+NEW_TORCHVISION = ["resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "regnet_y_800mf",
+                   "vit_b_16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", NEW_TORCHVISION)
+def test_every_torchvision_family_downloads_uploads_and_loads_like_resnet18(arch, http_server, tmp_path):
+    import torch
+
+    from core.surgery import adapt_model
+
+    spec = ARCHITECTURES[arch]
+    root, base = http_server
+    torch.save(spec.build().state_dict(), tmp_path / "imagenet.pth")  # shaped like the real file, random values
+    served = _named_by_hash(tmp_path / "imagenet.pth", root, arch)
+    seen = []
+    downloaded = download_weights(spec, url=f"{base}/{served.name}", progress=lambda done, total: seen.append(done))
+    assert downloaded.read_bytes() == served.read_bytes() and seen[-1] == served.stat().st_size
+    assert find_weights(spec) is None  # not under torchvision's own name (its hash prefix would not match)
+    stored = store_uploaded_weights(spec, served.read_bytes(), "mine.pth")
+    found = find_weights(spec)
+    assert found.kind == "upload" and found.path == str(stored)
+    _, report = adapt_model(arch, 4, weights=found.path)
+    assert report.popped_keys == [f"{spec.head}.weight", f"{spec.head}.bias"] and not report.dropped_keys
+    with pytest.raises(WeightsError, match=f"does not fit {arch}"):
+        store_uploaded_weights(spec, _state_bytes(ARCHITECTURES["resnet18"]), "other.pth")  # another family
+
+
+def _state_bytes(spec) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(spec.build().state_dict(), buffer)
+    return buffer.getvalue()
