@@ -288,7 +288,7 @@ def test_surgery_page_weights_upload_is_checked_and_used(small_demo, resnet18_fi
                                              "application/octet-stream").run()
     at.button(key="sg_store").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    sources = at.dataframe[0].value
+    sources = next(d.value for d in at.dataframe if "status" in d.value.columns)  # after the architectures' table
     used = sources[sources["status"] == "in use"]
     assert list(used["source"]) == ["upload"]
     assert "fc.weight\nfc.bias" in [c.value for c in at.code]
