@@ -69,7 +69,7 @@ def read_speeds(path: Path, where: str | None = None) -> dict[str, Speed]:
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("archs"), dict):
         return {}
-    label = where or str(data.get("machine") or "the reference machine")[:200]
+    label = where or f"the project's reference machine ({str(data.get('machine') or 'not described')[:200]})"
     speeds = {}
     for name, row in data["archs"].items():
         if name not in ARCHITECTURES or not isinstance(row, dict):
