@@ -9,13 +9,13 @@ from core.config import TTA_MODES
 from core.errors import UserError
 from core.export import export_bytes
 from core.images import open_image, thumbnail_jpeg
-from core.records import follow
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
 from core.rundir import RunDir, best_completed, list_runs
 from core.states import RunState
 from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
 from core.workspace import runs_dir
-from app_pages.common import fmt_pct, plural, run_predictor, show_explanation, user_errors
+from app_pages.common import (fmt_pct, plural, run_predictor, run_with_stop, show_explanation, user_errors,
+                              was_stopped)
 
 
 def pick_run():
@@ -170,15 +170,18 @@ def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> No
     with st.expander("Predict many images at once (several files or a zip), with a CSV"):
         uploads = st.file_uploader("Images or zips", type=IMAGE_TYPES + ["zip"], accept_multiple_files=True,
                                    key="pr_batch")
+        was_stopped("pr_batch_run", "prediction of many images")
         if not uploads or not st.button("Predict them", key="pr_batch_go"):
             return
+        rows = None
         with tempfile.TemporaryDirectory() as tmp, user_errors():
             paths = _batch_paths(uploads, Path(tmp))
-            bar = st.progress(0.0, text="Predicting…")
-            rows = follow(predict_many(predictor, paths, topk=topk, calibrated=calibrated), lambda step: bar.progress(
-                step[0] / step[1], text=f"Predicting… {step[0]}/{step[1]} images"))
-            bar.empty()  # done: the table below says so, a full bar saying "Predicting…" would not
+            rows = run_with_stop(predict_many(predictor, paths, topk=topk, calibrated=calibrated),
+                                 key="pr_batch_run", what="prediction of many images",
+                                 describe=lambda step: f"Predicting… {step.done}/{step.total} images")
             names = {p: Path(p).relative_to(tmp).as_posix() for p in paths}
+        if rows is None:  # it failed, and said why
+            return
         failed = sum(bool(r.error) for r in rows)
         st.success(f"Predicted {plural(len(rows) - failed, 'image')}"
                    + (f"; {plural(failed, 'file')} could not be read (see the error column)" if failed else "") + ".")

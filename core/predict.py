@@ -5,6 +5,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -190,6 +191,12 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- many images
+class Step(NamedTuple):
+    """How far a batch prediction is: images done of the total."""
+    done: int
+    total: int
+
+
 @dataclass
 class Row:
     """One image's prediction in a batch: its top class, that class's probability, the top k."""
@@ -221,7 +228,7 @@ def image_files(folder: str | os.PathLike) -> list[str]:
 
 def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, batch_size: int = 16,
                  calibrated: bool = True):
-    """Predict ``paths`` in batches, in inference mode. A generator: yields (done, total) as it goes
+    """Predict ``paths`` in batches, in inference mode. A generator: yields a Step (done, total) as it goes
     (for a progress bar), returns one Row per path, in order; an unreadable image gets its error."""
     rows: list[Row | None] = [None] * len(paths)
     k = min(topk, len(predictor.classes))
@@ -239,5 +246,5 @@ def predict_many(predictor: "Predictor", paths: list[str], *, topk: int = 5, bat
             for i, v, c in zip(where, values.tolist(), indices.tolist()):
                 top = [(predictor.classes[j], p) for j, p in zip(c, v)]
                 rows[i] = Row(paths[i], top[0][0], top[0][1], top)
-        yield min(start + batch_size, len(paths)), len(paths)
+        yield Step(min(start + batch_size, len(paths)), len(paths))
     return rows

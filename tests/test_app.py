@@ -370,6 +370,10 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     table = at.dataframe[0].value
     assert len(table) == 5 and list(table.columns) == ["path", "top_class", "probability", "topk", "error"]
     assert sum(table["top_class"] == "star") >= 2 and sum(table["top_class"] == "circle") >= 1
+    assert "pr_batch_run_stop" not in [b.key for b in at.button]  # the Stop button goes with the work
+    at.session_state["pr_batch_run"] = True  # what a Stop click leaves behind when it cuts the work short
+    at.run()
+    assert "The prediction of many images was stopped." in [i.value for i in at.info]
 
 
 def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0_file):
