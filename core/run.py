@@ -20,7 +20,8 @@ from .errors import RunError, UserError
 from .io import append_jsonl, atomic_write_text
 from .records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start
 from .distributed import SINGLE, Terminated, World, barrier
-from .rundir import Heartbeat, RunDir, create_run, load_config, read_records, summarise, write_summary
+from .rundir import (Heartbeat, RunDir, claim_resume, create_run, load_config, own_resume_claim, read_records, summarise,
+                     write_summary)
 from .feature_path import choose_feature_path
 from .tensorboard_log import TensorBoardLog
 from .train import ResumePoint, EarlyStop, NonFiniteLoss, StopRequested, epoch_loop, set_up, start_record
@@ -77,13 +78,13 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     if checkpoint["epoch"] >= load_config(run).epochs:
         raise RunError("nothing to resume: the checkpoint is of the last epoch")
     # One claim per attempt: every attempt that got its claim ends with a final record (a failure included),
-    # so the count of finals names the next attempt and a failed one never blocks the next.
-    claim = run.path / f"resume-{len(records.of(Final))}.claim"
-    try:
-        if not claimed:
-            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        raise RunError("another resume of this run has started; follow that one") from None
+    # so the count of finals names the next attempt and a failed one never blocks the next; one killed
+    # before its final leaves a claim whose process is gone, which the next attempt takes over.
+    attempt = len(records.of(Final))
+    if claimed:
+        own_resume_claim(run, attempt)
+    elif not claim_resume(run, attempt):
+        raise RunError("another resume of this run has started; follow that one")
     return ResumePoint(checkpoint, [e for e in records.epochs if e.epoch <= checkpoint["epoch"]])
 
 

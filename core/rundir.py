@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
 from .states import ENDED, WRITTEN, RunState
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
 STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
+RESUME_LOCK = ".resume.lock"  # in a run folder: held while a resume looks at and writes its claim
 DISPATCH_LOCK = ".dispatch.lock"  # in a runs folder: held while one process counts slots and starts runs
 
 
@@ -66,6 +67,10 @@ class RunDir:
     claim_file = property(lambda self: self.path / "claimed")  # made once, by whoever starts a queued run
     log = property(lambda self: self.path / "worker.log")
     error = property(lambda self: self.path / "error.txt")
+
+    def resume_claim(self, attempt: int) -> Path:
+        """Made by the resume numbered ``attempt`` (the run's count of final records when it began)."""
+        return self.path / f"resume-{attempt}.claim"
 
     def rank_error(self, rank: int) -> Path:
         return self.path / f"error-rank{rank}.txt"  # a failure of another process than rank 0
@@ -148,6 +153,56 @@ def claim(run: RunDir) -> bool:
         return True
     except FileExistsError:
         return False
+
+
+STALE_UNREADABLE_CLAIM_S = 60  # a claim we cannot read (not ours, or from an older version) is trusted this long
+
+
+def _claim_text() -> str:
+    pid = os.getpid()
+    return json.dumps({"pid": pid, "pid_start": process_start_ticks(pid), "host": socket.gethostname()})
+
+
+def claim_resume(run: RunDir, attempt: int) -> bool:
+    """Take resume ``attempt`` of ``run`` for this process; only one caller, in any process, gets True.
+
+    The claim is a file naming its process (pid, start ticks, host). A claim whose process has ended (a
+    resume killed before it could write its final record) is taken over. Looking and writing happen under
+    the run's resume lock (flock, released if the holder dies), so two callers never both win.
+    """
+    import fcntl
+
+    path = run.resume_claim(attempt)
+    fd = os.open(run.path / RESUME_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if path.exists() and not _claim_is_stale(path):
+            return False
+        atomic_write_text(path, _claim_text())
+        return True
+    finally:
+        os.close(fd)
+
+
+def own_resume_claim(run: RunDir, attempt: int) -> None:
+    """The worker the app started for a claimed resume: the claim is now this process's (it names the app's
+    process until here, which outlives the worker)."""
+    atomic_write_text(run.resume_claim(attempt), _claim_text())
+
+
+def _claim_is_stale(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        state = WorkerState(RunState.STARTING, pid=int(data["pid"]), host=str(data["host"]),
+                            pid_start=data.get("pid_start") if isinstance(data.get("pid_start"), int) else None)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, TypeError, KeyError):
+        try:
+            return time.time() - path.stat().st_mtime > STALE_UNREADABLE_CLAIM_S
+        except OSError:
+            return True
+    return _process_gone(state) is True
 
 
 def load_config(run: RunDir) -> TrainConfig:

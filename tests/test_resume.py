@@ -131,3 +131,64 @@ def test_a_resume_that_fails_does_not_block_the_next(colours, lite0_file, tmp_pa
     shutil.copytree(colours, data)  # back again: the next resume is not blocked by the failed one's claim
     list(resume_training(run, cache_dir=tmp_path / "cache"))
     assert read_records(run).final.status == "completed" and [e.epoch for e in read_records(run).epochs] == [1, 2, 3, 4]
+
+
+def _claim_of(pid: int, pid_start=None) -> str:
+    import json
+    import socket
+
+    return json.dumps({"pid": pid, "pid_start": pid_start, "host": socket.gethostname()})
+
+
+def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
+    """kill -9 leaves the claim behind; its process is gone, so the next attempt takes it over."""
+    import os
+
+    from core.rundir import claim_resume, process_start_ticks
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run.resume_claim(1).write_text(_claim_of(dead.pid, 12345))
+    assert claim_resume(run, 1)
+    assert f'"pid": {os.getpid()}' in run.resume_claim(1).read_text()  # now ours
+    assert not claim_resume(run, 1)  # and we are alive: a second caller is refused
+    run.resume_claim(2).write_text(_claim_of(os.getpid(), process_start_ticks(os.getpid())))
+    assert not claim_resume(run, 2)
+    run.resume_claim(3).write_text("")  # unreadable and fresh (written a moment ago by someone): trusted
+    assert not claim_resume(run, 3)
+    os.utime(run.resume_claim(3), (1, 1))  # unreadable and old: not a live claim
+    assert claim_resume(run, 3)
+    assert sorted(p.name for p in run.path.iterdir() if not p.name.startswith(".")) == [
+        "resume-1.claim", "resume-2.claim", "resume-3.claim"]
+
+
+def _claim_in_a_process(folder: str, start, results) -> None:
+    from core.rundir import RunDir, claim_resume
+
+    start.wait()
+    results.put(claim_resume(RunDir(folder), 1))
+
+
+def test_two_resumes_taking_over_a_stale_claim_at_once_never_both_win(tmp_path):
+    import multiprocessing
+
+    from core.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    context = multiprocessing.get_context("spawn")
+    for _ in range(3):
+        run.resume_claim(1).write_text(_claim_of(dead.pid, 12345))
+        start, results = context.Event(), context.Queue()
+        procs = [context.Process(target=_claim_in_a_process, args=(str(run.path), start, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        start.set()
+        won = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert won.count(True) == 1, won  # their claims name processes that have ended by now: reset for the next round
