@@ -113,9 +113,10 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
         best = table.iloc[0]
         st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",
                   delta_arrow="off")
+        note = predictor.transform.tta_note(tta)
         st.caption(("Calibrated" if calibrated else "Raw") + " probabilities"
                    + (f", temperature {predictor.temperature:.2f}" if calibrated else "")
-                   + (f", averaged over {tta} views" if tta else "") + ".")
+                   + (f", averaged over {tta} views" if tta else "") + (f" ({note})" if note else "") + ".")
         st.altair_chart(alt.Chart(table).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),

@@ -473,7 +473,8 @@ def render_tta(run_path: Path) -> None:
     m2.metric(f"ECE with TTA ({kind})", f"{result.tta_ece:.3f}", f"{result.tta_ece - result.ece:+.3f} (without: "
               f"{result.ece:.3f})", delta_color="inverse")
     st.caption(f"Checkpoint of epoch {result.epoch}, {result.images} test images, {result.seconds:.1f} s"
-               + (f"; {result.unreadable} could not be read" if result.unreadable else "") + ".")
+               + (f"; {result.unreadable} could not be read" if result.unreadable else "")
+               + (f"; {result.note}" if result.note else "") + ".")
 
 
 GALLERY_COLUMNS = 6

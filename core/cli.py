@@ -293,7 +293,8 @@ def cmd_report(args) -> int:
                      _progress_line(lambda step: f"test-time augmentation: {step.done}/{step.total} images"))
         kind = "calibrated" if tta.calibrated else "raw"
         print(f"test-time augmentation ({tta.mode}), checkpoint of epoch {tta.epoch}, {tta.images} images: accuracy "
-              f"{tta.accuracy:.3f} → {tta.tta_accuracy:.3f}, ECE ({kind}) {tta.ece:.3f} → {tta.tta_ece:.3f}")
+              f"{tta.accuracy:.3f} → {tta.tta_accuracy:.3f}, ECE ({kind}) {tta.ece:.3f} → {tta.tta_ece:.3f}"
+              + (f" ({tta.note})" if tta.note else ""))
         data["tta"] = tta.to_json()
     if args.json:
         from .io import atomic_write_text
@@ -337,9 +338,11 @@ def cmd_predict(args) -> int:
         return _predict_folder(predictor, args)
     calibrated = not args.raw and predictor.temperature is not None
     top = predictor.predict(args.image, topk=args.topk, calibrated=calibrated, tta=args.tta)
+    note = predictor.transform.tta_note(args.tta)
     result = {"image": str(args.image), "model": predictor.source,
               "probabilities": ("calibrated" if calibrated else "raw") + (f", averaged over {args.tta} views"
-                                                                          if args.tta else ""),
+                                                                          if args.tta else "")
+                               + (f" ({note})" if note else ""),
               "temperature": predictor.temperature,
               "predictions": [{"class": c, "probability": p} for c, p in top]}
     if args.cam:

@@ -95,6 +95,13 @@ class Preprocess:
             x = x.flip(-2)
         return (x - self.mean.to(x.device)) / self.std.to(x.device) if self.normalize else x
 
+    def tta_note(self, mode: str | None) -> str:
+        """Why ``mode`` averages fewer views here than its name says, or ''."""
+        if mode == "flip+crops" and self.letterbox is not None:
+            return ("a letterboxed image has no corners to crop, so flip+crops averages the image and its mirror "
+                    "(2 views), as flip does")
+        return ""
+
     def views(self, image, mode: str) -> torch.Tensor:
         """Test-time augmentation: (views, 3, crop, crop), the plain evaluation view first. ``flip``: it and
         its mirror; ``flip+crops``: the centre and the four corner crops of the resized image, then each one's

@@ -263,6 +263,7 @@ class TTAResult:
     calibrated: bool  # the ECEs are of probabilities scaled by the checkpoint's temperature
     unreadable: int
     seconds: float
+    note: str = ""  # when the views differ from what the mode's name says (a letterboxed run's flip+crops)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -316,7 +317,7 @@ def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str 
     return TTAResult(mode, predictor.epoch, len(y), float((p_plain.argmax(1) == y).mean()),
                      expected_calibration_error(p_plain, y), float((p_tta.argmax(1) == y).mean()),
                      expected_calibration_error(p_tta, y), predictor.temperature is not None, unreadable,
-                     time.time() - t0)
+                     time.time() - t0, predictor.transform.tta_note(mode))
 
 
 def report_stamp(run_dir: str | os.PathLike) -> tuple:

@@ -104,6 +104,10 @@ def test_tta_views_put_the_plain_view_first():
     assert not torch.equal(ten[1], ten[0])  # a corner is not the centre
     with pytest.raises(ValueError, match="allowed: flip, flip"):
         pre.views(image, "rotate")
+    assert pre.tta_note("flip+crops") == pre.tta_note("flip") == pre.tta_note(None) == ""
+    boxed = build_transform(get_arch("resnet18").transforms(), letterbox=True)
+    assert boxed.views(image, "flip+crops").shape == (2, 3, 224, 224)  # no corners to crop: it says so
+    assert "2 views" in boxed.tta_note("flip+crops") and boxed.tta_note("flip") == ""
 
 
 # ----------------------------------------------------------------------------- a trained run
