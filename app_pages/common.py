@@ -350,8 +350,7 @@ def architecture_rows(choices):
         "input (px)": c.input_size,
         "ImageNet top-1 (%)": c.imagenet_top1,
         "s / 100 images": round(c.speed.seconds_per_100, 1) if c.speed else None,
-        "weights here": ("yes (in the app)" if c.offline and c.weights_here
-                         else "yes" if c.weights_here else "no"),
+        "weights here": c.weights_status,
         "about": c.summary,
     } for c in choices])
 

@@ -78,9 +78,9 @@ def render_weights_manager(arch: str, state: dict) -> str:
 
 def render_no_weights(arch: str, sources) -> None:
     """Where we looked, and a one-click switch to an architecture whose weights ship with the app."""
-    from core.arch_choice import offline_choices
+    from core.arch_choice import offline_choices, places_looked
 
-    looked = [s.path for s in sources if s.kind != "download" and s.path]
+    looked = places_looked(sources)
     offline = offline_choices()
     st.warning(f"No {arch} weights are on this machine (looked in: {', '.join(f'`{p}`' for p in looked) or 'nowhere'}). "
                "Upload the file, download it (needs network)"

@@ -162,13 +162,20 @@ def busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+def run_measured(command: list) -> tuple[str, float]:
+    """Run ``command``; its stdout and its peak resident memory in MiB, as the kernel counted it (a wrapper
+    process whose only child it is)."""
+    wrapper = ("import resource, subprocess, sys; out = subprocess.run(sys.argv[1:], check=True, capture_output=True, "
+               "text=True).stdout; print(out); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *map(str, command)], capture_output=True, text=True,
+                            check=True)
+    *out, rss = result.stdout.rstrip("\n").splitlines()
+    return "\n".join(out), int(rss) / 1024  # ru_maxrss is in KiB
+
+
 def peak_rss_mb(*args) -> float:
-    """Peak resident memory of one CLI process, as the kernel counted it (a wrapper whose only child it is)."""
-    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "core", *map(str, args)],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout.strip()) / 1024  # ru_maxrss is in KiB
+    """Peak resident memory of one CLI process (``python -m core *args``)."""
+    return run_measured([sys.executable, "-m", "core", *args])[1]
 
 
 def cold_seconds(command: list[str], n: int = 3) -> float:
@@ -510,18 +517,13 @@ def arch_figures(tmp: Path, images: int, speed_file: Path, reference: bool) -> N
 
     data = make_photos(tmp / "arch-photos", images, seed=2)
     lists = write_split(split_dataset(data, 0.6, 0), tmp / "arch-lists")
-    wrapper = ("import json, resource, subprocess, sys; out = subprocess.run(sys.argv[1:], check=True, "
-               "capture_output=True, text=True).stdout; row = json.loads(out.splitlines()[-1]); "
-               "row['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
-               "print(json.dumps(row))")
     rows = {}
     print(f"frozen feature pass per architecture: {images} JPEGs of 500×375, the trainer's batch, layout and "
           "workers, random weights, one process each")
     print(f"{'architecture':20s} {'images/s':>9s} {'s / 100':>8s} {'batch':>6s} {'peak RSS MiB':>13s}")
     for arch in ARCHITECTURES:
-        result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, __file__, "--feature-pass", arch,
-                                 "--lists", str(lists)], capture_output=True, text=True, check=True)
-        row = json.loads(result.stdout.splitlines()[-1])
+        out, rss = run_measured([sys.executable, __file__, "--feature-pass", arch, "--lists", lists])
+        row = {**json.loads(out.splitlines()[-1]), "peak_rss_mib": rss}
         rows[arch] = row
         print(f"{arch:20s} {row['images_per_s']:9.1f} {100 / row['images_per_s']:8.1f} {row['batch']:6d} "
               f"{row['peak_rss_mib']:13.0f}")

@@ -52,6 +52,17 @@ class ArchChoice:
     looked_in: tuple[str, ...]  # every place searched, in order (for "no weights here")
     offline: bool  # the weights ship with the app (a pip package)
 
+    @property
+    def weights_status(self) -> str:
+        if not self.weights_here:
+            return "no"
+        return "yes (ship with the app)" if self.offline else "yes"
+
+
+def places_looked(sources) -> tuple[str, ...]:
+    """Where the weights manager looked on this machine (``core.weights.list_sources``; a download is not a place)."""
+    return tuple(s.path or s.kind for s in sources if s.kind != "download")
+
 
 def _finite_positive(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -106,7 +117,7 @@ def describe(name: str, speeds: dict[str, Speed] | None = None,
         name=spec.name, summary=spec.summary, parameters=spec.num_params, input_size=spec.input_size,
         imagenet_top1=spec.imagenet_top1, speed=speeds.get(name),
         weights_here=(found.path or found.kind) if found else None,
-        looked_in=tuple(s.path or s.kind for s in list_sources(spec, user_file) if s.kind != "download"),
+        looked_in=places_looked(list_sources(spec, user_file)),
         offline=spec.packaged is not None,
     )
 
@@ -155,7 +166,7 @@ def text_table(choices: list[ArchChoice]) -> str:
         rows.append((c.name, f"{c.parameters / 1e6:.1f} M", f"{c.input_size} px",
                      f"{c.imagenet_top1:.1f}%" if c.imagenet_top1 is not None else "-",
                      f"{c.speed.seconds_per_100:.1f}" if c.speed else "-",
-                     ("yes (ships with the app)" if c.offline else f"yes: {c.weights_here}") if c.weights_here
+                     c.weights_status + ("" if c.offline else f": {c.weights_here}") if c.weights_here
                      else "no (looked in " + ", ".join(c.looked_in) + ")"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]

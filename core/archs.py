@@ -300,6 +300,7 @@ def _count_params(name: str) -> int:
 PREFERRED_ARCH = "resnet18"  # the recipe's model, used when its pretrained weights are on the machine
 OFFLINE_ARCH = "efficientnet_lite0"  # the one whose ImageNet weights ship with the app: works offline
 
+
 def _torchvision(name: str, enum: str, member: str, **fields) -> ArchSpec:
     """A torchvision family: built by ``torchvision.models.<name>``, weights ``<enum>.<member>``."""
     return ArchSpec(name=name, build=lambda: getattr(_tv_models(), name)(weights=None),
