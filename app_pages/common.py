@@ -360,8 +360,10 @@ def render_architecture_table(selected: str | None = None) -> None:
     from core.arch_choice import architecture_choices
 
     choices = architecture_choices()
-    st.dataframe(architecture_rows(choices), hide_index=True, width="stretch",
-                 column_config={"ImageNet top-1 (%)": st.column_config.NumberColumn(format="%.1f")})
+    st.dataframe(architecture_rows(choices), hide_index=True, width="stretch", height=35 * (len(choices) + 1) + 3,
+                 column_config={"ImageNet top-1 (%)": st.column_config.NumberColumn(format="%.1f"),
+                                "s / 100 images": st.column_config.NumberColumn(format="%.1f"),
+                                "weights here": st.column_config.TextColumn(width="medium")})
     where = sorted({c.speed.where for c in choices if c.speed})
     unmeasured = [c.name for c in choices if not c.speed]
     st.caption("s / 100 images: the frozen feature pass (what a default run spends its time on), measured by "

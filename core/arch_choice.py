@@ -56,7 +56,7 @@ class ArchChoice:
     def weights_status(self) -> str:
         if not self.weights_here:
             return "no"
-        return "yes (ship with the app)" if self.offline else "yes"
+        return "yes (in the app)" if self.offline else "yes"
 
 
 def places_looked(sources) -> tuple[str, ...]:

@@ -95,7 +95,7 @@ def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
     table = next(d.value for d in at.dataframe if "ImageNet top-1 (%)" in d.value.columns)  # the chooser
     assert list(table["architecture"]) == list(ARCHITECTURES)
     assert table.set_index("architecture").loc["resnet18", "weights here"] == "no"
-    assert table.set_index("architecture").loc["efficientnet_lite2", "weights here"] == "yes (ship with the app)"
+    assert table.set_index("architecture").loc["efficientnet_lite2", "weights here"] == "yes (in the app)"
     assert table["s / 100 images"].notna().all()  # the shipped reference figures
 
 

@@ -319,7 +319,7 @@ def test_the_cli_lists_the_architectures_from_the_table():
     lines = listed.stdout.splitlines()
     for name in ARCHS:
         row = next(line for line in lines if line.startswith(name + " "))
-        assert ("ship with the app" in row) == (name in ("efficientnet_lite0", "efficientnet_lite1",
+        assert ("in the app" in row) == (name in ("efficientnet_lite0", "efficientnet_lite1",
                                                           "efficientnet_lite2"))
     assert "no (looked in" in next(line for line in lines if line.startswith("vit_b_16 "))
     helped = subprocess.run([sys.executable, "-m", "core", "train", "--help"], capture_output=True, text=True,
