@@ -7,6 +7,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.compare import compare_runs
+from core.figures import pct
+from core.records import CHOSEN_ON_TEST, VALIDATION
+
 from core.config import TRAINS
 from core.errors import UserError
 from core.records import Records
@@ -32,9 +36,10 @@ def loss_charts(records: Records) -> None:
         else:
             st.caption("A point every 10 batches (cached-feature runs on small data may log none).")
     with c2:
-        st.markdown("**Per epoch: loss and test accuracy**")
-        epochs = pd.DataFrame([{"epoch": e.epoch, "train_loss": e.train_loss, "test_loss": e.test_loss,
-                                "test_acc": e.test_acc} for e in records.epochs])
+        on = "validation" if records.epochs and records.epochs[0].evaluated == VALIDATION else "test"
+        st.markdown(f"**Per epoch: loss and {on} accuracy**")
+        epochs = pd.DataFrame([{"epoch": e.epoch, "train loss": e.train_loss, f"{on} loss": e.score[1],
+                                f"{on} accuracy": e.score[0]} for e in records.epochs])
         if len(epochs):
             long = epochs.melt(id_vars=["epoch"], var_name="metric", value_name="value")
             st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
@@ -50,7 +55,7 @@ def loss_charts(records: Records) -> None:
                     tooltip=["epoch", alt.Tooltip("learning rate:Q", format=".2e")]).properties(height=200),
                     width="stretch")
         else:
-            st.caption("Appears after the first epoch's test pass.")
+            st.caption("Appears after the first epoch's validation pass.")
 
 
 def per_class_chart(classes: list[str], accuracies: list) -> None:
@@ -120,21 +125,33 @@ def reliability_chart(bins, bins_calibrated) -> None:
     st.altair_chart(diagonal + curves + points, width="stretch")
 
 
+def test_cell(r: RunInfo) -> str:
+    """A run's test accuracy as every table and line shows it: with its interval, or why there is none."""
+    if r.test is not None:
+        return r.test.text() + (" · chosen on the test split (older run)" if r.chosen_on == CHOSEN_ON_TEST else "")
+    return "test not evaluated" if r.finished and r.epochs_done else "measured once, at the end"
+
+
 def runs_table(runs: list[RunInfo]) -> None:
     rows = []
     for r in runs:
-        c = r.config
+        c, sizes = r.config, r.sizes
         rows.append({"run": r.name, "status": r.status, "arch": c.arch if c else None,
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
                      "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
-                     "lr": c.lr if c else None, "batch": c.batch_size if c else None, "best acc": r.best_acc,
+                     "data": (c.data_root or c.lists_dir) if c else None,
+                     "train / val / test": " / ".join(f"{n:,}" for n in sizes) if sizes else None,
+                     "excluded": r.excluded,
+                     "val acc (chose)": pct(r.val_acc) if r.val_acc is not None else "–",
+                     "test acc": test_cell(r),
+                     "lr": c.lr if c else None, "batch": c.batch_size if c else None,
                      "note": r.reason if r.status is not RunState.RUNNING else ""})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"best acc": st.column_config.NumberColumn(format="percent")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def compare_chart(runs: list[RunInfo]) -> None:
-    """Test accuracy and loss per epoch of several runs, overlaid; damaged runs are left out with a note."""
+    """The curves that chose (validation accuracy and loss per epoch) of several runs, overlaid, then each run's
+    test figure with its interval and the paired differences where runs share their test images."""
     rows = []
     for info in runs:
         try:
@@ -142,21 +159,30 @@ def compare_chart(runs: list[RunInfo]) -> None:
         except UserError as exc:
             st.caption(f"{info.name} left out: {exc}")
             continue
-        rows += [{"run": info.label, "epoch": e.epoch, "metric": m, "value": getattr(e, m)}
-                 for e in records.epochs for m in ("test_acc", "test_loss")]
+        rows += [{"run": info.label, "epoch": e.epoch, "metric": f"{e.evaluated} {what}", "value": value}
+                 for e in records.epochs for what, value in zip(("accuracy", "loss"), e.score)]
     if not rows:
         if runs:
-            st.caption("The picked runs have no finished epoch yet; their curves appear after the first test pass.")
+            st.caption("The picked runs have no finished epoch yet; their curves appear after the first epoch.")
         return
     data = pd.DataFrame(rows)
-    c1, c2 = st.columns(2)
-    for col, metric in zip((c1, c2), ("test_acc", "test_loss")):
-        with col:
-            st.markdown(f"**{metric.replace('_', ' ')}**")
+    metrics = sorted(data["metric"].unique(), key=lambda m: (m.endswith("loss"), m))
+    if {m.split()[0] for m in metrics} == {"validation", "test"}:
+        st.caption("Older runs chose on the test split and show test curves; newer ones show validation curves. "
+                   "The two are not the same images: read them side by side, not as one comparison.")
+    columns = st.columns(2)
+    for i, metric in enumerate(metrics):
+        with columns[i % 2]:
+            st.markdown(f"**{metric} per epoch**")
             st.altair_chart(alt.Chart(data[data["metric"] == metric]).mark_line(point=True).encode(
-                x=EPOCH_AXIS, y="value:Q",
+                x=EPOCH_AXIS, y=alt.Y("value:Q", scale=alt.Scale(zero=False)),
                 color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
                 width="stretch")
+    st.markdown("**Test accuracy** (each measured once, on the epoch its run kept)")
+    for info in runs:
+        st.markdown(f"- {info.label}: {test_cell(info)}")
+    for a, b in zip(runs, runs[1:]):
+        st.caption(compare_runs(a.path, b.path).text(a.name, b.name))
 
 
 def class_counts_chart(counts: pd.DataFrame) -> None:

@@ -12,7 +12,7 @@ from core.runs import launch
 from core.split import Split, split_dataset, write_split
 from core.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
 from app_pages.charts import embedding_chart, image_size_charts, selected_in_box
-from app_pages.common import (current_split, data_root, default_arch, load_state, plural, reported,
+from app_pages.common import (split_line, current_split, data_root, default_arch, load_state, plural, reported,
                               resolve_weights_file, run_with_stop, stored_check, thumbnail, user_errors, was_stopped,
                               KEEP_GROUPS)
 
@@ -118,10 +118,10 @@ def render_resplit(report: DataReport, split: Split, root: str, state: dict) -> 
     if st.button("Re-split keeping every duplicate group on one side", key="ck_resplit"):
         groups = [[m.path for m in g.members] for g in report.duplicates]
         with user_errors(), workspace_writes("write the list files"):
-            grouped = split_dataset(root, state["train_ratio"], state["seed"], allowed_roots=allowed_roots(),
-                                    keep_together=groups)
+            grouped = split_dataset(root, state["train_ratio"], state["seed"], val_ratio=state["val_ratio"],
+                                    allowed_roots=allowed_roots(), keep_together=groups)
             out = write_split(grouped, lists_dir_for(root), overwrite=True)
-        sides = {path: "train" for path, _ in grouped.train} | {path: "test" for path, _ in grouped.test}
+        sides = {path: "train" for path, _ in [*grouped.train, *grouped.val]} | {path: "test" for path, _ in grouped.test}
         crossing = sum(len({sides.get(p) for p in g} - {None}) > 1 for g in groups)
         st.session_state[KEEP_GROUPS] = True
         st.success(f"Wrote {len(grouped.train)} train and {len(grouped.test)} test lines to `{out}`; "
@@ -186,7 +186,8 @@ def start_without(paths: list[str], root: str, state: dict, report: DataReport) 
         else ()
     with user_errors():
         cfg = TrainConfig(arch=report.arch, head_variant=state["head_variant"], weights=report.weights,
-                          train_ratio=state["train_ratio"], seed=state["seed"], data_root=root,
+                          train_ratio=state["train_ratio"], val_ratio=state["val_ratio"], seed=state["seed"],
+                          data_root=root,
                           exclude=tuple(paths), keep_together=groups)
         path = launch(cfg)
     st.switch_page("app_pages/training.py", query_params={"run": path.name})
@@ -225,9 +226,8 @@ def main() -> None:
     arch = default_arch()
     weights = resolve_weights_file(arch, state)
     with user_errors():
-        split = current_split(root, state["train_ratio"], state["seed"])
-    st.write(f"**Data:** `{shown(root)}` · {len(split.train)} train / {len(split.test)} test images "
-             f"(ratio {state['train_ratio']}, seed {state['seed']}) · **backbone:** {arch}, "
+        split = current_split(root, state)
+    st.write(f"**Data:** `{shown(root)}` · {split_line(split.summary())} · **backbone:** {arch}, "
              + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine"))
     was_stopped("ck_running", "check")  # nothing of it was stored
     report = _stored(data_fingerprint(split, arch, weights))

@@ -12,6 +12,7 @@ from core.split import Split, split_dataset
 from core.datacheck import DataReport, load_report, report_path
 from core.demo import ensure_demo_dataset
 from core.errors import UserError
+from core.figures import pct
 from core.errors import WeightsError
 from core.explain import explain
 from core.images import thumbnail_jpeg
@@ -35,11 +36,13 @@ def _path_text(value: str) -> str | None:
     return None if path_problem(value) else value
 
 
-DEFAULTS = {"data_root": None, "train_ratio": field_default("train_ratio"), "seed": field_default("seed"), "arch": None,
+DEFAULTS = {"data_root": None, "train_ratio": field_default("train_ratio"), "val_ratio": field_default("val_ratio"),
+            "seed": field_default("seed"), "arch": None,
             "head_variant": None, "weights_mode": PRETRAINED, "weights_file": "", "freeze": field_default("freeze")}
 _PARSERS = {
     "data_root": _path_text, "weights_file": _path_text,
     "train_ratio": lambda v: _within(float(v), "train_ratio"),
+    "val_ratio": lambda v: _within(float(v), "val_ratio"),
     "seed": lambda v: _within(int(v), "seed"),
     "arch": lambda v: v if v in ARCHITECTURES else None,
     "head_variant": lambda v: v if v in {x.name for spec in ARCHITECTURES.values() for x in spec.variants} else None,
@@ -138,25 +141,38 @@ def _folder_stamp(root: str) -> float:
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=32)
-def _split_summary(root: str, ratio: float, seed: int, stamp: float) -> dict:
-    split = split_dataset(root, ratio, seed, allowed_roots=allowed_roots())
-    return {"summary": split.summary(), "train": split.train, "test": split.test}
+def _split_summary(root: str, ratio: float, seed: int, val_ratio: float, stamp: float) -> dict:
+    split = split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots())
+    return {"summary": split.summary(), "train": split.train, "val": split.val, "test": split.test}
 
 
-def split_summary(root: str, ratio: float, seed: int) -> dict:
+def split_summary(root: str, state: dict) -> dict:
+    """The split of ``root`` with this visitor's ratios and seed, as a summary (cached until a folder changes)."""
     check_allowed(root)
-    return _split_summary(root, ratio, seed, _folder_stamp(root))
+    return _split_summary(root, state["train_ratio"], state["seed"], state["val_ratio"], _folder_stamp(root))
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
-def _split(root: str, ratio: float, seed: int, stamp: float) -> Split:
-    return split_dataset(root, ratio, seed, allowed_roots=allowed_roots())
+def _split(root: str, ratio: float, seed: int, val_ratio: float, stamp: float) -> Split:
+    return split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots())
 
 
-def current_split(root: str, ratio: float, seed: int) -> Split:
+def current_split(root: str, state: dict) -> Split:
     """The split a run started now would train on (cached until a folder of the dataset changes)."""
     check_allowed(root)
-    return _split(root, ratio, seed, _folder_stamp(root))
+    return _split(root, state["train_ratio"], state["seed"], state["val_ratio"], _folder_stamp(root))
+
+
+def split_line(summary: dict) -> str:
+    """What the split actually did, in one line, the same on every page: the ratios only where they applied."""
+    sizes = (f"{summary['train_images']:,} train / {summary['val_images']:,} validation / "
+             f"{summary['test_images']:,} test images")
+    if summary.get("given_by"):
+        return (f"{sizes} · split as the dataset gives it ({summary['given_by']})"
+                + (f"; validation: {pct(summary['val_ratio'], 0)} of train, seed {summary['seed']}"
+                   if summary.get("val_ratio") else ""))
+    return (f"{sizes} · train ratio {summary['train_ratio']}, validation {pct(summary['val_ratio'] or 0, 0)} of train, "
+            f"seed {summary['seed']}")
 
 
 KEEP_GROUPS = "keep_duplicate_groups"  # session flag: the Check page re-split, so runs keep duplicate groups together
@@ -221,10 +237,6 @@ def reported(*leftovers):
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def fmt_pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 # ----------------------------------------------------------------------------- images
@@ -301,8 +313,8 @@ def show_explanation(predictor: Predictor, image, target: int | None, image_key:
         if len(kept) >= 16:
             kept.pop(next(iter(kept)))
         kept[key] = (explanation.overlay(),
-                     f"Grad-CAM for {explanation.class_name} ({explanation.probability:.0%}): red is where the "
-                     "evidence for it lies, on the image as the model saw it")
+                     f"Grad-CAM for {explanation.class_name} (its probability is the one shown with the "
+                     "prediction): red is where the evidence for it lies, on the image as the model saw it")
     overlay, caption = kept[key]
     column.image(overlay, width="stretch", caption=caption)
 

@@ -15,7 +15,8 @@ from core.uploads import download_dataset, extract_zip, unique_folder
 from core.workspace import (allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir,
                             workspace_writes)
 from app_pages.charts import class_counts_chart, download_progress
-from app_pages.common import (choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
+from core.figures import count
+from app_pages.common import (split_line, choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
                               split_summary, thumbnail, user_errors)
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
@@ -128,30 +129,41 @@ def render_choose_data(root: str) -> None:
             import_cifar()
 
 
-def render_split_settings(state: dict, given: bool) -> tuple[float, int]:
-    c1, c2 = st.columns(2)
+def render_split_settings(state: dict, summary: dict) -> dict:
+    """The ratios and the seed; returns this visitor's state with them."""
+    given = summary["given_by"]
+    c1, c2, c3 = st.columns(3)
     ratio = c1.slider("Train ratio", *field_range("train_ratio", ui=True), float(state["train_ratio"]), 0.05,
-                      key="ds_ratio", disabled=given,
+                      key="ds_ratio", disabled=bool(given),
                       help="The dataset brings its own train and test folders: the ratio does not apply." if given
-                      else "Share of each class that goes to training; the rest is the test set.")
-    seed = c2.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="ds_seed",
-                     help="The same seed always gives the same split.")
-    if (ratio, seed) != (state["train_ratio"], state["seed"]):
-        save_state(train_ratio=ratio, seed=int(seed))
-    return ratio, int(seed)
+                      else "Share of each class used for training and validation; the rest is the test split.")
+    three_parts = bool(given) and summary["val_ratio"] is None  # train/ + test/ + val/: every role as given
+    val_ratio = c2.slider("Validation ratio", *field_range("val_ratio", ui=True), float(state["val_ratio"]), 0.05,
+                          key="ds_val_ratio", disabled=three_parts,
+                          help="The dataset brings its own validation folder: the ratio does not apply." if three_parts
+                          else "Share of each class's training images set aside as validation: it chooses the kept "
+                               "epoch, early stopping and the temperature, so the test split is looked at once. "
+                               "0: none, as the tutorial (the last epoch is kept).")
+    seed = c3.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="ds_seed",
+                           help="The same seed always gives the same split.")
+    if (ratio, val_ratio, seed) != (state["train_ratio"], state["val_ratio"], state["seed"]):
+        save_state(train_ratio=ratio, val_ratio=val_ratio, seed=int(seed))
+    return {**state, "train_ratio": ratio, "val_ratio": val_ratio, "seed": int(seed)}
 
 
 def render_counts(summary: dict) -> None:
     if summary["given_by"]:
-        st.info(f"**Split given by the dataset** ({summary['given_by']}): its own train and test images are used "
-                "as they are, so the train ratio does not apply; `train` and `val` are not classes.")
+        st.info(f"**Split given by the dataset** ({summary['given_by']}): its own images are used as they are, so "
+                "the train ratio does not apply; the folder names are not classes.")
     for warning in summary["warnings"]:
         st.warning(warning)
     counts = pd.DataFrame(summary["counts"]).rename(columns={"name": "class"})
     left, right = st.columns([2, 3])
     with left:
-        st.subheader(f"{len(counts)} classes · {summary['train_images']} train / {summary['test_images']} test")
-        st.dataframe(counts[["label", "class", "train", "test"]], hide_index=True, width="stretch")
+        st.subheader(f"{len(counts)} classes")
+        st.caption(split_line(summary))
+        st.dataframe(counts[["label", "class", "train", "val", "test"]].rename(columns={"val": "validation"}),
+                     hide_index=True, width="stretch")
     with right:
         class_counts_chart(counts)
 
@@ -160,7 +172,7 @@ def render_samples(result: dict) -> None:
     st.subheader("Samples")
     per_class = st.slider("Thumbnails per class", 1, 12, 6, key="ds_thumbs")
     by_class: dict[int, list[str]] = {}
-    for path, label in result["train"] + result["test"]:
+    for path, label in result["train"] + result["val"] + result["test"]:
         by_class.setdefault(label, []).append(path)
     rng = random.Random(0)
     for label, name in enumerate(result["summary"]["classes"]):
@@ -197,18 +209,20 @@ def render_augmentation_preview(result: dict) -> None:
         st.image(samples, width=112, caption=[f"draw {i + 1}" for i in range(6)])
 
 
-def render_lists(root: str, ratio: float, seed: int, summary: dict) -> None:
+def render_lists(root: str, state: dict, summary: dict) -> None:
     st.subheader("List files")
     out_dir = lists_dir_for(root)
     where = st.empty()  # filled after the button, so it says what is true once a click has written them
-    if st.button("Write train.txt / test.txt", type="primary", key="ds_write"):
+    if st.button("Write train.txt / val.txt / test.txt", type="primary", key="ds_write"):
         with user_errors(), st.spinner("Writing…"), workspace_writes("write the list files"):
-            write_split(split_dataset(root, ratio, seed, allowed_roots=allowed_roots()), out_dir, overwrite=True)
-        st.success(f"Wrote {summary['train_images']} train and {summary['test_images']} test lines.")
+            write_split(split_dataset(root, state["train_ratio"], state["seed"], val_ratio=state["val_ratio"],
+                                      allowed_roots=allowed_roots()), out_dir, overwrite=True)
+        st.success(f"Wrote {count(summary['train_images'])} train, {count(summary['val_images'])} validation and "
+                   f"{count(summary['test_images'])} test lines.")
     written = (out_dir / "train.txt").is_file()
     where.caption(f"{'Written to' if written else 'Not written yet; the button writes them to'} `{out_dir}`. Each "
                   "training run keeps its own copy, so rewriting them never changes a past run.")
-    for name in ("train.txt", "test.txt"):
+    for name in ("train.txt", "val.txt", "test.txt"):
         try:
             with open(out_dir / name, encoding="utf-8") as f:
                 first = "".join(line for _, line in zip(range(5), f))
@@ -229,15 +243,16 @@ def main() -> None:
     st.write(f"**Data root:** `{root}`")
     state = load_state()
     with user_errors():
-        result = split_summary(root, state["train_ratio"], state["seed"])
-    ratio, seed = render_split_settings(state, given=bool(result["summary"]["given_by"]))
-    if (ratio, seed) != (state["train_ratio"], state["seed"]):
+        result = split_summary(root, state)
+    chosen = render_split_settings(state, result["summary"])
+    if chosen != state:
+        state = chosen
         with user_errors():
-            result = split_summary(root, ratio, seed)
+            result = split_summary(root, state)
     render_counts(result["summary"])
     render_samples(result)
     render_augmentation_preview(result)
-    render_lists(root, ratio, seed, result["summary"])
+    render_lists(root, state, result["summary"])
 
 
 main()

@@ -4,7 +4,8 @@ from core.config import TRAINS
 from core.rundir import list_runs
 from core.states import RunState
 from core.workspace import runs_dir
-from app_pages.common import data_root, fmt_pct, load_state, split_summary, user_errors
+from app_pages.charts import test_cell
+from app_pages.common import data_root, split_line, load_state, split_summary, user_errors
 
 INTRO = """
 Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,
@@ -29,12 +30,9 @@ def render_dataset() -> None:
     with user_errors():
         root = data_root()
         state = load_state()
-        summary = split_summary(root, state["train_ratio"], state["seed"])["summary"]
+        summary = split_summary(root, state)["summary"]
     st.write(f"`{root}`")
-    how = (f"split given by the dataset ({summary['given_by']})" if summary["given_by"]
-           else f"ratio {summary['train_ratio']}, seed {summary['seed']}")
-    st.write(f"{len(summary['classes'])} classes · {summary['train_images']} train / "
-             f"{summary['test_images']} test images ({how})")
+    st.write(f"{len(summary['classes'])} classes · {split_line(summary)}")
     st.caption(", ".join(summary["classes"]))
     st.page_link("app_pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
 
@@ -52,7 +50,7 @@ def render_latest_run() -> None:
         else:
             cfg = run.config
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
-                     f"trains {TRAINS[cfg.freeze]} · best test accuracy {fmt_pct(run.best_acc)}")
+                     f"trains {TRAINS[cfg.freeze]} · test accuracy {test_cell(run)}")
     st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:")
 
 

@@ -5,6 +5,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.figures import pct
+
 from core.config import TTA_MODES
 from core.errors import UserError
 from core.export import export_bytes
@@ -14,7 +16,7 @@ from core.rundir import RunDir, best_completed, list_runs
 from core.states import RunState
 from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
 from core.workspace import runs_dir
-from app_pages.common import (fmt_pct, plural, run_predictor, run_with_stop, show_explanation, user_errors,
+from app_pages.common import (plural, run_predictor, run_with_stop, show_explanation, user_errors,
                               was_stopped)
 
 
@@ -38,11 +40,12 @@ def pick_run():
         if r.config is None or r.status is RunState.DAMAGED:
             return f"{r.name} · damaged"
         return (f"{r.name} · {r.config.arch} · {'pretrained' if r.config.pretrained else 'scratch'} · "
-                f"best {fmt_pct(r.best_acc)} · {r.status}")
+                f"test {pct(r.test_acc)} · {r.status}")
 
     c1, c2 = st.columns([3, 1])
     name = c1.selectbox("Run", names, index=0, key="pr_run", format_func=describe,
-                        help="Pre-selected: the completed run with the best test accuracy.")
+                        help="Pre-selected: the completed run with the best validation accuracy (choosing by test accuracy "
+                             "would make its test figure optimistic).")
     return by_name[name], c2
 
 
@@ -75,11 +78,12 @@ def probability_options(predictor: Predictor) -> tuple[bool, str | None]:
     c1, c2 = st.columns(2)
     has_t = predictor.temperature is not None
     calibrated = c1.toggle("Calibrated probabilities", value=has_t, disabled=not has_t, key="pr_calibrated",
-                           help="Softmax of the logits divided by the run's temperature, fitted after training so "
-                                "that a 90% answer is right about 90% of the time (see the Training page's "
+                           help="Softmax of the logits divided by the run's temperature, fitted on the validation "
+                                "images so that a 90% answer is right about 90% of the time (see the Training page's "
                                 "Calibration tab). Off: the raw softmax.")
     if not has_t:
-        c1.caption("This run keeps no temperature (trained before calibration was added): raw probabilities.")
+        c1.caption("This run keeps no temperature (it had no validation split, or was trained before calibration "
+                   "was added): raw probabilities.")
     tta = c2.selectbox("Test-time augmentation", ["none", *TTA_MODES], key="pr_tta",
                        format_func=lambda m: "none" if m == "none" else f"{m}: {TTA_MODES[m]}",
                        help="Average the probabilities over several views of the image. Whether it helps this "
@@ -98,7 +102,10 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
         st.error(str(exc))
         return
     values, indices = probs.topk(topk)
-    table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()], "probability": values.tolist()})
+    kind = "calibrated" if calibrated else "raw"
+    table = pd.DataFrame({"class": [predictor.classes[i] for i in indices.tolist()],
+                          f"probability ({kind}, %)": [round(100 * v, 1) for v in values.tolist()],
+                          "probability": values.tolist()})
     left, middle, right = st.columns([2, 2, 3])
     with left:
         st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({'×'.join(map(str, image.info.get('decoded_from', image.size)))}, shown upright)",
@@ -111,7 +118,7 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
         show_explanation(predictor, image, predictor.classes.index(target), image_key=source.file_id)
     with right:
         best = table.iloc[0]
-        st.metric("Prediction", best["class"], f"{best['probability']:.1%} probability", delta_color="off",
+        st.metric("Prediction", best["class"], f"{pct(best['probability'])} probability ({kind})", delta_color="off",
                   delta_arrow="off")
         note = predictor.transform.tta_note(tta)
         st.caption(("Calibrated" if calibrated else "Raw") + " probabilities"
@@ -119,10 +126,11 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
                    + (f", averaged over {tta} views" if tta else "") + (f" ({note})" if note else "") + ".")
         st.altair_chart(alt.Chart(table).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".2%")]),
+            y=alt.Y("class:N", sort=None), tooltip=["class", alt.Tooltip("probability:Q", format=".1%")]),
             width="stretch")
-        st.dataframe(table, hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
-            format="percent", min_value=0.0, max_value=1.0)})
+        shown = f"probability ({kind}, %)"
+        st.dataframe(table[["class", shown]], hide_index=True, column_config={shown: st.column_config.ProgressColumn(
+            format="%.1f%%", min_value=0.0, max_value=100.0)})
 
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]

@@ -201,7 +201,7 @@ def main() -> None:
     st.caption("Swap the ImageNet head for one with N outputs, load pretrained weights, freeze the body.")
     state = load_state()
     with user_errors():
-        classes = split_summary(data_root(), state["train_ratio"], state["seed"])["summary"]["classes"]
+        classes = split_summary(data_root(), state)["summary"]["classes"]
     state = render_choices(state)
     weights = resolve_weights_file(state["arch"], state)
     if state["weights_mode"] == PRETRAINED and weights is None:

@@ -4,6 +4,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.compare import compare_runs
+
+from core.figures import pct
+
 from core.archs import ARCHITECTURES
 from core.accel import plan_threads
 from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig, field_range
@@ -21,8 +25,8 @@ from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max
 from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.datacheck import check_of_run, data_fingerprint
 from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
-                              reliability_chart, runs_table, selected_cell, trials_chart)
-from app_pages.common import (current_split, data_root, default_arch, fmt_pct, load_state, render_architecture_table,
+                              reliability_chart, runs_table, selected_cell, test_cell, trials_chart)
+from app_pages.common import (split_line, split_summary, current_split, data_root, default_arch, load_state, render_architecture_table,
                               reported, resolve_weights_file, run_predictor, run_with_stop, save_state, show_explanation,
                               stored_check, thumbnail, user_errors, was_stopped, KEEP_GROUPS)
 
@@ -97,7 +101,7 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
                                       key="tr_schedule", help=f"step: × {DEFAULTS.gamma:g} every {DEFAULTS.step_size} "
                                                               "epochs (the PyTorch tutorial's StepLR); cosine: down "
                                                               "to 0 over the epochs.")
-    chosen["patience"] = int(c2.number_input("Stop early after epochs without a better accuracy (0: never)",
+    chosen["patience"] = int(c2.number_input("Stop early after epochs without a better validation accuracy (0: never)",
                                              *field_range("patience", ui=True),
                                              DEFAULTS.patience, key="tr_patience"))
     chosen["class_weights"] = c3.checkbox(
@@ -194,7 +198,7 @@ def render_head_search(cfg: TrainConfig) -> None:
         st.caption(f"Note: {note}.")
     best = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in result.best.items()}
     st.dataframe(pd.DataFrame([best]), hide_index=True)
-    st.caption(f"Best cross-validated accuracy {fmt_pct(result.best_score)} over {result.folds} folds of "
+    st.caption(f"Best cross-validated accuracy {pct(result.best_score)} over {result.folds} folds of "
                f"{result.train_images} training images; {len(result.trials)} trials in {result.seconds:.1f} s.")
     if st.button("Start a run with the best settings", key="tr_tune_start", type="primary",
                  help="A normal run, tested on the test split; it records that its settings came from this search."):
@@ -219,15 +223,20 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
         st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
     checked = data_check_settings(state, arch, weights if pretrained else None)
+    if state["val_ratio"] == 0 and optimiser["patience"]:
+        st.info("Early stopping watches the validation split, and the Dataset page's validation ratio is 0: this run "
+                "will not stop early.")
+        optimiser["patience"] = 0
     return TrainConfig(arch=arch, head_variant=state["head_variant"], weights=weights if pretrained else None,
-                       train_ratio=state["train_ratio"], data_root=data_root(), **model, **optimiser, **checked)
+                       train_ratio=state["train_ratio"], val_ratio=state["val_ratio"],
+                       data_root=data_root(), **model, **optimiser, **checked)
 
 
 def data_check_settings(state: dict, arch: str, weights: str | None) -> dict:
     """What the data check of these images offers a run: keep duplicate groups on one side of the split, leave
     the label suspects out of training. Nothing unless the check was made (on the Check the data page)."""
     try:
-        split = current_split(data_root(), state["train_ratio"], state["seed"])
+        split = current_split(data_root(), state)
         report = stored_check(data_fingerprint(split, arch, weights))
     except UserError:
         return {}
@@ -295,9 +304,15 @@ def live_view(run_path: Path, was_running: bool) -> None:
             st.progress(1.0 if info.status is RunState.COMPLETED else fraction, text=f"**{info.status}**")
         if start_record:
             st.caption(f"Device: **{start_record.device_name}** · path: {start_record.feature_path} · "
-                       f"{start_record.train_size} train / {start_record.test_size} test images · "
+                       f"{start_record.train_size:,} train / {start_record.val_size:,} validation / "
+                       f"{start_record.test_size:,} test images · "
                        f"{start_record.trainable_params:,} trainable parameters · weights: "
                        f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
+            if start_record.validation:
+                st.caption(f"Validation: {start_record.validation}.")
+            else:
+                st.caption("An older run: it chose its kept epoch on the test split, so its test figure is "
+                           "optimistic.")
             if info.config is not None and info.config.tuned_by:
                 st.caption(f"Settings from a {info.config.tuned_by}.")
             if start_record.class_weights:
@@ -309,8 +324,9 @@ def live_view(run_path: Path, was_running: bool) -> None:
                 if not cancel(run_path):
                     request_stop(run_path)  # it started in the meantime
                 st.rerun()
-        elif info.active and st.button("Stop", key="tr_stop", help="Ends the run within a couple of seconds, in any "
-                                       "phase; the last completed epoch's checkpoint is kept."):
+        elif info.active and st.button("Stop", key="tr_stop", help="Ends training within a couple of seconds, in any "
+                                       "phase, then measures the kept epoch once on the test split (with progress); "
+                                       "a second Stop skips that test pass."):
             request_stop(run_path)
             st.toast("Stop requested")
     if info.status is RunState.QUEUED:
@@ -351,14 +367,18 @@ def render_results(run_path: Path, state: dict) -> None:
         st.error(f"This run's report cannot be made: {exc}")
         return
     classes = report.classes
-    st.subheader(f"Results (epoch {report.epoch}, the last finished)")
+    st.subheader(f"Results on the test split (epoch {report.epoch})")
+    test = report.test
+    chosen = {"validation": "chosen on validation", "last epoch": "the last (no validation split)"}.get(
+        report.chosen_on, "chosen on the test split (older run): optimistic")
+    st.markdown(f"**Test accuracy {test.text() if test else '–'}** · epoch {report.epoch}, {chosen}"
+                + (f" · validation accuracy {pct(report.val_accuracy)}" if report.val_accuracy is not None else ""))
     for note in report.notes:
         st.caption(f"Note: {note[:1].upper() + note[1:]}.")
     c1, c2 = st.columns(2)
     with c1:
-        last = records.epochs[-1]
-        st.markdown(f"**Per-class accuracy** · overall {fmt_pct(report.accuracy)}")
-        per_class_chart(classes, last.per_class_acc if last.epoch == report.epoch else
+        st.markdown("**Per-class test accuracy** (recall, with each class's test images)")
+        per_class_chart([f"{c} (n={s.support:,})" for c, s in zip(classes, report.per_class)],
                         [s.recall if s.support else None for s in report.per_class])
         baseline_line(run_path)
         render_most_confused(report)
@@ -438,12 +458,12 @@ def render_calibration(report: RunReport) -> None:
     m1.metric("ECE, raw", f"{c.ece:.3f}", help="Expected calibration error (15 bins): the average gap between "
               "confidence and accuracy, weighted by the images in each bin. 0 is perfectly calibrated.")
     m2.metric("ECE, temperature-scaled", "n/a" if c.ece_calibrated is None else f"{c.ece_calibrated:.3f}",
-              help="Judged on held-apart images: a temperature fitted on one half of the test images scales the "
-                   "other half, and the other way round.")
+              help="Measured on the test images with the temperature prediction uses, fitted on the validation "
+                   "images (older runs: cross-fitted on halves of the test images).")
     m3.metric("Temperature", f"{c.temperature:.2f}", help="Logits are divided by it. Above 1: the raw model is "
               "overconfident; below 1: underconfident. It never changes the predicted class.")
     reliability_chart(c.bins, c.bins_calibrated)
-    st.caption(f"How the temperature is chosen: {c.method}. "
+    st.caption(f"Measured on {c.images:,} test images. How the temperature is chosen: {c.method}. "
                + (f"The checkpoint prediction uses (epoch {report.temperature_epoch}) keeps temperature "
                   f"{report.temperature:.2f}; the Prediction page and `predict` show calibrated probabilities by "
                   "default." if report.temperature is not None else
@@ -468,10 +488,10 @@ def render_tta(run_path: Path) -> None:
         return
     kind = "calibrated" if result.calibrated else "raw"
     m1, m2 = st.columns(2)
-    m1.metric("Accuracy with TTA", fmt_pct(result.tta_accuracy), f"{100 * (result.tta_accuracy - result.accuracy):+.1f} "
-              f"points (without: {fmt_pct(result.accuracy)})", delta_color="normal")
+    m1.metric("Test accuracy with TTA", pct(result.tta_accuracy), f"{100 * (result.tta_accuracy - result.accuracy):+.1f} "
+              f"points (without: {pct(result.accuracy)})", delta_color="normal")
     m2.metric(f"ECE with TTA ({kind})", f"{result.tta_ece:.3f}", f"{result.tta_ece - result.ece:+.3f} (without: "
-              f"{result.ece:.3f})", delta_color="inverse")
+              f"{result.ece:.3f}, as on the Calibration tab)", delta_color="inverse")
     st.caption(f"Checkpoint of epoch {result.epoch}, {result.images} test images, {result.seconds:.1f} s"
                + (f"; {result.unreadable} could not be read" if result.unreadable else "")
                + (f"; {result.note}" if result.note else "") + ".")
@@ -558,8 +578,6 @@ def _trains(info) -> str:
     return TRAINS.get(info.config.freeze, info.config.freeze)
 
 
-def _best(info) -> str:
-    return fmt_pct(info.best_acc) if info.best_acc is not None else "no finished epoch yet"
 
 
 def pair_view(run_path: Path, twin_path: Path, twin_was_active: bool) -> None:
@@ -570,13 +588,13 @@ def pair_view(run_path: Path, twin_path: Path, twin_was_active: bool) -> None:
         return
     pretrained, scratch = (this, twin) if this.config.pretrained else (twin, this)
     st.subheader("Pretrained vs from scratch")
-    line = (f"Same data, split, seed and settings. Best test accuracy: pretrained ({_trains(pretrained)}) "
-            f"**{_best(pretrained)}** ({pretrained.status}), from scratch ({_trains(scratch)}) "
-            f"**{_best(scratch)}** ({scratch.status}).")
-    if pretrained.status is scratch.status is RunState.COMPLETED and None not in (pretrained.best_acc, scratch.best_acc):
-        gap = (pretrained.best_acc - scratch.best_acc) * 100
-        line += f" Pretraining {'gains' if gap >= 0 else 'loses'} {abs(gap):.1f} points here."
-    st.markdown(line)
+    st.markdown(f"Same data, split, seed and settings. Test accuracy: pretrained ({_trains(pretrained)}) "
+                f"**{test_cell(pretrained)}** ({pretrained.status}); from scratch ({_trains(scratch)}) "
+                f"**{test_cell(scratch)}** ({scratch.status}).")
+    if pretrained.status is scratch.status is RunState.COMPLETED:
+        comparison = compare_runs(pretrained.path, scratch.path)
+        st.markdown(f"Pretraining's gain, paired on the same test images: {comparison.difference.text()}."
+                    if comparison.difference else comparison.text("pretrained", "from scratch"))
     compare_chart([pretrained, scratch])
     if twin_was_active and not twin.active:
         st.rerun()  # the twin just ended: redraw once with its final numbers and stop refreshing
@@ -603,7 +621,8 @@ def runs_panel(shown: str | None) -> None:
     # script sets: a browser rerun sent before the new value arrived would set the old run back.
     follow = st.selectbox("Follow a run", names, index=names.index(shown) if shown in names else 0,
                           key=f"tr_follow_{shown}",
-                          format_func=lambda n: next(r.label + f" · {r.status}" for r in runs if r.name == n))
+                          format_func=lambda n: next(f"{r.label} · {r.status} · test {test_cell(r)}"
+                                                     for r in runs if r.name == n))
     if (shown is not None and follow != shown) or (shown is None and st.button("Follow", key="tr_follow_btn")):
         st.query_params["run"] = follow
         st.rerun(scope="app")
@@ -611,7 +630,8 @@ def runs_panel(shown: str | None) -> None:
     kept = [n for n in st.session_state.get("tr_compare", []) if n in by_name]
     if kept != st.session_state.get("tr_compare", []):  # a run deleted meanwhile; else leave the widget's own value
         st.session_state["tr_compare"] = kept
-    picked = st.multiselect("Compare runs (overlay their test curves; running runs included)", names,
+    picked = st.multiselect("Compare runs (overlay their validation curves, then their test figures; running runs "
+                            "included)", names,
                             key="tr_compare", format_func=lambda n: by_name[n].label)
     compare_chart([by_name[n] for n in picked])
 
@@ -623,7 +643,8 @@ def main() -> None:
     state = load_state()
     with st.expander("Settings", expanded=not st.query_params.get("run")):
         cfg = render_settings(state, default_arch())
-        st.caption(f"Data: `{cfg.data_root}` (train ratio {cfg.train_ratio})")
+        with user_errors():
+            st.caption(f"Data: `{cfg.data_root}` · {split_line(split_summary(cfg.data_root, state)['summary'])}")
         with st.container(border=True):
             render_lr_finder(cfg)
         with st.container(border=True):

@@ -208,7 +208,7 @@ def freeze_mode_figures(arch: str, lists: Path, tmp: Path, epochs: int) -> None:
         once = sum(f.seconds for f in records.of(FeaturesRecord))
         print(f"freeze {mode:10s}: {per_epoch:6.2f} s per epoch" +
               (f" after a {once:.1f} s pass through the frozen part" if once else " (full forward)") +
-              f"   test accuracy {records.final.final_acc:.3f}   {records.start.trainable_params:,} trainable "
+              f"   test accuracy {records.final.test_acc:.3f}   {records.start.trainable_params:,} trainable "
               f"parameters   ({seconds:.1f} s in all)")
 
 
@@ -272,7 +272,7 @@ def phone_figures(arch: str, tmp: Path, n: int) -> None:
     for k, (name, root) in enumerate(sets.items()):
         lists = write_split(split_dataset(root, 0.6, 0), tmp / f"phone-lists-{k}")
         _, records = project_run(arch, lists, 1, tmp / f"phone-run-{k}", tmp / f"phone-cache-{k}")
-        rates[name], accuracy[name], runs[name] = feature_rate(records), records.final.final_acc, records
+        rates[name], accuracy[name], runs[name] = feature_rate(records), records.final.test_acc, records
     print(f"feature pass: 12 MP {rates['12 MP']:.1f} images/s vs 504×378 {rates['504×378']:.1f} images/s = "
           f"{rates['12 MP'] / rates['504×378']:.2f}× (target ≥ 0.7×); test accuracy {accuracy['12 MP']:.3f} vs "
           f"{accuracy['504×378']:.3f}\n    decoding: {runs['12 MP'].start.decoding}")
@@ -412,13 +412,13 @@ def main() -> None:
         t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.run, os; os._exit(0)"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)
         print(f"(a) tutorial recipe               : {t_a:7.1f} s   test accuracy {acc_a:.3f}")
-        print(f"(b) project CLI, cold             : {t_b:7.1f} s   test accuracy {rec_b.final.final_acc:.3f}   "
+        print(f"(b) project CLI, cold             : {t_b:7.1f} s   test accuracy {rec_b.final.test_acc:.3f}   "
               f"({rec_b.start.feature_path}; interpreter start and imports included)")
-        print(f"(b) project CLI, warm cache       : {t_warm:7.1f} s   test accuracy {rec_warm.final.final_acc:.3f}   "
+        print(f"(b) project CLI, warm cache       : {t_warm:7.1f} s   test accuracy {rec_warm.final.test_acc:.3f}   "
               f"({t_warm - t_imports:.1f} s beyond interpreter start + imports of {t_imports:.1f} s)")
         if not args.skip_flip:
             t_b2, rec_b2 = project_run(arch, lists, args.epochs, tmp / "run_b2", tmp / "cache", "--flip")
-            print(f"(b') project CLI + flip           : {t_b2:7.1f} s   test accuracy {rec_b2.final.final_acc:.3f}   "
+            print(f"(b') project CLI + flip           : {t_b2:7.1f} s   test accuracy {rec_b2.final.test_acc:.3f}   "
                   f"({rec_b2.start.feature_path})")
         print(f"(c) fastest forward pass          : {t_c:7.1f} s   ({best_name}, {best_rate:.1f} images/s)")
         b_rate = statistics.median(cold_rates)
@@ -429,7 +429,7 @@ def main() -> None:
               f"{t_a / (t_imports + t_c):.2f} (imports {t_imports:.1f} s + (c) {t_c:.1f} s)")
 
         t_bf, rec_bf = project_run(arch, lists, args.epochs, tmp / "run_bf16", tmp / "cache", "--precision", "bf16")
-        print(f"bf16 (fast, approximate)          : {t_bf:7.1f} s   test accuracy {rec_bf.final.final_acc:.3f}   "
+        print(f"bf16 (fast, approximate)          : {t_bf:7.1f} s   test accuracy {rec_bf.final.test_acc:.3f}   "
               f"feature pass {feature_rate(rec_bf):.1f} images/s (fp32: {b_rate:.1f})")
 
         if args.mode_epochs:

@@ -118,10 +118,23 @@ def cross_fitted_probabilities(logits: np.ndarray, labels: np.ndarray, seed: int
     return probs
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, seed: int = 0) -> Calibration:
-    """The calibration of ``logits`` against ``labels``, before and after temperature scaling."""
+def calibrate(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, seed: int = 0,
+              temperature: float | None = None, fitted_on: str = "") -> Calibration:
+    """The calibration of ``logits`` against ``labels`` (test images), before and after temperature scaling.
+
+    ``temperature``: the one prediction uses, fitted on other images (``fitted_on``, the validation split): the
+    scaled figures are then simply measured here. Without one (runs from before the validation split, whose
+    temperature was fitted on these very test images), a temperature is cross-fitted on halves of them."""
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     raw = softmax(logits)
+    if temperature is not None:
+        scaled = softmax(logits, temperature)
+        return Calibration(
+            images=len(labels), ece=expected_calibration_error(raw, labels, bins), temperature=temperature,
+            ece_calibrated=expected_calibration_error(scaled, labels, bins), bins=reliability(raw, labels, bins),
+            bins_calibrated=reliability(scaled, labels, bins),
+            method=f"the temperature was fitted on {fitted_on or 'the validation images'}; every figure here is "
+                   "measured on test images it never saw")
     held_apart = cross_fitted_probabilities(logits, labels, seed)
     return Calibration(
         images=len(labels), ece=expected_calibration_error(raw, labels, bins),
@@ -129,6 +142,17 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, seed
         ece_calibrated=None if held_apart is None else expected_calibration_error(held_apart, labels, bins),
         bins=reliability(raw, labels, bins),
         bins_calibrated=[] if held_apart is None else reliability(held_apart, labels, bins),
-        method=("the temperature prediction uses is fitted on all test images; the calibrated figures are "
-                "cross-fitted: a temperature fitted on one half of the test images scales the other half, and "
-                "the other way round, so no image is judged by a temperature fitted on it"))
+        method=("an older run, whose temperature was fitted on its test images: the calibrated figures are "
+                "cross-fitted (a temperature fitted on one half of the test images scales the other half, and the "
+                "other way round), so no image is judged by a temperature fitted on it"))
+
+
+def bound_note(temperature: float) -> str:
+    """What it means that a temperature fit ran to the end of its range, in the direction it went."""
+    if temperature <= T_RANGE[0] * 1.01:
+        return (f"the temperature fit ran to its lower end ({temperature:g}): the model got every validation image "
+                "right, so sharper probabilities kept fitting better and the validation split cannot tell how sure "
+                "it should be; treat its probabilities with care")
+    return (f"the temperature fit ran to its upper end ({temperature:g}): the model's confidence told nothing about "
+            "being right on the validation images (as when it calls every image one class), so the calibrated "
+            "probabilities are flattened towards equal; treat them with care")

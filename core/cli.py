@@ -60,11 +60,12 @@ def cmd_split(args) -> int:
         from .datacheck import duplicate_groups_from_json
 
         groups = duplicate_groups_from_json(args.keep_together)
-    split = split_dataset(args.root, args.train_ratio, args.seed, keep_together=groups)
+    split = split_dataset(args.root, args.train_ratio, args.seed, val_ratio=args.val_ratio, keep_together=groups)
     out = write_split(split, args.out or lists_dir_for(args.root), overwrite=args.force)
     for c in split.counts():
-        print(f"{c.label:3d} {c.name:<24} train {c.train:6d}  test {c.test:6d}")
-    print(f"total: {len(split.train)} train, {len(split.test)} test; lists written to {out}")
+        print(f"{c.label:3d} {c.name:<24} train {c.train:6,d}  validation {c.val:6,d}  test {c.test:6,d}")
+    print(f"total: {len(split.train):,} train, {len(split.val):,} validation, {len(split.test):,} test; lists written "
+          f"to {out}")
     for s in split.skipped:
         print(f"skipped: {s.path}: {s.reason}")
     for w in split.warnings:
@@ -305,7 +306,10 @@ def cmd_report(args) -> int:
 
 
 def print_run_report(report) -> None:
-    print(f"epoch {report.epoch} · {report.tested} test images · accuracy {report.accuracy:.3f} · {report.state}")
+    from .console import test_line
+    from .figures import pct
+
+    print(f"{test_line(report.accuracy, report.tested, report.epoch, report.chosen_on)} · {report.state}")
     for note in report.notes:
         print(f"note: {note}")
     print(f"{'class':<24} precision  recall     f1  support")
@@ -315,12 +319,12 @@ def print_run_report(report) -> None:
         print(f"most confused: {pair.sentence()}")
     for image in report.top_losses[:5]:
         print(f"top loss {image.loss:.2f}: {image.path} ({report.classes[image.label]} → "
-              f"{report.classes[image.pred]}, {image.prob:.0%})")
+              f"{report.classes[image.pred]}, {pct(image.prob)}{'' if report.temperature else ' raw'})")
     c = report.calibration
     if c:
         after = f"{c.ece_calibrated:.3f}" if c.ece_calibrated is not None else "n/a (one test image)"
-        print(f"calibration: ECE {c.ece:.3f} raw, {after} after temperature scaling (T = {c.temperature:.2f}; "
-              "judged cross-fitted on halves of the test images)")
+        print(f"calibration: ECE {c.ece:.3f} raw, {after} after temperature scaling (T = {c.temperature:.2f}: "
+              f"{c.method})")
 
 
 # ----------------------------------------------------------------------------- predict
@@ -428,9 +432,11 @@ WEIGHTS_HELP = ("pretrained (default: found on this machine, as the app does), n
 
 
 def _add_split(sub) -> None:
-    p = sub.add_parser("split", help="split a class-folder root into train.txt/test.txt/classes.json")
+    p = sub.add_parser("split", help="split a class-folder root into train.txt/val.txt/test.txt/classes.json")
     p.add_argument("root")
     p.add_argument("--train-ratio", type=_field_type("train_ratio"), default=field_default("train_ratio"))
+    p.add_argument("--val-ratio", type=_field_type("val_ratio"), default=field_default("val_ratio"),
+                   help="share of each class's training images set aside as validation (0: none, as the tutorial)")
     p.add_argument("--seed", type=_field_type("seed"), default=field_default("seed"))
     p.add_argument("--out", help="folder for the list files (default: in the workspace)")
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
@@ -662,11 +668,56 @@ def _add_export_import_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="the workspace's runs: list them, or clean up what killed writes left behind")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="every run, newest first, with its state (reads only)")
+    clean = actions.add_parser("clean", help="remove temporary files of writes whose process has provably ended")
+    clean.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    for q in (listing, clean):
+        q.add_argument("--runs", default=None, help="the runs folder (default: the workspace's)")
+    listing.set_defaults(func=cmd_runs_list)
+    clean.set_defaults(func=cmd_runs_clean)
+
+
+def _runs_folder(args) -> Path:
+    from .workspace import runs_dir
+
+    folder = Path(args.runs) if args.runs else runs_dir()
+    if not folder.is_dir():
+        raise UserError(f"'{folder}' is not a folder of runs")
+    return folder
+
+
+def cmd_runs_list(args) -> int:
+    from .rundir import list_runs
+
+    for info in list_runs(_runs_folder(args)):
+        print(f"{info.name}\t{info.status}\t{info.reason}")
+    return 0
+
+
+def cmd_runs_clean(args) -> int:
+    from .rundir import RunDir, clean_leftovers
+
+    folder = _runs_folder(args)
+    removed = kept = 0
+    for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+        for item in clean_leftovers(RunDir(path), dry_run=args.dry_run):
+            goes = item.removed or (args.dry_run and item.writer_gone)
+            verb = "left" if not goes else "would remove" if args.dry_run else "removed"
+            print(f"{verb} {item.path} ({item.size:,} bytes): {item.why}")
+            removed += goes
+            kept += not goes
+    print(f"{'would remove' if args.dry_run else 'removed'} {removed} leftover file(s); left {kept}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_split, _add_inspect, _add_archs, _add_surgery, _add_train, _add_lr_find, _add_tune,
-                _add_predict, _add_report, _add_export_import_demo):
+                _add_predict, _add_report, _add_export_import_demo, _add_runs):
         add(sub)
     return parser
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 DEFAULT_TRAIN_RATIO = 0.6
+DEFAULT_VAL_RATIO = 0.2  # of the training share: the images every choice (checkpoint, stop, temperature) reads
 SCHEDULES = ("none", "step", "cosine")
 AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
 TTA_MODES = {  # test-time augmentation at evaluation and prediction: probabilities averaged over the views
@@ -91,11 +92,16 @@ class TrainConfig:
                          choices=SCHEDULES)
     step_size: int = _opt(7, "epochs between the step schedule's decays", low=1, high=10_000)
     gamma: float = _opt(0.1, "the step schedule's factor", low=1e-4, high=1.0)
-    patience: int = _opt(0, "stop early after this many epochs without a better test accuracy (0: never)",
+    patience: int = _opt(0, "stop early after this many epochs without a better validation accuracy (0: never)",
                          low=0, high=10_000, ui=(0, 50))
     class_weights: bool = _opt(False, "weight the loss by inverse class frequency (for imbalanced classes)")
     train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)",
                               low=0.01, high=0.99, ui=(0.1, 0.9))
+    val_ratio: float = _opt(DEFAULT_VAL_RATIO, "share of each class's training images set aside as validation, "
+                                               "which every choice reads (kept epoch, early stopping, temperature); "
+                                               "0: none, as the tutorial (the last epoch is kept, test is printed "
+                                               "every epoch); list files with a val.txt keep theirs",
+                            low=0.0, high=0.9, ui=(0.0, 0.5))
     seed: int = _opt(0, "sets the split, the new head's initialisation and the data order", low=0, high=2**32 - 1,
                      ui=(0, 1_000_000))
     num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores", low=-1, high=256,
@@ -171,6 +177,9 @@ class TrainConfig:
             found.append(f"keep together names more than {self.MAX_EXCLUDED:,} paths")
         elif self.keep_together and self.lists_dir is not None:
             found.append("keep together re-splits a data root; list files are already split (give --data instead)")
+        if self.patience and self.val_ratio == 0 and isinstance(self.patience, int):
+            found.append("early stopping (patience) watches the validation split, and val ratio 0 makes none: give "
+                         "a val ratio above 0, or patience 0")
         if self.data_root is not None and self.lists_dir is not None:
             found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
         return found

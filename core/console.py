@@ -33,7 +33,8 @@ class ConsolePrinter:
             print(line, file=self.stream, flush=True)
 
     def _progress(self, p) -> None:
-        what = f"features ({p.split})" if p.phase == Phase.FEATURES else f"test pass (epoch {p.epoch})"
+        what = (f"features ({p.split})" if p.phase == Phase.FEATURES else
+                f"{'validation' if p.split == 'val' else 'test'} pass (epoch {p.epoch})")
         text = f"{what}: {p.done}/{p.total} images, {p.images_per_s:.1f} images/s"
         if self.tty:
             print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
@@ -50,14 +51,17 @@ class ConsolePrinter:
 
 def describe_record(record) -> str | None:
     """The console line for a record (None: nothing to print)."""
-    from .records import Batch, Epoch, Features, Final, Resumed, Start
+    from .figures import count, pct
+    from .records import VALIDATION, Batch, Epoch, Features, Final, Resumed, Start, Test
 
     if isinstance(record, Start):
         weights = record.weights or "none: random initialisation (training from scratch)"
         names = {"from folders": " (class names from the image folders)",
                  "numbered": " (class names numbered: the list files name no classes)"}.get(record.class_names, "")
-        return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {record.train_size} train / "
-                f"{record.test_size} test images, {len(record.classes)} classes{names}\nweights: {weights}"
+        return (f"training {record.arch} on {record.device_name} ({record.feature_path}): {count(record.train_size)} "
+                f"train / {count(record.val_size)} validation / {count(record.test_size)} test images, "
+                f"{len(record.classes)} classes{names}\nweights: {weights}"
+                + (f"\nvalidation: {record.validation}" if record.validation else "")
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
                    if record.excluded else "")
                 + (f"\ndecoding: {record.decoding}" if record.decoding else ""))
@@ -69,14 +73,35 @@ def describe_record(record) -> str | None:
     if isinstance(record, Batch):
         return f"epoch {record.epoch}  loss: {record.loss:>7f}  [{record.seen:>5d}/{record.total:>5d}]"
     if isinstance(record, Epoch):
-        if record.test_acc is None:
-            return f"epoch {record.epoch} done: no test images"
-        return (f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, test loss {record.test_loss:.4f}, "
-                f"test accuracy {100 * record.test_acc:.1f}% ({record.seconds:.1f}s)")
+        what = "validation" if record.evaluated == VALIDATION else "test"
+        acc, loss = record.score
+        if acc is None:
+            return f"epoch {record.epoch} done: no {what} images"
+        return (f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, {what} loss {loss:.4f}, "
+                f"{what} accuracy {pct(acc)} ({record.seconds:.1f}s)")
+    if isinstance(record, Test):
+        return None  # the run's last line says it (the Final record carries the same figures)
     if isinstance(record, Final):
-        best = f", best test accuracy {100 * record.best_acc:.1f}% (epoch {record.best_epoch})" if record.best_acc \
-            is not None else ""
-        return f"{record.status} after {record.seconds:.1f}s{best}" + (f": {record.reason}" if record.reason else "")
+        ended = f"{record.status} after {record.seconds:.1f}s" + (f": {record.reason}" if record.reason else "")
+        if record.test_acc is None and record.best_acc is not None:  # a run from before validation
+            ended += f"\ntest accuracy {pct(record.best_acc)}, epoch {record.best_epoch} chosen on the test split"
+        elif record.test_acc is None and record.epochs_completed:
+            ended += "\ntest not evaluated"
+        else:
+            ended += "\n" + test_line(record.test_acc, record.test_n, record.best_epoch, record.chosen_on)
+        return ended
+    return None
+
+
+def test_line(acc: float | None, n: int, epoch: int | None, chosen_on: str) -> str:
+    """``test accuracy 94.1% (95% CI 89.2–96.9%, 153 images), epoch 3 chosen on validation``."""
+    from .figures import accuracy_of
+
+    interval = accuracy_of(acc, n)
+    if interval is None:
+        return "test accuracy: no test image could be evaluated"
+    chosen = "chosen on validation" if chosen_on == "validation" else "the last epoch (nothing chosen)"
+    return f"test accuracy {interval.text()}, epoch {epoch} {chosen}"
     return None
 
 

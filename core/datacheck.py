@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .config import DEFAULT_VAL_RATIO
 from .errors import DatasetError
 from .health import (ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable)
 from .io import atomic_write_text
@@ -206,7 +207,7 @@ def data_fingerprint(split: Split, arch: str, weights: str | None, also: list[tu
     """Names a check: the images and their labels (whichever side they are on), the architecture and the
     weights file. A run finds the check of its data by it, whatever its split (``also``: images a run left out)."""
     digest = hashlib.sha256(json.dumps([arch, str(weights) if weights else None, split.classes]).encode())
-    for path, label in sorted([*split.train, *split.test, *also]):
+    for path, label in sorted([*split.train, *split.val, *split.test, *also]):
         digest.update(f"{label}\t{path}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
@@ -214,7 +215,7 @@ def data_fingerprint(split: Split, arch: str, weights: str | None, also: list[tu
 def split_fingerprint(split: Split) -> str:
     """Which side each image is on: a check's leakage figures hold for this split only."""
     digest = hashlib.sha256()
-    for side, samples in (("train", split.train), ("test", split.test)):
+    for side, samples in (("train", [*split.train, *split.val]), ("test", split.test)):
         for path, label in samples:
             digest.update(f"{side}\t{label}\t{path}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
@@ -392,7 +393,8 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
     eval_tf = build_transform(get_arch(arch).transforms())
     precision = "bf16" if dev.type == "cuda" else "fp32"  # as a run's feature pass (train.Setup.feature_precision)
     parts, kept, from_cache = [], [], True
-    for side, samples in (("train", split.train), ("test", split.test)):
+    # validation images are the training share's: on the "train" side for leaks and the baseline
+    for side, samples in (("train", [*split.train, *split.val]), ("test", split.test)):
         if not samples:
             continue
         stream = head_inputs(samples, model=model, head_name=surgery.head_name, head_variant=surgery.head_variant,
@@ -415,9 +417,14 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
 
 
 # ----------------------------------------------------------------------------- cross-validation
-def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int) -> Iterator:
+def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int,
+                    trainable: np.ndarray | None = None) -> Iterator:
     """Out-of-fold class probabilities of a logistic-regression head, and per-fold accuracies of it and of
-    k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress."""
+    k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress.
+
+    ``trainable``: the rows of the training share (train and validation). Heads are fitted on those alone and
+    the accuracies are measured on those alone, so the baseline never reads a test label; test rows still get
+    out-of-fold probabilities (for the label check), from heads that never saw them."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
@@ -430,16 +437,22 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     meter = ProgressMeter(Phase.FOLDS, folds, split="all")
     yield meter.first()
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
+    trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
     for train_idx, held_idx in splitter.split(features, labels, groups):
+        train_idx = train_idx[trainable[train_idx]]
+        judged = held_idx[trainable[held_idx]]
+        if len(np.unique(labels[train_idx])) < 2:  # a fold of test images only: nothing to fit on
+            continue
         head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1))
         head.fit(features[train_idx], labels[train_idx])
         proba = np.zeros((len(held_idx), n_classes))
         proba[:, head.classes_] = head.predict_proba(features[held_idx])
         oof[held_idx] = proba
-        linear.append(float((proba.argmax(1) == labels[held_idx]).mean()))
-        neighbours = KNeighborsClassifier(n_neighbors=min(5, len(train_idx)), metric="cosine")
-        neighbours.fit(features[train_idx], labels[train_idx])
-        knn.append(float((neighbours.predict(features[held_idx]) == labels[held_idx]).mean()))
+        if len(judged):
+            linear.append(float((proba[trainable[held_idx]].argmax(1) == labels[judged]).mean()))
+            neighbours = KNeighborsClassifier(n_neighbors=min(5, len(train_idx)), metric="cosine")
+            neighbours.fit(features[train_idx], labels[train_idx])
+            knn.append(float((neighbours.predict(features[judged]) == labels[judged]).mean()))
         record = meter.advance(1)
         if record:
             yield record
@@ -512,7 +525,8 @@ def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- the whole check
 def _samples(split: Split) -> list[Sample]:
-    return [Sample(p, l, "train") for p, l in split.train] + [Sample(p, l, "test") for p, l in split.test]
+    return ([Sample(p, l, "train") for p, l in [*split.train, *split.val]]
+            + [Sample(p, l, "test") for p, l in split.test])
 
 
 def _timed(seconds: dict, name: str, t0: float) -> float:
@@ -610,14 +624,18 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
     folds = max(2, min(MAX_FOLDS, int(distinct)))
     if folds < MAX_FOLDS:
         report.notes.append(f"{folds}-fold cross-validation (the smallest class has {int(distinct)} distinct images)")
-    oof, linear, knn = yield from _cross_validate(features[rows], labels, group_ids, folds)
+    trainable = np.array([kept[i].split != "test" for i in rows])
+    oof, linear, knn = yield from _cross_validate(features[rows], labels, group_ids, folds, trainable)
     names = [report.classes[c] for c in eligible]
     issues = _label_issues(oof, labels, [kept[i] for i in rows], names)
     report.label_issues = [LabelIssue(i.path, i.split, i.given, i.suggested, i.score, i.confidence,
                                       eligible[i.given_label], eligible[i.suggested_label], i.found_by)
                            for i in issues]
+    if not linear:
+        report.notes.append("no baseline: the training share has too few images of two classes to cross-validate")
+        return
     report.baseline = Baseline(float(np.mean(linear)), float(np.std(linear)), folds, float(np.mean(knn)),
-                               float(np.std(knn)), len(rows), len(eligible))
+                               float(np.std(knn)), int(trainable.sum()), len(eligible))
 
 
 def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Groups | None) -> list[DuplicateGroup]:
@@ -643,14 +661,14 @@ def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Groups |
 
 
 def load_split(data_root: str | None = None, lists_dir: str | None = None, *, train_ratio: float = 0.6,
-               seed: int = 0, allowed_roots=None) -> Split:
+               seed: int = 0, val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots=None) -> Split:
     """The split a check covers: a class-folder root split as a run would, or list files as they are."""
     from .split import read_split, split_dataset
 
     if (data_root is None) == (lists_dir is None):
         raise DatasetError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
     if data_root is not None:
-        return split_dataset(data_root, train_ratio, seed, allowed_roots=allowed_roots)
+        return split_dataset(data_root, train_ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots)
     return read_split(lists_dir)
 
 

@@ -89,7 +89,8 @@ def explain(predictor, image: ImageSource, target: int | None = None) -> Explana
         if not 0 <= chosen < scores.shape[1]:
             raise ConfigError(f"class index {chosen} does not exist; this model has {scores.shape[1]} classes")
         (low_res,) = cam(chosen, scores)
-    probability = float(scores.detach().softmax(1)[0, chosen])
+    # the probability prediction shows: calibrated by the run's temperature when it has one
+    probability = float((scores.detach() / (predictor.temperature or 1.0)).softmax(1)[0, chosen])
     heatmap = F.interpolate(low_res.detach().float().cpu()[None], size=x.shape[-2:], mode="bilinear",
                             align_corners=False)[0, 0].clamp(0, 1)
     return Explanation(chosen, predictor.classes[chosen], probability, heatmap, model_view(x, predictor.transform))

@@ -22,7 +22,7 @@ from .rundir import RunDir
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
-def sidecar(predictor: Predictor, fmt: str, accuracy: float | None) -> dict:
+def sidecar(predictor: Predictor, fmt: str, figures: dict) -> dict:
     t = predictor.transform
     return {
         "format": fmt,
@@ -38,8 +38,8 @@ def sidecar(predictor: Predictor, fmt: str, accuracy: float | None) -> dict:
                    if predictor.temperature is not None else
                    "logits, one per class in the order of 'classes'; softmax gives the (raw) probabilities"),
         "temperature": predictor.temperature,
-        "test_accuracy": accuracy,
         "epoch": predictor.epoch,
+        **figures,
     }
 
 
@@ -55,7 +55,7 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     export_model(model, fmt, example, out)
     side = out.with_suffix(out.suffix + ".json")
-    atomic_write_json(side, sidecar(predictor, fmt, _accuracy(run_dir)))
+    atomic_write_json(side, sidecar(predictor, fmt, run_figures(run_dir)))
     return out, side
 
 
@@ -94,13 +94,19 @@ def _export_onnx(model, example, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _accuracy(run_dir) -> float | None:
+def run_figures(run_dir) -> dict:
+    """What the run measured, as the report's --json and TensorBoard carry it: the validation accuracy that
+    chose the epoch, and the test accuracy of that epoch's model with its 95% interval."""
+    from .figures import accuracy_of
     from .rundir import read_records
 
     try:
-        return read_records(run_dir).best_acc
+        records = read_records(run_dir)
     except RunError:
-        return None
+        return {"chosen_on": None, "val_accuracy": None, "test": None, "test_accuracy": None}
+    test = accuracy_of(records.test_acc, records.test_n)
+    return {"chosen_on": records.chosen_on, "val_accuracy": records.val_acc,
+            "test": test.to_json() if test else None, "test_accuracy": records.test_acc}
 
 
 def export_bytes(run_dir: str | os.PathLike, fmt: str, folder: str | os.PathLike) -> tuple[bytes, bytes, str]:

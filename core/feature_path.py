@@ -44,6 +44,12 @@ class FeaturePath:
     fixed_skips: int  # unreadable images left out once, when the features were computed
     world: World = SINGLE  # ranks whose figures add up (the full forward path under torchrun); else one
     test_positions: torch.Tensor | None = None  # this rank's test images, as positions in the test list
+    val_loader: DataLoader | DeviceBatches | None = None  # None: no validation split
+    val_positions: torch.Tensor | None = None
+
+    def evaluation(self, split: str) -> tuple:
+        """(loader, positions) of the split an evaluation pass reads: "val" or "test"."""
+        return (self.val_loader, self.val_positions) if split == "val" else (self.test_loader, self.test_positions)
 
 
 class EpochShuffle(Sampler):
@@ -93,16 +99,21 @@ class DeviceBatches:
         return math.ceil(len(self.y) / self.batch_size)
 
 
-def _split_features(features, first: int, total: int) -> tuple:
-    """Cut the features of train + test (one pass) back into the two splits, with their own indices;
-    an image missing from the output was unreadable, and counts as skipped in its own split."""
-    in_first = features.indices < first
-
-    def part(mask, offset, size):
+def _split_features(features, sizes: list[int]) -> list:
+    """Cut the features of several lists computed in one pass back into one per list, with their own indices;
+    an image missing from the output was unreadable, and counts as skipped in its own list."""
+    parts, offset = [], 0
+    for size in sizes:
+        mask = (features.indices >= offset) & (features.indices < offset + size)
         kept = int(mask.sum())
-        return HeadInputs(features.features[mask], features.labels[mask], features.indices[mask] - offset,
-                          size - kept)
-    return part(in_first, 0, first), part(~in_first, first, total - first)
+        parts.append(HeadInputs(features.features[mask], features.labels[mask], features.indices[mask] - offset,
+                                size - kept))
+        offset += size
+    return parts
+
+
+def _empty_inputs() -> HeadInputs:
+    return HeadInputs(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 0)
 
 
 def _prepare_decoding(s: Setup, samples: list) -> None:
@@ -112,23 +123,26 @@ def _prepare_decoding(s: Setup, samples: list) -> None:
         load_jpeg_decoder()  # the letterbox decodes with PIL, and so do other formats
 
 
-def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
-    """Backbone features of the splits in ``todo`` in one pass with one set of workers; yields Progress
-    records per split (the first at once), returns {split: HeadInputs}."""
+def _compute_splits(s: Setup, todo: dict[str, list], timings: dict[str, float]):
+    """Backbone features of the lists in ``todo`` in one pass with one set of workers; yields Progress records
+    per list (each list's first at once), returns {list name: HeadInputs}."""
     names = list(todo)
+    sizes = [len(todo[name]) for name in names]
     samples = [sample for name in names for sample in todo[name]]
     # Under torchrun each rank computes its share (padded, so all run the same number of batches)
     # and the shares are gathered back into list order; progress counts rank 0's share × ranks.
     positions = shard(len(samples), s.world, pad=True) if s.world.active else list(range(len(samples)))
-    scale, global_first = s.world.size, len(todo[names[0]])
-    first = sum(p < global_first for p in positions)
-    meter = ProgressMeter(Phase.FEATURES, global_first, split=names[0])
+    scale = s.world.size
+    bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    mine = [sum(bounds[k] <= p < bounds[k + 1] for p in positions) for k in range(len(names))]  # this rank's
+    current, in_current = 0, 0
+    meter = ProgressMeter(Phase.FEATURES, sizes[0], split=names[0])
     yield meter.first()  # the page shows the feature phase from here, also while the decoder loads
     _prepare_decoding(s, samples)
     batches = compute_frozen_outputs(s.feature_model, s.cut, [samples[p] for p in positions], s.eval_tf,
-                                  device=s.device, batch_size=inference_batch_size(s.device), num_workers=s.workers,
-                                  autocast=s.feature_autocast)
-    done, t0 = 0, time.time()
+                                     device=s.device, batch_size=inference_batch_size(s.device),
+                                     num_workers=s.workers, autocast=s.feature_autocast)
+    t0 = time.time()
     try:
         while True:
             try:
@@ -137,27 +151,25 @@ def _compute_both(s: Setup, todo: dict[str, list], timings: dict[str, float]):
                 features = finished.value
                 break
             s.check_stop()
-            before, done = done, done + n
-            in_first = max(0, min(done, first) - before)
-            record = meter.advance(in_first * scale) if in_first else None
-            if record:
-                yield record
-            if n > in_first:  # this batch reached the second split
-                if meter.split == names[0]:
-                    timings[names[0]], t0 = time.time() - t0, time.time()
-                    meter = ProgressMeter(Phase.FEATURES, len(samples) - global_first, split=names[1])
-                    yield meter.first()
-                record = meter.advance((n - in_first) * scale)
+            while n:
+                take = min(n, mine[current] - in_current)
+                if not take and current + 1 == len(names):
+                    break  # nothing left to count against (never expected: the counts add up)
+                n, in_current = n - take, in_current + take
+                record = meter.advance(take * scale) if take else None
                 if record:
                     yield record
+                if in_current >= mine[current] and current + 1 < len(names):  # the pass reached the next list
+                    timings[names[current]], t0 = time.time() - t0, time.time()
+                    current, in_current = current + 1, 0
+                    meter = ProgressMeter(Phase.FEATURES, sizes[current], split=names[current])
+                    yield meter.first()
     finally:
         batches.close()
-    timings[meter.split] = time.time() - t0
+    timings[names[current]] = time.time() - t0
     if s.world.active:
         features = _gathered(features, positions, len(samples), s.world)
-    if len(names) == 1:
-        return {names[0]: features}
-    return dict(zip(names, _split_features(features, global_first, len(samples))))
+    return dict(zip(names, _split_features(features, sizes)))
 
 
 def _gathered(local, positions: list[int], n: int, world: World):
@@ -172,13 +184,15 @@ def _gathered(local, positions: list[int], n: int, world: World):
 
 
 def extract_features(s: Setup, cache_dir: Path | None):
-    """Backbone features of both splits: from the cache where it has them, the rest computed in one pass.
+    """Backbone features of the training, validation and test lists: from the cache where it has them, the rest
+    computed in one pass. An empty list (no validation split) needs none.
 
-    Yields Progress and Features records; returns (train, test) HeadInputs.
+    Yields Progress and Features records; returns {"train", "val", "test": HeadInputs}.
     """
     # A random body is never cached: its features depend on the seed, not on a file on disk.
     cache = cache_dir if s.cfg.pretrained else None
-    splits = {"train": s.split.train, "test": s.split.test}
+    splits = {name: samples for name, samples in (("train", s.split.train), ("val", s.split.val),
+                                                   ("test", s.split.test)) if samples}
     keys = {name: feature_cache_key(arch=s.cfg.arch, head_variant=s.report.head_variant, weights=s.cfg.weights,
                                     transform=repr(s.eval_tf), samples=samples, precision=s.feature_precision,
                                     cut=None if s.cut == s.report.head_name else s.cut)
@@ -188,15 +202,16 @@ def extract_features(s: Setup, cache_dir: Path | None):
     found = broadcast({name: f for name, f in found.items() if f is not None} if found else {}, s.world)
     timings = {name: time.time() - t0 for name in found}
     todo = {name: samples for name, samples in splits.items() if name not in found}
-    computed = (yield from _compute_both(s, todo, timings)) if todo else {}
+    computed = (yield from _compute_splits(s, todo, timings)) if todo else {}
     for name, features in computed.items():
         if s.world.main:
             store_cached_features(cache, keys[name], features)
+    result = {name: _empty_inputs() for name in ("train", "val", "test")}
     for name in splits:
-        features = found.get(name) or computed[name]
-        yield FeaturesRecord(split=name, images=len(features.labels), skipped=features.skipped,
+        result[name] = found.get(name) or computed[name]
+        yield FeaturesRecord(split=name, images=len(result[name].labels), skipped=result[name].skipped,
                              from_disk=name in found, seconds=timings.get(name, 0.0))
-    return found.get("train") or computed["train"], found.get("test") or computed["test"]
+    return result
 
 
 def choose_feature_path(s: Setup, cache_dir: Path | None):
@@ -204,15 +219,17 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
     pass. With freeze 'head' the head alone runs on them; with 'last_block' the model from its last stage on."""
     cfg, split = s.cfg, s.split
     if s.use_cache:
-        train_feats, test_feats = yield from extract_features(s, cache_dir)
-        if len(train_feats.labels) == 0:  # nothing to train on: say why, rather than fail inside the head
+        feats = yield from extract_features(s, cache_dir)
+        if len(feats["train"].labels) == 0:  # nothing to train on: say why, rather than fail inside the head
             raise RunError(f"none of the {len(split.train)} training images could be read (all were skipped as "
                            "unreadable: empty, not images, or damaged); check the data folder")
-        sampler = EpochShuffle(len(train_feats.labels), cfg.seed)
+        sampler = EpochShuffle(len(feats["train"].labels), cfg.seed)
         forward = s.head if s.cut == s.report.head_name else ForwardFromCut(s.model, s.cut, fixed_size(s.cfg.arch))
-        return FeaturePath(forward, DeviceBatches(train_feats, s.device, cfg.batch_size, sampler),
-                           DeviceBatches(test_feats, s.device, max(cfg.batch_size, 256)), sampler,
-                           train_feats.skipped + test_feats.skipped)
+        evaluation = max(cfg.batch_size, 256)
+        return FeaturePath(forward, DeviceBatches(feats["train"], s.device, cfg.batch_size, sampler),
+                           DeviceBatches(feats["test"], s.device, evaluation), sampler,
+                           sum(f.skipped for f in feats.values()),
+                           val_loader=DeviceBatches(feats["val"], s.device, evaluation) if split.val else None)
     _prepare_decoding(s, split.train)
     if s.world.active:
         return _distributed_full_path(s)
@@ -221,7 +238,9 @@ def choose_feature_path(s: Setup, cache_dir: Path | None):
                        _image_loader(ListDataset(split.train, s.train_tf), cfg.batch_size, s.device,
                                      sampler=sampler, workers=s.workers),
                        _image_loader(ListDataset(split.test, s.eval_tf), cfg.batch_size, s.device,
-                                     workers=s.workers), sampler, 0)
+                                     workers=s.workers), sampler, 0,
+                       val_loader=_image_loader(ListDataset(split.val, s.eval_tf), cfg.batch_size, s.device,
+                                                workers=s.workers) if split.val else None)
 
 
 def _distributed_full_path(s: Setup) -> FeaturePath:
@@ -236,8 +255,14 @@ def _distributed_full_path(s: Setup) -> FeaturePath:
     forward = s.model
     if s.report.trainable_count:
         forward = DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
-    positions = shard(len(split.test), s.world, pad=False)
-    test_set = ListDataset([split.test[p] for p in positions], s.eval_tf)
+    def share(samples: list) -> tuple:
+        positions = shard(len(samples), s.world, pad=False)
+        loader = _image_loader(ListDataset([samples[p] for p in positions], s.eval_tf), cfg.batch_size, s.device,
+                               workers=s.workers)
+        return loader, torch.tensor(positions, dtype=torch.long)
+
+    test_loader, test_positions = share(split.test)
+    val_loader, val_positions = share(split.val) if split.val else (None, None)
     return FeaturePath(forward, _image_loader(train_set, cfg.batch_size, s.device, sampler=sampler, workers=s.workers),
-                       _image_loader(test_set, cfg.batch_size, s.device, workers=s.workers), sampler, 0,
-                       world=s.world, test_positions=torch.tensor(positions, dtype=torch.long))
+                       test_loader, sampler, 0, world=s.world, test_positions=test_positions,
+                       val_loader=val_loader, val_positions=val_positions)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .process import own_identity, parse_identity
 
 
 def _read_umask() -> int:
@@ -22,6 +23,16 @@ _UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-saf
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"  # an atomic write's temporary file: .NAME.PID-STARTTICKS.RANDOM.tmp
+
+
+def temp_file_owner(name: str) -> tuple[int, int | None] | None:
+    """(pid, start ticks) of the process whose atomic write left the temporary file ``name``; None when the
+    name is not such a file or names no owner (written by an older version)."""
+    if not (name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)):
+        return None
+    parts = name[: -len(TMP_SUFFIX)].split(".")
+    return parse_identity(parts[-2]) if len(parts) >= 4 else None
 
 
 class DiskFull(UserError):
@@ -68,7 +79,10 @@ def atomic_file(path, mode: int | None = None):
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # The name carries this process's identity: only this process removes it, or, once this process is
+        # provably gone (killed mid-write), `python -m core runs clean` (core.rundir.clean_leftovers).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.{own_identity()}.",
+                                   suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

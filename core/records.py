@@ -88,6 +88,8 @@ class Start(_Record):
     class_weights: list | None = None  # the loss's per-class weights, when they are on
     excluded: int = 0  # training images the config left out (label suspects); see lists/excluded.txt
     decoding: str = ""  # how images are decoded (reduced-scale JPEG decoding, the GPU's share); "" before it was said
+    val_size: int = 0  # validation images: every choice reads them; 0: none (val ratio 0, or a run from before)
+    validation: str = ""  # where the validation split came from, in one line; "" in runs from before it existed
 
     @property
     def pretrained(self) -> bool:
@@ -138,8 +140,15 @@ class Batch(_Record):
     time: float = field(default_factory=time.time)
 
 
+VALIDATION, TEST = "validation", "test"  # the split an epoch's figures were measured on
+
+
 @dataclass(frozen=True)
 class Epoch(_Record):
+    """One epoch: its training loss and the figures of the split it was evaluated on (``evaluated``): the
+    validation split, which chooses; or, with no validation split (val ratio 0, and runs from before it
+    existed), the test split, as the tutorial prints it every epoch. ``per_class_acc``, ``confusion`` and
+    ``tested`` describe that split."""
     type: ClassVar[str] = "epoch"
     epoch: int
     train_loss: float
@@ -150,9 +159,38 @@ class Epoch(_Record):
     tested: int
     skipped_images: int
     seconds: float
-    best: bool
+    best: bool  # the epoch the kept checkpoint comes from, so far (chosen on ``evaluated``)
     images_per_s: float | None = None
     lr: float | None = None  # the learning rate this epoch trained with (after the schedule)
+    time: float = field(default_factory=time.time)
+    val_loss: float | None = None
+    val_acc: float | None = None
+    evaluated: str = TEST
+
+    @property
+    def score(self) -> tuple[float | None, float | None]:
+        """(accuracy, loss) on the split this epoch was evaluated on: what chose."""
+        return (self.val_acc, self.val_loss) if self.evaluated == VALIDATION else (self.test_acc, self.test_loss)
+
+
+@dataclass(frozen=True)
+class Test(_Record):
+    """The test split's figures for the checkpoint predictions use, measured once per run: after the last
+    epoch (or an early stop, or a Stop) on the epoch chosen on validation; with no validation split, the last
+    epoch's own test pass. ``per_class_n``: test images of each class."""
+    type: ClassVar[str] = "test"
+    epoch: int
+    chosen_by: str  # "validation" or "last epoch"
+    loss: float | None
+    acc: float | None
+    tested: int
+    ci_low: float | None
+    ci_high: float | None
+    per_class_acc: list
+    per_class_n: list
+    confusion: list
+    skipped: int = 0
+    val_acc: float | None = None  # the chosen epoch's validation accuracy
     time: float = field(default_factory=time.time)
 
 
@@ -162,15 +200,21 @@ class Final(_Record):
     status: RunState  # completed, stopped or failed
     reason: str
     epochs_completed: int
-    final_acc: float | None
-    best_acc: float | None
-    best_epoch: int | None
+    final_acc: float | None  # runs from before validation: the last epoch's test accuracy (None now)
+    best_acc: float | None  # runs from before validation: the best epoch's test accuracy (None now)
+    best_epoch: int | None  # the epoch predictions use
     seconds: float
     device: str | None = None
     device_name: str | None = None
     feature_path: str | None = None
     skipped_images: int = 0
     time: float = field(default_factory=time.time)
+    val_acc: float | None = None  # the chosen epoch's validation accuracy
+    test_acc: float | None = None  # measured once, on the chosen epoch's checkpoint (None: not evaluated)
+    test_ci_low: float | None = None
+    test_ci_high: float | None = None
+    test_n: int = 0
+    chosen_on: str = ""  # "validation", "last epoch", or "test split (older run)"
 
     def __post_init__(self):
         _coerce(self, "status", RunState)
@@ -182,7 +226,7 @@ class Final(_Record):
         return super().from_json(data)
 
 
-Record = Union[Start, Progress, Features, Batch, Epoch, Final]
+Record = Union[Start, Progress, Features, Batch, Epoch, Test, Final]
 @dataclass(frozen=True)
 class Resumed(_Record):
     """A stopped or failed run continues here, from the checkpoint of ``after_epoch``; the records before it
@@ -192,7 +236,8 @@ class Resumed(_Record):
     time: float
 
 
-KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Final, Resumed)}
+KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Test, Final, Resumed)}
+CHOSEN_ON_TEST = "test split (older run)"  # runs from before the validation split chose their epoch on test
 
 
 def parse_record(data) -> Record | None:
@@ -248,14 +293,55 @@ class Records:
         return last if isinstance(last, Progress) else None
 
     @property
-    def best_acc(self) -> float | None:
-        accs = [e.test_acc for e in self.epochs if e.test_acc is not None]
-        return max(accs) if accs else None
+    def test(self) -> Test | None:
+        """The test figures of the run's kept model; None until measured (a resume measures again at its end)."""
+        for record in reversed(self.items):
+            if isinstance(record, Test):
+                return record
+            if isinstance(record, Resumed):
+                return None
+        return None
 
     @property
-    def final_acc(self) -> float | None:
-        tested = [e.test_acc for e in self.epochs if e.test_acc is not None]
-        return tested[-1] if tested else None
+    def chosen(self) -> Epoch | None:
+        """The epoch whose checkpoint predictions use."""
+        return next((e for e in reversed(self.epochs) if e.best), self.epochs[-1] if self.epochs else None)
+
+    @property
+    def chosen_on(self) -> str:
+        """What chose the kept epoch: "validation", "last epoch", or for runs from before, the test split."""
+        if self.test is not None:
+            return self.test.chosen_by
+        start = self.start
+        if start is not None and start.validation:
+            return VALIDATION if start.val_size else "last epoch"
+        return CHOSEN_ON_TEST if self.epochs else ""
+
+    @property
+    def val_acc(self) -> float | None:
+        chosen = self.chosen
+        return chosen.val_acc if chosen is not None else None
+
+    @property
+    def test_acc(self) -> float | None:
+        """The run's test accuracy: measured once on the kept model; for a run from before validation existed,
+        its kept (best-on-test) epoch's, which ``chosen_on`` marks."""
+        if self.test is not None:
+            return self.test.acc
+        if self.chosen_on == CHOSEN_ON_TEST:
+            return self.chosen.test_acc
+        return None
+
+    @property
+    def test_n(self) -> int:
+        if self.test is not None:
+            return self.test.tested
+        return self.chosen.tested if self.chosen_on == CHOSEN_ON_TEST else 0
+
+    @property
+    def best_epoch(self) -> int | None:
+        chosen = self.chosen
+        return chosen.epoch if chosen is not None else None
 
 
 # ----------------------------------------------------------------------------- how progress is reported

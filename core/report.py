@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import TTA_MODES
-from .calibration import Calibration, calibrate, expected_calibration_error, softmax
+from .calibration import Calibration, bound_note, calibrate, expected_calibration_error, softmax
 from .errors import RunError
 from .rundir import RunDir, read_predictions, read_records, read_run, read_test_outputs
 from .split import read_list_file
@@ -85,6 +85,8 @@ class RunReport:
     temperature: float | None = None  # what the checkpoint prediction uses keeps (None: raw probabilities)
     temperature_epoch: int | None = None
     seconds: float = 0.0
+    chosen_on: str = ""  # what chose the epoch: "validation", "last epoch", or the test split (older runs)
+    val_accuracy: float | None = None  # the chosen epoch's, on validation
 
     @property
     def tested(self) -> int:
@@ -95,11 +97,21 @@ class RunReport:
         confident first."""
         return sorted((i for i in self.images if i.label == true and i.pred == predicted), key=lambda i: -i.prob)
 
+    @property
+    def test(self):
+        """The test accuracy with its 95% interval (``core.figures.Accuracy``)."""
+        from .figures import accuracy_of
+
+        return accuracy_of(self.accuracy, self.tested)
+
     def to_json(self) -> dict:
         c = self.calibration
+        test = self.test
         return {
             "run": self.run, "classes": self.classes, "epoch": self.epoch, "state": self.state, "notes": self.notes,
             "tested": self.tested, "accuracy": self.accuracy, "confusion": self.confusion,
+            "accuracy_ci": [test.low, test.high] if test else None, "chosen_on": self.chosen_on,
+            "val_accuracy": self.val_accuracy,
             "per_class": [{"class": s.name, "precision": s.precision, "recall": s.recall, "f1": s.f1,
                            "support": s.support} for s in self.per_class],
             "macro": _averages(self.macro), "weighted": _averages(self.weighted),
@@ -148,8 +160,11 @@ def most_confused(confusion: np.ndarray, classes: list[str], top: int = MOST_CON
     return [Confused(classes[t], classes[p], n) for n, t, p in pairs[:top]]
 
 
-def _outcomes(index: np.ndarray, labels: np.ndarray, logits: np.ndarray, paths: list[str]) -> list[TestImage]:
-    probs = softmax(logits)
+def _outcomes(index: np.ndarray, labels: np.ndarray, logits: np.ndarray, paths: list[str],
+              temperature: float | None = None) -> list[TestImage]:
+    """Each tested image's outcome; probabilities (and the loss and margin from them) calibrated by
+    ``temperature`` when the run has one, as prediction shows them."""
+    probs = softmax(logits, temperature or 1.0)
     order = np.argsort(-probs, axis=1)
     top, second = order[:, 0], order[:, 1] if probs.shape[1] > 1 else order[:, 0]
     rows = np.arange(len(labels))
@@ -187,12 +202,19 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
         raise RunError(f"this run is damaged: {info.reason}")
     records = read_records(run)
     if records.start is None or not records.epochs:
-        raise RunError("this run has no finished epoch yet: the report covers the last finished one")
+        raise RunError("this run has no finished epoch yet: the report covers the model it keeps")
+    if records.start.val_size and records.test is None:
+        raise RunError("the test split is evaluated once, when training ends, on the epoch chosen on validation; "
+                       "this run's report comes then" if info.status.busy or info.status is RunState.QUEUED else
+                       "test not evaluated: the run was stopped before its test pass finished, so there is no test "
+                       "report (resume it, and the test pass runs at its end)")
     classes, epochs = list(records.start.classes), records.epochs
     paths = _test_paths(run)
     outputs = read_test_outputs(run, len(classes), len(paths))
+    temperature_notes: list[str] = []
+    temperature, temperature_epoch = _stored_temperature(run, temperature_notes)
     if outputs is not None and len(outputs.index):
-        images = _outcomes(outputs.index, outputs.label, outputs.logits, paths)
+        images = _outcomes(outputs.index, outputs.label, outputs.logits, paths, temperature)
         epoch = outputs.epoch  # written before the epoch's record: it may be one ahead of the records
     else:
         predictions = read_predictions(run, len(classes))
@@ -201,7 +223,7 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
         images = [TestImage(p.index, paths[p.index] if p.index < len(paths) else p.path, p.label, p.pred, p.prob)
                   for p in predictions]
         epoch = epochs[-1].epoch
-    notes = _coverage_notes(info.status, epoch, records.start, outputs)
+    notes = _coverage_notes(info.status, epoch, records, outputs)
     images.sort(key=lambda i: i.index)
     labels = np.array([i.label for i in images])
     preds = np.array([i.pred for i in images])
@@ -212,31 +234,42 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
     report = RunReport(str(run.path), classes, epoch, info.status.value, notes, confusion.tolist(),
                        float((labels == preds).mean()), per_class, macro, weighted, most_confused(confusion, classes),
                        images)
+    report.chosen_on, report.val_accuracy = records.chosen_on, records.val_acc
     if outputs is not None and len(outputs.index):
         report.top_losses = sorted(images, key=lambda i: (-i.loss, i.index))[:SHOWN]
         report.least_certain = sorted(images, key=lambda i: (i.margin, i.index))[:SHOWN]
+    report.notes += temperature_notes
+    report.temperature, report.temperature_epoch = temperature, temperature_epoch
+    on_validation = bool(records.start.val_size) and report.temperature is not None
+    if outputs is not None and len(outputs.index):
         order = np.argsort(outputs.index)
-        report.calibration = calibrate(outputs.logits[order], outputs.label[order])
-    notes_before = len(report.notes)
-    report.temperature, report.temperature_epoch = _stored_temperature(run, report.notes)
-    if report.temperature is None and len(report.notes) == notes_before:
-        report.notes.append("this run's checkpoint keeps no temperature (trained before calibration was added): "
+        report.calibration = calibrate(outputs.logits[order], outputs.label[order],
+                                       temperature=report.temperature if on_validation else None,
+                                       fitted_on=f"the {records.start.val_size:,} validation images")
+    if report.temperature is None and not temperature_notes:
+        report.notes.append("no validation split (val ratio 0): no temperature is fitted, so predictions show raw "
+                            "probabilities, labelled as such" if records.start.validation else
+                            "this run's checkpoint keeps no temperature (trained before calibration was added): "
                             "its predictions show raw probabilities, labelled as such")
     if report.temperature_epoch and report.temperature_epoch != epoch:
-        report.notes.append(f"prediction uses the checkpoint of epoch {report.temperature_epoch} (the best test "
-                            f"accuracy), with its own temperature; this report covers epoch {epoch}")
+        report.notes.append(f"prediction uses the checkpoint of epoch {report.temperature_epoch}, with its own "
+                            f"temperature; this report covers epoch {epoch}")
     if report.calibration is not None and report.calibration.at_bound:
-        report.notes.append(f"the temperature fit reached the end of its range ({report.calibration.temperature:g}): "
-                            "on these test images an ever sharper (or softer) model keeps fitting better, as when "
-                            "every one is right, so they cannot tell how sure the model should be; treat its "
-                            "probabilities with care")
+        report.notes.append(bound_note(report.calibration.temperature))
     report.seconds = time.time() - t0
     return report
 
 
-def _coverage_notes(state: RunState, last_epoch: int, start, outputs) -> list[str]:
-    notes = []
-    if state.busy:
+def _coverage_notes(state: RunState, last_epoch: int, records, outputs) -> list[str]:
+    notes, start = [], records.start
+    if records.test is not None:  # the one test pass, on the kept model: whatever the state, it covers that
+        chosen = ("chosen on validation" if records.test.chosen_by == "validation"
+                  else "the last one (nothing is chosen without a validation split)")
+        notes.append(f"the test split's one pass, on the model of epoch {records.test.epoch}, {chosen}")
+    elif start.validation == "" and records.epochs:
+        notes.append("an older run: its kept epoch was chosen on the test split, so its test figures are "
+                     f"optimistic; this covers epoch {last_epoch}")
+    elif state.busy:
         notes.append(f"the run is still training: this covers epoch {last_epoch}, the last finished one")
     elif state is RunState.STOPPED:
         notes.append(f"the run was stopped: this covers epoch {last_epoch}, the last one it finished")

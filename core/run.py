@@ -18,7 +18,7 @@ from .config import TrainConfig
 from .states import Phase, RunState
 from .errors import RunError, UserError
 from .io import append_jsonl, atomic_write_text
-from .records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start
+from .records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start, Test
 from .distributed import SINGLE, Terminated, World, barrier
 from .rundir import (Heartbeat, RunDir, claim_resume, create_run, load_config, own_resume_claim, read_records, summarise,
                      write_summary)
@@ -38,7 +38,11 @@ def records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots
 def phase_of(record: Record) -> str | None:
     """The phase status.json shows once ``record`` has been emitted."""
     if isinstance(record, Progress):
-        return f"features ({record.split})" if record.phase == Phase.FEATURES else f"test pass, epoch {record.epoch}"
+        if record.phase == Phase.FEATURES:
+            return f"features ({record.split})"
+        return f"{'validation' if record.split == 'val' else 'test'} pass, epoch {record.epoch}"
+    if isinstance(record, Test):
+        return "test figures written"
     if isinstance(record, Start):
         return "preparing data"
     if isinstance(record, (Batch, Epoch)):
@@ -124,8 +128,9 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
                 events.write(record)
                 heartbeat.set_phase(phase_of(record) or heartbeat.phase)
                 yield record
-        except StopRequested:
-            status, reason = RunState.STOPPED, "stopped on request; the last completed epoch's checkpoint is kept"
+        except StopRequested as exc:
+            status, reason = RunState.STOPPED, ("stopped on request; the completed epochs' checkpoints are kept"
+                                                + (f"; {exc}" if str(exc) else ""))
         except EarlyStop as exc:
             status, reason = RunState.COMPLETED, str(exc)
         except (NonFiniteLoss, UserError, Terminated) as exc:

@@ -11,9 +11,11 @@ run is reported as ``damaged``, with the file and the reason, and never raises.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, temp_file_owner
+from .process import process_gone, process_start_ticks
 from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
 from .states import ENDED, WRITTEN, RunState
 
@@ -119,10 +122,12 @@ def run_label(cfg: TrainConfig) -> str:
 
 
 def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False, queued: bool = False) -> RunDir:
-    """Make ``path`` a new run of ``cfg``: config.json written once, status 'starting'.
+    """Make ``path`` a new run of ``cfg``: config.json written once, status 'starting' (or 'queued').
 
-    A folder that already holds a run is refused. With ``force``, a failed or stopped run
-    there is moved aside (renamed, never deleted); a running or completed one never is.
+    The run appears whole: its files are written in a hidden folder beside ``path`` that is then renamed onto
+    it, so a reader listing runs at that moment sees no run or a complete one, never a config without its
+    status. A folder that already holds a run is refused. With ``force``, a failed or stopped run there is
+    moved aside (renamed, never deleted); a running or completed one never is.
     """
     if not cfg.has_data:  # the one thing a config may leave out, a run needs
         raise ConfigError("a run needs exactly one of a data root (class folders) or a lists folder "
@@ -138,12 +143,35 @@ def create_run(path: str | os.PathLike, cfg: TrainConfig, *, force: bool = False
                            f"overwritten{hint}")
         aside = run.path.with_name(f"{run.name}.{status}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
         os.rename(run.path, aside)
-        remove_leftover_writes(RunDir(aside))  # the moved-aside run is over: no write of it will finish
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.config, cfg.to_dict())
-    write_status(run, WorkerState(RunState.QUEUED, pid=None, phase="waiting for a free slot") if queued
-                 else WorkerState(RunState.STARTING, pid=None, phase="waiting for its process"))
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    first = (WorkerState(RunState.QUEUED, pid=None, phase="waiting for a free slot") if queued
+             else WorkerState(RunState.STARTING, pid=None, phase="waiting for its process"))
+    staging = RunDir(run.path.with_name(f".{run.name}.creating-{secrets.token_hex(4)}"))
+    staging.path.mkdir()
+    try:
+        atomic_write_json(staging.config, cfg.to_dict())
+        write_status(staging, first)
+        _move_into_place(staging.path, run.path)
+    finally:
+        shutil.rmtree(staging.path, ignore_errors=True)  # ours alone; gone already when the rename worked
     return run
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    """Rename the finished ``staging`` folder onto ``path`` (absent, or an empty folder such as the one
+    ``new_run_dir`` reserved); a folder that is not empty is written into file by file, status last."""
+    try:
+        os.rename(staging, path)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if RunDir(path).holds_run():  # another creation got there first
+        raise RunError(f"'{path}' already holds a run; choose a new folder so nothing is overwritten")
+    # The user's own folder with other files in it: config first, so no reader sees a status without one.
+    # (A reader in between sees a config without a status: 'starting', see read_status.)
+    for name in ("config.json", "status.json"):
+        os.replace(staging / name, path / name)
 
 
 def claim(run: RunDir) -> bool:
@@ -213,14 +241,6 @@ def load_config(run: RunDir) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- status.json
-def process_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of ``pid``: with the pid it names one process, even after pid reuse."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 @dataclass(frozen=True)
 class WorkerState:
     state: RunState  # one of WRITTEN: the process's own word on the run
@@ -311,21 +331,7 @@ def read_worker_state(run: RunDir) -> WorkerState | None:
 
 def _process_gone(state: WorkerState) -> bool | None:
     """True when the worker's process no longer exists; None when this machine cannot tell."""
-    if state.pid is None or state.host != socket.gethostname():
-        return None
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    try:
-        if Path(f"/proc/{state.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return True  # exited, only its exit status is left
-    except (OSError, IndexError):
-        return None
-    start = process_start_ticks(state.pid)
-    return state.pid_start is not None and start is not None and start != state.pid_start
+    return process_gone(state.pid, state.pid_start, state.host)
 
 
 def _last_log_line(run: RunDir) -> str:
@@ -367,6 +373,11 @@ def _legacy_status(run: RunDir) -> tuple[RunState, str]:
         return RunState.DAMAGED, str(exc)
     if isinstance(summary, dict) and summary.get("status") in ENDED:
         return RunState(summary["status"]), str(summary.get("reason", ""))
+    try:
+        if time.time() - run.config.stat().st_mtime < STALE_AFTER_S:
+            return RunState.STARTING, "being created"  # written into a user's non-empty folder, status next
+    except OSError:
+        pass
     return RunState.FAILED, "no training process ever reported on this run"
 
 
@@ -517,13 +528,24 @@ class RunInfo:
     status: RunState
     reason: str
     config: TrainConfig | None
-    best_acc: float | None = None
-    final_acc: float | None = None
+    val_acc: float | None = None  # the chosen epoch's validation accuracy (what chose)
+    test_acc: float | None = None  # the kept model's test accuracy, measured once (older runs: chosen on test)
+    test_n: int = 0
+    chosen_on: str = ""  # "validation", "last epoch", or records.CHOSEN_ON_TEST
     epochs_done: int = 0
     started: float = 0.0
     has_checkpoint: bool = False
+    sizes: tuple[int, int, int] | None = None  # train, validation and test images (None before the run started)
+    excluded: int = 0  # training images the config left out
 
     name = property(lambda self: self.path.name)
+
+    @property
+    def test(self):
+        """The test accuracy with its 95% interval (``core.figures.Accuracy``); None before it was measured."""
+        from .figures import accuracy_of
+
+        return accuracy_of(self.test_acc, self.test_n)
 
     @property
     def finished(self) -> bool:
@@ -581,23 +603,54 @@ def _stamp(run: RunDir) -> tuple:
         return ()
 
 
-def remove_leftover_writes(run: RunDir) -> list[str]:
-    """Delete the temporary files of writes that never finished (a process killed while it saved a
-    checkpoint leaves a ``.checkpoint_last.pt.*.tmp`` of the model's size). Only for a run that has
-    ended: then nothing writes into the folder any more. Returns the names removed."""
-    removed = []
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary file of an atomic write in a run folder, and what ``clean_leftovers`` did with it."""
+    path: Path
+    size: int
+    writer_gone: bool  # the process that was writing it provably no longer exists
+    removed: bool
+    why: str  # why it was (or would be) removed, or why it was left
+
+
+def clean_leftovers(run: RunDir, *, dry_run: bool = False) -> list[Leftover]:
+    """Remove the temporary files of writes whose process is provably gone (killed while it saved, say, a
+    checkpoint: a ``.checkpoint_last.pt.PID-START.*.tmp`` of the model's size).
+
+    Only ``python -m core runs clean`` calls this: readers never delete. A file is removed only when its name
+    records its writer (pid and start time, as status.json does) and that process no longer exists; a file
+    whose writer lives, or whose writer cannot be told (written by an older version), is left and listed."""
+    found = []
     try:
         entries = [e for e in os.scandir(run.path) if e.name.startswith(".") and e.name.endswith(".tmp")
                    and e.is_file(follow_symlinks=False)]
     except OSError:
-        return removed
+        return found
     for entry in entries:
+        owner = temp_file_owner(entry.name)
         try:
-            os.unlink(entry.path)
-            removed.append(entry.name)
-        except OSError:  # a read-only workspace: leave it, the run still reads
-            pass
-    return removed
+            size = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue  # finished (renamed into place) a moment ago
+        gone = process_gone(*owner) if owner else None
+        if gone is not True:
+            why = ("its writer cannot be told (no process recorded in its name); remove it by hand once nothing "
+                   "writes to this run" if owner is None else
+                   f"process {owner[0]} may still be writing it" if gone is False else
+                   f"whether process {owner[0]} still runs cannot be told here")
+            found.append(Leftover(Path(entry.path), size, False, False, why))
+            continue
+        why = f"process {owner[0]}, which was writing it, has ended"
+        if not dry_run:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                found.append(Leftover(Path(entry.path), size, True, False, f"cannot be removed ({exc.strerror})"))
+                continue
+        found.append(Leftover(Path(entry.path), size, True, not dry_run, why))
+    return found
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
@@ -611,19 +664,20 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     if contents.damage:
         return RunInfo(run.path, RunState.DAMAGED, contents.damage, contents.config, started=started)
     status, reason = read_status(run)
-    if status in ENDED and any(name.startswith(".") and name.endswith(".tmp") for name, *_ in stamp):
-        remove_leftover_writes(run)  # the stamp has listed the folder already: look again only when needed
     records = contents.records
     start = records.start
-    return RunInfo(run.path, status, reason, contents.config, records.best_acc, records.final_acc,
-                   len(records.epochs), start.time if start else started, run.checkpoint() is not None)
+    return RunInfo(run.path, status, reason, contents.config, records.val_acc, records.test_acc, records.test_n,
+                   records.chosen_on, len(records.epochs), start.time if start else started, run.checkpoint() is not None,
+                   (start.train_size, start.val_size, start.test_size) if start else None,
+                   start.excluded if start else 0)
 
 
 def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
     """Every run under ``parent``, newest first; damaged ones included, marked as such."""
     parent = Path(parent)
     try:
-        folders = [Path(e.path) for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+        folders = [Path(e.path) for e in os.scandir(parent)
+                   if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]  # hidden: being created
     except OSError:
         return []
     runs = [read_run(p) for p in folders if RunDir(p).holds_run()]
@@ -646,19 +700,22 @@ def find_run(parent: str | os.PathLike, name: str) -> Path | None:
 
 
 def best_completed(runs: list[RunInfo]) -> RunInfo | None:
-    """The completed run with the best test accuracy: the one to predict with by default."""
-    done = [r for r in runs if r.status is RunState.COMPLETED and r.has_checkpoint and r.best_acc is not None]
-    return max(done, key=lambda r: r.best_acc, default=None)
+    """The completed run to predict with by default: the best on validation (picking by test accuracy would be
+    a choice made on the test split); runs without a validation split come after, newest first."""
+    done = [r for r in runs if r.status is RunState.COMPLETED and r.has_checkpoint]
+    return max(done, key=lambda r: (r.val_acc is not None, r.val_acc or 0.0, r.started), default=None)
 
 
 def summarise(records: Records) -> dict:
-    """What a finished run's summary.json says, from its epoch records."""
+    """What a finished run's summary.json says, from its records: the chosen epoch, what chose it, and the test
+    figures of its checkpoint with their 95% interval (none when the test pass was skipped)."""
     epochs: list[Epoch] = records.epochs
-    tested = [e for e in epochs if e.test_acc is not None]
-    best = next((e for e in reversed(tested) if e.best), None)  # the checkpointer's choice
-    return {"epochs_completed": len(epochs), "final_acc": tested[-1].test_acc if tested else None,
-            "best_acc": best.test_acc if best else None, "best_epoch": best.epoch if best else None,
-            "skipped_images": epochs[-1].skipped_images if epochs else 0}
+    test = records.test
+    return {"epochs_completed": len(epochs), "final_acc": None, "best_acc": None, "best_epoch": records.best_epoch,
+            "skipped_images": epochs[-1].skipped_images if epochs else 0, "val_acc": records.val_acc,
+            "test_acc": test.acc if test else None, "test_ci_low": test.ci_low if test else None,
+            "test_ci_high": test.ci_high if test else None, "test_n": test.tested if test else 0,
+            "chosen_on": records.chosen_on}
 
 
 def write_summary(run: RunDir, final: Final) -> None:

@@ -217,15 +217,19 @@ def run_progress(records: Records, now: float | None = None, setup_phase: str = 
     elapsed = (now or time.time()) - start.time
     if progress is not None and progress.phase == Phase.FEATURES:
         # images per second of the feature pass predicts the rest of the run best
-        total = start.train_size + start.test_size
-        done = progress.done + (start.train_size if progress.split == "test" else 0)  # the split, not a phase
+        total = start.train_size + start.val_size + start.test_size
+        before = {"train": 0, "val": start.train_size, "test": start.train_size + start.val_size}  # the pass's order
+        done = progress.done + before.get(progress.split, 0)
         left = (total - done) / progress.images_per_s if progress.images_per_s else None
         text = (f"computing backbone features ({progress.split}): {progress.done}/{progress.total} images · "
                 f"{progress.images_per_s:.1f} images/s · {elapsed:.0f}s elapsed"
                 + (f", about {left:.0f}s left for features" if left is not None else ""))
         return min(done / max(total, 1), 1.0) * 0.999, text
-    phase = (f"testing {progress.done}/{progress.total} images" if progress is not None and progress.phase == Phase.TEST
-             else f"epoch {min(current, start.epochs)}/{start.epochs}")
+    if progress is not None and progress.phase == Phase.TEST:
+        what = "validating" if progress.split == "val" else "the one test pass:"
+        phase = f"epoch {min(current, start.epochs)}/{start.epochs} · {what} {progress.done}/{progress.total} images"
+    else:
+        phase = f"epoch {min(current, start.epochs)}/{start.epochs}"
     return fraction, f"{phase} · {elapsed:.0f}s elapsed"
 
 

@@ -8,6 +8,7 @@ and ``classes.json``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import random
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import DEFAULT_TRAIN_RATIO, field_range
+from .config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
 from .errors import DatasetError
 from .health import Unreadable, read_header
 from .io import atomic_write_text
@@ -29,7 +30,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def has_file_allowed_extension(filename: str, extensions: tuple[str, ...]) -> bool:
     return filename.lower().endswith(extensions)
 
-LIST_FILES = ("train.txt", "test.txt", "classes.json")
+LIST_FILES = ("train.txt", "test.txt", "classes.json", "val.txt")  # val.txt: absent in the tutorial's lists
 IMBALANCE_WARNING_RATIO = 3.0  # the largest class over 3× the smallest
 
 
@@ -148,6 +149,7 @@ class ClassCounts:
     label: int
     train: int
     test: int
+    val: int = 0
 
 
 @dataclass
@@ -162,11 +164,15 @@ class Split:
     warnings: list[str] = field(default_factory=list)
     given_by: str | None = None  # "train/ + val/" when the dataset came already split; the ratio did not apply
     class_names: str = "given"  # "given" (folders or classes.json), "from folders" or "numbered" (tutorial lists)
+    val: list[tuple[str, int]] = field(default_factory=list)  # carved from the training share; chooses, never trains
+    val_ratio: float | None = None  # None: unknown, or validation given as a folder / a val.txt
+    has_val_list: bool = True  # False: list files without val.txt (the tutorial's); a run carves its own
 
     def counts(self) -> list[ClassCounts]:
         train = Counter(label for _, label in self.train)
         test = Counter(label for _, label in self.test)
-        return [ClassCounts(c, i, train[i], test[i]) for i, c in enumerate(self.classes)]
+        val = Counter(label for _, label in self.val)
+        return [ClassCounts(c, i, train[i], test[i], val[i]) for i, c in enumerate(self.classes)]
 
     def summary(self) -> dict:
         return {
@@ -175,6 +181,8 @@ class Split:
             "train_ratio": self.train_ratio,
             "seed": self.seed,
             "train_images": len(self.train),
+            "val_images": len(self.val),
+            "val_ratio": self.val_ratio,
             "test_images": len(self.test),
             "counts": [asdict(c) for c in self.counts()],
             "skipped": [asdict(s) for s in self.skipped],
@@ -183,10 +191,10 @@ class Split:
         }
 
 
-def _check_ratio(train_ratio: float) -> None:
-    low, high = field_range("train_ratio")  # the config's own range: the flag, the slider and the split agree
-    if not low <= train_ratio <= high:
-        raise DatasetError(f"train ratio must be from {low} to {high}, got {train_ratio}")
+def _check_ratio(ratio: float, name: str = "train_ratio") -> None:
+    low, high = field_range(name)  # the config's own range: the flag, the slider and the split agree
+    if not low <= ratio <= high:
+        raise DatasetError(f"{name.replace('_', ' ')} must be from {low} to {high}, got {ratio}")
 
 
 def _train_count(n: int, train_ratio: float) -> int:
@@ -197,6 +205,59 @@ def _train_count(n: int, train_ratio: float) -> int:
 
 TRAIN_PART_NAMES = ("train", "training")
 TEST_PART_NAMES = ("val", "valid", "validation", "test")
+VAL_PART_NAMES = ("val", "valid", "validation")  # beside train/ and test/: the validation split, as given
+
+
+def _share(n: int, ratio: float) -> int:
+    return int(n * ratio + 0.5)  # half rounds up (Python's round() would give round(2.5) == 2)
+
+
+def _working_ratio(n: int) -> float:
+    """The smallest two-decimal ratio that gives a class of ``n`` images at least one validation image."""
+    ratio = math.ceil(50 / n) / 100
+    while _share(n, ratio) < 1:
+        ratio += 0.01
+    return round(ratio, 2)
+
+
+def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio: float, seed: int,
+                     keep_together: list[list[str]] | None = None) -> tuple[list, list, list[str]]:
+    """Set ``val_ratio`` of each class's training images aside as validation, after a seeded shuffle (the same
+    seed gives the same carve). Returns (train, val, notes). A class with one training image stays in training,
+    with a note; a ratio that leaves a larger class without any validation image is refused, naming the class
+    and a ratio that would work. Groups of ``keep_together`` (duplicates) land on one side."""
+    if val_ratio <= 0:
+        return list(train), [], []
+    rng = random.Random(f"validation-{seed}")  # its own stream: the train/test split is exactly the seed's
+    by_class: dict[int, list[str]] = {}
+    for path, label in train:
+        by_class.setdefault(label, []).append(path)
+    kept, val, notes, sides = [], [], [], _Sides(keep_together)
+    for label in sorted(by_class):
+        paths = by_class[label]
+        k = _share(len(paths), val_ratio)
+        if len(paths) == 1:
+            notes.append(f"class '{classes[label]}' has one training image: it stays in training, so the class has "
+                         "no validation image")
+        elif k == 0:
+            raise DatasetError(f"validation ratio {val_ratio:g} leaves class '{classes[label]}' ({len(paths)} training "
+                               f"images) with no validation image; use a ratio of at least "
+                               f"{_working_ratio(len(paths)):g}, or 0 for no validation split")
+        k = min(k, len(paths) - 1)
+        shuffled = list(paths)
+        rng.shuffle(shuffled)
+        in_val = 0
+        for path in shuffled:
+            if sides.place(path, "val" if in_val < k else "train") == "val":
+                val.append((path, label))
+                in_val += 1
+            else:
+                kept.append((path, label))
+    if not val:
+        raise DatasetError("too few training images for a validation split (every class has one); add images, or "
+                           "give a validation ratio of 0")
+    order = {path: i for i, (path, _) in enumerate(train)}  # the lists keep the training list's order
+    return (sorted(kept, key=lambda s: order[s[0]]), sorted(val, key=lambda s: order[s[0]]), notes)
 
 
 def _has_subfolders(path: str) -> bool:
@@ -206,32 +267,37 @@ def _has_subfolders(path: str) -> bool:
         return False
 
 
-def find_given_split(root: str | os.PathLike, allowed_roots: Roots = None) -> tuple[str, str] | None:
-    """(train folder, test folder) when ``root`` is a dataset that ships already split:
-    ``train/`` and ``val/`` (or ``test/``), each holding the class folders."""
+def find_given_split(root: str | os.PathLike, allowed_roots: Roots = None) -> tuple[str, ...] | None:
+    """(train folder, test folder) when ``root`` is a dataset that ships already split: ``train/`` and ``val/``
+    (or ``test/``), each holding the class folders (the tutorial's ``val/`` is then the test split); (train,
+    test, validation) when it has ``train/``, ``test/`` and ``val/``: read as given."""
     try:
         parts = {e.name.lower(): e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
     except OSError:
         return None
     train = next((parts[n] for n in TRAIN_PART_NAMES if n in parts), None)
-    test = next((parts[n] for n in TEST_PART_NAMES if n in parts), None)
-    if any(_link_problem(p, allowed_roots) for p in (train, test) if p):
+    test = parts.get("test") or next((parts[n] for n in TEST_PART_NAMES if n in parts), None)
+    val = next((parts[n] for n in VAL_PART_NAMES if n in parts), None) if "test" in parts else None
+    found = tuple(p for p in (train, test, val) if p)
+    if any(_link_problem(p, allowed_roots) for p in found):
         return None  # scanned as class folders instead, where the link is skipped with its reason
-    if train and test and _has_subfolders(train) and _has_subfolders(test):
-        return train, test
+    if train and test and all(_has_subfolders(p) for p in found):
+        return found
     return None
 
 
-def _given_split(root: str, parts: tuple[str, str], seed: int, allowed_roots: Roots) -> Split:
+def _given_split(root: str, parts: tuple[str, ...], seed: int, val_ratio: float, allowed_roots: Roots,
+                 keep_together: list[list[str]] | None) -> Split:
     train_scan, test_scan = scan_image_folder(parts[0], allowed_roots), scan_image_folder(parts[1], allowed_roots)
-    classes = sorted(set(train_scan.classes) | set(test_scan.classes))
+    val_scan = scan_image_folder(parts[2], allowed_roots) if len(parts) > 2 else None
+    classes = sorted(set(train_scan.classes) | set(test_scan.classes) | set(val_scan.classes if val_scan else ()))
     if len(classes) < 2:
         raise DatasetError(f"'{root}' is split into {Path(parts[0]).name}/ and {Path(parts[1]).name}/, but they "
                            f"hold {len(classes)} class folder with images; at least two are needed")
     label = {name: i for i, name in enumerate(classes)}
     train = [(p, label[c]) for c in train_scan.classes for p in train_scan.images[c]]
     test = [(p, label[c]) for c in test_scan.classes for p in test_scan.images[c]]
-    names = f"{Path(parts[0]).name}/ + {Path(parts[1]).name}/"
+    names = " + ".join(f"{Path(p).name}/" for p in parts)
     warnings = []
     only_train = sorted(set(train_scan.classes) - set(test_scan.classes))
     only_test = sorted(set(test_scan.classes) - set(train_scan.classes))
@@ -241,8 +307,18 @@ def _given_split(root: str, parts: tuple[str, str], seed: int, allowed_roots: Ro
                                                   only_test and f"only in {Path(parts[1]).name}/: {', '.join(only_test)}"])))
     warnings += [f"class folder '{n}' has no images and was left out"
                  for n in train_scan.empty_classes + test_scan.empty_classes]
+    skipped = train_scan.skipped + test_scan.skipped
+    if val_scan is not None:  # train/, test/ and val/: every role as given
+        val = [(p, label[c]) for c in val_scan.classes for p in val_scan.images[c]]
+        skipped += val_scan.skipped
+        warnings += [f"class folder '{n}' has no images and was left out" for n in val_scan.empty_classes]
+        ratio = None
+    else:  # the tutorial's train/ + val/: val/ is the test split, validation is carved from train/
+        train, val, notes = carve_validation(train, classes, val_ratio, seed, keep_together)
+        warnings += notes
+        ratio = val_ratio
     return Split(str(Path(root).resolve()), classes, train, test, len(train) / max(len(train) + len(test), 1), seed,
-                 train_scan.skipped + test_scan.skipped, warnings, given_by=names)
+                 skipped, warnings, given_by=names, val=val, val_ratio=ratio)
 
 
 def _unreadable_note(skipped: list[Skipped]) -> str:
@@ -271,8 +347,12 @@ class _Sides:
 
 
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
-                  allowed_roots: Roots = None, keep_together: list[list[str]] | None = None) -> Split:
+                  val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots: Roots = None,
+                  keep_together: list[list[str]] | None = None) -> Split:
     """Scan ``root`` and split every class on its own; the same seed gives the same split.
+
+    ``train_ratio`` of each class is the training share (the rest is the test split); ``val_ratio`` of that
+    share is then set aside as validation (``carve_validation``); ``val_ratio`` 0 gives the tutorial's two lists.
 
     A dataset that ships already split (``train/`` and ``val/`` or ``test/`` sub-folders holding
     the same class folders) keeps its own split, and ``train_ratio`` does not apply. The app
@@ -283,9 +363,10 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
     where its first drawn member would have gone. Without groups the split is exactly the plain one.
     """
     _check_ratio(train_ratio)
+    _check_ratio(val_ratio, "val_ratio")
     parts = find_given_split(Path(root).expanduser(), allowed_roots) if Path(root).expanduser().is_dir() else None
     if parts:
-        return _given_split(str(root), parts, seed, allowed_roots)
+        return _given_split(str(root), parts, seed, val_ratio, allowed_roots, keep_together)
     scan = scan_image_folder(root, allowed_roots)
     if len(scan.classes) < 2:
         found = f"only '{scan.classes[0]}'" if scan.classes else "none"
@@ -315,7 +396,9 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
         warnings.append(f"classes are strongly imbalanced: {max(sizes)} images in the largest, "
                         f"{min(sizes)} in the smallest; accuracy alone can mislead (per-class accuracy and the "
                         "confusion matrix show it; class-weighted loss can help)")
-    return Split(scan.root, scan.classes, train, test, train_ratio, seed, scan.skipped, warnings)
+    train, val, notes = carve_validation(train, scan.classes, val_ratio, seed, keep_together)
+    return Split(scan.root, scan.classes, train, test, train_ratio, seed, scan.skipped, warnings + notes, val=val,
+                 val_ratio=val_ratio)
 
 
 # ----------------------------------------------------------------------------- list files
@@ -332,9 +415,10 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
                            "or allow overwriting (--force on the command line)")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train.txt", _list_text(split.train))
+    atomic_write_text(out / "val.txt", _list_text(split.val))
     atomic_write_text(out / "test.txt", _list_text(split.test))
     meta = {"classes": split.classes, "root": split.root, "train_ratio": split.train_ratio, "seed": split.seed,
-            "given_by": split.given_by}
+            "val_ratio": split.val_ratio, "given_by": split.given_by}
     atomic_write_text(out / "classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
     return out
 
@@ -402,15 +486,17 @@ def _read_classes_json(folder: Path) -> tuple[list[str], dict]:
 
 
 def read_training_list(folder: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
-    """``train.txt`` and the class names (``classes.json``, else from the training images' folders) without
-    opening ``test.txt``: for work that must not look at the test split (the head search)."""
+    """The training share, ``train.txt`` and ``val.txt`` when there is one, and the class names (``classes.json``,
+    else from the training images' folders) without opening ``test.txt``: for work that must not look at the
+    test split (the head search)."""
     folder = Path(folder)
     if not (folder / "train.txt").is_file():
         raise DatasetError(f"'{folder}' lacks train.txt; run the split first")
+    parts = [folder / "train.txt"] + ([folder / "val.txt"] if (folder / "val.txt").is_file() else [])
     if (folder / "classes.json").is_file():
         classes, _ = _read_classes_json(folder)
-        return read_list_file(folder / "train.txt", len(classes)), classes
-    train = read_list_file(folder / "train.txt")
+        return [s for part in parts for s in read_list_file(part, len(classes))], classes
+    train = [s for part in parts for s in read_list_file(part)]
     return train, infer_class_names(train)[0]
 
 
@@ -421,14 +507,19 @@ def read_split(folder: str | os.PathLike) -> Split:
     if missing:
         raise DatasetError(f"'{folder}' lacks {', '.join(missing)}; run the split first "
                            "(train.txt and test.txt hold one 'path<TAB>label' line per image)")
+    has_val = (folder / "val.txt").is_file()
     if not (folder / "classes.json").is_file():
         train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
-        classes, how = infer_class_names(train + test)
-        return Split(str(folder), classes, train, test, None, None, class_names=how)
+        val = read_list_file(folder / "val.txt") if has_val else []
+        classes, how = infer_class_names(train + val + test)
+        return Split(str(folder), classes, train, test, None, None, class_names=how, val=val, has_val_list=has_val)
     classes, info = _read_classes_json(folder)
     n = len(classes)
+    ratio = info.get("val_ratio")
     return Split(str(info.get("root") or folder), list(classes), read_list_file(folder / "train.txt", n),
                  read_list_file(folder / "test.txt", n), info.get("train_ratio"), info.get("seed"),
-                 given_by=info.get("given_by"))
+                 given_by=info.get("given_by"), val=read_list_file(folder / "val.txt", n) if has_val else [],
+                 val_ratio=ratio if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None,
+                 has_val_list=has_val)
 
 

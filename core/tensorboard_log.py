@@ -1,6 +1,6 @@
 """TensorBoard event files beside every run, so ``tensorboard --logdir workspace/runs`` shows every run
-without this app: the batch loss, each epoch's losses, test accuracy and learning rate, and the run's
-hyperparameters with its best and final accuracy (the hparams plugin).
+
+
 
 Writing is best-effort: the run's own records (metrics.jsonl) are what the app reads. The first failure
 (no tensorboard package, a full disk, a read-only folder) is said once on stderr (the console, or the
@@ -63,15 +63,18 @@ class TensorBoardLog:
             step = (record.epoch - 1) * self.batches_per_epoch + record.batch
             self.writer.add_scalar("loss/batch", record.loss, step)
         elif isinstance(record, Epoch):
-            for tag, value in (("loss/train", record.train_loss), ("loss/test", record.test_loss),
+            for tag, value in (("loss/train", record.train_loss), ("loss/validation", record.val_loss),
+                               ("accuracy/validation", record.val_acc), ("loss/test", record.test_loss),
                                ("accuracy/test", record.test_acc), ("learning_rate", record.lr)):
                 if value is not None:
                     self.writer.add_scalar(tag, value, record.epoch)
             self.writer.flush()
         elif isinstance(record, Final):
-            metrics = {"hparam/best_acc": record.best_acc, "hparam/final_acc": record.final_acc}
+            metrics = {"hparam/val_acc": record.val_acc, "hparam/test_acc": record.test_acc,
+                       "hparam/test_ci_low": record.test_ci_low, "hparam/test_ci_high": record.test_ci_high,
+                       "hparam/best_acc": record.best_acc}  # best_acc: runs from before validation
             self.writer.add_hparams(_scalar_hparams(self.config), {k: v for k, v in metrics.items() if v is not None}
-                                    or {"hparam/best_acc": 0.0}, run_name=".")
+                                    or {"hparam/test_acc": 0.0}, run_name=".")
             self.close()
 
     def close(self) -> None:

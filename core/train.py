@@ -29,11 +29,12 @@ from .accel import (as_input, configure_device, inference_copy, plan_threads, re
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform, decoding_line, training_transform
-from .split import LIST_FILES, Split, read_split, split_dataset, write_split
+from .split import LIST_FILES, Split, carve_validation, read_split, split_dataset, write_split
 from .states import Phase
 from .errors import RunError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .records import Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start
+from .records import TEST, VALIDATION, Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start, Test
+from .figures import accuracy_of, count, pct
 from .distributed import SINGLE, World, barrier, device_line, gather_all, total
 from .rundir import RunDir
 from .surgery import SurgeryReport, adapt_model, optimizer_groups, set_train_mode
@@ -50,7 +51,7 @@ class NonFiniteLoss(Exception):
 
 
 class EarlyStop(Exception):
-    """The test accuracy stopped improving: the run ends as completed, with this reason."""
+    """The validation accuracy stopped improving: the run ends as completed, with this reason."""
 
 
 # ----------------------------------------------------------------------------- setup
@@ -77,17 +78,49 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: Worl
     return split
 
 
+CARVED_NOTE = "carved.txt"  # in a run's lists/: how the run carved validation from a train.txt without val.txt
+
+
+def validation_line(cfg: TrainConfig, run: RunDir, split: Split) -> str:
+    """Where this run's validation split came from, in one line (the Start record and the console say it)."""
+    if not split.val:
+        return ("none (val ratio 0): the last epoch is kept, nothing is chosen, and the test split is evaluated "
+                "after every epoch, as the tutorial does")
+    n = count(len(split.val), "image")
+    carved = run.lists / CARVED_NOTE
+    if carved.is_file():
+        return carved.read_text(encoding="utf-8").strip()
+    if cfg.data_root and split.val_ratio is not None:
+        return (f"{n}: {pct(split.val_ratio, 0)} of each class's training images (seed {cfg.seed}); every choice "
+                "reads them, the test split is evaluated once at the end")
+    return f"{n} as given ({split.given_by or 'val.txt'}); every choice reads them, the test split is evaluated once"
+
+
+def _carve_for_old_lists(cfg: TrainConfig, run: RunDir) -> None:
+    """List files without val.txt (the tutorial's): carve validation from the copied train.txt, seeded, and keep
+    the lists the run used in its own folder, saying so."""
+    split = read_split(run.lists)
+    train, val, notes = carve_validation(split.train, split.classes, cfg.val_ratio, cfg.seed)
+    atomic_write_text(run.lists / "train.txt", "".join(f"{p}\t{label}\n" for p, label in train))
+    atomic_write_text(run.lists / "val.txt", "".join(f"{p}\t{label}\n" for p, label in val))
+    line = (f"{count(len(val), 'image')} carved from train.txt, which has no val.txt: {pct(cfg.val_ratio, 0)} of "
+            f"each class (seed {cfg.seed}); the lists this run used are in its lists/ folder")
+    atomic_write_text(run.lists / CARVED_NOTE, "\n".join([line, *notes]) + "\n")
+
+
 def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
     if cfg.data_root:
-        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, allowed_roots=allowed_roots,
-                              keep_together=[list(g) for g in cfg.keep_together])
+        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
+                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
         write_split(split, run.lists, overwrite=True)
     else:
-        read_split(cfg.lists_dir)  # validates before copying
+        given = read_split(cfg.lists_dir)  # validates before copying
         run.lists.mkdir(parents=True, exist_ok=True)
         for name in LIST_FILES:
             if (Path(cfg.lists_dir) / name).is_file():
                 shutil.copyfile(Path(cfg.lists_dir) / name, run.lists / name)
+        if not given.has_val_list and cfg.val_ratio > 0:
+            _carve_for_old_lists(cfg, run)
 
 
 EXCLUDED_LIST = "excluded.txt"
@@ -131,6 +164,12 @@ class Setup:
     @property
     def head(self) -> nn.Module:
         return self.model.get_submodule(self.report.head_name)
+
+    @property
+    def selects(self) -> bool:
+        """A validation split chooses the kept epoch, early stopping and the temperature; without one (val ratio
+        0) nothing is chosen: the last epoch is kept and the test split is evaluated every epoch."""
+        return bool(self.split.val)
 
     @property
     def cut(self) -> str:
@@ -209,7 +248,8 @@ def start_record(s: Setup) -> Start:
                  threads=s.threads, workers=s.workers,
                  class_weights=class_weights(s.split) if s.cfg.class_weights else None,
                  excluded=excluded_count(s.run),
-                 decoding=decoding_line(s.eval_tf, gpu=s.device.type == "cuda"))
+                 decoding=decoding_line(s.eval_tf, gpu=s.device.type == "cuda"),
+                 val_size=len(s.split.val), validation=validation_line(s.cfg, s.run, s.split))
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -264,8 +304,9 @@ def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: in
 
 @dataclass
 class EvalResult:
-    test_loss: float | None
-    test_acc: float | None
+    """One evaluation pass over the validation or the test split."""
+    loss: float | None
+    acc: float | None
     per_class_acc: list
     confusion: list
     tested: int
@@ -323,21 +364,24 @@ class EvalAccumulator:
                           None if logits is None else logits[torch.tensor(order, dtype=torch.long)])
 
 
-def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
-    """Test loss averaged per sample, accuracy, per-class accuracy, confusion matrix, predictions.
+def evaluate(s: Setup, path: FeaturePath, epoch: int, split: str = "test") -> Iterator[Progress]:
+    """Loss averaged per sample, accuracy, per-class accuracy, confusion matrix and predictions of ``split``
+    ("val" or "test").
 
-    Yields Progress records (phase 'test'); returns an EvalResult.
+    Yields Progress records (phase 'test', split named); returns an EvalResult.
     """
+    samples = s.split.val if split == "val" else s.split.test
+    loader, positions = path.evaluation(split)
     totals = EvalAccumulator(len(s.split.classes), s.device,
-                             keep_logits=len(s.split.test) * len(s.split.classes) <= MAX_KEPT_LOGITS)
+                             keep_logits=len(samples) * len(s.split.classes) <= MAX_KEPT_LOGITS)
     skipped = 0
-    meter = ProgressMeter(Phase.TEST, len(s.split.test), epoch=epoch)
+    meter = ProgressMeter(Phase.TEST, len(samples), split=split, epoch=epoch)
     yield meter.first()
     sharded = path.world.active  # the shares differ in length: Stop is agreed on before the pass, not per batch
     if sharded:
         s.check_stop()
     with torch.inference_mode():
-        for inputs, labels, indices, n_skipped in path.test_loader:
+        for inputs, labels, indices, n_skipped in loader:
             if not sharded:
                 s.check_stop()
             skipped += n_skipped
@@ -345,8 +389,8 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
                 inputs, labels = as_input(inputs, s.device), labels.to(s.device, non_blocking=True)
                 with s.autocast():
                     logits = path.forward(inputs).float()
-                if path.test_positions is not None:
-                    indices = path.test_positions[indices]
+                if positions is not None:
+                    indices = positions[indices]
                 totals.add(logits, labels, indices.to(s.device))
             record = meter.advance((n_skipped + (0 if inputs is None else len(labels))) * path.world.size)
             if record:
@@ -356,44 +400,48 @@ def evaluate(s: Setup, path: FeaturePath, epoch: int) -> Iterator[Progress]:
 
 # ----------------------------------------------------------------------------- checkpoints
 class Checkpointer:
-    """Writes checkpoint_last.pt every epoch, checkpoint_best.pt on a new best, the test predictions,
-    and at the end the tutorial's bare state dict."""
+    """Writes checkpoint_last.pt every epoch and checkpoint_best.pt on a new best on validation (with no
+    validation split, nothing is chosen: only the last), and at the end the tutorial's bare state dict. The
+    test predictions are written by the test pass (``test_once``), never by a validation pass."""
 
     def __init__(self, s: Setup, optimizer, schedule=None):
         self.s, self.optimizer, self.schedule = s, optimizer, schedule
-        self.best: tuple | None = None  # (accuracy, -test loss) of the best epoch so far
+        self.best: tuple | None = None  # (accuracy, -loss) on validation of the best epoch so far
         self.best_epoch: int | None = None
+        self.last_epoch: int | None = None
 
     def replay(self, history: list[Epoch]) -> None:
         """The best so far, from the records of the epochs before a resume."""
         for record in history:
+            self.last_epoch = record.epoch
             if record.best:
-                self.best = (record.test_acc if record.test_acc is not None else -1.0,
-                             -(record.test_loss if record.test_loss is not None else float("inf")))
-                self.best_epoch = record.epoch
+                self._keep(record)
+
+    def _keep(self, record: Epoch) -> None:
+        acc, loss = record.score
+        self.best = (acc if acc is not None else -1.0, -(loss if loss is not None else float("inf")))
+        self.best_epoch = record.epoch
 
     def is_best(self, acc: float | None, loss: float | None) -> bool:
-        """Best = highest test accuracy; on a tie (common on small test sets) the lower test loss."""
-        if acc is None:
-            return self.best is None
+        """Best = highest validation accuracy; on a tie (common on small splits) the lower validation loss.
+        With no validation split every epoch is 'best': the last one is kept."""
+        if not self.s.selects or acc is None:
+            return not self.s.selects or self.best is None
         score = (acc, -(loss if loss is not None else float("inf")))
         return self.best is None or score > self.best
 
     def save_epoch(self, record: Epoch, result: EvalResult) -> None:
+        self.last_epoch = record.epoch
         if record.best:
-            self.best = (record.test_acc if record.test_acc is not None else -1.0,
-                         -(record.test_loss if record.test_loss is not None else float("inf")))
-            self.best_epoch = record.epoch
+            self._keep(record)
         if not self.s.world.main:  # under torchrun only rank 0 writes; the others only keep score
             return
-        calibration = epoch_temperature(result)
+        calibration = epoch_temperature(result) if self.s.selects else None  # fitted on validation only
         self._save(self.s.run.last, record, calibration)
-        if record.best:
+        if record.best and self.s.selects:
             self._save(self.s.run.best, record, calibration)
-        test = self.s.split.test
-        if result.logits is not None:
-            write_test_outputs(self.s.run, record.epoch, result.predictions, result.logits)
-        atomic_write_json(self.s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in result.predictions])
+        if not self.s.selects:  # the tutorial's way: this epoch's pass was over the test split
+            write_test_predictions(self.s, record.epoch, result)
 
     def save_final(self) -> None:
         if not self.s.world.main:
@@ -410,15 +458,32 @@ class Checkpointer:
 
 
 def epoch_temperature(result: EvalResult) -> dict | None:
-    """The temperature that calibrates this epoch's model, fitted on its test logits (the report judges it
-    cross-fitted on halves, see core.calibration), as the checkpoint keeps it; None without logits."""
+    """The temperature that calibrates this epoch's model, fitted on its validation logits (so the report
+    judges it on test images it never saw), as the checkpoint keeps it; None without logits."""
     from .calibration import fit_temperature
 
     if result.logits is None or not len(result.predictions):
         return None
     labels = [p.label for p in result.predictions]
     return {"temperature": fit_temperature(result.logits.numpy(), labels),
-            "temperature_fitted_on": f"the {len(labels)} test images' logits"}
+            "temperature_fitted_on": f"the {count(len(labels), 'validation image')}' logits"}
+
+
+def write_test_predictions(s: Setup, epoch: int, result: EvalResult) -> None:
+    """The test pass's predictions (predictions.json) and logits (test_outputs.npz), for the report."""
+    test = s.split.test
+    if result.logits is not None:
+        write_test_outputs(s.run, epoch, result.predictions, result.logits)
+    atomic_write_json(s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in result.predictions])
+
+
+def test_record(epoch: int, chosen_by: str, loss, acc, tested: int, per_class_acc: list, confusion: list,
+                skipped: int = 0, val_acc: float | None = None) -> Test:
+    interval = accuracy_of(acc, tested)
+    return Test(epoch=epoch, chosen_by=chosen_by, loss=loss, acc=acc, tested=tested,
+                ci_low=interval.low if interval else None, ci_high=interval.high if interval else None,
+                per_class_acc=per_class_acc, per_class_n=[sum(row) for row in confusion], confusion=confusion,
+                skipped=skipped, val_acc=val_acc)
 
 
 def write_test_outputs(run: RunDir, epoch: int, predictions: list[Prediction], logits: torch.Tensor) -> None:
@@ -477,9 +542,8 @@ class ResumePoint:
     def epoch(self) -> int:
         return int(self.checkpoint["epoch"])
 
-    def restore(self, s: Setup, optimizer, schedule, checkpointer: "Checkpointer") -> tuple[int, float | None]:
-        """Model, optimizer, schedule, RNG and the best so far as they were after ``epoch``; returns the
-        early-stopping state (epochs since the best, the best accuracy)."""
+    def restore(self, s: Setup, optimizer, schedule, checkpointer: "Checkpointer") -> None:
+        """Model, optimizer, schedule, RNG and the best so far as they were after ``epoch``."""
         s.model.load_state_dict(self.checkpoint["model"])
         optimizer.load_state_dict(self.checkpoint["optimizer"])
         if schedule is not None and self.checkpoint.get("scheduler") is not None:
@@ -487,14 +551,10 @@ class ResumePoint:
             schedule.step()  # the checkpoint was written before that epoch's step
         torch.set_rng_state(self.checkpoint["rng"])
         checkpointer.replay(self.history)
-        since_best, best_acc = 0, None
-        for record in self.history:
-            improved = record.test_acc is not None and (best_acc is None or record.test_acc > best_acc)
-            since_best, best_acc = (0, record.test_acc) if improved else (since_best + 1, best_acc)
-        return since_best, best_acc
 
 
 def epoch_loop(s: Setup, path: FeaturePath, resume: ResumePoint | None = None) -> Iterator[Record]:
+    """The epochs, then the one test pass (``test_once``): also after an early stop or a Stop."""
     skip_dynamo_import()
     body_factor = s.cfg.body_lr_factor if s.cfg.pretrained else 1.0  # a random body has nothing to protect
     optimizer = SGD(optimizer_groups(s.model, s.report.head_name, s.cfg.lr, body_factor), lr=s.cfg.lr,
@@ -504,9 +564,27 @@ def epoch_loop(s: Setup, path: FeaturePath, resume: ResumePoint | None = None) -
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=s.device) if weights else None,
                                     label_smoothing=s.cfg.label_smoothing)
     checkpointer = Checkpointer(s, optimizer, schedule)
-    since_best, best_acc = 0, None  # early stopping watches the test accuracy alone
+    history = list(resume.history) if resume is not None else []  # every epoch record, the new ones appended
     if resume is not None:
-        since_best, best_acc = resume.restore(s, optimizer, schedule, checkpointer)
+        resume.restore(s, optimizer, schedule, checkpointer)
+    try:
+        yield from _epochs(s, path, optimizer, schedule, criterion, checkpointer, resume, history)
+        ending = None
+    except (StopRequested, EarlyStop) as exc:
+        ending = exc
+    try:
+        yield from test_once(s, path, checkpointer, history, stopped=isinstance(ending, StopRequested))
+    except StopRequested:
+        raise StopRequested("test not evaluated: stopped again during the test pass") from None
+    if ending is not None:
+        raise ending
+
+
+def _epochs(s: Setup, path: FeaturePath, optimizer, schedule, criterion, checkpointer: Checkpointer,
+            resume: ResumePoint | None, history: list[Epoch]) -> Iterator[Record]:
+    """Train and evaluate epoch after epoch (on validation, or with none on test), appending to ``history``."""
+    since_best = _since_best(history)  # early stopping watches the validation accuracy alone
+    split = "val" if s.selects else "test"
     for epoch in range((resume.epoch + 1) if resume else 1, s.cfg.epochs + 1):
         t_epoch = time.time()
         path.sampler.set_epoch(epoch)
@@ -516,22 +594,66 @@ def epoch_loop(s: Setup, path: FeaturePath, resume: ResumePoint | None = None) -
             raise RunError(f"none of the {len(s.split.train)} training images could be read (all were skipped as "
                            "unreadable: empty, not images, or damaged); check the data folder")
         s.model.eval()
-        result = yield from evaluate(s, path, epoch)
-        record = Epoch(epoch=epoch, train_loss=totals.loss, test_loss=result.test_loss, test_acc=result.test_acc,
+        result = yield from evaluate(s, path, epoch, split)
+        figures = (dict(val_loss=result.loss, val_acc=result.acc, test_loss=None, test_acc=None,
+                        evaluated=VALIDATION) if s.selects else
+                   dict(test_loss=result.loss, test_acc=result.acc, evaluated=TEST))
+        record = Epoch(epoch=epoch, train_loss=totals.loss, **figures,
                        per_class_acc=result.per_class_acc, confusion=result.confusion, tested=result.tested,
                        skipped_images=totals.skipped + result.skipped + path.fixed_skips,
-                       seconds=time.time() - t_epoch, best=checkpointer.is_best(result.test_acc, result.test_loss),
+                       seconds=time.time() - t_epoch, best=checkpointer.is_best(result.acc, result.loss),
                        images_per_s=totals.seen / totals.seconds if totals.seconds > 0 else None,
                        lr=optimizer.param_groups[0]["lr"])
         checkpointer.save_epoch(record, result)
+        history.append(record)
         yield record
         if schedule is not None:
             schedule.step()
-        improved = record.test_acc is not None and (best_acc is None or record.test_acc > best_acc)
-        since_best, best_acc = (0, record.test_acc) if improved else (since_best + 1, best_acc)
-        if s.cfg.patience and since_best >= s.cfg.patience and epoch < s.cfg.epochs:
+        since_best = 0 if record.best else since_best + 1
+        if s.selects and s.cfg.patience and since_best >= s.cfg.patience and epoch < s.cfg.epochs:
             checkpointer.save_final()
-            raise EarlyStop(f"stopped early at epoch {epoch} of {s.cfg.epochs}: no better test accuracy for "
+            raise EarlyStop(f"stopped early at epoch {epoch} of {s.cfg.epochs}: no better validation accuracy for "
                             f"{since_best} epoch{'s' if since_best > 1 else ''}; predictions use epoch "
                             f"{checkpointer.best_epoch}")
     checkpointer.save_final()
+
+
+def _since_best(history: list[Epoch]) -> int:
+    since = 0
+    for record in history:
+        since = 0 if record.best else since + 1
+    return since
+
+
+def test_once(s: Setup, path: FeaturePath, checkpointer: Checkpointer, history: list[Epoch],
+              stopped: bool = False) -> Iterator[Record]:
+    """The test split's figures for the checkpoint predictions use, measured once: yields Progress records and
+    one ``Test`` record. After a Stop the STOP request is cleared first, so a second Stop skips the pass. With
+    no validation split the last epoch's own test pass is the figure: no pass is needed."""
+    if checkpointer.best_epoch is None:
+        return  # no epoch finished: there is no model to test
+    if not s.selects:
+        last = next(e for e in reversed(history) if e.epoch == checkpointer.last_epoch)
+        yield test_record(last.epoch, "last epoch", last.test_loss, last.test_acc, last.tested, last.per_class_acc,
+                          last.confusion)
+        return
+    if stopped and s.world.main:
+        s.run.stop_flag.unlink(missing_ok=True)  # the first Stop ended training; a second one skips the test
+    chosen = checkpointer.best_epoch
+    if chosen != checkpointer.last_epoch:
+        _load_kept_model(s)
+    s.model.eval()
+    result = yield from evaluate(s, path, chosen, "test")
+    if s.world.main:
+        write_test_predictions(s, chosen, result)
+    val_acc = next((e.val_acc for e in history if e.epoch == chosen), None)
+    yield test_record(chosen, VALIDATION, result.loss, result.acc, result.tested, result.per_class_acc,
+                      result.confusion, result.skipped, val_acc)
+
+
+def _load_kept_model(s: Setup) -> None:
+    """The chosen epoch's weights, from checkpoint_best.pt (every rank reads what rank 0 wrote)."""
+    from .io import torch_load_tensors
+
+    barrier(s.world)
+    s.model.load_state_dict(torch_load_tensors(s.run.best)["model"])

@@ -86,9 +86,9 @@ def training_features(cfg: TrainConfig, cache_dir: str | Path | None) -> Iterato
     if cfg.lists_dir:
         train, classes = read_training_list(cfg.lists_dir)
     else:
-        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed,
+        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
                               keep_together=[list(g) for g in cfg.keep_together])
-        train, classes = split.train, split.classes
+        train, classes = split.train + split.val, split.classes  # cross-validated on train + validation
     excluded = set(cfg.exclude)
     train = [(p, y) for p, y in train if p not in excluded]
     if not train:

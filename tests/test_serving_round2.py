@@ -628,32 +628,7 @@ def test_guessing_the_login_form_refuses_without_comparing_once_an_address_is_he
     assert "Current dataset" not in [s.value for s in at.subheader]  # the right password waits: it was not compared
 
 
-# ============================================================================= 12. leftovers of killed writes
-def test_leftovers_a_killed_checkpoint_write_is_cleaned_when_the_run_is_next_read(lite0_run):
-    leftover = lite0_run / ".checkpoint_last.pt.k3j2h1.tmp"
-    leftover.write_bytes(os.urandom(1024))
-    assert read_run(lite0_run).status == "completed"
-    assert not leftover.exists()
-    assert RunDir(lite0_run).checkpoint().is_file()  # nothing else touched
-
-
-def test_leftovers_of_a_run_still_writing_are_left_alone(tmp_path):
-    run = create_run(tmp_path / "run", TrainConfig(data_root=str(tmp_path)))
-    write_status(run, __import__("core.rundir", fromlist=["this_process_state"]).this_process_state("running"))
-    being_written = run.path / ".checkpoint_last.pt.abc.tmp"
-    being_written.write_bytes(b"half")
-    assert read_run(run.path).status == "running"
-    assert being_written.exists()
-
-
-def test_leftovers_a_forced_rerun_cleans_the_moved_aside_run(tmp_path):
-    cfg = TrainConfig(data_root=str(tmp_path))
-    run = create_run(tmp_path / "run", cfg)
-    write_status(run, __import__("core.rundir", fromlist=["WorkerState"]).WorkerState("failed", pid=None))
-    (run.path / ".checkpoint_last.pt.x.tmp").write_bytes(b"half")
-    create_run(tmp_path / "run", cfg, force=True)
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.failed-")]
-    assert len(aside) == 1 and not list(aside[0].glob("*.tmp"))
+# 12. leftovers of killed writes: tests/test_runs_concurrency.py (readers never delete; `runs clean` does)
 
 
 # ============================================================================= classes of the same problem
