@@ -163,10 +163,14 @@ def current_split(root: str, state: dict) -> Split:
     return _split(root, state["train_ratio"], state["seed"], state["val_ratio"], _folder_stamp(root))
 
 
+def split_sizes(summary: dict) -> str:
+    return (f"{summary['train_images']:,} train / {summary['val_images']:,} validation / "
+            f"{summary['test_images']:,} test")
+
+
 def split_line(summary: dict) -> str:
     """What the split actually did, in one line, the same on every page: the ratios only where they applied."""
-    sizes = (f"{summary['train_images']:,} train / {summary['val_images']:,} validation / "
-             f"{summary['test_images']:,} test images")
+    sizes = split_sizes(summary) + " images"
     if summary.get("given_by"):
         return (f"{sizes} · split as the dataset gives it ({summary['given_by']})"
                 + (f"; validation: {pct(summary['val_ratio'], 0)} of train, seed {summary['seed']}"

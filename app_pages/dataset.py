@@ -16,7 +16,7 @@ from core.workspace import (allowed_roots, check_allowed, datasets_dir, lists_di
                             workspace_writes)
 from app_pages.charts import class_counts_chart, download_progress
 from core.figures import count
-from app_pages.common import (split_line, choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
+from app_pages.common import (split_line, split_sizes, choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
                               split_summary, thumbnail, user_errors)
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
@@ -160,7 +160,7 @@ def render_counts(summary: dict) -> None:
     counts = pd.DataFrame(summary["counts"]).rename(columns={"name": "class"})
     left, right = st.columns([2, 3])
     with left:
-        st.subheader(f"{len(counts)} classes")
+        st.subheader(f"{len(counts)} classes · {split_sizes(summary)}")
         st.caption(split_line(summary))
         st.dataframe(counts[["label", "class", "train", "val", "test"]].rename(columns={"val": "validation"}),
                      hide_index=True, width="stretch")

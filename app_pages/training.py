@@ -410,7 +410,7 @@ def render_results(run_path: Path, state: dict) -> None:
     with tabs[4]:
         render_calibration(report)
     with tabs[5]:
-        render_tta(run_path)
+        render_tta(run_path, report)
 
 
 def _needs_logits(report: RunReport) -> bool:
@@ -470,8 +470,9 @@ def render_calibration(report: RunReport) -> None:
                   "This run's checkpoint keeps no temperature: its predictions are raw probabilities."))
 
 
-def render_tta(run_path: Path) -> None:
-    """Accuracy and ECE with and without test-time augmentation, measured on request (it runs the model)."""
+def render_tta(run_path: Path, report: RunReport) -> None:
+    """Accuracy and ECE with test-time augmentation, measured on request (it runs the model), against the
+    report's own figures without it: one ECE and one accuracy for the run on the whole page."""
     st.caption("Test-time augmentation averages the probabilities over several views of each test image. Whether it "
                "helps is measured here on this run's test images, with the checkpoint prediction uses.")
     c1, c2 = st.columns([2, 1])
@@ -487,11 +488,14 @@ def render_tta(run_path: Path) -> None:
     if result is None:
         return
     kind = "calibrated" if result.calibrated else "raw"
+    c = report.calibration
+    accuracy = report.accuracy
+    ece = (c.ece_calibrated if result.calibrated else c.ece) if c is not None else result.ece
     m1, m2 = st.columns(2)
-    m1.metric("Test accuracy with TTA", pct(result.tta_accuracy), f"{100 * (result.tta_accuracy - result.accuracy):+.1f} "
-              f"points (without: {pct(result.accuracy)})", delta_color="normal")
-    m2.metric(f"ECE with TTA ({kind})", f"{result.tta_ece:.3f}", f"{result.tta_ece - result.ece:+.3f} (without: "
-              f"{result.ece:.3f}, as on the Calibration tab)", delta_color="inverse")
+    m1.metric("Test accuracy with TTA", pct(result.tta_accuracy), f"{100 * (result.tta_accuracy - accuracy):+.1f} "
+              f"points (without: {pct(accuracy)})", delta_color="normal")
+    m2.metric(f"ECE with TTA ({kind})", f"{result.tta_ece:.3f}", f"{result.tta_ece - ece:+.3f} (without: "
+              f"{ece:.3f}, as on the Calibration tab)", delta_color="inverse")
     st.caption(f"Checkpoint of epoch {result.epoch}, {result.images} test images, {result.seconds:.1f} s"
                + (f"; {result.unreadable} could not be read" if result.unreadable else "")
                + (f"; {result.note}" if result.note else "") + ".")

@@ -393,13 +393,15 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
     eval_tf = build_transform(get_arch(arch).transforms())
     precision = "bf16" if dev.type == "cuda" else "fp32"  # as a run's feature pass (train.Setup.feature_precision)
     parts, kept, from_cache = [], [], True
-    # validation images are the training share's: on the "train" side for leaks and the baseline
-    for side, samples in (("train", [*split.train, *split.val]), ("test", split.test)):
+    # Each list on its own, as a run computes them (the same cache keys: a run after a check computes nothing);
+    # validation images are the training share's: on the "train" side for leaks and the baseline.
+    for side, name, samples in (("train", "train", split.train), ("train", "val", split.val),
+                                ("test", "test", split.test)):
         if not samples:
             continue
         stream = head_inputs(samples, model=model, head_name=surgery.head_name, head_variant=surgery.head_variant,
                              arch=arch, weights=weights, transform=eval_tf, precision=precision, cache_dir=cache_dir,
-                             device=dev, split=side, workers=workers)
+                             device=dev, split=name, workers=workers)
         computed = False
         while True:
             try:
@@ -422,14 +424,12 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     """Out-of-fold class probabilities of a logistic-regression head, and per-fold accuracies of it and of
     k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress.
 
-    ``trainable``: the rows of the training share (train and validation). Heads are fitted on those alone and
-    the accuracies are measured on those alone, so the baseline never reads a test label; test rows still get
-    out-of-fold probabilities (for the label check), from heads that never saw them."""
-    from sklearn.linear_model import LogisticRegression
+    The probabilities (the label check, which may look at every image) come from heads fitted on all the
+    fold's other images. The accuracies (the baseline: what a head-only run should reach) come from heads
+    fitted on ``trainable`` rows alone (the training share: train and validation) and are measured on those
+    alone, so the baseline never reads a test label."""
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     n_classes = int(labels.max()) + 1
     oof = np.zeros((len(labels), n_classes))
@@ -438,25 +438,29 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     yield meter.first()
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
     trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
-    for train_idx, held_idx in splitter.split(features, labels, groups):
-        train_idx = train_idx[trainable[train_idx]]
-        judged = held_idx[trainable[held_idx]]
-        if len(np.unique(labels[train_idx])) < 2:  # a fold of test images only: nothing to fit on
-            continue
-        head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1))
-        head.fit(features[train_idx], labels[train_idx])
-        proba = np.zeros((len(held_idx), n_classes))
-        proba[:, head.classes_] = head.predict_proba(features[held_idx])
-        oof[held_idx] = proba
-        if len(judged):
-            linear.append(float((proba[trainable[held_idx]].argmax(1) == labels[judged]).mean()))
-            neighbours = KNeighborsClassifier(n_neighbors=min(5, len(train_idx)), metric="cosine")
-            neighbours.fit(features[train_idx], labels[train_idx])
+    for fit_idx, held_idx in splitter.split(features, labels, groups):
+        head = _fitted_head(features[fit_idx], labels[fit_idx])
+        oof[np.ix_(held_idx, head.classes_)] = head.predict_proba(features[held_idx])
+        fit_train, judged = fit_idx[trainable[fit_idx]], held_idx[trainable[held_idx]]
+        if len(judged) and len(np.unique(labels[fit_train])) >= 2:
+            baseline = head if trainable.all() else _fitted_head(features[fit_train], labels[fit_train])
+            linear.append(float((baseline.predict(features[judged]) == labels[judged]).mean()))
+            neighbours = KNeighborsClassifier(n_neighbors=min(5, len(fit_train)), metric="cosine")
+            neighbours.fit(features[fit_train], labels[fit_train])
             knn.append(float((neighbours.predict(features[judged]) == labels[judged]).mean()))
         record = meter.advance(1)
         if record:
             yield record
     return oof, linear, knn
+
+
+def _fitted_head(x: np.ndarray, y: np.ndarray):
+    """The linear head the check cross-validates: standardised features, L2-regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1)).fit(x, y)
 
 
 def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], names: list[str]) -> list[LabelIssue]:

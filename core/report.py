@@ -266,15 +266,14 @@ def _coverage_notes(state: RunState, last_epoch: int, records, outputs) -> list[
         chosen = ("chosen on validation" if records.test.chosen_by == "validation"
                   else "the last one (nothing is chosen without a validation split)")
         notes.append(f"the test split's one pass, on the model of epoch {records.test.epoch}, {chosen}")
-    elif start.validation == "" and records.epochs:
-        notes.append("an older run: its kept epoch was chosen on the test split, so its test figures are "
-                     f"optimistic; this covers epoch {last_epoch}")
     elif state.busy:
         notes.append(f"the run is still training: this covers epoch {last_epoch}, the last finished one")
     elif state is RunState.STOPPED:
         notes.append(f"the run was stopped: this covers epoch {last_epoch}, the last one it finished")
     elif state is RunState.FAILED:
         notes.append(f"the run failed: this covers epoch {last_epoch}, the last one it finished")
+    if not start.validation and records.epochs:
+        notes.append("an older run: its kept epoch was chosen on the test split, so its test figures are optimistic")
     if outputs is None:
         notes.append("no test logits were kept for this run (a run from before they were, or more test images × "
                      "classes than are kept): top losses, least certain and calibration need them")

@@ -224,8 +224,9 @@ def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio
                      keep_together: list[list[str]] | None = None) -> tuple[list, list, list[str]]:
     """Set ``val_ratio`` of each class's training images aside as validation, after a seeded shuffle (the same
     seed gives the same carve). Returns (train, val, notes). A class with one training image stays in training,
-    with a note; a ratio that leaves a larger class without any validation image is refused, naming the class
-    and a ratio that would work. Groups of ``keep_together`` (duplicates) land on one side."""
+    with a note; a class the ratio would leave without any validation image still gets one, with a note naming
+    the class and the ratio that would give it one (small datasets keep working on every page, and every class
+    is judged). Groups of ``keep_together`` (duplicates) land on one side."""
     if val_ratio <= 0:
         return list(train), [], []
     rng = random.Random(f"validation-{seed}")  # its own stream: the train/test split is exactly the seed's
@@ -239,10 +240,11 @@ def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio
         if len(paths) == 1:
             notes.append(f"class '{classes[label]}' has one training image: it stays in training, so the class has "
                          "no validation image")
-        elif k == 0:
-            raise DatasetError(f"validation ratio {val_ratio:g} leaves class '{classes[label]}' ({len(paths)} training "
-                               f"images) with no validation image; use a ratio of at least "
-                               f"{_working_ratio(len(paths)):g}, or 0 for no validation split")
+        elif k == 0:  # a small class: one image rather than none, so every class is judged; said, not refused
+            k = 1
+            notes.append(f"validation ratio {val_ratio:g} would leave class '{classes[label]}' ({len(paths)} training "
+                         f"images) with no validation image, so one was set aside anyway (a ratio of "
+                         f"{_working_ratio(len(paths)):g} or more gives it one by itself)")
         k = min(k, len(paths) - 1)
         shuffled = list(paths)
         rng.shuffle(shuffled)
@@ -254,8 +256,8 @@ def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio
             else:
                 kept.append((path, label))
     if not val:
-        raise DatasetError("too few training images for a validation split (every class has one); add images, or "
-                           "give a validation ratio of 0")
+        notes.append("too few training images for a validation split (every class has one): nothing is chosen, the "
+                     "last epoch is kept, as with a validation ratio of 0")
     order = {path: i for i, (path, _) in enumerate(train)}  # the lists keep the training list's order
     return (sorted(kept, key=lambda s: order[s[0]]), sorted(val, key=lambda s: order[s[0]]), notes)
 

@@ -54,20 +54,21 @@ def test_first_launch_generates_the_demo_dataset():
 
 def test_dataset_page_writes_the_split(small_demo):
     at = open_page(app(), "app_pages/dataset.py")
-    assert "5 classes · 30 train / 20 test" in [s.value for s in at.subheader]
+    assert "5 classes · 25 train / 5 validation / 20 test" in [s.value for s in at.subheader]
     at.button(key="ds_write").click().run()
     assert not at.exception
     lists = lists_dir_for(small_demo)
-    assert len((lists / "train.txt").read_text().splitlines()) == 30
+    assert len((lists / "train.txt").read_text().splitlines()) == 25
+    assert len((lists / "val.txt").read_text().splitlines()) == 5
     assert len((lists / "test.txt").read_text().splitlines()) == 20
-    assert any("Wrote 30 train and 20 test lines" in s.value for s in at.success)
+    assert any("Wrote 25 train, 5 validation and 20 test lines" in s.value for s in at.success)
     assert any(str(small_demo) in c.value for c in at.code)  # first lines are shown
 
 
 def test_dataset_page_ratio_slider_changes_the_split(small_demo):
     at = open_page(app(), "app_pages/dataset.py")
     at.slider(key="ds_ratio").set_value(0.5).run()
-    assert "5 classes · 25 train / 25 test" in [s.value for s in at.subheader]
+    assert "5 classes · 20 train / 5 validation / 25 test" in [s.value for s in at.subheader]
 
 
 def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_file):
@@ -114,11 +115,12 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
     at.run()
     assert not at.exception
     assert f"Run {name}" in [s.value for s in at.subheader]
-    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
+    assert "Results on the test split (epoch 2)" in [s.value for s in at.subheader]
     assert any("**completed**" in (p.proto.text or "") for p in at.get("progress"))
     assert any("Device: **CPU**" in c.value for c in at.caption)
     runs_table = at.dataframe[-1].value
-    assert list(runs_table["status"]) == ["completed"] and runs_table["best acc"][0] > 0.5
+    assert list(runs_table["status"]) == ["completed"] and runs_table["test acc"][0].startswith(
+        f"{read_run(runs_dir() / name).test.text()}")  # with its interval and its count of images
 
 
 def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path, lite0_file):
@@ -133,16 +135,20 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
     assert sorted(table["class"]) == ["circle", "cross", "square", "star", "triangle"]  # top 5 of 5
-    assert list(table["probability"]) == sorted(table["probability"], reverse=True)
+    shown = "probability (calibrated, %)"
+    assert list(table[shown]) == sorted(table[shown], reverse=True)
     assert [m.label for m in at.metric] == ["Prediction"]
     assert at.metric[0].value == "star" and table["class"][0] == "star"
+    # one probability, one way: the metric and the table show the same figure, to one decimal
+    assert at.metric[0].delta == f"{table[shown][0]:.1f}% probability (calibrated)"
     # calibrated by the run's temperature unless the visitor asks for the raw softmax
     assert at.toggle(key="pr_calibrated").value is True
     assert any(c.value.startswith("Calibrated probabilities, temperature ") for c in at.caption)
-    calibrated = table["probability"][0]
+    calibrated = table[shown][0]
     at.toggle(key="pr_calibrated").set_value(False).run()
     assert any(c.value == "Raw probabilities." for c in at.caption)
-    assert at.dataframe[0].value["probability"][0] != pytest.approx(calibrated)
+    assert at.dataframe[0].value["probability (raw, %)"][0] != pytest.approx(calibrated)
+    assert at.metric[0].delta.endswith("probability (raw)")
     at.selectbox(key="pr_tta").set_value("flip").run()
     assert not at.exception and any(c.value == "Raw probabilities, averaged over flip views." for c in at.caption)
     at.toggle(key="pr_calibrated").set_value(True).run()
@@ -233,11 +239,12 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
         assert not at.exception, at.exception
         assert "Pretrained vs from scratch" in [s.value for s in at.subheader]
         line = next(m.value for m in at.markdown if m.value.startswith("Same data, split, seed and settings."))
-        best = {name: json.loads((runs_dir() / name / "summary.json").read_text())["best_acc"]
-                for name in ("pretrained", "scratch")}
-        assert f"pretrained (head only) **{best['pretrained']:.1%}** (completed)" in line, line
-        assert f"from scratch (every layer) **{best['scratch']:.1%}** (completed)" in line, line
-        assert f"{abs(best['pretrained'] - best['scratch']) * 100:.1f} points" in line, line
+        tested = {name: read_run(runs_dir() / name).test for name in ("pretrained", "scratch")}
+        assert f"pretrained (head only) **{tested['pretrained'].text()}** (completed)" in line, line
+        assert f"from scratch (every layer) **{tested['scratch'].text()}** (completed)" in line, line
+        gain = next(m.value for m in at.markdown if m.value.startswith("Pretraining's gain"))
+        points = 100 * (tested["pretrained"].value - tested["scratch"].value)
+        assert f"{'+' if points > 0 else ''}{points:.1f} points (95% CI" in gain and "paired images" in gain, gain
         assert not any(b.key == "tr_twin" for b in at.button)
 
 
@@ -278,7 +285,7 @@ def test_dataset_page_zip_upload_becomes_the_data_root(small_demo, colour_data):
     at.file_uploader(key="ds_zip").upload("my colours.zip", buf.getvalue(), "application/zip").run()
     at.button(key="ds_extract").click().run()
     assert not at.exception and not at.error
-    assert "2 classes · 12 train / 8 test" in [s.value for s in at.subheader]
+    assert "2 classes · 10 train / 2 validation / 8 test" in [s.value for s in at.subheader]
     assert any("my-colours" in m.value for m in at.markdown)
 
 
@@ -324,7 +331,7 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
     at.file_uploader(key="ds_zip").upload("hymenoptera.zip", buf.getvalue(), "application/zip").run()
     at.button(key="ds_extract").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "2 classes · 10 train / 4 test" in [s.value for s in at.subheader]
+    assert "2 classes · 8 train / 2 validation / 4 test" in [s.value for s in at.subheader]
     assert any("Split given by the dataset" in i.value for i in at.info)
 
 
@@ -425,7 +432,7 @@ def test_check_page_finds_leaks_resplits_and_starts_a_run_without_the_suspects(s
     at.button(key="ck_resplit").click().run()
     assert any("0 groups cross the split now" in s.value for s in at.success), [s.value for s in at.success]
     lists = lists_dir_for(small_demo)
-    sides = {line.split("\t")[0]: name for name in ("train", "test")
+    sides = {line.split("\t")[0]: name for name in ("train", "val", "test")
              for line in (lists / f"{name}.txt").read_text().splitlines()}
     assert len({sides[str(small_demo / "circle" / f"zz_copy{i}.jpg")] for i in range(5)}) == 1
 
@@ -464,7 +471,7 @@ def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_fi
     at.query_params["run"] = "r"
     at = open_page(at, "app_pages/training.py")
     assert not at.error, [e.value for e in at.error]
-    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
+    assert "Results on the test split (epoch 2)" in [s.value for s in at.subheader]
     assert [t.label for t in at.tabs][:6] == ["Precision, recall, F1", "Misclassified (" + at.tabs[1].label.split("(")[1],
                                               "Top losses", "Least certain", "Calibration", "Test-time augmentation"]
     scores = next(d.value for d in at.dataframe if "precision" in d.value.columns)
@@ -477,9 +484,13 @@ def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_fi
     assert any(b.key.startswith("tr_why_margin_") for b in at.button)
     at.button(key="tr_tta_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert {"Accuracy with TTA", "ECE with TTA (calibrated)"} <= {m.label for m in at.metric}
+    assert {"Test accuracy with TTA", "ECE with TTA (calibrated)"} <= {m.label for m in at.metric}
+    # one ECE for the run on the page: the TTA tab's "without" is the Calibration tab's figure
+    scaled = next(m for m in at.metric if m.label == "ECE, temperature-scaled").value
+    assert f"(without: {scaled}, as on the Calibration tab)" in next(
+        m for m in at.metric if m.label == "ECE with TTA (calibrated)").delta
     at.run()  # the measurement stays for this visitor
-    assert "Accuracy with TTA" in {m.label for m in at.metric}
+    assert "Test accuracy with TTA" in {m.label for m in at.metric}
 
 
 def test_training_page_finds_a_learning_rate_and_uses_it(small_demo):

@@ -179,10 +179,10 @@ def test_split_paths_with_spaces_and_non_ascii(tmp_path):
     root = make_colour_dataset(tmp_path / "mes données", per_class=4, classes=("blue", "red"))
     (root / "red").rename(root / "rouge foncé")
     (root / "blue" / "blue_00.png").rename(root / "blue" / "bleu ciel é 01.png")
-    split = split_dataset(root)
+    split = split_dataset(root, val_ratio=0.25)
     back = read_split(write_split(split, tmp_path / "lists"))
     assert back.classes == ["blue", "rouge foncé"]
-    assert back.train + back.test == split.train + split.test
+    assert back.train + back.val + back.test == split.train + split.val + split.test
     assert all(Path(p).is_file() for p, _ in back.train + back.test)
 
 

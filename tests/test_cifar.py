@@ -50,8 +50,8 @@ def test_the_archive_becomes_class_folders_with_its_own_split(tmp_path):
     cat = Image.open(root / "train" / "cat" / "img_003.png")
     assert cat.size == (32, 32) and cat.getpixel((0, 0))[0] == 75  # label 3 → red 75
     lists = read_split(root / "lists")
-    assert lists.classes == sorted(NAMES) and len(lists.train) == 15 and len(lists.test) == 5
-    assert all(lists.classes[label] == path.split("/")[-2] for path, label in lists.train + lists.test)
+    assert lists.classes == sorted(NAMES) and len(lists.train + lists.val) == 15 and len(lists.test) == 5
+    assert all(lists.classes[label] == path.split("/")[-2] for path, label in lists.train + lists.val + lists.test)
     assert split_dataset(root).given_by == "train/ + test/"
 
 
@@ -87,5 +87,5 @@ def test_the_dataset_page_imports_a_local_archive(tmp_path, monkeypatch):
     at.text_input(key="ds_cifar_path").input(str(archive)).run()
     at.button(key="ds_cifar").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "10 classes · 15 train / 5 test" in [s.value for s in at.subheader]
+    assert "10 classes · 10 train / 5 validation / 5 test" in [s.value for s in at.subheader]
     assert any("Split given by the dataset" in i.value for i in at.info)

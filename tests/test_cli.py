@@ -31,7 +31,7 @@ def _one_error_line(result) -> str:
 def test_split_command(colour_data, tmp_path):
     result = run_cli("split", colour_data, "--out", tmp_path / "lists", "--seed", "2")
     assert result.returncode == 0, result.stderr
-    assert "total: 12 train, 8 test" in result.stdout
+    assert "total: 10 train, 2 validation, 8 test" in result.stdout
     assert len((tmp_path / "lists" / "test.txt").read_text().splitlines()) == 8
 
 

@@ -59,7 +59,7 @@ def _straddling_split(root):
     """A seed whose split puts the circle and its two copies on both sides (the leakage to find)."""
     for seed in range(50):
         split = split_dataset(root, 0.6, seed)
-        train = {p for p, _ in split.train}
+        train = {p for p, _ in split.train + split.val}
         copies = [str(root / "circle" / n) for n in ("circle_000.jpg", "zz_exact_copy.jpg", "zz_resized_copy.png")]
         if len({p in train for p in copies}) == 2:
             return split
@@ -90,7 +90,7 @@ def test_headers_name_what_is_wrong_without_decoding(tmp_path):
 
 def test_the_split_leaves_unreadable_files_out_and_says_why(planted):
     split = split_dataset(planted, 0.6, 0)
-    listed = {p for p, _ in split.train + split.test}
+    listed = {p for p, _ in split.train + split.val + split.test}
     assert not any(p.endswith(("zz_notes.jpg", "zz_cut.jpg")) for p in listed)
     reasons = {s.path.rsplit("/", 1)[1]: s.reason for s in split.skipped if s.unreadable}
     assert set(reasons) == {"zz_notes.jpg", "zz_cut.jpg"}
@@ -119,7 +119,7 @@ def test_planted_problems_are_found(checked):
     assert (top.given, top.suggested) == ("square", "star")
 
     assert report.baseline and 0.8 <= report.baseline.accuracy <= 1.0 and report.baseline.folds >= 2
-    assert len(report.embedding) == len(split.train) + len(split.test)
+    assert len(report.embedding) == len(split.train) + len(split.val) + len(split.test)
     assert {r.phase for r in records} >= {"headers", "features", "neighbours", "folds"}
 
 
@@ -155,7 +155,7 @@ def test_a_head_only_run_after_the_check_computes_no_feature_again(checked, plan
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1,
                       seed=split.seed)
     features = [r for r in train(cfg, tmp_path / "run", cache_dir=cache) if isinstance(r, Features)]
-    assert [f.from_disk for f in features] == [True, True]
+    assert [f.from_disk for f in features] == [True, True, True]  # train, validation, test: all the check's
 
 
 def test_group_aware_resplit_keeps_every_group_on_one_side(checked, planted):
@@ -163,11 +163,13 @@ def test_group_aware_resplit_keeps_every_group_on_one_side(checked, planted):
     groups = [[m.path for m in g.members] for g in report.duplicates]
     assert report.leaks  # the plain split does leak
     grouped = split_dataset(planted, 0.6, split.seed, keep_together=groups)
-    side = {p: "train" for p, _ in grouped.train} | {p: "test" for p, _ in grouped.test}
+    side = ({p: "train" for p, _ in grouped.train} | {p: "val" for p, _ in grouped.val}
+            | {p: "test" for p, _ in grouped.test})
     assert all(len({side[p] for p in g}) == 1 for g in groups)
-    assert sorted(grouped.train + grouped.test) == sorted(split.train + split.test)  # nothing lost or moved
+    everything = grouped.train + grouped.val + grouped.test
+    assert sorted(everything) == sorted(split.train + split.val + split.test)  # nothing lost or moved
     plain = split_dataset(planted, 0.6, split.seed, keep_together=[])
-    assert (plain.train, plain.test) == (split.train, split.test)  # without groups: exactly the plain split
+    assert (plain.train, plain.val, plain.test) == (split.train, split.val, split.test)  # exactly the plain split
 
 
 def test_without_pretrained_weights_the_feature_sections_say_why(planted):

@@ -85,12 +85,16 @@ def test_precision_recall_f1_equal_scikit_learns_on_a_fixed_example():
 
 
 def test_coverage_says_which_epoch_a_running_or_stopped_run_reports():
-    class Start:
-        test_size = 40
+    from types import SimpleNamespace
 
-    assert "still training: this covers epoch 2" in _coverage_notes(RunState.RUNNING, 2, Start, object())[0]
-    assert "stopped: this covers epoch 3" in _coverage_notes(RunState.STOPPED, 3, Start, object())[0]
-    assert _coverage_notes(RunState.COMPLETED, 3, Start, object()) == []
+    older = SimpleNamespace(start=SimpleNamespace(test_size=40, validation=""), test=None, epochs=[1])
+    tested = SimpleNamespace(start=SimpleNamespace(test_size=40, validation="8 images"), epochs=[1],
+                             test=SimpleNamespace(epoch=2, chosen_by="validation"))
+    assert "still training: this covers epoch 2" in _coverage_notes(RunState.RUNNING, 2, older, object())[0]
+    assert "stopped: this covers epoch 3" in _coverage_notes(RunState.STOPPED, 3, older, object())[0]
+    assert "chosen on the test split" in _coverage_notes(RunState.COMPLETED, 3, older, object())[0]
+    assert _coverage_notes(RunState.STOPPED, 3, tested, object()) == [
+        "the test split's one pass, on the model of epoch 2, chosen on validation"]
 
 
 def test_tta_views_put_the_plain_view_first():
@@ -122,14 +126,15 @@ def run(tmp_path_factory, lite0_file):
     return folder
 
 
-def test_a_run_keeps_its_test_logits_and_a_temperature_fitted_on_them(run):
+def test_a_run_keeps_its_test_logits_and_a_temperature_fitted_on_validation(run):
     report = run_report(run)
     outputs = np.load(RunDir(run).test_outputs)
-    assert outputs["logits"].shape == (report.tested, 3) and int(outputs["epoch"]) == report.epoch == 2
-    ckpt = torch.load(RunDir(run).last, weights_only=False)  # the last epoch's, as the report's logits
-    assert ckpt["temperature"] == pytest.approx(fit_temperature(outputs["logits"], outputs["label"]), rel=1e-3)
     best = torch.load(RunDir(run).best, weights_only=False)
+    assert outputs["logits"].shape == (report.tested, 3) and int(outputs["epoch"]) == report.epoch == best["epoch"]
+    assert "validation image" in best["temperature_fitted_on"]
+    assert best["temperature"] != pytest.approx(fit_temperature(outputs["logits"], outputs["label"]), rel=1e-3)
     assert report.temperature == pytest.approx(best["temperature"]) and report.temperature_epoch == best["epoch"]
+    assert report.calibration.temperature == report.temperature  # judged on test, never refitted there
     # the report's stored predictions agree with predictions.json
     stored = json.loads(RunDir(run).predictions.read_text())
     assert [(i.path, i.label, i.pred) for i in report.images] == [(p["path"], p["label"], p["pred"]) for p in stored]
@@ -242,8 +247,9 @@ def test_tta_is_measured_with_and_without_on_the_same_checkpoint(run):
     assert steps[0].done == 0 and steps[-1].done == steps[-1].total == result.images
     report = run_report(run)
     assert result.images == report.tested and result.calibrated
-    evaluated = next(e for e in read_records(run).epochs if e.epoch == result.epoch)  # the checkpoint's epoch
-    assert result.accuracy == pytest.approx(evaluated.test_acc)  # the plain view is the evaluation's own
+    tested = read_records(run).test
+    assert tested.epoch == result.epoch  # the checkpoint's epoch
+    assert result.accuracy == pytest.approx(tested.acc)  # the plain view is the test pass's own
     assert 0 <= result.tta_accuracy <= 1 and 0 <= result.tta_ece <= 1
     with pytest.raises(RunError, match="does not exist"):
         next(evaluate_tta(run, "rotate"))
@@ -259,5 +265,6 @@ def test_a_run_with_one_tested_image_reports_what_it_can(run, tmp_path):
                        torch.tensor([[4.0 if c == first.label else 0.0 for c in range(3)]]))
     report = run_report(one)
     assert report.tested == 1 and report.accuracy == 1.0 and report.most_confused == []
-    assert report.calibration.ece_calibrated is None and report.to_json()["ece_calibrated"] is None
+    # the temperature came from validation: even one test image is judged with it
+    assert report.to_json()["ece_calibrated"] == report.calibration.ece_calibrated is not None
     assert report.cell(first.label, first.label)[0].path == first.path

@@ -164,7 +164,7 @@ def test_links_a_class_folder_linking_outside_is_skipped(small_root, outside):
     assert [(s.path, s.reason) for s in split.skipped] == [(str(small_root / "green"),
                                                             "links outside the allowed folders")]
     at = _app("app_pages/dataset.py")
-    assert "2 classes · 4 train / 4 test" in [s.value for s in at.subheader]
+    assert "2 classes · 2 train / 2 validation / 4 test" in [s.value for s in at.subheader]
     assert str(outside) not in str([e.value for e in at.dataframe])  # the target is never listed
 
 
@@ -187,7 +187,7 @@ def test_links_a_dangling_image_link_is_skipped_and_the_page_renders(small_root)
 def test_links_an_image_link_inside_the_roots_is_used(small_root):
     (small_root / "red" / "again.png").symlink_to(small_root / "red" / "red_00.png")
     split = split_dataset(small_root, allowed_roots=(small_root,))
-    assert str(small_root / "red" / "again.png") in [p for p, _ in split.train + split.test]
+    assert str(small_root / "red" / "again.png") in [p for p, _ in split.train + split.val + split.test]
 
 
 # ============================================================================= 3. zip uploads

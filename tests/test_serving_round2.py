@@ -419,7 +419,7 @@ def test_read_only_workspace_the_dataset_page_says_so_and_still_shows_the_data(s
     at = _app("app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Workspace datasets").run()
     assert not at.exception
-    assert "2 classes · 4 train / 4 test" in [s.value for s in at.subheader]
+    assert "2 classes · 2 train / 2 validation / 4 test" in [s.value for s in at.subheader]
     assert any("is not writable" in c.value and read_only_workspace in c.value for c in at.caption)
     at.button(key="ds_write").click().run()
     assert not at.exception

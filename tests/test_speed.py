@@ -86,8 +86,8 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
         reference[t, p] += 1
     assert result.confusion == reference.tolist()
     assert result.tested == len(labels) == 26 and result.skipped == 2
-    assert result.test_loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
-    assert result.test_acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert result.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result.acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert [p.pred for p in result.predictions] == logits.argmax(1).tolist()
 
 
@@ -117,7 +117,7 @@ def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file,
         monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or original(self))
         records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
                                          data_root=str(colour_data), epochs=1, batch_size=2, log_every=log_every,
-                                         num_workers=0), tmp_path / f"run{log_every}"))
+                                         num_workers=0, val_ratio=0), tmp_path / f"run{log_every}"))
         monkeypatch.setattr(torch.Tensor, "item", original)
         return len(reads), len([r for r in records if r.type == "batch"])
 

@@ -12,8 +12,8 @@ from tests.conftest import make_colour_dataset
 def test_split_is_stratified_per_class(colour_data):
     split = split_dataset(colour_data, train_ratio=0.6, seed=0)
     assert split.classes == ["blue", "red"]
-    counts = {c.name: (c.train, c.test) for c in split.counts()}
-    assert counts == {"blue": (6, 4), "red": (6, 4)}
+    counts = {c.name: (c.train, c.val, c.test) for c in split.counts()}
+    assert counts == {"blue": (5, 1, 4), "red": (5, 1, 4)}  # 60% of 10 to train, 20% of that to validation
     assert {label for _, label in split.train} == {0, 1}
 
 
@@ -56,7 +56,7 @@ def test_skipped_files_are_reported_with_reasons(colour_data):
     reasons = {Path(s.path).name: s.reason for s in split.skipped}
     assert "not inside a class folder" in reasons["README.txt"]
     assert "not an image extension" in reasons["notes.csv"]
-    assert sum(c.train + c.test for c in split.counts() if c.name == "red") == 11  # nested image found
+    assert sum(c.train + c.val + c.test for c in split.counts() if c.name == "red") == 11  # nested image found
 
 
 def test_tiny_and_empty_classes_are_reported(tmp_path):
@@ -90,9 +90,9 @@ def test_a_dataset_that_ships_split_into_train_and_val_keeps_its_split(tmp_path)
     split = split_dataset(root, 0.6, 0)
     assert split.classes == ["blue", "red"]  # not "train" and "val"
     assert split.given_by == "train/ + val/"
-    assert len(split.train) == 12 and len(split.test) == 6
-    assert all("/train/" in p for p, _ in split.train) and all("/val/" in p for p, _ in split.test)
-    assert split_dataset(root, 0.3, 5).train == split.train  # the ratio and seed do not move images
+    assert len(split.train) + len(split.val) == 12 and len(split.test) == 6  # val/ is the test split
+    assert all("/train/" in p for p, _ in split.train + split.val) and all("/val/" in p for p, _ in split.test)
+    assert split_dataset(root, 0.3, 0).train == split.train  # the train ratio does not move images
     assert not split.warnings
 
 
@@ -113,7 +113,7 @@ def test_train_and_val_with_images_directly_inside_are_two_classes(tmp_path):
     make_colour_dataset(tmp_path / "flat", per_class=3, classes=("blue", "red"))
     (tmp_path / "flat" / "blue").rename(tmp_path / "flat" / "train")
     (tmp_path / "flat" / "red").rename(tmp_path / "flat" / "val")
-    split = split_dataset(tmp_path / "flat")
+    split = split_dataset(tmp_path / "flat", val_ratio=0)
     assert split.classes == ["train", "val"] and split.given_by is None
 
 

@@ -21,16 +21,19 @@ def test_a_run_writes_its_curves_and_hyperparameters_for_tensorboard(colours, li
     records = read_records(run)
     events = EventAccumulator(str(run))
     events.Reload()
-    assert {"loss/batch", "loss/train", "loss/test", "accuracy/test", "learning_rate"} <= set(events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("accuracy/test")] == [1, 2]
-    assert [e.value for e in events.Scalars("accuracy/test")] == pytest.approx([e.test_acc for e in records.epochs])
+    assert {"loss/batch", "loss/train", "loss/validation", "accuracy/validation", "learning_rate"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("accuracy/validation")] == [1, 2]
+    assert [e.value for e in events.Scalars("accuracy/validation")] == pytest.approx([e.val_acc for e in records.epochs])
     assert len(events.Scalars("loss/batch")) == len(records.batches)
     files = [EventAccumulator(str(p)) for p in run.glob("events.out.tfevents.*")]
     assert len(files) == 2  # the curves, and the hparams summary written at the end
     for f in files:
         f.Reload()
-    final = next(f for f in files if "hparam/best_acc" in f.Tags()["scalars"])
-    assert final.Scalars("hparam/best_acc")[0].value == pytest.approx(records.final.best_acc)
+    final = next(f for f in files if "hparam/test_acc" in f.Tags()["scalars"])
+    for tag, value in (("test_acc", records.final.test_acc), ("val_acc", records.final.val_acc),
+                       ("test_ci_low", records.final.test_ci_low), ("test_ci_high", records.final.test_ci_high)):
+        assert final.Scalars(f"hparam/{tag}")[0].value == pytest.approx(value)
 
 
 def test_events_that_cannot_be_written_leave_the_run_alone_and_are_said_once(colours, lite0_file, tmp_path, capsys,

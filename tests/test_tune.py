@@ -89,7 +89,7 @@ def test_a_run_with_the_best_settings_records_the_search(train_only, lite0_file,
     assert tuned.lr == pytest.approx(result.best["lr"]) and tuned.epochs == result.best["epochs"]
     assert tuned.tuned_by.startswith("head search: Optuna TPE, 4 trials, 5-fold cross-validation")
     write_split(split_dataset(make_colour_dataset(tmp_path / "d", per_class=4, classes=("blue", "green", "red")),
-                              0.5, 0), tmp_path / "full")
+                              0.5, 0, val_ratio=0), tmp_path / "full")
     shutil.copy(tmp_path / "full" / "test.txt", lists / "test.txt")  # only a normal run looks at the test split
     list(train(TrainConfig.from_dict({**tuned.to_dict(), "epochs": 1}), tmp_path / "run",
                cache_dir=tmp_path / "cache"))
