@@ -69,8 +69,8 @@ def make_photos(root: Path, n: int, seed: int = 0) -> Path:
 class RecipeDataset(Dataset):
     """The tutorial's dataset: read path<TAB>label lines, letterbox, flips, ToTensor, no normalisation."""
 
-    def __init__(self, list_file: Path, train: bool):
-        rows = (line.rstrip("\n").split("\t") for line in open(list_file, encoding="utf-8"))
+    def __init__(self, list_files: list[Path], train: bool):
+        rows = (line.rstrip("\n").split("\t") for f in list_files for line in open(f, encoding="utf-8"))
         self.items = [(path, int(label)) for path, label in rows]
         flips = [T.RandomHorizontalFlip(), T.RandomVerticalFlip()] if train else []
         self.transform = T.Compose(flips + [Letterbox(224), T.ToTensor()])
@@ -84,8 +84,11 @@ class RecipeDataset(Dataset):
 
 
 def recipe(arch: str, weights: str, lists: Path, epochs: int) -> float:
-    train_data = DataLoader(RecipeDataset(lists / "train.txt", True), batch_size=8, shuffle=True, num_workers=4)
-    test_data = DataLoader(RecipeDataset(lists / "test.txt", False), batch_size=8, shuffle=False, num_workers=4)
+    # The tutorial has no validation split: it trains on the whole training share (train + val) and reports its
+    # last epoch's test accuracy, which chooses nothing.
+    train_data = DataLoader(RecipeDataset([lists / "train.txt", lists / "val.txt"], True), batch_size=8, shuffle=True,
+                            num_workers=4)
+    test_data = DataLoader(RecipeDataset([lists / "test.txt"], False), batch_size=8, shuffle=False, num_workers=4)
     model, report = adapt_model(arch, 2, weights=weights, freeze="head", seed=0)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=1e-3)
@@ -383,7 +386,7 @@ def main() -> None:
             else:
                 search_figures(arch, lists, tmp / "cache")
             return
-        samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
+        samples = [s for name in ("train.txt", "val.txt", "test.txt") for s in read_list_file(lists / name)]
         print(f"data: {args.images} JPEGs of 500×375, 2 classes, 60/40 split; {args.epochs} epochs, batch 8, "
               "lr 1e-3, head only")
 
@@ -486,7 +489,7 @@ def feature_pass(arch: str, lists: Path) -> dict:
     from core.images import load_jpeg_decoder
 
     spec = ARCHITECTURES[arch]
-    samples = read_list_file(lists / "train.txt") + read_list_file(lists / "test.txt")
+    samples = [s for name in ("train.txt", "val.txt", "test.txt") for s in read_list_file(lists / name)]
     threads, workers = plan_threads()
     torch.set_num_threads(threads)
     load_jpeg_decoder()

@@ -106,10 +106,15 @@ def test_line(acc: float | None, n: int, epoch: int | None, chosen_on: str) -> s
 
 
 def print_records(stream, printer=None):
-    """Print every record of a training stream; return the Final record."""
+    """Print every record of a training stream; return the Final record. The stream is closed either way, so
+    a failure here ends the run (its final record, its status) at once, not in the interpreter's teardown,
+    where its clean-up could no longer start the threads it needs and the process would hang."""
     printer = printer or ConsolePrinter()
     final = None
-    for record in stream:
-        printer(record)
-        final = record
+    try:
+        for record in stream:
+            printer(record)
+            final = record
+    finally:
+        stream.close()
     return final

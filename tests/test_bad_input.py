@@ -183,7 +183,7 @@ def test_split_paths_with_spaces_and_non_ascii(tmp_path):
     back = read_split(write_split(split, tmp_path / "lists"))
     assert back.classes == ["blue", "rouge foncé"]
     assert back.train + back.val + back.test == split.train + split.val + split.test
-    assert all(Path(p).is_file() for p, _ in back.train + back.test)
+    assert all(Path(p).is_file() for p, _ in back.train + back.val + back.test)
 
 
 def test_split_path_with_tab_or_newline_is_reported(colour_data):
@@ -193,7 +193,7 @@ def test_split_path_with_tab_or_newline_is_reported(colour_data):
     split = split_dataset(colour_data)
     reasons = [s.reason for s in split.skipped]
     assert len(reasons) == 2 and all("tab or newline" in r for r in reasons)
-    assert all("\t" not in p and "\n" not in p for p, _ in split.train + split.test)
+    assert all("\t" not in p and "\n" not in p for p, _ in split.train + split.val + split.test)
 
 
 def test_split_nested_folders(colour_data):
@@ -201,7 +201,7 @@ def test_split_nested_folders(colour_data):
     deep.mkdir(parents=True)
     (deep / "deep.png").write_bytes((colour_data / "blue" / "blue_00.png").read_bytes())
     split = split_dataset(colour_data)
-    assert any(p.endswith("a/b/deep.png") for p, _ in split.train + split.test)
+    assert any(p.endswith("a/b/deep.png") for p, _ in split.train + split.val + split.test)
 
 
 def test_split_symlink_loop(colour_data):

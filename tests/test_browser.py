@@ -162,7 +162,10 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.get_by_role("button", name="Start training").click()
     # The results' own content, not their heading: a live-view fragment's last tick can race the full rerun
     # that draws the results, and leave the heading out until the next rerun (seen once in CI, under load).
-    page.get_by_text(re.compile(r"^Per-class accuracy")).wait_for(timeout=240_000)
+    page.get_by_text(re.compile(r"^Per-class test accuracy")).wait_for(timeout=240_000)
+    # the Results say the test figure once, with its interval; the curves are validation's
+    page.get_by_text(re.compile(r"^Test accuracy \d+\.\d% \(95% CI \d+\.\d–\d+\.\d%, [\d,]+ images\)")).wait_for()
+    page.get_by_text("Per epoch: loss and validation accuracy").first.wait_for()
     assert "run=" in page.url
     page.get_by_text("Device: CPU").first.wait_for()
     # The confusion matrix answers a click: the bottom-right cell (triangles called triangles) lists its images.
@@ -186,12 +189,13 @@ def test_walk_all_pages_train_and_predict(server, page):
     # Once the twin ends, its page shows the pair: both best accuracies and their overlaid test curves.
     page.get_by_text("Pretrained vs from scratch", exact=True).first.wait_for(timeout=300_000)
     page.get_by_text("Same data, split, seed and settings.").first.wait_for()
-    page.get_by_text("test acc", exact=True).first.wait_for()
+    page.get_by_text("validation accuracy per epoch", exact=True).first.wait_for()
+    page.get_by_text(re.compile(r"^Pretraining's gain, paired on the same test images")).wait_for()
     assert page.get_by_role("button", name=re.compile("to compare$")).count() == 0  # the pair exists: no button
     summaries = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/summary.json")]
     configs = [json.loads(p.read_text()) for p in (workspace / "runs").glob("*/config.json")]
     assert len(summaries) == 2 and {bool(c["weights"]) for c in configs} == {True, False}
-    best = {bool(json.loads((p.parent / "config.json").read_text())["weights"]): json.loads(p.read_text())["best_acc"]
+    best = {bool(json.loads((p.parent / "config.json").read_text())["weights"]): json.loads(p.read_text())["test_acc"]
             for p in (workspace / "runs").glob("*/summary.json")}
     assert best[True] > best[False] + 0.3, best
     _shot(page, "3b-comparison")

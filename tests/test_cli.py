@@ -243,3 +243,20 @@ def test_predict_a_folder_into_a_csv(colour_data, lite0_file, tmp_path):
     assert right >= 18, [(r["path"], r["top_class"]) for r in readable]
     assert all(len(r["topk"].split("; ")) == 2 for r in readable)
     assert [r for r in rows if r["error"]][0]["path"].endswith("broken.png")
+
+
+def test_a_failure_while_printing_ends_the_run_at_once_and_the_process_exits(colour_data, lite0_file, tmp_path):
+    """The record stream is closed where the failure happens: its clean-up (final record, status, TensorBoard's
+    writer thread) used to run in the interpreter's teardown, where a thread cannot start, and hung for ever."""
+    script = (
+        "import sys, core.console as c\n"
+        "def boom(r):\n"
+        "    if r.type == 'epoch': raise RuntimeError('printing failed')\n"
+        "c.describe_record = boom\n"
+        "from core.cli import main\n"
+        f"sys.exit(main(['train', '--data', {str(colour_data)!r}, '--out', {str(tmp_path / 'run')!r}, '--arch', "
+        f"'efficientnet_lite0', '--weights', {str(lite0_file)!r}, '--epochs', '3', '--num-workers', '0']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "printing failed" in proc.stderr
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "stopped" and "stopped early" in status["reason"]

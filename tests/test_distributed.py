@@ -54,8 +54,10 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
     assert kinds.count("start") == 1 and kinds.count("final") == 1 and records.final.status == "completed"
     assert records.start.world_size == 2 and records.start.device_name == "2 × CPU (gloo)"
     test_size = len((tmp_path / "ddp" / "lists" / "test.txt").read_text().splitlines())
-    assert all(e.tested == test_size for e in records.epochs)
-    assert [e.test_acc for e in records.epochs] == [e.test_acc for e in single if e.type == "epoch"]
+    val_size = len((tmp_path / "ddp" / "lists" / "val.txt").read_text().splitlines())
+    assert all(e.tested == val_size for e in records.epochs) and records.test.tested == test_size
+    assert [e.val_acc for e in records.epochs] == [e.val_acc for e in single if e.type == "epoch"]
+    assert records.test.acc == next(r for r in single if r.type == "test").acc
     assert not list((tmp_path / "ddp").glob("error-rank*.txt"))
     predictor = Predictor.load(tmp_path / "ddp")
     assert predictor.classes == ["circle", "cross", "square", "star", "triangle"]
@@ -133,7 +135,7 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     assert not at.exception
     assert read_run(runs_dir() / name).status == "completed"
     assert any("Device: **2 × CPU (gloo)**" in c.value for c in at.caption)
-    assert "Results (epoch 2, the last finished)" in [s.value for s in at.subheader]
+    assert "Results on the test split (epoch 2)" in [s.value for s in at.subheader]
 
 
 @pytest.mark.slow
@@ -181,9 +183,10 @@ def test_two_nodes_with_c10d_rendezvous_train_one_run_folder(shapes, lite0_file,
     assert kinds.count("start") == 1 and kinds.count("final") == 1 and records.final.status == "completed"
     assert records.start.world_size == 2
     test_size = len((tmp_path / "nodes" / "lists" / "test.txt").read_text().splitlines())
-    assert all(e.tested == test_size for e in records.epochs)
+    assert records.test.tested == test_size
     predictions = json.loads((tmp_path / "nodes" / "predictions.json").read_text())
     assert sorted(p["index"] for p in predictions) == list(range(test_size))  # every test image counted once
     single = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(shapes),
                                     epochs=2, lr=0.01, seed=5), tmp_path / "single"))
-    assert [e.test_acc for e in records.epochs] == [e.test_acc for e in single if e.type == "epoch"]
+    assert [e.val_acc for e in records.epochs] == [e.val_acc for e in single if e.type == "epoch"]
+    assert records.test.acc == next(r for r in single if r.type == "test").acc

@@ -46,12 +46,14 @@ def test_a_run_stopped_after_2_of_4_epochs_and_resumed_equals_one_that_ran_strai
     assert records[0].type == "resumed" and records[0].after_epoch == 2 and records[-1].status == "completed"
     straight, resumed = read_records(tmp_path / "straight"), read_records(tmp_path / "resumed")
     assert [e.epoch for e in resumed.epochs] == [1, 2, 3, 4]  # one stream, in the same folder
-    assert [e.test_acc for e in resumed.epochs] == [e.test_acc for e in straight.epochs]
+    assert [e.val_acc for e in resumed.epochs] == [e.val_acc for e in straight.epochs]
+    assert [e.val_loss for e in resumed.epochs] == [e.val_loss for e in straight.epochs]
     assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in straight.epochs]
     assert [e.lr for e in resumed.epochs] == [e.lr for e in straight.epochs]  # the schedule went on
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the head's weights, bit for bit
-    assert resumed.final.status == "completed" and resumed.final.best_acc == straight.final.best_acc
+    assert resumed.final.status == "completed" and resumed.final.test_acc == straight.final.test_acc
+    assert resumed.test.epoch == straight.test.epoch  # the same epoch chosen on validation, tested once
     assert read_run(tmp_path / "resumed").status == "completed"
 
 
@@ -65,7 +67,7 @@ def test_the_full_forward_path_resumes_within_float_tolerance(colours, tmp_path)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
     straight, resumed = read_records(tmp_path / "straight"), read_records(tmp_path / "resumed")
-    assert [e.test_acc for e in resumed.epochs] == pytest.approx([e.test_acc for e in straight.epochs], abs=0.1)
+    assert [e.val_acc for e in resumed.epochs] == pytest.approx([e.val_acc for e in straight.epochs], abs=0.1)
 
 
 def test_resume_refusals_leave_the_run_as_it_was(colours, lite0_file, tmp_path):
