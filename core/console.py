@@ -85,10 +85,10 @@ def describe_record(record) -> str | None:
         ended = f"{record.status} after {record.seconds:.1f}s" + (f": {record.reason}" if record.reason else "")
         if record.test_acc is None and record.best_acc is not None:  # a run from before validation
             ended += f"\ntest accuracy {pct(record.best_acc)}, epoch {record.best_epoch} chosen on the test split"
-        elif record.test_acc is None and record.epochs_completed:
-            ended += "\ntest not evaluated"
-        else:
+        elif record.test_acc is not None:
             ended += "\n" + test_line(record.test_acc, record.test_n, record.best_epoch, record.chosen_on)
+        elif record.epochs_completed:
+            ended += "\ntest not evaluated"
         return ended
     return None
 

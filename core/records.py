@@ -179,6 +179,7 @@ class Test(_Record):
     epoch (or an early stop, or a Stop) on the epoch chosen on validation; with no validation split, the last
     epoch's own test pass. ``per_class_n``: test images of each class."""
     type: ClassVar[str] = "test"
+    __test__: ClassVar[bool] = False  # a record, not a test case for pytest to collect
     epoch: int
     chosen_by: str  # "validation" or "last epoch"
     loss: float | None

@@ -53,13 +53,13 @@ def test_train_defaults_to_pretrained_weights_a_named_run_folder_and_the_cache(c
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert f"weights: {lite0_file}" in first.stdout
-    assert "features for train: 12 images computed" in first.stdout
+    assert "features for train: 10 images computed" in first.stdout
     runs = list_runs(runs_dir())
     assert len(runs) == 1 and runs[0].status == "completed" and runs[0].config.weights == str(lite0_file)
     assert "efficientnet_lite0-pt" in runs[0].name and runs[0].path.parent == runs_dir()
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr
-    assert "features for train: 12 images read from the cache" in second.stdout
+    assert "features for train: 10 images read from the cache" in second.stdout
     assert "features for test: 8 images read from the cache" in second.stdout
     assert len(list_runs(runs_dir())) == 2
 
@@ -124,7 +124,8 @@ def test_train_from_tutorial_lists_without_classes_json(colour_data, resnet18_fi
     assert "class names from the image folders" in result.stdout
     start = read_records(tmp_path / "run").start
     assert start.classes == ["blue", "red"] and start.class_names == "from folders"
-    assert start.train_size == 12 and start.test_size == 8
+    assert start.train_size == 10 and start.val_size == 2 and start.test_size == 8  # validation carved in the run
+    assert "carved from train.txt, which has no val.txt" in result.stdout
 
 
 def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_path):
@@ -172,7 +173,7 @@ def test_a_run_on_only_unreadable_images_fails_saying_so(tmp_path, resnet18_file
     failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file, "--freeze",
                      freeze, "--epochs", "1", "--num-workers", "0", "--out", tmp_path / "run")
     assert failed.returncode == 2
-    assert "none of the 4 training images could be read" in failed.stderr
+    assert "none of the 2 training images could be read" in failed.stderr  # 4 in the training share, 2 validate
     assert read_records(tmp_path / "run").final.status == "failed"
 
 
@@ -181,7 +182,7 @@ def test_out_holding_a_failed_run_is_reused_only_with_force(colour_data, resnet1
     out = tmp_path / "run"
     failed = run_cli("train", "--data", _unreadable_data(tmp_path / "bad"), "--weights", resnet18_file,
                      "--epochs", "1", "--num-workers", "0", "--out", out)
-    assert "none of the 4 training images could be read" in _one_error_line(failed)
+    assert "none of the 2 training images could be read" in _one_error_line(failed)
     again = _one_error_line(run_cli("train", "--data", colour_data, "--weights", resnet18_file, "--epochs", "1",
                                     "--num-workers", "0", "--out", out))
     assert "already holds a failed run" in again and "--force" in again

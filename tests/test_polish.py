@@ -34,7 +34,7 @@ def test_1_early_stopping_is_said_where_the_run_is_shown_and_in_the_table(small_
     final = read_records(run).final
     assert final.epochs_completed < 8
     at = _app("app_pages/training.py", run="early")
-    said = (f"Stopped early at epoch {final.epochs_completed} of 8: no better test accuracy for 1 epoch; "
+    said = (f"Stopped early at epoch {final.epochs_completed} of 8: no better validation accuracy for 1 epoch; "
             f"predictions use epoch {final.best_epoch}.")
     assert said in [i.value for i in at.info]
     table = next(d.value for d in at.dataframe if "note" in d.value.columns)  # the runs table

@@ -96,9 +96,9 @@ def test_progress_records_come_before_the_first_epoch(tmp_path, lite0_file):
     kinds = [r.type for r in records]
     first_epoch = kinds.index("epoch")
     features = [r for r in records[:first_epoch] if isinstance(r, Progress) and r.phase == "features"]
-    assert {p.split for p in features} == {"train", "test"}
+    assert {p.split for p in features} == {"train", "val", "test"}
     train_progress = [p for p in features if p.split == "train"]
-    assert train_progress[0].done == 0 and train_progress[-1].done == train_progress[-1].total == 180
+    assert train_progress[0].done == 0 and train_progress[-1].done == train_progress[-1].total == 144  # 180 less 20%
     assert any(isinstance(r, Progress) and r.phase == "test" and r.epoch == 1 for r in records)
     split_seconds = [r.seconds for r in records if isinstance(r, Features)]
     total_pass = records[-1].time - records[0].time
