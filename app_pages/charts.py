@@ -186,10 +186,14 @@ def compare_chart(runs: list[RunInfo]) -> None:
 
 
 def class_counts_chart(counts: pd.DataFrame) -> None:
-    long = counts.melt(id_vars=["class"], value_vars=["train", "test"], var_name="part", value_name="images")
+    parts = ["train", "validation", "test"]
+    long = counts.rename(columns={"val": "validation"}).melt(id_vars=["class"], value_vars=parts, var_name="part",
+                                                            value_name="images")
     st.altair_chart(alt.Chart(long).mark_bar().encode(
-        x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None), color=alt.Color("part:N"),
-        tooltip=["class", "part", "images"]), width="stretch")
+        x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None),
+        color=alt.Color("part:N", sort=parts, scale=alt.Scale(domain=parts, scheme="tableau10")),
+        order=alt.Order("part_order:Q"), tooltip=["class", "part", "images"]).transform_calculate(
+        part_order="indexof(['train', 'validation', 'test'], datum.part)"), width="stretch")
 
 
 class DownloadProgress:

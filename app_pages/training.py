@@ -519,7 +519,7 @@ def gallery(run_path: Path, classes: list[str], images: list[TestImage], key: st
             if column.button("Why?", key=f"tr_why_{key}_{i.index}", width="stretch",
                              help="Grad-CAM for the true and the predicted class"):
                 why_dialog(run_path, classes, i)
-            column.caption(f"{classes[i.label]} → {classes[i.pred]} ({i.prob:.0%})"
+            column.caption(f"{classes[i.label]} → {classes[i.pred]} ({pct(i.prob)})"
                            + (f" · loss {i.loss:.2f}" if key == "loss" and i.loss is not None else "")
                            + (f" · margin {i.margin:.2f}" if key == "margin" and i.margin is not None else ""))
 
@@ -532,7 +532,7 @@ def why_dialog(run_path: Path, classes: list[str], picked: TestImage) -> None:
         st.error(f"This run's model cannot be loaded to explain the image: {exc}")
         return
     st.markdown(f"**{Path(picked.path).name}**, a {classes[picked.label]}, was called "
-                f"**{classes[picked.pred]}** ({picked.prob:.0%}). Grad-CAM of the checkpoint of epoch "
+                f"**{classes[picked.pred]}** ({pct(picked.prob)}). Grad-CAM of the checkpoint of epoch "
                 f"{predictor.epoch}, on the image as the model saw it: red is where the evidence lies.")
     left, right = st.columns(2)
     left.caption(f"Evidence for the true class: {classes[picked.label]}")
@@ -548,8 +548,9 @@ def baseline_line(run_path: Path) -> None:
         return
     b = report.baseline
     st.caption(f"Data check's baseline for these images: a linear head on the {report.arch} features reaches "
-               f"{100 * b.accuracy:.1f}% ± {100 * b.std:.1f} ({b.folds}-fold cross-validation; k-NN "
-               f"{100 * b.knn_accuracy:.1f}%). A head-only run should land near it.")
+               f"{pct(b.accuracy)} ± {100 * b.std:.1f} points ({b.folds}-fold cross-validation on the "
+               f"{b.images:,} training and validation images, test labels never read; k-NN "
+               f"{pct(b.knn_accuracy)}). A head-only run should land near it.")
 
 
 def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:

@@ -122,9 +122,10 @@ def test_walk_all_pages_train_and_predict(server, page):
 
     _go(page, "1 · Dataset")
     page.get_by_text("Samples").wait_for()
-    page.get_by_role("button", name="Write train.txt / test.txt").click()
+    page.get_by_role("button", name="Write train.txt / val.txt / test.txt").click()
     page.get_by_text("Wrote ").wait_for()
     assert (next((workspace / "lists").iterdir()) / "train.txt").is_file()
+    assert (next((workspace / "lists").iterdir()) / "val.txt").is_file()
     _shot(page, "1-dataset")
 
     # 2 · Check the data: the check runs, and a box dragged on the map shows the images inside it.
