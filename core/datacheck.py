@@ -625,6 +625,13 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
     # for the folds it would need caps the fold count.
     group_ids = np.array([groups.find(i) for i in rows])
     distinct = min(len({g for g, l in zip(group_ids, labels) if l == c}) for c in range(len(eligible)))
+    if distinct < 2 or len(set(group_ids.tolist())) < 2:
+        # Cross-validation needs two distinct images (groups of copies) in every class it checks: with all
+        # images copies of one another there is nothing to hold out. Said, not crashed on.
+        report.notes.append(f"no label check and no baseline: a class has {int(distinct)} distinct image(s) once "
+                            "copies are grouped (the duplicates section lists them), and cross-validation needs "
+                            "at least two in every class")
+        return
     folds = max(2, min(MAX_FOLDS, int(distinct)))
     if folds < MAX_FOLDS:
         report.notes.append(f"{folds}-fold cross-validation (the smallest class has {int(distinct)} distinct images)")

@@ -288,3 +288,18 @@ def test_the_fingerprint_ignores_sides_but_not_images(planted):
     assert data_fingerprint(fewer, "efficientnet_lite0", None) != data_fingerprint(a, "efficientnet_lite0", None)
     assert data_fingerprint(fewer, "efficientnet_lite0", None, also=[a.train[0]]) == \
         data_fingerprint(a, "efficientnet_lite0", None)
+
+
+def test_all_identical_images_get_a_report_that_says_so_not_a_crash(tmp_path, lite0_file):
+    """Every image a copy of its class's one photo: one group per class, nothing to hold out in a fold."""
+    root = tmp_path / "same"
+    for name, colour in (("blue", (30, 60, 220)), ("red", (220, 40, 40))):
+        (root / name).mkdir(parents=True)
+        picture = Image.new("RGB", (48, 48), colour)
+        for i in range(12):
+            picture.save(root / name / f"{name}_{i:02d}.png")
+    records, report = drain(check_data(split_dataset(root, 0.6, 0), arch="efficientnet_lite0",
+                                       weights=str(lite0_file), cache_dir=tmp_path / "cache"))
+    assert report.baseline is None and report.label_issues == []
+    assert any("no label check and no baseline" in n and "distinct image" in n for n in report.notes)
+    assert {len(g.members) for g in report.duplicates if g.kind == "exact"} == {12}
