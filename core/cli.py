@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import sys
@@ -412,15 +413,14 @@ def _predict_folder(predictor, args) -> int:
             break
         if sys.stderr.isatty():
             print(f"\rpredicted {done}/{total} images", end="", file=sys.stderr, flush=True)
-    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
-    try:
-        writer = csv.writer(out)
-        writer.writerow(CSV_HEADER)
-        writer.writerows(row.csv_fields() for row in rows)
-    finally:
-        if args.csv:
-            out.close()
+    out = io.StringIO(newline="") if args.csv else sys.stdout
+    writer = csv.writer(out)
+    writer.writerow(CSV_HEADER)
+    writer.writerows(row.csv_fields() for row in rows)
     if args.csv:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.csv, out.getvalue())  # whole or not at all, under the user's own name
         failed = sum(bool(row.error) for row in rows)
         print(f"{len(rows)} images predicted into {args.csv}" + (f"; {failed} could not be read" if failed else ""))
     return 0
@@ -719,12 +719,30 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_split, _add_inspect, _add_archs, _add_surgery, _add_train, _add_lr_find, _add_tune,
                 _add_predict, _add_report, _add_export_import_demo, _add_runs):
         add(sub)
+    for name, command in sub.choices.items():
+        if name in OUTPUT_FILES:
+            flags = ", ".join(f"--{flag}" for flag in OUTPUT_FILES[name])
+            command.add_argument("--force", action="store_true", help=f"replace the file {flags} names if it exists")
     return parser
+
+
+# The files a command writes where the user says (as opposed to run folders and caches it names itself): each
+# is refused when it exists already, unless --force, so nothing the user made is overwritten silently.
+OUTPUT_FILES = {"inspect": ("json",), "lr-find": ("json",), "tune": ("json",), "report": ("json",),
+                "predict": ("csv", "cam"), "export": ("out",)}
+
+
+def refuse_existing_outputs(args) -> None:
+    for name in OUTPUT_FILES.get(args.command, ()):
+        path = getattr(args, name, None)
+        if isinstance(path, str) and Path(path).exists() and not getattr(args, "force", False):
+            raise UserError(f"'{path}' exists already; give another file name for --{name}, or --force to replace it")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        refuse_existing_outputs(args)
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ from .config import TTA_MODES
 from .calibration import Calibration, bound_note, calibrate, expected_calibration_error, softmax
 from .errors import RunError
 from .rundir import RunDir, read_predictions, read_records, read_run, read_test_outputs
-from .split import read_list_file
+from .split import read_list_file, read_split
 from .states import RunState
 
 SHOWN = 12  # top losses and least certain images listed
@@ -322,7 +322,7 @@ def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str 
     t0 = time.time()
     run = RunDir(run_dir)
     predictor = Predictor.load(run.path, device=device)
-    samples = read_list_file(run.lists / "test.txt", len(predictor.classes))
+    samples = read_split(run.lists).test  # labels as the run trained them (list files without classes.json: dense)
     if not samples:
         raise RunError("the run's test list is empty: nothing to evaluate")
     plain, augmented, labels, unreadable = [], [], [], 0

@@ -426,7 +426,10 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
 
 
 LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
-MAX_CLASSES = 100_000
+MAX_CLASSES = 100_000  # what a list file or classes.json may name
+# What a run may train: every epoch records a classes × classes confusion matrix, which at 1,000 classes is
+# already a 1M-cell line of metrics.jsonl per epoch (a sparse matrix would lift this; see the README).
+MAX_TRAINED_CLASSES = 1_000
 
 
 def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
@@ -455,22 +458,32 @@ def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> l
 
 
 def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:
-    """Class names for list files without classes.json (the tutorial writes none).
+    """Class names for list files without classes.json (the tutorial writes none), one per label that occurs.
 
-    Each label is named after the folder its images have in common, when those folders
-    differ between labels; otherwise the classes are numbered ``class_<label>``.
+    Each label is named after the folder its images have in common, when those folders differ between
+    labels; otherwise the classes are numbered ``class_<label>``. Only labels that occur are classes (see
+    ``dense_labels``): a lone label 3000 makes one class, not 3001.
     """
-    n = max((label for _, label in samples), default=-1) + 1
+    present = sorted({label for _, label in samples})
     folders: dict[int, list[str]] = {}
     for path, label in samples:
         folders.setdefault(label, []).append(os.path.dirname(path))
     try:
-        names = [os.path.basename(os.path.commonpath(folders[i])) if i in folders else "" for i in range(n)]
+        names = [os.path.basename(os.path.commonpath(folders[label])) for label in present]
     except ValueError:  # absolute and relative paths mixed
         names = []
-    if names and all(names) and len(set(names)) == n:
+    if names and all(names) and len(set(names)) == len(present):
         return names, "from folders"
-    return [f"class_{i}" for i in range(n)], "numbered"
+    return [f"class_{label}" for label in present], "numbered"
+
+
+def dense_labels(*lists: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """The lists with their labels renumbered 0..k-1 in the order of the labels that occur, so the model, its
+    confusion matrix and every per-class figure are sized by the classes trained, not by the largest label
+    (a list whose only labels are 0 and 3000 trains 2 classes). Labels 0..k-1 that all occur are unchanged."""
+    present = sorted({label for samples in lists for _, label in samples})
+    index = {label: i for i, label in enumerate(present)}
+    return [[(path, index[label]) for path, label in samples] for samples in lists]
 
 
 def _read_classes_json(folder: Path) -> tuple[list[str], dict]:
@@ -499,7 +512,7 @@ def read_training_list(folder: str | os.PathLike) -> tuple[list[tuple[str, int]]
         classes, _ = _read_classes_json(folder)
         return [s for part in parts for s in read_list_file(part, len(classes))], classes
     train = [s for part in parts for s in read_list_file(part)]
-    return train, infer_class_names(train)[0]
+    return dense_labels(train)[0], infer_class_names(train)[0]
 
 
 def read_split(folder: str | os.PathLike) -> Split:
@@ -514,6 +527,7 @@ def read_split(folder: str | os.PathLike) -> Split:
         train, test = read_list_file(folder / "train.txt"), read_list_file(folder / "test.txt")
         val = read_list_file(folder / "val.txt") if has_val else []
         classes, how = infer_class_names(train + val + test)
+        train, val, test = dense_labels(train, val, test)
         return Split(str(folder), classes, train, test, None, None, class_names=how, val=val, has_val_list=has_val)
     classes, info = _read_classes_json(folder)
     n = len(classes)

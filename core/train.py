@@ -29,7 +29,8 @@ from .accel import (as_input, configure_device, inference_copy, plan_threads, re
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform, decoding_line, training_transform
-from .split import LIST_FILES, Split, carve_validation, read_split, split_dataset, write_split
+from .split import (LIST_FILES, MAX_TRAINED_CLASSES, Split, carve_validation, read_list_file, read_split,
+                    split_dataset, write_split)
 from .states import Phase
 from .errors import RunError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -75,6 +76,14 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: Worl
     split = read_split(run.lists)
     if not split.train:
         raise RunError("the training list is empty; add images or change the split")
+    if len(split.classes) > MAX_TRAINED_CLASSES:
+        raise RunError(f"the lists name {len(split.classes):,} classes; a run trains at most {MAX_TRAINED_CLASSES:,} "
+                       "(its per-epoch figures grow with the square of the class count)")
+    present = sorted({split.classes[label] for _, label in split.train})
+    if len(present) < 2:  # one class: every answer is right, and "100.0%" would mean nothing
+        raise RunError(f"the training list holds images of {len(present)} class ({', '.join(present) or 'none'}); a "
+                       "classifier needs at least two classes to tell apart, so its accuracy would mean nothing. "
+                       "Add a folder (or list lines) for another class")
     return split
 
 
@@ -99,8 +108,16 @@ def validation_line(cfg: TrainConfig, run: RunDir, split: Split) -> str:
 def _carve_for_old_lists(cfg: TrainConfig, run: RunDir) -> None:
     """List files without val.txt (the tutorial's): carve validation from the copied train.txt, seeded, and keep
     the lists the run used in its own folder, saying so."""
+    # the labels as the files write them (without classes.json, read_split renumbers them: the carved lists must
+    # keep the user's numbers, as test.txt does)
+    given = read_list_file(run.lists / "train.txt")
     split = read_split(run.lists)
-    train, val, notes = carve_validation(split.train, split.classes, cfg.val_ratio, cfg.seed)
+    if (run.lists / "classes.json").is_file():
+        names = dict(enumerate(split.classes))
+    else:  # split.classes name the labels that occur in any list, in label order
+        labels = {label for _, label in given + read_list_file(run.lists / "test.txt")}
+        names = dict(zip(sorted(labels), split.classes))
+    train, val, notes = carve_validation(given, names, cfg.val_ratio, cfg.seed)
     atomic_write_text(run.lists / "train.txt", "".join(f"{p}\t{label}\n" for p, label in train))
     atomic_write_text(run.lists / "val.txt", "".join(f"{p}\t{label}\n" for p, label in val))
     line = (f"{count(len(val), 'image')} carved from train.txt, which has no val.txt: {pct(cfg.val_ratio, 0)} of "

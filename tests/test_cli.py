@@ -261,3 +261,17 @@ def test_a_failure_while_printing_ends_the_run_at_once_and_the_process_exits(col
     assert proc.returncode != 0 and "printing failed" in proc.stderr
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "stopped" and "stopped early" in status["reason"]
+
+
+def test_files_the_user_names_are_never_overwritten_without_force(tmp_path):
+    from core.cli import main
+
+    mine = tmp_path / "mine.json"
+    mine.write_text("my own notes")
+    for argv in (["report", str(tmp_path / "no-run"), "--json", str(mine)],
+                 ["inspect", "--data", str(tmp_path), "--json", str(mine)],
+                 ["predict", str(tmp_path / "no-run"), str(tmp_path), "--csv", str(mine)]):
+        proc = subprocess.run([sys.executable, "-m", "core", *argv], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and f"'{mine}' exists already" in proc.stderr and "--force" in proc.stderr
+    assert mine.read_text() == "my own notes"
+    assert main(["report", str(tmp_path / "no-run"), "--json", str(mine), "--force"]) == 2  # past the guard: no run

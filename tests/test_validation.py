@@ -191,3 +191,43 @@ def test_paired_difference_says_within_noise_and_beyond():
     assert close.within_noise and "within noise" in close.text()
     far = paired_difference([True] * 90 + [False] * 10, [False] * 60 + [True] * 40)
     assert not far.within_noise and far.difference == pytest.approx(0.5) and far.p_value < 1e-6
+
+
+def test_a_training_list_of_one_class_is_refused_not_reported_as_100_percent(tmp_path, lite0_file):
+    make_colour_dataset(tmp_path / "one", per_class=10, classes=("blue",))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    paths = sorted(str(p) for p in (tmp_path / "one" / "blue").iterdir())
+    (lists / "train.txt").write_text("".join(f"{p}\t0\n" for p in paths[:6]))
+    (lists / "test.txt").write_text("".join(f"{p}\t0\n" for p in paths[6:]))
+    final = list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=1), tmp_path / "run"))[-1]
+    assert final.status == "failed" and "at least two classes" in final.reason and "(blue)" in final.reason
+    assert final.test_acc is None
+
+
+def test_a_label_of_3000_trains_two_classes_not_3001(tmp_path, lite0_file):
+    """The class count is what the lists hold, not their largest label: nothing grows with a label's value."""
+    make_colour_dataset(tmp_path / "d", per_class=10)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = {"train.txt": range(0, 6), "test.txt": range(6, 10)}
+    for name, indices in rows.items():
+        (lists / name).write_text("".join(f"{tmp_path / 'd' / colour / f'{colour}_{i:02d}.png'}\t{label}\n"
+                                          for colour, label in (("blue", 0), ("red", 3000)) for i in indices))
+    records = list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=2), tmp_path / "run"))
+    assert records[0].classes == ["blue", "red"] and records[-1].status == "completed"
+    assert all(len(e.confusion) == 2 for e in records if isinstance(e, Epoch))
+    assert (tmp_path / "run" / "metrics.jsonl").stat().st_size < 50_000
+
+
+def test_more_classes_than_a_run_trains_are_refused_with_the_limit(tmp_path, lite0_file):
+    from core.split import MAX_TRAINED_CLASSES
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    n = MAX_TRAINED_CLASSES + 1
+    (lists / "train.txt").write_text("".join(f"/nowhere/{i}.png\t{i}\n" for i in range(n)))
+    (lists / "test.txt").write_text("/nowhere/t.png\t0\n")
+    final = list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=1, val_ratio=0),
+                       tmp_path / "run"))[-1]
+    assert final.status == "failed" and f"at most {MAX_TRAINED_CLASSES:,}" in final.reason
