@@ -8,14 +8,13 @@ machine (``bench/arch_speed.json``), and the chooser says which.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .archs import ARCHITECTURES, get_arch
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json_file
 from .weights import find_weights, list_sources
 from .workspace import workspace_dir
 
@@ -75,7 +74,7 @@ def read_speeds(path: Path, where: str | None = None) -> dict[str, Speed]:
     try:
         if not path.is_file() or path.stat().st_size > MAX_SPEED_FILE:
             return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("archs"), dict):

@@ -1,13 +1,12 @@
 """Hyperparameters: one dataclass, saved with every checkpoint so a run can rebuild its model."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from .errors import ConfigError
+from .io import read_json_file
 
 DEFAULT_TRAIN_RATIO = 0.6
 DEFAULT_VAL_RATIO = 0.2  # of the training share: the images every choice (checkpoint, stop, temperature) reads
@@ -222,6 +221,6 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+            return cls.from_dict(read_json_file(path))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"could not read config '{path}': {exc}") from None

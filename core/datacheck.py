@@ -30,7 +30,7 @@ import numpy as np
 from .config import DEFAULT_VAL_RATIO
 from .errors import DatasetError
 from .health import (ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable)
-from .io import atomic_write_text
+from .io import atomic_write_text, parse_json, read_json_file
 from .records import Progress, ProgressMeter
 from .split import Split
 from .states import Phase
@@ -242,7 +242,7 @@ def load_report(folder: str | os.PathLike, fingerprint: str) -> DataReport | Non
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"the stored data check cannot be read ({exc}); run the check again") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError:
         raise DatasetError("the stored data check is damaged (not JSON: half-written?); run the check again") from None
     if not isinstance(data, dict):
@@ -268,7 +268,7 @@ def read_path_list(path: str | os.PathLike) -> list[str]:
 def duplicate_groups_from_json(path: str | os.PathLike) -> list[list[str]]:
     """The duplicate groups of a report that ``inspect --json`` wrote (for ``--keep-together``)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json_file(path)
         groups = [[str(m["path"]) for m in group] for group in data["duplicates"]]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"'{path}' is not a report of `python -m core inspect --json` ({type(exc).__name__}: "

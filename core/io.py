@@ -137,6 +137,29 @@ def torch_load_tensors(source):
         return torch.load(source, map_location="cpu", weights_only=True)
 
 
+MAX_JSON_BYTES = 256 * 1024**2  # no JSON file this program reads is near this; a larger one is not read at all
+
+
+def parse_json(text: str | bytes):
+    """``json.loads`` for text from a file anyone may have written: nesting too deep for the parser (a
+    RecursionError, which is not a ValueError) becomes a ValueError like any other malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to be a file of this program") from None
+
+
+def read_json_file(path, encoding: str = "utf-8", limit: int = MAX_JSON_BYTES):
+    """A JSON file, read only when it is at most ``limit`` bytes (OSError, UnicodeDecodeError or ValueError
+    otherwise, as reading and parsing it would raise)."""
+    size = os.stat(path).st_size
+    if size > limit:
+        raise ValueError(f"{size:,} bytes, more than the {limit:,} a file of this program may hold")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return parse_json(data.decode(encoding))
+
+
 def append_jsonl(path, record: dict) -> None:
     try:
         with open(path, "a", encoding="utf-8") as f:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
-from .io import atomic_write_json, atomic_write_text, temp_file_owner
+from .io import atomic_write_json, atomic_write_text, parse_json, read_json_file, temp_file_owner
 from .process import process_gone, process_start_ticks
 from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
 from .states import ENDED, WRITTEN, RunState
@@ -220,7 +220,7 @@ def own_resume_claim(run: RunDir, attempt: int) -> None:
 
 def _claim_is_stale(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
         state = WorkerState(RunState.STARTING, pid=int(data["pid"]), host=str(data["host"]),
                             pid_start=data.get("pid_start") if isinstance(data.get("pid_start"), int) else None)
     except FileNotFoundError:
@@ -309,7 +309,7 @@ class Heartbeat:
 
 def _read_json(path: Path, what: str):
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return read_json_file(path)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -399,7 +399,7 @@ def read_records(run: RunDir | str | os.PathLike) -> Records:
         if not raw.strip():
             continue
         try:
-            record = parse_record(json.loads(raw.decode("utf-8")))
+            record = parse_record(parse_json(raw.decode("utf-8")))
         except UnicodeDecodeError:
             raise DamagedRun(run.metrics.name, f"line {number} is not valid UTF-8") from None
         except RecordError as exc:

@@ -20,7 +20,7 @@ from typing import Optional
 from .config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
 from .errors import DatasetError
 from .health import Unreadable, read_header
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json_file
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
 # that a split should not pay; tests/test_split.py checks the two stay equal.
@@ -489,7 +489,7 @@ def dense_labels(*lists: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
 def _read_classes_json(folder: Path) -> tuple[list[str], dict]:
     """The class names of ``classes.json``, and the rest it says (root, ratio, seed), checked."""
     try:
-        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8-sig"))
+        meta = read_json_file(folder / "classes.json", encoding="utf-8-sig")
         classes = meta["classes"] if isinstance(meta, dict) else meta
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise ValueError("expected a list of class names")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,8 +62,10 @@ def remember_data_root(path: str | os.PathLike, visitor: str) -> None:
 
 def remembered_data_root(visitor: str) -> str | None:
     """The data root ``visitor`` chose last, or None (never chosen, or the file is damaged)."""
+    from .io import read_json_file
+
     try:
-        value = json.loads(_remembered_file(visitor).read_text(encoding="utf-8")).get("data_root")
+        value = read_json_file(_remembered_file(visitor), limit=1024**2).get("data_root")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and value else None

@@ -171,3 +171,22 @@ def test_a_write_that_fails_removes_its_own_temporary_file(tmp_path):
         f.write(b"partial")
         raise RuntimeError("the writer failed")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- every file is hostile
+def test_a_run_file_nested_too_deeply_marks_that_run_damaged_and_the_listing_goes_on(tmp_path):
+    """json.loads raises RecursionError (not a ValueError) on deep nesting: it must never reach a page."""
+    cfg = TrainConfig(data_root=str(tmp_path))
+    good = create_run(tmp_path / "runs" / "good", cfg)
+    deep = "[" * 100_000 + "]" * 100_000
+    for name in ("config.json", "status.json", "summary.json", "predictions.json"):
+        bad = create_run(tmp_path / "runs" / f"bad-{name}", cfg)
+        (bad.path / name).write_text(deep)
+    bad_line = create_run(tmp_path / "runs" / "bad-metrics", cfg)
+    bad_line.metrics.write_text(deep + "\n")
+    runs = {info.name: info for info in list_runs(tmp_path / "runs")}
+    assert runs["good"].status is RunState.STARTING
+    for name, info in runs.items():
+        if name != "good":
+            assert info.status is RunState.DAMAGED, (name, info.reason)
+            assert "nested too deeply" in info.reason or "not JSON" in info.reason, (name, info.reason)
