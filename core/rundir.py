@@ -469,10 +469,13 @@ def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOu
 
     name = run.test_outputs.name
     try:
+        _check_array_headers(run.test_outputs, num_classes, test_images)  # before anything is decompressed
         with np.load(run.test_outputs, allow_pickle=False) as data:
             arrays = {key: data[key] for key in TEST_OUTPUT_KEYS}
     except FileNotFoundError:
         return None
+    except DamagedRun:
+        raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise DamagedRun(name, f"it cannot be read as this run's test outputs ({type(exc).__name__})") from None
     epoch, index, label, logits = (arrays[key] for key in TEST_OUTPUT_KEYS)
@@ -490,6 +493,27 @@ def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOu
     if problem:
         raise DamagedRun(name, problem)
     return TestOutputs(int(epoch), index, label, logits.astype(np.float32, copy=False))
+
+
+def _check_array_headers(path: Path, num_classes: int, test_images: int) -> None:
+    """Every array's shape and type from its .npy header, and every member's declared size, checked against what
+    this run can hold (at most ``test_images`` rows of ``num_classes`` logits) before any array is loaded, so a
+    crafted file (a zip bomb, a header promising 10^12 rows) costs nothing to refuse."""
+    import numpy as np
+
+    limits = {"epoch": 1, "index": test_images, "label": test_images, "logits": test_images * num_classes}
+    with zipfile.ZipFile(path) as archive:
+        for key, most in limits.items():
+            info = archive.getinfo(f"{key}.npy")
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = reader(f)
+            cells = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if dtype.hasobject or dtype.itemsize > 8 or cells > most or info.file_size > most * 8 + 4096:
+                raise DamagedRun(path.name, f"its {key} array ({shape}, {dtype}, {info.file_size:,} bytes) is larger "
+                                            f"than this run's {test_images:,} test images × {num_classes:,} classes")
 
 
 def _check_test_outputs(run: RunDir) -> None:

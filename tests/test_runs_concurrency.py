@@ -190,3 +190,30 @@ def test_a_run_file_nested_too_deeply_marks_that_run_damaged_and_the_listing_goe
         if name != "good":
             assert info.status is RunState.DAMAGED, (name, info.reason)
             assert "nested too deeply" in info.reason or "not JSON" in info.reason, (name, info.reason)
+
+
+def test_an_npz_bomb_is_refused_from_its_headers_before_anything_is_loaded(tmp_path):
+    """A test_outputs.npz whose logits member inflates to 512 MiB and claims 2 GB: refused by its header."""
+    import resource
+    import zipfile
+
+    import numpy as np
+
+    from core.rundir import DamagedRun, read_test_outputs
+
+    run = create_run(tmp_path / "run", TrainConfig(data_root=str(tmp_path)))
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    header["shape"] = (500_000_000, 1)
+    with zipfile.ZipFile(run.test_outputs, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in (("epoch", np.array(1)), ("index", np.arange(3)), ("label", np.zeros(3, np.int64))):
+            with archive.open(f"{key}.npy", "w") as f:
+                np.lib.format.write_array(f, array)
+        with archive.open("logits.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            chunk = bytes(64 * 1024**2)
+            for _ in range(8):  # 512 MiB of zeros (the header promises 2 GB), a few hundred KB on disk
+                f.write(chunk)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DamagedRun, match="larger than this run's 3 test images × 2 classes"):
+        read_test_outputs(run, num_classes=2, test_images=3)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing was inflated
