@@ -81,6 +81,9 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     records = read_records(run)
     if checkpoint["epoch"] >= load_config(run).epochs:
         raise RunError("nothing to resume: the checkpoint is of the last epoch")
+    problem = _unresumable(checkpoint, run)
+    if problem:
+        raise RunError(f"{run.last.name} cannot be resumed: {problem}; the run is left as it was (start it again)")
     # One claim per attempt: every attempt that got its claim ends with a final record (a failure included),
     # so the count of finals names the next attempt and a failed one never blocks the next; one killed
     # before its final leaves a claim whose process is gone, which the next attempt takes over.
@@ -90,6 +93,42 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     elif not claim_resume(run, attempt):
         raise RunError("another resume of this run has started; follow that one")
     return ResumePoint(checkpoint, [e for e in records.epochs if e.epoch <= checkpoint["epoch"]])
+
+
+def _unresumable(checkpoint: dict, run: RunDir) -> str:
+    """What in ``checkpoint`` would fail or mislead once training went on from it (a forged or foreign file):
+    the epoch, the optimizer's and the schedule's state, the random state, the class list and every tensor of
+    the model, checked against the run's own config and lists before anything starts; "" when it fits."""
+    import torch
+
+    from .split import read_split
+    from .surgery import adapt_model
+
+    cfg = load_config(run)
+    epoch = checkpoint["epoch"]
+    if not 1 <= epoch < cfg.epochs:
+        return f"its epoch {epoch} is not one of the run's epochs 1 to {cfg.epochs - 1}"
+    optimizer = checkpoint.get("optimizer")
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        return "it holds no optimizer state"
+    if not (checkpoint.get("scheduler") is None or isinstance(checkpoint.get("scheduler"), dict)):
+        return "its schedule state is not one"
+    rng = checkpoint.get("rng")
+    if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
+        return "its random state is not torch's"
+    classes = read_split(run.lists).classes
+    if checkpoint.get("classes") != classes:
+        return f"its classes are not the run's {len(classes)}"
+    model = checkpoint.get("model")
+    expected, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze=cfg.freeze)
+    shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    if not isinstance(model, dict) or set(model) != set(shapes):
+        return f"its model is not a {cfg.arch} state dict"
+    wrong = [k for k, v in model.items() if not isinstance(v, torch.Tensor) or tuple(v.shape) != shapes[k]]
+    if wrong:
+        return f"{len(wrong)} of its model's tensors have other shapes than {cfg.arch}'s (e.g. '{wrong[0]}')"
+    return ""
 
 
 def resume_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,

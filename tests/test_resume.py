@@ -194,3 +194,27 @@ def test_two_resumes_taking_over_a_stale_claim_at_once_never_both_win(tmp_path):
         for p in procs:
             p.join(timeout=60)
         assert won.count(True) == 1, won  # their claims name processes that have ended by now: reset for the next round
+
+
+@pytest.mark.parametrize("forge", ["epoch", "head", "optimizer", "rng", "classes"])
+def test_a_forged_checkpoint_is_refused_in_one_sentence_and_the_run_stays_stopped(colours, lite0_file, tmp_path, forge):
+    run = tmp_path / "run"
+    _stopped_after(_config(colours, lite0_file), run, 2, tmp_path / "cache")
+    checkpoint = torch.load(RunDir(run).last, weights_only=False)
+    if forge == "epoch":
+        checkpoint["epoch"] = -10**9
+    elif forge == "head":
+        head = next(k for k in checkpoint["model"] if k.endswith("weight") and checkpoint["model"][k].shape[0] == 3)
+        checkpoint["model"][head] = torch.zeros(7, checkpoint["model"][head].shape[1])
+    elif forge == "optimizer":
+        del checkpoint["optimizer"]
+    elif forge == "rng":
+        checkpoint["rng"] = torch.zeros(3, dtype=torch.uint8)
+    else:
+        checkpoint["classes"] = ["a", "b", "c"]
+    torch.save(checkpoint, RunDir(run).last)
+    before = RunDir(run).metrics.read_bytes()
+    with pytest.raises(RunError, match="checkpoint_last.pt cannot be resumed: .*; the run is left as it was") as refused:
+        follow(resume_training(run))
+    assert "\n" not in str(refused.value)
+    assert read_run(run).status == "stopped" and RunDir(run).metrics.read_bytes() == before
