@@ -245,16 +245,11 @@ def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio
             notes.append(f"validation ratio {val_ratio:g} would leave class '{classes[label]}' ({len(paths)} training "
                          f"images) with no validation image, so one was set aside anyway (a ratio of "
                          f"{_working_ratio(len(paths)):g} or more gives it one by itself)")
-        k = min(k, len(paths) - 1)
         shuffled = list(paths)
         rng.shuffle(shuffled)
-        in_val = 0
-        for path in shuffled:
-            if sides.place(path, "val" if in_val < k else "train") == "val":
-                val.append((path, label))
-                in_val += 1
-            else:
-                kept.append((path, label))
+        to_val, to_train = _deal(shuffled, min(k, len(paths) - 1), sides, "val", "train")
+        val += [(path, label) for path in to_val]
+        kept += [(path, label) for path in to_train]
     if not val:
         notes.append("too few training images for a validation split (every class has one): nothing is chosen, the "
                      "last epoch is kept, as with a validation ratio of 0")
@@ -348,6 +343,16 @@ class _Sides:
         return self.side.setdefault(group, wanted)
 
 
+def _deal(paths: list[str], k: int, sides: "_Sides", first: str, second: str) -> tuple[list[str], list[str]]:
+    """The first ``k`` of ``paths`` (already shuffled) to side ``first``, the rest to ``second``; a member of a
+    duplicate group goes where its group's first drawn member went, and only those placed on ``first`` count
+    towards ``k``."""
+    ones, others = [], []
+    for path in paths:
+        (ones if sides.place(path, first if len(ones) < k else second) == first else others).append(path)
+    return ones, others
+
+
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
                   val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots: Roots = None,
                   keep_together: list[list[str]] | None = None) -> Split:
@@ -382,13 +387,9 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
     for label, name in enumerate(scan.classes):
         paths = list(scan.images[name])
         rng.shuffle(paths)
-        k, in_train = _train_count(len(paths), train_ratio), 0
-        for p in paths:
-            if sides.place(p, "train" if in_train < k else "test") == "train":
-                train.append((p, label))
-                in_train += 1
-            else:
-                test.append((p, label))
+        to_train, to_test = _deal(paths, _train_count(len(paths), train_ratio), sides, "train", "test")
+        train += [(p, label) for p in to_train]
+        test += [(p, label) for p in to_test]
         if len(paths) < 2:
             warnings.append(f"class '{name}' has {len(paths)} image: too few for both a train and a test "
                             "image, so it is only in train and its accuracy cannot be measured")
