@@ -177,7 +177,7 @@ def test_a_write_that_fails_removes_its_own_temporary_file(tmp_path):
 def test_a_run_file_nested_too_deeply_marks_that_run_damaged_and_the_listing_goes_on(tmp_path):
     """json.loads raises RecursionError (not a ValueError) on deep nesting: it must never reach a page."""
     cfg = TrainConfig(data_root=str(tmp_path))
-    good = create_run(tmp_path / "runs" / "good", cfg)
+    create_run(tmp_path / "runs" / "good", cfg)
     deep = "[" * 100_000 + "]" * 100_000
     for name in ("config.json", "status.json", "summary.json", "predictions.json"):
         bad = create_run(tmp_path / "runs" / f"bad-{name}", cfg)
