@@ -69,11 +69,15 @@ CELL_SELECTION = "cell"
 CELL_PX = 40
 
 
-def confusion_chart(classes: list[str], confusion: list[list[int]], key: str | None = None):
-    """Rows: true class, columns: predicted. With a ``key`` a click selects a cell; returns the selection
-    event (``selected_cell`` reads it)."""
-    cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": n, "t": i, "p": j}
-                          for i, row in enumerate(confusion) for j, n in enumerate(row)])
+def confusion_chart(classes: list[str], confusion: list[list[int]], key: str | None = None,
+                    shown: list[int] | None = None):
+    """Rows: true class, columns: predicted; only the ``shown`` classes (all when None), so the chart is
+    bounded whatever the class count. With a ``key`` a click selects a cell; returns the selection event
+    (``selected_cell`` reads it, in class indices)."""
+    shown = list(range(len(classes))) if shown is None else shown
+    cells = pd.DataFrame([{"true": classes[i], "predicted": classes[j], "count": confusion[i][j], "t": i, "p": j}
+                          for i in shown for j in shown])
+    classes = [classes[i] for i in shown]
     # Cells tall enough to click (about 40 px while that fits 600 px), the predicted classes named on top so the
     # matrix's bottom-right corner is the chart's; the counts are written in the cells, so no legend.
     base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=classes, axis=alt.Axis(orient="top")),

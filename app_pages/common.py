@@ -99,9 +99,25 @@ def demo_root(workspace: str) -> str:
 
 def visitor() -> str:
     """Whose remembered choices to use: everyone's without a password; with one, this client address's."""
-    from app_pages.gate import client_address, configured_password
+    from app_pages.gate import configured_password
 
     return f"address {client_address()}" if configured_password() else "everyone"
+
+
+def client_address() -> str:
+    try:
+        address = st.context.ip_address
+    except Exception:  # no request behind this run
+        address = None
+    return address if isinstance(address, str) and address else "local"  # AppTest hands out a stand-in object
+
+
+def logout_link() -> None:
+    """With a password set, a "Log out" link at the foot of the sidebar (the gate's /logout route)."""
+    from app_pages.gate import LOGOUT_PATH, configured_password
+
+    if configured_password():
+        st.sidebar.markdown(f'<a href="{LOGOUT_PATH}" target="_self">Log out</a>', unsafe_allow_html=True)
 
 
 def choose_data_root(path) -> None:

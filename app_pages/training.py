@@ -16,7 +16,7 @@ from core.config import TTA_MODES
 from core.lr_find import find_lr
 from core.tune import tune_head
 from core.records import Progress
-from core.report import RunReport, TestImage, evaluate_tta, report_stamp, run_report
+from core.report import SHOWN_CLASSES, RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
 from core.weights import NO_WEIGHTS, PRETRAINED
@@ -316,8 +316,9 @@ def live_view(run_path: Path, was_running: bool) -> None:
             if info.config is not None and info.config.tuned_by:
                 st.caption(f"Settings from a {info.config.tuned_by}.")
             if start_record.class_weights:
-                st.caption("Class-weighted loss: " + ", ".join(
-                    f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)))
+                weights = [f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)]
+                st.caption("Class-weighted loss: " + ", ".join(weights[:SHOWN_CLASSES])
+                           + (f", and {len(weights) - SHOWN_CLASSES:,} more" if len(weights) > SHOWN_CLASSES else ""))
     with head[1]:
         if info.status is RunState.QUEUED:
             if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):
@@ -375,23 +376,26 @@ def render_results(run_path: Path, state: dict) -> None:
                 + (f" · validation accuracy {pct(report.val_accuracy)}" if report.val_accuracy is not None else ""))
     for note in report.notes:
         st.caption(f"Note: {note[:1].upper() + note[1:]}.")
+    shown = report.shown_classes()
+    if shown.hidden:
+        st.caption(shown.note())
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Per-class test accuracy** (recall, with each class's test images)")
-        per_class_chart([f"{c} (n={s.support:,})" for c, s in zip(classes, report.per_class)],
-                        [s.recall if s.support else None for s in report.per_class])
+        per_class_chart([f"{classes[c]} (n={report.per_class[c].support:,})" for c in shown.indices],
+                        [report.per_class[c].recall if report.per_class[c].support else None for c in shown.indices])
         baseline_line(run_path)
         render_most_confused(report)
     with c2:
         st.markdown("**Confusion matrix** (rows: true class, columns: predicted). Click a cell to see its images.")
-        event = confusion_chart(classes, report.confusion, key=f"tr_cells_{run_path.name}")
+        event = confusion_chart(classes, report.confusion, key=f"tr_cells_{run_path.name}", shown=shown.indices)
     render_cell(run_path, report, selected_cell(event, len(classes)))
     render_pretrained_vs_scratch(run_path, state)
     tabs = st.tabs(["Precision, recall, F1", f"Misclassified ({sum(not i.correct for i in report.images)})",
                     "Top losses", "Least certain", "Calibration", "Test-time augmentation"],
                    key="tr_result_tabs", on_change="rerun")
     with tabs[0]:
-        render_scores(report)
+        render_scores(report, shown.indices)
     with tabs[1]:
         wrong = [i for i in report.images if not i.correct]
         if not wrong:
@@ -439,9 +443,9 @@ def render_cell(run_path: Path, report: RunReport, cell: tuple[int, int] | None)
     gallery(run_path, report.classes, images, f"cell{t}_{p}", f"the first {GALLERY_SHOWN} of {len(images)} shown")
 
 
-def render_scores(report: RunReport) -> None:
+def render_scores(report: RunReport, shown: list[int]) -> None:
     rows = [{"class": s.name, "precision": s.precision, "recall": s.recall, "F1": s.f1, "support": s.support}
-            for s in [*report.per_class, report.macro, report.weighted]]
+            for s in [*(report.per_class[c] for c in shown), report.macro, report.weighted]]
     percent = st.column_config.NumberColumn(format="percent")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"precision": percent, "recall": percent, "F1": percent})

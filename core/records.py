@@ -143,19 +143,54 @@ class Batch(_Record):
 VALIDATION, TEST = "validation", "test"  # the split an epoch's figures were measured on
 
 
+def confusion_cells(confusion) -> dict:
+    """A confusion matrix (true class rows, predicted columns) as ``{"cells": [[true, pred, count], …]}``, its
+    non-zero cells: what an epoch and the test record keep, so a line of metrics.jsonl grows with the images
+    evaluated, never with classes² (at 1,000 classes the dense matrix was a million numbers per epoch)."""
+    import torch
+
+    matrix = torch.as_tensor(confusion)
+    return {"cells": [[t, p, int(matrix[t, p])] for t, p in matrix.nonzero().tolist()]}
+
+
+def class_counts(confusion, num_classes: int) -> list[int]:
+    """Images of each true class of a recorded confusion matrix."""
+    counts = [0] * num_classes
+    for t, _, n in cells_of(confusion, num_classes):
+        counts[t] += n
+    return counts
+
+
+def cells_of(confusion, num_classes: int) -> list[tuple[int, int, int]]:
+    """The non-zero cells ``(true, pred, count)`` of a recorded confusion matrix: ``{"cells": …}``, or the dense
+    rows runs wrote before; ValueError when it is neither, for ``num_classes`` classes."""
+    if isinstance(confusion, dict) and set(confusion) == {"cells"} and isinstance(confusion["cells"], list):
+        cells = confusion["cells"]
+        if len(cells) <= num_classes * num_classes and all(
+                isinstance(c, list) and len(c) == 3 and all(type(v) is int for v in c)
+                and 0 <= c[0] < num_classes and 0 <= c[1] < num_classes and c[2] > 0 for c in cells):
+            return [tuple(c) for c in cells]
+    elif isinstance(confusion, list) and len(confusion) == num_classes and all(
+            isinstance(row, list) and len(row) == num_classes and all(type(v) is int and v >= 0 for v in row)
+            for row in confusion):
+        return [(t, p, n) for t, row in enumerate(confusion) for p, n in enumerate(row) if n]
+    raise ValueError(f"not a confusion matrix of {num_classes} classes")
+
+
 @dataclass(frozen=True)
 class Epoch(_Record):
     """One epoch: its training loss and the figures of the split it was evaluated on (``evaluated``): the
     validation split, which chooses; or, with no validation split (val ratio 0, and runs from before it
-    existed), the test split, as the tutorial prints it every epoch. ``per_class_acc``, ``confusion`` and
-    ``tested`` describe that split."""
+    existed), the test split, as the tutorial prints it every epoch. ``per_class_acc``, ``confusion`` (its
+    non-zero cells, ``confusion_cells``; runs written before them hold the dense matrix) and ``tested``
+    describe that split."""
     type: ClassVar[str] = "epoch"
     epoch: int
     train_loss: float
     test_loss: float | None
     test_acc: float | None
     per_class_acc: list
-    confusion: list
+    confusion: dict | list  # {"cells": [[true, pred, count], …]}; dense rows in older runs
     tested: int
     skipped_images: int
     seconds: float
@@ -189,7 +224,7 @@ class Test(_Record):
     ci_high: float | None
     per_class_acc: list
     per_class_n: list
-    confusion: list
+    confusion: dict | list  # as in Epoch
     skipped: int = 0
     val_acc: float | None = None  # the chosen epoch's validation accuracy
     time: float = field(default_factory=time.time)

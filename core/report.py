@@ -65,6 +65,26 @@ class TestImage:
         return self.label == self.pred
 
 
+SHOWN_CLASSES = 30  # what a chart or table of a run draws, whatever the class count
+
+
+@dataclass(frozen=True)
+class ShownClasses:
+    indices: list[int]  # the classes drawn, in class order
+    total: int
+
+    @property
+    def hidden(self) -> int:
+        return self.total - len(self.indices)
+
+    def note(self) -> str:
+        """"" when every class is drawn; else what is left out and where to see it."""
+        if not self.hidden:
+            return ""
+        return (f"{len(self.indices)} of {self.total:,} classes shown (the ones in the most errors), and "
+                f"{self.hidden:,} more: every class is in the report (python -m core report RUN --json FILE).")
+
+
 @dataclass
 class RunReport:
     run: str
@@ -91,6 +111,18 @@ class RunReport:
     @property
     def tested(self) -> int:
         return len(self.images)
+
+    def shown_classes(self, limit: int = SHOWN_CLASSES) -> "ShownClasses":
+        """The classes a page draws in its per-class chart, confusion matrix and score table: all of them up to
+        ``limit``; beyond, the ``limit`` classes in the most errors (as true or predicted class; then the most
+        test images), in class order. The report itself keeps every class."""
+        n = len(self.classes)
+        if n <= limit:
+            return ShownClasses(list(range(n)), n)
+        matrix = np.asarray(self.confusion)
+        errors = matrix.sum(0) + matrix.sum(1) - 2 * np.diag(matrix)
+        order = sorted(range(n), key=lambda c: (-int(errors[c]), -self.per_class[c].support, c))
+        return ShownClasses(sorted(order[:limit]), n)
 
     def cell(self, true: int, predicted: int) -> list[TestImage]:
         """The test images of one confusion-matrix cell (true class row, predicted class column), most

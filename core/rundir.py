@@ -29,7 +29,7 @@ from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
 from .io import atomic_write_json, atomic_write_text, parse_json, read_json_file, temp_file_owner
 from .process import process_gone, process_start_ticks
-from .records import Epoch, Final, Prediction, RecordError, Records, parse_record
+from .records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from .states import ENDED, WRITTEN, RunState
 
 if TYPE_CHECKING:
@@ -416,17 +416,24 @@ def read_records(run: RunDir | str | os.PathLike) -> Records:
 
 
 def _check_shapes(run: RunDir, items: list) -> None:
-    """Per-class lists and the confusion matrix index the class list: each must be classes long."""
+    """Per-class lists and the confusion matrix index the class list: each must fit the classes."""
     classes = items[0].classes
     if not isinstance(classes, list) or not 0 < len(classes) <= 100_000:
         raise DamagedRun(run.metrics.name, "the start record's class list is not 1 to 100,000 names")
     n = len(classes)
     for item in items:
-        if isinstance(item, Epoch) and not (
-                isinstance(item.per_class_acc, list) and len(item.per_class_acc) == n
-                and isinstance(item.confusion, list) and len(item.confusion) == n
-                and all(isinstance(row, list) and len(row) == n for row in item.confusion)):
-            raise DamagedRun(run.metrics.name, f"epoch {item.epoch}'s per-class figures are not for {n} classes")
+        if isinstance(item, (Epoch, Test)) and not (
+                isinstance(item.per_class_acc, list) and len(item.per_class_acc) == n and _fits(item.confusion, n)):
+            what = f"epoch {item.epoch}'s" if isinstance(item, Epoch) else "the test record's"
+            raise DamagedRun(run.metrics.name, f"{what} per-class figures are not for {n} classes")
+
+
+def _fits(confusion, num_classes: int) -> bool:
+    try:
+        cells_of(confusion, num_classes)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_prediction(p, num_classes: int | None) -> bool:

@@ -56,6 +56,12 @@ def _number(name: str, default, low, high, *, whole: bool = True):
     return int(value) if whole else value
 
 
+def password_setting() -> str | None:
+    """TLD_PASSWORD alone, for the gate in front of the server: it must not depend on any other value
+    being readable (a garbage TLD_MAX_RUNNING must never open the gate)."""
+    return os.environ.get("TLD_PASSWORD") or None
+
+
 def settings() -> Settings:
     workspace = Path(os.environ.get("TLD_WORKSPACE") or "workspace").expanduser().resolve()
     configured = os.environ.get("TLD_ALLOWED_ROOTS", "")
@@ -70,7 +76,7 @@ def settings() -> Settings:
         max_zip_bytes=_number("TLD_MAX_ZIP_BYTES", 2 * GiB, 1, 1024 * GiB),
         feature_cache_bytes=_number("TLD_FEATURE_CACHE_BYTES", 2 * GiB, 0, 1024**5),
         download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, 0.1, 3600.0, whole=False),
-        password=os.environ.get("TLD_PASSWORD") or None,
+        password=password_setting(),
         max_running=_number("TLD_MAX_RUNNING", None, 1, 1024),
         screenshots=Path(os.environ["TLD_SCREENSHOTS"]) if os.environ.get("TLD_SCREENSHOTS") else None,
     )

@@ -34,7 +34,8 @@ from .split import (LIST_FILES, MAX_TRAINED_CLASSES, Split, carve_validation, re
 from .states import Phase
 from .errors import RunError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .records import TEST, VALIDATION, Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start, Test
+from .records import (TEST, VALIDATION, Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start, Test, class_counts,
+                      confusion_cells)
 from .figures import accuracy_of, count, pct
 from .distributed import SINGLE, World, barrier, device_line, gather_all, total
 from .rundir import RunDir
@@ -325,7 +326,7 @@ class EvalResult:
     loss: float | None
     acc: float | None
     per_class_acc: list
-    confusion: list
+    confusion: dict  # confusion_cells
     tested: int
     skipped: int
     predictions: list[Prediction]
@@ -377,7 +378,7 @@ class EvalAccumulator:
         per_class = [(confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
                      for i in range(self.c)]
         return EvalResult(self.loss.item() / n if n else None, confusion.diag().sum().item() / n if n else None,
-                          per_class, confusion.tolist(), n, skipped, predictions,
+                          per_class, confusion_cells(confusion), n, skipped, predictions,
                           None if logits is None else logits[torch.tensor(order, dtype=torch.long)])
 
 
@@ -499,7 +500,8 @@ def test_record(epoch: int, chosen_by: str, loss, acc, tested: int, per_class_ac
     interval = accuracy_of(acc, tested)
     return Test(epoch=epoch, chosen_by=chosen_by, loss=loss, acc=acc, tested=tested,
                 ci_low=interval.low if interval else None, ci_high=interval.high if interval else None,
-                per_class_acc=per_class_acc, per_class_n=[sum(row) for row in confusion], confusion=confusion,
+                per_class_acc=per_class_acc, per_class_n=class_counts(confusion, len(per_class_acc)),
+                confusion=confusion,
                 skipped=skipped, val_acc=val_acc)
 
 

@@ -11,7 +11,7 @@ from core.runs import kill_worker
 from core.workspace import lists_dir_for, runs_dir
 from tests.conftest import ROOT, wait_until
 
-APP = str(ROOT / "streamlit_app.py")
+APP = str(ROOT / "dashboard.py")
 PAGES = ["app_pages/home.py", "app_pages/dataset.py", "app_pages/check.py", "app_pages/surgery.py", "app_pages/training.py", "app_pages/prediction.py"]
 
 

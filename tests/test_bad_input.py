@@ -275,7 +275,7 @@ def _app_with_run(small_root, lite0_file, monkeypatch):
     monkeypatch.setenv("TLD_DATA_ROOT", str(small_root))
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
                            epochs=15, lr=0.05, num_workers=0), runs_dir() / "run1"))
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     at.run()
     at.switch_page("app_pages/prediction.py").run()
     return at
@@ -385,7 +385,7 @@ def test_training_worker_killed(tmp_path, lite0_file):
     kill_worker(run)
     assert wait_until(lambda: read_status(RunDir(run))[0] == "failed", 20)
     assert "ended without finishing" in read_status(RunDir(run))[1]
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     at.query_params["run"] = run.name
     at.run()
     at.switch_page("app_pages/training.py").run()
@@ -450,7 +450,7 @@ def test_server_data_root_outside_allowed_roots(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError, match="outside the folders this app may read"):
         check_allowed("/etc")
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     at.run()
     at.switch_page("app_pages/dataset.py").run()
     at.radio(key="ds_source").set_value("A folder on this machine").run()

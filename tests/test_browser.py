@@ -40,6 +40,8 @@ def serving(tmp_path: Path, **env: str):
     def healthy() -> bool:
         try:
             return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200
+        except urllib.error.HTTPError as error:
+            return error.code == 401  # up, behind the password gate
         except OSError:
             return False
 

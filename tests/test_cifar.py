@@ -81,7 +81,7 @@ def test_the_dataset_page_imports_a_local_archive(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     archive = make_archive(tmp_path / "cifar-10-python.tar.gz")
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
     at.switch_page("app_pages/dataset.py").run()
     at.radio(key="ds_source").set_value("CIFAR-10").run()
     at.text_input(key="ds_cifar_path").input(str(archive)).run()

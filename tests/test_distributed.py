@@ -76,7 +76,7 @@ def test_all_layers_under_two_processes_count_every_test_image_once(shapes, tmp_
     records = read_records(tmp_path / "all")
     test_size = len((tmp_path / "all" / "lists" / "test.txt").read_text().splitlines())
     assert records.final.status == "completed"
-    assert records.test.tested == test_size and sum(map(sum, records.test.confusion)) == test_size
+    assert records.test.tested == test_size and sum(n for _, _, n in records.test.confusion['cells']) == test_size
     predictions = json.loads((tmp_path / "all" / "predictions.json").read_text())
     assert sorted(p["index"] for p in predictions) == list(range(test_size))
     assert Predictor.load(tmp_path / "all").predict(next((shapes / "star").iterdir()), topk=1)
@@ -124,7 +124,7 @@ def test_a_killed_rank_fails_the_run_with_a_reason(shapes, tmp_path):
 def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, monkeypatch, lite0_file):
     root = generate_demo(tmp_path / "workspace" / "datasets" / "shapes", per_class=(6, 6), seed=2)
     monkeypatch.setenv("TLD_DATA_ROOT", str(root))
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
     at.switch_page("app_pages/training.py").run()
     at.number_input(key="tr_processes").set_value(2).run()
     at.slider(key="tr_epochs").set_value(2).run()

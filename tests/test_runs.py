@@ -19,7 +19,7 @@ from core.run import train
 from core.workspace import runs_dir
 from tests.conftest import ROOT, make_colour_dataset, wait_until
 
-APP = str(ROOT / "streamlit_app.py")
+APP = str(ROOT / "dashboard.py")
 
 
 # ----------------------------------------------------------------------------- records

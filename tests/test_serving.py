@@ -16,7 +16,6 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.errors import UploadError, WeightsError
-from core.guard import GuessLimiter
 from core.rundir import list_runs, read_run
 from core.runs import cancel, dispatch, kill_worker, launch, queue
 from core.settings import settings
@@ -25,7 +24,7 @@ from core.uploads import extract_zip
 from core.workspace import runs_dir
 from tests.conftest import ROOT, make_colour_dataset, wait_until
 
-APP = str(ROOT / "streamlit_app.py")
+APP = str(ROOT / "dashboard.py")
 
 
 def _app(page: str | None = None, **query) -> AppTest:
@@ -363,24 +362,6 @@ def test_smaller_stored_and_downloaded_weights_are_readable_by_others(resnet18_f
 
     stored = store_uploaded_weights(get_arch("resnet18"), resnet18_file.read_bytes(), "r.pth")
     assert stored.stat().st_mode & 0o777 == 0o644
-
-
-def test_smaller_password_gate_wrong_then_right(monkeypatch, small_root):
-    monkeypatch.setenv("TLD_PASSWORD", "open sesame")
-    monkeypatch.setattr("app_pages.gate._guesses", GuessLimiter())  # this test's guesses only
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert [t.label for t in at.text_input] == ["Password"]
-    assert not any("Current dataset" in s.value for s in at.subheader)  # nothing shown before the password
-    at.text_input(key="login_password").input("guess")
-    at.button[0].click().run()
-    assert [e.value for e in at.error] == ["That is not the password."]
-    assert "open sesame" not in str(at)
-    at.text_input(key="login_password").input("open sesame")
-    at.button[0].click().run()
-    assert not at.exception
-    assert "Current dataset" in [s.value for s in at.subheader]
-    at.switch_page("app_pages/training.py").run()  # once per session, not once per page
-    assert [t.label for t in at.text_input if t.label == "Password"] == []
 
 
 def test_smaller_no_password_configured_opens_the_app(small_root):

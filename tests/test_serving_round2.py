@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -25,14 +24,13 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.errors import ConfigError, DatasetError, RunError, WeightsError
-from core.guard import GuessLimiter
 from core.rundir import RunDir, create_run, find_run, list_runs, read_run, write_status
 from core.settings import settings
 from core.workspace import runs_dir
 from tests.conftest import ROOT, wait_until
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
-APP = str(ROOT / "streamlit_app.py")
+APP = str(ROOT / "dashboard.py")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
@@ -52,14 +50,18 @@ def lite0_run(small_root, lite0_file) -> Path:
 class RawSession:
     """A websocket client that speaks Streamlit's protocol without a browser, as a hostile script would."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, password: str | None = None):
         import requests
         from websockets.sync.client import connect
 
         self.url, self.http = url, requests.Session()
+        if password is not None:  # through the gate's form, as a browser would
+            self.http.get(f"{url}/login", timeout=10)
+            self.http.post(f"{url}/login", data={"password": password}, timeout=10)
         self.http.get(f"{url}/_stcore/health", timeout=10)  # the XSRF cookie, as the browser gets it
+        cookies = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
         self.ws = connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
-                          open_timeout=30)
+                          open_timeout=30, additional_headers={"Cookie": cookies} if cookies else None)
         self.session_id = None
 
     def run_page(self, page_name: str) -> str:
@@ -98,23 +100,40 @@ PAGE_TEXTS = ["1 · Dataset", "2 · Check the data", "3 · Model surgery", "4 ·
               "Current dataset", "Where the weights come from"]
 
 
+GATED_ROUTES = ["/", "/dataset", "/training?run=x", "/nope", "/_stcore/health", "/_stcore/host-config",
+                "/_stcore/upload_file/0/0", "/media/0123456789abcdef.png", "/static/js/index.js", "/favicon.png"]
+
+
+def _refused_without_the_cookie(url: str, cookies=None) -> None:
+    """Every route of the server, and the websocket handshake, refused before Streamlit sees it."""
+    import requests
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    for path in GATED_ROUTES:
+        for method in ("GET", "PUT", "POST"):
+            reply = requests.request(method, url + path, allow_redirects=False, cookies=cookies, timeout=10,
+                                     headers={"Accept": "text/html"}, data=b"x" * 1000 if method != "GET" else None)
+            expected = {303} if method == "GET" and not path.startswith(("/_stcore", "/media", "/static")) else {401}
+            assert reply.status_code in expected, (method, path, reply.status_code)
+            if reply.status_code == 303:
+                assert reply.headers["location"].startswith("/login?next=")
+    with pytest.raises(InvalidStatus, match="403"):
+        connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], open_timeout=30,
+                additional_headers={"Cookie": "; ".join(f"{k}={v}" for k, v in (cookies or {}).items())} or None)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="Chromium is not installed")
-def test_gate_holds_for_every_page_path_and_raw_websocket_from_the_first_request(tmp_path, small_root):
+def test_gate_a_fresh_st_app_server_refuses_every_route_without_the_cookie_media_included(tmp_path, small_root):
+    import requests
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser import serving
 
     paths = ["", "dataset", "check", "surgery", "training", "prediction", "home", "common", "charts", "gate", "nope"]
     with serving(tmp_path, TLD_PASSWORD="correct horse") as (url, workspace):
-        # A raw client first, before any browser: the first script run of a fresh server.
-        raw = RawSession(url)
-        try:
-            seen = raw.run_page("training")
-            assert "Password" in seen and not any(text in seen for text in PAGE_TEXTS), seen[-2000:]
-            assert raw.upload(b"x" * 100_000) == 400  # refused before the body is kept
-        finally:
-            raw.close()
+        _refused_without_the_cookie(url)  # the first requests of a fresh server
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -122,13 +141,31 @@ def test_gate_holds_for_every_page_path_and_raw_websocket_from_the_first_request
             for path in paths:
                 page.goto(f"{url}/{path}")
                 page.locator("input[type=password]").wait_for(timeout=60_000)
-                page.wait_for_timeout(1000)  # anything a page would draw after the form
                 body = page.locator("body").inner_text()
                 assert not any(text in body for text in PAGE_TEXTS), (path, body[:500])
+            page.goto(f"{url}/dataset")
             page.locator("input[type=password]").fill("correct horse")
             page.get_by_role("button", name="Enter").click()
-            page.get_by_text("Current dataset").wait_for(timeout=60_000)  # the right password opens the app
+            page.get_by_text("Samples").wait_for(timeout=60_000)  # the right password opens the app,
+            assert page.url == f"{url}/dataset"  # back on the page the visitor was going to
+            page.locator("img[src*='/media/']").first.wait_for(timeout=60_000)
+            media = page.locator("img[src*='/media/']").first.get_attribute("src")
+            media = media if media.startswith("http") else url + media
+            assert page.request.get(media).status == 200  # the browser, with its cookie, sees its thumbnail
+            assert requests.get(media, timeout=10).status_code == 401  # anyone else with the address does not
+            cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+            assert {c["name"]: c["httpOnly"] and c["sameSite"] == "Strict" for c in page.context.cookies()
+                    if c["name"].startswith("tld_")} == {"tld_client": True, "tld_session": True}
+            page.get_by_text("Log out").click()
+            page.locator("input[type=password]").wait_for(timeout=60_000)
             browser.close()
+        _refused_without_the_cookie(url, cookies)  # the cookie the browser held, after it logged out
+        raw = RawSession(url, password="correct horse")  # a script that logs in through the form gets in
+        try:
+            assert "Current dataset" in raw.run_page("")
+            assert raw.upload(b"x" * 1000) == 204
+        finally:
+            raw.close()
         assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
 
 
@@ -145,50 +182,12 @@ def test_uploads_are_kept_without_a_password_so_the_refusal_above_is_the_gate(tm
             raw.close()
 
 
-@pytest.mark.slow
-def test_media_a_session_was_shown_are_gone_once_that_session_ends(tmp_path, small_root):
-    import re
-
-    import requests
-
-    from tests.test_browser import serving
-
-    with serving(tmp_path) as (url, _):  # the default settings: Streamlit would keep them 2 minutes, then forever
-        raw = RawSession(url)
-        try:
-            shown = sorted(set(re.findall(r"/media/[0-9a-f]+\.(?:jpg|jpeg|png)", raw.run_page("dataset"))))
-            assert len(shown) >= 4  # the thumbnails of the data
-            assert all(requests.get(url + m, timeout=10).status_code == 200 for m in shown)
-        finally:
-            raw.close()
-        assert wait_until(lambda: all(requests.get(url + m, timeout=10).status_code == 404 for m in shown), 10)
-
-
 def test_uploads_the_server_cap_is_the_largest_file_a_page_takes():
     from core.settings import UPLOAD_CAP_MB
 
     shipped = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert shipped["server"]["maxUploadSize"] == UPLOAD_CAP_MB
     assert 528 <= UPLOAD_CAP_MB < 1024  # VGG16's ImageNet weights are 528 MB, the largest file a page takes
-
-
-def test_uploads_the_guard_asks_the_gate(monkeypatch):
-    from streamlit.runtime import Runtime
-
-    from app_pages import gate
-
-    gate.install_serving_guards()
-    gate.install_serving_guards()  # once only: not wrapped twice
-    assert Runtime.is_active_session.tld_gate
-    monkeypatch.setenv("TLD_PASSWORD", "pw")
-    assert not gate.may_upload("someone")
-    monkeypatch.setattr(gate, "_passed", {"someone"})
-    assert gate.may_upload("someone") and not gate.may_upload("someone else")
-    monkeypatch.setenv("TLD_MAX_RUNNING", "nan")  # settings that cannot be read: refuse, never guess
-    assert not gate.may_upload("someone")
-    monkeypatch.delenv("TLD_MAX_RUNNING")
-    monkeypatch.delenv("TLD_PASSWORD")
-    assert gate.may_upload("anyone")
 
 
 # ============================================================================= 3. extreme aspect ratios
@@ -555,77 +554,7 @@ def test_nan_non_finite_or_huge_hyperparameters_are_refused(flag, value, small_r
     assert not runs_dir().exists() or not list(runs_dir().iterdir())
 
 
-# ============================================================================= 11. password guessing
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_guessing_32_parallel_sessions_from_one_address_get_five_guesses():
-    limiter = GuessLimiter(clock=FakeClock())
-    allowed = []
-    barrier = threading.Barrier(32)
-
-    def session():
-        barrier.wait()
-        allowed.append(limiter.attempt("10.0.0.66") == 0)
-
-    threads = [threading.Thread(target=session) for _ in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(allowed) == 5
-
-
-def test_guessing_waits_grow_per_address_and_age_out():
-    clock = FakeClock()
-    limiter = GuessLimiter(clock=clock)
-    assert [limiter.attempt("a") for _ in range(5)] == [0.0] * 5
-    assert limiter.attempt("a") == 2.0  # the sixth waits, counted from the fifth
-    clock.now += 2
-    assert limiter.attempt("a") == 0.0
-    assert limiter.attempt("a") == 4.0
-    assert limiter.attempt("b") == 0.0  # another address is not held up
-    clock.now += 901  # a quarter of an hour later the old guesses no longer count
-    assert limiter.attempt("a") == 0.0
-
-
-def test_guessing_a_real_users_typo_costs_nothing_and_success_clears():
-    clock = FakeClock()
-    limiter = GuessLimiter(clock=clock)
-    assert limiter.attempt("user") == 0.0  # the typo
-    assert limiter.attempt("user") == 0.0  # the right one, at once
-    limiter.succeeded("user")
-    assert [limiter.attempt("user") for _ in range(5)] == [0.0] * 5
-
-
-def test_guessing_many_addresses_together_are_capped_per_minute():
-    clock = FakeClock()
-    limiter = GuessLimiter(clock=clock, server_per_minute=30)
-    results = [limiter.attempt(f"10.0.{i // 250}.{i % 250}") for i in range(100)]
-    assert results.count(0.0) == 30 and all(r > 0 for r in results[30:])
-    clock.now += 61
-    assert limiter.attempt("10.9.9.9") == 0.0
-
-
-def test_guessing_the_login_form_refuses_without_comparing_once_an_address_is_held(monkeypatch, small_root):
-    from app_pages import gate
-
-    monkeypatch.setenv("TLD_PASSWORD", "right")
-    monkeypatch.setattr(gate, "_guesses", GuessLimiter(clock=FakeClock()))
-    for attempt in range(6):
-        at = AppTest.from_file(APP, default_timeout=120).run()  # a new session each time, same address
-        at.text_input(key="login_password").input("wrong" if attempt < 5 else "right")
-        at.button[0].click().run()
-        if attempt < 5:
-            assert [e.value for e in at.error] == ["That is not the password."]
-    assert [e.value for e in at.error] == ["Too many wrong passwords were tried from your address or on this server. "
-                                           "Try again in 2 s."]
-    assert "Current dataset" not in [s.value for s in at.subheader]  # the right password waits: it was not compared
+# 11. password guessing: tests/test_gate.py (per client, per address, across the server; the login route)
 
 
 # 12. leftovers of killed writes: tests/test_runs_concurrency.py (readers never delete; `runs clean` does)

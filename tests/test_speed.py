@@ -7,6 +7,7 @@ from core.errors import RunError
 from core.features import Features
 from core.feature_path import DeviceBatches, EpochShuffle
 from core.train import EvalAccumulator
+from core.records import cells_of, confusion_cells
 
 
 @pytest.mark.parametrize("cores, requested, cuda, expected", [
@@ -84,7 +85,8 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
     reference = torch.zeros(3, 3, dtype=torch.long)
     for t, p in zip(labels.tolist(), logits.argmax(1).tolist()):
         reference[t, p] += 1
-    assert result.confusion == reference.tolist()
+    assert result.confusion == confusion_cells(reference)
+    assert cells_of(result.confusion, 3) == [(t, p, n) for t, row in enumerate(reference.tolist()) for p, n in enumerate(row) if n]
     assert result.tested == len(labels) == 26 and result.skipped == 2
     assert result.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result.acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())

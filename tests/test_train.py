@@ -35,7 +35,7 @@ def test_record_stream_and_run_folder(colour_data, resnet18_file, tmp_path):
     start = records[0]
     assert start.device == "cpu" and start.device_name == "CPU" and start.feature_path == "cached features"
     epoch = next(r for r in records if isinstance(r, Epoch))
-    assert sum(map(sum, epoch.confusion)) == 8 and epoch.tested == 8 and len(epoch.per_class_acc) == 2
+    assert sum(n for _, _, n in epoch.confusion['cells']) == 8 and epoch.tested == 8 and len(epoch.per_class_acc) == 2
     final = records[-1]
     assert final.status == "completed" and final.epochs_completed == 2
     run = RunDir(run_dir)
