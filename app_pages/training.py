@@ -15,7 +15,7 @@ from core.errors import UserError
 from core.config import TTA_MODES
 from core.lr_find import find_lr
 from core.tune import tune_head
-from core.records import Progress
+from core.records import Features, Progress
 from core.report import SHOWN_CLASSES, RunReport, TestImage, evaluate_tta, report_stamp, run_report
 from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.states import RunState
@@ -310,6 +310,10 @@ def live_view(run_path: Path, was_running: bool) -> None:
                        f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
             if start_record.validation:
                 st.caption(f"Validation: {start_record.validation}.")
+            for line in [start_record.unusable_line(), *(f"{f.split}: {f.skipped_line()}" for f in records.of(Features)
+                                                         if f.skipped)]:
+                if line:
+                    st.warning(line[:1].upper() + line[1:] + ".")
             else:
                 st.caption("An older run: it chose its kept epoch on the test split, so its test figure is "
                            "optimistic.")

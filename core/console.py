@@ -64,12 +64,14 @@ def describe_record(record) -> str | None:
                 + (f"\nvalidation: {record.validation}" if record.validation else "")
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
                    if record.excluded else "")
-                + (f"\ndecoding: {record.decoding}" if record.decoding else ""))
+                + (f"\ndecoding: {record.decoding}" if record.decoding else "")
+                + (f"\n{record.unusable_line()}" if record.unusable else ""))
     if isinstance(record, Resumed):
         return f"resumed after epoch {record.after_epoch}, from its checkpoint"
     if isinstance(record, Features):
         origin = "read from the cache" if record.from_disk else "computed"
-        return f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"
+        return (f"features for {record.split}: {record.images} images {origin} ({record.seconds:.1f}s)"
+                + (f", {record.skipped_line()}" if record.skipped else ""))
     if isinstance(record, Batch):
         return f"epoch {record.epoch}  loss: {record.loss:>7f}  [{record.seen:>5d}/{record.total:>5d}]"
     if isinstance(record, Epoch):

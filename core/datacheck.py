@@ -30,7 +30,7 @@ import numpy as np
 from .config import DEFAULT_VAL_RATIO
 from .errors import DatasetError
 from .health import (ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable)
-from .io import atomic_write_text, parse_json, read_json_file
+from .io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
 from .records import Progress, ProgressMeter
 from .split import Split
 from .states import Phase
@@ -255,13 +255,17 @@ def read_path_list(path: str | os.PathLike) -> list[str]:
     import csv
 
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        with open_regular(path, MAX_LIST_BYTES) as f:
+            text = f.read().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read the path list '{path}' ({exc})") from None
     lines = text.splitlines()
     if lines and lines[0].split(",")[0].strip() == "path":
-        rows = list(csv.DictReader(lines))
-        return [row["path"] for row in rows if row.get("path")]
+        try:
+            rows = list(csv.DictReader(lines))  # a field over csv's limit (128 KiB) is an error, not a crash
+        except csv.Error as exc:
+            raise DatasetError(f"the path list '{path}' is not a CSV of this program ({exc})") from None
+        return [row["path"] for row in rows if isinstance(row.get("path"), str) and row["path"]]
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 

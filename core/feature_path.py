@@ -27,6 +27,7 @@ from .features import Features as HeadInputs
 from .features import (ForwardFromCut, compute_frozen_outputs, feature_cache_key, load_cached_features,
                        store_cached_features)
 from .records import ProgressMeter
+from .split import EXAMPLES
 from .records import Features as FeaturesRecord
 from .distributed import SINGLE, World, broadcast, gather_all, shard
 
@@ -110,6 +111,14 @@ def _split_features(features, sizes: list[int]) -> list:
                                 size - kept))
         offset += size
     return parts
+
+
+def _skipped_examples(samples: list, inputs: HeadInputs) -> list[str]:
+    """The paths of the first few images of ``samples`` the pass skipped (absent from its indices)."""
+    if not inputs.skipped:
+        return []
+    kept = set(inputs.indices.tolist())
+    return [path for i, (path, _) in enumerate(samples) if i not in kept][:EXAMPLES]
 
 
 def _empty_inputs() -> HeadInputs:
@@ -210,7 +219,8 @@ def extract_features(s: Setup, cache_dir: Path | None):
     for name in splits:
         result[name] = found.get(name) or computed[name]
         yield FeaturesRecord(split=name, images=len(result[name].labels), skipped=result[name].skipped,
-                             from_disk=name in found, seconds=timings.get(name, 0.0))
+                             from_disk=name in found, seconds=timings.get(name, 0.0),
+                             skipped_examples=_skipped_examples(splits[name], result[name]))
     return result
 
 

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
+from .io import NotAFile, open_regular
 from .settings import settings
 
 TAIL_BYTES = 64 * 1024  # where an end marker must be: cameras append at most small trailers after it
@@ -50,27 +51,28 @@ class Unreadable:
     reason: str
 
 
-def _tail_has(path: str, marker: bytes, size: int) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, size - TAIL_BYTES))
-        return marker in f.read(TAIL_BYTES)
+def _tail_has(f, marker: bytes, size: int) -> bool:
+    f.seek(max(0, size - TAIL_BYTES))
+    return marker in f.read(TAIL_BYTES)
 
 
 def read_header(path: str, max_pixels: int | None = None) -> Header | Unreadable:
     """The image's size, mode and format from its header, or why it cannot be used (never raises)."""
     limit = settings().max_image_pixels if max_pixels is None else max_pixels
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return Unreadable(path, "empty file (0 bytes)")
-        with Image.open(path) as img:  # lazy: reads the header, decodes nothing
-            width, height, mode, fmt = img.width, img.height, img.mode, img.format or "?"
+        with open_regular(path) as f:  # a FIFO or a device is refused, never read
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return Unreadable(path, "empty file (0 bytes)")
+            with Image.open(f) as img:  # lazy: reads the header, decodes nothing
+                width, height, mode, fmt = img.width, img.height, img.mode, img.format or "?"
+            marker = END_MARKERS.get(fmt)
+            truncated = marker is not None and not _tail_has(f, marker, size)
         if width * height > limit:
             return Unreadable(path, f"{width}×{height} pixels, over the limit of {limit:,} (TLD_MAX_IMAGE_PIXELS)")
         if width < 1 or height < 1:
             return Unreadable(path, f"declares {width}×{height} pixels")
-        marker = END_MARKERS.get(fmt)
-        if marker and not _tail_has(path, marker, size):
+        if truncated:
             return Unreadable(path, f"truncated: the {fmt} file ends before its end-of-image marker "
                                     "(a cut-off copy or download)")
         return Header(width, height, mode, fmt, size)
@@ -82,6 +84,8 @@ def read_header(path: str, max_pixels: int | None = None) -> Header | Unreadable
         return Unreadable(path, "not an image: no format PIL reads (another kind of file with an image's name?)")
     except PermissionError:
         return Unreadable(path, "cannot be read: permission denied")
+    except NotAFile as exc:
+        return Unreadable(path, exc.strerror)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return Unreadable(path, f"damaged header ({str(exc)[:120] or type(exc).__name__})")
 

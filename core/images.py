@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .io import NotAFile, open_regular
 from .settings import settings
 
 
@@ -56,7 +58,9 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None, min_side: 
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as img:
+        if isinstance(source, (str, os.PathLike)):
+            source = open_regular(source)  # a FIFO or a device where an image belongs is refused, never read
+        with source if isinstance(source, io.BufferedReader) else _nothing(), Image.open(source) as img:
             width, height = img.size
             if width * height > limit:
                 raise ImageError(
@@ -78,10 +82,17 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None, min_side: 
                          f"(this app's limit is {limit:,} pixels, TLD_MAX_IMAGE_PIXELS)") from None
     except FileNotFoundError:
         raise ImageError(f"{name} does not exist") from None
+    except NotAFile as exc:
+        raise ImageError(f"{name} is {exc.strerror}") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image PIL can read (empty, corrupt, or another kind of file)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} could not be decoded ({exc}); the file is probably truncated or corrupt") from None
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -139,14 +150,17 @@ def plain_jpeg_bytes(path: str | os.PathLike, *, max_pixels: int | None = None, 
         return None
     limit = settings().max_image_pixels if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as img:  # reads the header only
-            if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size[0] * img.size[1] > limit:
-                return None
-            if dct_scale(*img.size, min_side) > 1:
-                return None
+        with open_regular(path) as f:
+            with Image.open(f) as img:  # reads the header only
+                if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size[0] * img.size[1] > limit:
+                    return None
+                if dct_scale(*img.size, min_side) > 1:
+                    return None
+            f.seek(0)
+            data = bytearray(f.read())
         import torch
 
-        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        return torch.frombuffer(data, dtype=torch.uint8)
     except Exception:  # the PIL path reports what is wrong with the file
         return None
 

@@ -5,7 +5,9 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,6 +140,60 @@ def torch_load_tensors(source):
 
 
 MAX_JSON_BYTES = 256 * 1024**2  # no JSON file this program reads is near this; a larger one is not read at all
+MAX_LIST_BYTES = 256 * 1024**2  # a list of 1,000,000 images at 250 characters a line
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class NotAFile(OSError):
+    """A path that is not a regular file (a FIFO, a device, a folder, a socket), or one too large to read."""
+
+    def __init__(self, path, what: str):
+        super().__init__(errno.EINVAL, what, str(path))
+
+    def __str__(self) -> str:
+        return f"'{self.filename}' is {self.strerror}"
+
+
+def open_regular(path, limit: int | None = None):
+    """``path`` opened for reading in binary, only when it is a regular file of at most ``limit`` bytes; else
+    NotAFile, before a byte is read. Opening never blocks: a named pipe (FIFO) named where a file belongs would
+    hang a plain ``open`` until something writes to it, and a device would stream forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+            raise NotAFile(path, f"{kind}, not a file")
+        if limit is not None and info.st_size > limit:
+            raise NotAFile(path, f"{info.st_size:,} bytes, more than the {limit:,} such a file may hold")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def foreign_zip(source) -> str | None:
+    """What a zip archive that is not a PyTorch file is (torch.save writes a zip holding ``<name>/data.pkl``),
+    e.g. "a zip archive of 398 file(s) ('ants/0013035.jpg', …)"; None for anything else (a checkpoint, a
+    legacy pickle, a damaged file: torch.load says what is wrong with those)."""
+    try:
+        if not zipfile.is_zipfile(source):
+            return None
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return None
+    shown = ", ".join(repr(n[:60]) for n in names[:2]) + (", …" if len(names) > 2 else "")
+    return f"a zip archive of {len(names):,} file(s) ({shown})" if names else "an empty zip archive"
 
 
 def parse_json(text: str | bytes):
@@ -152,10 +208,11 @@ def parse_json(text: str | bytes):
 def read_json_file(path, encoding: str = "utf-8", limit: int = MAX_JSON_BYTES):
     """A JSON file, read only when it is at most ``limit`` bytes (OSError, UnicodeDecodeError or ValueError
     otherwise, as reading and parsing it would raise)."""
-    size = os.stat(path).st_size
-    if size > limit:
-        raise ValueError(f"{size:,} bytes, more than the {limit:,} a file of this program may hold")
-    with open(path, "rb") as f:
+    try:
+        f = open_regular(path, limit)
+    except NotAFile as exc:
+        raise ValueError(exc.strerror) from None
+    with f:
         data = f.read(limit + 1)
     return parse_json(data.decode(encoding))
 

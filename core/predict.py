@@ -15,7 +15,7 @@ from .config import TrainConfig
 from .data import build_transform
 from .errors import RunError, UserError, WeightsError
 from .images import ImageSource, open_image
-from .io import torch_load_tensors
+from .io import foreign_zip, torch_load_tensors
 from .rundir import RunDir
 from .split import MAX_CLASSES
 from .surgery import adapt_model
@@ -35,6 +35,9 @@ def checkpoint_path(run_or_file: str | os.PathLike) -> Path:
 
 
 def _read_checkpoint(path: Path) -> dict:
+    foreign = foreign_zip(path)
+    if foreign:
+        raise RunError(f"'{path}' is {foreign}, not a checkpoint")
     try:
         ckpt = torch_load_tensors(path)
     except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file

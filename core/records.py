@@ -90,10 +90,21 @@ class Start(_Record):
     decoding: str = ""  # how images are decoded (reduced-scale JPEG decoding, the GPU's share); "" before it was said
     val_size: int = 0  # validation images: every choice reads them; 0: none (val ratio 0, or a run from before)
     validation: str = ""  # where the validation split came from, in one line; "" in runs from before it existed
+    unusable: int = 0  # list entries that are missing or not files (a folder, a FIFO, a device): skipped
+    unusable_examples: list = field(default_factory=list)  # the first few, each "path (why)"
 
     @property
     def pretrained(self) -> bool:
         return self.weights is not None
+
+    def unusable_line(self) -> str:
+        """"" when every list entry is a file; else how many are not, named (the first few)."""
+        if not self.unusable:
+            return ""
+        more = self.unusable - len(self.unusable_examples)
+        return (f"{self.unusable:,} list entr{'y' if self.unusable == 1 else 'ies'} cannot be images and "
+                f"{'is' if self.unusable == 1 else 'are'} skipped: " + "; ".join(self.unusable_examples)
+                + (f"; and {more:,} more" if more > 0 else ""))
 
     @classmethod
     def from_json(cls, data: dict):
@@ -127,6 +138,16 @@ class Features(_Record):
     from_disk: bool
     seconds: float  # this split's own time, not a running total
     time: float = field(default_factory=time.time)
+    skipped_examples: list = field(default_factory=list)  # the first few skipped (unreadable) images' paths
+
+    def skipped_line(self) -> str:
+        """"" when nothing was skipped; else how many images could not be read, named (the first few)."""
+        if not self.skipped:
+            return ""
+        more = self.skipped - len(self.skipped_examples)
+        return (f"{self.skipped:,} unreadable image(s) skipped"
+                + (": " + ", ".join(self.skipped_examples) if self.skipped_examples else "")
+                + (f" and {more:,} more" if more > 0 and self.skipped_examples else ""))
 
 
 @dataclass(frozen=True)

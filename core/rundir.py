@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
-from .io import atomic_write_json, atomic_write_text, parse_json, read_json_file, temp_file_owner
+from .io import atomic_write_json, atomic_write_text, foreign_zip, parse_json, read_json_file, temp_file_owner
 from .process import process_gone, process_start_ticks
 from .records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from .states import ENDED, WRITTEN, RunState
@@ -543,13 +543,11 @@ def _check_checkpoints(run: RunDir) -> None:
     for path in (run.best, run.last):
         if not path.is_file():
             continue
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (OSError, zipfile.BadZipFile, ValueError):
-            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)") from None
-        if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
-            raise DamagedRun(path.name, f"it is a zip archive of {len(names)} file(s), not a PyTorch checkpoint")
+        if not zipfile.is_zipfile(path):
+            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)")
+        foreign = foreign_zip(path)
+        if foreign:
+            raise DamagedRun(path.name, f"it is {foreign}, not a PyTorch checkpoint")
 
 
 # ----------------------------------------------------------------------------- listing

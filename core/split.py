@@ -12,6 +12,7 @@ import math
 import os
 import re
 import random
+import stat
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Optional
 from .config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
 from .errors import DatasetError
 from .health import Unreadable, read_header
-from .io import atomic_write_text, read_json_file
+from .io import MAX_LIST_BYTES, NotAFile, atomic_write_text, open_regular, read_json_file
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
 # that a split should not pay; tests/test_split.py checks the two stay equal.
@@ -435,10 +436,12 @@ MAX_TRAINED_CLASSES = 1_000
 
 def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (Notepad's UTF-8) must not stick to line 1
-            lines = f.read().split("\n")
+        with open_regular(path, MAX_LIST_BYTES) as f:  # never a FIFO or a device; bounded
+            lines = f.read().decode("utf-8-sig").split("\n")  # -sig: a BOM (Notepad's UTF-8) must not stick to line 1
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
+    except NotAFile as exc:
+        raise DatasetError(f"{exc}; a list file must be a text file") from None
     except OSError as exc:
         raise DatasetError(f"{path} cannot be read ({exc.strerror})") from None
     samples = []
@@ -449,6 +452,9 @@ def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> l
         image_path, sep, label = line.rpartition("\t")
         if not sep or not LABEL.fullmatch(label.strip()):
             raise DatasetError(f"{path}, line {lineno}: expected 'path<TAB>label', got {line[:80]!r}")
+        if "\0" in image_path:  # no file system has such a name: a damaged or binary file
+            raise DatasetError(f"{path}, line {lineno}: the image path holds a NUL byte, which no file name can; "
+                               "is this a text list of 'path<TAB>label' lines?")
         label_int = int(label)
         high = num_classes if num_classes is not None else MAX_CLASSES
         if not 0 <= label_int < high:  # a label sizes the model's head and indexes the class list
@@ -456,6 +462,29 @@ def read_list_file(path: str | os.PathLike, num_classes: int | None = None) -> l
                                + ("" if num_classes is not None else f" (at most {MAX_CLASSES:,} classes)"))
         samples.append((image_path, label_int))
     return samples
+
+
+EXAMPLES = 5  # entries a message names before "and N more"
+
+
+def unusable_entries(samples: list[tuple[str, int]]) -> tuple[int, list[str]]:
+    """How many list entries cannot be images (missing, a folder, a FIFO, a device, not readable), and the
+    first few as "path (why)". One stat per entry, nothing opened: a FIFO is named, never read."""
+    count, examples = 0, []
+    for path, _ in samples:
+        try:
+            mode = os.stat(path).st_mode
+            why = None if stat.S_ISREG(mode) else ("a folder" if stat.S_ISDIR(mode) else
+                                                  "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a file")
+        except FileNotFoundError:
+            why = "missing"
+        except (OSError, ValueError) as exc:
+            why = f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+        if why:
+            count += 1
+            if len(examples) < EXAMPLES:
+                examples.append(f"{path} ({why})")
+    return count, examples
 
 
 def infer_class_names(samples: list[tuple[str, int]]) -> tuple[list[str], str]:

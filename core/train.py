@@ -30,7 +30,7 @@ from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform, decoding_line, training_transform
 from .split import (LIST_FILES, MAX_TRAINED_CLASSES, Split, carve_validation, read_list_file, read_split,
-                    split_dataset, write_split)
+                    split_dataset, unusable_entries, write_split)
 from .states import Phase
 from .errors import RunError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -256,6 +256,7 @@ def _cores_per_rank(world: World) -> int:
 
 
 def start_record(s: Setup) -> Start:
+    unusable, examples = unusable_entries([*s.split.train, *s.split.val, *s.split.test])
     return Start(arch=s.cfg.arch, classes=s.split.classes, train_size=len(s.split.train),
                  test_size=len(s.split.test), epochs=s.cfg.epochs,
                  batches_per_epoch=math.ceil(len(s.split.train) / s.cfg.batch_size), device=str(s.device),
@@ -267,7 +268,8 @@ def start_record(s: Setup) -> Start:
                  class_weights=class_weights(s.split) if s.cfg.class_weights else None,
                  excluded=excluded_count(s.run),
                  decoding=decoding_line(s.eval_tf, gpu=s.device.type == "cuda"),
-                 val_size=len(s.split.val), validation=validation_line(s.cfg, s.run, s.split))
+                 val_size=len(s.split.val), validation=validation_line(s.cfg, s.run, s.split),
+                 unusable=unusable, unusable_examples=examples)
 
 
 # ----------------------------------------------------------------------------- one epoch

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .errors import WeightsError
-from .io import DiskFull, atomic_file, atomic_write_bytes, torch_load_tensors
+from .io import DiskFull, atomic_file, atomic_write_bytes, foreign_zip, torch_load_tensors
 from .settings import settings
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
@@ -71,6 +71,9 @@ def load_state_dict_file(path: str | os.PathLike | bytes, name: str | None = Non
         if not path.is_file():
             raise WeightsError(f"weights file '{path}' does not exist")
         source = path
+    foreign = foreign_zip(source)
+    if foreign:
+        raise WeightsError(f"'{path}' is {foreign}, not a PyTorch weights file (a .pth/.pt saved by torch.save)")
     try:
         obj = torch_load_tensors(source)
     except pickle.UnpicklingError as exc:

@@ -667,6 +667,6 @@ def test_files_that_claim_to_be_checkpoints_are_named_for_what_they_are(lite0_ru
         archive.writestr("holiday.jpg", b"not a model")
     info = read_run(lite0_run)
     assert info.status == "damaged"
-    assert info.reason == "checkpoint_best.pt: it is a zip archive of 1 file(s), not a PyTorch checkpoint"
+    assert info.reason == "checkpoint_best.pt: it is a zip archive of 1 file(s) ('holiday.jpg'), not a PyTorch checkpoint"
     at = _app("app_pages/prediction.py")
     assert not at.exception

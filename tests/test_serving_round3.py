@@ -1,0 +1,195 @@
+"""Safe to serve, round three: the probe's cases that were not the gate or the run-creation race.
+
+The gate: tests/test_gate.py and tests/test_serving_round2.py (a fresh st.App server). The 200-creation
+race: tests/test_runs_concurrency.py. Here: work bounded by what is shown (a label of 3000, many classes,
+sparse confusion matrices), files read defensively wherever they come from (FIFOs, devices, NUL bytes,
+CSV fields, missing entries named), and outputs nobody can misread (a zip given as weights).
+"""
+import io
+import json
+import os
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from core.config import TrainConfig
+from core.datacheck import read_path_list
+from core.errors import DatasetError, ImageError, RunError, WeightsError
+from core.health import read_header
+from core.images import open_image
+from core.io import NotAFile, open_regular, read_json_file
+from core.records import Features, Start, cells_of, class_counts, confusion_cells
+from core.report import SHOWN_CLASSES, RunReport
+from core.rundir import read_records, read_run
+from core.run import train
+from core.split import read_list_file
+from core.workspace import runs_dir
+from tests.conftest import make_colour_dataset
+from tests.test_serving import _app
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(arch="efficientnet_lite0", epochs=2, batch_size=4, lr=0.05, num_workers=0, seed=0, log_every=100)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    return path
+
+
+# ============================================================================= 3. bounded by what is shown
+def test_label_3000_the_training_page_is_bounded_in_time_and_memory(tmp_path, lite0_file):
+    """The probe's case: label 3000 in an ordinary train.txt made a 27 MB metrics line per epoch and a 63 s, 5.1 GB
+    Training page. Now the run trains the 2 classes present and the page costs what a 2-class run costs."""
+    make_colour_dataset(tmp_path / "d", per_class=10)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for name, indices in {"train.txt": range(0, 6), "test.txt": range(6, 10)}.items():
+        (lists / name).write_text("".join(f"{tmp_path / 'd' / colour / f'{colour}_{i:02d}.png'}\t{label}\n"
+                                          for colour, label in (("blue", 0), ("red", 3000)) for i in indices))
+    run = runs_dir() / "label3000"
+    list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=3), run))
+    assert read_run(run).status == "completed"
+    assert (run / "metrics.jsonl").stat().st_size < 50_000
+    tracemalloc.start()
+    started = time.monotonic()
+    at = _app("app_pages/training.py", run="label3000")
+    seconds = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert not at.exception and any(s.value.startswith("Results on the test split") for s in at.subheader)
+    # Generous bounds (a shared, noisy machine; tracemalloc slows Python down): the probe measured 63 s and 5.1 GB.
+    assert seconds < 60 and peak < 1024**3, (seconds, peak)
+
+
+def test_an_epochs_confusion_matrix_is_its_non_zero_cells_and_older_dense_ones_still_read():
+    dense = torch.tensor([[5, 1, 0], [0, 4, 0], [0, 0, 0]])
+    cells = confusion_cells(dense)
+    assert cells == {"cells": [[0, 0, 5], [0, 1, 1], [1, 1, 4]]}
+    assert cells_of(cells, 3) == cells_of(dense.tolist(), 3) == [(0, 0, 5), (0, 1, 1), (1, 1, 4)]
+    assert class_counts(cells, 3) == [6, 4, 0]
+    big = torch.zeros(1000, 1000, dtype=torch.long)
+    big[torch.arange(1000), torch.arange(1000)] = 1
+    assert len(json.dumps(confusion_cells(big))) < 20_000  # 1,000 images: 1,000 cells, not 1,000,000 numbers
+    for bad in ({"cells": [[0, 3, 1]]}, {"cells": [[0, 0, 0]]}, {"cells": [[0, 0, 1.5]]}, {"cells": "x"},
+                {"cells": [], "more": 1}, [[0] * 3] * 2, [[-1, 0, 0]] * 3, None):
+        with pytest.raises(ValueError):
+            cells_of(bad, 3)
+
+
+def test_many_classes_charts_and_tables_draw_at_most_30_and_say_how_many_more():
+    n = 120
+    confusion = [[0] * n for _ in range(n)]
+    for c in range(n):
+        confusion[c][c] = 3
+    for t, p in ((5, 7), (7, 5), (100, 3), (64, 64)):
+        confusion[t][p] += 2
+    report = SimpleNamespace(classes=[f"c{i}" for i in range(n)], confusion=confusion,
+                             per_class=[SimpleNamespace(support=sum(row)) for row in confusion])
+    shown = RunReport.shown_classes(report)
+    assert len(shown.indices) == SHOWN_CLASSES == 30 and shown.hidden == 90 and shown.total == n
+    assert {3, 5, 7, 100} <= set(shown.indices) and shown.indices == sorted(shown.indices)
+    assert shown.note() == ("30 of 120 classes shown (the ones in the most errors), and 90 more: every class is in "
+                            "the report (python -m core report RUN --json FILE).")
+    few = RunReport.shown_classes(SimpleNamespace(classes=["a", "b"], confusion=[[1, 0], [0, 1]], per_class=[]))
+    assert few.indices == [0, 1] and few.note() == ""
+
+
+# ============================================================================= 4. every file read defensively
+def test_a_fifo_or_a_device_is_refused_by_name_without_blocking(fifo, tmp_path):
+    """Every reader of a file the user names: a FIFO would hang a plain open() until someone writes to it."""
+    started = time.monotonic()
+    for path, kind in ((fifo, r"a named pipe \(FIFO\)"), (Path("/dev/zero"), "a character device"), (tmp_path, "a folder")):
+        with pytest.raises(NotAFile, match=kind):
+            open_regular(path)
+        with pytest.raises(DatasetError, match="a list file must be a text file"):
+            read_list_file(path)
+        with pytest.raises(ValueError, match="not a file"):
+            read_json_file(path)
+        with pytest.raises(ImageError, match=f"is {kind}"):
+            open_image(str(path))
+        assert "not a file" in read_header(str(path)).reason
+        with pytest.raises(DatasetError):
+            read_path_list(path)
+    assert time.monotonic() - started < 10  # nothing waited for a writer
+
+
+def test_a_fifo_in_a_list_is_named_in_the_run_and_the_run_completes(fifo, tmp_path, lite0_file):
+    make_colour_dataset(tmp_path / "d", per_class=10)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = [(tmp_path / "d" / c / f"{c}_{i:02d}.png", label) for c, label in (("blue", 0), ("red", 1)) for i in range(10)]
+    missing = [(tmp_path / "d" / f"gone_{i}.png", i % 2) for i in range(6)]
+    (lists / "train.txt").write_text("".join(f"{p}\t{y}\n" for p, y in [*rows[:6], *rows[10:16], (fifo, 0), *missing]))
+    (lists / "val.txt").write_text("".join(f"{p}\t{y}\n" for p, y in [*rows[6:8], *rows[16:18]]))
+    (lists / "test.txt").write_text("".join(f"{p}\t{y}\n" for p, y in [*rows[8:10], *rows[18:20]]))
+    records = list(train(_config(lists_dir=str(lists), weights=str(lite0_file)), tmp_path / "run"))
+    assert records[-1].status == "completed"
+    start = read_records(tmp_path / "run").start
+    assert start.unusable == 7 and len(start.unusable_examples) == 5
+    assert start.unusable_examples[0] == f"{fifo} (a named pipe (FIFO))"
+    assert start.unusable_examples[1] == f"{missing[0][0]} (missing)"
+    assert start.unusable_line().startswith("7 list entries cannot be images and are skipped: ")
+    assert start.unusable_line().endswith("; and 2 more")
+    features = [r for r in read_records(tmp_path / "run").of(Features) if r.split == "train"]
+    assert features[0].skipped == 7  # the default path (cached features) names the images its pass skipped
+    assert features[0].skipped_line().startswith(f"7 unreadable image(s) skipped: {fifo}, {missing[0][0]}")
+    assert features[0].skipped_line().endswith(" and 2 more")
+
+
+def test_list_files_refuse_nul_bytes_by_line_and_csv_fields_over_the_limit(tmp_path):
+    listed = tmp_path / "train.txt"
+    listed.write_bytes(b"a.png\t0\nb\x00.png\t1\n")
+    with pytest.raises(DatasetError, match="line 2: the image path holds a NUL byte"):
+        read_list_file(listed)
+    csv_file = tmp_path / "suspects.csv"
+    csv_file.write_text("path,split\n\"" + "x" * 200_000 + "\",train\n")
+    with pytest.raises(DatasetError, match="is not a CSV of this program .*field larger than field limit"):
+        read_path_list(csv_file)
+
+
+def test_old_runs_without_the_new_fields_still_read():
+    start = Start.from_json({"arch": "a", "classes": ["x", "y"], "train_size": 1, "test_size": 1, "epochs": 1,
+                             "batches_per_epoch": 1, "device": "cpu", "device_name": "cpu",
+                             "feature_path": "cached features", "trainable_params": 1, "frozen_params": 1,
+                             "weights": None, "time": 0.0})
+    assert start.unusable == 0 and start.unusable_line() == ""
+
+
+# ============================================================================= 6. outputs nobody can misread
+def _photo_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in ("ants/0013035.jpg", "ants/1030023514.jpg", "bees/1092977343.jpg"):
+            archive.writestr(name, b"\xff\xd8 not really a photo")
+    return out.getvalue()
+
+
+def test_a_zip_of_images_given_as_weights_is_called_what_it_is(tmp_path):
+    from core.weights import load_state_dict_file
+
+    expected = ("is a zip archive of 3 file(s) ('ants/0013035.jpg', 'ants/1030023514.jpg', …), not a PyTorch "
+                "weights file")
+    path = tmp_path / "photos.pth"
+    path.write_bytes(_photo_zip())
+    with pytest.raises(WeightsError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_state_dict_file(path)
+    with pytest.raises(WeightsError, match="'upload.pt' is a zip archive of 3 file"):
+        load_state_dict_file(_photo_zip(), "upload.pt")
+
+
+def test_a_zip_of_images_given_as_a_checkpoint_to_predict_is_called_what_it_is(tmp_path):
+    from core.predict import Predictor
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(_photo_zip())
+    with pytest.raises(RunError, match=r"is a zip archive of 3 file\(s\) .*, not a checkpoint"):
+        Predictor.load(path)
