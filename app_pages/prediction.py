@@ -9,9 +9,10 @@ from core.figures import pct
 
 from core.config import TTA_MODES
 from core.errors import UserError
-from core.export import export_bytes
+from core.export import export_bytes, stale_exports
 from core.images import open_image, thumbnail_jpeg
 from core.predict import CSV_HEADER, Predictor, image_files, predict_many
+from core.report import SHOWN_CLASSES
 from core.rundir import RunDir, best_completed, list_runs
 from core.states import RunState
 from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
@@ -21,7 +22,7 @@ from app_pages.common import (plural, run_predictor, run_with_stop, show_explana
 
 
 def pick_run():
-    """The run to predict with: the completed run with the best test accuracy unless the visitor picks another."""
+    """The run to predict with: the completed run with the best validation accuracy unless the visitor picks another."""
     runs = [r for r in list_runs(runs_dir()) if r.has_checkpoint or r.status is RunState.DAMAGED]
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
@@ -158,6 +159,15 @@ def _checkpoint_stamp(run) -> int:
         return 0
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _stale_exports(run_path: str, checkpoint_stamp: int) -> list:
+    """Exports in the run folder that no longer match its checkpoint; computed again when the checkpoint changes."""
+    try:
+        return stale_exports(run_path)
+    except UserError:  # a checkpoint that cannot be read is said where the model is loaded
+        return []
+
+
 def render_export(run) -> None:
     """TorchScript or ONNX files of this run's model, each with its JSON sidecar, to download."""
     with st.expander("Export the model (TorchScript or ONNX, with a JSON sidecar of classes and preprocessing)"):
@@ -207,8 +217,12 @@ def main() -> None:
     predictor = load_model(run)
     n = len(predictor.classes)
     topk = topk_column.slider("Top k", 1, max(2, n), min(5, n), key="pr_topk", disabled=n < 2)
+    names = predictor.classes
     st.caption(f"Checkpoint `{predictor.source.rsplit('/', 1)[-1]}` from epoch {predictor.epoch} · "
-               f"classes: {', '.join(predictor.classes)}")
+               f"classes: {', '.join(names[:SHOWN_CLASSES])}"
+               + (f", and {len(names) - SHOWN_CLASSES:,} more" if len(names) > SHOWN_CLASSES else ""))
+    for stale in _stale_exports(str(run.path), _checkpoint_stamp(run)):
+        st.warning(stale.sentence()[:1].upper() + stale.sentence()[1:] + ".")
     calibrated, tta = probability_options(predictor)
     source = get_image()
     if source is not None:

@@ -337,6 +337,11 @@ def cmd_predict(args) -> int:
                                               head_variant=args.head_variant, fold=False)
     else:
         predictor = Predictor.load(args.run, fold=not Path(args.image).is_file())
+        if Path(args.run).is_dir():
+            from .export import stale_exports
+
+            for stale in stale_exports(args.run):  # predicting here uses the checkpoint; an export may not match it
+                print(f"warning: {stale.sentence()}", file=sys.stderr)
     if Path(args.image).is_dir():
         if args.cam:
             raise ConfigError("--cam explains one image; give an image file, not a folder")

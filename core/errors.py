@@ -29,5 +29,11 @@ class ConfigError(UserError):
     pass
 
 
+def not_finite_message(source) -> str:
+    """One sentence for a model whose outputs overflow or are NaN, wherever they are met."""
+    return (f"the model '{source}' gave outputs that are not finite numbers (NaN or infinity); its probabilities "
+            "would mean nothing. Train it again with a lower learning rate")
+
+
 class RunError(UserError):
     pass

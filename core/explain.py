@@ -19,7 +19,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from .archs import get_arch
-from .errors import ConfigError
+from .errors import ConfigError, RunError, not_finite_message
 from .images import ImageSource
 
 
@@ -85,12 +85,16 @@ def explain(predictor, image: ImageSource, target: int | None = None) -> Explana
     with _HOOKS, GradCAM(model, target_layer=layer,
                                   reshape_transform=token_grid if spec.cam_tokens else None) as cam, torch.enable_grad():
         scores = model(batch).float()
+        if not bool(torch.isfinite(scores).all()):
+            raise RunError(not_finite_message(predictor.source))
         chosen = int(scores.argmax(1)) if target is None else target
         if not 0 <= chosen < scores.shape[1]:
             raise ConfigError(f"class index {chosen} does not exist; this model has {scores.shape[1]} classes")
         (low_res,) = cam(chosen, scores)
     # the probability prediction shows: calibrated by the run's temperature when it has one
     probability = float((scores.detach() / (predictor.temperature or 1.0)).softmax(1)[0, chosen])
+    if not math.isfinite(probability):
+        raise RunError(not_finite_message(predictor.source))
     heatmap = F.interpolate(low_res.detach().float().cpu()[None], size=x.shape[-2:], mode="bilinear",
                             align_corners=False)[0, 0].clamp(0, 1)
     return Explanation(chosen, predictor.classes[chosen], probability, heatmap, model_view(x, predictor.transform))

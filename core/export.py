@@ -10,19 +10,21 @@ temperature (core.calibration), gives the calibrated probabilities the app shows
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError, RunError
-from .io import atomic_file, atomic_write_json
-from .predict import Predictor
+from .io import atomic_file, atomic_write_json, read_json_file
+from .predict import Predictor, checkpoint_path
 from .rundir import RunDir
+from .weights import sha256_of
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
-def sidecar(predictor: Predictor, fmt: str, figures: dict) -> dict:
+def sidecar(predictor: Predictor, fmt: str, figures: dict, checkpoint: Path | None = None) -> dict:
     t = predictor.transform
     return {
         "format": fmt,
@@ -39,6 +41,8 @@ def sidecar(predictor: Predictor, fmt: str, figures: dict) -> dict:
                    "logits, one per class in the order of 'classes'; softmax gives the (raw) probabilities"),
         "temperature": predictor.temperature,
         "epoch": predictor.epoch,
+        # What it was exported from, so a later look can tell whether the run's checkpoint has changed since.
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_of(checkpoint)} if checkpoint else None,
         **figures,
     }
 
@@ -55,8 +59,67 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     export_model(model, fmt, example, out)
     side = out.with_suffix(out.suffix + ".json")
-    atomic_write_json(side, sidecar(predictor, fmt, run_figures(run_dir)))
+    atomic_write_json(side, sidecar(predictor, fmt, run_figures(run_dir), checkpoint_path(run_dir)))
     return out, side
+
+
+@dataclass(frozen=True)
+class StaleExport:
+    """An exported model in a run's folder whose sidecar no longer matches the run's checkpoint."""
+    file: str
+    why: str
+
+    def sentence(self) -> str:
+        return f"{self.file} no longer matches this run's checkpoint ({self.why}); export it again before using it"
+
+
+def stale_exports(run_dir: str | os.PathLike) -> list[StaleExport]:
+    """The exports (``model_*.pt``/``.onnx`` with a ``.json`` sidecar) in a run folder made from another
+    checkpoint than the one the run keeps now (a resumed run, a new best epoch), or for other classes. Reads
+    only; a sidecar that cannot be read counts as not matching."""
+    run = RunDir(run_dir)
+    checkpoint = run.checkpoint()
+    if checkpoint is None:
+        return []
+    current = None
+    found = []
+    for side in sorted([*run.path.glob("model_*.pt.json"), *run.path.glob("model_*.onnx.json")]):
+        model_file = side.name.removesuffix(".json")
+        try:
+            meta = read_json_file(side, limit=MAX_SIDECAR_BYTES)
+            recorded = meta.get("checkpoint") if isinstance(meta, dict) else None
+            classes = meta.get("classes") if isinstance(meta, dict) else None
+        except (OSError, UnicodeDecodeError, ValueError):
+            found.append(StaleExport(model_file, "its sidecar cannot be read"))
+            continue
+        if current is None:
+            current = _checkpoint_facts(checkpoint)
+        why = _mismatch(recorded, classes, meta.get("epoch"), current)
+        if why:
+            found.append(StaleExport(model_file, why))
+    return found
+
+
+MAX_SIDECAR_BYTES = 64 * 1024**2  # 100,000 class names fit many times over
+
+
+def _checkpoint_facts(checkpoint: Path) -> dict:
+    from .predict import _read_checkpoint
+
+    ckpt = _read_checkpoint(checkpoint)
+    return {"sha256": sha256_of(checkpoint), "classes": [str(c) for c in ckpt.get("classes", [])],
+            "epoch": ckpt.get("epoch")}
+
+
+def _mismatch(recorded, classes, epoch, current: dict) -> str:
+    if classes != current["classes"]:
+        return "it was exported for other classes"
+    if isinstance(recorded, dict):
+        return "" if recorded.get("sha256") == current["sha256"] else "the checkpoint has changed since it was exported"
+    # Sidecars written before they named their checkpoint: the epoch is what can still be compared.
+    if epoch != current["epoch"]:
+        return f"it was exported from epoch {epoch}; the checkpoint is now epoch {current['epoch']}"
+    return ""
 
 
 def export_model(model: torch.nn.Module, fmt: str, example: torch.Tensor, out: Path) -> None:

@@ -13,7 +13,7 @@ from .accel import as_input, inference_copy, resolve_device, to_channels_last
 from .archs import get_arch
 from .config import TrainConfig
 from .data import build_transform
-from .errors import RunError, UserError, WeightsError
+from .errors import RunError, UserError, WeightsError, not_finite_message
 from .images import ImageSource, open_image
 from .io import foreign_zip, torch_load_tensors
 from .rundir import RunDir
@@ -172,7 +172,10 @@ class Predictor:
         logits = self.batch_logits(batch)
         if calibrated and self.temperature is not None:
             logits = logits / self.temperature
-        return logits.softmax(1)
+        probabilities = logits.softmax(1)
+        if not bool(torch.isfinite(probabilities).all()):  # finite logits that overflow once divided by T
+            raise RunError(not_finite_message(self.source))
+        return probabilities
 
     def batch_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(n, classes) logits on the CPU, checked finite."""
@@ -182,8 +185,7 @@ class Predictor:
         with torch.inference_mode(), autocast:
             logits = self.model(x).float()
         if not bool(torch.isfinite(logits).all()):
-            raise RunError(f"the model '{self.source}' gave outputs that are not finite numbers (NaN or infinity); "
-                           "its probabilities would mean nothing. Train it again with a lower learning rate")
+            raise RunError(not_finite_message(self.source))
         return logits.cpu()
 
     def predict(self, image: ImageSource, topk: int = 5, *, calibrated: bool = True,

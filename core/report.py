@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import TTA_MODES
 from .calibration import Calibration, bound_note, calibrate, expected_calibration_error, softmax
-from .errors import RunError
+from .errors import RunError, not_finite_message
 from .rundir import RunDir, read_predictions, read_records, read_run, read_test_outputs
 from .split import read_list_file, read_split
 from .states import RunState
@@ -246,6 +246,8 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
     temperature_notes: list[str] = []
     temperature, temperature_epoch = _stored_temperature(run, temperature_notes)
     if outputs is not None and len(outputs.index):
+        if not np.isfinite(outputs.logits).all():
+            raise RunError(not_finite_message(run.path.name).replace("gave outputs", "gave test outputs"))
         images = _outcomes(outputs.index, outputs.label, outputs.logits, paths, temperature)
         epoch = outputs.epoch  # written before the epoch's record: it may be one ahead of the records
     else:

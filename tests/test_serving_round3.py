@@ -30,7 +30,7 @@ from core.run import train
 from core.split import read_list_file
 from core.workspace import runs_dir
 from tests.conftest import make_colour_dataset
-from tests.test_serving import _app
+from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
 
 def _config(**overrides) -> TrainConfig:
@@ -193,3 +193,92 @@ def test_a_zip_of_images_given_as_a_checkpoint_to_predict_is_called_what_it_is(t
     path.write_bytes(_photo_zip())
     with pytest.raises(RunError, match=r"is a zip archive of 3 file\(s\) .*, not a checkpoint"):
         Predictor.load(path)
+
+
+def test_overflowing_outputs_are_refused_everywhere_they_are_shown(tmp_path, capsys):
+    """Finite weights whose logits overflow: predict (one image, a folder, the CLI) and Grad-CAM refuse in one
+    sentence; never NaN probabilities with exit 0."""
+    from PIL import Image
+
+    from core.cli import main
+    from core.explain import explain
+    from core.predict import Predictor, predict_many
+    from core.surgery import adapt_model
+
+    model, _ = adapt_model("resnet18", 2, weights=None)
+    state = model.state_dict()
+    state["fc.weight"].fill_(3e38)
+    torch.save(state, tmp_path / "huge.pth")
+    image = tmp_path / "white.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(image)
+    predictor = Predictor.from_state_dict(tmp_path / "huge.pth", arch="resnet18", classes="a,b", fold=False)
+    with pytest.raises(RunError, match="not finite numbers"):
+        explain(predictor, str(image))
+    with pytest.raises(RunError, match="not finite numbers"):
+        for _ in predict_many(predictor, [str(image)]):
+            pass
+    for extra in ([], ["--cam", str(tmp_path / "cam.png")]):
+        assert main(["predict", str(tmp_path / "huge.pth"), str(image), "--arch", "resnet18", "--classes", "a,b",
+                     *extra]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and "this model" not in out.err and "not finite numbers" in out.err
+    assert not (tmp_path / "cam.png").exists()
+
+
+def test_a_temperature_that_makes_finite_logits_overflow_is_refused(tmp_path):
+    from core.predict import Predictor
+    from core.surgery import adapt_model
+
+    model, _ = adapt_model("resnet18", 2, weights=None)
+    state = model.state_dict()
+    state["fc.weight"].fill_(1e35)
+    torch.save(state, tmp_path / "big.pth")
+    predictor = Predictor.from_state_dict(tmp_path / "big.pth", arch="resnet18", classes="a,b", fold=False)
+    predictor.temperature = 1e-4  # a forged sidecar's or checkpoint's temperature
+    batch = torch.ones(1, 3, 224, 224)
+    assert torch.isfinite(predictor.batch_logits(batch)).all()
+    with pytest.raises(RunError, match="not finite numbers"):
+        predictor.batch_probabilities(batch)
+
+
+def test_an_export_whose_checkpoint_changed_is_flagged_by_predict_and_the_page(lite0_run_here, tmp_path, capsys):
+    from PIL import Image
+
+    from core.cli import main
+    from core.export import export, stale_exports
+
+    run = lite0_run_here
+    model_file, side = export(run, "torchscript")
+    assert json.loads(side.read_text())["checkpoint"]["file"] == "checkpoint_best.pt"
+    assert stale_exports(run) == []
+    image = tmp_path / "i.png"
+    Image.new("RGB", (64, 64), (30, 60, 220)).save(image)
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # The run's checkpoint changes (a resume, a new best epoch): same classes, other weights.
+    checkpoint = run / "checkpoint_best.pt"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    key = next(iter(ckpt["model"]))
+    ckpt["model"][key] = ckpt["model"][key] + 0.01
+    torch.save(ckpt, checkpoint)
+    expected = (f"{model_file.name} no longer matches this run's checkpoint (the checkpoint has changed since it was "
+                "exported); export it again before using it")
+    assert [s.sentence() for s in stale_exports(run)] == [expected]
+    assert main(["predict", str(run), str(image)]) == 0
+    assert f"warning: {expected}" in capsys.readouterr().err
+    at = _app("app_pages/prediction.py", run=run.name)
+    assert any(expected[:1].upper() + expected[1:] in w.value for w in at.warning)
+    # A sidecar for other classes, and one that cannot be read.
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "classes": ["x", "y"]}))
+    assert "other classes" in stale_exports(run)[0].why
+    side.write_text("{" * 100_000)
+    assert stale_exports(run)[0].why == "its sidecar cannot be read"
+
+
+@pytest.fixture
+def lite0_run_here(small_root, lite0_file) -> Path:
+    path = runs_dir() / "exported"
+    list(train(_config(weights=str(lite0_file), data_root=str(small_root), epochs=1), path))
+    assert read_run(path).status == "completed"
+    return path
