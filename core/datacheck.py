@@ -416,6 +416,8 @@ def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> 
             computed = True
             yield record
         from_cache = from_cache and not computed
+        if not len(found.labels):
+            continue  # no image of this list could be read: nothing to add (its shape is no (0, d))
         parts.append(found.features.flatten(1).float().numpy())
         kept += [Sample(samples[i][0], samples[i][1], side) for i in found.indices.tolist()]
     features = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
@@ -571,6 +573,7 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
                         fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split))
     t0 = _timed(seconds, "health", t0)
     readable = [s for s in samples if s.path in tally.headers]
+    report.notes += _degenerate_notes(split, readable)
     if not readable:
         report.notes.append("no image could be read, so nothing else can be checked")
         report.seconds = seconds
@@ -608,6 +611,21 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
     _timed(seconds, "map", t0)
     report.seconds = seconds
     return report
+
+
+def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
+    """What makes this data unfit for a run at all, said first (the sections below still run where they can)."""
+    notes = []
+    present = sorted({s.label for s in readable})
+    if len(present) == 1:
+        notes.append(f"every readable image is of one class ({split.classes[present[0]]}): a classifier needs at "
+                     "least two, and a run on it is refused")
+    if not split.test:
+        notes.append("the test split is empty: a run would have nothing to measure its accuracy on")
+    elif not any(s.split == "test" for s in readable):
+        notes.append(f"none of the {len(split.test):,} test images can be read (see the health section): a run would "
+                     "have nothing to measure its accuracy on")
+    return notes
 
 
 def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], groups: _Groups) -> Iterator:

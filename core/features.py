@@ -235,6 +235,9 @@ def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
     try:
         data = torch_load_tensors(path)
         features = Features(data["features"], data["labels"], data["indices"], int(data["skipped"]))
+        rows = len(features.labels)
+        if not (rows and features.features.dim() >= 2 and len(features.features) == rows == len(features.indices)):
+            return None  # an empty or inconsistent entry (older versions stored empty sets) is only a miss
         os.utime(path)  # mark as recently used for pruning
         return features
     except Exception:
@@ -245,8 +248,8 @@ def store_cached_features(cache_dir: Path | None, key: str, features: Features) 
     """Keep ``features`` under ``key``; False when that was not possible (a full disk): the cache is
     only a speed-up, so the run goes on without it."""
     path = _entry(cache_dir, key)
-    if path is None:
-        return False
+    if path is None or not len(features.labels):
+        return False  # nothing readable: nothing worth keeping, and no entry an empty list could ever match
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"features": features.features, "labels": features.labels,

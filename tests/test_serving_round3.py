@@ -282,3 +282,84 @@ def lite0_run_here(small_root, lite0_file) -> Path:
     list(train(_config(weights=str(lite0_file), data_root=str(small_root), epochs=1), path))
     assert read_run(path).status == "completed"
     return path
+
+
+# ============================================================================= 5. the data check on degenerate data
+def _check(split, lite0_file, cache):
+    from core.datacheck import check_data
+
+    stream = check_data(split, arch="efficientnet_lite0", weights=str(lite0_file), cache_dir=cache, device="cpu")
+    while True:
+        try:
+            next(stream)
+        except StopIteration as finished:
+            return finished.value
+
+
+def _lists(folder: Path, train_rows, test_rows) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "train.txt").write_text("".join(f"{p}\t{y}\n" for p, y in train_rows))
+    (folder / "test.txt").write_text("".join(f"{p}\t{y}\n" for p, y in test_rows))
+    return folder
+
+
+def test_degenerate_data_gets_a_report_that_says_so(tmp_path, lite0_file):
+    from core.split import read_split, split_dataset
+
+    root = make_colour_dataset(tmp_path / "d", per_class=8)
+    blue = sorted(str(p) for p in (root / "blue").iterdir())
+    red = sorted(str(p) for p in (root / "red").iterdir())
+    cache = tmp_path / "cache"
+    one_class = _check(read_split(_lists(tmp_path / "one", [(p, 0) for p in blue[:6]], [(p, 0) for p in blue[6:]])),
+                       lite0_file, cache)
+    assert "every readable image is of one class (blue): a classifier needs at least two" in one_class.notes[0]
+    empty_test = _check(read_split(_lists(tmp_path / "empty", [(p, 0) for p in blue] + [(p, 1) for p in red], [])),
+                        lite0_file, cache)
+    assert "the test split is empty: a run would have nothing to measure its accuracy on" in empty_test.notes
+    assert empty_test.baseline is not None  # the rest of the check still runs
+    one_image = make_colour_dataset(tmp_path / "tiny", per_class=2, classes=("blue", "red", "green"))
+    for extra in range(6):
+        (one_image / "green" / f"green_{extra:02d}.png").write_bytes((one_image / "green" / "green_00.png").read_bytes())
+    report = _check(split_dataset(one_image, 0.6, 0), lite0_file, cache)
+    assert any("too small for label checking" in n for n in report.notes) and report.baseline is None
+
+
+def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_run_after_it_says_why(
+        tmp_path, lite0_file):
+    """The probe's case: the check cached an empty 0×0 array, and the next run failed with 'mat1 and mat2 shapes
+    cannot be multiplied (0x0 and 1280x2)'."""
+    from core.features import load_cached_features
+    from core.split import read_split
+
+    root = make_colour_dataset(tmp_path / "d", per_class=8)
+    rows = [(str(p), y) for y, c in enumerate(("blue", "red")) for p in sorted((root / c).iterdir())]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(4):
+        (bad / f"x{i}.png").write_bytes(b"not an image")
+    lists = _lists(tmp_path / "lists", rows, [(str(bad / f"x{i}.png"), i % 2) for i in range(4)])
+    cache = tmp_path / "cache"
+    report = _check(read_split(lists), lite0_file, cache)
+    assert any(n.startswith("none of the 4 test images can be read") for n in report.notes)
+    entries = list(cache.rglob("*.pt"))
+    assert entries and all(load_cached_features(cache, e.stem) is not None for e in entries)  # none is empty
+    final = list(train(_config(lists_dir=str(lists), weights=str(lite0_file), val_ratio=0.25), tmp_path / "run",
+                       cache_dir=cache))[-1]
+    assert final.status == "completed" and final.test_acc is None, final  # trained; no test figure, none made up
+    features = [r for r in read_records(tmp_path / "run").of(Features) if r.split == "test"]
+    assert features[0].skipped == 4 and str(bad / "x0.png") in features[0].skipped_line()
+
+
+def test_a_stored_empty_feature_entry_from_an_older_version_is_only_a_miss(tmp_path):
+    from core.features import Features, load_cached_features, store_cached_features
+
+    empty = Features(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 4)
+    assert store_cached_features(tmp_path, "k" * 32, empty) is False and not list(tmp_path.rglob("*.pt"))
+    from core.io import atomic_torch_save
+
+    entry = tmp_path / "features" / ("k" * 32 + ".pt")
+    entry.parent.mkdir()
+    atomic_torch_save({"features": empty.features, "labels": empty.labels, "indices": empty.indices,
+                       "skipped": 4}, entry)
+    found = [load_cached_features(tmp_path, p.stem) for p in tmp_path.rglob("*.pt")]
+    assert found == [None]
