@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 
 import streamlit as st
@@ -17,6 +18,8 @@ from core.errors import WeightsError
 from core.explain import explain
 from core.images import thumbnail_jpeg
 from core.predict import Predictor, checkpoint_path
+from core.settings import settings
+from core.slots import PAGE_WORK
 from core.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
 from core.weights import default_arch as default_arch_and_reason
 from core.workspace import (allowed_roots, check_allowed, checks_dir, default_data_root, is_allowed, path_problem,
@@ -343,13 +346,41 @@ def run_with_stop(stream, *, key: str, what: str, describe):
     """Follow ``stream`` under a progress bar and a Stop button; its result, or None when it failed (said
     here). A Stop click ends this script run at once; the ``key`` flag it leaves behind lets the next run say
     so (``was_stopped``). ``describe(record)``: the bar's text for a record with ``done`` and ``total``,
-    or None to leave the bar as it is. Bar and button go once the work is done."""
-    from core.records import follow
-
+    or None to leave the bar as it is. Bar and button go once the work is done. Heavy work waits its turn in the
+    server's line first (core.slots: at most TLD_MAX_PAGE_WORK at once), saying its place."""
     bar = st.progress(0.0, text=f"Preparing the {what}…")
     stop = st.empty()
     stop.button("Stop", key=f"{key}_stop", help=f"Stops the {what} at once.")
     st.session_state[key] = True  # still set on the next run only when Stop cut this one short
+    ticket = PAGE_WORK.join()
+    if ticket is None:
+        bar.empty()
+        stop.empty()
+        st.session_state.pop(key, None)
+        st.warning(f"The server is busy: {PAGE_WORK.waiting} jobs are waiting already. Try again in a few minutes.")
+        return None
+    try:
+        _wait_for_a_slot(ticket, bar, what)
+        return _followed(stream, bar, stop, key, describe)
+    finally:
+        PAGE_WORK.leave(ticket)  # also on Stop (which ends this script run), an error or a closed tab
+
+
+def _wait_for_a_slot(ticket: int, bar, what: str) -> None:
+    """Wait in the server's line for heavy in-page work, saying the place in it (Stop leaves the line)."""
+    limit = settings().max_page_work
+    shown = None
+    while place := PAGE_WORK.start(ticket, limit):
+        if place != shown:  # a message only when the place changes
+            bar.progress(0.0, text=f"Queued: number {place} in line for the {what}. At most {limit} such job"
+                                   f"{'s run' if limit != 1 else ' runs'} at once on this server; yours starts when "
+                                   "one ends (Stop leaves the line).")
+            shown = place
+        time.sleep(0.25)
+
+
+def _followed(stream, bar, stop, key: str, describe):
+    from core.records import follow
 
     def show(record) -> None:
         text = describe(record)

@@ -32,6 +32,7 @@ class Settings:
     download_timeout_s: float  # TLD_DOWNLOAD_TIMEOUT
     password: str | None  # TLD_PASSWORD: when set, every page asks for it once per session
     max_running: int | None  # TLD_MAX_RUNNING: runs training at once (None: 1 on CPU, the GPU count on CUDA)
+    max_page_work: int  # TLD_MAX_PAGE_WORK: heavy in-page jobs (check, finder, search, TTA, predict many) at once
     screenshots: Path | None  # TLD_SCREENSHOTS: the browser test keeps a screenshot of each page there
 
 
@@ -78,5 +79,6 @@ def settings() -> Settings:
         download_timeout_s=_number("TLD_DOWNLOAD_TIMEOUT", 20.0, 0.1, 3600.0, whole=False),
         password=password_setting(),
         max_running=_number("TLD_MAX_RUNNING", None, 1, 1024),
+        max_page_work=_number("TLD_MAX_PAGE_WORK", 2, 1, 256),
         screenshots=Path(os.environ["TLD_SCREENSHOTS"]) if os.environ.get("TLD_SCREENSHOTS") else None,
     )

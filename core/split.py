@@ -429,8 +429,8 @@ def write_split(split: Split, out_dir: str | os.PathLike, *, overwrite: bool = F
 
 LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
 MAX_CLASSES = 100_000  # what a list file or classes.json may name
-# What a run may train: every epoch records a classes × classes confusion matrix, which at 1,000 classes is
-# already a 1M-cell line of metrics.jsonl per epoch (a sparse matrix would lift this; see the README).
+# What a run may train: each evaluation counts a classes × classes confusion matrix in memory (8 MB at 1,000
+# classes, on the device); what it writes is only the non-zero cells (records.confusion_cells).
 MAX_TRAINED_CLASSES = 1_000
 
 

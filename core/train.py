@@ -79,7 +79,7 @@ def prepare_lists(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: Worl
         raise RunError("the training list is empty; add images or change the split")
     if len(split.classes) > MAX_TRAINED_CLASSES:
         raise RunError(f"the lists name {len(split.classes):,} classes; a run trains at most {MAX_TRAINED_CLASSES:,} "
-                       "(its per-epoch figures grow with the square of the class count)")
+                       "(each evaluation counts a classes × classes confusion matrix in memory)")
     present = sorted({split.classes[label] for _, label in split.train})
     if len(present) < 2:  # one class: every answer is right, and "100.0%" would mean nothing
         raise RunError(f"the training list holds images of {len(present)} class ({', '.join(present) or 'none'}); a "
