@@ -176,6 +176,19 @@ def open_regular(path, limit: int | None = None):
         raise
 
 
+def read_regular_bytes(path, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them (``open_regular``: never a FIFO or a device)."""
+    with open_regular(path, limit) as f:
+        return f.read(limit + 1)
+
+
+def read_tail_text(path, size: int = 64 * 1024) -> str:
+    """The last ``size`` bytes of a regular file as text (a log's last lines), whatever the file's length."""
+    with open_regular(path) as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+        return f.read(size).decode("utf-8", "replace")
+
+
 def foreign_zip(source) -> str | None:
     """What a zip archive that is not a PyTorch file is (torch.save writes a zip holding ``<name>/data.pkl``),
     e.g. "a zip archive of 398 file(s) ('ants/0013035.jpg', …)"; None for anything else (a checkpoint, a

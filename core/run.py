@@ -17,7 +17,7 @@ from typing import Iterator
 from .config import TrainConfig
 from .states import Phase, RunState
 from .errors import RunError, UserError
-from .io import append_jsonl, atomic_write_text
+from .io import append_jsonl, atomic_write_text, read_tail_text
 from .records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start, Test
 from .distributed import SINGLE, Terminated, World, barrier
 from .rundir import (Heartbeat, RunDir, claim_resume, create_run, load_config, own_resume_claim, read_records, summarise,
@@ -205,7 +205,7 @@ def _rank_failures(run: RunDir) -> str:
     lines = []
     for path in run.rank_errors():
         try:
-            last = [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-1]
+            last = [line for line in read_tail_text(path).splitlines() if line.strip()][-1]
         except (OSError, IndexError):
             continue
         lines.append(f"{path.stem.removeprefix('error-')}: {last[:300]}")

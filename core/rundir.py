@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from .config import TRAINS, TrainConfig
 from .errors import ConfigError, RunError
-from .io import atomic_write_json, atomic_write_text, foreign_zip, parse_json, read_json_file, temp_file_owner
+from .io import (atomic_write_json, atomic_write_text, foreign_zip, open_regular, parse_json, read_json_file,
+                 read_regular_bytes, read_tail_text, temp_file_owner)
 from .process import process_gone, process_start_ticks
 from .records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from .states import ENDED, WRITTEN, RunState
@@ -336,7 +337,7 @@ def _process_gone(state: WorkerState) -> bool | None:
 
 def _last_log_line(run: RunDir) -> str:
     try:
-        lines = [line for line in run.log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line for line in read_tail_text(run.log).splitlines() if line.strip()]
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""
@@ -389,7 +390,7 @@ def read_records(run: RunDir | str | os.PathLike) -> Records:
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     try:
-        data = run.metrics.read_bytes()
+        data = read_regular_bytes(run.metrics, MAX_METRICS_BYTES)
     except FileNotFoundError:
         return Records(())
     except OSError as exc:
@@ -477,7 +478,7 @@ def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOu
     name = run.test_outputs.name
     try:
         _check_array_headers(run.test_outputs, num_classes, test_images)  # before anything is decompressed
-        with np.load(run.test_outputs, allow_pickle=False) as data:
+        with open_regular(run.test_outputs) as f, np.load(f, allow_pickle=False) as data:
             arrays = {key: data[key] for key in TEST_OUTPUT_KEYS}
     except FileNotFoundError:
         return None
@@ -502,6 +503,9 @@ def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOu
     return TestOutputs(int(epoch), index, label, logits.astype(np.float32, copy=False))
 
 
+MAX_METRICS_BYTES = 1024**3  # a run of 10,000 epochs writes a small fraction of this
+
+
 def _check_array_headers(path: Path, num_classes: int, test_images: int) -> None:
     """Every array's shape and type from its .npy header, and every member's declared size, checked against what
     this run can hold (at most ``test_images`` rows of ``num_classes`` logits) before any array is loaded, so a
@@ -509,7 +513,7 @@ def _check_array_headers(path: Path, num_classes: int, test_images: int) -> None
     import numpy as np
 
     limits = {"epoch": 1, "index": test_images, "label": test_images, "logits": test_images * num_classes}
-    with zipfile.ZipFile(path) as archive:
+    with open_regular(path) as f, zipfile.ZipFile(f) as archive:
         for key, most in limits.items():
             info = archive.getinfo(f"{key}.npy")
             with archive.open(info) as f:

@@ -33,7 +33,8 @@ from .split import (LIST_FILES, MAX_TRAINED_CLASSES, Split, carve_validation, re
                     split_dataset, unusable_entries, write_split)
 from .states import Phase
 from .errors import RunError
-from .io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .io import (MAX_LIST_BYTES, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                 read_regular_bytes)
 from .records import (TEST, VALIDATION, Batch, Epoch, Prediction, Progress, ProgressMeter, Record, Start, Test, class_counts,
                       confusion_cells)
 from .figures import accuracy_of, count, pct
@@ -99,7 +100,7 @@ def validation_line(cfg: TrainConfig, run: RunDir, split: Split) -> str:
     n = count(len(split.val), "image")
     carved = run.lists / CARVED_NOTE
     if carved.is_file():
-        return carved.read_text(encoding="utf-8").strip()
+        return read_regular_bytes(carved, 4096).decode("utf-8", "replace").strip()[:300]
     if cfg.data_root and split.val_ratio is not None:
         return (f"{n}: {pct(split.val_ratio, 0)} of each class's training images (seed {cfg.seed}); every choice "
                 "reads them, the test split is evaluated once at the end")
@@ -147,7 +148,7 @@ EXCLUDED_LIST = "excluded.txt"
 def _leave_out(run: RunDir, exclude: set[str]) -> None:
     """Drop the config's excluded paths from the run's own train list, and keep the dropped lines beside it
     (``excluded.txt``), so the run says what it left out. The test list stays whole."""
-    lines = (run.lists / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = read_regular_bytes(run.lists / "train.txt", MAX_LIST_BYTES).decode("utf-8").splitlines(keepends=True)
     kept = [line for line in lines if line.rpartition("\t")[0] not in exclude]
     dropped = [line for line in lines if line.rpartition("\t")[0] in exclude]
     atomic_write_text(run.lists / "train.txt", "".join(kept))
@@ -156,7 +157,8 @@ def _leave_out(run: RunDir, exclude: set[str]) -> None:
 
 def excluded_count(run: RunDir) -> int:
     try:
-        return sum(1 for line in (run.lists / EXCLUDED_LIST).read_text(encoding="utf-8").splitlines() if line)
+        return sum(1 for line in read_regular_bytes(run.lists / EXCLUDED_LIST, MAX_LIST_BYTES).decode("utf-8")
+                   .splitlines() if line)
     except (OSError, UnicodeDecodeError):
         return 0
 

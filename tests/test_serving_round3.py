@@ -46,28 +46,40 @@ def fifo(tmp_path) -> Path:
 
 
 # ============================================================================= 3. bounded by what is shown
-def test_label_3000_the_training_page_is_bounded_in_time_and_memory(tmp_path, lite0_file):
-    """The probe's case: label 3000 in an ordinary train.txt made a 27 MB metrics line per epoch and a 63 s, 5.1 GB
-    Training page. Now the run trains the 2 classes present and the page costs what a 2-class run costs."""
-    make_colour_dataset(tmp_path / "d", per_class=10)
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    for name, indices in {"train.txt": range(0, 6), "test.txt": range(6, 10)}.items():
-        (lists / name).write_text("".join(f"{tmp_path / 'd' / colour / f'{colour}_{i:02d}.png'}\t{label}\n"
-                                          for colour, label in (("blue", 0), ("red", 3000)) for i in indices))
-    run = runs_dir() / "label3000"
-    list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=3), run))
-    assert read_run(run).status == "completed"
-    assert (run / "metrics.jsonl").stat().st_size < 50_000
+def _traced_page(run_name: str) -> tuple[float, int]:
+    """Seconds and peak traced memory of one fresh Training page on ``run_name``, its report computed anew."""
+    import streamlit as st
+
+    st.cache_data.clear()
     tracemalloc.start()
     started = time.monotonic()
-    at = _app("app_pages/training.py", run="label3000")
+    at = _app("app_pages/training.py", run=run_name)
     seconds = time.monotonic() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert not at.exception and any(s.value.startswith("Results on the test split") for s in at.subheader)
-    # Generous bounds (a shared, noisy machine; tracemalloc slows Python down): the probe measured 63 s and 5.1 GB.
-    assert seconds < 60 and peak < 1024**3, (seconds, peak)
+    return seconds, peak
+
+
+def test_label_3000_the_training_page_is_bounded_in_time_and_memory(tmp_path, lite0_file):
+    """The probe's case: label 3000 in an ordinary train.txt made a 27 MB metrics line per epoch and a 63 s, 5.1 GB
+    Training page. Now the run trains the 2 classes present, and its page costs what the same run labelled 0 and 1
+    costs (measured side by side in this test, after a first page has loaded everything a page imports)."""
+    make_colour_dataset(tmp_path / "d", per_class=10)
+    for name, red in (("plain", 1), ("label3000", 3000)):
+        lists = tmp_path / f"lists_{name}"
+        lists.mkdir()
+        for file, indices in {"train.txt": range(0, 6), "test.txt": range(6, 10)}.items():
+            (lists / file).write_text("".join(f"{tmp_path / 'd' / colour / f'{colour}_{i:02d}.png'}\t{label}\n"
+                                              for colour, label in (("blue", 0), ("red", red)) for i in indices))
+        list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=3), runs_dir() / name))
+        assert read_run(runs_dir() / name).status == "completed"
+    assert (runs_dir() / "label3000" / "metrics.jsonl").stat().st_size < 50_000
+    _app("app_pages/training.py", run="plain")  # imports and first-use costs, outside the measurement
+    plain_s, plain_peak = _traced_page("plain")
+    seconds, peak = _traced_page("label3000")
+    assert peak < 1.5 * plain_peak + 50 * 1024**2, (peak, plain_peak)  # was 5.1 GB
+    assert seconds < 3 * plain_s + 10, (seconds, plain_s)  # was 63 s
 
 
 def test_an_epochs_confusion_matrix_is_its_non_zero_cells_and_older_dense_ones_still_read():
@@ -363,3 +375,75 @@ def test_a_stored_empty_feature_entry_from_an_older_version_is_only_a_miss(tmp_p
                        "skipped": 4}, entry)
     found = [load_cached_features(tmp_path, p.stem) for p in tmp_path.rglob("*.pt")]
     assert found == [None]
+
+
+# ============================================================================= the class: every run file hostile
+RUN_FILES = ["config.json", "status.json", "metrics.jsonl", "summary.json", "surgery.json", "predictions.json",
+             "test_outputs.npz", "checkpoint_best.pt", "checkpoint_last.pt", "worker.log", "error.txt",
+             "temperature.json", "lists/train.txt", "lists/test.txt", "lists/val.txt", "lists/classes.json"]
+
+
+def _in_time(fn, seconds: float = 20.0):
+    """fn() in a thread: its result, or a failure when it has not returned in ``seconds`` (a read that blocks)."""
+    import threading
+
+    box = {}
+
+    def call():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001  (the test looks at what came out)
+            box["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn} blocked for {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fifo", "garbage", "nested"])
+def test_every_file_of_a_run_made_hostile_never_blocks_or_breaks_a_reader(lite0_run_here, kind):
+    """Each file a run folder may hold, replaced in turn (one run per file) by a FIFO, random bytes or deeply
+    nested JSON: reading, the report and prediction answer in time, the run marked damaged or unaffected; the
+    listing, Home, Prediction and Training (on each hostile run) show it beside the good one."""
+    import shutil
+
+    from core.errors import UserError
+    from core.predict import Predictor
+    from core.report import run_report
+    from core.rundir import list_runs
+
+    good = lite0_run_here
+    hostile = []
+    for number, name in enumerate(RUN_FILES):
+        run = good.parent / f"hostile-{number:02d}"
+        shutil.copytree(good, run)
+        target = run / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "garbage":
+            target.write_bytes(os.urandom(4096))
+        else:
+            target.write_text("[" * 100_000)
+        hostile.append(run)
+        info = _in_time(lambda: read_run(run))
+        assert info.status in ("completed", "damaged"), (name, info.status, info.reason)
+        for reader in (lambda: run_report(run), lambda: Predictor.load(run)):
+            try:
+                _in_time(reader)
+            except UserError:
+                pass  # a message: what matters is that it answered
+    assert {i.path.name for i in _in_time(lambda: list_runs(runs_dir()))} == {good.name, *(r.name for r in hostile)}
+    for page in ("app_pages/home.py", "app_pages/prediction.py"):
+        assert not _in_time(lambda: _app(page), 120).exception
+    for run in hostile:
+        at = _in_time(lambda: _app("app_pages/training.py", run=run.name), 120)
+        assert not at.exception, run
+    for run in hostile:
+        shutil.rmtree(run)
