@@ -573,11 +573,11 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
                         fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split))
     t0 = _timed(seconds, "health", t0)
     readable = [s for s in samples if s.path in tally.headers]
-    report.notes += _degenerate_notes(split, readable)
     if not readable:
         report.notes.append("no image could be read, so nothing else can be checked")
         report.seconds = seconds
         return report
+    report.notes += _degenerate_notes(split, readable)
 
     exact = yield from _exact_groups(tally.headers)
     t0 = _timed(seconds, "exact duplicates", t0)
