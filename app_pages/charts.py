@@ -179,7 +179,7 @@ def compare_chart(runs: list[RunInfo]) -> None:
         with columns[i % 2]:
             st.markdown(f"**{metric} per epoch**")
             st.altair_chart(alt.Chart(data[data["metric"] == metric]).mark_line(point=True).encode(
-                x=EPOCH_AXIS, y=alt.Y("value:Q", scale=alt.Scale(zero=False)),
+                x=EPOCH_AXIS, y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False, nice=False, padding=8)),
                 color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600))),
                 width="stretch")
     st.markdown("**Test accuracy** (each measured once, on the epoch its run kept)")
@@ -235,22 +235,41 @@ def _sampled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame if len(frame) <= MAX_CHART_POINTS else frame.sample(MAX_CHART_POINTS, random_state=0)
 
 
+def class_colours(classes) -> alt.Color:
+    """One categorical palette for classes wherever they are drawn (map, health): hues that tell classes apart,
+    not the theme's shades of one colour."""
+    names = sorted(set(classes))
+    return alt.Color("class:N", scale=alt.Scale(domain=names, scheme="tableau10" if len(names) <= 10 else "tableau20"),
+                     legend=alt.Legend(title="class", symbolOpacity=1))
+
+
+def _pixel_domain(values, input_size: int) -> list[float]:
+    """A log axis fitted to the images and the model's input size, with a margin: not to 10,000 for 500-pixel photos."""
+    low = min(float(values.min()), input_size) if len(values) else input_size
+    high = max(float(values.max()), input_size) if len(values) else input_size
+    return [max(1.0, low / 1.25), high * 1.25]
+
+
 def image_size_charts(sizes: pd.DataFrame, input_size: int) -> None:
     """Width against height (one point per image, by class) and the aspect ratios; the model's input size as rules."""
     c1, c2 = st.columns(2)
+    colour = class_colours(sizes["class"])
     with c1:
         st.markdown(f"**Width × height** (lines: the model's {input_size}-pixel input)")
-        points = alt.Chart(_sampled(sizes)).mark_circle(size=30, opacity=0.6).encode(
-            x=alt.X("width:Q", scale=alt.Scale(type="log")), y=alt.Y("height:Q", scale=alt.Scale(type="log")),
-            color=alt.Color("class:N"), tooltip=["path", "class", "split", "width", "height"])
-        rules = alt.Chart(pd.DataFrame({"size": [input_size]}))
-        st.altair_chart(points + rules.mark_rule(strokeDash=[4, 4]).encode(x="size:Q")
-                        + rules.mark_rule(strokeDash=[4, 4]).encode(y="size:Q"), width="stretch")
+        x = alt.X("width:Q", title="width (px)", scale=alt.Scale(type="log", domain=_pixel_domain(sizes["width"],
+                                                                                                  input_size)))
+        y = alt.Y("height:Q", title="height (px)", scale=alt.Scale(type="log", domain=_pixel_domain(sizes["height"],
+                                                                                                    input_size)))
+        points = alt.Chart(_sampled(sizes)).mark_circle(size=40, opacity=0.8).encode(
+            x=x, y=y, color=colour, tooltip=["path", "class", "split", "width", "height"])
+        rules = alt.Chart(pd.DataFrame({"width": [input_size], "height": [input_size]}))
+        st.altair_chart(points + rules.mark_rule(strokeDash=[4, 4]).encode(x=x)
+                        + rules.mark_rule(strokeDash=[4, 4]).encode(y=y), width="stretch")
     with c2:
         st.markdown("**Aspect ratio** (longer side ÷ shorter side)")
         st.altair_chart(alt.Chart(sizes).mark_bar().encode(
             x=alt.X("aspect:Q", bin=alt.Bin(maxbins=30), title="aspect ratio"), y=alt.Y("count():Q", title="images"),
-            color=alt.Color("class:N")), width="stretch")
+            color=colour), width="stretch")
 
 
 MAP_SELECTION = "picked"
@@ -260,9 +279,9 @@ def embedding_chart(points: pd.DataFrame, key: str):
     """The features' 2-D map, coloured by class and shaped by split; drag a box or click points to select them.
     Returns Streamlit's selection event."""
     brush = alt.selection_interval(name=MAP_SELECTION, encodings=["x", "y"])
-    chart = alt.Chart(_sampled(points)).mark_point(filled=True, size=45).encode(
+    chart = alt.Chart(_sampled(points)).mark_point(filled=True, size=90, stroke="white", strokeWidth=0.5).encode(
         x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
-        color=alt.Color("class:N"), shape=alt.Shape("split:N", scale=alt.Scale(domain=["train", "test"],
+        color=class_colours(points["class"]), shape=alt.Shape("split:N", scale=alt.Scale(domain=["train", "test"],
                                                                               range=["circle", "triangle"])),
         opacity=alt.condition(brush, alt.value(0.9), alt.value(0.25)),
         tooltip=["class", "split", "path"]).add_params(brush).properties(height=480)

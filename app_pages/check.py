@@ -149,7 +149,14 @@ def render_map(report: DataReport) -> None:
     kept = [(img, caption) for img, caption in images if img is not None]
     if kept:
         st.image([img for img, _ in kept], caption=[c for _, c in kept], width=96)
+    if len(kept) < len(picked):
+        st.caption(shown_of(len(kept), len(picked), "selected images"))
     st.dataframe(picked[["path", "class", "split"]], hide_index=True, width="stretch")
+
+
+def shown_of(shown: int, total: int, what: str) -> str:
+    """The note under thumbnails that are fewer than the rows they stand for."""
+    return f"Thumbnails: {shown:,} of {total:,} {what} (the first ones); the table below lists all {total:,}."
 
 
 # ----------------------------------------------------------------------------- label issues
@@ -167,6 +174,8 @@ def render_label_issues(report: DataReport, root: str, state: dict) -> None:
     kept = [(img, caption) for img, caption in images if img is not None]
     if kept:
         st.image([img for img, _ in kept], caption=[c for _, c in kept], width=112)
+    if len(kept) < len(issues):
+        st.caption(shown_of(len(kept), len(issues), "suspects"))
     table = pd.DataFrame([{"path": i.path, "split": i.split, "given": i.given, "model expects": i.suggested,
                            "probability": round(i.confidence, 3), "given class's probability": round(i.score, 4),
                            "found by": i.found_by} for i in issues])

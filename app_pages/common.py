@@ -426,7 +426,8 @@ def render_architecture_table(selected: str | None = None) -> None:
     st.dataframe(architecture_rows(choices), hide_index=True, width="stretch", height=35 * (len(choices) + 1) + 3,
                  column_config={"ImageNet top-1 (%)": st.column_config.NumberColumn(format="%.1f"),
                                 "s / 100 images": st.column_config.NumberColumn(format="%.1f"),
-                                "weights here": st.column_config.TextColumn(width="medium")})
+                                "weights here": st.column_config.TextColumn(width="medium"),
+                                "about": st.column_config.TextColumn(width="large")})
     where = sorted({c.speed.where for c in choices if c.speed})
     unmeasured = [c.name for c in choices if not c.speed]
     st.caption("s / 100 images: the frozen feature pass (what a default run spends its time on), measured by "

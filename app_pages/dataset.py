@@ -206,7 +206,9 @@ def render_augmentation_preview(result: dict) -> None:
             st.error(str(exc))
             return
         samples = [transform(image).clamp(0, 1).permute(1, 2, 0).numpy() for _ in range(6)]
-        st.image(samples, width=112, caption=[f"draw {i + 1}" for i in range(6)])
+        # One column per draw: the gaps keep a flipped draw from reading as one mirrored picture with its neighbour.
+        for i, (column, sample) in enumerate(zip(st.columns(6, gap="medium"), samples)):
+            column.image(sample, width=112, caption=f"draw {i + 1} of 6")
 
 
 def render_lists(root: str, state: dict, summary: dict) -> None:

@@ -51,7 +51,9 @@ def render_latest_run() -> None:
             cfg = run.config
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
                      f"trains {TRAINS[cfg.freeze]} · test accuracy {test_cell(run)}")
-    st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:")
+    # Opens Training on the run just described (its ?run=), not on whichever run that page last followed.
+    st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:",
+                 query_params={"run": runs[0].name} if runs else None)
 
 
 def main() -> None:

@@ -137,19 +137,23 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp"]
 
 
-def _batch_paths(uploads, folder: Path) -> list[str]:
-    """Write the uploaded images (each checked) and unpack uploaded zips (safely) into ``folder``."""
-    paths = []
+def _batch_paths(uploads, folder: Path) -> dict[str, str]:
+    """Write the uploaded images (each checked) and unpack uploaded zips (safely) into ``folder``: {path written: the
+    name the visitor knows it by} (a loose file's own name; a zip member's path inside its zip, folders kept)."""
+    shown = {}
     for i, upload in enumerate(uploads):
         data = upload.getvalue()
         if upload.name.lower().endswith(".zip"):
-            paths += image_files(extract_zip(data, folder, upload.name))
+            unpacked = Path(extract_zip(data, folder, upload.name))
+            shown.update({p: Path(p).relative_to(folder).as_posix() for p in image_files(unpacked)})
             continue
         check_image_upload(data, upload.name)
-        path = folder / f"{i:05d}-{Path(upload.name).name}"
+        name = Path(upload.name).name
+        path = folder / f"loose-{i:05d}" / name  # a folder each: two uploads may share a name
+        path.parent.mkdir()
         path.write_bytes(data)
-        paths.append(str(path))
-    return paths
+        shown[str(path)] = name
+    return shown
 
 
 def _checkpoint_stamp(run) -> int:
@@ -194,11 +198,10 @@ def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> No
             return
         rows = None
         with tempfile.TemporaryDirectory() as tmp, user_errors():
-            paths = _batch_paths(uploads, Path(tmp))
-            rows = run_with_stop(predict_many(predictor, paths, topk=topk, calibrated=calibrated),
+            names = _batch_paths(uploads, Path(tmp))
+            rows = run_with_stop(predict_many(predictor, list(names), topk=topk, calibrated=calibrated),
                                  key="pr_batch_run", what="prediction of many images",
                                  describe=lambda step: f"Predicting… {step.done}/{step.total} images")
-            names = {p: Path(p).relative_to(tmp).as_posix() for p in paths}
         if rows is None:  # it failed, and said why
             return
         failed = sum(bool(r.error) for r in rows)

@@ -21,9 +21,10 @@ def render_choices(state: dict) -> dict:
     names = list(ARCHITECTURES)
     with st.expander("Compare the architectures", expanded=False):
         render_architecture_table(default_arch())
-    c1, c2, c3 = st.columns(3)
-    arch = c1.selectbox("Architecture", names, index=names.index(default_arch()), key="sg_arch",
-                        format_func=_arch_label)
+    c1, c2, c3 = st.columns([1.5, 1, 1])  # the Architecture box wide enough for its label at 1280 px
+    if st.session_state.get("sg_arch") not in names:  # first drawn this visit: this visitor's saved choice
+        st.session_state["sg_arch"] = default_arch()
+    arch = c1.selectbox("Architecture", names, key="sg_arch", format_func=_arch_label)
     spec = ARCHITECTURES[arch]
     variants = [v.name for v in spec.variants]
     head_variant = c2.selectbox("Head", variants, key="sg_variant",
@@ -42,8 +43,9 @@ def render_choices(state: dict) -> dict:
 
 def _arch_label(name: str) -> str:
     spec = ARCHITECTURES[name]
-    top1 = f", ImageNet top-1 {spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else ""
-    return f"{name}: {spec.num_params / 1e6:.1f} M parameters, {spec.input_size} px{top1}"
+    # The chooser's key figure first, so a narrow box cuts the least important part.
+    top1 = f" · top-1 {spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else ""
+    return f"{name}{top1} · {spec.num_params / 1e6:.1f}M params · {spec.input_size}px"
 
 
 def _confined_weights_file(typed: str) -> str:
@@ -88,10 +90,14 @@ def render_no_weights(arch: str, sources) -> None:
                   else "."))
     if offline and arch not in offline:
         pick = st.selectbox("Offline architecture", offline, key="sg_offline_pick")
-        if st.button(f"Use {pick} instead", key="sg_use_lite"):
-            save_state(arch=pick, head_variant=None)
-            st.session_state.pop("sg_arch", None)
-            st.rerun()
+        st.button(f"Use {pick} instead", key="sg_use_lite", on_click=_use_architecture, args=(pick,))
+
+
+def _use_architecture(name: str) -> None:
+    """The switch button's callback: it runs before the next script run draws the Architecture box, which is
+    when Streamlit lets a widget's value be set (so the box shows it, and every later rerun keeps it)."""
+    save_state(arch=name, head_variant=None)
+    st.session_state["sg_arch"] = name
 
 
 def render_add_weights(spec) -> None:

@@ -76,10 +76,13 @@ def _model_settings(state: dict) -> dict:
 def _optimiser_settings(state: dict, freeze: str) -> dict:
     """Epochs, batches, learning rates and their schedule, processes, seed."""
     c1, c2, c3 = st.columns(3)
+    # The rate's default goes in through Session State, not value=: the finder's "Use …" sets it there too, and a
+    # widget given both warns (with a stack trace in the server log).
+    st.session_state.setdefault("tr_lr", DEFAULTS.lr)
     chosen = dict(epochs=c1.slider("Epochs", *field_range("epochs", ui=True), DEFAULTS.epochs, key="tr_epochs"),
                   batch_size=c2.select_slider("Batch size", [1, 2, 4, 8, 16, 32, 64], value=DEFAULTS.batch_size,
                                               key="tr_batch"),
-                  lr=c3.select_slider("Learning rate (log scale)", _lr_options(), value=DEFAULTS.lr, key="tr_lr",
+                  lr=c3.select_slider("Learning rate (log scale)", _lr_options(), key="tr_lr",
                                       format_func=lambda v: f"{v:.3g}",
                                       help="Not sure? The learning-rate finder below suggests one for these "
                                            "settings."))
@@ -175,6 +178,13 @@ def render_lr_finder(cfg: TrainConfig) -> None:
 
 
 TRIALS = 50
+FINDER_AND_SEARCH = (
+    "How the finder and the search relate: the finder watches the training loss over one short sweep with everything "
+    "else fixed and suggests a rate where it still falls well; the search trains whole heads (rate, epochs, weight "
+    "decay, momentum, label smoothing together) and scores each by cross-validated accuracy on the training images. "
+    "A small rate with many epochs can do what a larger one does in few, so the search's rate may sit well below "
+    "the finder's. Its first trial is the settings above, so it never picks something that scored below them; "
+    "its learning rates are searched within ×/÷ 10 of the finder's suggestion once you have taken it.")
 
 
 def render_head_search(cfg: TrainConfig) -> None:
@@ -183,6 +193,10 @@ def render_head_search(cfg: TrainConfig) -> None:
         st.caption("The head search needs pretrained weights, fine-tune mode 'only the new head' and no "
                    "augmentation: then every trial trains on cached features in milliseconds.")
         return
+    found = st.session_state.get("tr_lr_found")
+    centre = found if found is not None and abs(cfg.lr - found) <= 1e-12 else None  # the finder's, once taken
+    st.caption(FINDER_AND_SEARCH + (f" Now: around the finder's {centre:g}." if centre else
+                                    " Now: over the whole range (take the finder's suggestion to centre it)."))
     result = remembered_action(
         cfg, "tune", f"Search the head's settings ({TRIALS} trials)", what="search",
         help="Optuna (TPE, pruning) tries learning rate, weight decay, momentum, epochs and label smoothing; each "
@@ -190,7 +204,7 @@ def render_head_search(cfg: TrainConfig) -> None:
              "at until a run trains with the best settings.",
         hint="Tries settings for the new head in seconds (it trains on the cached features), scoring each on the "
              "training images only, and offers a run with the best.",
-        work=lambda: tune_head(cfg, cache_dir=cache_dir(), trials=TRIALS, seed=cfg.seed))
+        work=lambda: tune_head(cfg, cache_dir=cache_dir(), trials=TRIALS, seed=cfg.seed, lr_centre=centre))
     if result is None:
         return
     trials_chart(result.trials)

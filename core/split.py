@@ -28,6 +28,13 @@ from .io import MAX_LIST_BYTES, NotAFile, atomic_write_text, open_regular, read_
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def unsupported_type(name: str) -> str:
+    """Why a file is skipped for its type: "GIF is not a supported type (supported: JPG, JPEG, …)"."""
+    suffix = os.path.splitext(name)[1]
+    what = f"{suffix[1:].upper()} is" if suffix[1:] else "a file without an extension is"
+    return f"{what} not a supported image type (supported: {', '.join(e[1:].upper() for e in IMG_EXTENSIONS)})"
+
+
 def has_file_allowed_extension(filename: str, extensions: tuple[str, ...]) -> bool:
     return filename.lower().endswith(extensions)
 
@@ -91,7 +98,7 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -
             full = os.path.join(dirpath, name)
             reason = _link_problem(full, allowed)
             if reason is None and not has_file_allowed_extension(name, IMG_EXTENSIONS):
-                reason = f"not an image extension ({', '.join(IMG_EXTENSIONS)})"
+                reason = unsupported_type(name)
             reason = reason or _unwritable_reason(full)
             if reason:
                 skipped.append(Skipped(full, reason))

@@ -156,9 +156,13 @@ def _folds(labels: np.ndarray, seed: int) -> tuple[list, str | None]:
 
 
 def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: int = 50, seed: int = 0,
-              stop=lambda: None) -> Iterator:
+              stop=lambda: None, lr_centre: float | None = None) -> Iterator:
     """Search the head's settings for the run ``cfg`` describes. A generator of Progress records (the feature
-    pass when the cache lacks it, then one per trial); returns a TuneResult."""
+    pass when the cache lacks it, then one per trial); returns a TuneResult.
+
+    The first trial is ``cfg``'s own settings, so the best is never one that scored below them. ``lr_centre`` (the
+    learning-rate finder's suggestion): learning rates are searched within ×/÷ 10 of it instead of the whole
+    range."""
     import optuna
 
     t0 = time.time()
@@ -168,10 +172,14 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
     low_epochs, high_epochs = field_range("epochs")
+    space = search_space(lr_centre)
+    study.enqueue_trial(_within(space, {"lr": cfg.lr if lr_centre is None else lr_centre,
+                                        "weight_decay": cfg.weight_decay, "momentum": cfg.momentum,
+                                        "epochs": cfg.epochs, "label_smoothing": cfg.label_smoothing}))
 
     def objective(trial: "optuna.Trial") -> float:
         params = {}
-        for name, (low, high, log) in SEARCH_SPACE.items():
+        for name, (low, high, log) in space.items():
             params[name] = (trial.suggest_int(name, max(low, low_epochs), min(high, high_epochs)) if name == "epochs"
                             else trial.suggest_float(name, low, high, log=log))
         scores = []
@@ -205,7 +213,27 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
     result = TuneResult(dict(study.best_params), float(study.best_value), len(folds), rows, len(y), time.time() - t0)
     if note:
         result.notes.append(note)
+    if lr_centre is not None:
+        low, high, _ = space["lr"]
+        result.notes.append(f"learning rates searched around the finder's {lr_centre:.3g}: {low:.3g} to {high:.3g}")
     return result
+
+
+def search_space(lr_centre: float | None = None) -> dict:
+    """SEARCH_SPACE, with the learning rate narrowed to ×/÷ 10 around ``lr_centre`` (within the full range)."""
+    if lr_centre is None or not lr_centre > 0:
+        return dict(SEARCH_SPACE)
+    low, high, log = SEARCH_SPACE["lr"]
+    return {**SEARCH_SPACE, "lr": (max(low, lr_centre / 10), min(high, max(lr_centre * 10, low * 10)), log)}
+
+
+def _within(space: dict, params: dict) -> dict:
+    """``params`` clipped into ``space`` (a setting outside the search's range is tried at its nearest edge)."""
+    clipped = {}
+    for name, (low, high, _) in space.items():
+        value = min(max(params[name], low), high)
+        clipped[name] = int(round(value)) if name == "epochs" else float(value)
+    return clipped
 
 
 def save_result(result: TuneResult, path: str | Path) -> None:

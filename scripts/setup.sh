@@ -8,9 +8,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch first and pinned: an unpinned resolve may pull a multi-GB CUDA build from the network,
-# while these exact releases are served from the local wheel cache on our machines.
-.venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+# torch first, pinned to the releases the project is tested with. On Linux, PyPI's torch wheel is the CUDA
+# build: it brings NVIDIA's libraries (a few GB) and runs on a CPU as well. For a CPU-only install (much
+# smaller, no GPU support) set TORCH_INDEX=https://download.pytorch.org/whl/cpu before running this script.
+.venv/bin/python -m pip install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==2.14.1" "torchvision==0.29.1"
 if [ "${1:-}" = "dev" ]; then
   .venv/bin/python -m pip install --quiet -r requirements-dev.txt
   if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then

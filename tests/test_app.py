@@ -9,6 +9,7 @@ from core.demo import generate_demo
 from core.rundir import read_records, read_run
 from core.runs import kill_worker
 from core.workspace import lists_dir_for, runs_dir
+import time
 from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "dashboard.py")
@@ -92,6 +93,13 @@ def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
     assert at.selectbox(key="sg_offline_pick").options == ["efficientnet_lite0", "efficientnet_lite1",
                                                             "efficientnet_lite2"]
     at.button(key="sg_use_lite").click().run()
+    assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
+    for mode in ("last_block", "all", "head"):  # every later change of another control keeps it
+        at.radio(key="sg_freeze").set_value(mode).run()
+        assert at.selectbox(key="sg_arch").value == "efficientnet_lite0" and not at.exception
+    open_page(at, "app_pages/training.py")
+    assert not any("from scratch" in w.value for w in at.warning)
+    open_page(at, "app_pages/surgery.py")  # and coming back
     assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
     table = next(d.value for d in at.dataframe if "ImageNet top-1 (%)" in d.value.columns)  # the chooser
     assert list(table["architecture"]) == list(ARCHITECTURES)
@@ -377,6 +385,10 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     table = at.dataframe[0].value
     assert len(table) == 5 and list(table.columns) == ["path", "top_class", "probability", "topk", "error"]
     assert sum(table["top_class"] == "star") >= 2 and sum(table["top_class"] == "circle") >= 1
+    circles = sorted((small_demo / "circle").iterdir())[:2]
+    # The visitor's own names (not renamed copies); a zip's members by their path inside it (its one top folder,
+    # "circles/", is the data root the zip unpacks to, so they show under the zip's name).
+    assert sorted(table["path"]) == sorted([p.name for p in stars] + [f"c/{p.name}" for p in circles])
     assert "pr_batch_run_stop" not in [b.key for b in at.button]  # the Stop button goes with the work
     at.session_state["pr_batch_run"] = True  # what a Stop click leaves behind when it cuts the work short
     at.run()
@@ -400,7 +412,10 @@ def test_dataset_page_previews_augmented_samples(small_demo):
     at = open_page(app(), "app_pages/dataset.py")
     at.selectbox(key="ds_aug").set_value("crop+flip").run()
     assert not at.exception and not at.error
-    assert len(at.get("image")) == 5 + 1  # a row of thumbnails per class, and the row of augmented draws
+    # a row of thumbnails per class, then the six augmented draws, each in its own column with its label
+    assert len(at.get("image")) == 5 + 6
+    draws = list(at.get("image"))[5:]
+    assert [f"draw {i} of 6" in str(img.proto) for i, img in enumerate(draws, 1)] == [True] * 6
 
 
 # ----------------------------------------------------------------------------- 2 · Check the data
@@ -545,3 +560,42 @@ def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
     assert [r.type for r in records.items].count("resumed") == 1
     at.run()
     assert not [b for b in at.button if b.key == "tr_resume"]  # completed: nothing to resume
+
+
+def test_home_open_training_follows_the_latest_run(small_demo):
+    from core.config import TrainConfig
+    from core.rundir import create_run
+
+    create_run(runs_dir() / "older", TrainConfig(data_root=str(small_demo)), queued=True)
+    time.sleep(0.05)
+    create_run(runs_dir() / "latest", TrainConfig(data_root=str(small_demo)), queued=True)
+    at = app()
+    link = next(link.proto for link in at.get("page_link") if link.proto.label == "Open Training")
+    assert link.query_string == "run=latest"
+    at = open_page(at, "app_pages/training.py")
+    at.query_params["run"] = "latest"  # what the link's address carries
+    at.run()
+    assert not any("No run is being followed" in i.value for i in at.info)
+
+
+def _sixteen_suspects(folder: str) -> None:
+    """A page script for AppTest: the label-issues section of a report with 16 suspects."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from app_pages.check import render_label_issues
+    from core.datacheck import LabelIssue
+
+    issues = [LabelIssue(str(p), "train", "blue", "red", 0.1, 0.9, 0, 1)
+              for p in sorted(Path(folder).rglob("*.png"))[:16]]
+    render_label_issues(SimpleNamespace(too_small=[], label_issues=issues, baseline=None, notes=[]), folder, {})
+
+
+def test_check_page_says_how_many_suspects_its_thumbnails_show(tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    folder = make_colour_dataset(tmp_path / "d", per_class=8)
+    at = AppTest.from_function(_sixteen_suspects, args=(str(folder),), default_timeout=60).run()
+    assert not at.exception
+    assert "Thumbnails: 12 of 16 suspects (the first ones); the table below lists all 16." in [c.value for c in at.caption]
+    assert len(at.dataframe[0].value) == 16

@@ -220,3 +220,23 @@ def test_walk_all_pages_train_and_predict(server, page):
     _shot(page, "4-prediction")
     outside = [u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
     assert outside == [], outside
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="Chromium is not installed")
+def test_the_switch_to_an_offline_architecture_sticks_in_the_box_through_reruns(server, page):
+    """Clicked in a real browser, "Use efficientnet_lite0 instead" must set the Architecture box itself (AppTest
+    keeps no browser-side widget state, so it could not see the box keep the old value)."""
+    url, _ = server
+    page.goto(f"{url}/surgery?arch=resnet18")
+    page.get_by_role("button", name="Use efficientnet_lite0 instead").click()
+    box = page.locator("[data-testid=stSelectbox]").filter(has_text="Architecture").first
+    box.filter(has_text="efficientnet_lite0").wait_for(timeout=60_000)
+    for mode in ("the body's last stage and the head train", "every layer trains",
+                 "only the new head trains"):
+        page.get_by_text(mode, exact=False).first.click()
+        page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=60_000)
+        assert "efficientnet_lite0" in box.inner_text(), mode
+    page.get_by_role("link", name="4 · Training").first.click()
+    page.get_by_text("Start training").first.wait_for(timeout=60_000)
+    assert "from scratch" not in page.locator("body").inner_text()

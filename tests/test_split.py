@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from core.split import read_split, split_dataset, write_split
 from core.errors import DatasetError
@@ -49,13 +50,16 @@ def test_write_split_refuses_to_overwrite(colour_data, tmp_path):
 def test_skipped_files_are_reported_with_reasons(colour_data):
     (colour_data / "README.txt").write_text("hello")
     (colour_data / "red" / "notes.csv").write_text("a,b")
+    Image.new("RGB", (8, 8)).save(colour_data / "red" / "anim.gif")
     nested = colour_data / "red" / "more" / "deeper"
     nested.mkdir(parents=True)
     (nested / "x.png").write_bytes((colour_data / "red" / "red_00.png").read_bytes())
     split = split_dataset(colour_data)
     reasons = {Path(s.path).name: s.reason for s in split.skipped}
     assert "not inside a class folder" in reasons["README.txt"]
-    assert "not an image extension" in reasons["notes.csv"]
+    assert reasons["notes.csv"] == ("CSV is not a supported image type (supported: JPG, JPEG, PNG, PPM, BMP, PGM, TIF, "
+                                    "TIFF, WEBP)")
+    assert reasons["anim.gif"].startswith("GIF is not a supported image type (supported: JPG")
     assert sum(c.train + c.val + c.test for c in split.counts() if c.name == "red") == 11  # nested image found
 
 

@@ -105,3 +105,18 @@ def test_tune_command(train_only, tmp_path):
     data = json.loads((tmp_path / "t.json").read_text())
     assert len(data["trials"]) == 5 and set(data["best"]) == set(SEARCH_SPACE)
     assert "the test split was not read" in out.stdout and "train with them: python -m core train" in out.stdout
+
+
+def test_the_first_trial_is_the_current_settings_and_the_finder_centres_the_rates(train_only, lite0_file, tmp_path):
+    """The search never prefers settings that scored below the ones it started from, and with the finder's suggestion
+    it searches learning rates within ×/÷ 10 of it."""
+    cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), lists_dir=str(train_only), num_workers=0,
+                      lr=0.01, epochs=5)
+    result = follow(tune_head(cfg, cache_dir=tmp_path / "cache", trials=6, lr_centre=0.0019))
+    first = result.trials[0]
+    assert first.params == {"lr": 0.0019, "weight_decay": 1e-6, "momentum": 0.9, "epochs": 5, "label_smoothing": 0.0}
+    assert result.best_score >= (first.score or 0)
+    assert all(0.00019 <= t.params["lr"] <= 0.019 for t in result.trials)
+    assert "learning rates searched around the finder's 0.0019: 0.00019 to 0.019" in result.notes
+    plain = follow(tune_head(cfg, cache_dir=tmp_path / "cache", trials=2))
+    assert plain.trials[0].params["lr"] == 0.01  # without the finder: the settings' own rate first
