@@ -143,20 +143,30 @@ def render_map(report: DataReport) -> None:
     if picked.empty:
         return
     st.markdown(f"**{plural(len(picked), 'image')} selected**")
-    first = picked.head(SELECTED_SHOWN)
+    first = _both_splits(picked, SELECTED_SHOWN)
     images = [(thumbnail(path), f"{name} · {side}") for path, name, side in zip(first["path"], first["class"],
                                                                                   first["split"])]
     kept = [(img, caption) for img, caption in images if img is not None]
     if kept:
         st.image([img for img, _ in kept], caption=[c for _, c in kept], width=96)
     if len(kept) < len(picked):
-        st.caption(shown_of(len(kept), len(picked), "selected images"))
+        st.caption(shown_of(len(kept), len(picked), "selected images", "train and test in proportion"))
     st.dataframe(picked[["path", "class", "split"]], hide_index=True, width="stretch")
 
 
-def shown_of(shown: int, total: int, what: str) -> str:
+def shown_of(shown: int, total: int, what: str, which: str = "the first ones") -> str:
     """The note under thumbnails that are fewer than the rows they stand for."""
-    return f"Thumbnails: {shown:,} of {total:,} {what} (the first ones); the table below lists all {total:,}."
+    return f"Thumbnails: {shown:,} of {total:,} {what} ({which}); the table below lists all {total:,}."
+
+
+def _both_splits(picked: pd.DataFrame, most: int) -> pd.DataFrame:
+    """At most ``most`` rows with test images in proportion to the selection (at least one when there is one), so a
+    selection's thumbnails never show only its training images."""
+    test = picked[picked["split"] == "test"]
+    if len(picked) <= most or test.empty:
+        return picked.head(most)
+    share = min(len(test), max(1, round(most * len(test) / len(picked))))
+    return pd.concat([picked[picked["split"] != "test"].head(most - share), test.head(share)])
 
 
 # ----------------------------------------------------------------------------- label issues

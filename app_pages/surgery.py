@@ -71,7 +71,8 @@ def render_weights_manager(arch: str, state: dict) -> str:
     chosen = next((s for s in sources if s.available), None)
     st.dataframe(pd.DataFrame([{"order": i + 1, "source": s.kind, "where": s.path or "", "status":
                                 ("in use" if s is chosen else "available") if s.available else s.detail}
-                               for i, s in enumerate(sources)]), hide_index=True, width="stretch")
+                               for i, s in enumerate(sources)]), hide_index=True, width="stretch",
+                 column_config={"where": st.column_config.TextColumn(width="large")})
     if chosen is None:
         render_no_weights(arch, sources)
     render_add_weights(spec)
@@ -189,16 +190,19 @@ def render_parameters(report: SurgeryReport) -> None:
     params["status"] = params["trainable"].map({True: "trainable", False: "frozen"})
     totals = params.groupby("status")["numel"].agg(["count", "sum"]).rename(
         columns={"count": "tensors", "sum": "parameters"})
-    st.dataframe(totals, width="content")
+    counts = st.column_config.NumberColumn(format="localized")  # 3,371,008 as in the figures above
+    st.dataframe(totals, width="content", column_config={"tensors": counts, "parameters": counts})
     st.caption("The ✓ columns: which tensors train in each fine-tune mode (the chosen one is the status column).")
     modes = {f"trains when {TRAINS[mode]}": mode for mode in FREEZE_MODES}
     for column, mode in modes.items():
         params[column] = params["name"].map(lambda n, m=mode: "✓" if trains_in(report.modes[m], n) else "")
     st.dataframe(pd.DataFrame({column: [int(params.loc[params[column] == "✓", "numel"].sum())]
-                               for column in modes}, index=["trainable parameters"]), width="content")
+                               for column in modes}, index=["trainable parameters"]), width="content",
+                 column_config={column: counts for column in modes})
     show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
     view = params if show == "all" else params[params["status"] == show]
     st.dataframe(view[["name", "shape", "numel", "status", *modes]], hide_index=True, width="stretch",
+                 column_config={"numel": counts},
                  height=min(320, 35 * (len(view) + 1) + 3))
 
 

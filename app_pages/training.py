@@ -302,6 +302,13 @@ def _time_left(run_path: Path, records) -> str:
     return f", about {left:.0f}s left"
 
 
+def render_skipped(start_record, records) -> None:
+    """List entries that cannot be images, and the images each feature pass could not read, named (first few)."""
+    skipped = [f"{f.split}: {f.skipped_line()}" for f in records.of(Features) if f.skipped]
+    for line in filter(None, [start_record.unusable_line(), *skipped]):
+        st.warning(line[:1].upper() + line[1:] + ".")
+
+
 def live_view(run_path: Path, was_running: bool) -> None:
     info = read_run(run_path)
     if info.status is RunState.DAMAGED:
@@ -324,13 +331,10 @@ def live_view(run_path: Path, was_running: bool) -> None:
                        f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
             if start_record.validation:
                 st.caption(f"Validation: {start_record.validation}.")
-            for line in [start_record.unusable_line(), *(f"{f.split}: {f.skipped_line()}" for f in records.of(Features)
-                                                         if f.skipped)]:
-                if line:
-                    st.warning(line[:1].upper() + line[1:] + ".")
             else:
                 st.caption("An older run: it chose its kept epoch on the test split, so its test figure is "
                            "optimistic.")
+            render_skipped(start_record, records)
             if info.config is not None and info.config.tuned_by:
                 st.caption(f"Settings from a {info.config.tuned_by}.")
             if start_record.class_weights:

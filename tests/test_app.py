@@ -599,3 +599,16 @@ def test_check_page_says_how_many_suspects_its_thumbnails_show(tmp_path):
     assert not at.exception
     assert "Thumbnails: 12 of 16 suspects (the first ones); the table below lists all 16." in [c.value for c in at.caption]
     assert len(at.dataframe[0].value) == 16
+
+
+def test_a_map_selections_thumbnails_include_its_test_images_in_proportion():
+    import pandas as pd
+
+    from app_pages.check import _both_splits, shown_of
+
+    picked = pd.DataFrame({"path": [f"p{i}" for i in range(211)], "split": ["train"] * 160 + ["test"] * 51})
+    first = _both_splits(picked, 48)
+    assert len(first) == 48 and (first["split"] == "test").sum() == 12  # 51/211 of 48
+    assert _both_splits(picked.head(30), 48).equals(picked.head(30))
+    assert shown_of(48, 211, "selected images", "train and test in proportion") == (
+        "Thumbnails: 48 of 211 selected images (train and test in proportion); the table below lists all 211.")

@@ -8,6 +8,7 @@ CSV fields, missing entries named), and outputs nobody can misread (a zip given 
 import io
 import json
 import os
+import shutil
 import time
 import tracemalloc
 import zipfile
@@ -58,6 +59,8 @@ def _traced_page(run_name: str) -> tuple[float, int]:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert not at.exception and any(s.value.startswith("Results on the test split") for s in at.subheader)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Validation: ") for c in captions) and not any("An older run" in c for c in captions)
     return seconds, peak
 
 
@@ -151,6 +154,11 @@ def test_a_fifo_in_a_list_is_named_in_the_run_and_the_run_completes(fifo, tmp_pa
     assert start.unusable_examples[1] == f"{missing[0][0]} (missing)"
     assert start.unusable_line().startswith("7 list entries cannot be images and are skipped: ")
     assert start.unusable_line().endswith("; and 2 more")
+    shutil.copytree(tmp_path / "run", runs_dir() / "with-fifo", ignore=shutil.ignore_patterns("*.pt"))
+    at = _app("app_pages/training.py", run="with-fifo")
+    warnings = [w.value for w in at.warning]
+    assert start.unusable_line()[:1].upper() + start.unusable_line()[1:] + "." in warnings
+    assert any(w.startswith("Train: 7 unreadable image(s) skipped") for w in warnings)
     features = [r for r in read_records(tmp_path / "run").of(Features) if r.split == "train"]
     assert features[0].skipped == 7  # the default path (cached features) names the images its pass skipped
     assert features[0].skipped_line().startswith(f"7 unreadable image(s) skipped: {fifo}, {missing[0][0]}")
