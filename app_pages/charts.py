@@ -60,9 +60,12 @@ def loss_charts(records: Records) -> None:
 
 def per_class_chart(classes: list[str], accuracies: list) -> None:
     per_class = pd.DataFrame({"class": classes, "accuracy": accuracies})
+    # A height in pixels, not Vega-Lite's per-bar step: a stepped height cannot also fit the container, and the
+    # browser's console warned 'Dropping "fit-y"' for every such chart.
     st.altair_chart(alt.Chart(per_class).mark_bar().encode(
         x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("class:N", sort=None),
-        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]), width="stretch")
+        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]).properties(height=22 * len(classes) + 10),
+        width="stretch")
 
 
 CELL_SELECTION = "cell"

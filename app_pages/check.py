@@ -41,13 +41,15 @@ def _class_names(report: DataReport, labels) -> list[str]:
 def render_health(report: DataReport) -> None:
     h = report.health
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Images", f"{report.train + report.test:,}", help=f"{report.train} train, {report.test} test")
+    # Every listed image, the validation share included: the same count as "Readable" + "Unreadable" below.
+    c1.metric("Images", f"{report.train + report.val + report.test:,}",
+              help=f"{report.train:,} train, {report.val:,} validation, {report.test:,} test")
     c2.metric("Readable", f"{h.readable:,}")
     c3.metric("Unreadable", f"{len(h.unreadable):,}", help="Left out of the list files, each with its reason below.")
     c4.metric("Largest ÷ smallest class", "–" if h.imbalance is None else f"{h.imbalance:.1f}×")
     for warning in h.warnings:
         st.warning(warning)
-    counts = pd.DataFrame([{"label": c.label, "class": c.name, "train": c.train, "test": c.test,
+    counts = pd.DataFrame([{"label": c.label, "class": c.name, "train + validation": c.train, "test": c.test,
                             "unreadable": c.unreadable} for c in h.classes])
     left, right = st.columns([2, 1])
     left.dataframe(counts, hide_index=True, width="stretch")

@@ -122,6 +122,7 @@ class DataReport:
     near_threshold: float = NEAR_THRESHOLD
     features_from_cache: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    val: int = 0  # validation images (part of the training share; reports stored before it say 0)
     fingerprint: str = ""  # data_fingerprint: the images, labels, architecture and weights
     split_fingerprint: str = ""  # which side each image was on
     created: float = field(default_factory=time.time)
@@ -158,7 +159,7 @@ class DataReport:
         health["imbalance"] = self.health.imbalance
         return {
             "version": REPORT_VERSION, "source": self.source, "arch": self.arch, "weights": self.weights,
-            "classes": self.classes, "train": self.train, "test": self.test, "created": self.created,
+            "classes": self.classes, "train": self.train, "val": self.val, "test": self.test, "created": self.created,
             "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint, "near_threshold": self.near_threshold,
             "features_from_cache": self.features_from_cache, "seconds": self.seconds, "notes": self.notes,
             "too_small": self.too_small,
@@ -196,7 +197,8 @@ class DataReport:
                 notes=[str(n) for n in data["notes"]], too_small=[str(c) for c in data["too_small"]],
                 near_threshold=float(data["near_threshold"]), features_from_cache=bool(data["features_from_cache"]),
                 seconds={str(k): float(v) for k, v in data["seconds"].items()}, fingerprint=str(data["fingerprint"]),
-                split_fingerprint=str(data["split_fingerprint"]), created=float(data["created"]))
+                split_fingerprint=str(data["split_fingerprint"]), created=float(data["created"]),
+                val=int(data.get("val", 0)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DatasetError(f"the stored data check is damaged ({type(exc).__name__}: {str(exc)[:100]}); "
                                "run the check again") from None
@@ -530,7 +532,7 @@ def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
     perplexity = float(min(30, (n - 1) / 3))
     # 500 iterations (scikit-learn's default is 1000): the map settles well before, at half the time.
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0, max_iter=500).fit_transform(reduced)
-    return xy, f"t-SNE (perplexity {perplexity:g}) of the first {components} PCA components"
+    return xy, f"t-SNE (perplexity {perplexity:.3g}) of the first {components} PCA components"
 
 
 # ----------------------------------------------------------------------------- the whole check
@@ -570,7 +572,8 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
             yield record
     report = DataReport(source or split.root, arch, weights, list(split.classes), len(split.train), len(split.test),
                         tally.report(), near_threshold=near_threshold,
-                        fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split))
+                        fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split),
+                        val=len(split.val))
     t0 = _timed(seconds, "health", t0)
     readable = [s for s in samples if s.path in tally.headers]
     if not readable:

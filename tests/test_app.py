@@ -612,3 +612,13 @@ def test_a_map_selections_thumbnails_include_its_test_images_in_proportion():
     assert _both_splits(picked.head(30), 48).equals(picked.head(30))
     assert shown_of(48, 211, "selected images", "train and test in proportion") == (
         "Thumbnails: 48 of 211 selected images (train and test in proportion); the table below lists all 211.")
+
+
+def test_check_page_counts_every_image_once_validation_included(small_demo):
+    """"Images" on the Health tab is train + validation + test, so it agrees with "Readable" + "Unreadable"."""
+    at = open_page(app(), "app_pages/check.py")
+    at.button(key="ck_run").click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Images"].replace(",", "")) == (int(metrics["Readable"].replace(",", ""))
+                                                       + int(metrics["Unreadable"].replace(",", "")))
