@@ -563,6 +563,9 @@ def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="search the head's settings (Optuna, cross-validated on the training split)")
     _add_run_settings(p)
     p.add_argument("--trials", type=_number(1, 10_000), default=50, help="settings to try")
+    p.add_argument("--around-lr", type=_number(1e-7, 10.0, float), metavar="LR",
+                   help="search learning rates within ×/÷ 10 of LR (the finder's suggestion, `python -m core "
+                        "lr-find`) instead of the whole range")
     p.add_argument("--json", metavar="OUT.json", help="write every trial and the best settings as JSON")
     p.add_argument("--train", action="store_true", help="then train a normal run with the best settings (it "
                                                         "records that they came from this search)")
@@ -579,7 +582,7 @@ def cmd_tune(args) -> int:
     if why:
         print(f"note: {why}", file=sys.stderr, flush=True)
     result = follow(tune_head(cfg, cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
-                              trials=args.trials, seed=cfg.seed),
+                              trials=args.trials, seed=cfg.seed, lr_centre=args.around_lr),
                     _progress_line(lambda record: f"{record.phase.doing}: {record.done}/{record.total}"))
     pruned = sum(t.state == "pruned" for t in result.trials)
     print(f"{len(result.trials)} trials ({pruned} pruned) in {result.seconds:.1f} s; {result.folds}-fold "

@@ -120,3 +120,15 @@ def test_the_first_trial_is_the_current_settings_and_the_finder_centres_the_rate
     assert "learning rates searched around the finder's 0.0019: 0.00019 to 0.019" in result.notes
     plain = follow(tune_head(cfg, cache_dir=tmp_path / "cache", trials=2))
     assert plain.trials[0].params["lr"] == 0.01  # without the finder: the settings' own rate first
+
+
+def test_the_command_line_search_can_centre_on_a_learning_rate(train_only, lite0_file, tmp_path, capsys):
+    from core.cli import main
+
+    assert main(["tune", "--lists", str(train_only), "--arch", "efficientnet_lite0", "--weights", str(lite0_file),
+                 "--trials", "3", "--around-lr",
+                 "0.002", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "note: learning rates searched around the finder's 0.002: 0.0002 to 0.02" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main(["tune", "--lists", str(train_only), "--around-lr", "inf"])
+    assert refused.value.code == 2 and "--around-lr: must be from 1e-07 to 10.0, got inf" in capsys.readouterr().err
