@@ -622,3 +622,10 @@ def test_check_page_counts_every_image_once_validation_included(small_demo):
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Images"].replace(",", "")) == (int(metrics["Readable"].replace(",", ""))
                                                        + int(metrics["Unreadable"].replace(",", "")))
+    # The health chart: axes titled in pixels and fitted to the images, classes in a categorical palette.
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    sizes = next(s for s in specs if "width (px)" in json.dumps(s))
+    text = json.dumps(sizes)
+    assert "height (px)" in text and "width, size" not in text and '"scheme": "tableau10"' in text
+    domain = next(layer["encoding"]["x"]["scale"]["domain"] for layer in sizes["layer"] if "x" in layer["encoding"])
+    assert domain[1] < 1000  # the demo's images are 96 px and the input 224 px: not an axis to 10,000
