@@ -200,7 +200,8 @@ def class_counts_chart(counts: pd.DataFrame) -> None:
         x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None),
         color=alt.Color("part:N", sort=parts, scale=alt.Scale(domain=parts, scheme="tableau10")),
         order=alt.Order("part_order:Q"), tooltip=["class", "part", "images"]).transform_calculate(
-        part_order="indexof(['train', 'validation', 'test'], datum.part)"), width="stretch")
+        part_order="indexof(['train', 'validation', 'test'], datum.part)").properties(
+        height=22 * counts["class"].nunique() + 10), width="stretch")  # pixels, not a step: see per_class_chart
 
 
 class DownloadProgress:

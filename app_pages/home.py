@@ -1,6 +1,7 @@
 import streamlit as st
 
 from core.config import TRAINS
+from core.report import SHOWN_CLASSES
 from core.rundir import list_runs
 from core.states import RunState
 from core.workspace import runs_dir
@@ -11,7 +12,7 @@ INTRO = """
 Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,
 and see every step:
 
-1. **Dataset**: one sub-folder per class, split per class into `train.txt` / `test.txt`.
+1. **Dataset**: one sub-folder per class, split per class into `train.txt` / `val.txt` / `test.txt`.
 2. **Check the data**: unreadable files, duplicates leaking between train and test, suspect labels,
    a map of the images as the backbone sees them, and the accuracy a head-only fine-tune should reach.
 3. **Model surgery**: swap the ImageNet head for one with *N* outputs, load pretrained weights,
@@ -20,8 +21,8 @@ and see every step:
    Compare pretrained against from-scratch runs.
 5. **Prediction**: upload an image or take a snapshot, get class probabilities.
 
-Everything works offline: a synthetic demo dataset is generated on first launch, and
-EfficientNet-Lite0's ImageNet weights ship with the app.
+Once installed, everything works offline: a synthetic demo dataset is generated on first launch, and
+the ImageNet weights of EfficientNet-Lite0, -Lite1 and -Lite2 ship with the app.
 """
 
 
@@ -33,7 +34,9 @@ def render_dataset() -> None:
         summary = split_summary(root, state)["summary"]
     st.write(f"`{root}`")
     st.write(f"{len(summary['classes'])} classes · {split_line(summary)}")
-    st.caption(", ".join(summary["classes"]))
+    names = summary["classes"]
+    st.caption(", ".join(names[:SHOWN_CLASSES])
+               + (f", and {len(names) - SHOWN_CLASSES:,} more" if len(names) > SHOWN_CLASSES else ""))
     st.page_link("app_pages/dataset.py", label="Change the dataset", icon=":material/folder_open:")
 
 
