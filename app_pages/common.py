@@ -423,11 +423,11 @@ def render_architecture_table(selected: str | None = None) -> None:
     from core.arch_choice import architecture_choices
 
     choices = architecture_choices()
-    st.dataframe(architecture_rows(choices), hide_index=True, width="stretch", height=35 * (len(choices) + 1) + 3,
-                 column_config={"ImageNet top-1 (%)": st.column_config.NumberColumn(format="%.1f"),
-                                "s / 100 images": st.column_config.NumberColumn(format="%.1f"),
-                                "weights here": st.column_config.TextColumn(width="medium"),
-                                "about": st.column_config.TextColumn(width="large")})
+    # A static table, not a data grid: its cells wrap, so the "about" column and every figure stay readable in a
+    # 1280-pixel window instead of being cut at the grid's edge.
+    one_decimal = lambda v: "–" if v is None or v != v else f"{v:.1f}"  # noqa: E731  (NaN: not measured)
+    st.table(architecture_rows(choices).style.hide(axis="index").format(
+        {"parameters (M)": one_decimal, "ImageNet top-1 (%)": one_decimal, "s / 100 images": one_decimal}))
     where = sorted({c.speed.where for c in choices if c.speed})
     unmeasured = [c.name for c in choices if not c.speed]
     st.caption("s / 100 images: the frozen feature pass (what a default run spends its time on), measured by "

@@ -101,7 +101,7 @@ def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
     assert not any("from scratch" in w.value for w in at.warning)
     open_page(at, "app_pages/surgery.py")  # and coming back
     assert at.selectbox(key="sg_arch").value == "efficientnet_lite0"
-    table = next(d.value for d in at.dataframe if "ImageNet top-1 (%)" in d.value.columns)  # the chooser
+    table = next(t.value for t in at.table if "ImageNet top-1 (%)" in t.value.columns)  # the chooser
     assert list(table["architecture"]) == list(ARCHITECTURES)
     assert table.set_index("architecture").loc["resnet18", "weights here"] == "no"
     assert table.set_index("architecture").loc["efficientnet_lite2", "weights here"] == "yes (in the app)"
