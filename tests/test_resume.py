@@ -166,11 +166,12 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
         "resume-1.claim", "resume-2.claim", "resume-3.claim"]
 
 
-def _claim_in_a_process(folder: str, start, results) -> None:
+def _claim_in_a_process(folder: str, start, results, finish) -> None:
     from core.rundir import RunDir, claim_resume
 
     start.wait()
     results.put(claim_resume(RunDir(folder), 1))
+    finish.wait(120)  # alive until every process has tried: a claim naming an ended process is stale, rightly
 
 
 def test_two_resumes_taking_over_a_stale_claim_at_once_never_both_win(tmp_path):
@@ -185,12 +186,16 @@ def test_two_resumes_taking_over_a_stale_claim_at_once_never_both_win(tmp_path):
     context = multiprocessing.get_context("spawn")
     for _ in range(3):
         run.resume_claim(1).write_text(_claim_of(dead.pid, 12345))
-        start, results = context.Event(), context.Queue()
-        procs = [context.Process(target=_claim_in_a_process, args=(str(run.path), start, results)) for _ in range(6)]
+        start, results, finish = context.Event(), context.Queue(), context.Event()
+        procs = [context.Process(target=_claim_in_a_process, args=(str(run.path), start, results, finish))
+                 for _ in range(6)]
         for p in procs:
             p.start()
         start.set()
+        # Every claimer stays alive until all have tried: the winner's claim names a live process throughout (once it
+        # ends, its claim is stale and may rightly be taken over, which is what made this test flaky under load).
         won = [results.get(timeout=60) for _ in procs]
+        finish.set()
         for p in procs:
             p.join(timeout=60)
         assert won.count(True) == 1, won  # their claims name processes that have ended by now: reset for the next round
