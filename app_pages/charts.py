@@ -7,16 +7,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.compare import compare_runs
-from core.figures import pct
-from core.records import CHOSEN_ON_TEST, VALIDATION
-
-from core.config import TRAINS
-from core.errors import UserError
-from core.records import Records
-from core.rundir import RunInfo, read_records
-from core.states import RunState
-
+from core.analysis.compare import compare_runs
+from core.platform.errors import UserError
+from core.platform.figures import pct
+from core.runs.rundir import RunInfo, read_records
+from core.spec.config import TRAINS
+from core.spec.records import CHOSEN_ON_TEST, VALIDATION, Records
+from core.spec.states import RunState
 
 # Epochs are whole numbers: an ordinal axis labels each one ("1", "2", …), never "1.000000" or "1.5".
 EPOCH_AXIS = alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0))

@@ -4,17 +4,38 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import TrainConfig
-from core.datacheck import (NEAR_THRESHOLD, DataReport, check_data, data_fingerprint, describe, label_issues_csv,
-                            save_report, split_fingerprint)
-from core.errors import UserError
-from core.runs import launch
-from core.split import Split, split_dataset, write_split
-from core.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
 from app_pages.charts import embedding_chart, image_size_charts, selected_in_box
-from app_pages.common import (split_line, current_split, data_root, default_arch, load_state, plural, reported,
-                              resolve_weights_file, run_with_stop, stored_check, thumbnail, user_errors, was_stopped,
-                              KEEP_GROUPS)
+from app_pages.common import (
+    KEEP_GROUPS,
+    current_split,
+    data_root,
+    default_arch,
+    load_state,
+    plural,
+    reported,
+    resolve_weights_file,
+    run_with_stop,
+    split_line,
+    stored_check,
+    thumbnail,
+    user_errors,
+    was_stopped,
+)
+from core.analysis.datacheck import (
+    NEAR_THRESHOLD,
+    DataReport,
+    check_data,
+    data_fingerprint,
+    describe,
+    label_issues_csv,
+    save_report,
+    split_fingerprint,
+)
+from core.data.split import Split, split_dataset, write_split
+from core.jobs.queue import launch
+from core.platform.errors import UserError
+from core.platform.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
+from core.spec.config import TrainConfig
 
 GROUPS_SHOWN = 30  # duplicate groups drawn as thumbnails (all are in the downloadable report)
 SELECTED_SHOWN = 48  # thumbnails of the map's selection

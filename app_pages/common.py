@@ -7,23 +7,31 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from core.config import FREEZE_MODES, field_default, field_range
-from core.archs import ARCHITECTURES
-from core.split import Split, split_dataset
-from core.datacheck import DataReport, load_report, report_path
-from core.demo import ensure_demo_dataset
-from core.errors import UserError
-from core.figures import pct
-from core.errors import WeightsError
-from core.explain import explain
-from core.images import thumbnail_jpeg
-from core.predict import Predictor, checkpoint_path
-from core.settings import settings
-from core.slots import PAGE_WORK
-from core.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
-from core.weights import default_arch as default_arch_and_reason
-from core.workspace import (allowed_roots, check_allowed, checks_dir, default_data_root, is_allowed, path_problem,
-                            remember_data_root, remembered_data_root, workspace_dir)
+from core.analysis.datacheck import DataReport, load_report, report_path
+from core.data.demo import ensure_demo_dataset
+from core.data.images import thumbnail_jpeg
+from core.data.split import Split, split_dataset
+from core.inference.predict import Predictor, checkpoint_path
+from core.models.explain import explain
+from core.models.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
+from core.models.weights import default_arch as default_arch_and_reason
+from core.platform.errors import UserError, WeightsError
+from core.platform.figures import pct
+from core.platform.settings import settings
+from core.platform.slots import PAGE_WORK
+from core.platform.workspace import (
+    allowed_roots,
+    check_allowed,
+    checks_dir,
+    default_data_root,
+    is_allowed,
+    path_problem,
+    remember_data_root,
+    remembered_data_root,
+    workspace_dir,
+)
+from core.spec.archs import ARCHITECTURES
+from core.spec.config import FREEZE_MODES, field_default, field_range
 
 
 # ----------------------------------------------------------------------------- this visitor's choices
@@ -207,7 +215,7 @@ def _stored_check(fingerprint: str, mtime: float) -> DataReport | None:
 
 
 def stored_check(fingerprint: str) -> DataReport | None:
-    """The stored data check of these images (``core.datacheck``), or None; read again when its file changes.
+    """The stored data check of these images (``core.analysis.datacheck``), or None; read again when its file changes.
     A damaged file raises DatasetError (a UserError)."""
     try:
         mtime = report_path(checks_dir(), fingerprint).stat().st_mtime
@@ -284,8 +292,8 @@ def thumbnail(path: str, size: int = 112, *, square: bool = False) -> bytes | No
 # ----------------------------------------------------------------------------- the app
 def settings_or_stop() -> None:
     """Every page needs the TLD_* settings: one that cannot be read is said once, naming it, and nothing runs."""
-    from core.errors import ConfigError
-    from core.settings import settings
+    from core.platform.errors import ConfigError
+    from core.platform.settings import settings
 
     try:
         settings()
@@ -347,7 +355,7 @@ def run_with_stop(stream, *, key: str, what: str, describe):
     here). A Stop click ends this script run at once; the ``key`` flag it leaves behind lets the next run say
     so (``was_stopped``). ``describe(record)``: the bar's text for a record with ``done`` and ``total``,
     or None to leave the bar as it is. Bar and button go once the work is done. Heavy work waits its turn in the
-    server's line first (core.slots: at most TLD_MAX_PAGE_WORK at once), saying its place."""
+    server's line first (core.platform.slots: at most TLD_MAX_PAGE_WORK at once), saying its place."""
     bar = st.progress(0.0, text=f"Preparing the {what}…")
     stop = st.empty()
     stop.button("Stop", key=f"{key}_stop", help=f"Stops the {what} at once.")
@@ -380,7 +388,7 @@ def _wait_for_a_slot(ticket: int, bar, what: str) -> None:
 
 
 def _followed(stream, bar, stop, key: str, describe):
-    from core.records import follow
+    from core.spec.records import follow
 
     def show(record) -> None:
         text = describe(record)
@@ -404,7 +412,7 @@ def was_stopped(key: str, what: str) -> None:
 
 # ----------------------------------------------------------------------------- choosing an architecture
 def architecture_rows(choices):
-    """One row per architecture: what a user weighs when choosing (core.arch_choice.ArchChoice)."""
+    """One row per architecture: what a user weighs when choosing (core.models.arch_choice.ArchChoice)."""
     import pandas as pd
 
     return pd.DataFrame([{
@@ -420,7 +428,7 @@ def architecture_rows(choices):
 
 def render_architecture_table(selected: str | None = None) -> None:
     """The table of architectures, with where its speeds were measured."""
-    from core.arch_choice import architecture_choices
+    from core.models.arch_choice import architecture_choices
 
     choices = architecture_choices()
     # A static table, not a data grid: its cells wrap, so the "about" column and every figure stay readable in a

@@ -4,20 +4,38 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.archs import get_arch
-from core.config import AUGMENTATIONS, field_range
-from core.data import training_transform
-from core.errors import UserError
-from core.images import open_image
-from core.settings import settings
-from core.split import split_dataset, write_split
-from core.uploads import download_dataset, extract_zip, unique_folder
-from core.workspace import (allowed_roots, check_allowed, datasets_dir, lists_dir_for, workspace_dir,
-                            workspace_writes)
 from app_pages.charts import class_counts_chart, download_progress
-from core.figures import count
-from app_pages.common import (split_line, split_sizes, choose_data_root, data_root, demo_root, load_state, plural, reported, save_state,
-                              split_summary, thumbnail, user_errors)
+from app_pages.common import (
+    choose_data_root,
+    data_root,
+    demo_root,
+    load_state,
+    plural,
+    reported,
+    save_state,
+    split_line,
+    split_sizes,
+    split_summary,
+    thumbnail,
+    user_errors,
+)
+from core.data.datasets import training_transform
+from core.data.images import open_image
+from core.data.split import split_dataset, write_split
+from core.data.uploads import download_dataset, extract_zip, unique_folder
+from core.platform.errors import UserError
+from core.platform.figures import count
+from core.platform.settings import settings
+from core.platform.workspace import (
+    allowed_roots,
+    check_allowed,
+    datasets_dir,
+    lists_dir_for,
+    workspace_dir,
+    workspace_writes,
+)
+from core.spec.archs import get_arch
+from core.spec.config import AUGMENTATIONS, field_range
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
 
@@ -99,7 +117,7 @@ def import_cifar() -> None:
     typed = st.text_input("A local cifar-10-python.tar.gz (optional)", key="ds_cifar_path",
                           help="Inside the allowed folders (TLD_ALLOWED_ROOTS). Leave empty to download it.")
     if st.button("Import CIFAR-10", key="ds_cifar"):
-        from core.cifar import download_cifar10, import_cifar10
+        from core.data.cifar import download_cifar10, import_cifar10
 
         root, download, writing = None, download_progress() if not typed else None, st.empty()
         with reported(*[p for p in (download,) if p]), workspace_writes("import CIFAR-10"):

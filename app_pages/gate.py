@@ -11,7 +11,7 @@ Streamlit); the right password sets a signed, HttpOnly, SameSite=Strict session 
 
 The cookie is ``v1.<issued>.<id>.<hmac>``: HMAC-SHA256 over the rest, keyed by a secret drawn when
 the server starts and by the password, so a restart or a new password logs everyone out. It lasts
-``SESSION_HOURS``. Guesses are limited by ``core.guard.GuessLimiter`` per client (a signed client id
+``SESSION_HOURS``. Guesses are limited by ``core.platform.guard.GuessLimiter`` per client (a signed client id
 the form hands out), per address (a short back-off only) and across the server; see there why.
 
 With no password the middleware passes everything through unchanged: a local user notices nothing.
@@ -32,8 +32,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from core.guard import GuessLimiter
-from core.settings import password_setting
+from core.platform.guard import GuessLimiter
+from core.platform.settings import password_setting
 
 SESSION_COOKIE = "tld_session"
 CLIENT_COOKIE = "tld_client"

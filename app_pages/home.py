@@ -1,12 +1,12 @@
 import streamlit as st
 
-from core.config import TRAINS
-from core.report import SHOWN_CLASSES
-from core.rundir import list_runs
-from core.states import RunState
-from core.workspace import runs_dir
 from app_pages.charts import test_cell
-from app_pages.common import data_root, split_line, load_state, split_summary, user_errors
+from app_pages.common import data_root, load_state, split_line, split_summary, user_errors
+from core.analysis.report import SHOWN_CLASSES
+from core.platform.workspace import runs_dir
+from core.runs.rundir import list_runs
+from core.spec.config import TRAINS
+from core.spec.states import RunState
 
 INTRO = """
 Fine-tune a pretrained CNN on your own folder of images, the way the classic tutorial does it,

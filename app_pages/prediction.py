@@ -5,20 +5,18 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.figures import pct
-
-from core.config import TTA_MODES
-from core.errors import UserError
-from core.export import export_bytes, stale_exports
-from core.images import open_image, thumbnail_jpeg
-from core.predict import CSV_HEADER, Predictor, image_files, predict_many
-from core.report import SHOWN_CLASSES
-from core.rundir import RunDir, best_completed, list_runs
-from core.states import RunState
-from core.uploads import check_image_upload, extract_zip, image_upload_limit_mb
-from core.workspace import runs_dir
-from app_pages.common import (plural, run_predictor, run_with_stop, show_explanation, user_errors,
-                              was_stopped)
+from app_pages.common import plural, run_predictor, run_with_stop, show_explanation, user_errors, was_stopped
+from core.analysis.report import SHOWN_CLASSES
+from core.data.images import open_image, thumbnail_jpeg
+from core.data.uploads import check_image_upload, extract_zip, image_upload_limit_mb
+from core.inference.export import export_bytes, stale_exports
+from core.inference.predict import CSV_HEADER, Predictor, image_files, predict_many
+from core.platform.errors import UserError
+from core.platform.figures import pct
+from core.platform.workspace import runs_dir
+from core.runs.rundir import RunDir, best_completed, list_runs
+from core.spec.config import TTA_MODES
+from core.spec.states import RunState
 
 
 def pick_run():

@@ -4,14 +4,23 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.archs import ARCHITECTURES
-from core.config import FREEZE_MODES, TRAINS
-from core.surgery import SurgeryReport, adapt_model, trains_in
-from core.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
-from core.workspace import allowed_roots, is_allowed, path_problem, shown
 from app_pages.charts import download_progress, highlighted_lines
-from app_pages.common import (data_root, default_arch, load_state, render_architecture_table, reported,
-                              resolve_weights_file, save_state, split_summary, user_errors)
+from app_pages.common import (
+    data_root,
+    default_arch,
+    load_state,
+    render_architecture_table,
+    reported,
+    resolve_weights_file,
+    save_state,
+    split_summary,
+    user_errors,
+)
+from core.models.surgery import SurgeryReport, adapt_model, trains_in
+from core.models.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
+from core.platform.workspace import allowed_roots, is_allowed, path_problem, shown
+from core.spec.archs import ARCHITECTURES
+from core.spec.config import FREEZE_MODES, TRAINS
 
 WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (random)"}
 
@@ -81,7 +90,7 @@ def render_weights_manager(arch: str, state: dict) -> str:
 
 def render_no_weights(arch: str, sources) -> None:
     """Where we looked, and a one-click switch to an architecture whose weights ship with the app."""
-    from core.arch_choice import offline_choices, places_looked
+    from core.models.arch_choice import offline_choices, places_looked
 
     looked = places_looked(sources)
     offline = offline_choices()

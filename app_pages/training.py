@@ -4,31 +4,67 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.compare import compare_runs
-
-from core.figures import pct
-
-from core.archs import ARCHITECTURES
-from core.accel import plan_threads
-from core.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TrainConfig, field_range
-from core.errors import UserError
-from core.config import TTA_MODES
-from core.lr_find import find_lr
-from core.tune import tune_head
-from core.records import Features, Progress
-from core.report import SHOWN_CLASSES, RunReport, TestImage, evaluate_tta, report_stamp, run_report
-from core.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
-from core.states import RunState
-from core.weights import NO_WEIGHTS, PRETRAINED
-from core.runs import (cancel, comparison_twin, dispatch, find_twin, launch, max_running, queue, request_stop,
-                       resume, run_progress, seconds_left, smooth_eta)
-from core.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
-from core.datacheck import check_of_run, data_fingerprint
-from app_pages.charts import (compare_chart, confusion_chart, loss_charts, lr_finder_chart, per_class_chart,
-                              reliability_chart, runs_table, selected_cell, test_cell, trials_chart)
-from app_pages.common import (split_line, split_summary, current_split, data_root, default_arch, load_state, render_architecture_table,
-                              reported, resolve_weights_file, run_predictor, run_with_stop, save_state, show_explanation,
-                              stored_check, thumbnail, user_errors, was_stopped, KEEP_GROUPS)
+from app_pages.charts import (
+    compare_chart,
+    confusion_chart,
+    loss_charts,
+    lr_finder_chart,
+    per_class_chart,
+    reliability_chart,
+    runs_table,
+    selected_cell,
+    test_cell,
+    trials_chart,
+)
+from app_pages.common import (
+    KEEP_GROUPS,
+    current_split,
+    data_root,
+    default_arch,
+    load_state,
+    render_architecture_table,
+    reported,
+    resolve_weights_file,
+    run_predictor,
+    run_with_stop,
+    save_state,
+    show_explanation,
+    split_line,
+    split_summary,
+    stored_check,
+    thumbnail,
+    user_errors,
+    was_stopped,
+)
+from core.analysis.compare import compare_runs
+from core.analysis.datacheck import check_of_run, data_fingerprint
+from core.analysis.report import SHOWN_CLASSES, RunReport, TestImage, evaluate_tta, report_stamp, run_report
+from core.jobs.queue import (
+    cancel,
+    comparison_twin,
+    dispatch,
+    find_twin,
+    launch,
+    max_running,
+    queue,
+    request_stop,
+    resume,
+    run_progress,
+    seconds_left,
+    smooth_eta,
+)
+from core.models.weights import NO_WEIGHTS, PRETRAINED
+from core.platform.accel import plan_threads
+from core.platform.errors import UserError
+from core.platform.figures import pct
+from core.platform.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
+from core.runs.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
+from core.spec.archs import ARCHITECTURES
+from core.spec.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TTA_MODES, TrainConfig, field_range
+from core.spec.records import Features, Progress
+from core.spec.states import RunState
+from core.training.lr_find import find_lr
+from core.training.tune import tune_head
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULTS = TrainConfig()
@@ -40,7 +76,7 @@ def max_processes() -> int:
     """One process per GPU on CUDA; on a CPU up to the cores this app may use."""
     import torch
 
-    from core.accel import available_cores
+    from core.platform.accel import available_cores
 
     return torch.cuda.device_count() if torch.cuda.is_available() else max(1, available_cores())
 

@@ -36,22 +36,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import core  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP (see core/__init__.py)
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from core.accel import fold_batchnorm, plan_threads, to_channels_last
-from core.archs import ARCHITECTURES
-from core.data import Letterbox, ListDataset, build_transform, collate_skipping_unreadable
-from core.demo import draw_shape
-from core.records import Features as FeaturesRecord, follow
-from core.rundir import read_records
-from core.split import read_list_file, split_dataset, write_split
-from core.surgery import adapt_model, trainable_parameters
-from core.weights import find_weights, resolve_weights
+import core  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP (see core/__init__.py)
+from core.data.datasets import Letterbox, ListDataset, build_transform, collate_skipping_unreadable
+from core.data.demo import draw_shape
+from core.data.split import read_list_file, split_dataset, write_split
+from core.models.surgery import adapt_model, trainable_parameters
+from core.models.weights import find_weights, resolve_weights
+from core.platform.accel import fold_batchnorm, plan_threads, to_channels_last
+from core.runs.rundir import read_records
+from core.spec.archs import ARCHITECTURES
+from core.spec.records import Features as FeaturesRecord
+from core.spec.records import follow
 
 
 # ----------------------------------------------------------------------------- data
@@ -191,7 +192,7 @@ def cold_seconds(command: list[str], n: int = 3) -> float:
 
 
 def import_costs(top: int = 6) -> list[tuple[float, str]]:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli, core.run, core.predict"],
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli.main, core.training.run, core.inference.predict"],
                             capture_output=True, text=True)
     costs = []
     for line in result.stderr.splitlines():
@@ -219,8 +220,8 @@ def datacheck_figures(arch: str, tmp: Path, sizes: list[int]) -> None:
     """The data check's seconds: cold (the feature pass, shared with training, dominates) and with the
     features cached (everything else: headers, hashes, neighbours, cross-validation, the map), in this
     process so imports are not counted, plus the peak memory of the cached run as a new process."""
-    from core.datacheck import check_data, load_split
-    from core.workspace import cache_dir
+    from core.analysis.datacheck import check_data, load_split
+    from core.platform.workspace import cache_dir
 
     t_imports, _ = timed(_import_check_libraries)
     print(f"data check: importing scikit-learn and cleanlab {t_imports:.2f} s (once per process; not counted below)")
@@ -245,7 +246,7 @@ PHONE_CACHE = Path(os.environ.get("TLD_BENCH_CACHE", Path.home() / ".cache" / "t
 def make_phone_photos(n: int) -> tuple[Path, Path]:
     """n photo-like 12-megapixel JPEGs (4032×3024) in two classes, and the same photos at 504×378, written
     once to a cache folder (generating them takes about a second each)."""
-    from core.demo import phone_photo
+    from core.data.demo import phone_photo
 
     big, small = PHONE_CACHE / f"phone-{n}" / "12mp", PHONE_CACHE / f"phone-{n}" / "504x378"
     done = PHONE_CACHE / f"phone-{n}" / ".complete"
@@ -265,7 +266,7 @@ def make_phone_photos(n: int) -> tuple[Path, Path]:
 def phone_figures(arch: str, tmp: Path, n: int) -> None:
     """Real photo sizes: the feature pass, a cold prediction and a thumbnail on 12-megapixel JPEGs against
     the same photos at 504×378, in one run."""
-    from core.images import thumbnail_jpeg
+    from core.data.images import thumbnail_jpeg
 
     t_make, (big, small) = timed(make_phone_photos, n)
     print(f"phone photos: {n} JPEGs of 4032×3024 ({sum(p.stat().st_size for p in big.rglob('*.jpg')) / n / 1e6:.1f} MB "
@@ -293,9 +294,9 @@ def phone_figures(arch: str, tmp: Path, n: int) -> None:
 def search_figures(arch: str, lists: Path, cache: Path) -> None:
     """The learning-rate finder and the 50-trial head search on the cached features of a finished run
     (the feature pass is the run's; these figures are what comes after it), in this process."""
-    from core.config import TrainConfig
-    from core.lr_find import find_lr
-    from core.tune import tune_head
+    from core.spec.config import TrainConfig
+    from core.training.lr_find import find_lr
+    from core.training.tune import tune_head
 
     cfg = TrainConfig(arch=arch, weights=resolve_weights(ARCHITECTURES[arch]), lists_dir=str(lists))
     follow(find_lr(cfg, cache_dir=cache, num_it=10))  # imports and loads once, not counted below
@@ -310,7 +311,7 @@ def search_figures(arch: str, lists: Path, cache: Path) -> None:
 def report_figures(run_dir: Path) -> None:
     """The after-training report of a finished run (python -m core report), in this process after a first
     call has imported what it needs, and the same as a new process."""
-    from core.report import run_report
+    from core.analysis.report import run_report
 
     run_report(run_dir)  # imports scikit-learn and scipy once
     t_report, report = timed(run_report, run_dir)
@@ -362,7 +363,7 @@ def main() -> None:
     threads, workers = plan_threads()
     print(f"torch {torch.__version__} · {os.cpu_count()} cores · plan: {threads} threads + {workers} workers · "
           f"arch {arch}\nweights: {weights}")
-    from core.arch_choice import measured_speeds_file
+    from core.models.arch_choice import measured_speeds_file
 
     speed_file = measured_speeds_file()  # the real workspace, before the figures below move it
     with tempfile.TemporaryDirectory() as tmp:
@@ -412,7 +413,7 @@ def main() -> None:
         report_figures(tmp / "run_b_warm")
         search_figures(arch, lists, tmp / "cache")
         # the CLI ends with os._exit once its files are closed, so the baseline skips the teardown too
-        t_imports = cold_seconds([sys.executable, "-c", "import core.cli, core.run, os; os._exit(0)"])
+        t_imports = cold_seconds([sys.executable, "-c", "import core.cli.main, core.training.run, os; os._exit(0)"])
         t_a, acc_a = timed(recipe, arch, weights, lists, args.epochs)
         print(f"(a) tutorial recipe               : {t_a:7.1f} s   test accuracy {acc_a:.3f}")
         print(f"(b) project CLI, cold             : {t_b:7.1f} s   test accuracy {rec_b.final.test_acc:.3f}   "
@@ -474,7 +475,7 @@ def main() -> None:
         t_predict = cold_seconds([sys.executable, "-m", "core", "predict", str(tmp / "run_b_cold0"), str(image)])
         print(f"cold single-image predict {t_predict:.2f} s vs bare `import torch` {t_torch:.2f} s "
               f"= {t_predict / t_torch:.2f}×")
-        print("import costs (cumulative seconds, core.cli + core.run + core.predict): " +
+        print("import costs (cumulative seconds, core.cli.main + core.training.run + core.inference.predict): " +
               ", ".join(f"{name} {seconds:.2f}" for seconds, name in import_costs()))
         datacheck_figures(arch, tmp, args.check_sizes)
         if args.phone_photos:
@@ -484,9 +485,9 @@ def main() -> None:
 # ----------------------------------------------------------------------------- every architecture
 def feature_pass(arch: str, lists: Path) -> dict:
     """One frozen feature pass of ``arch`` over the benchmark's images, as the trainer runs it."""
-    from core.accel import inference_batch_size, inference_copy
-    from core.features import compute_frozen_outputs
-    from core.images import load_jpeg_decoder
+    from core.data.images import load_jpeg_decoder
+    from core.features.cache import compute_frozen_outputs
+    from core.platform.accel import inference_batch_size, inference_copy
 
     spec = ARCHITECTURES[arch]
     samples = [s for name in ("train.txt", "val.txt", "test.txt") for s in read_list_file(lists / name)]
@@ -516,7 +517,7 @@ def machine_description() -> str:
 
 def arch_figures(tmp: Path, images: int, speed_file: Path, reference: bool) -> None:
     """The architectures' table: each pass in a fresh process (its peak memory is its own)."""
-    from core.arch_choice import REFERENCE_SPEEDS, write_speeds
+    from core.models.arch_choice import REFERENCE_SPEEDS, write_speeds
 
     data = make_photos(tmp / "arch-photos", images, seed=2)
     lists = write_split(split_dataset(data, 0.6, 0), tmp / "arch-lists")

@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 
 import torch
-
-from core.archs import get_arch
-from core.config import TrainConfig
-from core.predict import Predictor
-from core.split import split_dataset, write_split
-from core.run import train
-from core.weights import resolve_weights
-
 from benchmark import make_photos  # the same generated photos as the benchmark (bench/ is the script's folder)
+
+from core.data.split import split_dataset, write_split
+from core.inference.predict import Predictor
+from core.models.weights import resolve_weights
+from core.spec.archs import get_arch
+from core.spec.config import TrainConfig
+from core.training.run import train
 
 
 def run(cfg: TrainConfig, out: Path) -> None:
@@ -46,9 +45,9 @@ def run(cfg: TrainConfig, out: Path) -> None:
 
 def data_wait_share(cfg: TrainConfig, lists: Path) -> float:
     """The share of a full-forward epoch spent waiting for the next batch of images."""
-    from core.data import ListDataset, build_transform, collate_skipping_unreadable
-    from core.split import read_split
-    from core.surgery import adapt_model
+    from core.data.datasets import ListDataset, build_transform, collate_skipping_unreadable
+    from core.data.split import read_split
+    from core.models.surgery import adapt_model
 
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     split = read_split(lists)

@@ -1,7 +1,7 @@
 import sys
 
 from .cli import main  # core/__init__.py has set OMP_WAIT_POLICY before this imports torch
-from .exiting import exit_without_teardown, under_torchrun
+from .platform.exiting import exit_without_teardown, under_torchrun
 
 code = main()
 if sys.argv[1:2] == ["predict"] or under_torchrun():

@@ -58,7 +58,7 @@ def isolated_workspace(tmp_path, tmp_path_factory, monkeypatch):
 def _live_workers(runs_folder) -> dict[str, int]:
     """Training processes at work on runs in ``runs_folder``, whoever started them (this process, or a worker
     that started the next queued run as it ended): run folder → pid."""
-    from core.rundir import DamagedRun, RunDir, list_runs, process_start_ticks, read_worker_state
+    from core.runs.rundir import DamagedRun, RunDir, list_runs, process_start_ticks, read_worker_state
 
     live = {}
     for info in list_runs(runs_folder):
@@ -76,8 +76,8 @@ def _live_workers(runs_folder) -> dict[str, int]:
 def no_worker_left_behind():
     """Kill every training process a test started, pass or fail, and fail a test that left one running:
     its own children, and the workers those started in the test's workspace (grandchildren)."""
-    from core import runs
-    from core.workspace import runs_dir
+    from core.jobs import queue as runs
+    from core.platform.workspace import runs_dir
 
     before, folder = set(runs.children()), runs_dir()  # the folder now: a test may change the settings
     yield
@@ -119,7 +119,7 @@ def resnet18_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lite0_file() -> Path:
-    from core.archs import ARCHITECTURES
+    from core.spec.archs import ARCHITECTURES
 
     return Path(ARCHITECTURES["efficientnet_lite0"].packaged.path())
 

@@ -1,15 +1,15 @@
 """The dashboard's pages, driven headlessly with Streamlit's AppTest."""
 import json
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.archs import ARCHITECTURES
-from core.demo import generate_demo
-from core.rundir import read_records, read_run
-from core.runs import kill_worker
-from core.workspace import lists_dir_for, runs_dir
-import time
+from core.data.demo import generate_demo
+from core.jobs.queue import kill_worker
+from core.platform.workspace import lists_dir_for, runs_dir
+from core.runs.rundir import read_records, read_run
+from core.spec.archs import ARCHITECTURES
 from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "dashboard.py")
@@ -85,7 +85,7 @@ def test_surgery_page_shows_popped_head_keys_for_resnet18(small_demo, resnet18_f
 
 
 def test_surgery_page_offers_efficientnet_when_no_resnet_weights(small_demo):
-    from core.weights import hub_checkpoint_dir
+    from core.models.weights import hub_checkpoint_dir
 
     at = open_page(app(arch="resnet18"), "app_pages/surgery.py")
     warning = next(w.value for w in at.warning if "No resnet18 weights are on this machine" in w.value)
@@ -132,8 +132,8 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
 
 
 def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path, lite0_file):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
@@ -171,8 +171,8 @@ def test_prediction_page_shows_probabilities_for_an_upload(small_demo, tmp_path,
 
 
 def test_training_page_explains_a_misclassified_image_for_both_classes(small_demo):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     # A random body with a frozen front: many test images end up misclassified.
     list(train(TrainConfig(arch="efficientnet_lite0", data_root=str(small_demo), epochs=1, num_workers=0),
@@ -212,8 +212,8 @@ def test_prediction_page_without_runs_explains_what_to_do(small_demo):
 
 @pytest.mark.slow
 def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=1, num_workers=0), runs_dir() / "pretrained"))
@@ -236,8 +236,8 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
 
     # Once a twin has finished, either run's page shows the pair instead of the button (the newest
     # completed twin: the one killed above is not it), whichever tab or command started it.
-    from core.rundir import RunDir, load_config
-    from core.runs import comparison_twin
+    from core.jobs.queue import comparison_twin
+    from core.runs.rundir import RunDir, load_config
     pretrained = load_config(RunDir(runs_dir() / "pretrained"))
     list(train(comparison_twin(pretrained, None), runs_dir() / "scratch"))
     for shown in ("pretrained", "scratch"):
@@ -364,8 +364,8 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     import io
     import zipfile
 
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
@@ -396,8 +396,8 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
 
 
 def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0_file):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=1, num_workers=0), runs_dir() / "run1"))
@@ -431,7 +431,7 @@ def _plant_copies(root):
 def test_check_page_finds_leaks_resplits_and_starts_a_run_without_the_suspects(small_demo):
     import json
 
-    from core.workspace import checks_dir
+    from core.platform.workspace import checks_dir
 
     _plant_copies(small_demo)
     at = open_page(app(), "app_pages/check.py")
@@ -464,7 +464,7 @@ def test_check_page_finds_leaks_resplits_and_starts_a_run_without_the_suspects(s
 
 
 def test_check_page_with_a_damaged_stored_report_says_so_and_checks_again(small_demo):
-    from core.workspace import checks_dir
+    from core.platform.workspace import checks_dir
 
     at = open_page(app(), "app_pages/check.py")
     at.button(key="ck_run").click().run()
@@ -477,8 +477,8 @@ def test_check_page_with_a_damaged_stored_report_says_so_and_checks_again(small_
 
 
 def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_file):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                            epochs=2, num_workers=0, lr=0.01), runs_dir() / "r"))
@@ -539,9 +539,9 @@ def test_training_page_searches_the_head_and_starts_a_run_with_the_best(small_de
 
 
 def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
-    from core.config import TrainConfig
-    from core.records import Epoch
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.spec.records import Epoch
+    from core.training.run import train
 
     stream = train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
                                epochs=3, num_workers=0), runs_dir() / "halfway")
@@ -563,8 +563,8 @@ def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
 
 
 def test_home_open_training_follows_the_latest_run(small_demo):
-    from core.config import TrainConfig
-    from core.rundir import create_run
+    from core.runs.rundir import create_run
+    from core.spec.config import TrainConfig
 
     create_run(runs_dir() / "older", TrainConfig(data_root=str(small_demo)), queued=True)
     time.sleep(0.05)
@@ -584,7 +584,7 @@ def _sixteen_suspects(folder: str) -> None:
     from types import SimpleNamespace
 
     from app_pages.check import render_label_issues
-    from core.datacheck import LabelIssue
+    from core.analysis.datacheck import LabelIssue
 
     issues = [LabelIssue(str(p), "train", "blue", "red", 0.1, 0.9, 0, 1)
               for p in sorted(Path(folder).rglob("*.png"))[:16]]

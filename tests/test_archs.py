@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.archs import ARCHITECTURES, fixed_size, get_arch
-from core.config import FREEZE_MODES, TrainConfig
-from core.data import build_transform
-from core.errors import ConfigError
-from core.surgery import adapt_model, set_train_mode, trainable_parameters
+from core.data.datasets import build_transform
+from core.models.surgery import adapt_model, set_train_mode, trainable_parameters
+from core.platform.errors import ConfigError
+from core.spec.archs import ARCHITECTURES, fixed_size, get_arch
+from core.spec.config import FREEZE_MODES, TrainConfig
 
 ARCHS = list(ARCHITECTURES)
 SPEC_VARIANTS = [(a, v.name) for a in ARCHS for v in ARCHITECTURES[a].variants]
@@ -137,8 +137,8 @@ def test_one_step_in_each_fine_tune_mode_moves_exactly_what_trains(arch, freeze)
 
 
 def _stored_inputs(model, cut, arch, images, tmp_path):
-    from core.accel import inference_copy
-    from core.features import compute_frozen_outputs
+    from core.features.cache import compute_frozen_outputs
+    from core.platform.accel import inference_copy
 
     samples = []
     for i, img in enumerate(images):  # compute_frozen_outputs reads files, as training does
@@ -157,7 +157,7 @@ def _stored_inputs(model, cut, arch, images, tmp_path):
 @pytest.mark.parametrize("freeze", ["head", "last_block"])
 def test_training_on_cached_inputs_equals_the_full_forward(arch, freeze, tmp_path):
     """The cache holds what the cut module receives; the model from there on gives the full model's output."""
-    from core.features import ForwardFromCut
+    from core.features.cache import ForwardFromCut
 
     spec = get_arch(arch)
     model, report = adapted(arch, freeze=freeze, side=spec.input_size)  # the images below are seen at that size
@@ -173,7 +173,7 @@ def test_training_on_cached_inputs_equals_the_full_forward(arch, freeze, tmp_pat
 
 
 def _predictor(arch: str, classes=("a", "b", "c")):
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     model, _ = adapted(arch, len(classes), freeze="all")
     cfg = TrainConfig(arch=arch)
@@ -182,7 +182,7 @@ def _predictor(arch: str, classes=("a", "b", "c")):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prediction_and_grad_cam_on_every_family(arch):
-    from core.explain import explain
+    from core.models.explain import explain
 
     predictor = _predictor(arch)
     rng = np.random.default_rng(1)
@@ -197,7 +197,7 @@ def test_prediction_and_grad_cam_on_every_family(arch):
 
 
 def test_a_vits_tokens_are_laid_on_their_grid():
-    from core.explain import token_grid
+    from core.models.explain import token_grid
 
     tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # class token + 2 × 2 patches
     grid = token_grid(tokens)
@@ -211,7 +211,7 @@ def test_a_vits_tokens_are_laid_on_their_grid():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_exported_model_gives_the_same_logits(arch, fmt, tmp_path):
-    from core.export import export_model
+    from core.inference.export import export_model
 
     side = get_arch(arch).input_size  # what export traces at (VGG's pooling exports only for its own size)
     model, _ = adapted(arch, freeze="all", side=side)
@@ -243,7 +243,7 @@ def test_an_unknown_architecture_lists_the_table():
 @pytest.mark.parametrize("wrong, arch", [("resnet18", "resnet34"), ("efficientnet_lite0", "efficientnet_lite2"),
                                          ("resnet50", "regnet_y_800mf"), ("vit_b_16", "convnext_tiny")])
 def test_a_file_of_another_family_is_refused_naming_keys_and_shapes(wrong, arch, tmp_path):
-    from core.errors import WeightsError
+    from core.platform.errors import WeightsError
 
     torch.save(get_arch(wrong).build().state_dict(), tmp_path / "other.pth")
     with pytest.raises(WeightsError, match=f"does not fit {arch}") as exc:
@@ -253,8 +253,8 @@ def test_a_file_of_another_family_is_refused_naming_keys_and_shapes(wrong, arch,
 
 # ----------------------------------------------------------------------------- choosing
 def test_the_chooser_says_what_is_here_and_where_it_looked(tmp_path):
-    from core.arch_choice import architecture_choices, offline_choices
-    from core.weights import hub_checkpoint_dir
+    from core.models.arch_choice import architecture_choices, offline_choices
+    from core.models.weights import hub_checkpoint_dir
 
     choices = {c.name: c for c in architecture_choices()}
     assert list(choices) == ARCHS
@@ -269,7 +269,7 @@ def test_the_chooser_says_what_is_here_and_where_it_looked(tmp_path):
     # a file put in the hub cache under torchvision's name is found (its name's hash prefix is checked)
     hub_checkpoint_dir().mkdir(parents=True, exist_ok=True)
     torch.save(torch.nn.Linear(1, 1).state_dict(), hub_checkpoint_dir() / "resnet34-b627a593.pth")
-    from core.arch_choice import describe
+    from core.models.arch_choice import describe
 
     assert describe("resnet34").weights_here is None  # hash prefix wrong: not counted as there
 
@@ -278,7 +278,7 @@ def test_the_chooser_says_what_is_here_and_where_it_looked(tmp_path):
                                      b'{"archs": {"resnet18": {"images_per_s": "fast"}, "alexnet": {"images_per_s": 5}}}',
                                      b"\xff\xfe" * 10, b'{"archs": {"resnet18": {"images_per_s": 1e999}}}'])
 def test_a_damaged_speed_file_gives_no_figures_and_no_error(content, tmp_path):
-    from core.arch_choice import read_speeds
+    from core.models.arch_choice import read_speeds
 
     path = tmp_path / "arch_speed.json"
     path.write_bytes(content)
@@ -286,7 +286,7 @@ def test_a_damaged_speed_file_gives_no_figures_and_no_error(content, tmp_path):
 
 
 def test_this_machines_figures_win_over_the_reference_ones():
-    from core.arch_choice import REFERENCE_SPEEDS, known_speeds, measured_speeds_file, read_speeds, write_speeds
+    from core.models.arch_choice import REFERENCE_SPEEDS, known_speeds, measured_speeds_file, read_speeds, write_speeds
 
     reference = read_speeds(REFERENCE_SPEEDS)
     assert set(reference) == set(ARCHS)  # the shipped figures cover the whole table
@@ -297,7 +297,7 @@ def test_this_machines_figures_win_over_the_reference_ones():
 
 
 def test_readme_table_is_the_tables(tmp_path):
-    from core.arch_choice import markdown_table
+    from core.models.arch_choice import markdown_table
     from tests.conftest import ROOT
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -331,8 +331,8 @@ def test_the_cli_lists_the_architectures_from_the_table():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_the_offline_architectures_learn_the_demo_with_the_default_settings(arch, tmp_path):
-    from core.demo import generate_demo
-    from core.run import train
+    from core.data.demo import generate_demo
+    from core.training.run import train
 
     data = generate_demo(tmp_path / "shapes")  # the app's own demo, at its full size
     cfg = TrainConfig(arch=arch, weights=get_arch(arch).packaged.path(), data_root=str(data))
@@ -346,8 +346,8 @@ def test_the_offline_architectures_learn_the_demo_with_the_default_settings(arch
 def test_the_trainer_runs_every_family_on_cached_last_stage_inputs(arch, tmp_path):
     """End to end through the trainer: a weights file (random, shaped like the real one), freeze 'last_block'
     (the cached input of the last stage, fed through ForwardFromCut), a checkpoint, a prediction."""
-    from core.predict import Predictor
-    from core.run import train
+    from core.inference.predict import Predictor
+    from core.training.run import train
     from tests.conftest import make_colour_dataset
 
     spec = get_arch(arch)

@@ -5,29 +5,29 @@ import json
 import os
 import pickle
 import struct
-import tomllib
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.config import TrainConfig
-from core.split import read_split, split_dataset, write_split
-from core.errors import ConfigError, DatasetError, ImageError, UploadError, WeightsError
-from core.images import open_image
-from core.io import atomic_torch_save
-from core.records import Epoch
-from core.rundir import RunDir, new_run_dir, read_records, read_run, read_status
-from core.runs import kill_worker, start_worker
-from core.surgery import adapt_model
-from core.run import train
-from core.uploads import check_image_upload, extract_zip
-from core.workspace import check_allowed, runs_dir
+from core.data.images import open_image
+from core.data.split import read_split, split_dataset, write_split
+from core.data.uploads import check_image_upload, extract_zip
+from core.jobs.queue import kill_worker, start_worker
+from core.models.surgery import adapt_model
+from core.platform.errors import ConfigError, DatasetError, ImageError, UploadError, WeightsError
+from core.platform.io import atomic_torch_save
+from core.platform.workspace import check_allowed, runs_dir
+from core.runs.rundir import RunDir, new_run_dir, read_records, read_run, read_status
+from core.spec.config import TrainConfig
+from core.spec.records import Epoch
+from core.training.run import train
 from tests.conftest import ROOT, make_colour_dataset, wait_until
 
 
@@ -138,7 +138,7 @@ def test_image_decompression_bomb_refused_before_decoding(width, height, monkeyp
 def test_image_one_pixel(colour_data, resnet18_file, tmp_path):
     list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data), epochs=1,
                            num_workers=0), tmp_path / "run"))
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     probs = Predictor.load(tmp_path / "run").probabilities(Image.new("RGB", (1, 1), (200, 10, 10)))
     assert probs.shape == (2,) and torch.isfinite(probs).all()  # resized to 224×224 like any other image

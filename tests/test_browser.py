@@ -57,8 +57,8 @@ def serving(tmp_path: Path, **env: str):
         proc.wait(timeout=20)
         log.close()
         # The server's training processes run in their own sessions: end any that are still at work.
-        from core.rundir import read_run
-        from core.runs import kill_worker
+        from core.jobs.queue import kill_worker
+        from core.runs.rundir import read_run
         for run in (tmp_path / "workspace" / "runs").glob("*"):
             if read_run(run).active:
                 kill_worker(run)
@@ -91,7 +91,7 @@ def page(request, tmp_path):
 
 
 def _shot(page, name):
-    from core.settings import settings
+    from core.platform.settings import settings
 
     folder = settings().screenshots
     if folder:

@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from core.cifar import import_cifar10
-from core.errors import DatasetError
-from core.split import read_split, split_dataset
+from core.data.cifar import import_cifar10
+from core.data.split import read_split, split_dataset
+from core.platform.errors import DatasetError
 from tests.conftest import ROOT
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.rundir import list_runs, read_records
-from core.workspace import runs_dir
+from core.platform.workspace import runs_dir
+from core.runs.rundir import list_runs, read_records
 from tests.conftest import ROOT
 
 
@@ -129,7 +129,7 @@ def test_train_from_tutorial_lists_without_classes_json(colour_data, resnet18_fi
 
 
 def test_tutorial_lists_whose_folders_do_not_name_the_classes_are_numbered(tmp_path):
-    from core.split import read_split
+    from core.data.split import read_split
 
     (tmp_path / "train.txt").write_text("imgs/a.jpg\t0\nimgs/b.jpg\t1\n")
     (tmp_path / "test.txt").write_text("imgs/c.jpg\t1\n")
@@ -250,11 +250,11 @@ def test_a_failure_while_printing_ends_the_run_at_once_and_the_process_exits(col
     """The record stream is closed where the failure happens: its clean-up (final record, status, TensorBoard's
     writer thread) used to run in the interpreter's teardown, where a thread cannot start, and hung for ever."""
     script = (
-        "import sys, core.console as c\n"
+        "import sys, core.jobs.console as c\n"
         "def boom(r):\n"
         "    if r.type == 'epoch': raise RuntimeError('printing failed')\n"
         "c.describe_record = boom\n"
-        "from core.cli import main\n"
+        "from core.cli.main import main\n"
         f"sys.exit(main(['train', '--data', {str(colour_data)!r}, '--out', {str(tmp_path / 'run')!r}, '--arch', "
         f"'efficientnet_lite0', '--weights', {str(lite0_file)!r}, '--epochs', '3', '--num-workers', '0']))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -264,7 +264,7 @@ def test_a_failure_while_printing_ends_the_run_at_once_and_the_process_exits(col
 
 
 def test_files_the_user_names_are_never_overwritten_without_force(tmp_path):
-    from core.cli import main
+    from core.cli.main import main
 
     mine = tmp_path / "mine.json"
     mine.write_text("my own notes")

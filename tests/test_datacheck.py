@@ -1,4 +1,4 @@
-"""Checking the data (core.datacheck, core.health, the group-aware split, exclusions): planted problems are found."""
+"""Checking the data (core.analysis.datacheck, core.data.health, the group-aware split, exclusions): planted problems are found."""
 import json
 import shutil
 import subprocess
@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.config import TrainConfig
-from core.datacheck import (DataReport, check_data, data_fingerprint, duplicate_groups_from_json, load_report,
-                            read_path_list, save_report, _Groups, _near_pairs)
-from core.demo import generate_demo
-from core.records import follow
-from core.errors import ConfigError, DatasetError
-from core.health import Header, Unreadable, read_header
-from core.split import read_split, split_dataset
+from core.analysis.datacheck import (
+    DataReport,
+    _Groups,
+    _near_pairs,
+    check_data,
+    data_fingerprint,
+    duplicate_groups_from_json,
+    load_report,
+    read_path_list,
+    save_report,
+)
+from core.data.demo import generate_demo
+from core.data.health import Header, Unreadable, read_header
+from core.data.split import read_split, split_dataset
+from core.platform.errors import ConfigError, DatasetError
+from core.spec.config import TrainConfig
+from core.spec.records import follow
 from tests.conftest import ROOT
 
 
@@ -148,8 +157,8 @@ def test_a_damaged_stored_report_is_refused_with_a_message(checked, tmp_path):
 
 
 def test_a_head_only_run_after_the_check_computes_no_feature_again(checked, planted, lite0_file, tmp_path):
-    from core.records import Features
-    from core.run import train
+    from core.spec.records import Features
+    from core.training.run import train
 
     split, _, report, cache = checked
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1,
@@ -208,7 +217,7 @@ def test_images_deleted_meanwhile_and_one_class_get_messages_not_tracebacks(tmp_
 
 
 def test_near_duplicates_are_found_a_block_at_a_time_as_brute_force_finds_them(monkeypatch):
-    import core.datacheck as datacheck
+    import core.analysis.datacheck as datacheck
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 64)).astype(np.float32)
@@ -227,8 +236,8 @@ def test_near_duplicates_are_found_a_block_at_a_time_as_brute_force_finds_them(m
 
 # ----------------------------------------------------------------------------- runs that use the check
 def test_a_run_leaves_excluded_images_out_of_training_only(colour_data, lite0_file, tmp_path):
-    from core.records import Start
-    from core.run import train
+    from core.spec.records import Start
+    from core.training.run import train
 
     split = split_dataset(colour_data, 0.6, 0)
     out = [split.train[0][0], split.test[0][0]]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.archs import get_arch
-from core.data import DeferredJpegDataset, ListDataset, build_transform, training_transform
-from core.demo import phone_photo
-from core.images import dct_scale, open_image, thumbnail_jpeg
+from core.data.datasets import DeferredJpegDataset, ListDataset, build_transform, training_transform
+from core.data.demo import phone_photo
+from core.data.images import dct_scale, open_image, thumbnail_jpeg
+from core.spec.archs import get_arch
 
 LITE0 = get_arch("efficientnet_lite0").transforms()  # resize 256, crop 224
 
@@ -71,7 +71,7 @@ def test_datasets_send_large_jpegs_to_the_reduced_decode(tmp_path):
 
 
 def test_the_feature_cache_key_says_how_images_are_decoded():
-    from core.features import feature_cache_key
+    from core.features.cache import feature_cache_key
 
     tf = build_transform(LITE0)
     assert "decode=dct-reduced" in repr(tf)
@@ -84,7 +84,7 @@ def test_the_feature_cache_key_says_how_images_are_decoded():
 def test_features_of_the_reduced_decode_stay_within_the_stated_bound(tmp_path, lite0_file):
     """README: on photo-like 12-megapixel JPEGs the reduced decode's backbone features keep a cosine
     similarity of at least 0.98 with the full decode's (0.990 to 0.999 measured over 8 photos)."""
-    from core.surgery import adapt_model
+    from core.models.surgery import adapt_model
 
     model, report = adapt_model("efficientnet_lite0", 2, weights=str(lite0_file), freeze="all")
     model.eval()

@@ -1,21 +1,21 @@
 """The same trainer under torchrun (DDP, gloo on the CPU): 2 processes on the generated shapes dataset."""
 import json
-from contextlib import contextmanager
 import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import TrainConfig
-from core.demo import generate_demo
-from core.predict import Predictor
-from core.rundir import RunDir, read_records, read_run, read_status
-from core.run import train
-from core.workspace import runs_dir
+from core.data.demo import generate_demo
+from core.inference.predict import Predictor
+from core.platform.workspace import runs_dir
+from core.runs.rundir import RunDir, read_records, read_run, read_status
+from core.spec.config import TrainConfig
+from core.training.run import train
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_cached_features_under_two_processes_match_one(shapes, lite0_file, tmp_p
     assert predictor.classes == ["circle", "cross", "square", "star", "triangle"]
     again = torchrun(*common, "--out", tmp_path / "again")  # a warm cache: no rank recomputes
     assert again.returncode == 0, failure(again)
-    from core.records import Features
+    from core.spec.records import Features
 
     assert [r.from_disk for r in read_records(tmp_path / "again").of(Features)] == [True, True, True]
 

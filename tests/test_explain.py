@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from core.config import TrainConfig
-from core.demo import SHAPES, draw_shape_with_mask, generate_demo
-from core.errors import ConfigError
-from core.explain import class_index, explain, model_view
-from core.predict import Predictor
-from core.run import train
+from core.data.demo import SHAPES, draw_shape_with_mask, generate_demo
+from core.inference.predict import Predictor
+from core.models.explain import class_index, explain, model_view
+from core.platform.errors import ConfigError
+from core.spec.config import TrainConfig
+from core.training.run import train
 from tests.test_cli import _one_error_line, run_cli
 
 

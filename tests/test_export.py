@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import TrainConfig
-from core.export import export
-from core.images import open_image
-from core.predict import Predictor
-from core.run import train
+from core.data.images import open_image
+from core.inference.export import export
+from core.inference.predict import Predictor
+from core.spec.config import TrainConfig
+from core.training.run import train
 
 
 @pytest.fixture(scope="module")

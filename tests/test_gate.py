@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from streamlit.testing.v1 import AppTest
 
 from app_pages.gate import CLIENT_COOKIE, SESSION_COOKIE, Gate, PasswordGate, safe_return_path
-from core.guard import GuessLimiter
+from core.platform.guard import GuessLimiter
 from tests.conftest import ROOT
 
 STREAMLIT_PATHS = ["/", "/dataset", "/training?run=x", "/_stcore/health", "/_stcore/host-config",

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import TrainConfig
-from core.records import follow
-from core.lr_find import exponential_lrs, find_lr, smooth, steep, sweep, valley
+from core.spec.config import TrainConfig
+from core.spec.records import follow
+from core.training.lr_find import exponential_lrs, find_lr, smooth, steep, sweep, valley
 from tests.conftest import ROOT, make_colour_dataset
 
 

@@ -1,9 +1,9 @@
-"""Heavy in-page work waits its turn (core.slots, app_pages.common.run_with_stop): at most TLD_MAX_PAGE_WORK jobs
+"""Heavy in-page work waits its turn (core.platform.slots, app_pages.common.run_with_stop): at most TLD_MAX_PAGE_WORK jobs
 at once per server, the rest in line, first come first served, each told its place."""
 import threading
 import time
 
-from core.slots import PAGE_WORK, WorkSlots
+from core.platform.slots import PAGE_WORK, WorkSlots
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
 

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.config import TrainConfig
-from core.rundir import RunDir, WorkerState, create_run, list_runs, read_records, read_run, write_status
-from core.runs import run_progress, seconds_left, smooth_eta, start_worker
-from core.workspace import runs_dir
+from core.jobs.queue import run_progress, seconds_left, smooth_eta, start_worker
+from core.platform.workspace import runs_dir
+from core.runs.rundir import RunDir, WorkerState, create_run, list_runs, read_records, read_run, write_status
+from core.spec.config import TrainConfig
 from tests.conftest import make_colour_dataset, wait_until
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
+
 def _train(small_root, lite0_file, name: str, **settings) -> Path:
-    from core.run import train
+    from core.training.run import train
 
     path = runs_dir() / name
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
@@ -111,7 +112,7 @@ def test_5_the_time_left_comes_from_the_epochs_own_durations(small_root, lite0_f
 
 
 def test_6_the_misclassified_grid_lines_up():
-    from core.images import thumbnail_jpeg
+    from core.data.images import thumbnail_jpeg
 
     for size in ((600, 100), (100, 600), (640, 480)):
         buf = io.BytesIO()
@@ -153,12 +154,12 @@ def test_8_an_offline_cifar_download_is_a_message_for_the_page_and_the_page_stay
 
 
 def test_8_an_offline_weights_download_keeps_the_surgery_page(small_root, monkeypatch):
-    from core.errors import WeightsError
+    from core.platform.errors import WeightsError
 
     def offline(*args, **kwargs):
         raise WeightsError("could not download https://download.pytorch.org/x.pth (offline)")
 
-    monkeypatch.setattr("core.weights.download_file", offline)
+    monkeypatch.setattr("core.models.weights.download_file", offline)
     at = _app("app_pages/surgery.py")
     at.selectbox(key="sg_arch").set_value("resnet18").run()
     at.button(key="sg_download").click().run()
@@ -208,7 +209,7 @@ def test_10_the_chosen_dataset_is_remembered_for_the_bare_address(small_root, tm
 
 
 def test_10_with_a_password_each_address_has_its_own(tmp_path):
-    from core.workspace import remember_data_root, remembered_data_root
+    from core.platform.workspace import remember_data_root, remembered_data_root
 
     remember_data_root(tmp_path / "mine", "address 10.0.0.1")
     assert remembered_data_root("address 10.0.0.1") == str(tmp_path / "mine")
@@ -254,7 +255,7 @@ def test_12_batch_prediction_says_it_finished(small_root, lite0_file):
 
 # ============================================================================= command line
 def test_13_the_plain_train_command_falls_back_to_the_offline_backbone(small_root, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["train", "--data", str(small_root), "--epochs", "1", "--num-workers", "0",
                  "--out", str(runs_dir() / "plain")]) == 0
@@ -267,14 +268,14 @@ def test_13_the_plain_train_command_falls_back_to_the_offline_backbone(small_roo
 
 
 def test_13_an_explicit_resnet18_keeps_the_clear_refusal(small_root, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["train", "--data", str(small_root), "--arch", "resnet18", "--epochs", "1"]) == 2
     assert "no pretrained resnet18 weights on this machine" in capsys.readouterr().err
 
 
 def test_13_a_named_weights_file_without_arch_is_the_recipes_resnet18(small_root, resnet18_file, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["train", "--data", str(small_root), "--weights", str(resnet18_file), "--epochs", "1",
                  "--num-workers", "0", "--out", str(runs_dir() / "named")]) == 0

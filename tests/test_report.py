@@ -9,17 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from core.calibration import (calibrate, expected_calibration_error, fit_temperature, reliability, softmax)
-from core.config import TrainConfig
-from core.data import build_transform
-from core.archs import get_arch
-from core.errors import RunError
-from core.predict import Predictor
-from core.records import Prediction, follow
-from core.report import _coverage_notes, class_scores, evaluate_tta, run_report
-from core.rundir import RunDir, read_records, read_run
-from core.states import RunState
-from core.train import write_test_outputs
+from core.analysis.report import _coverage_notes, class_scores, evaluate_tta, run_report
+from core.data.datasets import build_transform
+from core.inference.predict import Predictor
+from core.platform.errors import RunError
+from core.runs.rundir import RunDir, read_records, read_run
+from core.spec.archs import get_arch
+from core.spec.config import TrainConfig
+from core.spec.records import Prediction, follow
+from core.spec.states import RunState
+from core.training.calibration import calibrate, expected_calibration_error, fit_temperature, reliability, softmax
+from core.training.train import write_test_outputs
 from tests.conftest import ROOT, make_colour_dataset
 
 
@@ -117,7 +117,7 @@ def test_tta_views_put_the_plain_view_first():
 # ----------------------------------------------------------------------------- a trained run
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, lite0_file):
-    from core.run import train
+    from core.training.run import train
 
     data = make_colour_dataset(tmp_path_factory.mktemp("rep") / "c", per_class=8, classes=("blue", "green", "red"))
     folder = tmp_path_factory.mktemp("rep") / "run"

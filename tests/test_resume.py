@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from core.config import TrainConfig
-from core.errors import RunError
-from core.records import Epoch, follow
-from core.run import resume_training, train
-from core.rundir import RunDir, read_records, read_run
+from core.platform.errors import RunError
+from core.runs.rundir import RunDir, read_records, read_run
+from core.spec.config import TrainConfig
+from core.spec.records import Epoch, follow
+from core.training.run import resume_training, train
 from tests.conftest import ROOT, make_colour_dataset
 
 
@@ -146,7 +146,7 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
     """kill -9 leaves the claim behind; its process is gone, so the next attempt takes it over."""
     import os
 
-    from core.rundir import claim_resume, process_start_ticks
+    from core.runs.rundir import claim_resume, process_start_ticks
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -167,7 +167,7 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
 
 
 def _claim_in_a_process(folder: str, start, results, finish) -> None:
-    from core.rundir import RunDir, claim_resume
+    from core.runs.rundir import RunDir, claim_resume
 
     start.wait()
     results.put(claim_resume(RunDir(folder), 1))
@@ -177,7 +177,7 @@ def _claim_in_a_process(folder: str, start, results, finish) -> None:
 def test_two_resumes_taking_over_a_stale_claim_at_once_never_both_win(tmp_path):
     import multiprocessing
 
-    from core.rundir import RunDir
+    from core.runs.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()

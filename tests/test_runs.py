@@ -10,13 +10,22 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import TrainConfig
-from core.records import Batch, Epoch, Features, Final, Progress, RecordError, Start, parse_record
-from core.rundir import (STALE_AFTER_S, RunDir, WorkerState, best_completed, list_runs, read_records, read_run,
-                         read_status, write_status)
-from core.runs import kill_worker, launch, request_stop, run_progress, start_worker
-from core.run import train
-from core.workspace import runs_dir
+from core.jobs.queue import kill_worker, launch, request_stop, run_progress, start_worker
+from core.platform.workspace import runs_dir
+from core.runs.rundir import (
+    STALE_AFTER_S,
+    RunDir,
+    WorkerState,
+    best_completed,
+    list_runs,
+    read_records,
+    read_run,
+    read_status,
+    write_status,
+)
+from core.spec.config import TrainConfig
+from core.spec.records import Batch, Epoch, Features, Final, Progress, RecordError, Start, parse_record
+from core.training.run import train
 from tests.conftest import ROOT, make_colour_dataset, wait_until
 
 APP = str(ROOT / "dashboard.py")

@@ -14,12 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from core.config import TrainConfig
-from core.io import atomic_write_json, temp_file_owner
-from core.process import own_identity
-from core.rundir import (RunDir, WorkerState, claim_resume, clean_leftovers, create_run, list_runs, new_run_dir,
-                         read_run, this_process_state, write_status)
-from core.states import RunState
+from core.platform.io import atomic_write_json, temp_file_owner
+from core.platform.process import own_identity
+from core.runs.rundir import (
+    RunDir,
+    WorkerState,
+    claim_resume,
+    clean_leftovers,
+    create_run,
+    list_runs,
+    new_run_dir,
+    read_run,
+    this_process_state,
+    write_status,
+)
+from core.spec.config import TrainConfig
+from core.spec.states import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +109,7 @@ def test_a_run_is_created_in_a_users_non_empty_folder_without_touching_their_fil
 
 # ----------------------------------------------------------------------------- leftovers: only their owner
 def _dead_process_identity() -> str:
-    proc = subprocess.run([sys.executable, "-c", "from core.process import own_identity; print(own_identity())"],
+    proc = subprocess.run([sys.executable, "-c", "from core.platform.process import own_identity; print(own_identity())"],
                           capture_output=True, text=True, cwd=ROOT, check=True)
     return proc.stdout.strip()
 
@@ -165,7 +175,7 @@ def test_a_forced_rerun_moves_the_old_run_aside_whole(tmp_path):
 
 
 def test_a_write_that_fails_removes_its_own_temporary_file(tmp_path):
-    from core.io import atomic_file
+    from core.platform.io import atomic_file
 
     with pytest.raises(RuntimeError), atomic_file(tmp_path / "x.bin") as f:
         f.write(b"partial")
@@ -199,7 +209,7 @@ def test_an_npz_bomb_is_refused_from_its_headers_before_anything_is_loaded(tmp_p
 
     import numpy as np
 
-    from core.rundir import DamagedRun, read_test_outputs
+    from core.runs.rundir import DamagedRun, read_test_outputs
 
     run = create_run(tmp_path / "run", TrainConfig(data_root=str(tmp_path)))
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))

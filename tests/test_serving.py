@@ -6,22 +6,22 @@ import os
 import socket
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core.config import TrainConfig
-from core.errors import UploadError, WeightsError
-from core.rundir import list_runs, read_run
-from core.runs import cancel, dispatch, kill_worker, launch, queue
-from core.settings import settings
-from core.split import split_dataset
-from core.uploads import extract_zip
-from core.workspace import runs_dir
+from core.data.split import split_dataset
+from core.data.uploads import extract_zip
+from core.jobs.queue import cancel, dispatch, kill_worker, launch, queue
+from core.platform.errors import UploadError, WeightsError
+from core.platform.settings import settings
+from core.platform.workspace import runs_dir
+from core.runs.rundir import list_runs, read_run
+from core.spec.config import TrainConfig
 from tests.conftest import ROOT, make_colour_dataset, wait_until
 
 APP = str(ROOT / "dashboard.py")
@@ -79,7 +79,7 @@ def test_exposure_a_page_that_raises_shows_no_traceback():
     streamlit.config.set_option("client.showErrorDetails", shipped["client"]["showErrorDetails"])
     try:
         def page():
-            raise RuntimeError("secret detail at /srv/app/core/train.py")
+            raise RuntimeError("secret detail at /srv/app/core/training/train.py")
         at = AppTest.from_function(page).run()
     finally:
         streamlit.config.set_option("client.showErrorDetails", before)
@@ -223,7 +223,7 @@ def test_zip_a_full_disk_while_extracting_is_a_message_and_leaves_nothing(tmp_pa
 
 
 def test_zip_not_enough_free_space_is_refused_first(tmp_path, monkeypatch):
-    monkeypatch.setattr("core.uploads.free_bytes", lambda folder: 10 * 1024**2)
+    monkeypatch.setattr("core.data.uploads.free_bytes", lambda folder: 10 * 1024**2)
     with pytest.raises(UploadError, match="not enough free disk space"):
         extract_zip(_zip({"a/1.png": b"x" * 1000, "b/1.png": b"y"}), tmp_path / "out", "d.zip")
 
@@ -267,18 +267,18 @@ def test_zip_failures_on_the_dataset_page_are_messages(small_root):
 
 # ============================================================================= 4. disk full elsewhere
 def test_disk_full_weights_upload_names_the_users_file_and_leaves_no_temp_file(resnet18_file, monkeypatch):
-    from core.archs import get_arch
-    from core.weights import hub_checkpoint_dir, store_uploaded_weights
+    from core.models.weights import hub_checkpoint_dir, store_uploaded_weights
+    from core.spec.archs import get_arch
 
-    monkeypatch.setattr("core.weights.os.fdopen", lambda fd, mode: os.close(fd) or _enospc())
+    monkeypatch.setattr("core.models.weights.os.fdopen", lambda fd, mode: os.close(fd) or _enospc())
     with pytest.raises(WeightsError, match=r"could not store 'my weights.pth' in torch hub's cache .*disk is full"):
         store_uploaded_weights(get_arch("resnet18"), resnet18_file.read_bytes(), "my weights.pth")
     assert list(hub_checkpoint_dir().glob("*")) == []
 
 
 def test_disk_full_a_weights_file_that_does_not_fit_is_named_as_uploaded(tmp_path):
-    from core.archs import get_arch
-    from core.weights import store_uploaded_weights
+    from core.models.weights import store_uploaded_weights
+    from core.spec.archs import get_arch
 
     torch.save({"x": torch.zeros(2)}, tmp_path / "w.pth")
     with pytest.raises(WeightsError, match="'vacation.pth' does not fit resnet18") as caught:
@@ -287,13 +287,13 @@ def test_disk_full_a_weights_file_that_does_not_fit_is_named_as_uploaded(tmp_pat
 
 
 def test_disk_full_a_nearly_full_run_folder_says_the_disk_is_full(colour_data, resnet18_file, tmp_path, monkeypatch):
-    from core.run import train
+    from core.training.run import train
 
     def torch_zip_writer_failure(obj, f, *args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1234 vs 1200")
 
     monkeypatch.setattr(torch, "save", torch_zip_writer_failure)
-    monkeypatch.setattr("core.io.free_bytes", lambda folder: 1024)
+    monkeypatch.setattr("core.platform.io.free_bytes", lambda folder: 1024)
     final = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),
                                    epochs=1, num_workers=0), tmp_path / "run"))[-1]
     assert final.status == "failed"
@@ -302,7 +302,7 @@ def test_disk_full_a_nearly_full_run_folder_says_the_disk_is_full(colour_data, r
 
 
 def test_disk_full_the_demo_cannot_be_generated_and_home_says_so(monkeypatch):
-    monkeypatch.setattr("core.demo.tempfile.mkdtemp", _enospc)
+    monkeypatch.setattr("core.data.demo.tempfile.mkdtemp", _enospc)
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("could not generate the demo dataset" in e.value and "the disk is full" in e.value for e in at.error)
@@ -310,7 +310,7 @@ def test_disk_full_the_demo_cannot_be_generated_and_home_says_so(monkeypatch):
 
 # ============================================================================= 5. the shared cache
 def _hammer_cache(folder: str, worker: int, rounds: int, errors) -> None:
-    from core.features import Features, load_cached_features, store_cached_features
+    from core.features.cache import Features, load_cached_features, store_cached_features
 
     os.environ["TLD_FEATURE_CACHE_BYTES"] = "6000"
     features = Features(torch.zeros(8, 64), torch.zeros(8, dtype=torch.long), torch.arange(8), 0)
@@ -346,8 +346,8 @@ def test_cache_four_processes_under_a_tiny_cap_see_no_errors(tmp_path):
 def test_smaller_the_pixel_limit_message_quotes_the_apps_limit(monkeypatch):
     from PIL import Image
 
-    from core.errors import ImageError
-    from core.images import open_image
+    from core.data.images import open_image
+    from core.platform.errors import ImageError
 
     monkeypatch.setenv("TLD_MAX_IMAGE_PIXELS", "1000")
     buf = io.BytesIO()
@@ -357,8 +357,8 @@ def test_smaller_the_pixel_limit_message_quotes_the_apps_limit(monkeypatch):
 
 
 def test_smaller_stored_and_downloaded_weights_are_readable_by_others(resnet18_file):
-    from core.archs import get_arch
-    from core.weights import store_uploaded_weights
+    from core.models.weights import store_uploaded_weights
+    from core.spec.archs import get_arch
 
     stored = store_uploaded_weights(get_arch("resnet18"), resnet18_file.read_bytes(), "r.pth")
     assert stored.stat().st_mode & 0o777 == 0o644

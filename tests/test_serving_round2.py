@@ -13,20 +13,20 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.config import TrainConfig
-from core.errors import ConfigError, DatasetError, RunError, WeightsError
-from core.rundir import RunDir, create_run, find_run, list_runs, read_run, write_status
-from core.settings import settings
-from core.workspace import runs_dir
+from core.platform.errors import ConfigError, DatasetError, RunError, WeightsError
+from core.platform.settings import settings
+from core.platform.workspace import runs_dir
+from core.runs.rundir import RunDir, create_run, find_run, list_runs, read_run, write_status
+from core.spec.config import TrainConfig
 from tests.conftest import ROOT, wait_until
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
@@ -37,7 +37,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture
 def lite0_run(small_root, lite0_file) -> Path:
     """A finished head-only run of the shipped EfficientNet-Lite0 on the small colour dataset."""
-    from core.run import train
+    from core.training.run import train
 
     path = runs_dir() / "finished"
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root), epochs=1,
@@ -183,7 +183,7 @@ def test_uploads_are_kept_without_a_password_so_the_refusal_above_is_the_gate(tm
 
 
 def test_uploads_the_server_cap_is_the_largest_file_a_page_takes():
-    from core.settings import UPLOAD_CAP_MB
+    from core.platform.settings import UPLOAD_CAP_MB
 
     shipped = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert shipped["server"]["maxUploadSize"] == UPLOAD_CAP_MB
@@ -207,9 +207,9 @@ def needle_images(tmp_path) -> list[Path]:
 @pytest.fixture
 def resize_budget(monkeypatch):
     """Fail any resize asked for more than twice the output's pixels (before it allocates anything)."""
-    import core.data
+    import core.data.datasets
 
-    real = core.data._resize_like_a_uint8_image
+    real = core.data.datasets._resize_like_a_uint8_image
     asked = []
 
     def bounded(x, size, mode):
@@ -217,15 +217,15 @@ def resize_budget(monkeypatch):
         assert size[0] * size[1] <= 2 * 256 * 256, f"a resize to {size} for a {tuple(x.shape)} image"
         return real(x, size, mode)
 
-    monkeypatch.setattr(core.data, "_resize_like_a_uint8_image", bounded)
+    monkeypatch.setattr(core.data.datasets, "_resize_like_a_uint8_image", bounded)
     return asked
 
 
 def test_extreme_aspect_ratios_prediction_gradcam_and_batch_are_bounded_by_the_output(needle_images, resize_budget,
                                                                                       tmp_path):
-    from core.explain import explain
-    from core.predict import Predictor, predict_many
-    from core.surgery import adapt_model
+    from core.inference.predict import Predictor, predict_many
+    from core.models.explain import explain
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     torch.save(model.state_dict(), tmp_path / "model.pth")
@@ -243,9 +243,9 @@ def test_extreme_aspect_ratios_prediction_gradcam_and_batch_are_bounded_by_the_o
 
 
 def test_extreme_aspect_ratios_thumbnails_and_the_augmentation_preview(needle_images, resize_budget):
-    from core.archs import get_arch
-    from core.data import training_transform
-    from core.images import open_image, thumbnail_jpeg
+    from core.data.datasets import training_transform
+    from core.data.images import open_image, thumbnail_jpeg
+    from core.spec.archs import get_arch
 
     for path in needle_images:
         thumb = Image.open(__import__("io").BytesIO(thumbnail_jpeg(path, 112)))
@@ -255,7 +255,7 @@ def test_extreme_aspect_ratios_thumbnails_and_the_augmentation_preview(needle_im
 
 
 def test_extreme_aspect_ratios_ordinary_photos_are_resized_exactly_as_before():
-    from core.data import centre_of_long_side
+    from core.data.datasets import centre_of_long_side
 
     for h, w in ((375, 500), (500, 375), (224, 448), (1080, 1920)):
         x = torch.zeros(3, h, w, dtype=torch.uint8)
@@ -265,7 +265,7 @@ def test_extreme_aspect_ratios_ordinary_photos_are_resized_exactly_as_before():
 
 
 def test_extreme_aspect_ratios_the_cli_predicts_a_260_byte_needle(needle_images, tmp_path):
-    from core.surgery import adapt_model
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     torch.save(model.state_dict(), tmp_path / "model.pth")
@@ -280,16 +280,16 @@ def test_extreme_aspect_ratios_the_cli_predicts_a_260_byte_needle(needle_images,
 def _start_together(parent: str, barrier, results) -> None:
     """One of several processes pressing Start at the same moment (the worker process is faked: it is
     slow to report, as a real one is under load)."""
-    import core.runs
+    import core.jobs.queue
 
     def slow_spawn(run, cache_dir):
         time.sleep(0.3)
         pid = os.getppid()  # a live process: the run holds its slot
-        write_status(run, core.runs.WorkerState("starting", pid=pid, pid_start=core.runs.process_start_ticks(pid)))
+        write_status(run, core.jobs.queue.WorkerState("starting", pid=pid, pid_start=core.jobs.queue.process_start_ticks(pid)))
 
-    core.runs._spawn = slow_spawn
+    core.jobs.queue._spawn = slow_spawn
     barrier.wait()
-    results.put(len(core.runs.dispatch(parent)))
+    results.put(len(core.jobs.queue.dispatch(parent)))
 
 
 @pytest.mark.slow
@@ -317,7 +317,7 @@ def test_run_cap_concurrent_starts_never_exceed_it(tmp_path, monkeypatch, cap):
 @pytest.mark.slow
 def test_queue_a_command_line_run_that_ends_starts_the_queued_app_run(small_root, resnet18_file, monkeypatch,
                                                                        capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     monkeypatch.setenv("TLD_MAX_RUNNING", "1")
     cfg = TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(small_root), epochs=1,
@@ -467,9 +467,8 @@ def test_settings_every_page_names_the_variable_instead_of_crashing(monkeypatch,
 
 
 def test_settings_the_command_line_names_the_variable(monkeypatch, small_root, capsys):
-    from core.cli import main
-
-    from core.surgery import adapt_model
+    from core.cli.main import main
+    from core.models.surgery import adapt_model
 
     monkeypatch.setenv("TLD_MAX_IMAGE_PIXELS", "1e999")
     image = next(small_root.glob("*/*.png"))
@@ -484,7 +483,7 @@ def test_settings_the_command_line_names_the_variable(monkeypatch, small_root, c
 
 # ============================================================================= 10. NaN models
 def _nan_state_dict(path: Path) -> Path:
-    from core.surgery import adapt_model
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     state = model.state_dict()
@@ -494,9 +493,9 @@ def _nan_state_dict(path: Path) -> Path:
 
 
 def test_nan_a_state_dict_with_nan_is_refused_at_load(tmp_path, capsys):
-    from core.cli import main
-    from core.predict import Predictor
-    from core.weights import load_state_dict_file
+    from core.cli.main import main
+    from core.inference.predict import Predictor
+    from core.models.weights import load_state_dict_file
 
     path = _nan_state_dict(tmp_path / "nan.pth")
     with pytest.raises(WeightsError, match=r"not finite numbers \(NaN or infinity\) in 1 tensor\(s\) \(fc.weight\)"):
@@ -511,8 +510,8 @@ def test_nan_a_state_dict_with_nan_is_refused_at_load(tmp_path, capsys):
 
 
 def test_nan_a_run_whose_weights_went_nan_neither_predicts_nor_exports(lite0_run):
-    from core.export import export
-    from core.predict import Predictor
+    from core.inference.export import export
+    from core.inference.predict import Predictor
 
     checkpoint = RunDir(lite0_run).checkpoint()
     ckpt = torch.load(checkpoint, weights_only=True)
@@ -528,8 +527,8 @@ def test_nan_a_run_whose_weights_went_nan_neither_predicts_nor_exports(lite0_run
 
 
 def test_nan_outputs_are_refused_at_prediction(tmp_path):
-    from core.predict import Predictor
-    from core.surgery import adapt_model
+    from core.inference.predict import Predictor
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     state = model.state_dict()
@@ -543,7 +542,7 @@ def test_nan_outputs_are_refused_at_prediction(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--momentum", "nan"),
                                          ("--epochs", "1e999"), ("--batch-size", "100000000")])
 def test_nan_non_finite_or_huge_hyperparameters_are_refused(flag, value, small_root, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     try:
         code = main(["train", "--data", str(small_root), "--weights", "none", flag, value])
@@ -567,7 +566,7 @@ def test_nan_non_finite_or_huge_hyperparameters_are_refused(flag, value, small_r
     ("a.png\t²", "expected 'path<TAB>label'"),
 ])
 def test_numbers_from_files_a_list_label_is_range_checked_before_it_sizes_anything(tmp_path, line, message):
-    from core.split import read_split
+    from core.data.split import read_split
 
     (tmp_path / "train.txt").write_text(line + "\n")
     (tmp_path / "test.txt").write_text("")
@@ -576,7 +575,7 @@ def test_numbers_from_files_a_list_label_is_range_checked_before_it_sizes_anythi
 
 
 def test_numbers_from_files_a_bom_and_crlf_lose_no_line(tmp_path):
-    from core.split import read_split
+    from core.data.split import read_split
 
     (tmp_path / "train.txt").write_bytes("\ufeffdata/ants/a.jpg\t0\r\ndata/bees/b.jpg\t1\r\n".encode("utf-8"))
     (tmp_path / "test.txt").write_bytes(b"data/ants/c.jpg\t0\r\n")
@@ -610,7 +609,7 @@ def _cifar_archive(tmp_path: Path, labels, names=None) -> Path:
     ([0, 1], [b"../up"] + [f"c{i}".encode() for i in range(9)], "cannot be folder names"),
 ])
 def test_numbers_from_files_a_cifar_archive_is_checked_before_it_writes(tmp_path, labels, names, message):
-    from core.cifar import import_cifar10
+    from core.data.cifar import import_cifar10
 
     with pytest.raises(DatasetError, match=message):
         import_cifar10(_cifar_archive(tmp_path, labels, names), tmp_path / "out")
@@ -618,7 +617,7 @@ def test_numbers_from_files_a_cifar_archive_is_checked_before_it_writes(tmp_path
 
 
 def test_numbers_from_files_cifar_file_names_never_leave_their_class_folder(tmp_path):
-    from core.cifar import import_cifar10
+    from core.data.cifar import import_cifar10
 
     root = import_cifar10(_cifar_archive(tmp_path, [0, 1]), tmp_path / "out")
     assert not (tmp_path / "evil.png").exists()

@@ -18,18 +18,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.config import TrainConfig
-from core.datacheck import read_path_list
-from core.errors import DatasetError, ImageError, RunError, WeightsError
-from core.health import read_header
-from core.images import open_image
-from core.io import NotAFile, open_regular, read_json_file
-from core.records import Features, Start, cells_of, class_counts, confusion_cells
-from core.report import SHOWN_CLASSES, RunReport
-from core.rundir import read_records, read_run
-from core.run import train
-from core.split import read_list_file
-from core.workspace import runs_dir
+from core.analysis.datacheck import read_path_list
+from core.analysis.report import SHOWN_CLASSES, RunReport
+from core.data.health import read_header
+from core.data.images import open_image
+from core.data.split import read_list_file
+from core.platform.errors import DatasetError, ImageError, RunError, WeightsError
+from core.platform.io import NotAFile, open_regular, read_json_file
+from core.platform.workspace import runs_dir
+from core.runs.rundir import read_records, read_run
+from core.spec.config import TrainConfig
+from core.spec.records import Features, Start, cells_of, class_counts, confusion_cells
+from core.training.run import train
 from tests.conftest import make_colour_dataset
 from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
 
@@ -194,7 +194,7 @@ def _photo_zip() -> bytes:
 
 
 def test_a_zip_of_images_given_as_weights_is_called_what_it_is(tmp_path):
-    from core.weights import load_state_dict_file
+    from core.models.weights import load_state_dict_file
 
     expected = ("is a zip archive of 3 file(s) ('ants/0013035.jpg', 'ants/1030023514.jpg', …), not a PyTorch "
                 "weights file")
@@ -207,7 +207,7 @@ def test_a_zip_of_images_given_as_weights_is_called_what_it_is(tmp_path):
 
 
 def test_a_zip_of_images_given_as_a_checkpoint_to_predict_is_called_what_it_is(tmp_path):
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     path = tmp_path / "model.pt"
     path.write_bytes(_photo_zip())
@@ -220,10 +220,10 @@ def test_overflowing_outputs_are_refused_everywhere_they_are_shown(tmp_path, cap
     sentence; never NaN probabilities with exit 0."""
     from PIL import Image
 
-    from core.cli import main
-    from core.explain import explain
-    from core.predict import Predictor, predict_many
-    from core.surgery import adapt_model
+    from core.cli.main import main
+    from core.inference.predict import Predictor, predict_many
+    from core.models.explain import explain
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     state = model.state_dict()
@@ -246,8 +246,8 @@ def test_overflowing_outputs_are_refused_everywhere_they_are_shown(tmp_path, cap
 
 
 def test_a_temperature_that_makes_finite_logits_overflow_is_refused(tmp_path):
-    from core.predict import Predictor
-    from core.surgery import adapt_model
+    from core.inference.predict import Predictor
+    from core.models.surgery import adapt_model
 
     model, _ = adapt_model("resnet18", 2, weights=None)
     state = model.state_dict()
@@ -264,8 +264,8 @@ def test_a_temperature_that_makes_finite_logits_overflow_is_refused(tmp_path):
 def test_an_export_whose_checkpoint_changed_is_flagged_by_predict_and_the_page(lite0_run_here, tmp_path, capsys):
     from PIL import Image
 
-    from core.cli import main
-    from core.export import export, stale_exports
+    from core.cli.main import main
+    from core.inference.export import export, stale_exports
 
     run = lite0_run_here
     model_file, side = export(run, "torchscript")
@@ -306,7 +306,7 @@ def lite0_run_here(small_root, lite0_file) -> Path:
 
 # ============================================================================= 5. the data check on degenerate data
 def _check(split, lite0_file, cache):
-    from core.datacheck import check_data
+    from core.analysis.datacheck import check_data
 
     stream = check_data(split, arch="efficientnet_lite0", weights=str(lite0_file), cache_dir=cache, device="cpu")
     while True:
@@ -324,7 +324,7 @@ def _lists(folder: Path, train_rows, test_rows) -> Path:
 
 
 def test_degenerate_data_gets_a_report_that_says_so(tmp_path, lite0_file):
-    from core.split import read_split, split_dataset
+    from core.data.split import read_split, split_dataset
 
     root = make_colour_dataset(tmp_path / "d", per_class=8)
     blue = sorted(str(p) for p in (root / "blue").iterdir())
@@ -348,8 +348,8 @@ def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_r
         tmp_path, lite0_file):
     """The probe's case: the check cached an empty 0×0 array, and the next run failed with 'mat1 and mat2 shapes
     cannot be multiplied (0x0 and 1280x2)'."""
-    from core.features import load_cached_features
-    from core.split import read_split
+    from core.data.split import read_split
+    from core.features.cache import load_cached_features
 
     root = make_colour_dataset(tmp_path / "d", per_class=8)
     rows = [(str(p), y) for y, c in enumerate(("blue", "red")) for p in sorted((root / c).iterdir())]
@@ -371,11 +371,11 @@ def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_r
 
 
 def test_a_stored_empty_feature_entry_from_an_older_version_is_only_a_miss(tmp_path):
-    from core.features import Features, load_cached_features, store_cached_features
+    from core.features.cache import Features, load_cached_features, store_cached_features
 
     empty = Features(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 4)
     assert store_cached_features(tmp_path, "k" * 32, empty) is False and not list(tmp_path.rglob("*.pt"))
-    from core.io import atomic_torch_save
+    from core.platform.io import atomic_torch_save
 
     entry = tmp_path / "features" / ("k" * 32 + ".pt")
     entry.parent.mkdir()
@@ -420,10 +420,10 @@ def test_every_file_of_a_run_made_hostile_never_blocks_or_breaks_a_reader(lite0_
     listing, Home, Prediction and Training (on each hostile run) show it beside the good one."""
     import shutil
 
-    from core.errors import UserError
-    from core.predict import Predictor
-    from core.report import run_report
-    from core.rundir import list_runs
+    from core.analysis.report import run_report
+    from core.inference.predict import Predictor
+    from core.platform.errors import UserError
+    from core.runs.rundir import list_runs
 
     good = lite0_run_here
     hostile = []

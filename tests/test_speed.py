@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from core.accel import configure_device, plan_threads, resolve_device
-from core.errors import RunError
-from core.features import Features
-from core.feature_path import DeviceBatches, EpochShuffle
-from core.train import EvalAccumulator
-from core.records import cells_of, confusion_cells
+from core.features.cache import Features
+from core.platform.accel import configure_device, plan_threads, resolve_device
+from core.platform.errors import RunError
+from core.spec.records import cells_of, confusion_cells
+from core.training.feature_path import DeviceBatches, EpochShuffle
+from core.training.train import EvalAccumulator
 
 
 @pytest.mark.parametrize("cores, requested, cuda, expected", [
@@ -27,8 +27,8 @@ def test_threads_and_workers_never_exceed_the_cores(cores, requested, cuda, expe
 
 
 def test_the_start_record_says_what_was_chosen(colour_data, lite0_file, tmp_path):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     start = next(iter(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
                                         data_root=str(colour_data), epochs=1), tmp_path / "run")))
@@ -47,15 +47,15 @@ def test_device_choice():
 
 
 def test_the_predictor_uses_the_gpu_when_there_is_one(colour_data, lite0_file, tmp_path, monkeypatch):
-    from core.config import TrainConfig
-    from core.predict import Predictor
-    from core.run import train
+    from core.inference.predict import Predictor
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(colour_data),
                            epochs=1, num_workers=0), tmp_path / "run"))
     assert Predictor.load(tmp_path / "run").device == torch.device("cpu")  # auto, on this machine
     asked = []
-    monkeypatch.setattr("core.predict.resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr("core.inference.predict.resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
     Predictor.load(tmp_path / "run")
     assert asked == ["auto"]
 
@@ -94,8 +94,8 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
 
 
 def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, resnet18_file, tmp_path, monkeypatch):
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
     from tests.test_bad_input import NanLoss
 
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NanLoss)  # a diverged training
@@ -109,8 +109,8 @@ def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, res
 
 def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file, tmp_path, monkeypatch):
     """On a GPU every read of a tensor waits for all queued work: count the reads on the CPU."""
-    from core.config import TrainConfig
-    from core.run import train
+    from core.spec.config import TrainConfig
+    from core.training.run import train
 
     original = torch.Tensor.item
 
@@ -131,7 +131,7 @@ def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file,
 
 
 def test_our_sgd_steps_exactly_like_torchs():
-    from core.accel import SGD
+    from core.platform.accel import SGD
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
@@ -153,7 +153,7 @@ def test_a_cached_run_never_imports_torch_dynamo(colour_data, lite0_file, tmp_pa
     import subprocess
     import sys
 
-    script = ("import sys\nfrom core.config import TrainConfig\nfrom core.run import train\n"
+    script = ("import sys\nfrom core.spec.config import TrainConfig\nfrom core.training.run import train\n"
               f"cfg = TrainConfig(arch='efficientnet_lite0', weights={str(lite0_file)!r}, "
               f"data_root={str(colour_data)!r}, epochs=2, num_workers=0)\n"
               f"final = list(train(cfg, {str(tmp_path / 'run')!r}))[-1]\n"
@@ -169,12 +169,12 @@ def test_the_gpu_decoding_path_gives_the_same_features_run_on_the_cpu(tmp_path, 
 
     from PIL import Image
 
-    from core.accel import inference_copy
-    from core.archs import get_arch
-    from core.data import build_transform
-    from core.demo import draw_shape
-    from core.features import compute_frozen_outputs
-    from core.surgery import adapt_model
+    from core.data.datasets import build_transform
+    from core.data.demo import draw_shape
+    from core.features.cache import compute_frozen_outputs
+    from core.models.surgery import adapt_model
+    from core.platform.accel import inference_copy
+    from core.spec.archs import get_arch
 
     rng = _random.Random(0)
     samples = []

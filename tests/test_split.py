@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.split import read_split, split_dataset, write_split
-from core.errors import DatasetError
+from core.data.split import read_split, split_dataset, write_split
+from core.platform.errors import DatasetError
 from tests.conftest import make_colour_dataset
 
 
@@ -124,5 +124,5 @@ def test_train_and_val_with_images_directly_inside_are_two_classes(tmp_path):
 def test_the_image_extensions_are_torchvisions():
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from core.split import IMG_EXTENSIONS as ours
+    from core.data.split import IMG_EXTENSIONS as ours
     assert ours == IMG_EXTENSIONS

@@ -2,10 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.archs import ARCHITECTURES, imagenet_categories
-from core.data import build_transform
-from core.errors import ConfigError
-from core.surgery import adapt_model, set_train_mode, trainable_parameters
+from core.data.datasets import build_transform
+from core.models.surgery import adapt_model, set_train_mode, trainable_parameters
+from core.platform.errors import ConfigError
+from core.spec.archs import ARCHITECTURES, imagenet_categories
 
 
 def test_resnet18_loads_pretrained_body_and_gets_a_new_head(resnet18_file):
@@ -143,7 +143,7 @@ def test_last_block_mode_trains_the_tables_last_stage_and_the_head(arch):
     assert f"{report.head_name}.weight" in trained
     assert any(n.startswith(spec.cut + ".") for n in trained)  # the stage's first module trains too
     # the same parameters, seen from the page's per-mode columns
-    from core.surgery import trains_in
+    from core.models.surgery import trains_in
     assert {p.name for p in report.parameters if trains_in(report.modes["last_block"], p.name)} == trained
     assert all(trains_in(report.modes["all"], p.name) for p in report.parameters)
     head_only = adapt_model(arch, 3, freeze="head", seed=0)[1]

@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 
-from core.archs import ARCHITECTURES
-from core.config import TrainConfig
-from core.errors import ConfigError, RunError
-from core.predict import Predictor
-from core.records import Batch, Epoch, Features, Progress
-from core.rundir import RunDir, read_records
-from core.features import compute_frozen_outputs
-from core.run import train
+from core.features.cache import compute_frozen_outputs
+from core.inference.predict import Predictor
+from core.platform.errors import ConfigError, RunError
+from core.runs.rundir import RunDir, read_records
+from core.spec.archs import ARCHITECTURES
+from core.spec.config import TrainConfig
+from core.spec.records import Batch, Epoch, Features, Progress
+from core.training.run import train
 
 
 def _config(data, **overrides):
@@ -65,7 +65,7 @@ def test_refuses_a_folder_that_already_holds_a_run(colour_data, resnet18_file, t
 
 
 def test_pretrained_head_training_learns_the_demo_shapes(tmp_path, lite0_file):
-    from core.demo import generate_demo
+    from core.data.demo import generate_demo
 
     data = generate_demo(tmp_path / "shapes", per_class=(16, 16), seed=1)
     records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(data),
@@ -104,8 +104,8 @@ def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, res
 
 
 def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_file, tmp_path):
-    from core.split import split_dataset
-    from core.features import feature_cache_key
+    from core.data.split import split_dataset
+    from core.features.cache import feature_cache_key
 
     split = split_dataset(colour_data)
     key = lambda: feature_cache_key(arch="resnet18", head_variant="replace", weights=str(resnet18_file),
@@ -140,7 +140,7 @@ def test_config_validation_names_allowed_values():
 
 
 def test_a_config_is_checked_once_when_made_with_one_sentence_per_wrong_field(tmp_path):
-    from core.rundir import create_run
+    from core.runs.rundir import create_run
 
     with pytest.raises(ConfigError) as caught:
         TrainConfig(epochs=0, lr=float("nan"), momentum=1.5, arch="resnet99", data_root="x")
@@ -156,7 +156,7 @@ def test_a_config_is_checked_once_when_made_with_one_sentence_per_wrong_field(tm
 
 @pytest.mark.slow
 def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file):
-    from core.demo import generate_demo
+    from core.data.demo import generate_demo
 
     data = generate_demo(tmp_path / "shapes", per_class=(12, 12), seed=3)
     common = dict(arch="efficientnet_lite0", data_root=str(data), epochs=3, batch_size=8, num_workers=0)
@@ -169,7 +169,7 @@ def test_pretrained_beats_training_from_scratch_on_the_demo(tmp_path, lite0_file
 def test_feature_cache_keeps_the_newest_entries_within_its_size_cap(tmp_path):
     import os
 
-    from core.features import prune_cache
+    from core.features.cache import prune_cache
 
     folder = tmp_path / "features"
     folder.mkdir()
@@ -192,11 +192,11 @@ def _features(model, head, samples, transform):
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
 def test_folded_batchnorm_features_match_the_unfolded_model(arch, colour_data, resnet18_file, lite0_file):
-    from core.accel import fold_batchnorm, inference_copy
-    from core.archs import get_arch
-    from core.data import build_transform
-    from core.split import split_dataset
-    from core.surgery import adapt_model
+    from core.data.datasets import build_transform
+    from core.data.split import split_dataset
+    from core.models.surgery import adapt_model
+    from core.platform.accel import fold_batchnorm, inference_copy
+    from core.spec.archs import get_arch
 
     weights = resnet18_file if arch == "resnet18" else lite0_file
     model, report = adapt_model(arch, 2, weights=weights, freeze="head")
@@ -218,9 +218,9 @@ def test_jpegs_decoded_by_libjpeg_match_pil_within_one_level(tmp_path):
 
     from PIL import Image
 
-    from core.archs import get_arch
-    from core.data import ListDataset, build_transform
-    from core.demo import draw_shape
+    from core.data.datasets import ListDataset, build_transform
+    from core.data.demo import draw_shape
+    from core.spec.archs import get_arch
 
     rng = _random.Random(0)
     samples = []
@@ -242,7 +242,7 @@ def test_jpegs_decoded_by_libjpeg_match_pil_within_one_level(tmp_path):
 
 
 def test_comparison_twin_flips_weights_and_freeze_and_keeps_the_rest():
-    from core.runs import comparison_twin
+    from core.jobs.queue import comparison_twin
 
     pretrained = TrainConfig(arch="resnet18", weights="/w.pth", freeze="head", lr=0.01, epochs=7, data_root="d")
     twin = comparison_twin(pretrained, "/w.pth")
@@ -255,8 +255,8 @@ def test_comparison_twin_flips_weights_and_freeze_and_keeps_the_rest():
 
 
 def test_find_twin_matches_every_saved_setting_but_the_weights_side(tmp_path):
-    from core.rundir import create_run, list_runs
-    from core.runs import comparison_twin, find_twin
+    from core.jobs.queue import comparison_twin, find_twin
+    from core.runs.rundir import create_run, list_runs
 
     pretrained = TrainConfig(arch="resnet18", weights="/w.pth", freeze="head", lr=0.01, epochs=7, data_root="d")
     scratch = comparison_twin(pretrained, "/w.pth")
@@ -351,7 +351,7 @@ def test_class_weights_are_inverse_frequency_and_shown_in_the_start_record(tmp_p
 
 
 def test_a_strongly_imbalanced_dataset_is_warned_about(tmp_path):
-    from core.split import split_dataset
+    from core.data.split import split_dataset
     from tests.conftest import make_colour_dataset
 
     root = make_colour_dataset(tmp_path / "d", per_class=5, classes=("blue",))
@@ -370,9 +370,10 @@ def test_augmentation_presets_train_through_the_full_forward_pass(preset, colour
 
 
 def test_augmentation_presets_draw_different_inputs_of_the_right_size():
-    from core.archs import get_arch
-    from core.data import training_transform
     from PIL import Image
+
+    from core.data.datasets import training_transform
+    from core.spec.archs import get_arch
 
     image = Image.new("RGB", (300, 200))
     image.paste((255, 0, 0), (0, 0, 150, 200))  # left half red: a flip or a crop changes what is where
@@ -423,8 +424,8 @@ def test_preprocessing_gives_what_the_weights_own_transforms_give_a_photo(arch):
     import numpy as np
     from PIL import Image
 
-    from core.archs import get_arch
-    from core.data import build_transform
+    from core.data.datasets import build_transform
+    from core.spec.archs import get_arch
 
     theirs = get_arch(arch).weights.resolve().transforms()
     ours = build_transform(get_arch(arch).transforms())

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import TrainConfig
-from core.records import follow
-from core.rundir import RunDir, load_config
-from core.split import split_dataset, write_split
-from core.tune import SEARCH_SPACE, train_head, tune_head
+from core.data.split import split_dataset, write_split
+from core.runs.rundir import RunDir, load_config
+from core.spec.config import TrainConfig
+from core.spec.records import follow
+from core.training.tune import SEARCH_SPACE, train_head, tune_head
 from tests.conftest import ROOT, make_colour_dataset
 
 
@@ -71,7 +71,7 @@ def test_fewer_images_per_class_than_folds_means_fewer_folds_said(lite0_file, tm
 
 
 def test_the_search_refuses_settings_where_the_body_trains(train_only, lite0_file):
-    from core.errors import RunError
+    from core.platform.errors import RunError
 
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), lists_dir=str(train_only), freeze="all")
     with pytest.raises(RunError, match="freeze 'head'"):
@@ -79,7 +79,7 @@ def test_the_search_refuses_settings_where_the_body_trains(train_only, lite0_fil
 
 
 def test_a_run_with_the_best_settings_records_the_search(train_only, lite0_file, tmp_path):
-    from core.run import train
+    from core.training.run import train
 
     lists = tmp_path / "lists"
     shutil.copytree(train_only, lists)
@@ -123,7 +123,7 @@ def test_the_first_trial_is_the_current_settings_and_the_finder_centres_the_rate
 
 
 def test_the_command_line_search_can_centre_on_a_learning_rate(train_only, lite0_file, tmp_path, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["tune", "--lists", str(train_only), "--arch", "efficientnet_lite0", "--weights", str(lite0_file),
                  "--trials", "3", "--around-lr",

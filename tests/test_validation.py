@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.data.split import carve_validation, read_split, split_dataset, write_split
+from core.platform.errors import ConfigError
+from core.platform.figures import accuracy, paired_difference
+from core.runs.rundir import RunDir, read_records, read_run
+from core.spec.config import TrainConfig
+from core.spec.records import Epoch, Progress, Test, cells_of
+from core.spec.states import Phase
+from core.training.run import train
 from tests.conftest import ROOT, make_colour_dataset
-from core.config import TrainConfig
-from core.errors import ConfigError
-from core.figures import accuracy, paired_difference
-from core.records import Epoch, Progress, Test, cells_of
-from core.rundir import RunDir, read_records, read_run
-from core.states import Phase
-from core.run import train
-from core.split import carve_validation, read_split, split_dataset, write_split
 
 
 def _config(**overrides) -> TrainConfig:
@@ -221,7 +221,7 @@ def test_a_label_of_3000_trains_two_classes_not_3001(tmp_path, lite0_file):
 
 
 def test_more_classes_than_a_run_trains_are_refused_with_the_limit(tmp_path, lite0_file):
-    from core.split import MAX_TRAINED_CLASSES
+    from core.data.split import MAX_TRAINED_CLASSES
 
     lists = tmp_path / "lists"
     lists.mkdir()

@@ -5,10 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from core.archs import ARCHITECTURES
-from core.errors import UploadError, WeightsError
-from core.weights import (check_hash_prefix, download_weights, find_weights, hub_checkpoint_dir, list_sources,
-                          store_uploaded_weights)
+from core.models.weights import (
+    check_hash_prefix,
+    download_weights,
+    find_weights,
+    hub_checkpoint_dir,
+    list_sources,
+    store_uploaded_weights,
+)
+from core.platform.errors import UploadError, WeightsError
+from core.spec.archs import ARCHITECTURES
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
@@ -122,7 +128,7 @@ def test_a_damaged_file_in_the_hub_cache_is_not_used(resnet18_file):
 def test_dataset_zip_download_and_extraction(http_server, colour_data, tmp_path):
     import zipfile
 
-    from core.uploads import download_dataset
+    from core.data.uploads import download_dataset
 
     root, base = http_server
     with zipfile.ZipFile(root / "colours.zip", "w") as z:
@@ -146,7 +152,7 @@ NEW_TORCHVISION = ["resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b
 def test_every_torchvision_family_downloads_uploads_and_loads_like_resnet18(arch, http_server, tmp_path):
     import torch
 
-    from core.surgery import adapt_model
+    from core.models.surgery import adapt_model
 
     spec = ARCHITECTURES[arch]
     root, base = http_server

@@ -1,0 +1,735 @@
+"""Know the data before training: health, duplicates and leakage, an embedding map, label issues and a baseline.
+
+``check_data(split, …)`` is the one entry (the "Check the data" page and ``python -m core inspect`` both call
+it). It is a generator: it yields ``Progress`` records through every phase, so a caller shows progress and
+stops it by closing the generator, and it returns a ``DataReport``.
+
+Everything after the health section works on the frozen backbone's features: the very tensors a head-only
+run trains on, read from and written to the same feature cache under the same keys, so a run right after a
+check computes no feature again (and the other way round). Without pretrained weights those sections are
+left out, and the report says why: a random body's neighbours mean nothing.
+
+The maintained libraries do the statistics: scikit-learn (PCA, t-SNE, k-NN, logistic regression, stratified
+group folds) and cleanlab (confident learning). Memory never grows as n²: similarities are computed a block
+of rows at a time and only each image's nearest neighbours are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable
+from ..data.split import Split
+from ..platform.errors import DatasetError
+from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
+from ..spec.config import DEFAULT_VAL_RATIO
+from ..spec.records import Progress, ProgressMeter
+from ..spec.states import Phase
+
+REPORT_VERSION = 1
+NEAR_THRESHOLD = 0.96  # cosine similarity of backbone features at and above which two images are near copies
+NEIGHBOURS = 10  # per image, the most similar others considered (bounds the work by the output)
+BLOCK_ROWS = 1024  # rows of the similarity matrix computed at once: memory BLOCK_ROWS × n, never n × n
+MIN_PER_CLASS = 3  # a class needs this many readable images to take part in the cross-validation
+MAX_FOLDS = 5
+TSNE_IN_PROCESS = 1500  # up to this many points t-SNE takes under about 2 s; above, it runs beside the progress
+CHUNK = 2 * 1024 * 1024  # hashing reads files in 2 MiB pieces
+
+
+# ----------------------------------------------------------------------------- the report
+@dataclass
+class Member:
+    path: str
+    split: str
+    label: int
+
+
+@dataclass
+class DuplicateGroup:
+    kind: str  # "exact" (the same bytes) or "near" (backbone features at least the threshold alike)
+    similarity: float  # the weakest link that joined the group (1.0 for exact copies)
+    members: list[Member]
+
+    @property
+    def leak(self) -> bool:
+        """Copies on both sides of the split: the test accuracy counts images that were trained on."""
+        return len({m.split for m in self.members}) > 1
+
+    @property
+    def conflict(self) -> bool:
+        """Copies filed under different classes: at least one label is wrong."""
+        return len({m.label for m in self.members}) > 1
+
+
+@dataclass
+class LabelIssue:
+    path: str
+    split: str
+    given: str
+    suggested: str
+    score: float  # cleanlab's label quality (self-confidence: the probability of the given class); low: suspect
+    confidence: float  # the probability of the suggested class
+    given_label: int
+    suggested_label: int
+    found_by: str = "confident learning"  # or "prediction disagrees" (cleanlab's predicted_neq_given)
+
+
+@dataclass
+class Baseline:
+    accuracy: float  # mean over folds of a logistic-regression head on the features
+    std: float
+    folds: int
+    knn_accuracy: float
+    knn_std: float
+    images: int
+    classes: int
+
+
+@dataclass
+class MapPoint:
+    path: str
+    x: float
+    y: float
+    label: int
+    split: str
+
+
+@dataclass
+class DataReport:
+    source: str
+    arch: str
+    weights: str | None
+    classes: list[str]
+    train: int
+    test: int
+    health: HealthReport
+    duplicates: list[DuplicateGroup] = field(default_factory=list)
+    label_issues: list[LabelIssue] = field(default_factory=list)
+    baseline: Baseline | None = None
+    embedding: list[MapPoint] = field(default_factory=list)
+    embedding_method: str = ""
+    notes: list[str] = field(default_factory=list)  # why a section is missing or partial
+    too_small: list[str] = field(default_factory=list)  # classes left out of label checking and the baseline
+    near_threshold: float = NEAR_THRESHOLD
+    features_from_cache: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    val: int = 0  # validation images (part of the training share; reports stored before it say 0)
+    fingerprint: str = ""  # data_fingerprint: the images, labels, architecture and weights
+    split_fingerprint: str = ""  # which side each image was on
+    created: float = field(default_factory=time.time)
+
+    @property
+    def leaks(self) -> list[DuplicateGroup]:
+        return [g for g in self.duplicates if g.leak]
+
+    @property
+    def conflicts(self) -> list[DuplicateGroup]:
+        return [g for g in self.duplicates if g.conflict]
+
+    @property
+    def leaked_test_images(self) -> list[str]:
+        """Test images with a copy in the training split."""
+        return sorted({m.path for g in self.leaks for m in g.members if m.split == "test"})
+
+    def leak_effect(self) -> str | None:
+        """What the leaks do to the test figure, in one sentence (None: no leak)."""
+        leaked = len(self.leaked_test_images)
+        if not leaked:
+            return None
+        share = leaked / max(self.test, 1)
+        return (f"{leaked} of {self.test} test images ({100 * share:.1f}%) have a copy in the training split. A model "
+                f"can answer those from memory, so the test accuracy can overstate what it does on new images by up "
+                f"to {100 * share:.1f} points. Re-split keeping each duplicate group on one side to measure honestly.")
+
+    def to_json(self) -> dict:
+        """The report for scripts: the keys ``python -m core inspect --json`` promises, and the details."""
+        def group(g: DuplicateGroup) -> list[dict]:
+            return [asdict(m) for m in g.members]
+
+        health = asdict(self.health)
+        health["imbalance"] = self.health.imbalance
+        return {
+            "version": REPORT_VERSION, "source": self.source, "arch": self.arch, "weights": self.weights,
+            "classes": self.classes, "train": self.train, "val": self.val, "test": self.test, "created": self.created,
+            "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint, "near_threshold": self.near_threshold,
+            "features_from_cache": self.features_from_cache, "seconds": self.seconds, "notes": self.notes,
+            "too_small": self.too_small,
+            "health": health,
+            "duplicates": [group(g) for g in self.duplicates],
+            "duplicate_groups": [{"kind": g.kind, "similarity": g.similarity, "leak": g.leak, "conflict": g.conflict,
+                                  "members": group(g)} for g in self.duplicates],
+            "leaks": [group(g) for g in self.leaks],
+            "leak_effect": self.leak_effect(),
+            "label_issues": [asdict(i) for i in self.label_issues],
+            "baseline": asdict(self.baseline) if self.baseline else None,
+            "embedding": [asdict(p) for p in self.embedding],
+            "embedding_method": self.embedding_method,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DataReport":
+        """A stored report back; DatasetError when it is damaged or from another version."""
+        try:
+            if data.get("version") != REPORT_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, this app writes {REPORT_VERSION}")
+            h = data["health"]
+            health = HealthReport([ClassHealth(**c) for c in h["classes"]], dict(h["formats"]), dict(h["modes"]),
+                                  [ImageSize(**s) for s in h["sizes"]], [Flagged(**f) for f in h["small"]],
+                                  [Flagged(**f) for f in h["converted"]], [Unreadable(**u) for u in h["unreadable"]],
+                                  int(h["input_size"]), list(h["warnings"]))
+            groups = [DuplicateGroup(g["kind"], float(g["similarity"]), [Member(**m) for m in g["members"]])
+                      for g in data["duplicate_groups"]]
+            return cls(
+                source=str(data["source"]), arch=str(data["arch"]), weights=data["weights"],
+                classes=[str(c) for c in data["classes"]], train=int(data["train"]), test=int(data["test"]),
+                health=health, duplicates=groups, label_issues=[LabelIssue(**i) for i in data["label_issues"]],
+                baseline=Baseline(**data["baseline"]) if data["baseline"] else None,
+                embedding=[MapPoint(**p) for p in data["embedding"]], embedding_method=str(data["embedding_method"]),
+                notes=[str(n) for n in data["notes"]], too_small=[str(c) for c in data["too_small"]],
+                near_threshold=float(data["near_threshold"]), features_from_cache=bool(data["features_from_cache"]),
+                seconds={str(k): float(v) for k, v in data["seconds"].items()}, fingerprint=str(data["fingerprint"]),
+                split_fingerprint=str(data["split_fingerprint"]), created=float(data["created"]),
+                val=int(data.get("val", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatasetError(f"the stored data check is damaged ({type(exc).__name__}: {str(exc)[:100]}); "
+                               "run the check again") from None
+
+
+# ----------------------------------------------------------------------------- where reports live
+def data_fingerprint(split: Split, arch: str, weights: str | None, also: list[tuple[str, int]] = ()) -> str:
+    """Names a check: the images and their labels (whichever side they are on), the architecture and the
+    weights file. A run finds the check of its data by it, whatever its split (``also``: images a run left out)."""
+    digest = hashlib.sha256(json.dumps([arch, str(weights) if weights else None, split.classes]).encode())
+    for path, label in sorted([*split.train, *split.val, *split.test, *also]):
+        digest.update(f"{label}\t{path}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def split_fingerprint(split: Split) -> str:
+    """Which side each image is on: a check's leakage figures hold for this split only."""
+    digest = hashlib.sha256()
+    for side, samples in (("train", [*split.train, *split.val]), ("test", split.test)):
+        for path, label in samples:
+            digest.update(f"{side}\t{label}\t{path}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def report_path(folder: str | os.PathLike, fingerprint: str) -> Path:
+    return Path(folder) / f"{fingerprint}.json"
+
+
+def save_report(report: DataReport, folder: str | os.PathLike) -> Path:
+    path = report_path(folder, report.fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report.to_json(), ensure_ascii=False))
+    return path
+
+
+def load_report(folder: str | os.PathLike, fingerprint: str) -> DataReport | None:
+    """The stored check of these data, or None; DatasetError when the file is there but damaged."""
+    path = report_path(folder, fingerprint)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"the stored data check cannot be read ({exc}); run the check again") from None
+    try:
+        data = parse_json(text)
+    except ValueError:
+        raise DatasetError("the stored data check is damaged (not JSON: half-written?); run the check again") from None
+    if not isinstance(data, dict):
+        raise DatasetError("the stored data check is damaged (not a report); run the check again")
+    return DataReport.from_json(data)
+
+
+def read_path_list(path: str | os.PathLike) -> list[str]:
+    """Image paths from a file: one per line, or the label-issue CSV this module writes (its ``path`` column)."""
+    import csv
+
+    try:
+        with open_regular(path, MAX_LIST_BYTES) as f:
+            text = f.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read the path list '{path}' ({exc})") from None
+    lines = text.splitlines()
+    if lines and lines[0].split(",")[0].strip() == "path":
+        try:
+            rows = list(csv.DictReader(lines))  # a field over csv's limit (128 KiB) is an error, not a crash
+        except csv.Error as exc:
+            raise DatasetError(f"the path list '{path}' is not a CSV of this program ({exc})") from None
+        return [row["path"] for row in rows if isinstance(row.get("path"), str) and row["path"]]
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def duplicate_groups_from_json(path: str | os.PathLike) -> list[list[str]]:
+    """The duplicate groups of a report that ``inspect --json`` wrote (for ``--keep-together``)."""
+    try:
+        data = read_json_file(path)
+        groups = [[str(m["path"]) for m in group] for group in data["duplicates"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"'{path}' is not a report of `python -m core inspect --json` ({type(exc).__name__}: "
+                           f"{str(exc)[:80]})") from None
+    return groups
+
+
+def label_issues_csv(issues: list[LabelIssue]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", "split", "given", "suggested", "score", "confidence", "found_by"])
+    for i in issues:
+        writer.writerow([i.path, i.split, i.given, i.suggested, f"{i.score:.4f}", f"{i.confidence:.4f}", i.found_by])
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- exact duplicates
+def _sha256(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except OSError:  # deleted while the check runs: no longer anyone's duplicate
+        return None
+    return digest.hexdigest()
+
+
+def _exact_groups(headers: dict[str, Header]) -> Iterator:
+    """Paths with the same bytes: only files of equal size are hashed. Yields Progress; returns [[path, …]]."""
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for path, header in headers.items():
+        by_size[header.bytes].append(path)
+    candidates = [p for paths in by_size.values() if len(paths) > 1 for p in paths]
+    meter = ProgressMeter(Phase.HASHES, len(candidates), split="all")
+    yield meter.first()
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for path in candidates:
+        digest = _sha256(path)
+        if digest:
+            by_hash[digest].append(path)
+        record = meter.advance(1)
+        if record:
+            yield record
+    return [paths for paths in by_hash.values() if len(paths) > 1]
+
+
+# ----------------------------------------------------------------------------- near duplicates
+class _Groups:
+    """Union-find over sample positions, remembering the weakest link of each group."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+        self.weakest = [1.0] * n
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int, similarity: float = 1.0) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[b] = a
+            self.weakest[a] = min(self.weakest[a], self.weakest[b], similarity)
+        else:
+            self.weakest[a] = min(self.weakest[a], similarity)
+
+    def components(self) -> dict[int, list[int]]:
+        found: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.parent)):
+            found[self.find(i)].append(i)
+        return found
+
+
+def _near_pairs(features, threshold: float, groups: _Groups) -> Iterator:
+    """Join every image to its most similar others (cosine ≥ threshold, at most NEIGHBOURS each), computing
+    BLOCK_ROWS rows of the similarity matrix at a time. Yields Progress."""
+    import torch
+
+    x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    n = len(x)
+    meter = ProgressMeter(Phase.NEIGHBOURS, n, split="all")
+    yield meter.first()
+    if n < 2:
+        return
+    k = min(NEIGHBOURS, n - 1)
+    for start in range(0, n, BLOCK_ROWS):
+        block = x[start:start + BLOCK_ROWS] @ x.T
+        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -1.0  # not its own duplicate
+        values, columns = block.topk(k, dim=1)
+        for r, c in (values >= threshold).nonzero().tolist():
+            groups.join(start + r, int(columns[r, c]), float(values[r, c]))
+        record = meter.advance(len(block))
+        if record:
+            yield record
+
+
+# ----------------------------------------------------------------------------- features
+def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> Iterator:
+    """The head's input for every readable image of both splits, through the training code's own cache keys.
+
+    Yields Progress; returns (features (n, d) float32, samples in the same order, whether all came from the
+    cache)."""
+    import torch
+
+    from ..data.datasets import build_transform
+    from ..features.cache import head_inputs
+    from ..models.surgery import adapt_model
+    from ..platform.accel import configure_device, plan_threads, resolve_device
+    from ..spec.archs import get_arch
+
+    dev = resolve_device(device)
+    configure_device(dev)
+    threads, workers = plan_threads(-1, cuda=dev.type == "cuda")
+    torch.set_num_threads(threads)
+    model, surgery = adapt_model(arch, len(split.classes), weights=weights, freeze="head")
+    eval_tf = build_transform(get_arch(arch).transforms())
+    precision = "bf16" if dev.type == "cuda" else "fp32"  # as a run's feature pass (train.Setup.feature_precision)
+    parts, kept, from_cache = [], [], True
+    # Each list on its own, as a run computes them (the same cache keys: a run after a check computes nothing);
+    # validation images are the training share's: on the "train" side for leaks and the baseline.
+    for side, name, samples in (("train", "train", split.train), ("train", "val", split.val),
+                                ("test", "test", split.test)):
+        if not samples:
+            continue
+        stream = head_inputs(samples, model=model, head_name=surgery.head_name, head_variant=surgery.head_variant,
+                             arch=arch, weights=weights, transform=eval_tf, precision=precision, cache_dir=cache_dir,
+                             device=dev, split=name, workers=workers)
+        computed = False
+        while True:
+            try:
+                record = next(stream)
+            except StopIteration as finished:
+                found = finished.value
+                break
+            computed = True
+            yield record
+        from_cache = from_cache and not computed
+        if not len(found.labels):
+            continue  # no image of this list could be read: nothing to add (its shape is no (0, d))
+        parts.append(found.features.flatten(1).float().numpy())
+        kept += [Sample(samples[i][0], samples[i][1], side) for i in found.indices.tolist()]
+    features = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    return features, kept, from_cache
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int,
+                    trainable: np.ndarray | None = None) -> Iterator:
+    """Out-of-fold class probabilities of a logistic-regression head, and per-fold accuracies of it and of
+    k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress.
+
+    The probabilities (the label check, which may look at every image) come from heads fitted on all the
+    fold's other images. The accuracies (the baseline: what a head-only run should reach) come from heads
+    fitted on ``trainable`` rows alone (the training share: train and validation) and are measured on those
+    alone, so the baseline never reads a test label."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n_classes = int(labels.max()) + 1
+    oof = np.zeros((len(labels), n_classes))
+    linear, knn = [], []
+    meter = ProgressMeter(Phase.FOLDS, folds, split="all")
+    yield meter.first()
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
+    trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
+    for fit_idx, held_idx in splitter.split(features, labels, groups):
+        head = _fitted_head(features[fit_idx], labels[fit_idx])
+        oof[np.ix_(held_idx, head.classes_)] = head.predict_proba(features[held_idx])
+        fit_train, judged = fit_idx[trainable[fit_idx]], held_idx[trainable[held_idx]]
+        if len(judged) and len(np.unique(labels[fit_train])) >= 2:
+            baseline = head if trainable.all() else _fitted_head(features[fit_train], labels[fit_train])
+            linear.append(float((baseline.predict(features[judged]) == labels[judged]).mean()))
+            neighbours = KNeighborsClassifier(n_neighbors=min(5, len(fit_train)), metric="cosine")
+            neighbours.fit(features[fit_train], labels[fit_train])
+            knn.append(float((neighbours.predict(features[judged]) == labels[judged]).mean()))
+        record = meter.advance(1)
+        if record:
+            yield record
+    return oof, linear, knn
+
+
+def _fitted_head(x: np.ndarray, y: np.ndarray):
+    """The linear head the check cross-validates: standardised features, L2-regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1)).fit(x, y)
+
+
+def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], names: list[str]) -> list[LabelIssue]:
+    """cleanlab's ``find_label_issues`` over the out-of-fold probabilities, most suspect first.
+
+    Confident learning (its default) only counts an image as another class's when it is at least as sure as
+    that class's average image; on well-separated features (a linear head near 100%) that average is so high
+    that a typical-looking mislabeled photo can miss it. So the images whose out-of-fold prediction is another
+    class (cleanlab's ``predicted_neq_given``) are suspects too; every suspect is ranked by cleanlab's label
+    quality score (the given class's probability), and says which rule found it."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    confident = set(find_label_issues(labels, oof, n_jobs=1).nonzero()[0].tolist())
+    disagree = set(find_label_issues(labels, oof, filter_by="predicted_neq_given", n_jobs=1).nonzero()[0].tolist())
+    scores = get_label_quality_scores(labels, oof)
+    issues = []
+    for i in sorted(confident | disagree, key=lambda i: (scores[i], samples[i].path)):
+        suggested = int(oof[i].argmax())
+        if suggested == labels[i]:  # confident learning may flag one whose best guess is its own class
+            suggested = int(np.argsort(oof[i])[-2])
+        issues.append(LabelIssue(samples[i].path, samples[i].split, names[labels[i]], names[suggested],
+                                 float(scores[i]), float(oof[i, suggested]), int(labels[i]), suggested,
+                                 "confident learning" if i in confident else "prediction disagrees"))
+    return issues
+
+
+# ----------------------------------------------------------------------------- the map
+def _in_thread(fn, *args) -> Iterator:
+    """Run ``fn`` beside the caller, yielding a Progress tick every half second so the page can redraw and
+    Stop; returns its result. A stopped caller leaves the thread to finish on its own (its result is dropped)."""
+    result: dict = {}
+
+    def work():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True, name="datacheck-map")
+    thread.start()
+    t0 = time.time()
+    while thread.is_alive():
+        thread.join(0.5)
+        yield Progress(phase=Phase.MAP, done=0, total=1, images_per_s=0.0, split=f"{time.time() - t0:.0f} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    n, d = features.shape
+    components = min(50, n, d)
+    reduced = PCA(n_components=components, random_state=0).fit_transform(features)
+    if n < 10:  # too few for t-SNE's neighbourhoods
+        xy = reduced[:, :2] if components >= 2 else np.column_stack([reduced[:, 0], np.zeros(n)])
+        return xy, "PCA (first two components; too few images for t-SNE)"
+    perplexity = float(min(30, (n - 1) / 3))
+    # 500 iterations (scikit-learn's default is 1000): the map settles well before, at half the time.
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0, max_iter=500).fit_transform(reduced)
+    return xy, f"t-SNE (perplexity {perplexity:.3g}) of the first {components} PCA components"
+
+
+# ----------------------------------------------------------------------------- the whole check
+def _samples(split: Split) -> list[Sample]:
+    return ([Sample(p, l, "train") for p, l in [*split.train, *split.val]]
+            + [Sample(p, l, "test") for p, l in split.test])
+
+
+def _timed(seconds: dict, name: str, t0: float) -> float:
+    now = time.time()
+    seconds[name] = round(now - t0, 3)
+    return now
+
+
+def check_data(split: Split, *, arch: str, weights: str | None, input_size: int | None = None,
+               cache_dir: str | os.PathLike | None = None, near_threshold: float = NEAR_THRESHOLD,
+               device: str = "auto", source: str = "") -> Iterator:
+    """Check ``split`` (from ``split_dataset`` or ``read_split``) for everything that makes a fine-tune
+    disappoint. Yields Progress records; returns the DataReport. ``weights`` None: no feature sections."""
+    if not 0.5 <= near_threshold <= 1.0:
+        raise DatasetError(f"the near-duplicate threshold must be from 0.5 to 1, got {near_threshold}")
+    if input_size is None:
+        from ..spec.archs import get_arch
+
+        input_size = get_arch(arch).transforms().crop_size[0]
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    samples = _samples(split)
+    tally = HealthTally(split.classes, input_size,
+                        [Unreadable(s.path, s.reason) for s in split.skipped if s.unreadable])
+    meter = ProgressMeter(Phase.HEADERS, len(samples), split="all")
+    yield meter.first()
+    for sample in samples:
+        tally.add(sample)
+        record = meter.advance(1)
+        if record:
+            yield record
+    report = DataReport(source or split.root, arch, weights, list(split.classes), len(split.train), len(split.test),
+                        tally.report(), near_threshold=near_threshold,
+                        fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split),
+                        val=len(split.val))
+    t0 = _timed(seconds, "health", t0)
+    readable = [s for s in samples if s.path in tally.headers]
+    if not readable:
+        report.notes.append("no image could be read, so nothing else can be checked")
+        report.seconds = seconds
+        return report
+    report.notes += _degenerate_notes(split, readable)
+
+    exact = yield from _exact_groups(tally.headers)
+    t0 = _timed(seconds, "exact duplicates", t0)
+    if weights is None:
+        report.notes.append("no pretrained weights for this architecture: near duplicates, the map, label issues and "
+                            "the baseline need a pretrained backbone (a random one's neighbours mean nothing)")
+        report.duplicates = _build_groups(readable, exact, None)
+        report.seconds = seconds
+        return report
+
+    features, kept, report.features_from_cache = yield from _features(split, arch, weights, cache_dir, device)
+    t0 = _timed(seconds, "features", t0)
+    if len(kept) < len(readable):
+        report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "
+                            "beyond the header, or deleted meanwhile); they are left out of the feature sections")
+    groups = _Groups(len(kept))
+    yield from _near_pairs(features, near_threshold, groups)
+    report.duplicates = _build_groups(kept, exact, groups)
+    t0 = _timed(seconds, "near duplicates", t0)
+
+    yield from _label_section(report, features, kept, groups)
+    t0 = _timed(seconds, "label issues and baseline", t0)
+
+    if len(kept) >= 3:
+        xy, report.embedding_method = (yield from _in_thread(_project, features)) if len(kept) > TSNE_IN_PROCESS \
+            else _project(features)
+        report.embedding = [MapPoint(s.path, round(float(x), 3), round(float(y), 3), s.label, s.split)
+                            for s, (x, y) in zip(kept, xy)]
+    else:
+        report.notes.append("fewer than 3 images with features: no map")
+    _timed(seconds, "map", t0)
+    report.seconds = seconds
+    return report
+
+
+def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
+    """What makes this data unfit for a run at all, said first (the sections below still run where they can)."""
+    notes = []
+    present = sorted({s.label for s in readable})
+    if len(present) == 1:
+        notes.append(f"every readable image is of one class ({split.classes[present[0]]}): a classifier needs at "
+                     "least two, and a run on it is refused")
+    if not split.test:
+        notes.append("the test split is empty: a run would have nothing to measure its accuracy on")
+    elif not any(s.split == "test" for s in readable):
+        notes.append(f"none of the {len(split.test):,} test images can be read (see the health section): a run would "
+                     "have nothing to measure its accuracy on")
+    return notes
+
+
+def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], groups: _Groups) -> Iterator:
+    """Label issues and the baseline, over the classes with enough images for cross-validation."""
+    counts = np.bincount([s.label for s in kept], minlength=len(report.classes))
+    eligible = [c for c in range(len(report.classes)) if counts[c] >= MIN_PER_CLASS]
+    report.too_small = [report.classes[c] for c in range(len(report.classes)) if 0 < counts[c] < MIN_PER_CLASS]
+    if report.too_small:
+        report.notes.append(f"classes with fewer than {MIN_PER_CLASS} readable images are too small for label "
+                            f"checking and the baseline: {', '.join(report.too_small)}")
+    if len(eligible) < 2:
+        report.notes.append("label issues and the baseline need at least two classes with "
+                            f"{MIN_PER_CLASS} or more images")
+        return
+    remap = {c: i for i, c in enumerate(eligible)}
+    rows = [i for i, s in enumerate(kept) if s.label in remap]
+    labels = np.array([remap[kept[i].label] for i in rows])
+    # Groups of copies decide the folds, so a copy is never held out against itself; too few groups in a class
+    # for the folds it would need caps the fold count.
+    group_ids = np.array([groups.find(i) for i in rows])
+    distinct = min(len({g for g, l in zip(group_ids, labels) if l == c}) for c in range(len(eligible)))
+    if distinct < 2 or len(set(group_ids.tolist())) < 2:
+        # Cross-validation needs two distinct images (groups of copies) in every class it checks: with all
+        # images copies of one another there is nothing to hold out. Said, not crashed on.
+        report.notes.append(f"no label check and no baseline: a class has {int(distinct)} distinct image(s) once "
+                            "copies are grouped (the duplicates section lists them), and cross-validation needs "
+                            "at least two in every class")
+        return
+    folds = max(2, min(MAX_FOLDS, int(distinct)))
+    if folds < MAX_FOLDS:
+        report.notes.append(f"{folds}-fold cross-validation (the smallest class has {int(distinct)} distinct images)")
+    trainable = np.array([kept[i].split != "test" for i in rows])
+    oof, linear, knn = yield from _cross_validate(features[rows], labels, group_ids, folds, trainable)
+    names = [report.classes[c] for c in eligible]
+    issues = _label_issues(oof, labels, [kept[i] for i in rows], names)
+    report.label_issues = [LabelIssue(i.path, i.split, i.given, i.suggested, i.score, i.confidence,
+                                      eligible[i.given_label], eligible[i.suggested_label], i.found_by)
+                           for i in issues]
+    if not linear:
+        report.notes.append("no baseline: the training share has too few images of two classes to cross-validate")
+        return
+    report.baseline = Baseline(float(np.mean(linear)), float(np.std(linear)), folds, float(np.mean(knn)),
+                               float(np.std(knn)), int(trainable.sum()), len(eligible))
+
+
+def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Groups | None) -> list[DuplicateGroup]:
+    """Exact groups (same bytes) joined with near ones (similar features); largest first, leaks before others."""
+    position = {s.path: i for i, s in enumerate(samples)}
+    groups = near or _Groups(len(samples))
+    exact_of: dict[int, int] = {}
+    for e, paths in enumerate(exact):
+        members = [position[p] for p in paths if p in position]
+        for m in members[1:]:
+            groups.join(members[0], m)
+        for m in members:
+            exact_of[m] = e
+    found = []
+    for root, members in groups.components().items():
+        if len(members) < 2:
+            continue
+        kind = "exact" if len({exact_of.get(m, -1 - m) for m in members}) == 1 else "near"
+        found.append(DuplicateGroup(kind, 1.0 if kind == "exact" else round(groups.weakest[root], 4),
+                                    [Member(samples[m].path, samples[m].split, samples[m].label) for m in members]))
+    found.sort(key=lambda g: (not g.leak, not g.conflict, -len(g.members), g.members[0].path))
+    return found
+
+
+def load_split(data_root: str | None = None, lists_dir: str | None = None, *, train_ratio: float = 0.6,
+               seed: int = 0, val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots=None) -> Split:
+    """The split a check covers: a class-folder root split as a run would, or list files as they are."""
+    from ..data.split import read_split, split_dataset
+
+    if (data_root is None) == (lists_dir is None):
+        raise DatasetError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
+    if data_root is not None:
+        return split_dataset(data_root, train_ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots)
+    return read_split(lists_dir)
+
+
+def describe(progress: Progress) -> str:
+    """One line for a progress record of the check."""
+    phase = Phase(progress.phase)
+    if phase is Phase.MAP:
+        return f"{phase.doing}… {progress.split}"
+    where = f" ({progress.split})" if progress.split in ("train", "test") else ""
+    return f"{phase.doing}{where}: {progress.done:,}/{progress.total:,}"
+
+
+
+def check_of_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> DataReport | None:
+    """The stored check of the images a run was trained and tested on (its left-out images included), or None:
+    none was made, or a file of the run or the check cannot be read."""
+    from ..data.split import read_list_file, read_split
+    from ..platform.errors import UserError
+    from ..runs.rundir import RunDir, load_config
+
+    run = RunDir(run_dir)
+    try:
+        cfg = load_config(run)
+        split = read_split(run.lists)
+        left_out = read_list_file(run.lists / "excluded.txt") if (run.lists / "excluded.txt").is_file() else []
+        return load_report(folder, data_fingerprint(split, cfg.arch, cfg.weights, also=left_out))
+    except (UserError, OSError):
+        return None

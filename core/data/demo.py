@@ -1,0 +1,122 @@
+"""The demo dataset: synthetic shapes generated deterministically on first use.
+
+Five classes (circle, square, triangle, star, cross) with random colour, size, position
+and rotation on noisy backgrounds, so the task is learnable but not trivial. No image is
+committed to the repository; the same seed always draws the same pictures.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..platform.errors import DatasetError
+from ..platform.io import DISK_FULL
+from ..platform.workspace import NOT_WRITABLE, workspace_writes
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+IMAGE_SIZE = 224
+DONE_MARKER = ".complete"
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        corners = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
+        points = [(x * r * 0.8, y * r * 0.8) for x, y in corners]
+    elif shape == "triangle":
+        points = [(r * math.cos(a), r * math.sin(a)) for a in (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+    elif shape == "star":
+        points = [((r if k % 2 == 0 else r * 0.42) * math.cos(k * math.pi / 5 - math.pi / 2),
+                   (r if k % 2 == 0 else r * 0.42) * math.sin(k * math.pi / 5 - math.pi / 2)) for k in range(10)]
+    elif shape == "cross":
+        a, b = r, r * 0.3
+        points = [(b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b), (-b, -a), (b, -a), (b, -b), (a, -b),
+                  (a, b), (b, b)]
+    else:
+        raise ValueError(shape)
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
+
+
+def draw_shape(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE) -> Image.Image:
+    return draw_shape_with_mask(shape, rng, size)[0]
+
+
+PHONE_PHOTO = (4032, 3024)  # 12 megapixels, a phone camera's photo
+
+
+def phone_photo(shape: str, rng: random.Random, size: tuple[int, int] = PHONE_PHOTO) -> Image.Image:
+    """A photo-like picture at a camera's size: a demo shape drawn at a quarter of the size and enlarged
+    smoothly (detail at every scale, as in a photo, not per-pixel noise), with a little sensor noise on top.
+    For benchmarks and tests of decoding at real photo sizes."""
+    width, height = size
+    img = draw_shape(shape, rng, (max(1, width // 4), max(1, height // 4))).resize(size, Image.BICUBIC)
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 4, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def draw_shape_with_mask(shape: str, rng: random.Random, size: int | tuple[int, int] = IMAGE_SIZE
+                         ) -> tuple[Image.Image, Image.Image]:
+    """A demo picture and its shape's mask ("L": 255 inside the shape), for checking where a heat map points."""
+    width, height = (size, size) if isinstance(size, int) else size
+    short = min(width, height)
+    noise = np.random.default_rng(rng.randrange(2**32))
+    base = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
+    background = np.clip(base + noise.normal(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(background).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
+    mask = Image.new("L", (width, height), 0)
+    draw, draw_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    # Keep shapes inside the centre crop that resize(256)+crop(224) leaves of the picture.
+    r = rng.uniform(short * 0.12, short * 0.3)
+    cx = rng.uniform((width - short) / 2 + short * 0.08 + r, (width + short) / 2 - short * 0.08 - r)
+    cy = rng.uniform((height - short) / 2 + short * 0.08 + r, (height + short) / 2 - short * 0.08 - r)
+    colour = tuple(int((c + rng.randrange(80, 176)) % 256) for c in base)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        draw_mask.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        outline = _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
+        draw.polygon(outline, fill=colour)
+        draw_mask.polygon(outline, fill=255)
+    return img, mask
+
+
+def generate_demo(dest: str | os.PathLike, *, per_class: tuple[int, int] = (40, 60), seed: int = 0) -> Path:
+    """Write the demo dataset under ``dest`` (one folder per shape), atomically."""
+    dest = Path(dest)
+    rng = random.Random(seed)
+    tmp = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        for shape in SHAPES:
+            (tmp / shape).mkdir()
+            for i in range(rng.randint(*per_class)):
+                draw_shape(shape, rng).save(tmp / shape / f"{shape}_{i:03d}.jpg", quality=90)
+        (tmp / DONE_MARKER).write_text("generated by core.data.demo\n")
+        if dest.exists():
+            shutil.rmtree(dest)  # only an unfinished earlier generation can be here
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno not in NOT_WRITABLE:
+            reason = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or str(exc))
+            raise DatasetError(f"could not generate the demo dataset in '{dest.parent}': {reason}") from None
+        raise
+    return dest
+
+
+def ensure_demo_dataset(workspace: str | os.PathLike) -> Path:
+    """The demo dataset's folder in ``workspace``, generating it the first time."""
+    dest = Path(workspace) / "datasets" / "demo-shapes"
+    if not (dest / DONE_MARKER).exists():
+        with workspace_writes("generate the demo dataset"):
+            generate_demo(dest)
+    return dest

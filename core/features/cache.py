@@ -1,0 +1,303 @@
+"""Cached backbone features: when the front of the model is frozen and inputs are fixed, compute
+the frozen part's output once and train what follows on it.
+
+With freeze 'head' that output is what the head receives; with freeze 'last_block' it is what
+the body's last stage receives (the architecture table's ``cut``). It is captured with a
+forward pre-hook, so the same code works for every module in the table (``fc``,
+``classifier.6``, ``add_Linear``, ``_fc``, ``layer4``, ``features.24``, ``_blocks.15``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.datasets import (
+    DeferredJpegDataset,
+    GpuJpegDecoder,
+    ListDataset,
+    _needs_pil,
+    collate_deferred,
+    collate_skipping_unreadable,
+)
+from ..platform.errors import UserError
+from ..platform.io import atomic_torch_save, torch_load_tensors
+from ..platform.settings import settings
+
+
+@dataclass
+class Features:
+    features: torch.Tensor  # (n, …): what the cut module receives, one row per image, on the CPU
+    labels: torch.Tensor
+    indices: torch.Tensor  # positions in the list file; unreadable images are absent
+    skipped: int
+
+
+def _file_stamp(path: str) -> list:
+    try:
+        st = os.stat(path)
+        return [path, st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [path, None, None]
+
+
+def feature_cache_key(*, arch: str, head_variant: str, weights: str | None, transform: str,
+                      samples: list[tuple[str, int]], precision: str = "fp32", cut: str | None = None) -> str:
+    """Changes when any image, the weights file, the architecture, the preprocessing, the precision or
+    the module whose input is cached (``cut``; None: the head) changes."""
+    digest = hashlib.sha256()
+    head_or_cut = [arch, head_variant] if cut is None else [arch, head_variant, cut]  # old keys stay valid
+    digest.update(json.dumps([*head_or_cut, _file_stamp(weights) if weights else None, transform,
+                              precision]).encode())
+    for path, label in samples:
+        digest.update(json.dumps([_file_stamp(path), label]).encode())
+    return digest.hexdigest()[:32]
+
+
+class _Captured(Exception):
+    """Raised by the capturing hook: nothing after the cut needs computing."""
+
+
+def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, device,
+                           batch_size: int = 32, num_workers: int = 0, autocast=nullcontext,
+                           gpu_decode: bool | None = None) -> Iterator[int]:
+    """Run the frozen part of the model once over ``samples`` and keep what module ``cut`` receives
+    (the head, or the last stage); the forward pass stops there.
+
+    A generator: it yields the number of images of each batch as it goes (so the caller can
+    show progress and honour Stop between batches) and returns the Features.
+
+    Memory stays flat however many images there are: the outputs go into tensors allocated
+    once for the whole list, and each batch is copied into one reused channels_last buffer,
+    instead of thousands of small and large allocations that glibc keeps (measured in the
+    benchmark's RSS lines).
+    """
+    captured = []
+
+    def capture(module, args):
+        captured.append(args[0])
+        raise _Captured
+
+    hook = model.get_submodule(cut).register_forward_pre_hook(capture)
+    # On a GPU, JPEGs are decoded there (nvJPEG): CPU decoding would leave a large GPU waiting.
+    gpu_decode = device.type == "cuda" and not _needs_pil(transform) if gpu_decode is None else gpu_decode
+    loader = _loader(samples, transform, device, batch_size, num_workers, gpu_decode)
+    decode = GpuJpegDecoder(transform, device) if gpu_decode else None
+    out = _Outputs(len(samples))
+    buffer = InputBuffer(device)
+    model.eval()
+    try:
+        for images, y, idx, n_skipped in loader:
+            out.skipped += n_skipped
+            if images is not None and decode:
+                images, keep = decode(images)
+                y, idx = y[keep], idx[keep]
+                out.skipped += int((~keep).sum())
+            if images is not None:
+                # no_grad rather than inference_mode: the features later feed a head that needs autograd.
+                with torch.no_grad(), autocast():
+                    try:
+                        model(buffer.fill(images))
+                    except _Captured:
+                        pass
+                out.add(captured.pop(), y, idx)
+            yield n_skipped + (0 if y is None else len(y))
+    finally:
+        hook.remove()
+    return out.features()
+
+
+class ForwardFromCut:
+    """``model``'s own forward from module ``cut`` on, fed the inputs ``compute_frozen_outputs`` stored.
+
+    The frozen part runs on a tiny stand-in batch (32×32 pixels, about 2% of a real image's cost)
+    whose output a pre-hook replaces with the stored one. So the model's own forward applies
+    everything after the cut, with the glue a copy of its tail would have to repeat: residual
+    sums, shared activation modules, drop-connect rates, the ``view(batch, -1)`` some models do.
+    The frozen part is in eval mode and needs no gradient, so the stand-in changes nothing.
+
+    A model that accepts only one input size (``fixed_size``: ViT checks it, and its position embeddings
+    fix the token count) gets an empty batch of that size instead: nothing before the cut costs anything,
+    and ViT's forward takes the batch size after the cut from the stored tokens.
+    """
+
+    STAND_IN = 32
+
+    def __init__(self, model: nn.Module, cut: str, fixed_size: int | None = None):
+        self.model, self._stored, self.fixed_size = model, None, fixed_size
+        model.get_submodule(cut).register_forward_pre_hook(self._substitute)
+
+    def _substitute(self, module, args):
+        if self._stored is not None:
+            return (self._stored, *args[1:])
+        return None
+
+    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        if self.fixed_size:
+            stand_in = torch.zeros(0, 3, self.fixed_size, self.fixed_size, device=stored.device)
+        else:
+            stand_in = torch.zeros(len(stored), 3, self.STAND_IN, self.STAND_IN, device=stored.device)
+        self._stored = stored
+        try:
+            return self.model(stand_in)
+        finally:
+            self._stored = None
+
+
+def _loader(samples, transform, device, batch_size: int, num_workers: int, gpu_decode: bool) -> DataLoader:
+    dataset = DeferredJpegDataset(samples, transform) if gpu_decode else ListDataset(samples, transform)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_deferred if gpu_decode else collate_skipping_unreadable,
+                      pin_memory=device.type == "cuda" and not gpu_decode,
+                      prefetch_factor=4 if num_workers and device.type == "cuda" else None)
+
+
+class InputBuffer:
+    """One channels_last input tensor on the device, refilled for every batch of the same shape."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.tensor = device, None
+
+    def fill(self, images: torch.Tensor) -> torch.Tensor:
+        if self.tensor is None or self.tensor.shape != images.shape:
+            self.tensor = torch.empty(images.shape, device=self.device, memory_format=torch.channels_last)
+        return self.tensor.copy_(images, non_blocking=True)
+
+
+class _Outputs:
+    """Captured inputs (of any shape), labels and indices, written into tensors sized for the whole
+    list on the first batch."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n, self.skipped = capacity, 0, 0
+        self.x = self.y = self.i = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, i: torch.Tensor) -> None:
+        if self.x is None:
+            self.x = torch.empty(self.capacity, *x.shape[1:])
+            self.y = torch.empty(self.capacity, dtype=torch.long)
+            self.i = torch.empty(self.capacity, dtype=torch.long)
+        k = len(y)
+        self.x[self.n:self.n + k] = x.float()
+        self.y[self.n:self.n + k] = y
+        self.i[self.n:self.n + k] = i
+        self.n += k
+
+    def features(self) -> "Features":
+        if self.x is None:
+            empty = torch.empty(0, dtype=torch.long)
+            return Features(torch.empty(0, 0), empty, empty, self.skipped)
+        # clone: a view of the first n rows would keep the whole allocation alive
+        n = self.n
+        if n == self.capacity:
+            return Features(self.x, self.y, self.i, self.skipped)
+        return Features(self.x[:n].clone(), self.y[:n].clone(), self.i[:n].clone(), self.skipped)
+
+
+def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used entries until the folder holds at most ``max_bytes``.
+
+    Other processes share the cache and may delete or replace entries while this runs: an
+    entry that vanishes is simply no longer counted.
+    """
+    max_bytes = settings().feature_cache_bytes if max_bytes is None else max_bytes
+    entries = []
+    for path in Path(folder).glob("*.pt"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((st.st_mtime, st.st_size, path))
+    entries.sort(key=lambda e: e[0], reverse=True)
+    total, removed = 0, []
+    for _, size, path in entries:
+        total += size
+        if total > max_bytes and path != keep:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # another process holds or just replaced it; the next prune retries
+                continue
+            removed.append(path)
+    return removed
+
+
+def _entry(cache_dir: Path | None, key: str) -> Path | None:
+    return Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
+
+
+def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
+    """The features stored under ``key``, or None; a damaged or vanished entry is only a miss."""
+    path = _entry(cache_dir, key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = torch_load_tensors(path)
+        features = Features(data["features"], data["labels"], data["indices"], int(data["skipped"]))
+        rows = len(features.labels)
+        if not (rows and features.features.dim() >= 2 and len(features.features) == rows == len(features.indices)):
+            return None  # an empty or inconsistent entry (older versions stored empty sets) is only a miss
+        os.utime(path)  # mark as recently used for pruning
+        return features
+    except Exception:
+        return None
+
+
+def store_cached_features(cache_dir: Path | None, key: str, features: Features) -> bool:
+    """Keep ``features`` under ``key``; False when that was not possible (a full disk): the cache is
+    only a speed-up, so the run goes on without it."""
+    path = _entry(cache_dir, key)
+    if path is None or not len(features.labels):
+        return False  # nothing readable: nothing worth keeping, and no entry an empty list could ever match
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"features": features.features, "labels": features.labels,
+                           "indices": features.indices, "skipped": features.skipped}, path)
+        prune_cache(path.parent, keep=path)
+    except (OSError, UserError):
+        return False
+    return True
+
+
+def head_inputs(samples: list[tuple[str, int]], *, model: nn.Module, head_name: str, head_variant: str, arch: str,
+                weights: str, transform, precision: str, cache_dir, device: torch.device, split: str,
+                workers: int) -> Iterator:
+    """What the head of ``model`` receives for each of ``samples``, under the training run's own cache key: read
+    from the cache, or computed (BatchNorm folded) with Progress records and stored. Returns the Features.
+    The data check and the head search share the training features this way, in both directions."""
+    from ..platform.accel import inference_batch_size, inference_copy, to_channels_last
+    from ..spec.records import ProgressMeter
+    from ..spec.states import Phase
+
+    key = feature_cache_key(arch=arch, head_variant=head_variant, weights=weights, transform=repr(transform),
+                            samples=samples, precision=precision)
+    found = load_cached_features(cache_dir, key)
+    if found is not None:
+        return found
+    meter = ProgressMeter(Phase.FEATURES, len(samples), split=split)
+    yield meter.first()
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    batches = compute_frozen_outputs(to_channels_last(inference_copy(model).to(device)), head_name, samples,
+                                     transform, device=device, batch_size=inference_batch_size(device),
+                                     num_workers=workers, autocast=autocast)
+    try:
+        while True:
+            try:
+                n = next(batches)
+            except StopIteration as finished:
+                found = finished.value
+                break
+            record = meter.advance(n)
+            if record:
+                yield record
+    finally:
+        batches.close()
+    store_cached_features(cache_dir, key, found)
+    return found

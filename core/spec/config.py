@@ -1,0 +1,226 @@
+"""Hyperparameters: one dataclass, saved with every checkpoint so a run can rebuild its model."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from ..platform.errors import ConfigError
+from ..platform.io import read_json_file
+
+DEFAULT_TRAIN_RATIO = 0.6
+DEFAULT_VAL_RATIO = 0.2  # of the training share: the images every choice (checkpoint, stop, temperature) reads
+SCHEDULES = ("none", "step", "cosine")
+AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
+TTA_MODES = {  # test-time augmentation at evaluation and prediction: probabilities averaged over the views
+    "flip": "the image and its mirror (2 views)",
+    "flip+crops": "the centre and four corner crops, each with its mirror (10 views, torchvision's TenCrop)",
+}
+FREEZE_MODES = {
+    "head": "only the new head trains (the tutorial's fine-tuning)",
+    "last_block": "the body's last stage and the head train",
+    "all": "every layer trains",
+}
+
+# What a person reads about a freeze mode: what trains, never the word "freeze" alone ("freeze all" reads as
+# "nothing trains", the opposite of what it does).
+TRAINS = {"head": "head only", "last_block": "last stage + head", "all": "every layer"}
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _range_problem(label: str, value, low, high, kind: type) -> list[str]:
+    """[] when ``value`` is a finite ``kind`` from ``low`` to ``high``; else the sentence that says so."""
+    whole = kind is int
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if whole else isinstance(value, (int, float))
+    if ok and math.isfinite(value) and low <= value <= high:
+        return []
+    show = (lambda x: f"{x:,}") if whole else (lambda x: f"{x:g}")
+    return [f"{label} must be {'a whole number' if whole else 'a number'} from {show(low)} to {show(high)}, "
+            f"got {value!r}"]
+
+
+def field_range(name: str, ui: bool = False) -> tuple:
+    """The (low, high) a TrainConfig field allows (``ui``: what a page's widget offers, within it)."""
+    meta = next(f.metadata for f in fields(TrainConfig) if f.name == name)
+    return meta["ui"] if ui and meta["ui"] else (meta["low"], meta["high"])
+
+
+def field_default(name: str):
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
+def _opt(default, help: str, flag: str | None = None, *, low=None, high=None, ui: tuple | None = None, **extra):
+    """A field with the help text its command-line flag shows (the CLI's train flags are made from these), and
+    for numbers the range it must lie in (``low``/``high``, inclusive; the flags and widgets check the same) and
+    the narrower range a page's slider offers (``ui``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "low": low, "high": high, "ui": ui, **extra})
+
+
+def _arch_names() -> str:
+    from .archs import ARCHITECTURES  # the table, torch-free
+
+    return ", ".join(f"{name} (weights ship with the app)" if spec.packaged else name
+                     for name, spec in ARCHITECTURES.items())
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run is trained with; checked once, when it is made (``ConfigError``: one line per wrong
+    field, each naming what is allowed). A config may name no data (a model to predict with); a run needs one
+    of ``data_root`` or ``lists_dir``."""
+    arch: str = _opt("resnet18", f"architecture: {_arch_names()}")
+    head_variant: str | None = _opt(None, "how the head is adapted: replace (default), or for vgg16 add_outside / "
+                                          "add_inside", aliases=("--vgg-variant",))
+    freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); last_block: the body's "
+                               "last stage and the head train; all: every layer trains",
+                       choices=tuple(FREEZE_MODES), label="freeze mode")
+    weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
+                               flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
+    epochs: int = _opt(5, "passes over the training list", low=1, high=10_000, ui=(1, 50))
+    batch_size: int = _opt(8, "images per optimiser step", low=1, high=65_536)
+    lr: float = _opt(1e-3, "SGD learning rate", low=1e-8, high=10.0)
+    body_lr_factor: float = _opt(0.1, "the body's layers that train (freeze last_block or all) use lr × this factor "
+                                      "when they start from pretrained weights, so fine-tuning does not wreck them "
+                                      "(1: one rate for all); from scratch every layer uses lr", low=1e-4, high=1.0)
+    momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)", low=0.0, high=0.999, ui=(0.0, 0.99))
+    weight_decay: float = _opt(0.0, "SGD weight decay", low=0.0, high=1.0)
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (0: none)", low=0.0, high=0.5)
+    schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
+                                 "PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the epochs)",
+                         choices=SCHEDULES)
+    step_size: int = _opt(7, "epochs between the step schedule's decays", low=1, high=10_000)
+    gamma: float = _opt(0.1, "the step schedule's factor", low=1e-4, high=1.0)
+    patience: int = _opt(0, "stop early after this many epochs without a better validation accuracy (0: never)",
+                         low=0, high=10_000, ui=(0, 50))
+    class_weights: bool = _opt(False, "weight the loss by inverse class frequency (for imbalanced classes)")
+    train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)",
+                              low=0.01, high=0.99, ui=(0.1, 0.9))
+    val_ratio: float = _opt(DEFAULT_VAL_RATIO, "share of each class's training images set aside as validation, "
+                                               "which every choice reads (kept epoch, early stopping, temperature); "
+                                               "0: none, as the tutorial (the last epoch is kept, test is printed "
+                                               "every epoch); list files with a val.txt keep theirs",
+                            low=0.0, high=0.9, ui=(0.0, 0.5))
+    seed: int = _opt(0, "sets the split, the new head's initialisation and the data order", low=0, high=2**32 - 1,
+                     ui=(0, 1_000_000))
+    num_workers: int = _opt(-1, "image-decoding worker processes; -1 picks from the machine's cores", low=-1, high=256,
+                            ui=(0, 8))
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass); "
+                             "the same as --augment flip")
+    augment: str = _opt("none", "augmentation preset while training: none, flip, crop+flip (the PyTorch tutorial's "
+                                "RandomResizedCrop + horizontal flip) or letterbox+flips (the recipe's letterbox with "
+                                "horizontal and vertical flips); any but none needs the full forward pass",
+                        choices=AUGMENTATIONS, label="augmentation")
+    letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
+                                  "resize + centre crop")
+    feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
+                                     "features once (same result, much faster)")
+    precision: str = _opt("fp32", "the frozen feature pass's arithmetic: fp32, or bf16 (fast, approximate: "
+                                  "logits differ by up to about 0.4; the benchmark prints its effect on accuracy)",
+                          choices=("fp32", "bf16"))
+    log_every: int = _opt(10, "a loss line every this many batches", low=1, high=10**9)
+    processes: int = _opt(1, "training processes (the app starts them with torchrun; on the command line, "
+                             "run torchrun yourself): on CUDA one per GPU", flag="", low=1, high=1024)
+    data_root: str | None = _opt(None, "a class-folder root, split at start", flag="--data")
+    lists_dir: str | None = _opt(None, "a folder with train.txt / test.txt (path<TAB>label) and optionally "
+                                       "classes.json", flag="--lists")
+    exclude: tuple[str, ...] = _opt((), "training images left out (paths, e.g. the label suspects of `inspect`); "
+                                        "the test split stays whole, so its figure stays comparable",
+                                    flag="")  # the CLI's --exclude FILE reads the paths from a file
+
+    tuned_by: str = _opt("", "where these settings came from when a head search chose them (`tune`)", flag="")
+    keep_together: tuple[tuple[str, ...], ...] = _opt(
+        (), "groups of paths (the duplicate groups of `inspect`) the split keeps each on one side, so no copy of a "
+            "test image is trained on (with --data)", flag="")  # the CLI's --keep-together REPORT.json
+
+    MAX_EXCLUDED = 1_000_000
+
+    def __post_init__(self):
+        if isinstance(self.exclude, list):  # read back from JSON
+            self.exclude = tuple(self.exclude)
+        if isinstance(self.keep_together, list) and all(isinstance(g, (list, tuple)) for g in self.keep_together):
+            self.keep_together = tuple(tuple(group) for group in self.keep_together)
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings: one sentence per wrong field, each saying what is allowed."""
+        from .archs import ARCHITECTURES
+
+        found = []
+        for f in fields(self):
+            value, label = getattr(self, f.name), f.metadata.get("label") or f.name.replace("_", " ")
+            if f.metadata.get("low") is not None:
+                found += _range_problem(label, value, f.metadata["low"], f.metadata["high"], type(f.default))
+            elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+                found.append(f"{label} '{value}' does not exist (allowed: {', '.join(f.metadata['choices'])})")
+        if self.arch not in ARCHITECTURES:
+            found.append(f"architecture '{self.arch}' does not exist (allowed: {', '.join(ARCHITECTURES)})")
+        elif self.head_variant is not None and self.head_variant not in (v.name for v in ARCHITECTURES[self.arch].variants):
+            found.append(f"head variant '{self.head_variant}' does not exist for {self.arch} (allowed: "
+                         + ", ".join(v.name for v in ARCHITECTURES[self.arch].variants) + ")")
+        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            found.append(f"device '{self.device}' is not supported (allowed: auto, cpu, cuda, cuda:N)")
+        if self.flip and self.augment not in ("none", "flip"):
+            found.append(f"--flip and --augment {self.augment} say different things: give one of them")
+        if not isinstance(self.exclude, tuple) or not all(isinstance(p, str) and p for p in self.exclude):
+            found.append("exclude must be a list of image paths")
+        elif len(self.exclude) > self.MAX_EXCLUDED:
+            found.append(f"exclude lists {len(self.exclude):,} paths; at most {self.MAX_EXCLUDED:,} are allowed")
+        if not isinstance(self.keep_together, tuple) or not all(
+                isinstance(g, tuple) and all(isinstance(p, str) and p for p in g) for g in self.keep_together):
+            found.append("keep together must be a list of groups of image paths")
+        elif sum(map(len, self.keep_together)) > self.MAX_EXCLUDED:
+            found.append(f"keep together names more than {self.MAX_EXCLUDED:,} paths")
+        elif self.keep_together and self.lists_dir is not None:
+            found.append("keep together re-splits a data root; list files are already split (give --data instead)")
+        if self.patience and self.val_ratio == 0 and isinstance(self.patience, int):
+            found.append("early stopping (patience) watches the validation split, and val ratio 0 makes none: give "
+                         "a val ratio above 0, or patience 0")
+        if self.data_root is not None and self.lists_dir is not None:
+            found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
+        return found
+
+    @property
+    def has_data(self) -> bool:
+        return (self.data_root is None) != (self.lists_dir is None)
+
+    @property
+    def augmentation(self) -> str:
+        """The preset in effect (``flip`` is the older spelling of ``augment flip``)."""
+        return "flip" if self.flip else self.augment
+
+    @property
+    def uses_letterbox(self) -> bool:
+        return self.letterbox or self.augmentation == "letterbox+flips"
+
+    @property
+    def body_partly_fixed(self) -> bool:
+        """Part of the body is frozen (freeze head or last_block): its output can be computed once and cached."""
+        return self.freeze != "all"
+
+    @property
+    def pretrained(self) -> bool:
+        """The body starts from a weights file (False: random initialisation, training from scratch)."""
+        return self.weights is not None
+
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        try:
+            return cls.from_dict(read_json_file(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"could not read config '{path}': {exc}") from None
