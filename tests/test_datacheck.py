@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.analysis.datacheck import (
     DataReport,
-    _Groups,
+    _Links,
     _near_pairs,
     check_data,
     data_fingerprint,
@@ -224,14 +224,17 @@ def test_near_duplicates_are_found_a_block_at_a_time_as_brute_force_finds_them(m
     x[10] = x[200] + 0.01 * rng.normal(size=64)
     x[50] = x[51] + 0.01 * rng.normal(size=64)
     monkeypatch.setattr(datacheck, "BLOCK_ROWS", 7)  # many blocks: the result must not depend on them
-    groups = _Groups(len(x))
-    drain(_near_pairs(x, 0.96, groups))
-    found = sorted(sorted(m) for m in groups.components().values() if len(m) > 1)
+    links = _Links(len(x))
+    drain(_near_pairs(x, 0.96, links))
+    components, weakest = links.components()
+    found = sorted(sorted(m) for m in components.values() if len(m) > 1)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     sims = unit @ unit.T
     np.fill_diagonal(sims, -1)
     brute = sorted({tuple(sorted(p)) for p in zip(*np.nonzero(sims >= 0.96))})
     assert found == [list(p) for p in brute] == [[10, 200], [50, 51]]
+    group = links.group_ids()[10]
+    assert weakest[group] == pytest.approx(sims[10, 200], abs=1e-5) and weakest[links.group_ids()[0]] == 1.0
 
 
 # ----------------------------------------------------------------------------- runs that use the check

@@ -326,35 +326,49 @@ def _exact_groups(headers: dict[str, Header]) -> Iterator:
 
 
 # ----------------------------------------------------------------------------- near duplicates
-class _Groups:
-    """Union-find over sample positions, remembering the weakest link of each group."""
+class _Links:
+    """Pairs of sample positions that are copies of each other, with their similarity. The groups of copies are
+    the connected components of these links (scipy's csgraph); a group's similarity is its weakest link."""
 
     def __init__(self, n: int):
-        self.parent = list(range(n))
-        self.weakest = [1.0] * n
+        self.n = n
+        self._rows: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+        self._similarity: list[np.ndarray] = []
 
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+    def add(self, rows, cols, similarity) -> None:
+        self._rows.append(np.asarray(rows, dtype=np.int64).ravel())
+        self._cols.append(np.asarray(cols, dtype=np.int64).ravel())
+        self._similarity.append(np.broadcast_to(np.asarray(similarity, dtype=np.float64),
+                                                self._rows[-1].shape).ravel())
 
-    def join(self, i: int, j: int, similarity: float = 1.0) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[b] = a
-            self.weakest[a] = min(self.weakest[a], self.weakest[b], similarity)
-        else:
-            self.weakest[a] = min(self.weakest[a], similarity)
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(self._rows), np.concatenate(self._cols), np.concatenate(self._similarity)
 
-    def components(self) -> dict[int, list[int]]:
-        found: dict[int, list[int]] = defaultdict(list)
-        for i in range(len(self.parent)):
-            found[self.find(i)].append(i)
-        return found
+    def group_ids(self) -> np.ndarray:
+        """The group of every position (a position with no link is a group of its own)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        rows, cols, _ = self._edges()
+        graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(self.n, self.n))
+        return connected_components(graph, directed=False)[1]
+
+    def components(self) -> tuple[dict[int, list[int]], np.ndarray]:
+        """group id → its positions, and every group's weakest link (1.0 for a group without near links)."""
+        ids = self.group_ids()
+        rows, _, similarity = self._edges()
+        weakest = np.ones(self.n)
+        np.minimum.at(weakest, ids[rows], similarity)
+        members: dict[int, list[int]] = defaultdict(list)
+        for position, group in enumerate(ids.tolist()):
+            members[group].append(position)
+        return members, weakest
 
 
-def _near_pairs(features, threshold: float, groups: _Groups) -> Iterator:
+def _near_pairs(features, threshold: float, links: _Links) -> Iterator:
     """Join every image to its most similar others (cosine ≥ threshold, at most NEIGHBOURS each), computing
     BLOCK_ROWS rows of the similarity matrix at a time. Yields Progress."""
     import torch
@@ -370,8 +384,8 @@ def _near_pairs(features, threshold: float, groups: _Groups) -> Iterator:
         block = x[start:start + BLOCK_ROWS] @ x.T
         block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -1.0  # not its own duplicate
         values, columns = block.topk(k, dim=1)
-        for r, c in (values >= threshold).nonzero().tolist():
-            groups.join(start + r, int(columns[r, c]), float(values[r, c]))
+        r, c = (values >= threshold).nonzero(as_tuple=True)
+        links.add((r + start).numpy(), columns[r, c].numpy(), values[r, c].double().numpy())
         record = meter.advance(len(block))
         if record:
             yield record
@@ -596,12 +610,12 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
     if len(kept) < len(readable):
         report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "
                             "beyond the header, or deleted meanwhile); they are left out of the feature sections")
-    groups = _Groups(len(kept))
-    yield from _near_pairs(features, near_threshold, groups)
-    report.duplicates = _build_groups(kept, exact, groups)
+    links = _Links(len(kept))
+    yield from _near_pairs(features, near_threshold, links)
+    report.duplicates = _build_groups(kept, exact, links)
     t0 = _timed(seconds, "near duplicates", t0)
 
-    yield from _label_section(report, features, kept, groups)
+    yield from _label_section(report, features, kept, links)
     t0 = _timed(seconds, "label issues and baseline", t0)
 
     if len(kept) >= 3:
@@ -631,7 +645,7 @@ def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
     return notes
 
 
-def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], groups: _Groups) -> Iterator:
+def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], links: _Links) -> Iterator:
     """Label issues and the baseline, over the classes with enough images for cross-validation."""
     counts = np.bincount([s.label for s in kept], minlength=len(report.classes))
     eligible = [c for c in range(len(report.classes)) if counts[c] >= MIN_PER_CLASS]
@@ -648,7 +662,7 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
     labels = np.array([remap[kept[i].label] for i in rows])
     # Groups of copies decide the folds, so a copy is never held out against itself; too few groups in a class
     # for the folds it would need caps the fold count.
-    group_ids = np.array([groups.find(i) for i in rows])
+    group_ids = links.group_ids()[rows]
     distinct = min(len({g for g, l in zip(group_ids, labels) if l == c}) for c in range(len(eligible)))
     if distinct < 2 or len(set(group_ids.tolist())) < 2:
         # Cross-validation needs two distinct images (groups of copies) in every class it checks: with all
@@ -674,23 +688,23 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
                                float(np.std(knn)), int(trainable.sum()), len(eligible))
 
 
-def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Groups | None) -> list[DuplicateGroup]:
+def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Links | None) -> list[DuplicateGroup]:
     """Exact groups (same bytes) joined with near ones (similar features); largest first, leaks before others."""
     position = {s.path: i for i, s in enumerate(samples)}
-    groups = near or _Groups(len(samples))
+    links = near or _Links(len(samples))
     exact_of: dict[int, int] = {}
     for e, paths in enumerate(exact):
         members = [position[p] for p in paths if p in position]
-        for m in members[1:]:
-            groups.join(members[0], m)
+        links.add(members[:1] * (len(members) - 1), members[1:], 1.0)
         for m in members:
             exact_of[m] = e
     found = []
-    for root, members in groups.components().items():
+    components, weakest = links.components()
+    for root, members in components.items():
         if len(members) < 2:
             continue
         kind = "exact" if len({exact_of.get(m, -1 - m) for m in members}) == 1 else "near"
-        found.append(DuplicateGroup(kind, 1.0 if kind == "exact" else round(groups.weakest[root], 4),
+        found.append(DuplicateGroup(kind, 1.0 if kind == "exact" else round(float(weakest[root]), 4),
                                     [Member(samples[m].path, samples[m].split, samples[m].label) for m in members]))
     found.sort(key=lambda g: (not g.leak, not g.conflict, -len(g.members), g.members[0].path))
     return found

@@ -18,7 +18,7 @@ from ..platform.workspace import workspace_dir
 from ..spec.archs import ARCHITECTURES, get_arch
 from .weights import find_weights, list_sources
 
-REFERENCE_SPEEDS = Path(__file__).resolve().parent.parent / "bench" / "arch_speed.json"
+REFERENCE_SPEEDS = Path(__file__).resolve().parents[2] / "bench" / "arch_speed.json"  # core/models/ → the repository
 MAX_SPEED_FILE = 1 << 20  # a few kB in practice; a larger file is not ours
 
 
