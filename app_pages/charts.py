@@ -42,7 +42,8 @@ def loss_charts(records: Records) -> None:
             st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
                 x=EPOCH_AXIS, y="value:Q", color="metric:N",
                 tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]), width="stretch")
-            rates = pd.DataFrame([{"epoch": e.epoch, "learning rate": e.lr} for e in records.epochs if e.lr is not None])
+            rates = pd.DataFrame([{"epoch": e.epoch, "learning rate": e.lr}
+                                  for e in records.epochs if e.lr is not None])
             if len(rates) and rates["learning rate"].nunique() > 1:
                 st.markdown("**Learning rate per epoch**")
                 positive = bool((rates["learning rate"] > 0).all())  # a log axis cannot show 0

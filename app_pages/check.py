@@ -144,7 +144,8 @@ def render_resplit(report: DataReport, split: Split, root: str, state: dict) -> 
             grouped = split_dataset(root, state["train_ratio"], state["seed"], val_ratio=state["val_ratio"],
                                     allowed_roots=allowed_roots(), keep_together=groups)
             out = write_split(grouped, lists_dir_for(root), overwrite=True)
-        sides = {path: "train" for path, _ in [*grouped.train, *grouped.val]} | {path: "test" for path, _ in grouped.test}
+        sides = ({path: "train" for path, _ in [*grouped.train, *grouped.val]}
+                 | {path: "test" for path, _ in grouped.test})
         crossing = sum(len({sides.get(p) for p in g} - {None}) > 1 for g in groups)
         st.session_state[KEEP_GROUPS] = True
         st.success(f"Wrote {len(grouped.train)} train and {len(grouped.test)} test lines to `{out}`; "

@@ -43,8 +43,8 @@ def pick_run():
 
     c1, c2 = st.columns([3, 1])
     name = c1.selectbox("Run", names, index=0, key="pr_run", format_func=describe,
-                        help="Pre-selected: the completed run with the best validation accuracy (choosing by test accuracy "
-                             "would make its test figure optimistic).")
+                        help="Pre-selected: the completed run with the best validation accuracy (choosing by test "
+                             "accuracy would make its test figure optimistic).")
     return by_name[name], c2
 
 
@@ -107,8 +107,8 @@ def show_prediction(predictor: Predictor, source, topk: int, calibrated: bool = 
                           "probability": values.tolist()})
     left, middle, right = st.columns([2, 2, 3])
     with left:
-        st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({'×'.join(map(str, image.info.get('decoded_from', image.size)))}, shown upright)",
-                 width="stretch")
+        size = "×".join(map(str, image.info.get("decoded_from", image.size)))
+        st.image(thumbnail_jpeg(image, 800), caption=f"{source.name} ({size}, shown upright)", width="stretch")
     with middle:
         ranked = [predictor.classes[i] for i in probs.argsort(descending=True).tolist()]
         target = st.selectbox("Explain the class", ranked, key=f"pr_cam_class:{predictor.source}:{source.name}",

@@ -94,7 +94,8 @@ def render_no_weights(arch: str, sources) -> None:
 
     looked = places_looked(sources)
     offline = offline_choices()
-    st.warning(f"No {arch} weights are on this machine (looked in: {', '.join(f'`{p}`' for p in looked) or 'nowhere'}). "
+    places = ", ".join(f"`{p}`" for p in looked) or "nowhere"
+    st.warning(f"No {arch} weights are on this machine (looked in: {places}). "
                "Upload the file, download it (needs network)"
                + (f", or switch to one whose ImageNet weights ship with the app: {', '.join(offline)}." if offline
                   else "."))

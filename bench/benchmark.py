@@ -192,7 +192,8 @@ def cold_seconds(command: list[str], n: int = 3) -> float:
 
 
 def import_costs(top: int = 6) -> list[tuple[float, str]]:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli.main, core.training.run, core.inference.predict"],
+    imports = "import core.cli.main, core.training.run, core.inference.predict"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", imports],
                             capture_output=True, text=True)
     costs = []
     for line in result.stderr.splitlines():
@@ -336,7 +337,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--arch", default="auto", help="auto: resnet18 if its weights are on disk, else efficientnet_lite0")
+    parser.add_argument("--arch", default="auto",
+                        help="auto: resnet18 if its weights are on disk, else efficientnet_lite0")
     parser.add_argument("--skip-flip", action="store_true", help="leave out (b'), the flip-augmented run")
     parser.add_argument("--rss-images", type=int, default=4000, help="images for the large peak-memory run (0: skip)")
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
@@ -348,7 +350,8 @@ def main() -> None:
                                                                        "figures (0: skip)")
     parser.add_argument("--arch-images", type=int, default=100, help="images for each architecture's feature pass")
     parser.add_argument("--reference", action="store_true",
-                        help="with --only archs: also write bench/arch_speed.json, the figures shipped with the project")
+                        help="with --only archs: also write bench/arch_speed.json, the figures shipped with the "
+                             "project")
     parser.add_argument("--feature-pass", help=argparse.SUPPRESS)  # one architecture's pass, in its own process
     parser.add_argument("--lists", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -402,7 +405,8 @@ def main() -> None:
             colds.append(project_run(arch, lists, args.epochs, tmp / f"run_b_cold{r}", tmp / f"cache{r}"))
         rates = [(statistics.median(column), name) for column, (name, _) in zip(zip(*rounds), VARIANTS)]
         for (rate, name), column in zip(rates, zip(*rounds)):
-            print(f"    (c) variant {name:38s}: {rate:6.1f} images/s   (median of {', '.join(f'{x:.1f}' for x in column)})")
+            runs = ", ".join(f"{x:.1f}" for x in column)
+            print(f"    (c) variant {name:38s}: {rate:6.1f} images/s   (median of {runs})")
         best_rate, best_name = max(rates)
         t_c = len(samples) / best_rate
         t_b, rec_b = sorted(colds, key=lambda run: run[0])[1]  # the median cold run

@@ -32,7 +32,8 @@ def run(cfg: TrainConfig, out: Path) -> None:
     epochs = [r for r in records if r.type == "epoch"]
     features = [r for r in records if r.type == "features"]
     images = start.train_size * len(epochs)
-    print(f"  freeze {cfg.freeze:10s} {start.feature_path:15s} on {start.device_name}: {final.status}, test accuracy {final.test_acc} (epoch {final.best_epoch} chosen on {final.chosen_on}), "
+    print(f"  freeze {cfg.freeze:10s} {start.feature_path:15s} on {start.device_name}: {final.status}, "
+          f"test accuracy {final.test_acc} (epoch {final.best_epoch} chosen on {final.chosen_on}), "
           f"{seconds:.1f} s in all, threads {start.threads}, workers {start.workers}")
     if features:
         feature_s = sum(f.seconds for f in features)

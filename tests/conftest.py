@@ -58,7 +58,7 @@ def isolated_workspace(tmp_path, tmp_path_factory, monkeypatch):
 def _live_workers(runs_folder) -> dict[str, int]:
     """Training processes at work on runs in ``runs_folder``, whoever started them (this process, or a worker
     that started the next queued run as it ended): run folder → pid."""
-    from core.runs.rundir import DamagedRun, RunDir, list_runs, process_start_ticks, read_worker_state
+    from core.runs.rundir import DamagedRun, RunDir, list_runs, process_start_id, read_worker_state
 
     live = {}
     for info in list_runs(runs_folder):
@@ -67,7 +67,7 @@ def _live_workers(runs_folder) -> dict[str, int]:
         except DamagedRun:
             continue
         if (state and state.pid and state.pid != os.getpid() and info.busy
-                and process_start_ticks(state.pid) == state.pid_start):
+                and process_start_id(state.pid) == state.pid_start):
             live[str(info.path)] = state.pid
     return live
 

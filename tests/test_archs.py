@@ -296,15 +296,16 @@ def test_this_machines_figures_win_over_the_reference_ones():
     assert speeds["resnet18"] == reference["resnet18"] and speeds["resnet18"].where != "this machine"
 
 
-def test_readme_table_is_the_tables(tmp_path):
+def test_the_docs_architecture_table_is_the_tables(tmp_path):
     from core.models.arch_choice import markdown_table
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("<!-- archs table: python -m core archs --markdown -->\n")
-    end = readme.index("<!-- end of archs table -->")
-    body = readme[start:end].split("\n", 1)[1].strip()
-    assert body == markdown_table(), "README's architecture table is stale: paste `python -m core archs --markdown`"
+    page = (ROOT / "docs" / "architectures.md").read_text(encoding="utf-8")
+    start = page.index("<!-- archs table: python -m core archs --markdown -->\n")
+    end = page.index("<!-- end of archs table -->")
+    body = page[start:end].split("\n", 1)[1].strip()
+    assert body == markdown_table(), \
+        "docs/architectures.md's table is stale: paste `python -m core archs --markdown`"
 
 
 def test_the_cli_lists_the_architectures_from_the_table():

@@ -45,7 +45,7 @@ def _exists(module: str) -> bool:
 
 def _allowed(package: str) -> set[str]:
     doc = ast.get_docstring(ast.parse((CORE / package / "__init__.py").read_text())) or ""
-    line = re.search(r"May import: (.*)\.", doc)
+    line = re.search(r"May import: (.*?)\.\s*$", doc, re.S)
     assert line, f"core/{package}/__init__.py's docstring does not say what it may import ('May import: …')"
     return set(re.findall(r"``(\w+)``", line.group(1)))
 

@@ -146,7 +146,7 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
     """kill -9 leaves the claim behind; its process is gone, so the next attempt takes it over."""
     import os
 
-    from core.runs.rundir import claim_resume, process_start_ticks
+    from core.runs.rundir import claim_resume, process_start_id
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -156,7 +156,7 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
     assert claim_resume(run, 1)
     assert f'"pid": {os.getpid()}' in run.resume_claim(1).read_text()  # now ours
     assert not claim_resume(run, 1)  # and we are alive: a second caller is refused
-    run.resume_claim(2).write_text(_claim_of(os.getpid(), process_start_ticks(os.getpid())))
+    run.resume_claim(2).write_text(_claim_of(os.getpid(), process_start_id(os.getpid())))
     assert not claim_resume(run, 2)
     run.resume_claim(3).write_text("")  # unreadable and fresh (written a moment ago by someone): trusted
     assert not claim_resume(run, 3)

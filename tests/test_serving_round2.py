@@ -285,7 +285,7 @@ def _start_together(parent: str, barrier, results) -> None:
     def slow_spawn(run, cache_dir):
         time.sleep(0.3)
         pid = os.getppid()  # a live process: the run holds its slot
-        write_status(run, core.jobs.queue.WorkerState("starting", pid=pid, pid_start=core.jobs.queue.process_start_ticks(pid)))
+        write_status(run, core.jobs.queue.WorkerState("starting", pid=pid, pid_start=core.jobs.queue.process_start_id(pid)))
 
     core.jobs.queue._spawn = slow_spawn
     barrier.wait()

@@ -160,7 +160,8 @@ class DataReport:
         return {
             "version": REPORT_VERSION, "source": self.source, "arch": self.arch, "weights": self.weights,
             "classes": self.classes, "train": self.train, "val": self.val, "test": self.test, "created": self.created,
-            "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint, "near_threshold": self.near_threshold,
+            "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint,
+            "near_threshold": self.near_threshold,
             "features_from_cache": self.features_from_cache, "seconds": self.seconds, "notes": self.notes,
             "too_small": self.too_small,
             "health": health,
@@ -551,8 +552,8 @@ def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- the whole check
 def _samples(split: Split) -> list[Sample]:
-    return ([Sample(p, l, "train") for p, l in [*split.train, *split.val]]
-            + [Sample(p, l, "test") for p, l in split.test])
+    return ([Sample(path, label, "train") for path, label in [*split.train, *split.val]]
+            + [Sample(path, label, "test") for path, label in split.test])
 
 
 def _timed(seconds: dict, name: str, t0: float) -> float:
@@ -663,7 +664,7 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
     # Groups of copies decide the folds, so a copy is never held out against itself; too few groups in a class
     # for the folds it would need caps the fold count.
     group_ids = links.group_ids()[rows]
-    distinct = min(len({g for g, l in zip(group_ids, labels) if l == c}) for c in range(len(eligible)))
+    distinct = min(len({g for g, label in zip(group_ids, labels) if label == c}) for c in range(len(eligible)))
     if distinct < 2 or len(set(group_ids.tolist())) < 2:
         # Cross-validation needs two distinct images (groups of copies) in every class it checks: with all
         # images copies of one another there is nothing to hold out. Said, not crashed on.

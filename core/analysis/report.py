@@ -176,7 +176,8 @@ def class_scores(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> t
 
     every = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=every, zero_division=0)
-    per_class = [ClassScores(name, float(a), float(b), float(c), int(d)) for name, a, b, c, d in zip(classes, p, r, f, s)]
+    per_class = [ClassScores(name, float(a), float(b), float(c), int(d))
+                 for name, a, b, c, d in zip(classes, p, r, f, s)]
     averages = []
     for average in ("macro", "weighted"):
         a, b, c, _ = precision_recall_fscore_support(labels, preds, labels=every, average=average, zero_division=0)

@@ -185,7 +185,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
         kind = _field_type(f.name) if f.metadata.get("low") is not None else str
-        if f.name == "arch":  # no default here: without --arch the app's rule picks one (core.models.weights.default_arch)
+        if f.name == "arch":  # no default here: without --arch the app's rule picks one (weights.default_arch)
             parser.add_argument(*names, dest=f.name, default=None, help=f.metadata["help"] + (
                 f" (default: {PREFERRED_ARCH} when its pretrained weights are on this machine, else {OFFLINE_ARCH})"))
             continue
@@ -508,10 +508,12 @@ def _add_train(sub) -> None:
                                                         "(its own settings and lists; other flags are ignored)")
     p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
-    p.add_argument("--exclude", dest="exclude_file", metavar="FILE", help="leave these training images out: one path per line, or the "
-                                                     "label-issue CSV of the app (the test split stays whole)")
-    p.add_argument("--keep-together", dest="keep_together_file", metavar="REPORT.json", help="with --data: a report of `inspect --json`; "
-                                                                  "each duplicate group stays on one side of the split")
+    p.add_argument("--exclude", dest="exclude_file", metavar="FILE",
+                   help="leave these training images out: one path per line, or the label-issue CSV of the app "
+                        "(the test split stays whole)")
+    p.add_argument("--keep-together", dest="keep_together_file", metavar="REPORT.json",
+                   help="with --data: a report of `inspect --json`; each duplicate group stays on one side of the "
+                        "split")
     p.set_defaults(func=cmd_train)
 
 
@@ -593,8 +595,8 @@ def cmd_tune(args) -> int:
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items()))
     flags = " ".join(f"--{k.replace('_', '-')} {v:.3g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
                      for k, v in result.best.items())
-    print(f"train with them: python -m core train {'--data ' + cfg.data_root if cfg.data_root else '--lists ' + cfg.lists_dir}"
-          f" --arch {cfg.arch} {flags}")
+    source = f"--data {cfg.data_root}" if cfg.data_root else f"--lists {cfg.lists_dir}"
+    print(f"train with them: python -m core train {source} --arch {cfg.arch} {flags}")
     if args.json:
         save_result(result, args.json)
         print(f"trials: {args.json}")
@@ -620,8 +622,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth): "
                                    + ", ".join(ARCHITECTURES))
     p.add_argument("--classes", help="for a bare state dict: names a,b,… in label order, or a file with one per line")
+    variants = sorted({v.name for s in ARCHITECTURES.values() for v in s.variants})
     p.add_argument("--head-variant", help="for a bare state dict whose head was adapted otherwise: "
-                                           + ", ".join(sorted({v.name for s in ARCHITECTURES.values() for v in s.variants})))
+                                           + ", ".join(variants))
     p.add_argument("--cam", metavar="OUT.png", help="with one image: write its Grad-CAM overlay (where the evidence "
                                                      "for the class lies) over the image as the model saw it")
     p.add_argument("--cam-class", help="with --cam: explain this class instead of the predicted one")
@@ -635,7 +638,7 @@ def _add_predict(sub) -> None:
 def _add_archs(sub) -> None:
     p = sub.add_parser("archs", help="the architectures to choose from: size, input, ImageNet top-1, speed, "
                                      "whether their weights are on this machine")
-    p.add_argument("--markdown", action="store_true", help="README's table (reference speeds, no local state)")
+    p.add_argument("--markdown", action="store_true", help="the docs' table (reference speeds, no local state)")
     p.set_defaults(func=cmd_archs)
 
 

@@ -49,7 +49,8 @@ def _load(data: bytes) -> dict:
     except UserError:
         raise
     except Exception as exc:
-        raise DatasetError(f"a CIFAR-10 batch could not be read ({type(exc).__name__}); the archive is damaged") from None
+        raise DatasetError(f"a CIFAR-10 batch could not be read ({type(exc).__name__}); "
+                           "the archive is damaged") from None
     if not isinstance(obj, dict):
         raise DatasetError("a CIFAR-10 batch is not a dict; is this the python version of the archive?")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}

@@ -147,8 +147,9 @@ class Preprocess:
         return out[0].clamp_(0, 255).round_()
 
     def __repr__(self) -> str:
-        return (f"Preprocess(random_crop={self.random_crop}, resize={self.resize}, crop={self.crop}, mode={self.mode}, mean={self.mean.flatten().tolist()}, "
-                f"std={self.std.flatten().tolist()}, hflip={self.hflip}, vflip={self.vflip}, letterbox={self.letterbox}, "
+        return (f"Preprocess(random_crop={self.random_crop}, resize={self.resize}, crop={self.crop}, mode={self.mode}, "
+                f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}, hflip={self.hflip}, "
+                f"vflip={self.vflip}, letterbox={self.letterbox}, "
                 f"normalize={self.normalize}, resize_in=uint8, decode=dct-reduced)")
 
 

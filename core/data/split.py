@@ -307,9 +307,9 @@ def _given_split(root: str, parts: tuple[str, ...], seed: int, val_ratio: float,
     only_train = sorted(set(train_scan.classes) - set(test_scan.classes))
     only_test = sorted(set(test_scan.classes) - set(train_scan.classes))
     if only_train or only_test:
-        warnings.append(f"the class folders differ between {names}: "
-                        + "; ".join(filter(None, [only_train and f"only in {Path(parts[0]).name}/: {', '.join(only_train)}",
-                                                  only_test and f"only in {Path(parts[1]).name}/: {', '.join(only_test)}"])))
+        sides = [f"only in {Path(part).name}/: {', '.join(only)}"
+                 for part, only in ((parts[0], only_train), (parts[1], only_test)) if only]
+        warnings.append(f"the class folders differ between {names}: " + "; ".join(sides))
     warnings += [f"class folder '{n}' has no images and was left out"
                  for n in train_scan.empty_classes + test_scan.empty_classes]
     skipped = train_scan.skipped + test_scan.skipped

@@ -6,7 +6,6 @@ app down. The run folder (``core.runs.rundir``) holds all state; the worker repo
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 from ..platform.errors import RunError
 from ..runs.rundir import (
@@ -28,7 +29,7 @@ from ..runs.rundir import (
     list_runs,
     load_config,
     new_run_dir,
-    process_start_ticks,
+    process_start_id,
     read_worker_state,
     run_label,
     write_status,
@@ -71,7 +72,7 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None, resume: bool = Fals
     # The worker needs a few seconds to import torch before it reports; until then its pid lets
     # readers tell a starting worker from one that died at once.
     write_status(run, WorkerState(RunState.STARTING, pid=proc.pid, phase="starting the training process",
-                                  pid_start=process_start_ticks(proc.pid)))
+                                  pid_start=process_start_id(proc.pid)))
 
 
 # ----------------------------------------------------------------------------- the queue
@@ -104,16 +105,16 @@ def queue(runs: list[RunInfo]) -> list[RunInfo]:
 def _dispatching(parent: str | os.PathLike):
     """Hold the runs folder's dispatch lock (one dispatcher at a time, across processes); yields False when
     the lock file cannot be made (a read-only workspace: nothing could be started there anyway)."""
+    lock = FileLock(Path(parent) / DISPATCH_LOCK, mode=0o644)  # an OS lock: released if this process dies
     try:
-        fd = os.open(Path(parent) / DISPATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        lock.acquire()
     except OSError:
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, also if this process dies
         yield True
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Path]:

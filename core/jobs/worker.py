@@ -20,13 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confined", action="store_true",
                         help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run from its last checkpoint (checked and claimed by core.jobs.queue.resume)")
+                        help="continue the run from its last checkpoint (checked and claimed by queue.resume)")
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
         from ..runs.rundir import RunDir, this_process_state, write_status
         from ..spec.states import RunState
 
-        write_status(RunDir(args.run_dir), this_process_state(RunState.STARTING, "importing PyTorch and the model code"))
+        starting = this_process_state(RunState.STARTING, "importing PyTorch and the model code")
+        write_status(RunDir(args.run_dir), starting)
     from ..platform.distributed import finish, start, world_from_env
     from ..platform.workspace import allowed_roots
     from ..spec.states import RunState

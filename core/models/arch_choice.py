@@ -59,7 +59,7 @@ class ArchChoice:
 
 
 def places_looked(sources) -> tuple[str, ...]:
-    """Where the weights manager looked on this machine (``core.models.weights.list_sources``; a download is not a place)."""
+    """Where the weights manager looked on this machine (``weights.list_sources``; a download is not a place)."""
     return tuple(s.path or s.kind for s in sources if s.kind != "download")
 
 
@@ -141,8 +141,9 @@ def _weights_text(name: str) -> str:
 
 
 def markdown_table() -> str:
-    """README's architecture table, from the table, the weights' meta and the shipped reference speeds
-    (never this machine's, so the README does not depend on where it is generated)."""
+    """The docs' architecture table (docs/architectures.md), from the table, the weights' meta and the shipped
+    reference speeds
+    (never this machine's, so the docs do not depend on where it is generated)."""
     speeds = read_speeds(REFERENCE_SPEEDS)
     lines = ["| arch | head | last stage (`--freeze last_block`) | parameters | input | ImageNet top-1 | weights "
              "| s / 100 images |",

@@ -3,8 +3,8 @@
 The layer explained is the architecture table's ``cam_layer`` (the last spatial layer: resnet18
 ``layer4``, vgg16's last conv block, efficientnet_lite0 ``_bn1``). A ViT has no spatial layer: its
 patch tokens are laid back on their grid (torchcam's ``reshape_transform``, the documented way for
-transformers), at the last block's first norm, the last place where they still reach the class token. The map is drawn over the
-image as the model saw it (after resize and crop, or the letterbox), so every pixel of the
+transformers), at the last block's first norm, the last place where they still reach the class token. The map
+is drawn over the image as the model saw it (after resize and crop, or the letterbox), so every pixel of the
 overlay lines up with what the prediction was computed from.
 """
 from __future__ import annotations
@@ -82,8 +82,8 @@ def explain(predictor, image: ImageSource, target: int | None = None) -> Explana
     batch = x.unsqueeze(0).to(predictor.device, memory_format=torch.channels_last)
     # The input asks for gradients so the maps exist even where the model's own weights are frozen.
     batch.requires_grad_(True)
-    with _HOOKS, GradCAM(model, target_layer=layer,
-                                  reshape_transform=token_grid if spec.cam_tokens else None) as cam, torch.enable_grad():
+    reshape = token_grid if spec.cam_tokens else None
+    with _HOOKS, GradCAM(model, target_layer=layer, reshape_transform=reshape) as cam, torch.enable_grad():
         scores = model(batch).float()
         if not bool(torch.isfinite(scores).all()):
             raise RunError(not_finite_message(predictor.source))

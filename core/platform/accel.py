@@ -1,4 +1,4 @@
-"""Speed choices for the hot path, each one measured (bench/benchmark.py and the README's figures).
+"""Speed choices for the hot path, each one measured (bench/benchmark.py and the figures in docs/benchmark.md).
 
 - channels_last: on this project's 2-core CPU it made EfficientNet-Lite0 about 2× and ResNet-18
   about 1.3× faster in inference; on CUDA it suits tensor cores.

@@ -29,7 +29,7 @@ TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"  # an atomic write's temporary file: .NAME.
 
 
 def temp_file_owner(name: str) -> tuple[int, int | None] | None:
-    """(pid, start ticks) of the process whose atomic write left the temporary file ``name``; None when the
+    """(pid, start) of the process whose atomic write left the temporary file ``name``; None when the
     name is not such a file or names no owner (written by an older version)."""
     if not (name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)):
         return None

@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
+
 from ..platform.errors import ConfigError, RunError
 from ..platform.io import (
     atomic_write_json,
@@ -37,7 +39,7 @@ from ..platform.io import (
     read_tail_text,
     temp_file_owner,
 )
-from ..platform.process import process_gone, process_start_ticks
+from ..platform.process import process_gone, process_start_id
 from ..spec.config import TRAINS, TrainConfig
 from ..spec.records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from ..spec.states import ENDED, WRITTEN, RunState
@@ -198,28 +200,22 @@ STALE_UNREADABLE_CLAIM_S = 60  # a claim we cannot read (not ours, or from an ol
 
 def _claim_text() -> str:
     pid = os.getpid()
-    return json.dumps({"pid": pid, "pid_start": process_start_ticks(pid), "host": socket.gethostname()})
+    return json.dumps({"pid": pid, "pid_start": process_start_id(pid), "host": socket.gethostname()})
 
 
 def claim_resume(run: RunDir, attempt: int) -> bool:
     """Take resume ``attempt`` of ``run`` for this process; only one caller, in any process, gets True.
 
-    The claim is a file naming its process (pid, start ticks, host). A claim whose process has ended (a
+    The claim is a file naming its process (pid, start time, host). A claim whose process has ended (a
     resume killed before it could write its final record) is taken over. Looking and writing happen under
-    the run's resume lock (flock, released if the holder dies), so two callers never both win.
+    the run's resume lock (filelock's OS lock, released if the holder dies), so two callers never both win.
     """
-    import fcntl
-
     path = run.resume_claim(attempt)
-    fd = os.open(run.path / RESUME_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(run.path / RESUME_LOCK, mode=0o644):
         if path.exists() and not _claim_is_stale(path):
             return False
         atomic_write_text(path, _claim_text())
         return True
-    finally:
-        os.close(fd)
 
 
 def own_resume_claim(run: RunDir, attempt: int) -> None:
@@ -271,7 +267,7 @@ def write_status(run: RunDir, state: WorkerState) -> None:
 
 def this_process_state(state: str, phase: str = "", reason: str = "") -> WorkerState:
     pid = os.getpid()
-    return WorkerState(state, pid=pid, phase=phase, reason=reason, pid_start=process_start_ticks(pid))
+    return WorkerState(state, pid=pid, phase=phase, reason=reason, pid_start=process_start_id(pid))
 
 
 class Heartbeat:
@@ -709,7 +705,8 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     records = contents.records
     start = records.start
     return RunInfo(run.path, status, reason, contents.config, records.val_acc, records.test_acc, records.test_n,
-                   records.chosen_on, len(records.epochs), start.time if start else started, run.checkpoint() is not None,
+                   records.chosen_on, len(records.epochs), start.time if start else started,
+                   run.checkpoint() is not None,
                    (start.train_size, start.val_size, start.test_size) if start else None,
                    start.excluded if start else 0)
 

@@ -209,7 +209,8 @@ class HeadVariant:
 
 
 REPLACE = HeadVariant("replace", "replace the last Linear by Linear(in → N)", replace_head)
-ADD_OUTSIDE = HeadVariant("add_outside", "add_module('add_Linear', Linear(1000 → N)) on the model, after the classifier",
+ADD_OUTSIDE = HeadVariant("add_outside",
+                          "add_module('add_Linear', Linear(1000 → N)) on the model, after the classifier",
                           append_head_outside)
 ADD_INSIDE = HeadVariant("add_inside", "add_module('add_Linear', Linear(1000 → N)) at the end of the classifier",
                          append_head_inside)

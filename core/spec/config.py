@@ -158,7 +158,8 @@ class TrainConfig:
                 found.append(f"{label} '{value}' does not exist (allowed: {', '.join(f.metadata['choices'])})")
         if self.arch not in ARCHITECTURES:
             found.append(f"architecture '{self.arch}' does not exist (allowed: {', '.join(ARCHITECTURES)})")
-        elif self.head_variant is not None and self.head_variant not in (v.name for v in ARCHITECTURES[self.arch].variants):
+        elif (self.head_variant is not None
+              and self.head_variant not in (v.name for v in ARCHITECTURES[self.arch].variants)):
             found.append(f"head variant '{self.head_variant}' does not exist for {self.arch} (allowed: "
                          + ", ".join(v.name for v in ARCHITECTURES[self.arch].variants) + ")")
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):

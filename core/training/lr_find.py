@@ -98,9 +98,9 @@ def steep(lrs: list[float], losses: list[float]) -> float | None:
     return float(lrs[best]) if slopes[best] < 0 else None
 
 
-def sweep(model: nn.Module, forward, batches, optimizer: torch.optim.Optimizer, criterion, *, start_lr: float = START_LR,
-          end_lr: float = END_LR, num_it: int = NUM_IT, device: torch.device = torch.device("cpu"),
-          stop=lambda: None) -> Iterator:
+def sweep(model: nn.Module, forward, batches, optimizer: torch.optim.Optimizer, criterion, *,
+          start_lr: float = START_LR, end_lr: float = END_LR, num_it: int = NUM_IT,
+          device: torch.device = torch.device("cpu"), stop=lambda: None) -> Iterator:
     """The sweep itself: ``batches`` yields (inputs, labels) forever; each param group's lr is the swept one
     times the group's share of the first group's lr (the body's smaller rate stays smaller). Yields after each
     step (for progress and Stop); returns (lrs, raw losses, why it stopped). ``model``'s weights and the
