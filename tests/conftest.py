@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
 
-def make_colour_dataset(root: Path, per_class: int = 10, size: int = 64, classes=("blue", "red"), seed: int = 0) -> Path:
+def make_colour_dataset(root: Path, per_class: int = 10, size: int = 64, classes=("blue", "red"),
+                        seed: int = 0) -> Path:
     """An easy, learnable dataset: each class is a colour, with noise."""
     rng = random.Random(seed)
     for name in classes:
@@ -131,3 +132,25 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.call_failed = report.failed
     return report
+
+
+def app_test(page: str | None = None, **query):
+    """The dashboard in Streamlit's AppTest, run once (with ``query`` as URL parameters), then on ``page``."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def small_root(tmp_path, monkeypatch):
+    """A 2-class colour dataset (4 images each), the workspace's data root."""
+    root = make_colour_dataset(tmp_path / "data", per_class=4)
+    monkeypatch.setenv("TLD_DATA_ROOT", str(root))
+    return root

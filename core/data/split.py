@@ -24,7 +24,7 @@ from ..spec.config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
 from .health import Unreadable, read_header
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
-# that a split should not pay; tests/test_split.py checks the two stay equal.
+# that a split should not pay; tests/data/test_split.py checks the two stay equal.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 

@@ -2,7 +2,7 @@
 
 The gate wraps a stand-in app that answers every request it is let through, so each test sees exactly
 what gets past the middleware: pages, Streamlit's own routes, media, uploads, websocket handshakes.
-A fresh real server (st.App) refusing every route without the cookie is in tests/test_serving_round2.py.
+A fresh real server (st.App) refusing every route without the cookie is in tests/serving/test_hostile_visitors.py.
 """
 import asyncio
 import threading
@@ -22,8 +22,8 @@ from core.platform.guard import GuessLimiter
 from tests.conftest import ROOT
 
 STREAMLIT_PATHS = ["/", "/dataset", "/training?run=x", "/_stcore/health", "/_stcore/host-config",
-                   "/_stcore/upload_file/abc/def", "/media/0123abcd.png", "/static/js/main.js", "/component/x/index.html",
-                   "/made-up", "/favicon.ico"]
+                   "/_stcore/upload_file/abc/def", "/media/0123abcd.png", "/static/js/main.js",
+                   "/component/x/index.html", "/made-up", "/favicon.ico"]
 
 
 class FakeClock:

@@ -24,7 +24,8 @@ def test_a_run_writes_its_curves_and_hyperparameters_for_tensorboard(colours, li
     assert {"loss/batch", "loss/train", "loss/validation", "accuracy/validation", "learning_rate"} <= set(
         events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("accuracy/validation")] == [1, 2]
-    assert [e.value for e in events.Scalars("accuracy/validation")] == pytest.approx([e.val_acc for e in records.epochs])
+    assert ([e.value for e in events.Scalars("accuracy/validation")]
+            == pytest.approx([e.val_acc for e in records.epochs]))
     assert len(events.Scalars("loss/batch")) == len(records.batches)
     files = [EventAccumulator(str(p)) for p in run.glob("events.out.tfevents.*")]
     assert len(files) == 2  # the curves, and the hparams summary written at the end

@@ -219,7 +219,8 @@ def test_a_forged_checkpoint_is_refused_in_one_sentence_and_the_run_stays_stoppe
         checkpoint["classes"] = ["a", "b", "c"]
     torch.save(checkpoint, RunDir(run).last)
     before = RunDir(run).metrics.read_bytes()
-    with pytest.raises(RunError, match="checkpoint_last.pt cannot be resumed: .*; the run is left as it was") as refused:
+    refusal = "checkpoint_last.pt cannot be resumed: .*; the run is left as it was"
+    with pytest.raises(RunError, match=refusal) as refused:
         follow(resume_training(run))
     assert "\n" not in str(refused.value)
     assert read_run(run).status == "stopped" and RunDir(run).metrics.read_bytes() == before

@@ -167,7 +167,8 @@ def test_training_on_cached_inputs_equals_the_full_forward(arch, freeze, tmp_pat
     stored, x = _stored_inputs(model, cut, arch, images, tmp_path)
     with torch.no_grad():
         whole = model(x)
-        tail = model.get_submodule(cut)(stored) if freeze == "head" else ForwardFromCut(model, cut, fixed_size(arch))(stored)
+        after_cut = model.get_submodule(cut) if freeze == "head" else ForwardFromCut(model, cut, fixed_size(arch))
+        tail = after_cut(stored)
     assert tail.shape == (3, 3) and not torch.allclose(whole[0], whole[1])
     torch.testing.assert_close(tail, whole, rtol=1e-4, atol=1e-4)
 
@@ -274,8 +275,10 @@ def test_the_chooser_says_what_is_here_and_where_it_looked(tmp_path):
     assert describe("resnet34").weights_here is None  # hash prefix wrong: not counted as there
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b'{"archs": []}', b'{"archs": {"resnet18": {"images_per_s": -1}}}',
-                                     b'{"archs": {"resnet18": {"images_per_s": "fast"}, "alexnet": {"images_per_s": 5}}}',
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"archs": []}',
+                                     b'{"archs": {"resnet18": {"images_per_s": -1}}}',
+                                     b'{"archs": {"resnet18": {"images_per_s": "fast"}, '
+                                     b'"alexnet": {"images_per_s": 5}}}',
                                      b"\xff\xfe" * 10, b'{"archs": {"resnet18": {"images_per_s": 1e999}}}'])
 def test_a_damaged_speed_file_gives_no_figures_and_no_error(content, tmp_path):
     from core.models.arch_choice import read_speeds

@@ -1,10 +1,7 @@
-"""Safe to serve, round two: each case a hostile-visitor probe found failing on a shared server, now held.
-
-Numbered as in the issue that listed them (the gate, uploads before login, extreme aspect ratios, the
-run cap under concurrent Starts, the queue after a command-line run, crafted links, 16-bit images in
-the gallery, a read-only workspace, garbage settings, NaN models, password guessing, leftovers), then
-the classes of the same problem (numbers read from files, run names from URLs, files that claim to be
-something else).
+"""Hostile visitors on a shared server, each case held: the gate on a fresh server, uploads before login, extreme
+aspect ratios, the run cap under concurrent Starts, the queue after a command-line run, crafted links, 16-bit
+images in the gallery, a read-only workspace, garbage settings, NaN models; then the classes of the same problem
+(numbers read from files, run names from URLs, files that claim to be something else).
 """
 import errno
 import json
@@ -27,8 +24,7 @@ from core.platform.settings import settings
 from core.platform.workspace import runs_dir
 from core.runs.rundir import RunDir, create_run, find_run, list_runs, read_run, write_status
 from core.spec.config import TrainConfig
-from tests.conftest import ROOT, wait_until
-from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
+from tests.conftest import ROOT, app_test, wait_until
 
 APP = str(ROOT / "dashboard.py")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -46,7 +42,7 @@ def lite0_run(small_root, lite0_file) -> Path:
     return path
 
 
-# ============================================================================= 1-2. the gate and uploads
+# ============================================================================= the gate and uploads
 class RawSession:
     """A websocket client that speaks Streamlit's protocol without a browser, as a hostile script would."""
 
@@ -96,8 +92,8 @@ class RawSession:
         self.http.close()
 
 
-PAGE_TEXTS = ["1 · Dataset", "2 · Check the data", "3 · Model surgery", "4 · Training", "5 · Prediction", "Start training",
-              "Current dataset", "Where the weights come from"]
+PAGE_TEXTS = ["1 · Dataset", "2 · Check the data", "3 · Model surgery", "4 · Training", "5 · Prediction",
+              "Start training", "Current dataset", "Where the weights come from"]
 
 
 GATED_ROUTES = ["/", "/dataset", "/training?run=x", "/nope", "/_stcore/health", "/_stcore/host-config",
@@ -129,7 +125,7 @@ def test_gate_a_fresh_st_app_server_refuses_every_route_without_the_cookie_media
     import requests
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import serving
+    from tests.e2e.test_browser import serving
 
     paths = ["", "dataset", "check", "surgery", "training", "prediction", "home", "common", "charts", "gate", "nope"]
     with serving(tmp_path, TLD_PASSWORD="correct horse") as (url, workspace):
@@ -171,7 +167,7 @@ def test_gate_a_fresh_st_app_server_refuses_every_route_without_the_cookie_media
 
 @pytest.mark.slow
 def test_uploads_are_kept_without_a_password_so_the_refusal_above_is_the_gate(tmp_path, small_root):
-    from tests.test_browser import serving
+    from tests.e2e.test_browser import serving
 
     with serving(tmp_path) as (url, _):
         raw = RawSession(url)
@@ -190,7 +186,7 @@ def test_uploads_the_server_cap_is_the_largest_file_a_page_takes():
     assert 528 <= UPLOAD_CAP_MB < 1024  # VGG16's ImageNet weights are 528 MB, the largest file a page takes
 
 
-# ============================================================================= 3. extreme aspect ratios
+# ============================================================================= extreme aspect ratios
 @pytest.fixture
 def needle_images(tmp_path) -> list[Path]:
     """PNGs of a few hundred bytes that declare extreme shapes (60000×1 is 260 bytes)."""
@@ -251,7 +247,8 @@ def test_extreme_aspect_ratios_thumbnails_and_the_augmentation_preview(needle_im
         thumb = Image.open(__import__("io").BytesIO(thumbnail_jpeg(path, 112)))
         assert max(thumb.size) <= 112
         for preset in ("flip", "crop+flip", "letterbox+flips"):
-            assert training_transform(get_arch("resnet18").transforms(), preset)(open_image(path)).shape == (3, 224, 224)
+            transform = training_transform(get_arch("resnet18").transforms(), preset)
+            assert transform(open_image(path)).shape == (3, 224, 224)
 
 
 def test_extreme_aspect_ratios_ordinary_photos_are_resized_exactly_as_before():
@@ -276,7 +273,7 @@ def test_extreme_aspect_ratios_the_cli_predicts_a_260_byte_needle(needle_images,
     assert len(json.loads(out.stdout)["predictions"]) == 2
 
 
-# ============================================================================= 4. the run cap, claimed atomically
+# ============================================================================= the run cap, claimed atomically
 def _start_together(parent: str, barrier, results) -> None:
     """One of several processes pressing Start at the same moment (the worker process is faked: it is
     slow to report, as a real one is under load)."""
@@ -285,7 +282,8 @@ def _start_together(parent: str, barrier, results) -> None:
     def slow_spawn(run, cache_dir):
         time.sleep(0.3)
         pid = os.getppid()  # a live process: the run holds its slot
-        write_status(run, core.jobs.queue.WorkerState("starting", pid=pid, pid_start=core.jobs.queue.process_start_id(pid)))
+        write_status(run, core.jobs.queue.WorkerState("starting", pid=pid,
+                                                      pid_start=core.jobs.queue.process_start_id(pid)))
 
     core.jobs.queue._spawn = slow_spawn
     barrier.wait()
@@ -313,7 +311,7 @@ def test_run_cap_concurrent_starts_never_exceed_it(tmp_path, monkeypatch, cap):
     assert sorted(r.status for r in runs) == ["queued"] * (6 - cap) + ["starting"] * cap
 
 
-# ============================================================================= 5. the queue moves without a browser
+# ============================================================================= the queue moves without a browser
 @pytest.mark.slow
 def test_queue_a_command_line_run_that_ends_starts_the_queued_app_run(small_root, resnet18_file, monkeypatch,
                                                                        capsys):
@@ -330,7 +328,7 @@ def test_queue_a_command_line_run_that_ends_starts_the_queued_app_run(small_root
     assert read_run(queued).status == "completed"
 
 
-# ============================================================================= 6. crafted links and text boxes
+# ============================================================================= crafted links and text boxes
 NUL_PATH = "/x\x00y"
 LONG_PATH = "/" + "a" * 6000
 
@@ -340,7 +338,7 @@ LONG_PATH = "/" + "a" * 6000
                                   "app_pages/training.py"])
 @pytest.mark.slow
 def test_links_with_a_nul_or_a_very_long_path_are_ignored(bad, page, small_root):
-    at = _app(page, data_root=bad, weights_file=bad, run=bad[:300])
+    at = app_test(page, data_root=bad, weights_file=bad, run=bad[:300])
     assert not at.error
     if page in ("app_pages/home.py", "app_pages/dataset.py"):
         assert any(str(small_root) in m.value for m in at.markdown)  # the default data root, not the link's
@@ -349,7 +347,7 @@ def test_links_with_a_nul_or_a_very_long_path_are_ignored(bad, page, small_root)
 @pytest.mark.slow
 @pytest.mark.parametrize("bad", [NUL_PATH, LONG_PATH])
 def test_text_boxes_with_a_nul_or_a_very_long_path_are_messages(bad, small_root):
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     at.radio(key="ds_source").set_value("A folder on this machine").run()
     at.text_input(key="ds_path").input(bad).run()
     at.button(key="ds_use_path").click().run()
@@ -360,14 +358,14 @@ def test_text_boxes_with_a_nul_or_a_very_long_path_are_messages(bad, small_root)
     at.button(key="ds_cifar").click().run()
     assert not at.exception
     assert any("is not a usable path" in e.value for e in at.error)
-    at = _app("app_pages/surgery.py")
+    at = app_test("app_pages/surgery.py")
     at.text_input(key="sg_file").input(bad).run()
     assert not at.exception
     assert len(at.error) == 1 and "is not a usable path" in at.error[0].value
     assert len(at.error[0].value) < 300  # a 6,000-character path is not echoed whole
 
 
-# ============================================================================= 7. any image mode in the gallery
+# ============================================================================= any image mode in the gallery
 def test_gallery_a_misclassified_16_bit_png_is_shown(lite0_run, small_root):
     predictions = json.loads((lite0_run / "predictions.json").read_text())
     victim = Path(predictions[0]["path"])
@@ -380,12 +378,12 @@ def test_gallery_a_misclassified_16_bit_png_is_shown(lite0_run, small_root):
     row = list(outputs["index"]).index(predictions[0]["index"])
     outputs["logits"][row] = outputs["logits"][row][::-1].copy()
     np.savez(lite0_run / "test_outputs.npz", **outputs)
-    at = _app("app_pages/training.py", run=lite0_run.name)
+    at = app_test("app_pages/training.py", run=lite0_run.name)
     assert any(t.label.startswith("Misclassified (") and t.label != "Misclassified (0)" for t in at.tabs)
     assert len(at.get("image")) >= 1
 
 
-# ============================================================================= 8. a read-only workspace
+# ============================================================================= a read-only workspace
 @pytest.fixture
 def read_only_workspace(monkeypatch):
     """Every write under the workspace fails as on a read-only mount (root ignores chmod, so patch)."""
@@ -415,7 +413,7 @@ def read_only_workspace(monkeypatch):
 
 
 def test_read_only_workspace_the_dataset_page_says_so_and_still_shows_the_data(small_root, read_only_workspace):
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Workspace datasets").run()
     assert not at.exception
     assert "2 classes · 2 train / 2 validation / 4 test" in [s.value for s in at.subheader]
@@ -426,7 +424,7 @@ def test_read_only_workspace_the_dataset_page_says_so_and_still_shows_the_data(s
 
 
 def test_read_only_workspace_start_is_a_message_and_prediction_still_works(small_root, lite0_run, read_only_workspace):
-    at = _app("app_pages/training.py")
+    at = app_test("app_pages/training.py")
     at.button(key="tr_start").click().run()
     assert not at.exception
     message = [e.value for e in at.error if "could not start a run" in e.value]
@@ -442,7 +440,7 @@ def test_read_only_workspace_and_no_demo_yet_home_says_what_still_works(read_onl
     assert any("could not generate the demo dataset" in e.value and "is not writable" in e.value for e in at.error)
 
 
-# ============================================================================= 9. garbage settings
+# ============================================================================= garbage settings
 @pytest.mark.parametrize("variable, value", [
     ("TLD_MAX_RUNNING", "abc"), ("TLD_MAX_RUNNING", "-1"), ("TLD_MAX_RUNNING", "2.5"), ("TLD_MAX_IMAGE_PIXELS", "inf"),
     ("TLD_MAX_IMAGE_PIXELS", "1e999"), ("TLD_DOWNLOAD_TIMEOUT", "nan"), ("TLD_DOWNLOAD_TIMEOUT", "0"),
@@ -481,7 +479,7 @@ def test_settings_the_command_line_names_the_variable(monkeypatch, small_root, c
     assert err.startswith("error: TLD_MAX_IMAGE_PIXELS='1e999' is not allowed") and err.count("\n") == 1
 
 
-# ============================================================================= 10. NaN models
+# ============================================================================= NaN models
 def _nan_state_dict(path: Path) -> Path:
     from core.models.surgery import adapt_model
 
@@ -553,10 +551,10 @@ def test_nan_non_finite_or_huge_hyperparameters_are_refused(flag, value, small_r
     assert not runs_dir().exists() or not list(runs_dir().iterdir())
 
 
-# 11. password guessing: tests/test_gate.py (per client, per address, across the server; the login route)
+# password guessing: tests/serving/test_gate.py (per client, per address, across the server; the login route)
 
 
-# 12. leftovers of killed writes: tests/test_runs_concurrency.py (readers never delete; `runs clean` does)
+# leftovers of killed writes: tests/runs/test_readers_never_write.py (readers never delete; `runs clean` does)
 
 
 # ============================================================================= classes of the same problem
@@ -630,7 +628,7 @@ def test_numbers_from_files_predictions_that_index_past_the_classes_make_the_run
     (lite0_run / "predictions.json").write_text(json.dumps(predictions))
     info = read_run(lite0_run)
     assert info.status == "damaged" and info.reason.startswith("predictions.json")
-    at = _app("app_pages/training.py", run=lite0_run.name)
+    at = app_test("app_pages/training.py", run=lite0_run.name)
     assert any("damaged" in e.value for e in at.error)
 
 
@@ -643,7 +641,7 @@ def test_numbers_from_files_an_epochs_confusion_matrix_must_fit_the_classes(lite
     (lite0_run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     info = read_run(lite0_run)
     assert info.status == "damaged" and "per-class figures are not for 2 classes" in info.reason
-    _app("app_pages/training.py", run=lite0_run.name)  # a message, no crash
+    app_test("app_pages/training.py", run=lite0_run.name)  # a message, no crash
 
 
 def test_run_names_from_urls_resolve_inside_the_workspace(lite0_run, tmp_path_factory):
@@ -653,7 +651,7 @@ def test_run_names_from_urls_resolve_inside_the_workspace(lite0_run, tmp_path_fa
     assert find_run(runs_dir(), lite0_run.name) == lite0_run
     for name in ("link-out", "../runs/" + lite0_run.name, ".hidden", "x\x00", "a" * 300, "", lite0_run.name + "/"):
         assert find_run(runs_dir(), name) is None, name
-    at = _app("app_pages/training.py", run="link-out")
+    at = app_test("app_pages/training.py", run="link-out")
     assert "Run link-out" not in [s.value for s in at.subheader]
 
 
@@ -666,6 +664,7 @@ def test_files_that_claim_to_be_checkpoints_are_named_for_what_they_are(lite0_ru
         archive.writestr("holiday.jpg", b"not a model")
     info = read_run(lite0_run)
     assert info.status == "damaged"
-    assert info.reason == "checkpoint_best.pt: it is a zip archive of 1 file(s) ('holiday.jpg'), not a PyTorch checkpoint"
-    at = _app("app_pages/prediction.py")
+    assert info.reason == ("checkpoint_best.pt: it is a zip archive of 1 file(s) ('holiday.jpg'), "
+                           "not a PyTorch checkpoint")
+    at = app_test("app_pages/prediction.py")
     assert not at.exception

@@ -31,7 +31,7 @@ from core.runs.rundir import (
 from core.spec.config import TrainConfig
 from core.spec.states import RunState
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _list_forever(folder: str, stop, errors) -> None:
@@ -58,7 +58,7 @@ def _life_of_a_run(parent: Path, cfg: TrainConfig, number: int) -> RunDir:
     return run
 
 
-def test_200_creations_and_resumes_beside_a_busy_listing_loop_never_crash_nor_orphan(tmp_path):
+def test_creations_and_resumes_beside_a_busy_listing_loop_never_crash_nor_orphan(tmp_path):
     parent = tmp_path / "runs"
     parent.mkdir()
     cfg = TrainConfig(data_root=str(tmp_path))
@@ -109,7 +109,8 @@ def test_a_run_is_created_in_a_users_non_empty_folder_without_touching_their_fil
 
 # ----------------------------------------------------------------------------- leftovers: only their owner
 def _dead_process_identity() -> str:
-    proc = subprocess.run([sys.executable, "-c", "from core.platform.process import own_identity; print(own_identity())"],
+    script = "from core.platform.process import own_identity; print(own_identity())"
+    proc = subprocess.run([sys.executable, "-c", script],
                           capture_output=True, text=True, cwd=ROOT, check=True)
     return proc.stdout.strip()
 

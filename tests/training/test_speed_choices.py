@@ -86,7 +86,8 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
     for t, p in zip(labels.tolist(), logits.argmax(1).tolist()):
         reference[t, p] += 1
     assert result.confusion == confusion_cells(reference)
-    assert cells_of(result.confusion, 3) == [(t, p, n) for t, row in enumerate(reference.tolist()) for p, n in enumerate(row) if n]
+    assert cells_of(result.confusion, 3) == [(t, p, n) for t, row in enumerate(reference.tolist())
+                                             for p, n in enumerate(row) if n]
     assert result.tested == len(labels) == 26 and result.skipped == 2
     assert result.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result.acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
@@ -96,7 +97,7 @@ def test_device_side_accumulation_matches_a_per_sample_reference():
 def test_a_non_finite_loss_still_stops_at_the_next_logging_step(colour_data, resnet18_file, tmp_path, monkeypatch):
     from core.spec.config import TrainConfig
     from core.training.run import train
-    from tests.test_bad_input import NanLoss
+    from tests.serving.test_bad_input import NanLoss
 
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NanLoss)  # a diverged training
     records = list(train(TrainConfig(arch="resnet18", weights=str(resnet18_file), data_root=str(colour_data),

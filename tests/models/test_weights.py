@@ -1,3 +1,4 @@
+import functools
 import hashlib
 import http.server
 import threading
@@ -27,7 +28,7 @@ def http_server(tmp_path):
     """A tiny HTTP server on 127.0.0.1 serving tmp_path/www; tests never touch the internet."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **k: _Files(*a, directory=str(root), **k)
+    handler = functools.partial(_Files, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,4 +1,5 @@
-"""Checking the data (core.analysis.datacheck, core.data.health, the group-aware split, exclusions): planted problems are found."""
+"""Checking the data (core.analysis.datacheck, core.data.health, the group-aware split, exclusions): planted
+problems are found."""
 import json
 import shutil
 import subprocess
@@ -258,7 +259,8 @@ def test_exclusions_and_groups_are_validated(tmp_path):
         TrainConfig(exclude=("", "a"))
     with pytest.raises(ConfigError, match="list files are already split"):
         TrainConfig(lists_dir=str(tmp_path), keep_together=(("a", "b"),))
-    cfg = TrainConfig.from_dict(json.loads(json.dumps(TrainConfig(exclude=("a",), keep_together=(("a", "b"),)).to_dict())))
+    saved = json.dumps(TrainConfig(exclude=("a",), keep_together=(("a", "b"),)).to_dict())
+    cfg = TrainConfig.from_dict(json.loads(saved))
     assert cfg.exclude == ("a",) and cfg.keep_together == (("a", "b"),)
     (tmp_path / "issues.csv").write_text("path,split,given\n/x/a.jpg,train,cat\n/x/b.jpg,test,dog\n")
     assert read_path_list(tmp_path / "issues.csv") == ["/x/a.jpg", "/x/b.jpg"]

@@ -15,8 +15,8 @@ from core.training.run import train
 
 
 def _config(data, **overrides):
-    # val_ratio 0: these tests check the training mechanics on the tutorial's two lists (tests/test_validation.py
-    # checks the validation split, the default)
+    # val_ratio 0: these tests check the training mechanics on the tutorial's two lists
+    # (tests/training/test_validation_chooses.py checks the validation split, the default)
     base = dict(arch="resnet18", data_root=str(data), epochs=2, batch_size=4, lr=0.01, num_workers=0, seed=0,
                 log_every=2, val_ratio=0)
     base.update(overrides)
@@ -108,8 +108,9 @@ def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_f
     from core.features.cache import feature_cache_key
 
     split = split_dataset(colour_data)
-    key = lambda: feature_cache_key(arch="resnet18", head_variant="replace", weights=str(resnet18_file),
-                                    transform="t", samples=split.train)
+    def key():
+        return feature_cache_key(arch="resnet18", head_variant="replace", weights=str(resnet18_file),
+                                 transform="t", samples=split.train)
     first = key()
     path = split.train[0][0]
     with open(path, "ab") as f:
@@ -409,7 +410,8 @@ def test_last_block_trains_on_cached_stage_inputs_exactly_as_the_full_forward(co
     records = read_records(tmp_path / "cached")
     assert records.start.feature_path == "cached features"
     assert records.start.trainable_params > 512 * 2 + 2
-    again = list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "again", cache_dir=tmp_path / "c"))
+    again = list(train(_config(colour_data, feature_cache=True, **common), tmp_path / "again",
+                       cache_dir=tmp_path / "c"))
     assert all(r.from_disk for r in again if isinstance(r, Features))
     head_run = list(train(_config(colour_data, feature_cache=True, weights=str(resnet18_file), epochs=1),
                           tmp_path / "head", cache_dir=tmp_path / "c"))

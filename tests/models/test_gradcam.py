@@ -12,7 +12,7 @@ from core.models.explain import class_index, explain, model_view
 from core.platform.errors import ConfigError
 from core.spec.config import TrainConfig
 from core.training.run import train
-from tests.test_cli import _one_error_line, run_cli
+from tests.cli.test_cli import _one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")

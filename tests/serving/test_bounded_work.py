@@ -1,8 +1,8 @@
-"""Safe to serve, round three: the probe's cases that were not the gate or the run-creation race.
+"""Work bounded by what is shown, and files read defensively.
 
-The gate: tests/test_gate.py and tests/test_serving_round2.py (a fresh st.App server). The 200-creation
-race: tests/test_runs_concurrency.py. Here: work bounded by what is shown (a label of 3000, many classes,
-sparse confusion matrices), files read defensively wherever they come from (FIFOs, devices, NUL bytes,
+The gate: tests/serving/test_gate.py and tests/serving/test_hostile_visitors.py (a fresh st.App server). The
+200-creation race: tests/runs/test_readers_never_write.py. Here: work bounded by what is shown (a label of 3000,
+many classes, sparse confusion matrices), files read defensively wherever they come from (FIFOs, devices, NUL bytes,
 CSV fields, missing entries named), and outputs nobody can misread (a zip given as weights).
 """
 import io
@@ -30,8 +30,7 @@ from core.runs.rundir import read_records, read_run
 from core.spec.config import TrainConfig
 from core.spec.records import Features, Start, cells_of, class_counts, confusion_cells
 from core.training.run import train
-from tests.conftest import make_colour_dataset
-from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
+from tests.conftest import app_test, make_colour_dataset
 
 
 def _config(**overrides) -> TrainConfig:
@@ -46,7 +45,7 @@ def fifo(tmp_path) -> Path:
     return path
 
 
-# ============================================================================= 3. bounded by what is shown
+# ============================================================================= bounded by what is shown
 def _traced_page(run_name: str) -> tuple[float, int]:
     """Seconds and peak traced memory of one fresh Training page on ``run_name``, its report computed anew."""
     import streamlit as st
@@ -54,7 +53,7 @@ def _traced_page(run_name: str) -> tuple[float, int]:
     st.cache_data.clear()
     tracemalloc.start()
     started = time.monotonic()
-    at = _app("app_pages/training.py", run=run_name)
+    at = app_test("app_pages/training.py", run=run_name)
     seconds = time.monotonic() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -78,7 +77,7 @@ def test_label_3000_the_training_page_is_bounded_in_time_and_memory(tmp_path, li
         list(train(_config(lists_dir=str(lists), weights=str(lite0_file), epochs=3), runs_dir() / name))
         assert read_run(runs_dir() / name).status == "completed"
     assert (runs_dir() / "label3000" / "metrics.jsonl").stat().st_size < 50_000
-    _app("app_pages/training.py", run="plain")  # imports and first-use costs, outside the measurement
+    app_test("app_pages/training.py", run="plain")  # imports and first-use costs, outside the measurement
     plain_s, plain_peak = _traced_page("plain")
     seconds, peak = _traced_page("label3000")
     assert peak < 1.5 * plain_peak + 50 * 1024**2, (peak, plain_peak)  # was 5.1 GB
@@ -118,11 +117,12 @@ def test_many_classes_charts_and_tables_draw_at_most_30_and_say_how_many_more():
     assert few.indices == [0, 1] and few.note() == ""
 
 
-# ============================================================================= 4. every file read defensively
+# ============================================================================= every file read defensively
 def test_a_fifo_or_a_device_is_refused_by_name_without_blocking(fifo, tmp_path):
     """Every reader of a file the user names: a FIFO would hang a plain open() until someone writes to it."""
     started = time.monotonic()
-    for path, kind in ((fifo, r"a named pipe \(FIFO\)"), (Path("/dev/zero"), "a character device"), (tmp_path, "a folder")):
+    for path, kind in ((fifo, r"a named pipe \(FIFO\)"), (Path("/dev/zero"), "a character device"),
+                       (tmp_path, "a folder")):
         with pytest.raises(NotAFile, match=kind):
             open_regular(path)
         with pytest.raises(DatasetError, match="a list file must be a text file"):
@@ -141,7 +141,8 @@ def test_a_fifo_in_a_list_is_named_in_the_run_and_the_run_completes(fifo, tmp_pa
     make_colour_dataset(tmp_path / "d", per_class=10)
     lists = tmp_path / "lists"
     lists.mkdir()
-    rows = [(tmp_path / "d" / c / f"{c}_{i:02d}.png", label) for c, label in (("blue", 0), ("red", 1)) for i in range(10)]
+    rows = [(tmp_path / "d" / c / f"{c}_{i:02d}.png", label)
+            for c, label in (("blue", 0), ("red", 1)) for i in range(10)]
     missing = [(tmp_path / "d" / f"gone_{i}.png", i % 2) for i in range(6)]
     (lists / "train.txt").write_text("".join(f"{p}\t{y}\n" for p, y in [*rows[:6], *rows[10:16], (fifo, 0), *missing]))
     (lists / "val.txt").write_text("".join(f"{p}\t{y}\n" for p, y in [*rows[6:8], *rows[16:18]]))
@@ -155,7 +156,7 @@ def test_a_fifo_in_a_list_is_named_in_the_run_and_the_run_completes(fifo, tmp_pa
     assert start.unusable_line().startswith("7 list entries cannot be images and are skipped: ")
     assert start.unusable_line().endswith("; and 2 more")
     shutil.copytree(tmp_path / "run", runs_dir() / "with-fifo", ignore=shutil.ignore_patterns("*.pt"))
-    at = _app("app_pages/training.py", run="with-fifo")
+    at = app_test("app_pages/training.py", run="with-fifo")
     warnings = [w.value for w in at.warning]
     assert start.unusable_line()[:1].upper() + start.unusable_line()[1:] + "." in warnings
     assert any(w.startswith("Train: 7 unreadable image(s) skipped") for w in warnings)
@@ -184,7 +185,7 @@ def test_old_runs_without_the_new_fields_still_read():
     assert start.unusable == 0 and start.unusable_line() == ""
 
 
-# ============================================================================= 6. outputs nobody can misread
+# ============================================================================= outputs nobody can misread
 def _photo_zip() -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
@@ -286,7 +287,7 @@ def test_an_export_whose_checkpoint_changed_is_flagged_by_predict_and_the_page(l
     assert [s.sentence() for s in stale_exports(run)] == [expected]
     assert main(["predict", str(run), str(image)]) == 0
     assert f"warning: {expected}" in capsys.readouterr().err
-    at = _app("app_pages/prediction.py", run=run.name)
+    at = app_test("app_pages/prediction.py", run=run.name)
     assert any(expected[:1].upper() + expected[1:] in w.value for w in at.warning)
     # A sidecar for other classes, and one that cannot be read.
     meta = json.loads(side.read_text())
@@ -304,7 +305,7 @@ def lite0_run_here(small_root, lite0_file) -> Path:
     return path
 
 
-# ============================================================================= 5. the data check on degenerate data
+# ============================================================================= the data check on degenerate data
 def _check(split, lite0_file, cache):
     from core.analysis.datacheck import check_data
 
@@ -339,7 +340,8 @@ def test_degenerate_data_gets_a_report_that_says_so(tmp_path, lite0_file):
     assert empty_test.baseline is not None  # the rest of the check still runs
     one_image = make_colour_dataset(tmp_path / "tiny", per_class=2, classes=("blue", "red", "green"))
     for extra in range(6):
-        (one_image / "green" / f"green_{extra:02d}.png").write_bytes((one_image / "green" / "green_00.png").read_bytes())
+        copy = (one_image / "green" / "green_00.png").read_bytes()
+        (one_image / "green" / f"green_{extra:02d}.png").write_bytes(copy)
     report = _check(split_dataset(one_image, 0.6, 0), lite0_file, cache)
     assert any("too small for label checking" in n for n in report.notes) and report.baseline is None
 
@@ -449,9 +451,9 @@ def test_every_file_of_a_run_made_hostile_never_blocks_or_breaks_a_reader(lite0_
                 pass  # a message: what matters is that it answered
     assert {i.path.name for i in _in_time(lambda: list_runs(runs_dir()))} == {good.name, *(r.name for r in hostile)}
     for page in ("app_pages/home.py", "app_pages/prediction.py"):
-        assert not _in_time(lambda: _app(page), 120).exception
+        assert not _in_time(lambda: app_test(page), 120).exception
     for run in hostile:
-        at = _in_time(lambda: _app("app_pages/training.py", run=run.name), 120)
+        at = _in_time(lambda: app_test("app_pages/training.py", run=run.name), 120)
         assert not at.exception, run
     for run in hostile:
         shutil.rmtree(run)

@@ -35,7 +35,8 @@ def torchrun(*args, nproc: int = 2, wait: bool = True):
 
 
 def failure(result) -> str:
-    """What went wrong in each rank: the lines that say so (a C++ abort prints before the Python tail), then the tail."""
+    """What went wrong in each rank: the lines that say so (a C++ abort prints before the Python tail), then
+    the tail."""
     telling = [line for line in result.stderr.splitlines()
                if any(word in line for word in ("terminate", "what()", "Abort", "Error", "error"))]
     return "\n".join(telling[:40]) + "\n...\n" + result.stderr[-3000:]

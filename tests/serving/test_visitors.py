@@ -22,27 +22,16 @@ from core.platform.settings import settings
 from core.platform.workspace import runs_dir
 from core.runs.rundir import list_runs, read_run
 from core.spec.config import TrainConfig
-from tests.conftest import ROOT, make_colour_dataset, wait_until
+from tests.conftest import ROOT, app_test, make_colour_dataset, wait_until
 
 APP = str(ROOT / "dashboard.py")
-
-
-def _app(page: str | None = None, **query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = str(v)
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-# ============================================================================= 1. exposure
+# ============================================================================= exposure
 def _listening_addresses(port: int) -> set[str]:
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -91,7 +80,7 @@ def test_exposure_a_page_that_raises_shows_no_traceback():
 
 @pytest.mark.parametrize("typed", ["/etc/shadow", "/no/such/file.pth", "/proc/1/environ"])
 def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
-    at = _app("app_pages/surgery.py")
+    at = app_test("app_pages/surgery.py")
     at.text_input(key="sg_file").input(typed).run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -104,7 +93,7 @@ def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
 
 
 def test_exposure_three_start_clicks_run_one_and_queue_two(small_root, lite0_file):
-    at = _app("app_pages/training.py")
+    at = app_test("app_pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False).run()
     at.radio(key="tr_freeze").set_value("all").run()
     at.slider(key="tr_epochs").set_value(50).run()
@@ -142,14 +131,7 @@ def test_exposure_queued_runs_start_when_a_run_ends_without_a_browser(colour_dat
     assert read_run(first).status == read_run(second).status == "completed"
 
 
-# ============================================================================= 2. links and the allowed roots
-@pytest.fixture
-def small_root(tmp_path, monkeypatch):
-    root = make_colour_dataset(tmp_path / "data", per_class=4)
-    monkeypatch.setenv("TLD_DATA_ROOT", str(root))
-    return root
-
-
+# ============================================================================= links and the allowed roots
 @pytest.fixture
 def outside(tmp_path_factory):
     """Images in a folder the app may not read."""
@@ -162,14 +144,14 @@ def test_links_a_class_folder_linking_outside_is_skipped(small_root, outside):
     assert split.classes == ["blue", "red"]
     assert [(s.path, s.reason) for s in split.skipped] == [(str(small_root / "green"),
                                                             "links outside the allowed folders")]
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     assert "2 classes · 2 train / 2 validation / 4 test" in [s.value for s in at.subheader]
     assert str(outside) not in str([e.value for e in at.dataframe])  # the target is never listed
 
 
 def test_links_a_link_to_etc_is_one_skipped_entry(small_root):
     (small_root / "etc").symlink_to("/etc")
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     skipped = at.dataframe[-1].value
     assert list(skipped["path"]) == [str(small_root / "etc")]
     assert list(skipped["reason"]) == ["links outside the allowed folders"]
@@ -177,7 +159,7 @@ def test_links_a_link_to_etc_is_one_skipped_entry(small_root):
 
 def test_links_a_dangling_image_link_is_skipped_and_the_page_renders(small_root):
     (small_root / "red" / "x.jpg").symlink_to(small_root / "red" / "gone.jpg")
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     skipped = at.dataframe[-1].value
     assert list(skipped["reason"]) == ["broken link: what it points to does not exist"]
     assert not at.error
@@ -189,7 +171,7 @@ def test_links_an_image_link_inside_the_roots_is_used(small_root):
     assert str(small_root / "red" / "again.png") in [p for p, _ in split.train + split.val + split.test]
 
 
-# ============================================================================= 3. zip uploads
+# ============================================================================= zip uploads
 def _zip(entries: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", method) as z:
@@ -256,7 +238,7 @@ def test_zip_failures_are_one_message_naming_the_entry(case, data, message, tmp_
 
 
 def test_zip_failures_on_the_dataset_page_are_messages(small_root):
-    at = _app("app_pages/dataset.py")
+    at = app_test("app_pages/dataset.py")
     at.radio(key="ds_source").set_value("Upload a zip").run()
     at.file_uploader(key="ds_zip").upload("enc.zip", _patched_zip({"a/1.png": b"x", "b/1.png": b"y"}, flag_bits=1),
                                           "application/zip").run()
@@ -265,7 +247,7 @@ def test_zip_failures_on_the_dataset_page_are_messages(small_root):
     assert any("is encrypted" in e.value for e in at.error)
 
 
-# ============================================================================= 4. disk full elsewhere
+# ============================================================================= disk full elsewhere
 def test_disk_full_weights_upload_names_the_users_file_and_leaves_no_temp_file(resnet18_file, monkeypatch):
     from core.models.weights import hub_checkpoint_dir, store_uploaded_weights
     from core.spec.archs import get_arch
@@ -308,7 +290,7 @@ def test_disk_full_the_demo_cannot_be_generated_and_home_says_so(monkeypatch):
     assert any("could not generate the demo dataset" in e.value and "the disk is full" in e.value for e in at.error)
 
 
-# ============================================================================= 5. the shared cache
+# ============================================================================= the shared cache
 def _hammer_cache(folder: str, worker: int, rounds: int, errors) -> None:
     from core.features.cache import Features, load_cached_features, store_cached_features
 
@@ -342,7 +324,7 @@ def test_cache_four_processes_under_a_tiny_cap_see_no_errors(tmp_path):
     assert 0 < len(entries) <= 4  # pruned to the cap as they went
 
 
-# ============================================================================= 6. smaller defects
+# ============================================================================= smaller defects
 def test_smaller_the_pixel_limit_message_quotes_the_apps_limit(monkeypatch):
     from PIL import Image
 
@@ -365,6 +347,6 @@ def test_smaller_stored_and_downloaded_weights_are_readable_by_others(resnet18_f
 
 
 def test_smaller_no_password_configured_opens_the_app(small_root):
-    at = _app()
+    at = app_test()
     assert "Current dataset" in [s.value for s in at.subheader]
     assert not [t for t in at.text_input if t.label == "Password"]

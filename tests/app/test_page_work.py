@@ -1,10 +1,10 @@
-"""Heavy in-page work waits its turn (core.platform.slots, app_pages.common.run_with_stop): at most TLD_MAX_PAGE_WORK jobs
-at once per server, the rest in line, first come first served, each told its place."""
+"""Heavy in-page work waits its turn (core.platform.slots, app_pages.common.run_with_stop): at most
+TLD_MAX_PAGE_WORK jobs at once per server, the rest in line, first come first served, each told its place."""
 import threading
 import time
 
 from core.platform.slots import PAGE_WORK, WorkSlots
-from tests.test_serving import _app, small_root  # noqa: F401  (a fixture, used by name)
+from tests.conftest import app_test
 
 
 def test_the_line_is_first_come_first_served_with_places():
@@ -54,7 +54,7 @@ def test_a_full_line_asks_the_visitor_to_come_back():
 def test_the_check_page_waits_for_a_slot_and_then_runs(small_root, monkeypatch):
     """Another visitor's job holds the only slot: the Check page's job waits until it ends, then runs."""
     monkeypatch.setenv("TLD_MAX_PAGE_WORK", "1")
-    at = _app("app_pages/check.py")
+    at = app_test("app_pages/check.py")
     holder = PAGE_WORK.join()
     assert PAGE_WORK.start(holder, 1) == 0
     threading.Timer(3.0, PAGE_WORK.leave, args=(holder,)).start()
@@ -67,7 +67,7 @@ def test_the_check_page_waits_for_a_slot_and_then_runs(small_root, monkeypatch):
 
 def test_a_busy_server_says_so_instead_of_queueing_without_end(small_root, monkeypatch):
     monkeypatch.setattr(PAGE_WORK, "max_waiting", 0)
-    at = _app("app_pages/check.py")
+    at = app_test("app_pages/check.py")
     at.button(key="ck_run").click().run(timeout=120)
     assert [w.value for w in at.warning if "server is busy" in w.value] == [
         "The server is busy: 0 jobs are waiting already. Try again in a few minutes."]

@@ -1,0 +1,1 @@
+"""Tests of the data layer: splits and list files, decoding, CIFAR-10."""

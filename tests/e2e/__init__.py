@@ -1,0 +1,1 @@
+"""Tests of end to end: real Chromium against a real server, torchrun processes."""

@@ -1,0 +1,1 @@
+"""Tests of using a trained run: export."""

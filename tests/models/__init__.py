@@ -1,0 +1,1 @@
+"""Tests of models: surgery, weights, every architecture of the table, Grad-CAM."""

@@ -1,0 +1,1 @@
+"""Tests of the run folder, its records and status, readers beside writers."""

@@ -1,0 +1,1 @@
+"""Tests of safe to serve: the gate, visitors' input, hostile files, bounded work."""
