@@ -43,10 +43,12 @@ SUSPECTS_SHOWN = 12  # label suspects drawn as thumbnails (all are in the table 
 
 
 # ----------------------------------------------------------------------------- running the check
-def run_check(split: Split, arch: str, weights: str | None, threshold: float) -> DataReport | None:
+def run_check(split: Split, arch: str, weights: str | None, threshold: float,
+              letterbox: bool = False) -> DataReport | None:
     """Run the check with a progress bar and a Stop button; store and return the report."""
     report = run_with_stop(check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(),
-                                      near_threshold=threshold), key="ck_running", what="check", describe=describe)
+                                      near_threshold=threshold, letterbox=letterbox),
+                           key="ck_running", what="check", describe=describe)
     if report is None:
         return None
     with reported(), workspace_writes("store the check"):
@@ -271,7 +273,8 @@ def main() -> None:
     with user_errors():
         split = current_split(root, state)
     st.write(f"**Data:** `{shown(root)}` · {split_line(split.summary())} · **backbone:** {arch}, "
-             + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine"))
+             + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine")
+             + (" · **letterbox** (as the Training page's setting)" if state["letterbox"] else ""))
     was_stopped("ck_running", "check")  # nothing of it was stored
     report = _stored(data_fingerprint(split, arch, weights))
     c1, c2 = st.columns([1, 3])
@@ -280,7 +283,7 @@ def main() -> None:
                           help="Lower finds looser copies (and more false ones).")
     label = "Check again" if report else "Check the data"
     if c1.button(label, type="primary", key="ck_run"):
-        report = run_check(split, arch, weights, threshold) or report
+        report = run_check(split, arch, weights, threshold, letterbox=state["letterbox"]) or report
     if report is None:
         st.info("Press **Check the data**. The first check computes each image's backbone features (the slow part, "
                 "with progress); later checks and head-only runs read them from the cache.")

@@ -49,7 +49,8 @@ def _path_text(value: str) -> str | None:
 
 DEFAULTS = {"data_root": None, "train_ratio": field_default("train_ratio"), "val_ratio": field_default("val_ratio"),
             "seed": field_default("seed"), "arch": None,
-            "head_variant": None, "weights_mode": PRETRAINED, "weights_file": "", "freeze": field_default("freeze")}
+            "head_variant": None, "weights_mode": PRETRAINED, "weights_file": "", "freeze": field_default("freeze"),
+            "letterbox": field_default("letterbox")}
 _PARSERS = {
     "data_root": _path_text, "weights_file": _path_text,
     "train_ratio": lambda v: _within(float(v), "train_ratio"),
@@ -60,6 +61,7 @@ _PARSERS = {
     # "none" as on the command line; "scratch" is how links made before said it
     "weights_mode": lambda v: {PRETRAINED: PRETRAINED, NO_WEIGHTS: NO_WEIGHTS, "scratch": NO_WEIGHTS}.get(v),
     "freeze": lambda v: v if v in FREEZE_MODES else None,
+    "letterbox": lambda v: {"True": True, "False": False}.get(v),
 }
 
 
@@ -85,7 +87,7 @@ def _to_url(choices: dict) -> None:
 
 
 def load_state() -> dict:
-    """This visitor's choices (data root, split, model, weights, freeze mode)."""
+    """This visitor's choices (data root, split, model, weights, freeze mode, letterbox)."""
     if "choices" not in st.session_state:
         st.session_state["choices"] = {**DEFAULTS, **_from_url()}
     choices = st.session_state["choices"]

@@ -100,8 +100,10 @@ def _model_settings(state: dict) -> dict:
                                                       "letterbox+flips: the recipe's. Any augmentation trains "
                                                       "through the full forward pass (no feature cache). The Dataset "
                                                       "page previews them.")
-        letterbox = st.checkbox("Letterbox (the tutorial's preprocessing)", value=DEFAULTS.letterbox,
-                                key="tr_letterbox")
+        letterbox = st.checkbox("Letterbox (the tutorial's preprocessing)", value=state["letterbox"],
+                                key="tr_letterbox", on_change=_sync("letterbox", "tr_letterbox"),
+                                help="The whole image on a black square instead of the weights' resize and centre "
+                                     "crop. The data check preprocesses as this says, so a run reuses its features.")
         feature_cache = st.checkbox("Cache backbone features when the body is frozen", value=DEFAULTS.feature_cache,
                                     key="tr_cache", help="Same result, much faster: each image goes through the "
                                                          "frozen part of the model once.")

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTall
 from ..data.split import Split
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
-from ..spec.config import DEFAULT_VAL_RATIO
+from ..spec.config import DEFAULT_VAL_RATIO, TrainConfig
 from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
 
@@ -393,52 +393,28 @@ def _near_pairs(features, threshold: float, links: _Links) -> Iterator:
 
 
 # ----------------------------------------------------------------------------- features
-def _features(split: Split, arch: str, weights: str, cache_dir, device: str) -> Iterator:
-    """The head's input for every readable image of both splits, through the training code's own cache keys.
+def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, None, tuple]:
+    """The head's input for every readable image of both splits, by the extractor a run of ``cfg`` uses (the
+    same cache: a run after the check computes no feature, nor a check after a run).
 
     Yields Progress; returns (features (n, d) float32, samples in the same order, whether all came from the
     cache)."""
-    import torch
+    from ..features.extractor import FeatureExtractor
 
-    from ..data.datasets import build_transform
-    from ..features.cache import head_inputs
-    from ..models.surgery import adapt_model
-    from ..platform.accel import configure_device, plan_threads, resolve_device
-    from ..spec.archs import get_arch
-
-    dev = resolve_device(device)
-    configure_device(dev)
-    threads, workers = plan_threads(-1, cuda=dev.type == "cuda")
-    torch.set_num_threads(threads)
-    model, surgery = adapt_model(arch, len(split.classes), weights=weights, freeze="head")
-    eval_tf = build_transform(get_arch(arch).transforms())
-    precision = "bf16" if dev.type == "cuda" else "fp32"  # as a run's feature pass (train.Setup.feature_precision)
-    parts, kept, from_cache = [], [], True
-    # Each list on its own, as a run computes them (the same cache keys: a run after a check computes nothing);
-    # validation images are the training share's: on the "train" side for leaks and the baseline.
-    for side, name, samples in (("train", "train", split.train), ("train", "val", split.val),
-                                ("test", "test", split.test)):
-        if not samples:
-            continue
-        stream = head_inputs(samples, model=model, head_name=surgery.head_name, head_variant=surgery.head_variant,
-                             arch=arch, weights=weights, transform=eval_tf, precision=precision, cache_dir=cache_dir,
-                             device=dev, split=name, workers=workers)
-        computed = False
-        while True:
-            try:
-                record = next(stream)
-            except StopIteration as finished:
-                found = finished.value
-                break
-            computed = True
-            yield record
-        from_cache = from_cache and not computed
+    extractor = FeatureExtractor.build(cfg, len(split.classes), cache_dir=cache_dir)
+    # validation images are the training share's: on the "train" side for leaks and the baseline
+    lists = {"train": split.train, "val": split.val, "test": split.test}
+    extracted = yield from extractor.extract(lists)
+    parts, kept = [], []
+    for name, part in extracted.items():
+        found = part.features
         if not len(found.labels):
             continue  # no image of this list could be read: nothing to add (its shape is no (0, d))
         parts.append(found.features.flatten(1).float().numpy())
-        kept += [Sample(samples[i][0], samples[i][1], side) for i in found.indices.tolist()]
+        side = "test" if name == "test" else "train"
+        kept += [Sample(lists[name][i][0], lists[name][i][1], side) for i in found.indices.tolist()]
     features = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    return features, kept, from_cache
+    return features, kept, all(part.from_disk for part in extracted.values())
 
 
 # ----------------------------------------------------------------------------- cross-validation
@@ -564,9 +540,11 @@ def _timed(seconds: dict, name: str, t0: float) -> float:
 
 def check_data(split: Split, *, arch: str, weights: str | None, input_size: int | None = None,
                cache_dir: str | os.PathLike | None = None, near_threshold: float = NEAR_THRESHOLD,
-               device: str = "auto", source: str = "") -> Iterator:
+               device: str = "auto", source: str = "", letterbox: bool = False
+               ) -> Generator[Progress, None, DataReport]:
     """Check ``split`` (from ``split_dataset`` or ``read_split``) for everything that makes a fine-tune
-    disappoint. Yields Progress records; returns the DataReport. ``weights`` None: no feature sections."""
+    disappoint. Yields Progress records; returns the DataReport. ``weights`` None: no feature sections.
+    ``letterbox``: the images are preprocessed as a run with the letterbox would (the features are that run's)."""
     if not 0.5 <= near_threshold <= 1.0:
         raise DatasetError(f"the near-duplicate threshold must be from 0.5 to 1, got {near_threshold}")
     if input_size is None:
@@ -606,7 +584,8 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
         report.seconds = seconds
         return report
 
-    features, kept, report.features_from_cache = yield from _features(split, arch, weights, cache_dir, device)
+    cfg = TrainConfig(arch=arch, weights=weights, freeze="head", device=device, letterbox=letterbox)
+    features, kept, report.features_from_cache = yield from _features(split, cfg, cache_dir)
     t0 = _timed(seconds, "features", t0)
     if len(kept) < len(readable):
         report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "

@@ -92,7 +92,7 @@ def cmd_inspect(args) -> int:
     weights = resolve_weights(get_arch(arch), args.weights)
     split = load_split(args.data_root, args.lists_dir, train_ratio=args.train_ratio, seed=args.seed)
     stream = check_data(split, arch=arch, weights=weights, cache_dir=None if args.no_cache else cache_dir(),
-                        near_threshold=args.near_threshold, device=args.device)
+                        near_threshold=args.near_threshold, device=args.device, letterbox=args.letterbox)
     report = follow(stream, _progress_line(describe))
     print_data_report(report)
     try:
@@ -467,6 +467,8 @@ def _add_inspect(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", metavar="OUT.json", help="write the full report here")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
+    p.add_argument("--letterbox", action="store_true",
+                   help="preprocess as a run with --letterbox does (its features are then that run's)")
     p.set_defaults(func=cmd_inspect)
 
 

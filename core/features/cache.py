@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +35,17 @@ from ..platform.settings import settings
 
 
 @dataclass
-class Features:
+class FeatureSet:
+    """The output of a feature pass over one list of images."""
+
     features: torch.Tensor  # (n, …): what the cut module receives, one row per image, on the CPU
     labels: torch.Tensor
     indices: torch.Tensor  # positions in the list file; unreadable images are absent
     skipped: int
 
 
-def _file_stamp(path: str) -> list:
+def file_stamp(path: str) -> list:
+    """[path, size, mtime in ns]: an image or weights file as the cache knows it (None, None when it is gone)."""
     try:
         st = os.stat(path)
         return [path, st.st_size, st.st_mtime_ns]
@@ -49,16 +53,21 @@ def _file_stamp(path: str) -> list:
         return [path, None, None]
 
 
-def feature_cache_key(*, arch: str, head_variant: str, weights: str | None, transform: str,
-                      samples: list[tuple[str, int]], precision: str = "fp32", cut: str | None = None) -> str:
-    """Changes when any image, the weights file, the architecture, the preprocessing, the precision or
-    the module whose input is cached (``cut``; None: the head) changes."""
+def extractor_identity(*, arch: str, head_variant: str, weights: str | None, transform: str, precision: str = "fp32",
+                       cut: str | None = None) -> str:
+    """What makes two feature passes give the same output for the same image: the architecture and head, the
+    weights file, the preprocessing (``repr`` of the transform: resize, letterbox, decoding), the precision and
+    the module whose input is kept (``cut``; None: the head). Entries of one identity share a folder."""
+    digest = hashlib.sha256(json.dumps([arch, head_variant, file_stamp(weights) if weights else None, transform,
+                                        precision, cut]).encode())
+    return digest.hexdigest()[:24]
+
+
+def list_key(stamps: list[list]) -> str:
+    """One list of images, as its file stamps in order (labels do not change features, so they are not in it)."""
     digest = hashlib.sha256()
-    head_or_cut = [arch, head_variant] if cut is None else [arch, head_variant, cut]  # old keys stay valid
-    digest.update(json.dumps([*head_or_cut, _file_stamp(weights) if weights else None, transform,
-                              precision]).encode())
-    for path, label in samples:
-        digest.update(json.dumps([_file_stamp(path), label]).encode())
+    for stamp in stamps:
+        digest.update(json.dumps(stamp).encode())
     return digest.hexdigest()[:32]
 
 
@@ -73,7 +82,7 @@ def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, de
     (the head, or the last stage); the forward pass stops there.
 
     A generator: it yields the number of images of each batch as it goes (so the caller can
-    show progress and honour Stop between batches) and returns the Features.
+    show progress and honour Stop between batches) and returns the FeatureSet.
 
     Memory stays flat however many images there are: the outputs go into tensors allocated
     once for the whole list, and each batch is copied into one reused channels_last buffer,
@@ -191,15 +200,15 @@ class _Outputs:
         self.i[self.n:self.n + k] = i
         self.n += k
 
-    def features(self) -> "Features":
+    def features(self) -> "FeatureSet":
         if self.x is None:
             empty = torch.empty(0, dtype=torch.long)
-            return Features(torch.empty(0, 0), empty, empty, self.skipped)
+            return FeatureSet(torch.empty(0, 0), empty, empty, self.skipped)
         # clone: a view of the first n rows would keep the whole allocation alive
         n = self.n
         if n == self.capacity:
-            return Features(self.x, self.y, self.i, self.skipped)
-        return Features(self.x[:n].clone(), self.y[:n].clone(), self.i[:n].clone(), self.skipped)
+            return FeatureSet(self.x, self.y, self.i, self.skipped)
+        return FeatureSet(self.x[:n].clone(), self.y[:n].clone(), self.i[:n].clone(), self.skipped)
 
 
 def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = None) -> list[Path]:
@@ -210,7 +219,7 @@ def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = 
     """
     max_bytes = settings().feature_cache_bytes if max_bytes is None else max_bytes
     entries = []
-    for path in Path(folder).glob("*.pt"):
+    for path in Path(folder).rglob("*.pt"):
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -229,75 +238,99 @@ def prune_cache(folder: Path, max_bytes: int | None = None, keep: Path | None = 
     return removed
 
 
-def _entry(cache_dir: Path | None, key: str) -> Path | None:
-    return Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
+def _folder(cache_dir: Path | None, identity: str) -> Path | None:
+    return Path(cache_dir) / "features" / identity if cache_dir else None
 
 
-def load_cached_features(cache_dir: Path | None, key: str) -> Features | None:
-    """The features stored under ``key``, or None; a damaged or vanished entry is only a miss."""
-    path = _entry(cache_dir, key)
-    if path is None or not path.is_file():
+def load_cached_features(cache_dir: Path | None, identity: str, samples: list[tuple[str, int]],
+                         stamps: list[list] | None = None) -> FeatureSet | None:
+    """The features of ``samples`` under ``identity``, or None. The entry of this very list is read first, then
+    the other entries of the same identity, most recent first, until every image is found: a run that leaves some
+    images out, or the head search's training + validation list, reuses the lists a check or a run computed. The
+    rows come back in this list's order; damaged entries are only misses."""
+    folder = _folder(cache_dir, identity)
+    if folder is None or not folder.is_dir():
         return None
+    stamps = [file_stamp(path) for path, _ in samples] if stamps is None else stamps
+    exact = folder / f"{list_key(stamps)}.pt"
+    others = sorted((p for p in folder.glob("*.pt") if p != exact), key=_recency, reverse=True)
+    wanted: dict[tuple, list[int]] = defaultdict(list)  # stamp → its positions in this list
+    for position, stamp in enumerate(stamps):
+        wanted[tuple(stamp)].append(position)
+    found = _Gathered(len(samples))
+    for path in ([exact] if exact.is_file() else []) + others:
+        if found.take(path, wanted) and not wanted:
+            break
+    if wanted or not found.parts:
+        return None
+    return found.features(samples)
+
+
+class _Gathered:
+    """Rows of ``n`` requested images, gathered from one or more entries of one identity."""
+
+    def __init__(self, n: int):
+        self.source = torch.full((n,), -1, dtype=torch.long)  # which part each image's row is in
+        self.row = torch.full((n,), -1, dtype=torch.long)  # its row there; -1: the entry's pass could not read it
+        self.parts: list[torch.Tensor] = []
+
+    def take(self, path: Path, wanted: dict[tuple, list[int]]) -> bool:
+        """Take from the entry at ``path`` every wanted image it holds; False when it holds none or is damaged."""
+        try:
+            data = torch_load_tensors(path, mmap=True)
+            kept, indices, stored = data["features"], data["indices"], data["stamps"]
+            if not (isinstance(stored, list) and kept.dim() >= 2 and len(kept) == len(indices) > 0
+                    and (not self.parts or kept.shape[1:] == self.parts[0].shape[1:])):
+                return False
+            row_of = torch.full((len(stored),), -1, dtype=torch.long)
+            row_of[indices] = torch.arange(len(indices))
+            hits = [(stamp, k) for k, stamp in enumerate(map(tuple, stored)) if stamp in wanted]
+        except Exception:
+            return False
+        if not hits:
+            return False
+        for stamp, k in hits:
+            for position in wanted.pop(stamp, ()):
+                self.source[position], self.row[position] = len(self.parts), row_of[k]
+        self.parts.append(kept)
+        try:
+            os.utime(path)  # recently used, for pruning
+        except OSError:
+            pass
+        return True
+
+    def features(self, samples: list[tuple[str, int]]) -> FeatureSet:
+        readable = self.row >= 0  # an image an entry's pass could not read is skipped here too
+        out = torch.empty(int(readable.sum()), *self.parts[0].shape[1:])
+        order = torch.nonzero(readable).flatten()
+        for part, kept in enumerate(self.parts):
+            mine = self.source[order] == part
+            out[mine] = kept[self.row[order[mine]]].float()
+        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        return FeatureSet(out, labels[readable], order, int((~readable).sum()))
+
+
+def _recency(path: Path) -> float:
     try:
-        data = torch_load_tensors(path)
-        features = Features(data["features"], data["labels"], data["indices"], int(data["skipped"]))
-        rows = len(features.labels)
-        if not (rows and features.features.dim() >= 2 and len(features.features) == rows == len(features.indices)):
-            return None  # an empty or inconsistent entry (older versions stored empty sets) is only a miss
-        os.utime(path)  # mark as recently used for pruning
-        return features
-    except Exception:
-        return None
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
-def store_cached_features(cache_dir: Path | None, key: str, features: Features) -> bool:
-    """Keep ``features`` under ``key``; False when that was not possible (a full disk): the cache is
-    only a speed-up, so the run goes on without it."""
-    path = _entry(cache_dir, key)
-    if path is None or not len(features.labels):
+def store_cached_features(cache_dir: Path | None, identity: str, samples: list[tuple[str, int]],
+                          features: FeatureSet, stamps: list[list] | None = None) -> bool:
+    """Keep ``features`` of ``samples`` under ``identity``; False when that was not possible (a full disk): the
+    cache is only a speed-up, so the caller goes on without it."""
+    folder = _folder(cache_dir, identity)
+    if folder is None or not len(features.labels):
         return False  # nothing readable: nothing worth keeping, and no entry an empty list could ever match
+    stamps = [file_stamp(path) for path, _ in samples] if stamps is None else stamps
+    path = folder / f"{list_key(stamps)}.pt"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"features": features.features, "labels": features.labels,
-                           "indices": features.indices, "skipped": features.skipped}, path)
-        prune_cache(path.parent, keep=path)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"features": features.features, "labels": features.labels, "indices": features.indices,
+                           "skipped": features.skipped, "stamps": stamps}, path)
+        prune_cache(Path(cache_dir) / "features", keep=path)
     except (OSError, UserError):
         return False
     return True
-
-
-def head_inputs(samples: list[tuple[str, int]], *, model: nn.Module, head_name: str, head_variant: str, arch: str,
-                weights: str, transform, precision: str, cache_dir, device: torch.device, split: str,
-                workers: int) -> Iterator:
-    """What the head of ``model`` receives for each of ``samples``, under the training run's own cache key: read
-    from the cache, or computed (BatchNorm folded) with Progress records and stored. Returns the Features.
-    The data check and the head search share the training features this way, in both directions."""
-    from ..platform.accel import inference_batch_size, inference_copy, to_channels_last
-    from ..spec.records import ProgressMeter
-    from ..spec.states import Phase
-
-    key = feature_cache_key(arch=arch, head_variant=head_variant, weights=weights, transform=repr(transform),
-                            samples=samples, precision=precision)
-    found = load_cached_features(cache_dir, key)
-    if found is not None:
-        return found
-    meter = ProgressMeter(Phase.FEATURES, len(samples), split=split)
-    yield meter.first()
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-    batches = compute_frozen_outputs(to_channels_last(inference_copy(model).to(device)), head_name, samples,
-                                     transform, device=device, batch_size=inference_batch_size(device),
-                                     num_workers=workers, autocast=autocast)
-    try:
-        while True:
-            try:
-                n = next(batches)
-            except StopIteration as finished:
-                found = finished.value
-                break
-            record = meter.advance(n)
-            if record:
-                yield record
-    finally:
-        batches.close()
-    store_cached_features(cache_dir, key, found)
-    return found

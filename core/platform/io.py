@@ -124,8 +124,9 @@ def atomic_torch_save(obj, path) -> None:
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
-def torch_load_tensors(source):
-    """``torch.load`` with ``weights_only=True`` onto the CPU, for files that may be damaged or foreign.
+def torch_load_tensors(source, *, mmap: bool = False):
+    """``torch.load`` with ``weights_only=True`` onto the CPU, for files that may be damaged or foreign. ``mmap``:
+    tensors are read from the file only when used (a cache entry whose list is looked at first).
 
     torch warns about odd pickle protocols before it fails on such a file; the callers turn every
     failure into one message of their own, so that warning would only be noise (and a second line
@@ -136,7 +137,7 @@ def torch_load_tensors(source):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 MAX_JSON_BYTES = 256 * 1024**2  # no JSON file this program reads is near this; a larger one is not read at all

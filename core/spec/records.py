@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar, TypeVar, Union
 
 from .states import Phase, RunState
 
-FEATURE_PATHS = ("cached features", "full forward")
+T = TypeVar("T")
 
 
 class RecordError(ValueError):
@@ -428,6 +429,22 @@ class ProgressMeter:
         elapsed = time.time() - self.t0
         return Progress(phase=self.phase, split=self.split, epoch=self.epoch, done=self.done, total=self.total,
                         images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)
+
+
+def metered(counts: Generator[int, None, T], meter: ProgressMeter) -> Generator[Progress, None, T]:
+    """Relay a generator that yields counts of work done (images, steps) as ``meter``'s Progress records; returns
+    what it returns. It is closed either way, so a Stop between records ends it at once."""
+    try:
+        while True:
+            try:
+                n = next(counts)
+            except StopIteration as finished:
+                return finished.value
+            record = meter.advance(n)
+            if record:
+                yield record
+    finally:
+        counts.close()
 
 
 def follow(stream, on_record=None):

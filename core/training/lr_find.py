@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
+from ..data.datasets import ListDataset, training_transform
+from ..features.extractor import FeatureExtractor
+from ..models.surgery import optimizer_groups, set_train_mode
+from ..platform.accel import SGD, as_input
 from ..platform.errors import RunError
-from ..runs.rundir import RunDir
+from ..spec.archs import get_arch
 from ..spec.config import TrainConfig
-from ..spec.records import ProgressMeter
+from ..spec.records import Progress, ProgressMeter, metered
 from ..spec.states import Phase
+from .feature_path import DeviceBatches, EpochShuffle, image_loader
+from .train import training_list
 
 START_LR, END_LR, NUM_IT = 1e-7, 10.0, 100
 SMOOTHING = 0.98  # fastai's exponential moving average of the loss, debiased
@@ -100,9 +105,10 @@ def steep(lrs: list[float], losses: list[float]) -> float | None:
 
 def sweep(model: nn.Module, forward, batches, optimizer: torch.optim.Optimizer, criterion, *,
           start_lr: float = START_LR, end_lr: float = END_LR, num_it: int = NUM_IT,
-          device: torch.device = torch.device("cpu"), stop=lambda: None) -> Iterator:
+          device: torch.device = torch.device("cpu"), stop=lambda: None
+          ) -> Generator[int, None, tuple[list[float], list[float], str]]:
     """The sweep itself: ``batches`` yields (inputs, labels) forever; each param group's lr is the swept one
-    times the group's share of the first group's lr (the body's smaller rate stays smaller). Yields after each
+    times the group's share of the first group's lr (the body's smaller rate stays smaller). Yields 1 after each
     step (for progress and Stop); returns (lrs, raw losses, why it stopped). ``model``'s weights and the
     optimizer's state are put back afterwards, whatever happens."""
     saved_model = copy.deepcopy(model.state_dict())
@@ -130,11 +136,22 @@ def sweep(model: nn.Module, forward, batches, optimizer: torch.optim.Optimizer, 
             if step > 0 and current > DIVERGED * smoothed_min:
                 why = f"the loss diverged at lr {lr:.3g} (over {DIVERGED:g}× its minimum)"
                 break
-            yield step + 1
+            yield 1  # one step done
     finally:
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
     return lrs, raw, why
+
+
+def _training_batches(cfg: TrainConfig, extractor: FeatureExtractor, train: list, stop
+                      ) -> Generator[Progress, None, tuple]:
+    """(forward, batches) on stored features: the frozen front's output, extracted (or read) as the run's."""
+    extracted = yield from extractor.extract({"train": train}, stop=stop)
+    features = extracted["train"].features
+    if not len(features.labels):
+        raise RunError(f"none of the {len(train)} training images could be read; check the data folder")
+    loader = DeviceBatches(features, extractor.device, cfg.batch_size, EpochShuffle(len(features.labels), cfg.seed))
+    return extractor.forward_after_cut(), loader
 
 
 def _forever(loader) -> Iterator:
@@ -150,44 +167,36 @@ def _forever(loader) -> Iterator:
 
 
 def find_lr(cfg: TrainConfig, *, cache_dir: str | Path | None = None, start_lr: float = START_LR,
-            end_lr: float = END_LR, num_it: int = NUM_IT, stop=lambda: None, allowed_roots=None) -> Iterator:
-    """Sweep the learning rate for the run ``cfg`` describes. A generator of Progress records (the feature
-    pass, when needed, then the sweep); returns an LRFindResult. ``stop`` raises to end it early."""
-    from ..models.surgery import optimizer_groups, set_train_mode
-    from ..platform.accel import SGD, as_input
-    from .feature_path import choose_feature_path
-    from .train import set_up
-
+            end_lr: float = END_LR, num_it: int = NUM_IT, stop=lambda: None, allowed_roots=None
+            ) -> Generator[Progress, None, LRFindResult]:
+    """Sweep the learning rate for the run ``cfg`` describes, on that run's training images. A generator of
+    Progress records (the feature pass, when needed, then the sweep); returns an LRFindResult. ``stop`` raises
+    to end it early. The model is adapted, and its features extracted, exactly as the run's would be."""
     if not 0 < start_lr < end_lr:
         raise RunError(f"the sweep needs 0 < start lr < end lr, got {start_lr:g} and {end_lr:g}")
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="tld-lr-find-") as tmp:
-        run = RunDir(Path(tmp) / "run")
-        run.path.mkdir()
-        s = set_up(cfg, run, allowed_roots)
-        path = yield from choose_feature_path(s, Path(cache_dir) if cache_dir else None)
-        body_factor = cfg.body_lr_factor if cfg.pretrained else 1.0
-        optimizer = SGD(optimizer_groups(s.model, s.report.head_name, cfg.lr, body_factor), lr=cfg.lr,
-                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        if not any(p.requires_grad for p in s.model.parameters()):
-            raise RunError("nothing trains in this configuration, so there is no learning rate to find")
-        set_train_mode(s.model, s.report.trained_modules)
-        criterion = nn.CrossEntropyLoss()
-        meter = ProgressMeter(Phase.LR_SWEEP, num_it, split="train")
-        yield meter.first()
-        batches = ((as_input(x, s.device), y) for x, y in _forever(path.train_loader))
-        steps = sweep(s.model, path.forward, batches, optimizer, criterion, start_lr=start_lr, end_lr=end_lr,
-                      num_it=num_it, device=s.device, stop=stop)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as finished:
-                lrs, raw, why = finished.value
-                break
-            record = meter.advance(1)
-            if record:
-                yield record
-        feature_path = "cached features" if s.use_cache else "full forward"
+    train, classes = training_list(cfg, allowed_roots)
+    extractor = FeatureExtractor.build(cfg, len(classes), cache_dir=cache_dir)
+    model, device = extractor.model, extractor.device
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RunError("nothing trains in this configuration, so there is no learning rate to find")
+    on_features = FeatureExtractor.may_train_on_features(cfg)
+    forward, loader = yield from _training_batches(cfg, extractor, train, stop) if on_features else (
+        model, image_loader(ListDataset(train, training_transform(get_arch(cfg.arch).transforms(), cfg.augmentation,
+                                                                  letterbox=cfg.uses_letterbox)),
+                             cfg.batch_size, device, sampler=EpochShuffle(len(train), cfg.seed),
+                             workers=extractor.workers))
+    body_factor = cfg.body_lr_factor if cfg.pretrained else 1.0
+    optimizer = SGD(optimizer_groups(model, extractor.head_name, cfg.lr, body_factor), lr=cfg.lr,
+                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    set_train_mode(model, extractor.report.trained_modules)
+    meter = ProgressMeter(Phase.LR_SWEEP, num_it, split="train")
+    yield meter.first()
+    batches = ((as_input(x, device), y) for x, y in _forever(loader))
+    steps = sweep(model, forward, batches, optimizer, nn.CrossEntropyLoss(), start_lr=start_lr, end_lr=end_lr,
+                  num_it=num_it, device=device, stop=stop)
+    lrs, raw, why = yield from metered(steps, meter)
+    feature_path = "cached features" if on_features else "full forward"
     smoothed = smooth(raw)
     result = LRFindResult(lrs, smoothed, raw, valley(lrs, smoothed), steep(lrs, smoothed), why, feature_path,
                           time.time() - t0)

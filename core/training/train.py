@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..data.datasets import build_transform, decoding_line, training_transform
+from ..data.datasets import decoding_line, training_transform
 from ..data.split import (
     LIST_FILES,
     MAX_TRAINED_CLASSES,
@@ -36,6 +36,7 @@ from ..data.split import (
     unusable_entries,
     write_split,
 )
+from ..features.extractor import FeatureExtractor, evaluation_transform
 from ..models.surgery import adapt_model, optimizer_groups, set_train_mode
 from ..platform.accel import (
     SGD,
@@ -137,19 +138,47 @@ def validation_line(cfg: TrainConfig, run: RunDir, split: Split) -> str:
     return f"{n} as given ({split.given_by or 'val.txt'}); every choice reads them, the test split is evaluated once"
 
 
+def _carved(cfg: TrainConfig, folder: Path) -> tuple[list, list, list[str], dict[int, str]]:
+    """Validation carved from the train.txt of ``folder`` (which has no val.txt), seeded: (train, val, notes, the
+    class name of each label as the files write it)."""
+    # the labels as the files write them (without classes.json, read_split renumbers them: the carved lists must
+    # keep the user's numbers, as test.txt does)
+    given = read_list_file(folder / "train.txt")
+    split = read_split(folder)
+    if (folder / "classes.json").is_file():
+        names = dict(enumerate(split.classes))
+    else:  # split.classes name the labels that occur in any list, in label order
+        labels = {label for _, label in given + read_list_file(folder / "test.txt")}
+        names = dict(zip(sorted(labels), split.classes))
+    train, val, notes = carve_validation(given, names, cfg.val_ratio, cfg.seed)
+    return train, val, notes, names
+
+
+def training_list(cfg: TrainConfig, allowed_roots=None) -> tuple[list[tuple[str, int]], list[str]]:
+    """The images a run of ``cfg`` trains on (its validation share and the excluded images left out) and the
+    class names, as ``prepare_lists`` would make them, without a run folder (the learning-rate finder's)."""
+    if cfg.data_root:
+        split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
+                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
+        train, classes = split.train, split.classes
+    else:
+        split = read_split(cfg.lists_dir)
+        train, classes = split.train, split.classes
+        if not split.has_val_list and cfg.val_ratio > 0:
+            carved, _, _, names = _carved(cfg, Path(cfg.lists_dir))
+            position = {label: i for i, label in enumerate(sorted(names))}  # as read_split numbers them
+            train = [(path, position[label]) for path, label in carved]
+    excluded = set(cfg.exclude)
+    train = [(path, label) for path, label in train if path not in excluded]
+    if not train:
+        raise RunError("the training list is empty; add images or change the split")
+    return train, list(classes)
+
+
 def _carve_for_old_lists(cfg: TrainConfig, run: RunDir) -> None:
     """List files without val.txt (the tutorial's): carve validation from the copied train.txt, seeded, and keep
     the lists the run used in its own folder, saying so."""
-    # the labels as the files write them (without classes.json, read_split renumbers them: the carved lists must
-    # keep the user's numbers, as test.txt does)
-    given = read_list_file(run.lists / "train.txt")
-    split = read_split(run.lists)
-    if (run.lists / "classes.json").is_file():
-        names = dict(enumerate(split.classes))
-    else:  # split.classes name the labels that occur in any list, in label order
-        labels = {label for _, label in given + read_list_file(run.lists / "test.txt")}
-        names = dict(zip(sorted(labels), split.classes))
-    train, val, notes = carve_validation(given, names, cfg.val_ratio, cfg.seed)
+    train, val, notes, _ = _carved(cfg, run.lists)
     atomic_write_text(run.lists / "train.txt", "".join(f"{p}\t{label}\n" for p, label in train))
     atomic_write_text(run.lists / "val.txt", "".join(f"{p}\t{label}\n" for p, label in val))
     line = (f"{count(len(val), 'image')} carved from train.txt, which has no val.txt: {pct(cfg.val_ratio, 0)} of "
@@ -211,12 +240,10 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
         atomic_write_json(run.surgery, report.to_dict())
     to_channels_last(model.to(device))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-    weights_tf = get_arch(cfg.arch).transforms()
-    return Setup(cfg, run, device, split, model, report,
-                 eval_tf=build_transform(weights_tf, letterbox=cfg.uses_letterbox),
-                 train_tf=training_transform(weights_tf, cfg.augmentation, letterbox=cfg.uses_letterbox),
-                 autocast=autocast,
-                 use_cache=cfg.feature_cache and cfg.body_partly_fixed and cfg.augmentation == "none",
+    return Setup(cfg, run, device, split, model, report, eval_tf=evaluation_transform(cfg),
+                 train_tf=training_transform(get_arch(cfg.arch).transforms(), cfg.augmentation,
+                                             letterbox=cfg.uses_letterbox),
+                 autocast=autocast, use_cache=FeatureExtractor.may_train_on_features(cfg),
                  threads=threads, workers=workers, world=world)
 
 

@@ -16,14 +16,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import torch
 
 from ..platform.errors import RunError
 from ..spec.config import TrainConfig, field_range
-from ..spec.records import ProgressMeter
+from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
 
 SEARCH_SPACE = {  # name: (low, high, log scale); epochs are whole numbers
@@ -68,21 +68,32 @@ class TuneResult:
 
 
 # ----------------------------------------------------------------------------- the training split's features
-def training_features(cfg: TrainConfig, cache_dir: str | Path | None) -> Iterator:
-    """The training split's backbone features, from the training cache (same key as a run) or computed and
-    stored there. Reads only the training list; yields Progress; returns (features, labels, classes)."""
-    from ..data.datasets import build_transform
-    from ..data.split import read_training_list, split_dataset
-    from ..features.cache import head_inputs
-    from ..models.surgery import adapt_model
-    from ..platform.accel import plan_threads, resolve_device
-    from ..spec.archs import get_arch
+def training_features(cfg: TrainConfig, cache_dir: str | Path | None
+                      ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """The training split's backbone features, by the extractor a run of ``cfg`` uses (its cache: a run, a check
+    or an earlier search may have computed them). Reads only the training list; yields Progress; returns
+    (features, labels, classes)."""
+    from ..features.extractor import FeatureExtractor
 
     if cfg.freeze != "head" or not cfg.pretrained:
         raise RunError("the head search needs pretrained weights and freeze 'head' (only the head trains): then "
                        "each trial trains on cached features in milliseconds")
     if cfg.augmentation != "none":
         raise RunError("the head search trains on cached features, which augmentation would change; use none")
+    train, classes = training_images(cfg)
+    extractor = FeatureExtractor.build(cfg, len(classes), cache_dir=cache_dir)
+    extracted = yield from extractor.extract({"train": train})
+    features = extracted["train"].features
+    if len(features.labels) == 0:
+        raise RunError(f"none of the {len(train)} training images could be read")
+    return features.features.float().flatten(1), features.labels, classes
+
+
+def training_images(cfg: TrainConfig) -> tuple[list[tuple[str, int]], list[str]]:
+    """The images the search cross-validates on (training and validation share, the excluded left out) and the
+    class names. The test list is never read."""
+    from ..data.split import read_training_list, split_dataset
+
     if cfg.lists_dir:
         train, classes = read_training_list(cfg.lists_dir)
     else:
@@ -93,21 +104,7 @@ def training_features(cfg: TrainConfig, cache_dir: str | Path | None) -> Iterato
     train = [(p, y) for p, y in train if p not in excluded]
     if not train:
         raise RunError("the training list is empty")
-    device = resolve_device(cfg.device)
-    threads, workers = plan_threads(cfg.num_workers, cuda=device.type == "cuda")
-    torch.set_num_threads(threads)
-    model, report = adapt_model(cfg.arch, len(classes), weights=cfg.weights, head_variant=cfg.head_variant,
-                                freeze="head", seed=cfg.seed)
-    transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.uses_letterbox)
-    precision = "bf16" if device.type == "cuda" or cfg.precision == "bf16" else "fp32"
-    features = yield from head_inputs(train, model=model, head_name=report.head_name,
-                                      head_variant=report.head_variant, arch=cfg.arch, weights=cfg.weights,
-                                      transform=transform, precision=precision,
-                                      cache_dir=Path(cache_dir) if cache_dir else None, device=device, split="train",
-                                      workers=workers)
-    if len(features.labels) == 0:
-        raise RunError(f"none of the {len(train)} training images could be read")
-    return features.features.float().flatten(1), features.labels, classes
+    return train, list(classes)
 
 
 # ----------------------------------------------------------------------------- one trial

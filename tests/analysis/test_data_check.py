@@ -168,6 +168,41 @@ def test_a_head_only_run_after_the_check_computes_no_feature_again(checked, plan
     assert [f.from_disk for f in features] == [True, True, True]  # train, validation, test: all the check's
 
 
+def test_a_run_leaving_the_suspects_out_and_the_finder_compute_no_feature_after_the_check(
+        checked, planted, lite0_file, tmp_path):
+    """The check's features serve later users: a run that leaves the check's training suspects out (a subset of
+    the list the check computed) and the learning-rate finder."""
+    from core.spec.records import Features, Progress
+    from core.training.lr_find import find_lr
+    from core.training.run import train
+
+    split, _, report, cache = checked
+    suspects = tuple(i.path for i in report.label_issues if i.split == "train") or (split.train[0][0],)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1,
+                      seed=split.seed, exclude=suspects)
+    records = list(train(cfg, tmp_path / "run", cache_dir=cache))
+    assert records[0].excluded == len(suspects)
+    assert [f.from_disk for f in records if isinstance(f, Features)] == [True, True, True]
+    assert not [r for r in records if isinstance(r, Progress) and r.phase == "features"]
+    found = list(find_lr(cfg, cache_dir=cache, num_it=5))
+    assert found and not [r for r in found if isinstance(r, Progress) and r.phase == "features"]
+
+
+def test_a_check_with_the_letterbox_serves_a_letterboxed_run_and_not_a_plain_one(planted, lite0_file, tmp_path):
+    from core.spec.records import Features
+    from core.training.run import train
+
+    split = split_dataset(planted, 0.6, 1)
+    cache = tmp_path / "cache"
+    drain(check_data(split, arch="efficientnet_lite0", weights=str(lite0_file), cache_dir=cache, letterbox=True))
+    base = dict(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1, seed=1)
+    boxed = [r.from_disk for r in train(TrainConfig(**base, letterbox=True), tmp_path / "boxed", cache_dir=cache)
+             if isinstance(r, Features)]
+    plain = [r.from_disk for r in train(TrainConfig(**base), tmp_path / "plain", cache_dir=cache)
+             if isinstance(r, Features)]
+    assert boxed == [True, True, True] and plain == [False, False, False]
+
+
 def test_group_aware_resplit_keeps_every_group_on_one_side(checked, planted):
     split, _, report, _ = checked
     groups = [[m.path for m in g.members] for g in report.duplicates]

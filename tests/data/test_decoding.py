@@ -70,13 +70,13 @@ def test_datasets_send_large_jpegs_to_the_reduced_decode(tmp_path):
     assert thumbnail_jpeg(big, 112)[:2] == b"\xff\xd8"
 
 
-def test_the_feature_cache_key_says_how_images_are_decoded():
-    from core.features.cache import feature_cache_key
+def test_the_feature_cache_identity_says_how_images_are_decoded():
+    from core.features.cache import extractor_identity
 
     tf = build_transform(LITE0)
     assert "decode=dct-reduced" in repr(tf)
-    keys = {feature_cache_key(arch="efficientnet_lite0", head_variant="replace", weights=None, transform=t,
-                              samples=[]) for t in (repr(tf), repr(tf).replace(", decode=dct-reduced", ""))}
+    keys = {extractor_identity(arch="efficientnet_lite0", head_variant="replace", weights=None, transform=t)
+            for t in (repr(tf), repr(tf).replace(", decode=dct-reduced", ""))}
     assert len(keys) == 2  # features cached before reduced decoding are not reused for it
 
 

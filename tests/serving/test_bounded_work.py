@@ -351,7 +351,6 @@ def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_r
     """The probe's case: the check cached an empty 0×0 array, and the next run failed with 'mat1 and mat2 shapes
     cannot be multiplied (0x0 and 1280x2)'."""
     from core.data.split import read_split
-    from core.features.cache import load_cached_features
 
     root = make_colour_dataset(tmp_path / "d", per_class=8)
     rows = [(str(p), y) for y, c in enumerate(("blue", "red")) for p in sorted((root / c).iterdir())]
@@ -364,7 +363,7 @@ def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_r
     report = _check(read_split(lists), lite0_file, cache)
     assert any(n.startswith("none of the 4 test images can be read") for n in report.notes)
     entries = list(cache.rglob("*.pt"))
-    assert entries and all(load_cached_features(cache, e.stem) is not None for e in entries)  # none is empty
+    assert entries and all(len(torch.load(e, weights_only=True)["labels"]) for e in entries)  # none is empty
     final = list(train(_config(lists_dir=str(lists), weights=str(lite0_file), val_ratio=0.25), tmp_path / "run",
                        cache_dir=cache))[-1]
     assert final.status == "completed" and final.test_acc is None, final  # trained; no test figure, none made up
@@ -372,19 +371,19 @@ def test_a_check_whose_test_images_are_unreadable_caches_nothing_empty_and_the_r
     assert features[0].skipped == 4 and str(bad / "x0.png") in features[0].skipped_line()
 
 
-def test_a_stored_empty_feature_entry_from_an_older_version_is_only_a_miss(tmp_path):
-    from core.features.cache import Features, load_cached_features, store_cached_features
-
-    empty = Features(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 4)
-    assert store_cached_features(tmp_path, "k" * 32, empty) is False and not list(tmp_path.rglob("*.pt"))
+def test_a_stored_empty_feature_entry_is_only_a_miss(tmp_path):
+    from core.features.cache import FeatureSet, file_stamp, list_key, load_cached_features, store_cached_features
     from core.platform.io import atomic_torch_save
 
-    entry = tmp_path / "features" / ("k" * 32 + ".pt")
-    entry.parent.mkdir()
+    samples = [(str(tmp_path / f"gone_{i}.png"), i % 2) for i in range(4)]
+    empty = FeatureSet(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 4)
+    assert store_cached_features(tmp_path, "id", samples, empty) is False and not list(tmp_path.rglob("*.pt"))
+    stamps = [file_stamp(path) for path, _ in samples]
+    entry = tmp_path / "features" / "id" / f"{list_key(stamps)}.pt"
+    entry.parent.mkdir(parents=True)
     atomic_torch_save({"features": empty.features, "labels": empty.labels, "indices": empty.indices,
-                       "skipped": 4}, entry)
-    found = [load_cached_features(tmp_path, p.stem) for p in tmp_path.rglob("*.pt")]
-    assert found == [None]
+                       "skipped": 4, "stamps": stamps}, entry)
+    assert load_cached_features(tmp_path, "id", samples) is None
 
 
 # ============================================================================= the class: every run file hostile

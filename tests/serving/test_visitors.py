@@ -292,16 +292,19 @@ def test_disk_full_the_demo_cannot_be_generated_and_home_says_so(monkeypatch):
 
 # ============================================================================= the shared cache
 def _hammer_cache(folder: str, worker: int, rounds: int, errors) -> None:
-    from core.features.cache import Features, load_cached_features, store_cached_features
+    from core.features.cache import FeatureSet, load_cached_features, store_cached_features
 
     os.environ["TLD_FEATURE_CACHE_BYTES"] = "6000"
-    features = Features(torch.zeros(8, 64), torch.zeros(8, dtype=torch.long), torch.arange(8), 0)
+    features = FeatureSet(torch.zeros(8, 64), torch.zeros(8, dtype=torch.long), torch.arange(8), 0)
+
+    def images(w: int, i: int) -> list:
+        return [(f"{folder}/w{w}-{i % 7}-{k}.png", 0) for k in range(8)]  # never on disk: stamps of gone files
+
     for i in range(rounds):
         try:
-            key = f"w{worker}-{i % 7}"
-            if not store_cached_features(Path(folder), key, features):
-                errors.put(f"store failed: {key}")
-            load_cached_features(Path(folder), f"w{(worker + 1) % 4}-{i % 7}")
+            if not store_cached_features(Path(folder), f"id{worker % 2}", images(worker, i), features):
+                errors.put(f"store failed: {worker}, {i}")
+            load_cached_features(Path(folder), f"id{(worker + 1) % 2}", images((worker + 1) % 4, i))
         except Exception as exc:  # noqa: BLE001 - any error is what this test counts
             errors.put(f"{type(exc).__name__}: {exc}")
 
@@ -320,7 +323,7 @@ def test_cache_four_processes_under_a_tiny_cap_see_no_errors(tmp_path):
     while not errors.empty():
         found.append(errors.get())
     assert found == []
-    entries = list((tmp_path / "features").glob("*.pt"))
+    entries = list((tmp_path / "features").rglob("*.pt"))
     assert 0 < len(entries) <= 4  # pruned to the cap as they went
 
 

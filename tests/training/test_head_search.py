@@ -63,6 +63,20 @@ def test_the_search_never_reads_the_test_split(train_only, lite0_file, tmp_path)
     assert result.folds == 5 and not result.notes  # 6 training images per class: 5 folds
 
 
+def test_the_search_after_a_check_computes_no_feature(lite0_file, tmp_path):
+    """The search cross-validates on training + validation, one list the check computed as two: it reads both."""
+    from core.analysis.datacheck import check_data
+    from core.spec.records import Progress
+
+    data = make_colour_dataset(tmp_path / "c", per_class=8, classes=("blue", "red"))
+    follow(check_data(split_dataset(data, 0.6, 0), arch="efficientnet_lite0", weights=str(lite0_file),
+                      cache_dir=tmp_path / "cache"))
+    cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(data), num_workers=0)
+    records = []
+    follow(tune_head(cfg, cache_dir=tmp_path / "cache", trials=2), records.append)
+    assert records and not [r for r in records if isinstance(r, Progress) and r.phase == "features"]
+
+
 def test_fewer_images_per_class_than_folds_means_fewer_folds_said(lite0_file, tmp_path):
     data = make_colour_dataset(tmp_path / "c", per_class=5, classes=("blue", "red"))
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(data), num_workers=0)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.features.cache import Features
+from core.features.cache import FeatureSet
 from core.platform.accel import configure_device, plan_threads, resolve_device
 from core.platform.errors import RunError
 from core.spec.records import cells_of, confusion_cells
@@ -61,7 +61,7 @@ def test_the_predictor_uses_the_gpu_when_there_is_one(colour_data, lite0_file, t
 
 
 def test_cached_features_are_batched_from_the_device_in_the_sampler_order():
-    features = Features(torch.arange(20.0).view(10, 2), torch.arange(10) % 2, torch.arange(10), 0)
+    features = FeatureSet(torch.arange(20.0).view(10, 2), torch.arange(10) % 2, torch.arange(10), 0)
     sampler = EpochShuffle(10, seed=3)
     sampler.set_epoch(2)
     batches = list(DeviceBatches(features, torch.device("cpu"), 4, sampler))

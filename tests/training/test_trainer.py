@@ -103,19 +103,20 @@ def test_cached_features_give_the_same_head_as_the_full_forward(colour_data, res
     assert not any(isinstance(r, Progress) and r.phase == "features" for r in records)
 
 
-def test_feature_cache_key_changes_when_an_image_changes(colour_data, resnet18_file, tmp_path):
+def test_a_changed_image_is_not_read_from_the_cache(colour_data, resnet18_file, tmp_path):
     from core.data.split import split_dataset
-    from core.features.cache import feature_cache_key
+    from core.features.cache import FeatureSet, extractor_identity, load_cached_features, store_cached_features
 
     split = split_dataset(colour_data)
-    def key():
-        return feature_cache_key(arch="resnet18", head_variant="replace", weights=str(resnet18_file),
-                                 transform="t", samples=split.train)
-    first = key()
-    path = split.train[0][0]
-    with open(path, "ab") as f:
+    identity = extractor_identity(arch="resnet18", head_variant="replace", weights=str(resnet18_file), transform="t")
+    n = len(split.train)
+    stored = FeatureSet(torch.randn(n, 4), torch.tensor([y for _, y in split.train]), torch.arange(n), 0)
+    assert store_cached_features(tmp_path, identity, split.train, stored)
+    assert torch.equal(load_cached_features(tmp_path, identity, split.train).features, stored.features)
+    with open(split.train[0][0], "ab") as f:
         f.write(b"\0")
-    assert key() != first
+    assert load_cached_features(tmp_path, identity, split.train) is None
+    assert load_cached_features(tmp_path, identity, split.train[1:]) is not None  # the others are still good
 
 
 def test_augmentation_uses_the_full_path(colour_data, resnet18_file, tmp_path):
@@ -278,7 +279,8 @@ def test_letterbox_training_uses_its_own_cache_entries(colour_data, lite0_file, 
     records = list(train(_config(colour_data, letterbox=True, **common), tmp_path / "lb", cache_dir=tmp_path / "cache"))
     assert records[-1].status == "completed"
     assert [r.from_disk for r in records if isinstance(r, Features)] == [False, False]  # not the plain entries
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 4
+    identities = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(identities) == 2 and all(len(list(folder.glob("*.pt"))) == 2 for folder in identities)
 
 
 @pytest.mark.slow
