@@ -35,7 +35,7 @@ from core.data.split import Split, split_dataset, write_split
 from core.jobs.queue import launch
 from core.platform.errors import UserError
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
-from core.spec.config import TrainConfig
+from core.spec.config import Choices
 
 GROUPS_SHOWN = 30  # duplicate groups drawn as thumbnails (all are in the downloadable report)
 SELECTED_SHOWN = 48  # thumbnails of the map's selection
@@ -103,7 +103,7 @@ def _group_title(i: int, group, report: DataReport) -> str:
     return f"**Group {i + 1}** · {len(group.members)} {what}" + (" · " + " · ".join(flags) if flags else "")
 
 
-def render_duplicates(report: DataReport, split: Split, root: str, state: dict) -> None:
+def render_duplicates(report: DataReport, split: Split, root: str, state: Choices) -> None:
     if not report.duplicates:
         st.success("No duplicates: no two images have the same bytes"
                    + (f" or backbone features at least {report.near_threshold:g} alike." if report.baseline or
@@ -131,7 +131,7 @@ def render_duplicates(report: DataReport, split: Split, root: str, state: dict) 
     render_resplit(report, split, root, state)
 
 
-def render_resplit(report: DataReport, split: Split, root: str, state: dict) -> None:
+def render_resplit(report: DataReport, split: Split, root: str, state: Choices) -> None:
     if split.given_by:
         st.info(f"The dataset brings its own split ({split.given_by}), so it is not re-split here; move the copies "
                 "between its folders yourself to stop the leak.")
@@ -143,7 +143,7 @@ def render_resplit(report: DataReport, split: Split, root: str, state: dict) -> 
     if st.button("Re-split keeping every duplicate group on one side", key="ck_resplit"):
         groups = [[m.path for m in g.members] for g in report.duplicates]
         with user_errors(), workspace_writes("write the list files"):
-            grouped = split_dataset(root, state["train_ratio"], state["seed"], val_ratio=state["val_ratio"],
+            grouped = split_dataset(root, state.train_ratio, state.seed, val_ratio=state.val_ratio,
                                     allowed_roots=allowed_roots(), keep_together=groups)
             out = write_split(grouped, lists_dir_for(root), overwrite=True)
         sides = ({path: "train" for path, _ in [*grouped.train, *grouped.val]}
@@ -196,7 +196,7 @@ def _both_splits(picked: pd.DataFrame, most: int) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- label issues
-def render_label_issues(report: DataReport, root: str, state: dict) -> None:
+def render_label_issues(report: DataReport, root: str, state: Choices) -> None:
     if report.too_small:
         st.caption(f"Too small for label checking (fewer than 3 images): {', '.join(report.too_small)}.")
     if not report.label_issues:
@@ -226,14 +226,12 @@ def render_label_issues(report: DataReport, root: str, state: dict) -> None:
         start_without(in_train, root, state, report)
 
 
-def start_without(paths: list[str], root: str, state: dict, report: DataReport) -> None:
+def start_without(paths: list[str], root: str, state: Choices, report: DataReport) -> None:
     groups = tuple(tuple(m.path for m in g.members) for g in report.duplicates) if st.session_state.get(KEEP_GROUPS) \
         else ()
     with user_errors():
-        cfg = TrainConfig(arch=report.arch, head_variant=state["head_variant"], weights=report.weights,
-                          train_ratio=state["train_ratio"], val_ratio=state["val_ratio"], seed=state["seed"],
-                          data_root=root,
-                          exclude=tuple(paths), keep_together=groups)
+        cfg = state.config(arch=report.arch, weights=report.weights, data_root=root, exclude=tuple(paths),
+                           keep_together=groups)
         path = launch(cfg)
     st.switch_page("app_pages/training.py", query_params={"run": path.name})
 
@@ -274,7 +272,7 @@ def main() -> None:
         split = current_split(root, state)
     st.write(f"**Data:** `{shown(root)}` · {split_line(split.summary())} · **backbone:** {arch}, "
              + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine")
-             + (" · **letterbox** (as the Training page's setting)" if state["letterbox"] else ""))
+             + (" · **letterbox** (as the Training page's setting)" if state.letterbox else ""))
     was_stopped("ck_running", "check")  # nothing of it was stored
     report = _stored(data_fingerprint(split, arch, weights))
     c1, c2 = st.columns([1, 3])
@@ -283,7 +281,7 @@ def main() -> None:
                           help="Lower finds looser copies (and more false ones).")
     label = "Check again" if report else "Check the data"
     if c1.button(label, type="primary", key="ck_run"):
-        report = run_check(split, arch, weights, threshold, letterbox=state["letterbox"]) or report
+        report = run_check(split, arch, weights, threshold, letterbox=state.letterbox) or report
     if report is None:
         st.info("Press **Check the data**. The first check computes each image's backbone features (the slow part, "
                 "with progress); later checks and head-only runs read them from the cache.")

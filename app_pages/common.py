@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import streamlit as st
 
@@ -31,7 +32,7 @@ from core.platform.workspace import (
     workspace_dir,
 )
 from core.spec.archs import ARCHITECTURES
-from core.spec.config import FREEZE_MODES, field_default, field_range
+from core.spec.config import FREEZE_MODES, Choices, field_range
 
 
 # ----------------------------------------------------------------------------- this visitor's choices
@@ -47,10 +48,7 @@ def _path_text(value: str) -> str | None:
     return None if path_problem(value) else value
 
 
-DEFAULTS = {"data_root": None, "train_ratio": field_default("train_ratio"), "val_ratio": field_default("val_ratio"),
-            "seed": field_default("seed"), "arch": None,
-            "head_variant": None, "weights_mode": PRETRAINED, "weights_file": "", "freeze": field_default("freeze"),
-            "letterbox": field_default("letterbox")}
+DEFAULTS = asdict(Choices())
 _PARSERS = {
     "data_root": _path_text, "weights_file": _path_text,
     "train_ratio": lambda v: _within(float(v), "train_ratio"),
@@ -86,23 +84,23 @@ def _to_url(choices: dict) -> None:
             st.query_params[name] = str(value)
 
 
-def load_state() -> dict:
+def load_state() -> Choices:
     """This visitor's choices (data root, split, model, weights, freeze mode, letterbox)."""
     if "choices" not in st.session_state:
         st.session_state["choices"] = {**DEFAULTS, **_from_url()}
     choices = st.session_state["choices"]
     _to_url(choices)
-    return dict(choices)
+    return Choices(**choices)
 
 
-def save_state(**changes) -> dict:
+def save_state(**changes) -> Choices:
     unknown = set(changes) - set(DEFAULTS)
     if unknown:
         raise KeyError(f"unknown choices {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
     load_state()
     st.session_state["choices"].update(changes)
     _to_url(st.session_state["choices"])
-    return dict(st.session_state["choices"])
+    return Choices(**st.session_state["choices"])
 
 
 @st.cache_resource(show_spinner="Generating the demo dataset (first launch only)…")
@@ -142,7 +140,7 @@ def choose_data_root(path) -> None:
 def data_root() -> str:
     """The current data root: the one chosen in this session (or the link), else the one this visitor chose
     last time, else the workspace's default, else the demo."""
-    for chosen in (load_state()["data_root"], remembered_data_root(visitor()), default_data_root()):
+    for chosen in (load_state().data_root, remembered_data_root(visitor()), default_data_root()):
         try:
             if chosen and check_allowed(chosen).is_dir():
                 return str(check_allowed(chosen))
@@ -175,10 +173,10 @@ def _split_summary(root: str, ratio: float, seed: int, val_ratio: float, stamp: 
     return {"summary": split.summary(), "train": split.train, "val": split.val, "test": split.test}
 
 
-def split_summary(root: str, state: dict) -> dict:
+def split_summary(root: str, state: Choices) -> dict:
     """The split of ``root`` with this visitor's ratios and seed, as a summary (cached until a folder changes)."""
     check_allowed(root)
-    return _split_summary(root, state["train_ratio"], state["seed"], state["val_ratio"], _folder_stamp(root))
+    return _split_summary(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root))
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
@@ -186,10 +184,10 @@ def _split(root: str, ratio: float, seed: int, val_ratio: float, stamp: float) -
     return split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots())
 
 
-def current_split(root: str, state: dict) -> Split:
+def current_split(root: str, state: Choices) -> Split:
     """The split a run started now would train on (cached until a folder of the dataset changes)."""
     check_allowed(root)
-    return _split(root, state["train_ratio"], state["seed"], state["val_ratio"], _folder_stamp(root))
+    return _split(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root))
 
 
 def split_sizes(summary: dict) -> str:
@@ -229,16 +227,16 @@ def stored_check(fingerprint: str) -> DataReport | None:
 def default_arch() -> str:
     """resnet18 when its weights are on disk; otherwise the backbone that ships with its weights."""
     state = load_state()
-    if state["arch"] in ARCHITECTURES:
-        return state["arch"]
+    if state.arch in ARCHITECTURES:
+        return state.arch
     return default_arch_and_reason()[0]
 
 
-def resolve_weights_file(arch: str, state: dict | None = None) -> str | None:
+def resolve_weights_file(arch: str, state: Choices | None = None) -> str | None:
     """The weights file the current choices point to; None for scratch or when none is on this machine."""
     state = state or load_state()
-    choice = PRETRAINED if state["weights_mode"] == PRETRAINED else NO_WEIGHTS
-    user_file = state["weights_file"] if state["weights_file"] and is_allowed(state["weights_file"]) else None
+    choice = PRETRAINED if state.weights_mode == PRETRAINED else NO_WEIGHTS
+    user_file = state.weights_file if state.weights_file and is_allowed(state.weights_file) else None
     try:
         return resolve_weights(ARCHITECTURES[arch], choice, user_file)
     except WeightsError:

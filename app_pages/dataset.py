@@ -1,4 +1,5 @@
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ from core.platform.workspace import (
     workspace_writes,
 )
 from core.spec.archs import get_arch
-from core.spec.config import AUGMENTATIONS, field_range
+from core.spec.config import AUGMENTATIONS, Choices, field_range
 
 SOURCES = ["Workspace datasets", "A folder on this machine", "Upload a zip", "Download a zip", "CIFAR-10"]
 
@@ -147,26 +148,26 @@ def render_choose_data(root: str) -> None:
             import_cifar()
 
 
-def render_split_settings(state: dict, summary: dict) -> dict:
+def render_split_settings(state: Choices, summary: dict) -> dict:
     """The ratios and the seed; returns this visitor's state with them."""
     given = summary["given_by"]
     c1, c2, c3 = st.columns(3)
-    ratio = c1.slider("Train ratio", *field_range("train_ratio", ui=True), float(state["train_ratio"]), 0.05,
+    ratio = c1.slider("Train ratio", *field_range("train_ratio", ui=True), float(state.train_ratio), 0.05,
                       key="ds_ratio", disabled=bool(given),
                       help="The dataset brings its own train and test folders: the ratio does not apply." if given
                       else "Share of each class used for training and validation; the rest is the test split.")
     three_parts = bool(given) and summary["val_ratio"] is None  # train/ + test/ + val/: every role as given
-    val_ratio = c2.slider("Validation ratio", *field_range("val_ratio", ui=True), float(state["val_ratio"]), 0.05,
+    val_ratio = c2.slider("Validation ratio", *field_range("val_ratio", ui=True), float(state.val_ratio), 0.05,
                           key="ds_val_ratio", disabled=three_parts,
                           help="The dataset brings its own validation folder: the ratio does not apply." if three_parts
                           else "Share of each class's training images set aside as validation: it chooses the kept "
                                "epoch, early stopping and the temperature, so the test split is looked at once. "
                                "0: none, as the tutorial (the last epoch is kept).")
-    seed = c3.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="ds_seed",
+    seed = c3.number_input("Seed", *field_range("seed", ui=True), int(state.seed), key="ds_seed",
                            help="The same seed always gives the same split.")
-    if (ratio, val_ratio, seed) != (state["train_ratio"], state["val_ratio"], state["seed"]):
+    if (ratio, val_ratio, seed) != (state.train_ratio, state.val_ratio, state.seed):
         save_state(train_ratio=ratio, val_ratio=val_ratio, seed=int(seed))
-    return {**state, "train_ratio": ratio, "val_ratio": val_ratio, "seed": int(seed)}
+    return replace(state, train_ratio=ratio, val_ratio=val_ratio, seed=int(seed))
 
 
 def render_counts(summary: dict) -> None:
@@ -215,7 +216,7 @@ def render_augmentation_preview(result: dict) -> None:
         c1, c2 = st.columns(2)
         preset = c1.selectbox("Augmentation", AUGMENTATIONS[1:], key="ds_aug")
         path = c2.selectbox("Image", paths, key="ds_aug_image", format_func=lambda p: Path(p).name)
-        arch = load_state()["arch"] or "efficientnet_lite0"
+        arch = load_state().arch or "efficientnet_lite0"
         transform = training_transform(get_arch(arch).transforms(), preset)
         transform.normalize = False  # show pixels, not the model's normalised input
         try:
@@ -229,13 +230,13 @@ def render_augmentation_preview(result: dict) -> None:
             column.image(sample, width=112, caption=f"draw {i + 1} of 6")
 
 
-def render_lists(root: str, state: dict, summary: dict) -> None:
+def render_lists(root: str, state: Choices, summary: dict) -> None:
     st.subheader("List files")
     out_dir = lists_dir_for(root)
     where = st.empty()  # filled after the button, so it says what is true once a click has written them
     if st.button("Write train.txt / val.txt / test.txt", type="primary", key="ds_write"):
         with user_errors(), st.spinner("Writing…"), workspace_writes("write the list files"):
-            write_split(split_dataset(root, state["train_ratio"], state["seed"], val_ratio=state["val_ratio"],
+            write_split(split_dataset(root, state.train_ratio, state.seed, val_ratio=state.val_ratio,
                                       allowed_roots=allowed_roots()), out_dir, overwrite=True)
         st.success(f"Wrote {count(summary['train_images'])} train, {count(summary['val_images'])} validation and "
                    f"{count(summary['test_images'])} test lines.")

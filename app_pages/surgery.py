@@ -20,12 +20,12 @@ from core.models.surgery import SurgeryReport, adapt_model, trains_in
 from core.models.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.platform.workspace import allowed_roots, is_allowed, path_problem, shown
 from core.spec.archs import ARCHITECTURES
-from core.spec.config import FREEZE_MODES, TRAINS
+from core.spec.config import FREEZE_MODES, TRAINS, Choices
 
 WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (random)"}
 
 
-def render_choices(state: dict) -> dict:
+def render_choices(state: Choices) -> dict:
     """Architecture, head, freeze mode and weights: this visitor's choices, shared with the Training page."""
     names = list(ARCHITECTURES)
     with st.expander("Compare the architectures", expanded=False):
@@ -37,17 +37,17 @@ def render_choices(state: dict) -> dict:
     spec = ARCHITECTURES[arch]
     variants = [v.name for v in spec.variants]
     head_variant = c2.selectbox("Head", variants, key="sg_variant",
-                                index=variants.index(state["head_variant"]) if state["head_variant"] in variants
+                                index=variants.index(state.head_variant) if state.head_variant in variants
                                 else 0, format_func=lambda v: spec.variant(v).description,
                                 disabled=len(variants) == 1)
-    freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
+    freeze = c3.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state.freeze),
                       key="sg_freeze", format_func=lambda m: FREEZE_MODES[m])
     mode = st.radio("Weights", list(WEIGHT_MODES), horizontal=True, key="sg_mode",
-                    index=list(WEIGHT_MODES).index(state["weights_mode"]), format_func=WEIGHT_MODES.get)
-    weights_file = render_weights_manager(arch, state) if mode == PRETRAINED else state["weights_file"]
+                    index=list(WEIGHT_MODES).index(state.weights_mode), format_func=WEIGHT_MODES.get)
+    weights_file = render_weights_manager(arch, state) if mode == PRETRAINED else state.weights_file
     chosen = dict(arch=arch, head_variant=head_variant, freeze=freeze, weights_mode=mode,
                   weights_file=weights_file or "")
-    return save_state(**chosen) if any(state[k] != v for k, v in chosen.items()) else state
+    return save_state(**chosen) if any(getattr(state, k) != v for k, v in chosen.items()) else state
 
 
 def _arch_label(name: str) -> str:
@@ -69,11 +69,11 @@ def _confined_weights_file(typed: str) -> str:
     return typed
 
 
-def render_weights_manager(arch: str, state: dict) -> str:
+def render_weights_manager(arch: str, state: Choices) -> str:
     spec = ARCHITECTURES[arch]
     st.subheader("Where the weights come from")
     weights_file = _confined_weights_file(st.text_input(
-        "A weights file on this machine (optional)", value=state["weights_file"], key="sg_file",
+        "A weights file on this machine (optional)", value=state.weights_file, key="sg_file",
         placeholder="e.g. /data/resnet18_pretrain.pth",
         help="Tried first. A state dict saved with torch.save(model.state_dict(), …)."))
     sources = list_sources(spec, weights_file or None)
@@ -223,14 +223,14 @@ def main() -> None:
     with user_errors():
         classes = split_summary(data_root(), state)["summary"]["classes"]
     state = render_choices(state)
-    weights = resolve_weights_file(state["arch"], state)
-    if state["weights_mode"] == PRETRAINED and weights is None:
-        st.warning(f"Pretrained was chosen, but no {state['arch']} weights are on this machine: the result below, "
+    weights = resolve_weights_file(state.arch, state)
+    if state.weights_mode == PRETRAINED and weights is None:
+        st.warning(f"Pretrained was chosen, but no {state.arch} weights are on this machine: the result below, "
                    "and a run started now, begin from random weights. Add weights above, or pick "
                    "one whose weights ship with the app (efficientnet_lite0, _lite1, _lite2).")
     with user_errors():
-        report = surgery_report(state["arch"], len(classes), weights, _stamp(weights), state["head_variant"],
-                                state["freeze"])
+        report = surgery_report(state.arch, len(classes), weights, _stamp(weights), state.head_variant,
+                                state.freeze)
     render_report(report, len(classes))
     render_architectures(report, len(classes))
     render_parameters(report)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,16 @@ from core.platform.figures import pct
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
 from core.runs.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
 from core.spec.archs import ARCHITECTURES
-from core.spec.config import AUGMENTATIONS, FREEZE_MODES, SCHEDULES, TRAINS, TTA_MODES, TrainConfig, field_range
+from core.spec.config import (
+    AUGMENTATIONS,
+    FREEZE_MODES,
+    SCHEDULES,
+    TRAINS,
+    TTA_MODES,
+    Choices,
+    TrainConfig,
+    field_range,
+)
 from core.spec.records import Features, Progress
 from core.spec.states import RunState
 from core.training.lr_find import find_lr
@@ -86,13 +96,13 @@ def _sync(name: str, key: str, convert=lambda v: v):
     return lambda: save_state(**{name: convert(st.session_state[key])})
 
 
-def _model_settings(state: dict) -> dict:
+def _model_settings(state: Choices) -> dict:
     """Weights, fine-tune mode and what the images go through."""
     c1, c2, c3 = st.columns(3)
-    pretrained = c1.toggle("Pretrained weights", value=state["weights_mode"] == PRETRAINED, key="tr_pretrained",
+    pretrained = c1.toggle("Pretrained weights", value=state.weights_mode == PRETRAINED, key="tr_pretrained",
                            on_change=_sync("weights_mode", "tr_pretrained", lambda v: PRETRAINED if v else NO_WEIGHTS),
                            help="Off: train from scratch (random initialisation) to check what pretraining buys.")
-    freeze = c2.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state["freeze"]),
+    freeze = c2.radio("Fine-tune mode", list(FREEZE_MODES), index=list(FREEZE_MODES).index(state.freeze),
                       key="tr_freeze", format_func=lambda m: FREEZE_MODES[m], on_change=_sync("freeze", "tr_freeze"))
     with c3:
         augment = st.selectbox("Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(DEFAULTS.augment),
@@ -100,7 +110,7 @@ def _model_settings(state: dict) -> dict:
                                                       "letterbox+flips: the recipe's. Any augmentation trains "
                                                       "through the full forward pass (no feature cache). The Dataset "
                                                       "page previews them.")
-        letterbox = st.checkbox("Letterbox (the tutorial's preprocessing)", value=state["letterbox"],
+        letterbox = st.checkbox("Letterbox (the tutorial's preprocessing)", value=state.letterbox,
                                 key="tr_letterbox", on_change=_sync("letterbox", "tr_letterbox"),
                                 help="The whole image on a black square instead of the weights' resize and centre "
                                      "crop. The data check preprocesses as this says, so a run reuses its features.")
@@ -111,7 +121,7 @@ def _model_settings(state: dict) -> dict:
                 feature_cache=feature_cache)
 
 
-def _optimiser_settings(state: dict, freeze: str) -> dict:
+def _optimiser_settings(state: Choices, freeze: str) -> dict:
     """Epochs, batches, learning rates and their schedule, processes, seed."""
     c1, c2, c3 = st.columns(3)
     # The rate's default goes in through Session State, not value=: the finder's "Use …" sets it there too, and a
@@ -130,7 +140,7 @@ def _optimiser_settings(state: dict, freeze: str) -> dict:
     chosen["num_workers"] = c2.slider("Data-loading workers", *field_range("num_workers", ui=True), plan_threads()[1],
                                       key="tr_workers",
                                       help="Image-decoding processes; the training threads take the other cores.")
-    chosen["seed"] = int(c3.number_input("Seed", *field_range("seed", ui=True), int(state["seed"]), key="tr_seed",
+    chosen["seed"] = int(c3.number_input("Seed", *field_range("seed", ui=True), int(state.seed), key="tr_seed",
                                          help="Sets the split (as on the Dataset page), the new head's "
                                               "initialisation and the data order; the same seed repeats a run."))
     chosen["processes"] = int(c4.number_input(
@@ -257,16 +267,16 @@ def render_head_search(cfg: TrainConfig) -> None:
         start(result.apply(cfg))
 
 
-def render_settings(state: dict, arch: str) -> TrainConfig:
+def render_settings(state: Choices, arch: str) -> TrainConfig:
     spec = ARCHITECTURES[arch]
-    head = spec.variant(state["head_variant"]).description if len(spec.variants) > 1 else "a new last layer"
+    head = spec.variant(state.head_variant).description if len(spec.variants) > 1 else "a new last layer"
     st.markdown(f"**Model:** {arch} with {head} (change it on the Model surgery page)")
     with st.expander("Compare the architectures", expanded=False):
         render_architecture_table(arch)
     model = _model_settings(state)
     pretrained = model.pop("pretrained")
     optimiser = _optimiser_settings(state, model["freeze"])
-    weights = resolve_weights_file(arch, {**state, "weights_mode": PRETRAINED if pretrained else NO_WEIGHTS})
+    weights = resolve_weights_file(arch, replace(state, weights_mode=PRETRAINED if pretrained else NO_WEIGHTS))
     if pretrained and weights is None:
         st.warning(f"No {arch} weights are on this machine: the run would start from scratch. "
                    "Add weights on the Model surgery page, or pick one whose weights ship with the app there "
@@ -275,16 +285,15 @@ def render_settings(state: dict, arch: str) -> TrainConfig:
         st.info("From scratch with a frozen body trains on top of random layers that never learn. "
                 "Choose 'every layer trains' for a real from-scratch baseline.")
     checked = data_check_settings(state, arch, weights if pretrained else None)
-    if state["val_ratio"] == 0 and optimiser["patience"]:
+    if state.val_ratio == 0 and optimiser["patience"]:
         st.info("Early stopping watches the validation split, and the Dataset page's validation ratio is 0: this run "
                 "will not stop early.")
         optimiser["patience"] = 0
-    return TrainConfig(arch=arch, head_variant=state["head_variant"], weights=weights if pretrained else None,
-                       train_ratio=state["train_ratio"], val_ratio=state["val_ratio"],
-                       data_root=data_root(), **model, **optimiser, **checked)
+    return state.config(arch=arch, weights=weights if pretrained else None, data_root=data_root(), **model,
+                        **optimiser, **checked)
 
 
-def data_check_settings(state: dict, arch: str, weights: str | None) -> dict:
+def data_check_settings(state: Choices, arch: str, weights: str | None) -> dict:
     """What the data check of these images offers a run: keep duplicate groups on one side of the split, leave
     the label suspects out of training. Nothing unless the check was made (on the Check the data page)."""
     try:
@@ -418,7 +427,7 @@ def _run_report(path: str, stamp: tuple) -> RunReport:
     return run_report(path)
 
 
-def render_results(run_path: Path, state: dict) -> None:
+def render_results(run_path: Path, state: Choices) -> None:
     records = read_records(run_path)
     if not records.epochs or records.start is None:
         return
@@ -617,11 +626,11 @@ def baseline_line(run_path: Path) -> None:
                f"{pct(b.knn_accuracy)}). A head-only run should land near it.")
 
 
-def render_pretrained_vs_scratch(run_path: Path, state: dict) -> None:
+def render_pretrained_vs_scratch(run_path: Path, state: Choices) -> None:
     """The recipe's claim checked on this data: this run beside its twin (same settings, the other
     weights), or one click to train that twin."""
     cfg = load_config(RunDir(run_path))
-    weights = resolve_weights_file(cfg.arch, {**state, "weights_mode": PRETRAINED})
+    weights = resolve_weights_file(cfg.arch, replace(state, weights_mode=PRETRAINED))
     twin = find_twin(cfg, list_runs(runs_dir()), weights)
     if twin is not None:
         st.fragment(pair_view, run_every=LIST_EVERY_S if twin.active else None)(run_path, twin.path, twin.active)

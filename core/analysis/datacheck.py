@@ -31,6 +31,7 @@ from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTall
 from ..data.split import Split
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
+from ..spec.choices import Freeze
 from ..spec.config import DEFAULT_VAL_RATIO, TrainConfig
 from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
@@ -584,7 +585,7 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
         report.seconds = seconds
         return report
 
-    cfg = TrainConfig(arch=arch, weights=weights, freeze="head", device=device, letterbox=letterbox)
+    cfg = TrainConfig(arch=arch, weights=weights, freeze=Freeze.HEAD, device=device, letterbox=letterbox)
     features, kept, report.features_from_cache = yield from _features(split, cfg, cache_dir)
     t0 = _timed(seconds, "features", t0)
     if len(kept) < len(readable):

@@ -18,6 +18,7 @@ import torch
 from ..platform.download import sha256_of
 from ..platform.errors import ConfigError, RunError
 from ..platform.io import atomic_file, atomic_write_json, read_json_file
+from ..runs.checkpoint import read_checkpoint
 from ..runs.rundir import RunDir
 from .predict import Predictor, checkpoint_path
 
@@ -104,11 +105,8 @@ MAX_SIDECAR_BYTES = 64 * 1024**2  # 100,000 class names fit many times over
 
 
 def _checkpoint_facts(checkpoint: Path) -> dict:
-    from .predict import _read_checkpoint
-
-    ckpt = _read_checkpoint(checkpoint)
-    return {"sha256": sha256_of(checkpoint), "classes": [str(c) for c in ckpt.get("classes", [])],
-            "epoch": ckpt.get("epoch")}
+    read = read_checkpoint(checkpoint)
+    return {"sha256": sha256_of(checkpoint), "classes": read.classes, "epoch": read.epoch}
 
 
 def _mismatch(recorded, classes, epoch, current: dict) -> str:

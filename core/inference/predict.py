@@ -16,7 +16,7 @@ from ..models.surgery import adapt_model
 from ..models.weights import check_finite, load_state_dict_file
 from ..platform.accel import as_input, inference_copy, resolve_device, to_channels_last
 from ..platform.errors import RunError, UserError, WeightsError, not_finite_message
-from ..platform.io import foreign_zip, torch_load_tensors
+from ..runs.checkpoint import read_checkpoint
 from ..runs.rundir import RunDir
 from ..spec.archs import get_arch
 from ..spec.config import TrainConfig
@@ -34,20 +34,6 @@ def checkpoint_path(run_or_file: str | os.PathLike) -> Path:
     return path
 
 
-def _read_checkpoint(path: Path) -> dict:
-    foreign = foreign_zip(path)
-    if foreign:
-        raise RunError(f"'{path}' is {foreign}, not a checkpoint")
-    try:
-        ckpt = torch_load_tensors(path)
-    except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file
-        raise RunError(f"'{path}' is damaged or not a checkpoint: it cannot be read "
-                       f"({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict):
-        raise RunError(f"'{path}' holds a {type(ckpt).__name__}, not a checkpoint")
-    return ckpt
-
-
 def _class_names(classes: str | None) -> list[str]:
     if not classes:
         raise RunError("a bare state dict names no classes; give --classes a,b,… in label order (or a file)")
@@ -59,21 +45,10 @@ def _class_names(classes: str | None) -> list[str]:
     return names
 
 
-def _temperature(ckpt: dict, path: Path) -> float | None:
-    """The checkpoint's temperature (core.training.calibration); None when it has none (written before calibration)."""
-    value = ckpt.get("temperature")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-3 <= float(value) <= 1e3:
-        raise RunError(f"'{path}' holds a temperature of {value!r}; a calibrating one is a number from 0.001 to 1000")
-    return float(value)
-
-
 def read_temperature(run_or_file: str | os.PathLike) -> tuple[float | None, int | None]:
     """The temperature the checkpoint prediction uses keeps, and that checkpoint's epoch."""
-    path = checkpoint_path(run_or_file)
-    ckpt = _read_checkpoint(path)
-    return _temperature(ckpt, path), int(ckpt.get("epoch", 0)) if isinstance(ckpt.get("epoch", 0), int) else None
+    checkpoint = read_checkpoint(checkpoint_path(run_or_file))
+    return checkpoint.temperature, checkpoint.epoch
 
 
 @dataclass
@@ -112,15 +87,10 @@ class Predictor:
     def load(cls, run_or_file: str | os.PathLike, device: str = "auto", fold: bool = True) -> "Predictor":
         """A model from a run folder or a checkpoint this tool wrote (it carries its config and classes)."""
         path = checkpoint_path(run_or_file)
-        ckpt = _read_checkpoint(path)
-        try:
-            cfg = TrainConfig.from_dict(ckpt["config"])
-            classes = [str(c) for c in ckpt["classes"][:MAX_CLASSES + 1]]
-            state = ckpt["model"]
-        except (KeyError, TypeError, UserError) as exc:
-            raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
-        return cls._build(cfg, classes, state, int(ckpt.get("epoch", 0)), str(path), device, fold,
-                          _temperature(ckpt, path))
+        checkpoint = read_checkpoint(path)
+        cfg = checkpoint.train_config(path)
+        return cls._build(cfg, checkpoint.classes[:MAX_CLASSES + 1], checkpoint.model, checkpoint.epoch or 0,
+                          str(path), device, fold, checkpoint.temperature)
 
     @classmethod
     def from_state_dict(cls, file: str | os.PathLike, *, arch: str | None, classes: str | None,

@@ -34,6 +34,7 @@ from ..runs.rundir import (
     run_label,
     write_status,
 )
+from ..spec.choices import Freeze
 from ..spec.config import TrainConfig
 from ..spec.records import Features, Records
 from ..spec.states import Phase, RunState
@@ -293,10 +294,10 @@ def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainCo
     run's twin fine-tunes the head on ``pretrained_weights`` (None when there are none).
     """
     if cfg.pretrained:
-        return TrainConfig.from_dict({**cfg.to_dict(), "weights": None, "freeze": "all"})
+        return cfg.changed(weights=None, freeze=Freeze.ALL)
     if pretrained_weights is None:
         return None
-    return TrainConfig.from_dict({**cfg.to_dict(), "weights": pretrained_weights, "freeze": "head"})
+    return cfg.changed(weights=pretrained_weights, freeze=Freeze.HEAD)
 
 
 def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | None) -> RunInfo | None:

@@ -31,7 +31,6 @@ from ..platform.errors import ConfigError, RunError
 from ..platform.io import (
     atomic_write_json,
     atomic_write_text,
-    foreign_zip,
     open_regular,
     parse_json,
     read_json_file,
@@ -43,6 +42,7 @@ from ..platform.process import process_gone, process_start_id
 from ..spec.config import TRAINS, TrainConfig
 from ..spec.records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from ..spec.states import ENDED, WRITTEN, RunState
+from .checkpoint import checkpoint_damage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -547,16 +547,11 @@ def _check_test_outputs(run: RunDir) -> None:
 
 
 def _check_checkpoints(run: RunDir) -> None:
-    # torch.save writes a zip archive holding '<name>/data.pkl'; its directory at the end is cheap to read
-    # without loading tensors, and tells a checkpoint from a cut-short file or some other zip renamed .pt.
     for path in (run.best, run.last):
-        if not path.is_file():
-            continue
-        if not zipfile.is_zipfile(path):
-            raise DamagedRun(path.name, "it is not a PyTorch checkpoint (damaged or cut short)")
-        foreign = foreign_zip(path)
-        if foreign:
-            raise DamagedRun(path.name, f"it is {foreign}, not a PyTorch checkpoint")
+        if path.is_file():
+            damage = checkpoint_damage(path)
+            if damage:
+                raise DamagedRun(path.name, damage)
 
 
 # ----------------------------------------------------------------------------- listing

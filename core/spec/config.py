@@ -7,19 +7,20 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..platform.errors import ConfigError
 from ..platform.io import read_json_file
+from .choices import Augment, Choice, Freeze, Precision, Schedule
 
 DEFAULT_TRAIN_RATIO = 0.6
 DEFAULT_VAL_RATIO = 0.2  # of the training share: the images every choice (checkpoint, stop, temperature) reads
-SCHEDULES = ("none", "step", "cosine")
-AUGMENTATIONS = ("none", "flip", "crop+flip", "letterbox+flips")
+SCHEDULES = Schedule.values()
+AUGMENTATIONS = Augment.values()
 TTA_MODES = {  # test-time augmentation at evaluation and prediction: probabilities averaged over the views
     "flip": "the image and its mirror (2 views)",
     "flip+crops": "the centre and four corner crops, each with its mirror (10 views, torchvision's TenCrop)",
 }
 FREEZE_MODES = {
-    "head": "only the new head trains (the tutorial's fine-tuning)",
-    "last_block": "the body's last stage and the head train",
-    "all": "every layer trains",
+    Freeze.HEAD.value: "only the new head trains (the tutorial's fine-tuning)",
+    Freeze.LAST_BLOCK.value: "the body's last stage and the head train",
+    Freeze.ALL.value: "every layer trains",
 }
 
 # What a person reads about a freeze mode: what trains, never the word "freeze" alone ("freeze all" reads as
@@ -72,9 +73,9 @@ class TrainConfig:
     arch: str = _opt("resnet18", f"architecture: {_arch_names()}")
     head_variant: str | None = _opt(None, "how the head is adapted: replace (default), or for vgg16 add_outside / "
                                           "add_inside", aliases=("--vgg-variant",))
-    freeze: str = _opt("head", "head: only the new head trains (the tutorial's fine-tuning); last_block: the body's "
-                               "last stage and the head train; all: every layer trains",
-                       choices=tuple(FREEZE_MODES), label="freeze mode")
+    freeze: Freeze = _opt(Freeze.HEAD, "head: only the new head trains (the tutorial's fine-tuning); last_block: "
+                                       "the body's last stage and the head train; all: every layer trains",
+                          choices=Freeze.values(), kind=Freeze, label="freeze mode")
     weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
                                flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
     epochs: int = _opt(5, "passes over the training list", low=1, high=10_000, ui=(1, 50))
@@ -86,9 +87,9 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)", low=0.0, high=0.999, ui=(0.0, 0.99))
     weight_decay: float = _opt(0.0, "SGD weight decay", low=0.0, high=1.0)
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (0: none)", low=0.0, high=0.5)
-    schedule: str = _opt("none", "learning-rate schedule: none, step (StepLR: × gamma every step-size epochs, the "
-                                 "PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the epochs)",
-                         choices=SCHEDULES)
+    schedule: Schedule = _opt(Schedule.NONE, "learning-rate schedule: none, step (StepLR: × gamma every step-size "
+                                             "epochs, the PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the "
+                                             "epochs)", choices=SCHEDULES, kind=Schedule)
     step_size: int = _opt(7, "epochs between the step schedule's decays", low=1, high=10_000)
     gamma: float = _opt(0.1, "the step schedule's factor", low=1e-4, high=1.0)
     patience: int = _opt(0, "stop early after this many epochs without a better validation accuracy (0: never)",
@@ -108,17 +109,18 @@ class TrainConfig:
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     flip: bool = _opt(False, "random horizontal flip while training (needs the full forward pass); "
                              "the same as --augment flip")
-    augment: str = _opt("none", "augmentation preset while training: none, flip, crop+flip (the PyTorch tutorial's "
-                                "RandomResizedCrop + horizontal flip) or letterbox+flips (the recipe's letterbox with "
-                                "horizontal and vertical flips); any but none needs the full forward pass",
-                        choices=AUGMENTATIONS, label="augmentation")
+    augment: Augment = _opt(Augment.NONE, "augmentation preset while training: none, flip, crop+flip (the PyTorch "
+                                          "tutorial's RandomResizedCrop + horizontal flip) or letterbox+flips (the "
+                                          "recipe's letterbox with horizontal and vertical flips); any but none "
+                                          "needs the full forward pass",
+                            choices=AUGMENTATIONS, kind=Augment, label="augmentation")
     letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
                                   "resize + centre crop")
     feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
                                      "features once (same result, much faster)")
-    precision: str = _opt("fp32", "the frozen feature pass's arithmetic: fp32, or bf16 (fast, approximate: "
-                                  "logits differ by up to about 0.4; the benchmark prints its effect on accuracy)",
-                          choices=("fp32", "bf16"))
+    precision: Precision = _opt(Precision.FP32, "the frozen feature pass's arithmetic: fp32, or bf16 (fast, "
+                                                "approximate: logits differ by up to about 0.4; the benchmark prints "
+                                                "its effect on accuracy)", choices=Precision.values(), kind=Precision)
     log_every: int = _opt(10, "a loss line every this many batches", low=1, high=10**9)
     processes: int = _opt(1, "training processes (the app starts them with torchrun; on the command line, "
                              "run torchrun yourself): on CUDA one per GPU", flag="", low=1, high=1024)
@@ -137,6 +139,10 @@ class TrainConfig:
     MAX_EXCLUDED = 1_000_000
 
     def __post_init__(self):
+        for f in fields(self):  # a choice given as its string (JSON, flags, widgets) becomes its enum member
+            kind, value = f.metadata.get("kind"), getattr(self, f.name)
+            if kind is not None and not isinstance(value, kind) and value in kind.values():
+                setattr(self, f.name, kind(value))
         if isinstance(self.exclude, list):  # read back from JSON
             self.exclude = tuple(self.exclude)
         if isinstance(self.keep_together, list) and all(isinstance(g, (list, tuple)) for g in self.keep_together):
@@ -189,9 +195,9 @@ class TrainConfig:
         return (self.data_root is None) != (self.lists_dir is None)
 
     @property
-    def augmentation(self) -> str:
+    def augmentation(self) -> Augment:
         """The preset in effect (``flip`` is the older spelling of ``augment flip``)."""
-        return "flip" if self.flip else self.augment
+        return Augment.FLIP if self.flip else self.augment
 
     @property
     def uses_letterbox(self) -> bool:
@@ -207,9 +213,14 @@ class TrainConfig:
         """The body starts from a weights file (False: random initialisation, training from scratch)."""
         return self.weights is not None
 
-
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON values (a checkpoint loads them with ``weights_only``, which knows no enums)."""
+        return {k: v.value if isinstance(v, Choice) else v for k, v in asdict(self).items()}
+
+    def changed(self, **changes) -> TrainConfig:
+        """This config with ``changes`` (checked like any config): the one way a config is derived from another
+        (the from-scratch twin, the head search's best settings, a resumed run's)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -225,3 +236,26 @@ class TrainConfig:
             return cls.from_dict(read_json_file(path))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"could not read config '{path}': {exc}") from None
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a visitor chose on the pages, which the pages share (and keep in the URL): the data and its split, the
+    architecture, where the weights come from, the fine-tune mode and the letterbox."""
+    data_root: str | None = None
+    train_ratio: float = DEFAULT_TRAIN_RATIO
+    val_ratio: float = DEFAULT_VAL_RATIO
+    seed: int = 0
+    arch: str | None = None  # None: the app's rule (resnet18 with its weights here, else the offline one)
+    head_variant: str | None = None
+    weights_mode: str = "pretrained"  # or "none" (from scratch); core.models.weights names both
+    weights_file: str = ""
+    freeze: str = Freeze.HEAD.value
+    letterbox: bool = False
+
+    def config(self, *, arch: str, weights: str | None, data_root: str | None, **settings) -> TrainConfig:
+        """A run's config from these choices and the page's other ``settings``: the one way a page makes one (the
+        Training page's Start, the Check page's run without the suspects)."""
+        return TrainConfig(**{"arch": arch, "head_variant": self.head_variant, "weights": weights,
+                              "freeze": self.freeze, "train_ratio": self.train_ratio, "val_ratio": self.val_ratio,
+                              "seed": self.seed, "letterbox": self.letterbox, "data_root": data_root, **settings})

@@ -6,14 +6,7 @@ files written before these types existed read the same.
 """
 from __future__ import annotations
 
-from enum import Enum
-
-
-class _Named(str, Enum):
-    def __str__(self) -> str:  # "completed", not "RunState.COMPLETED", in f-strings and messages
-        return self.value
-
-    __format__ = str.__format__
+from .choices import Choice as _Named
 
 
 class RunState(_Named):

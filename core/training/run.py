@@ -17,6 +17,7 @@ from typing import Iterator
 from ..platform.distributed import SINGLE, Terminated, World, barrier
 from ..platform.errors import RunError, UserError
 from ..platform.io import append_jsonl, atomic_write_text, read_tail_text
+from ..runs.checkpoint import Checkpoint, read_checkpoint
 from ..runs.rundir import (
     Heartbeat,
     RunDir,
@@ -64,7 +65,6 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     """Check that ``run`` can go on from its last checkpoint, and claim it (one resume at a time); RunError
     saying why not, with the run left as it was. ``claimed``: the app checked and claimed it before starting
     this worker (whose status says 'starting' by now), so only the checkpoint is read again."""
-    from ..inference.predict import _read_checkpoint
     from ..runs.rundir import read_run
     from .train import run_inputs
 
@@ -78,9 +78,9 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
             raise RunError(f"the run is {info.status}; only a stopped or failed run can be resumed")
     if not run.last.is_file():
         raise RunError("nothing to resume from: the run stopped before its first epoch ended; start it again")
-    checkpoint = _read_checkpoint(run.last)
-    stored = checkpoint.get("inputs")
-    if not isinstance(stored, dict) or not isinstance(checkpoint.get("epoch"), int) or "rng" not in checkpoint:
+    checkpoint = read_checkpoint(run.last)
+    stored = checkpoint.inputs
+    if not isinstance(stored, dict) or checkpoint.epoch is None or checkpoint.rng is None:
         raise RunError(f"{run.last.name} was written before runs could be resumed (or is not this tool's); start "
                        "the run again")
     now = run_inputs(run)
@@ -89,7 +89,7 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
         raise RunError(f"the run's {', '.join(changed)} changed since its last checkpoint; resuming would train "
                        "something else than it started. Start a new run instead")
     records = read_records(run)
-    if checkpoint["epoch"] >= load_config(run).epochs:
+    if checkpoint.epoch >= load_config(run).epochs:
         raise RunError("nothing to resume: the checkpoint is of the last epoch")
     problem = _unresumable(checkpoint, run)
     if problem:
@@ -102,10 +102,10 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
         own_resume_claim(run, attempt)
     elif not claim_resume(run, attempt):
         raise RunError("another resume of this run has started; follow that one")
-    return ResumePoint(checkpoint, [e for e in records.epochs if e.epoch <= checkpoint["epoch"]])
+    return ResumePoint(checkpoint, [e for e in records.epochs if e.epoch <= checkpoint.epoch])
 
 
-def _unresumable(checkpoint: dict, run: RunDir) -> str:
+def _unresumable(checkpoint: Checkpoint, run: RunDir) -> str:
     """What in ``checkpoint`` would fail or mislead once training went on from it (a forged or foreign file):
     the epoch, the optimizer's and the schedule's state, the random state, the class list and every tensor of
     the model, checked against the run's own config and lists before anything starts; "" when it fits."""
@@ -115,22 +115,22 @@ def _unresumable(checkpoint: dict, run: RunDir) -> str:
     from ..models.surgery import adapt_model
 
     cfg = load_config(run)
-    epoch = checkpoint["epoch"]
+    epoch = checkpoint.epoch or 0
     if not 1 <= epoch < cfg.epochs:
         return f"its epoch {epoch} is not one of the run's epochs 1 to {cfg.epochs - 1}"
-    optimizer = checkpoint.get("optimizer")
+    optimizer = checkpoint.optimizer
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
             and isinstance(optimizer.get("param_groups"), list)):
         return "it holds no optimizer state"
-    if not (checkpoint.get("scheduler") is None or isinstance(checkpoint.get("scheduler"), dict)):
+    if not (checkpoint.scheduler is None or isinstance(checkpoint.scheduler, dict)):
         return "its schedule state is not one"
-    rng = checkpoint.get("rng")
+    rng = checkpoint.rng
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
         return "its random state is not torch's"
     classes = read_split(run.lists).classes
-    if checkpoint.get("classes") != classes:
+    if checkpoint.classes != classes:
         return f"its classes are not the run's {len(classes)}"
-    model = checkpoint.get("model")
+    model = checkpoint.model
     expected, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze=cfg.freeze)
     shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
     if not isinstance(model, dict) or set(model) != set(shapes):

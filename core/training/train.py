@@ -58,6 +58,7 @@ from ..platform.io import (
     atomic_write_text,
     read_regular_bytes,
 )
+from ..runs.checkpoint import Checkpoint, write_checkpoint
 from ..runs.rundir import RunDir
 from ..spec.archs import get_arch
 from ..spec.config import TrainConfig
@@ -468,12 +469,13 @@ class Checkpointer:
         atomic_torch_save(self.s.model.state_dict(), self.s.run.plain_state_dict(self.s.cfg.arch))
 
     def _save(self, path: Path, record: Epoch, calibration: dict | None) -> None:
-        atomic_torch_save({"model": self.s.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                           "epoch": record.epoch, "classes": self.s.split.classes, "config": self.s.cfg.to_dict(),
-                           "metrics": record.to_json(), **(calibration or {}),
-                           # what a resume needs to go on exactly as if it had never stopped
-                           "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
-                           "rng": torch.get_rng_state(), "inputs": run_inputs(self.s.run)}, path)
+        write_checkpoint(path, Checkpoint(
+            self.s.model.state_dict(), record.epoch, list(self.s.split.classes), self.s.cfg.to_dict(),
+            record.to_json(), **(calibration or {}),
+            # what a resume needs to go on exactly as if it had never stopped
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict() if self.schedule is not None else None,
+            rng=torch.get_rng_state(), inputs=run_inputs(self.s.run)))
 
 
 def epoch_temperature(result: EvalResult) -> dict | None:
@@ -555,21 +557,21 @@ def run_inputs(run: RunDir) -> dict[str, str]:
 @dataclass
 class ResumePoint:
     """Where a stopped or failed run goes on: its last checkpoint and the epochs recorded before it."""
-    checkpoint: dict
+    checkpoint: Checkpoint  # checked by training.run.resume_point: an epoch, optimizer state and rng are there
     history: list[Epoch]
 
     @property
     def epoch(self) -> int:
-        return int(self.checkpoint["epoch"])
+        return int(self.checkpoint.epoch or 0)
 
     def restore(self, s: Setup, optimizer, schedule, checkpointer: "Checkpointer") -> None:
         """Model, optimizer, schedule, RNG and the best so far as they were after ``epoch``."""
-        s.model.load_state_dict(self.checkpoint["model"])
-        optimizer.load_state_dict(self.checkpoint["optimizer"])
-        if schedule is not None and self.checkpoint.get("scheduler") is not None:
-            schedule.load_state_dict(self.checkpoint["scheduler"])
+        s.model.load_state_dict(self.checkpoint.model)
+        optimizer.load_state_dict(self.checkpoint.optimizer)
+        if schedule is not None and self.checkpoint.scheduler is not None:
+            schedule.load_state_dict(self.checkpoint.scheduler)
             schedule.step()  # the checkpoint was written before that epoch's step
-        torch.set_rng_state(self.checkpoint["rng"])
+        torch.set_rng_state(self.checkpoint.rng)
         checkpointer.replay(self.history)
 
 

@@ -61,7 +61,7 @@ class TuneResult:
 
     def apply(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with the best settings, saying where they came from."""
-        return TrainConfig.from_dict({**cfg.to_dict(), **self.best, "tuned_by": self.describe()})
+        return cfg.changed(**self.best, tuned_by=self.describe())
 
     def to_json(self) -> dict:
         return {**asdict(self), "tuned_by": self.describe()}
