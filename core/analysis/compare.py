@@ -66,7 +66,7 @@ def compare_runs(a_dir: str | os.PathLike, b_dir: str | os.PathLike) -> Comparis
                                       "figure is optimistic")
     if records_a.test is None or records_b.test is None:
         return Comparison(True, None, "one of them has no test figures yet (still training, or test not evaluated)")
-    n = records_a.start.test_size
+    n = records_a.start.test_size if records_a.start else 0
     try:
         right_a, right_b = _right_answers(a_dir, n), _right_answers(b_dir, n)
     except RunError as exc:

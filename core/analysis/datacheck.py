@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Any, Generator
 
 import numpy as np
 
@@ -207,7 +207,8 @@ class DataReport:
 
 
 # ----------------------------------------------------------------------------- where reports live
-def data_fingerprint(split: Split, arch: str, weights: str | None, also: list[tuple[str, int]] = ()) -> str:
+def data_fingerprint(split: Split, arch: str, weights: str | None,
+                     also: list[tuple[str, int]] | tuple = ()) -> str:
     """Names a check: the images and their labels (whichever side they are on), the architecture and the
     weights file. A run finds the check of its data by it, whatever its split (``also``: images a run left out)."""
     digest = hashlib.sha256(json.dumps([arch, str(weights) if weights else None, split.classes]).encode())
@@ -308,7 +309,7 @@ def _sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def _exact_groups(headers: dict[str, Header]) -> Iterator:
+def _exact_groups(headers: dict[str, Header]) -> Generator[Progress, None, list[list[str]]]:
     """Paths with the same bytes: only files of equal size are hashed. Yields Progress; returns [[path, …]]."""
     by_size: dict[int, list[str]] = defaultdict(list)
     for path, header in headers.items():
@@ -370,7 +371,7 @@ class _Links:
         return members, weakest
 
 
-def _near_pairs(features, threshold: float, links: _Links) -> Iterator:
+def _near_pairs(features, threshold: float, links: _Links) -> Generator[Progress, None, None]:
     """Join every image to its most similar others (cosine ≥ threshold, at most NEIGHBOURS each), computing
     BLOCK_ROWS rows of the similarity matrix at a time. Yields Progress."""
     import torch
@@ -420,7 +421,7 @@ def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, 
 
 # ----------------------------------------------------------------------------- cross-validation
 def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int,
-                    trainable: np.ndarray | None = None) -> Iterator:
+                    trainable: np.ndarray | None = None) -> Generator[Progress, None, tuple]:
     """Out-of-fold class probabilities of a logistic-regression head, and per-fold accuracies of it and of
     k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress.
 
@@ -489,7 +490,7 @@ def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], na
 
 
 # ----------------------------------------------------------------------------- the map
-def _in_thread(fn, *args) -> Iterator:
+def _in_thread(fn, *args) -> Generator[Progress, None, Any]:
     """Run ``fn`` beside the caller, yielding a Progress tick every half second so the page can redraw and
     Stop; returns its result. A stopped caller leaves the thread to finish on its own (its result is dropped)."""
     result: dict = {}
@@ -626,7 +627,8 @@ def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
     return notes
 
 
-def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], links: _Links) -> Iterator:
+def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], links: _Links
+                   ) -> Generator[Progress, None, None]:
     """Label issues and the baseline, over the classes with enough images for cross-validation."""
     counts = np.bincount([s.label for s in kept], minlength=len(report.classes))
     eligible = [c for c in range(len(report.classes)) if counts[c] >= MIN_PER_CLASS]
@@ -700,6 +702,7 @@ def load_split(data_root: str | None = None, lists_dir: str | None = None, *, tr
         raise DatasetError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
     if data_root is not None:
         return split_dataset(data_root, train_ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots)
+    assert lists_dir is not None
     return read_split(lists_dir)
 
 

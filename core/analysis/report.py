@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Generator
 
 import numpy as np
 
@@ -271,7 +271,7 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
                        images)
     report.chosen_on, report.val_accuracy = records.chosen_on, records.val_acc
     if outputs is not None and len(outputs.index):
-        report.top_losses = sorted(images, key=lambda i: (-i.loss, i.index))[:SHOWN]
+        report.top_losses = sorted(images, key=lambda i: (-(i.loss or 0.0), i.index))[:SHOWN]
         report.least_certain = sorted(images, key=lambda i: (i.margin, i.index))[:SHOWN]
     report.notes += temperature_notes
     report.temperature, report.temperature_epoch = temperature, temperature_epoch
@@ -343,7 +343,7 @@ class TTAProgress:
 
 
 def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str = "auto",
-                 batch_images: int = 4) -> Iterator[TTAProgress]:
+                 batch_images: int = 4) -> Generator[TTAProgress, None, TTAResult]:
     """Accuracy and ECE of the checkpoint prediction uses on the run's test images, plain and with test-time
     augmentation ``mode``, in one pass (the plain view is one of the augmented views). A generator of
     TTAProgress; returns a TTAResult. Runs the model: seconds to minutes on a CPU."""

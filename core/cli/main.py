@@ -19,7 +19,7 @@ from ..jobs.console import print_records
 from ..platform.errors import ConfigError, UserError
 from ..spec.archs import ARCHITECTURES, OFFLINE_ARCH, PREFERRED_ARCH
 from ..spec.config import FREEZE_MODES, TRAINS, TTA_MODES, TrainConfig, field_default, field_range
-from ..spec.records import follow
+from ..spec.records import Final, follow
 from ..spec.states import RunState
 
 EXIT_USER_ERROR = 2
@@ -162,9 +162,13 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-def _drain(stream) -> None:
-    for _ in stream:
-        pass
+def _drain(stream) -> Final | None:
+    """Run a record stream to its end (a rank that prints nothing); its Final record."""
+    final = None
+    for record in stream:
+        if isinstance(record, Final):
+            final = record
+    return final
 
 
 def _train_flag(f: dataclasses.Field) -> str:
@@ -349,7 +353,7 @@ def cmd_predict(args) -> int:
     calibrated = not args.raw and predictor.temperature is not None
     top = predictor.predict(args.image, topk=args.topk, calibrated=calibrated, tta=args.tta)
     note = predictor.transform.tta_note(args.tta)
-    result = {"image": str(args.image), "model": predictor.source,
+    result: dict[str, object] = {"image": str(args.image), "model": predictor.source,
               "probabilities": ("calibrated" if calibrated else "raw") + (f", averaged over {args.tta} views"
                                                                           if args.tta else "")
                                + (f" ({note})" if note else ""),
@@ -418,8 +422,8 @@ def _predict_folder(predictor, args) -> int:
             break
         if sys.stderr.isatty():
             print(f"\rpredicted {done}/{total} images", end="", file=sys.stderr, flush=True)
-    out = io.StringIO(newline="") if args.csv else sys.stdout
-    writer = csv.writer(out)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out if args.csv else sys.stdout)
     writer.writerow(CSV_HEADER)
     writer.writerows(row.csv_fields() for row in rows)
     if args.csv:

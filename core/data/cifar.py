@@ -67,7 +67,10 @@ def _members(archive: Path) -> dict[str, bytes]:
                     if member.size > MAX_MEMBER_BYTES:  # the real batches are 30 MB each
                         raise DatasetError(f"'{archive}' is not the python CIFAR-10 archive: its {name} declares "
                                            f"{member.size:,} bytes, more than any CIFAR-10 batch")
-                    found[name] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+                    extracted = tar.extractfile(member)
+                    if extracted is None:  # isfile() said it is a regular member
+                        continue
+                    found[name] = extracted.read(MAX_MEMBER_BYTES + 1)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DatasetError(f"'{archive}' is not a readable tar.gz archive ({exc})") from None
     missing = sorted(wanted - set(found))

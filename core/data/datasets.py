@@ -30,7 +30,7 @@ class Letterbox:
         scale = self.size / max(img.size)
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
         canvas = Image.new("RGB", (self.size, self.size))
-        canvas.paste(img.resize((w, h), Image.BILINEAR), ((self.size - w) // 2, (self.size - h) // 2))
+        canvas.paste(img.resize((w, h), Image.Resampling.BILINEAR), ((self.size - w) // 2, (self.size - h) // 2))
         return canvas
 
     def __repr__(self) -> str:

@@ -56,7 +56,7 @@ def phone_photo(shape: str, rng: random.Random, size: tuple[int, int] = PHONE_PH
     smoothly (detail at every scale, as in a photo, not per-pixel noise), with a little sensor noise on top.
     For benchmarks and tests of decoding at real photo sizes."""
     width, height = size
-    img = draw_shape(shape, rng, (max(1, width // 4), max(1, height // 4))).resize(size, Image.BICUBIC)
+    img = draw_shape(shape, rng, (max(1, width // 4), max(1, height // 4))).resize(size, Image.Resampling.BICUBIC)
     noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 4, (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 

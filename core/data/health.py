@@ -85,7 +85,7 @@ def read_header(path: str, max_pixels: int | None = None) -> Header | Unreadable
     except PermissionError:
         return Unreadable(path, "cannot be read: permission denied")
     except NotAFile as exc:
-        return Unreadable(path, exc.strerror)
+        return Unreadable(path, exc.strerror or str(exc))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return Unreadable(path, f"damaged header ({str(exc)[:120] or type(exc).__name__})")
 
@@ -150,8 +150,9 @@ class HealthReport:
     @property
     def imbalance(self) -> float | None:
         """Images in the largest class over those in the smallest (None: a class has none)."""
-        totals = [c.total for c in self.classes]
-        return max(totals) / min(totals) if totals and min(totals) else None
+        totals: list[int] = [c.total for c in self.classes]
+        smallest = min(totals, default=0)
+        return max(totals) / smallest if smallest else None
 
 
 SMALL_CLASS = 10  # fewer images than this in a class: its accuracy is a coarse figure, its errors unchecked
@@ -180,8 +181,11 @@ class HealthTally:
     def __init__(self, classes: list[str], input_size: int, skipped: Iterable[Unreadable] = ()):
         self.classes = [ClassHealth(name, i, 0, 0) for i, name in enumerate(classes)]
         self.input_size = input_size
-        self.formats, self.modes = Counter(), Counter()
-        self.sizes, self.small, self.converted = [], [], []
+        self.formats: Counter[str] = Counter()
+        self.modes: Counter[str] = Counter()
+        self.sizes: list[ImageSize] = []
+        self.small: list[Flagged] = []
+        self.converted: list[Flagged] = []
         self.unreadable: list[Unreadable] = list(skipped)
         self.headers: dict[str, Header] = {}  # path -> header of every readable sample
 

@@ -54,12 +54,15 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None, min_side: 
     # 64 megapixels (TLD_MAX_IMAGE_PIXELS) is larger than any camera photo people fine-tune on,
     # and far below what a decompression bomb declares.
     limit = settings().max_image_pixels if max_pixels is None else max_pixels
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
     try:
+        stream: BinaryIO
         if isinstance(source, (str, os.PathLike)):
-            source = open_regular(source)  # a FIFO or a device where an image belongs is refused, never read
-        with source if isinstance(source, io.BufferedReader) else _nothing(), Image.open(source) as img:
+            stream = open_regular(source)  # a FIFO or a device where an image belongs is refused, never read
+        elif isinstance(source, (bytes, bytearray)):
+            stream = io.BytesIO(source)
+        else:
+            stream = source
+        with stream if isinstance(stream, io.BufferedReader) else _nothing(), Image.open(stream) as img:
             width, height = img.size
             if width * height > limit:
                 raise ImageError(
@@ -153,7 +156,7 @@ def plain_jpeg_bytes(path: str | os.PathLike, *, max_pixels: int | None = None, 
             with Image.open(f) as img:  # reads the header only
                 if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size[0] * img.size[1] > limit:
                     return None
-                if dct_scale(*img.size, min_side) > 1:
+                if dct_scale(img.size[0], img.size[1], min_side) > 1:
                     return None
             f.seek(0)
             data = bytearray(f.read())

@@ -228,7 +228,7 @@ def _working_ratio(n: int) -> float:
     return round(ratio, 2)
 
 
-def carve_validation(train: list[tuple[str, int]], classes: list[str], val_ratio: float, seed: int,
+def carve_validation(train: list[tuple[str, int]], classes: list[str] | dict[int, str], val_ratio: float, seed: int,
                      keep_together: list[list[str]] | None = None) -> tuple[list, list, list[str]]:
     """Set ``val_ratio`` of each class's training images aside as validation, after a seeded shuffle (the same
     seed gives the same carve). Returns (train, val, notes). A class with one training image stays in training,
@@ -277,7 +277,8 @@ def find_given_split(root: str | os.PathLike, allowed_roots: Roots = None) -> tu
     (or ``test/``), each holding the class folders (the tutorial's ``val/`` is then the test split); (train,
     test, validation) when it has ``train/``, ``test/`` and ``val/``: read as given."""
     try:
-        parts = {e.name.lower(): e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+        parts = {e.name.lower(): e.path for e in os.scandir(os.fspath(root))
+                 if e.is_dir() and not e.name.startswith(".")}
     except OSError:
         return None
     train = next((parts[n] for n in TRAIN_PART_NAMES if n in parts), None)
@@ -355,7 +356,8 @@ def _deal(paths: list[str], k: int, sides: "_Sides", first: str, second: str) ->
     """The first ``k`` of ``paths`` (already shuffled) to side ``first``, the rest to ``second``; a member of a
     duplicate group goes where its group's first drawn member went, and only those placed on ``first`` count
     towards ``k``."""
-    ones, others = [], []
+    ones: list = []
+    others: list = []
     for path in paths:
         (ones if sides.place(path, first if len(ones) < k else second) == first else others).append(path)
     return ones, others
@@ -477,7 +479,8 @@ EXAMPLES = 5  # entries a message names before "and N more"
 def unusable_entries(samples: list[tuple[str, int]]) -> tuple[int, list[str]]:
     """How many list entries cannot be images (missing, a folder, a FIFO, a device, not readable), and the
     first few as "path (why)". One stat per entry, nothing opened: a FIFO is named, never read."""
-    count, examples = 0, []
+    count = 0
+    examples: list[str] = []
     for path, _ in samples:
         try:
             mode = os.stat(path).st_mode

@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Generator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class _Captured(Exception):
 
 def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, device,
                            batch_size: int = 32, num_workers: int = 0, autocast=nullcontext,
-                           gpu_decode: bool | None = None) -> Iterator[int]:
+                           gpu_decode: bool | None = None) -> Generator[int, None, FeatureSet]:
     """Run the frozen part of the model once over ``samples`` and keep what module ``cut`` receives
     (the head, or the last stage); the forward pass stops there.
 
@@ -141,7 +141,8 @@ class ForwardFromCut:
     STAND_IN = 32
 
     def __init__(self, model: nn.Module, cut: str, fixed_size: int | None = None):
-        self.model, self._stored, self.fixed_size = model, None, fixed_size
+        self.model, self.fixed_size = model, fixed_size
+        self._stored: torch.Tensor | None = None
         model.get_submodule(cut).register_forward_pre_hook(self._substitute)
 
     def _substitute(self, module, args):
@@ -173,7 +174,8 @@ class InputBuffer:
     """One channels_last input tensor on the device, refilled for every batch of the same shape."""
 
     def __init__(self, device: torch.device):
-        self.device, self.tensor = device, None
+        self.device = device
+        self.tensor: torch.Tensor | None = None
 
     def fill(self, images: torch.Tensor) -> torch.Tensor:
         if self.tensor is None or self.tensor.shape != images.shape:
@@ -187,13 +189,16 @@ class _Outputs:
 
     def __init__(self, capacity: int):
         self.capacity, self.n, self.skipped = capacity, 0, 0
-        self.x = self.y = self.i = None
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.i: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor, y: torch.Tensor, i: torch.Tensor) -> None:
         if self.x is None:
             self.x = torch.empty(self.capacity, *x.shape[1:])
             self.y = torch.empty(self.capacity, dtype=torch.long)
             self.i = torch.empty(self.capacity, dtype=torch.long)
+        assert self.y is not None and self.i is not None  # allocated with x
         k = len(y)
         self.x[self.n:self.n + k] = x.float()
         self.y[self.n:self.n + k] = y
@@ -204,6 +209,7 @@ class _Outputs:
         if self.x is None:
             empty = torch.empty(0, dtype=torch.long)
             return FeatureSet(torch.empty(0, 0), empty, empty, self.skipped)
+        assert self.y is not None and self.i is not None  # allocated with x
         # clone: a view of the first n rows would keep the whole allocation alive
         n = self.n
         if n == self.capacity:
@@ -330,7 +336,7 @@ def store_cached_features(cache_dir: Path | None, identity: str, samples: list[t
         folder.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"features": features.features, "labels": features.labels, "indices": features.indices,
                            "skipped": features.skipped, "stamps": stamps}, path)
-        prune_cache(Path(cache_dir) / "features", keep=path)
+        prune_cache(folder.parent, keep=path)
     except (OSError, UserError):
         return False
     return True

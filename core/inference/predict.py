@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..data.datasets import build_transform
+from ..data.datasets import Preprocess, build_transform
 from ..data.images import ImageSource, open_image
 from ..data.split import MAX_CLASSES
 from ..models.surgery import adapt_model
@@ -55,7 +55,7 @@ def read_temperature(run_or_file: str | os.PathLike) -> tuple[float | None, int 
 class Predictor:
     model: torch.nn.Module
     classes: list[str]
-    transform: object
+    transform: Preprocess
     config: TrainConfig
     epoch: int
     source: str
@@ -66,7 +66,7 @@ class Predictor:
                device: str = "auto", fold: bool = True, temperature: float | None = None) -> "Predictor":
         if not 0 < len(classes) <= MAX_CLASSES:  # the class count sizes the head before anything is checked
             raise RunError(f"'{source}' names {len(classes):,} classes; a model here has 1 to {MAX_CLASSES:,}")
-        device = resolve_device(device)  # the GPU when there is one
+        where = resolve_device(device)  # the GPU when there is one
         # weights=None: the state overwrites every tensor, no need to read the pretrained file.
         model, _ = adapt_model(cfg.arch, len(classes), head_variant=cfg.head_variant, freeze="all")
         try:
@@ -79,7 +79,7 @@ class Predictor:
             raise RunError(f"'{source}' does not fit {cfg.arch} with {len(classes)} classes ({first[:200]})") from None
         # Folding BatchNorm pays off over many images (the page keeps its predictor); tracing the model
         # for it costs more than it saves on a single one (the CLI's cold predict).
-        model = inference_copy(model.to(device)) if fold else to_channels_last(model.to(device).eval())
+        model = inference_copy(model.to(where)) if fold else to_channels_last(model.to(where).eval())
         transform = build_transform(get_arch(cfg.arch).transforms(), letterbox=cfg.uses_letterbox)
         return cls(model, classes, transform, cfg, epoch, source, temperature)
 
@@ -193,8 +193,8 @@ def image_files(folder: str | os.PathLike) -> list[str]:
     """Every image under ``folder`` (recursively, hidden files left out), sorted."""
     from ..data.split import IMG_EXTENSIONS, has_file_allowed_extension
 
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(os.fspath(folder)):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, f) for f in sorted(filenames)
                   if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]

@@ -129,8 +129,11 @@ def architecture_choices() -> list[ArchChoice]:
 
 def offline_choices() -> list[str]:
     """The architectures whose weights ship with the app and are installed."""
-    return [name for name, spec in ARCHITECTURES.items()
-            if spec.packaged and spec.packaged.path() and Path(spec.packaged.path()).is_file()]
+    return [name for name, spec in ARCHITECTURES.items() if spec.packaged and _installed(spec.packaged.path())]
+
+
+def _installed(path: str | None) -> bool:
+    return path is not None and Path(path).is_file()
 
 
 def _weights_text(name: str) -> str:

@@ -212,7 +212,8 @@ def trains_in(modules: list[str], parameter: str) -> bool:
 def optimizer_groups(model: nn.Module, head_name: str, lr: float, body_factor: float) -> list[dict]:
     """The trainable parameters in SGD groups: the head at ``lr``, the body's trainable layers at
     ``lr × body_factor`` (fastai's discriminative learning rates: pretrained layers move slower)."""
-    head, body = [], []
+    head: list[nn.Parameter] = []
+    body: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (head if _is_under(name, head_name) else body).append(param)

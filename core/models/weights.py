@@ -58,6 +58,7 @@ def check_finite(state: dict, source: str) -> None:
 def load_state_dict_file(path: str | os.PathLike | bytes, name: str | None = None) -> tuple[dict, list[str]]:
     """Read a state dict (a file, or the bytes of an upload called ``name``) with ``weights_only=True``;
     return it and notes on any unwrapping."""
+    source: io.BytesIO | Path
     if isinstance(path, (bytes, bytearray)):
         source, path = io.BytesIO(path), name or "the uploaded file"
     else:

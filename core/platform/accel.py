@@ -50,7 +50,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         source = node.args[0]
         if (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1
                 and isinstance(modules.get(source.target), nn.Conv2d)):
-            pairs.append((source.target, node.target))
+            pairs.append((str(source.target), str(node.target)))
     return pairs
 
 
@@ -71,7 +71,9 @@ def fold_batchnorm(model: nn.Module) -> int:
     except Exception:  # torch.fx cannot trace every model; unfolded is still correct
         return 0
     for conv_name, bn_name in pairs:
-        _replace(model, conv_name, fuse_conv_bn_eval(model.get_submodule(conv_name), model.get_submodule(bn_name)))
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # as _conv_bn_pairs found them
+        _replace(model, conv_name, fuse_conv_bn_eval(conv, bn))
         _replace(model, bn_name, nn.Identity())
     return len(pairs)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_TRACKED = 10_000  # clients and addresses remembered; the ones with nothing left to count go first
@@ -40,7 +41,7 @@ class GuessLimiter:
     address_spacing_s: float = 3.0
     server_per_minute: int = 30  # guesses compared per minute, all clients together, before spacing
     server_spacing_s: float = 1.0
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     _clients: dict[str, deque] = field(default_factory=dict, repr=False)
     _addresses: dict[str, deque] = field(default_factory=dict, repr=False)
     _server: deque = field(default_factory=deque, repr=False)

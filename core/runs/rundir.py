@@ -61,12 +61,14 @@ class DamagedRun(RunError):
         self.file, self.reason = file, reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunDir:
+    """A run's folder and the name of every file in it."""
+
     path: Path
 
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
+    def __init__(self, path: str | os.PathLike):
+        object.__setattr__(self, "path", Path(path))
 
     config = property(lambda self: self.path / "config.json")
     status_file = property(lambda self: self.path / "status.json")
@@ -265,7 +267,7 @@ def write_status(run: RunDir, state: WorkerState) -> None:
     atomic_write_json(run.status_file, state.to_json())
 
 
-def this_process_state(state: str, phase: str = "", reason: str = "") -> WorkerState:
+def this_process_state(state: RunState, phase: str = "", reason: str = "") -> WorkerState:
     pid = os.getpid()
     return WorkerState(state, pid=pid, phase=phase, reason=reason, pid_start=process_start_id(pid))
 
@@ -653,7 +655,7 @@ def clean_leftovers(run: RunDir, *, dry_run: bool = False) -> list[Leftover]:
     Only ``python -m core runs clean`` calls this: readers never delete. A file is removed only when its name
     records its writer (pid and start time, as status.json does) and that process no longer exists; a file
     whose writer lives, or whose writer cannot be told (written by an older version), is left and listed."""
-    found = []
+    found: list[Leftover] = []
     try:
         entries = [e for e in os.scandir(run.path) if e.name.startswith(".") and e.name.endswith(".tmp")
                    and e.is_file(follow_symlinks=False)]
@@ -673,6 +675,7 @@ def clean_leftovers(run: RunDir, *, dry_run: bool = False) -> list[Leftover]:
                    f"whether process {owner[0]} still runs cannot be told here")
             found.append(Leftover(Path(entry.path), size, False, False, why))
             continue
+        assert owner is not None  # a gone writer is one whose name recorded it
         why = f"process {owner[0]}, which was writing it, has ended"
         if not dry_run:
             try:
@@ -698,6 +701,7 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         return RunInfo(run.path, RunState.DAMAGED, contents.damage, contents.config, started=started)
     status, reason = read_status(run)
     records = contents.records
+    assert records is not None  # undamaged contents hold the records
     start = records.start
     return RunInfo(run.path, status, reason, contents.config, records.val_acc, records.test_acc, records.test_n,
                    records.chosen_on, len(records.epochs), start.time if start else started,

@@ -71,8 +71,11 @@ class Weights(Protocol):
     """What the table needs of a weights description: torchvision's Weights enum members fit it,
     and so does PackagedWeights."""
 
-    url: str | None
-    meta: dict
+    @property
+    def url(self) -> str | None: ...
+
+    @property
+    def meta(self) -> dict: ...
 
     def transforms(self): ...
 
@@ -159,10 +162,20 @@ def _set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _linear(model: nn.Module, head: str) -> nn.Linear:
+    """The head module of the table's entry: a Linear layer, or the table is wrong (said, not crashed on later)."""
+    from torch import nn
+
+    module = model.get_submodule(head)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"the architecture table names '{head}' as the head, but it is a {type(module).__name__}")
+    return module
+
+
 def replace_head(model: nn.Module, head: str, num_classes: int) -> HeadChange:
     from torch import nn
 
-    old = model.get_submodule(head)
+    old = _linear(model, head)
     new = nn.Linear(old.in_features, num_classes)
     _set_submodule(model, head, new)
     return HeadChange("replaced", head, _linear_text(old), _linear_text(new), old.in_features,
@@ -176,12 +189,13 @@ def _apply_added_linear(module, inputs, output):
 def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
     from torch import nn
 
-    old = model.get_submodule(head)
-    model.add_module("add_Linear", nn.Linear(old.out_features, num_classes))
+    old = _linear(model, head)
+    added = nn.Linear(old.out_features, num_classes)
+    model.add_module("add_Linear", added)
     # torchvision's VGG.forward never calls a module added with add_module, so without this
     # hook the model would still give 1000 outputs and the new layer would never train.
     model.register_forward_hook(_apply_added_linear)
-    return HeadChange("appended", "add_Linear", _linear_text(old), _linear_text(model.add_Linear),
+    return HeadChange("appended", "add_Linear", _linear_text(old), _linear_text(added),
                       old.out_features, num_classes, [],
                       "add_Linear sits outside the classifier; VGG.forward ignores such modules, "
                       "so a forward hook feeds it the classifier's 1000 outputs.")
@@ -190,12 +204,13 @@ def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadCh
 def append_head_inside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
     from torch import nn
 
-    old = model.get_submodule(head)
+    old = _linear(model, head)
     container_name = head.rpartition(".")[0]
     container = model.get_submodule(container_name)
-    container.add_module("add_Linear", nn.Linear(old.out_features, num_classes))
+    added = nn.Linear(old.out_features, num_classes)
+    container.add_module("add_Linear", added)
     new_name = f"{container_name}.add_Linear"
-    return HeadChange("appended", new_name, _linear_text(old), _linear_text(container.add_Linear),
+    return HeadChange("appended", new_name, _linear_text(old), _linear_text(added),
                       old.out_features, num_classes, [],
                       f"add_Linear is appended inside {container_name}, after the original "
                       f"{old.out_features}-way layer, which stays (it is not replaced).")

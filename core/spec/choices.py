@@ -16,7 +16,7 @@ class Choice(str, Enum):
     def __str__(self) -> str:  # "head", not "Freeze.HEAD", in f-strings and messages
         return self.value
 
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]  # formats as its value, like a str
 
     @classmethod
     def values(cls) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ import dataclasses
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar, Union
+from enum import Enum
+from typing import Any, ClassVar, TypeVar, Union
 
 from .states import Phase, RunState
 
@@ -40,7 +41,7 @@ class Prediction:
         return dataclasses.asdict(self)
 
 
-def _coerce(record, name: str, kind: type) -> None:
+def _coerce(record, name: str, kind: type[Enum]) -> None:
     """A field read from JSON as a plain string becomes its enum; a value that is none of them does not fit."""
     try:
         object.__setattr__(record, name, kind(getattr(record, name)))
@@ -284,7 +285,6 @@ class Final(_Record):
         return super().from_json(data)
 
 
-Record = Union[Start, Progress, Features, Batch, Epoch, Test, Final]
 @dataclass(frozen=True)
 class Resumed(_Record):
     """A stopped or failed run continues here, from the checkpoint of ``after_epoch``; the records before it
@@ -294,7 +294,10 @@ class Resumed(_Record):
     time: float
 
 
-KINDS: dict[str, type] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Test, Final, Resumed)}
+Record = Union[Start, Progress, Features, Batch, Epoch, Test, Final, Resumed]
+
+
+KINDS: dict[str, Any] = {k.type: k for k in (Start, Progress, Features, Batch, Epoch, Test, Final, Resumed)}
 CHOSEN_ON_TEST = "test split (older run)"  # runs from before the validation split chose their epoch on test
 
 
@@ -386,7 +389,7 @@ class Records:
         its kept (best-on-test) epoch's, which ``chosen_on`` marks."""
         if self.test is not None:
             return self.test.acc
-        if self.chosen_on == CHOSEN_ON_TEST:
+        if self.chosen_on == CHOSEN_ON_TEST and self.chosen is not None:
             return self.chosen.test_acc
         return None
 
@@ -394,7 +397,7 @@ class Records:
     def test_n(self) -> int:
         if self.test is not None:
             return self.test.tested
-        return self.chosen.tested if self.chosen_on == CHOSEN_ON_TEST else 0
+        return self.chosen.tested if self.chosen_on == CHOSEN_ON_TEST and self.chosen is not None else 0
 
     @property
     def best_epoch(self) -> int | None:

@@ -66,7 +66,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     if total == 0:
         raise ValueError("the calibration error needs at least one image")
     return float(sum(b.count / total * abs(b.accuracy - b.confidence) for b in reliability(probs, labels, bins)
-                     if b.count))
+                     if b.accuracy is not None and b.confidence is not None))
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from ..data.datasets import ListDataset, collate_skipping_unreadable
 from ..features.extractor import FeatureExtractor, empty_features, prepare_decoding
@@ -31,7 +32,7 @@ class FeaturePath:
     forward: Callable[[torch.Tensor], torch.Tensor]
     train_loader: DataLoader | DeviceBatches
     test_loader: DataLoader | DeviceBatches
-    sampler: "EpochShuffle"
+    sampler: "EpochShuffle | DistributedSampler"  # the order of an epoch (set_epoch before each)
     fixed_skips: int  # unreadable images left out once, when the features were computed
     world: World = SINGLE  # ranks whose figures add up (the full forward path under torchrun); else one
     test_positions: torch.Tensor | None = None  # this rank's test images, as positions in the test list
@@ -133,11 +134,11 @@ def _distributed_full_path(s: Setup) -> FeaturePath:
     """Each rank trains on its share (DistributedSampler, padded to equal length) through DDP, and tests
     its share of the test list (not padded: every test image counted once, the figures summed)."""
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data.distributed import DistributedSampler
 
     cfg, split = s.cfg, s.split
     train_set = ListDataset(split.train, s.train_tf)
-    sampler = DistributedSampler(train_set, num_replicas=s.world.size, rank=s.world.rank, shuffle=True, seed=cfg.seed)
+    sampler: DistributedSampler = DistributedSampler(train_set, num_replicas=s.world.size, rank=s.world.rank,
+                                                     shuffle=True, seed=cfg.seed)
     forward = s.model
     if s.report.trainable_count:
         forward = DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)

@@ -181,11 +181,12 @@ def find_lr(cfg: TrainConfig, *, cache_dir: str | Path | None = None, start_lr: 
     if not any(p.requires_grad for p in model.parameters()):
         raise RunError("nothing trains in this configuration, so there is no learning rate to find")
     on_features = FeatureExtractor.may_train_on_features(cfg)
-    forward, loader = yield from _training_batches(cfg, extractor, train, stop) if on_features else (
-        model, image_loader(ListDataset(train, training_transform(get_arch(cfg.arch).transforms(), cfg.augmentation,
-                                                                  letterbox=cfg.uses_letterbox)),
-                             cfg.batch_size, device, sampler=EpochShuffle(len(train), cfg.seed),
-                             workers=extractor.workers))
+    if on_features:
+        forward, loader = yield from _training_batches(cfg, extractor, train, stop)
+    else:  # the full forward pass over the training images, augmented as the run would
+        transform = training_transform(get_arch(cfg.arch).transforms(), cfg.augmentation, letterbox=cfg.uses_letterbox)
+        forward, loader = model, image_loader(ListDataset(train, transform), cfg.batch_size, device,
+                                              sampler=EpochShuffle(len(train), cfg.seed), workers=extractor.workers)
     body_factor = cfg.body_lr_factor if cfg.pretrained else 1.0
     optimizer = SGD(optimizer_groups(model, extractor.head_name, cfg.lr, body_factor), lr=cfg.lr,
                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -164,7 +164,8 @@ def run_training(run_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     cfg = load_config(run)
     # a resumed run's summary covers all its epochs: the records before the resume count, their final does not
     emitted: list[Record] = [r for r in read_records(run).items if not isinstance(r, Final)] if resume else []
-    events = TensorBoardLog(run.path, cfg.to_dict(), emitted[0] if emitted else None)  # best-effort
+    first = emitted[0] if emitted else None
+    events = TensorBoardLog(run.path, cfg.to_dict(), first if isinstance(first, Start) else None)  # best-effort
     t0 = time.time()
     with Heartbeat(run) as heartbeat:
         heartbeat.set_phase("setting up")

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..data.datasets import Preprocess
 from ..data.split import Split
 from ..models.surgery import SurgeryReport
 from ..platform.distributed import SINGLE, World, total
@@ -30,8 +31,8 @@ class Setup:
     split: Split
     model: nn.Module
     report: SurgeryReport
-    eval_tf: object
-    train_tf: object
+    eval_tf: Preprocess
+    train_tf: Preprocess
     autocast: Callable
     use_cache: bool
     threads: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..spec.records import Batch, Epoch, Final, Record, Resumed, Start
 
@@ -32,7 +33,7 @@ class TensorBoardLog:
 
     def __init__(self, folder: str | Path, config: dict, start: Start | None = None):
         self.folder, self.config = Path(folder), config
-        self.writer = None
+        self.writer: Any = None  # a SummaryWriter from the run's first record on
         self.failed = False
         self.batches_per_epoch = start.batches_per_epoch if isinstance(start, Start) else 1
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -163,6 +164,7 @@ def training_list(cfg: TrainConfig, allowed_roots=None) -> tuple[list[tuple[str,
                               allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
         train, classes = split.train, split.classes
     else:
+        assert cfg.lists_dir is not None  # a config names one or the other (TrainConfig checks it)
         split = read_split(cfg.lists_dir)
         train, classes = split.train, split.classes
         if not split.has_val_list and cfg.val_ratio > 0:
@@ -193,6 +195,7 @@ def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
                               allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
         write_split(split, run.lists, overwrite=True)
     else:
+        assert cfg.lists_dir is not None  # a config names one or the other (TrainConfig checks it)
         given = read_split(cfg.lists_dir)  # validates before copying
         run.lists.mkdir(parents=True, exist_ok=True)
         for name in LIST_FILES:
@@ -289,7 +292,8 @@ def _finite_or_stop(loss_sum: torch.Tensor, epoch: int, batch: int, world: World
     return value
 
 
-def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: int) -> Iterator[Batch]:
+def train_one_epoch(s: Setup, path: FeaturePath, optimizer, criterion, epoch: int
+                    ) -> Generator[Batch, None, EpochTotals]:
     """Yield Batch records; return the epoch's totals (``totals = yield from train_one_epoch(…)``).
 
     The loss is summed on the device and read back once per logging step and once at the end, not
@@ -384,7 +388,7 @@ class EvalAccumulator:
                           None if logits is None else logits[torch.tensor(order, dtype=torch.long)])
 
 
-def evaluate(s: Setup, path: FeaturePath, epoch: int, split: str = "test") -> Iterator[Progress]:
+def evaluate(s: Setup, path: FeaturePath, epoch: int, split: str = "test") -> Generator[Progress, None, EvalResult]:
     """Loss averaged per sample, accuracy, per-class accuracy, confusion matrix and predictions of ``split``
     ("val" or "test").
 
@@ -481,12 +485,14 @@ class Checkpointer:
 def epoch_temperature(result: EvalResult) -> dict | None:
     """The temperature that calibrates this epoch's model, fitted on its validation logits (so the report
     judges it on test images it never saw), as the checkpoint keeps it; None without logits."""
+    import numpy as np
+
     from .calibration import fit_temperature
 
     if result.logits is None or not len(result.predictions):
         return None
     labels = [p.label for p in result.predictions]
-    return {"temperature": fit_temperature(result.logits.numpy(), labels),
+    return {"temperature": fit_temperature(result.logits.numpy(), np.asarray(labels)),
             "temperature_fitted_on": f"the {count(len(labels), 'validation image')}' logits"}
 
 
@@ -498,7 +504,7 @@ def write_test_predictions(s: Setup, epoch: int, result: EvalResult) -> None:
     atomic_write_json(s.run.predictions, [{**p.to_json(), "path": test[p.index][0]} for p in result.predictions])
 
 
-def test_record(epoch: int, chosen_by: str, loss, acc, tested: int, per_class_acc: list, confusion: list,
+def test_record(epoch: int, chosen_by: str, loss, acc, tested: int, per_class_acc: list, confusion: dict | list,
                 skipped: int = 0, val_acc: float | None = None) -> Test:
     interval = accuracy_of(acc, tested)
     return Test(epoch=epoch, chosen_by=chosen_by, loss=loss, acc=acc, tested=tested,
@@ -617,9 +623,9 @@ def _epochs(s: Setup, path: FeaturePath, optimizer, schedule, criterion, checkpo
                            "unreadable: empty, not images, or damaged); check the data folder")
         s.model.eval()
         result = yield from evaluate(s, path, epoch, split)
-        figures = (dict(val_loss=result.loss, val_acc=result.acc, test_loss=None, test_acc=None,
-                        evaluated=VALIDATION) if s.selects else
-                   dict(test_loss=result.loss, test_acc=result.acc, evaluated=TEST))
+        figures: dict[str, Any] = (dict(val_loss=result.loss, val_acc=result.acc, test_loss=None, test_acc=None,
+                                         evaluated=VALIDATION) if s.selects else
+                                    dict(test_loss=result.loss, test_acc=result.acc, evaluated=TEST))
         record = Epoch(epoch=epoch, train_loss=totals.loss, **figures,
                        per_class_acc=result.per_class_acc, confusion=result.confusion, tested=result.tested,
                        skipped_images=totals.skipped + result.skipped + path.fixed_skips,

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Generator
 
 import numpy as np
 import torch
@@ -97,6 +97,7 @@ def training_images(cfg: TrainConfig) -> tuple[list[tuple[str, int]], list[str]]
     if cfg.lists_dir:
         train, classes = read_training_list(cfg.lists_dir)
     else:
+        assert cfg.data_root is not None  # a config names one or the other (TrainConfig checks it)
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
                               keep_together=[list(g) for g in cfg.keep_together])
         train, classes = split.train + split.val, split.classes  # cross-validated on train + validation
@@ -153,7 +154,7 @@ def _folds(labels: np.ndarray, seed: int) -> tuple[list, str | None]:
 
 
 def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: int = 50, seed: int = 0,
-              stop=lambda: None, lr_centre: float | None = None) -> Iterator:
+              stop=lambda: None, lr_centre: float | None = None) -> Generator[Progress, None, TuneResult]:
     """Search the head's settings for the run ``cfg`` describes. A generator of Progress records (the feature
     pass when the cache lacks it, then one per trial); returns a TuneResult.
 
