@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar, Union
 from .states import Phase, RunState
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class RecordError(ValueError):
@@ -329,8 +330,12 @@ class Records:
     @property
     def final(self) -> Final | None:
         """The run's end; None while it trains (a resumed run's earlier final no longer holds)."""
+        return self._since_resume(Final)
+
+    def _since_resume(self, kind: type[R]) -> R | None:
+        """The newest record of ``kind`` written since the run last resumed (a resume measures again)."""
         for record in reversed(self.items):
-            if isinstance(record, Final):
+            if isinstance(record, kind):
                 return record
             if isinstance(record, Resumed):
                 return None
@@ -356,12 +361,7 @@ class Records:
     @property
     def test(self) -> Test | None:
         """The test figures of the run's kept model; None until measured (a resume measures again at its end)."""
-        for record in reversed(self.items):
-            if isinstance(record, Test):
-                return record
-            if isinstance(record, Resumed):
-                return None
-        return None
+        return self._since_resume(Test)
 
     @property
     def chosen(self) -> Epoch | None:
