@@ -29,7 +29,9 @@ def _imports(path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            candidates = [target] + [f"{target}.{a.name}" for a in node.names]
+            submodules = [f"{target}.{a.name}" for a in node.names if _exists(f"{target}.{a.name}")]
+            # ``from . import a, b`` imports the submodules a and b, not the package; ``from .x import name`` imports x
+            candidates = submodules if len(submodules) == len(node.names) else [target, *submodules]
         elif isinstance(node, ast.Import):
             candidates = [a.name for a in node.names]
         else:
