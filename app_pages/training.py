@@ -59,7 +59,7 @@ from core.platform.accel import plan_threads
 from core.platform.errors import UserError
 from core.platform.figures import pct
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
-from core.runs.rundir import RunDir, find_run, list_runs, load_config, read_records, read_run
+from core.runs.rundir import RunDir, RunInfo, find_run, list_runs, load_config, read_records, read_run
 from core.spec.archs import ARCHITECTURES
 from core.spec.config import (
     AUGMENTATIONS,
@@ -71,7 +71,7 @@ from core.spec.config import (
     TrainConfig,
     field_range,
 )
-from core.spec.records import Features, Progress
+from core.spec.records import Features, Progress, Records, Start
 from core.spec.states import RunState
 from core.training.lr_find import find_lr
 from core.training.tune import tune_head
@@ -356,13 +356,44 @@ def render_skipped(start_record, records) -> None:
         st.warning(line[:1].upper() + line[1:] + ".")
 
 
+def _run_facts(info: RunInfo, start: Start, records: Records) -> None:
+    """What the run trains on and how: device, path, images, parameters, weights, validation, skipped images."""
+    st.caption(f"Device: **{start.device_name}** · path: {start.feature_path} · "
+               f"{start.train_size:,} train / {start.val_size:,} validation / {start.test_size:,} test images · "
+               f"{start.trainable_params:,} trainable parameters · weights: "
+               f"{Path(start.weights).name if start.weights else 'random initialisation'}")
+    if start.validation:
+        st.caption(f"Validation: {start.validation}.")
+    else:
+        st.caption("An older run: it chose its kept epoch on the test split, so its test figure is optimistic.")
+    render_skipped(start, records)
+    if info.config is not None and info.config.tuned_by:
+        st.caption(f"Settings from a {info.config.tuned_by}.")
+    if start.class_weights:
+        weights = [f"{c} {w:.2f}" for c, w in zip(start.classes, start.class_weights)]
+        st.caption("Class-weighted loss: " + ", ".join(weights[:SHOWN_CLASSES])
+                   + (f", and {len(weights) - SHOWN_CLASSES:,} more" if len(weights) > SHOWN_CLASSES else ""))
+
+
+def _cancel_or_stop(info: RunInfo, run_path: Path) -> None:
+    if info.status is RunState.QUEUED:
+        if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):
+            if not cancel(run_path):
+                request_stop(run_path)  # it started in the meantime
+            st.rerun()
+    elif info.active and st.button("Stop", key="tr_stop", help="Ends training within a couple of seconds, in any "
+                                   "phase, then measures the kept epoch once on the test split (with progress); "
+                                   "a second Stop skips that test pass."):
+        request_stop(run_path)
+        st.toast("Stop requested")
+
+
 def live_view(run_path: Path, was_running: bool) -> None:
     info = read_run(run_path)
     if info.status is RunState.DAMAGED:
         st.error(f"This run is damaged and cannot be followed: {info.reason}")
         return
     records = read_records(run_path)
-    start_record = records.start
     head = st.columns([3, 1])
     with head[0]:
         fraction, text = run_progress(records, setup_phase=info.reason)
@@ -370,35 +401,10 @@ def live_view(run_path: Path, was_running: bool) -> None:
             st.progress(fraction, text=f"**{info.status}** · {text}{_time_left(run_path, records)}")
         else:
             st.progress(1.0 if info.status is RunState.COMPLETED else fraction, text=f"**{info.status}**")
-        if start_record:
-            st.caption(f"Device: **{start_record.device_name}** · path: {start_record.feature_path} · "
-                       f"{start_record.train_size:,} train / {start_record.val_size:,} validation / "
-                       f"{start_record.test_size:,} test images · "
-                       f"{start_record.trainable_params:,} trainable parameters · weights: "
-                       f"{Path(start_record.weights).name if start_record.weights else 'random initialisation'}")
-            if start_record.validation:
-                st.caption(f"Validation: {start_record.validation}.")
-            else:
-                st.caption("An older run: it chose its kept epoch on the test split, so its test figure is "
-                           "optimistic.")
-            render_skipped(start_record, records)
-            if info.config is not None and info.config.tuned_by:
-                st.caption(f"Settings from a {info.config.tuned_by}.")
-            if start_record.class_weights:
-                weights = [f"{c} {w:.2f}" for c, w in zip(start_record.classes, start_record.class_weights)]
-                st.caption("Class-weighted loss: " + ", ".join(weights[:SHOWN_CLASSES])
-                           + (f", and {len(weights) - SHOWN_CLASSES:,} more" if len(weights) > SHOWN_CLASSES else ""))
+        if records.start:
+            _run_facts(info, records.start, records)
     with head[1]:
-        if info.status is RunState.QUEUED:
-            if st.button("Cancel", key="tr_cancel", help="Remove this run from the queue before it starts."):
-                if not cancel(run_path):
-                    request_stop(run_path)  # it started in the meantime
-                st.rerun()
-        elif info.active and st.button("Stop", key="tr_stop", help="Ends training within a couple of seconds, in any "
-                                       "phase, then measures the kept epoch once on the test split (with progress); "
-                                       "a second Stop skips that test pass."):
-            request_stop(run_path)
-            st.toast("Stop requested")
+        _cancel_or_stop(info, run_path)
     if info.status is RunState.QUEUED:
         waiting = [r.name for r in queue(list_runs(runs_dir()))]
         position = waiting.index(info.name) + 1 if info.name in waiting else 1
@@ -460,11 +466,16 @@ def render_results(run_path: Path, state: Choices) -> None:
         event = confusion_chart(classes, report.confusion, key=f"tr_cells_{run_path.name}", shown=shown.indices)
     render_cell(run_path, report, selected_cell(event, len(classes)))
     render_pretrained_vs_scratch(run_path, state)
+    _result_tabs(run_path, report, shown.indices)
+
+
+def _result_tabs(run_path: Path, report: RunReport, shown: list[int]) -> None:
+    classes = report.classes
     tabs = st.tabs(["Precision, recall, F1", f"Misclassified ({sum(not i.correct for i in report.images)})",
                     "Top losses", "Least certain", "Calibration", "Test-time augmentation"],
                    key="tr_result_tabs", on_change="rerun")
     with tabs[0]:
-        render_scores(report, shown.indices)
+        render_scores(report, shown)
     with tabs[1]:
         wrong = [i for i in report.images if not i.correct]
         if not wrong:

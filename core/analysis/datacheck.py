@@ -31,6 +31,7 @@ from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTall
 from ..data.split import Split
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
+from ..spec.archs import get_arch
 from ..spec.choices import Freeze
 from ..spec.config import DEFAULT_VAL_RATIO, TrainConfig
 from ..spec.records import Progress, ProgressMeter
@@ -550,21 +551,11 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
     if not 0.5 <= near_threshold <= 1.0:
         raise DatasetError(f"the near-duplicate threshold must be from 0.5 to 1, got {near_threshold}")
     if input_size is None:
-        from ..spec.archs import get_arch
-
         input_size = get_arch(arch).transforms().crop_size[0]
     seconds: dict[str, float] = {}
     t0 = time.time()
     samples = _samples(split)
-    tally = HealthTally(split.classes, input_size,
-                        [Unreadable(s.path, s.reason) for s in split.skipped if s.unreadable])
-    meter = ProgressMeter(Phase.HEADERS, len(samples), split="all")
-    yield meter.first()
-    for sample in samples:
-        tally.add(sample)
-        record = meter.advance(1)
-        if record:
-            yield record
+    tally = yield from _read_headers(split, samples, input_size)
     report = DataReport(source or split.root, arch, weights, list(split.classes), len(split.train), len(split.test),
                         tally.report(), near_threshold=near_threshold,
                         fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split),
@@ -587,19 +578,40 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
         return report
 
     cfg = TrainConfig(arch=arch, weights=weights, freeze=Freeze.HEAD, device=device, letterbox=letterbox)
+    yield from _feature_sections(report, split, cfg, cache_dir, readable, exact, seconds)
+    report.seconds = seconds
+    return report
+
+
+def _read_headers(split: Split, samples: list[Sample], input_size: int) -> Generator[Progress, None, HealthTally]:
+    """Every image's header (no decode), tallied for the health section."""
+    tally = HealthTally(split.classes, input_size,
+                        [Unreadable(s.path, s.reason) for s in split.skipped if s.unreadable])
+    meter = ProgressMeter(Phase.HEADERS, len(samples), split="all")
+    yield meter.first()
+    for sample in samples:
+        tally.add(sample)
+        record = meter.advance(1)
+        if record:
+            yield record
+    return tally
+
+
+def _feature_sections(report: DataReport, split: Split, cfg: TrainConfig, cache_dir, readable: list[Sample],
+                      exact: list[list[str]], seconds: dict[str, float]) -> Generator[Progress, None, None]:
+    """Near duplicates, label issues, the baseline and the map: all from the features a run of ``cfg`` uses."""
+    t0 = time.time()
     features, kept, report.features_from_cache = yield from _features(split, cfg, cache_dir)
     t0 = _timed(seconds, "features", t0)
     if len(kept) < len(readable):
         report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "
                             "beyond the header, or deleted meanwhile); they are left out of the feature sections")
     links = _Links(len(kept))
-    yield from _near_pairs(features, near_threshold, links)
+    yield from _near_pairs(features, report.near_threshold, links)
     report.duplicates = _build_groups(kept, exact, links)
     t0 = _timed(seconds, "near duplicates", t0)
-
     yield from _label_section(report, features, kept, links)
     t0 = _timed(seconds, "label issues and baseline", t0)
-
     if len(kept) >= 3:
         xy, report.embedding_method = (yield from _in_thread(_project, features)) if len(kept) > TSNE_IN_PROCESS \
             else _project(features)
@@ -608,8 +620,6 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
     else:
         report.notes.append("fewer than 3 images with features: no map")
     _timed(seconds, "map", t0)
-    report.seconds = seconds
-    return report
 
 
 def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:

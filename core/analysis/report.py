@@ -21,8 +21,9 @@ import numpy as np
 
 from ..data.split import read_list_file, read_split
 from ..platform.errors import RunError, not_finite_message
-from ..runs.rundir import RunDir, read_predictions, read_records, read_run, read_test_outputs
+from ..runs.rundir import RunDir, RunInfo, read_predictions, read_records, read_run, read_test_outputs
 from ..spec.config import TTA_MODES
+from ..spec.records import Records, Start
 from ..spec.states import RunState
 from ..training.calibration import Calibration, bound_note, calibrate, expected_calibration_error, softmax
 
@@ -230,17 +231,8 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
     """The report of a run's last finished epoch; RunError (DamagedRun included) when it cannot be made."""
     t0 = time.time()
     run = RunDir(run_dir)
-    info = read_run(run.path)
-    if info.status is RunState.DAMAGED:
-        raise RunError(f"this run is damaged: {info.reason}")
-    records = read_records(run)
-    if records.start is None or not records.epochs:
-        raise RunError("this run has no finished epoch yet: the report covers the model it keeps")
-    if records.start.val_size and records.test is None:
-        raise RunError("the test split is evaluated once, when training ends, on the epoch chosen on validation; "
-                       "this run's report comes then" if info.status.busy or info.status is RunState.QUEUED else
-                       "test not evaluated: the run was stopped before its test pass finished, so there is no test "
-                       "report (resume it, and the test pass runs at its end)")
+    info, records = _reportable(run)
+    assert records.start is not None  # _reportable refuses a run without its start
     classes, epochs = list(records.start.classes), records.epochs
     paths = _test_paths(run)
     outputs = read_test_outputs(run, len(classes), len(paths))
@@ -275,24 +267,45 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
         report.least_certain = sorted(images, key=lambda i: (i.margin, i.index))[:SHOWN]
     report.notes += temperature_notes
     report.temperature, report.temperature_epoch = temperature, temperature_epoch
-    on_validation = bool(records.start.val_size) and report.temperature is not None
+    _add_calibration(report, records.start, outputs, explained=bool(temperature_notes))
+    report.seconds = time.time() - t0
+    return report
+
+
+def _reportable(run: RunDir) -> tuple[RunInfo, Records]:
+    """The run's listing and records, or RunError saying why it has no report (yet)."""
+    info = read_run(run.path)
+    if info.status is RunState.DAMAGED:
+        raise RunError(f"this run is damaged: {info.reason}")
+    records = read_records(run)
+    if records.start is None or not records.epochs:
+        raise RunError("this run has no finished epoch yet: the report covers the model it keeps")
+    if records.start.val_size and records.test is None:
+        raise RunError("the test split is evaluated once, when training ends, on the epoch chosen on validation; "
+                       "this run's report comes then" if info.status.busy or info.status is RunState.QUEUED else
+                       "test not evaluated: the run was stopped before its test pass finished, so there is no test "
+                       "report (resume it, and the test pass runs at its end)")
+    return info, records
+
+
+def _add_calibration(report: RunReport, start: Start, outputs, *, explained: bool) -> None:
+    """The reliability figures with the stored temperature (fitted on validation) and what to know about them."""
+    on_validation = bool(start.val_size) and report.temperature is not None
     if outputs is not None and len(outputs.index):
         order = np.argsort(outputs.index)
         report.calibration = calibrate(outputs.logits[order], outputs.label[order],
                                        temperature=report.temperature if on_validation else None,
-                                       fitted_on=f"the {records.start.val_size:,} validation images")
-    if report.temperature is None and not temperature_notes:
+                                       fitted_on=f"the {start.val_size:,} validation images")
+    if report.temperature is None and not explained:
         report.notes.append("no validation split (val ratio 0): no temperature is fitted, so predictions show raw "
-                            "probabilities, labelled as such" if records.start.validation else
+                            "probabilities, labelled as such" if start.validation else
                             "this run's checkpoint keeps no temperature (trained before calibration was added): "
                             "its predictions show raw probabilities, labelled as such")
-    if report.temperature_epoch and report.temperature_epoch != epoch:
+    if report.temperature_epoch and report.temperature_epoch != report.epoch:
         report.notes.append(f"prediction uses the checkpoint of epoch {report.temperature_epoch}, with its own "
-                            f"temperature; this report covers epoch {epoch}")
+                            f"temperature; this report covers epoch {report.epoch}")
     if report.calibration is not None and report.calibration.at_bound:
         report.notes.append(bound_note(report.calibration.temperature))
-    report.seconds = time.time() - t0
-    return report
 
 
 def _coverage_notes(state: RunState, last_epoch: int, records, outputs) -> list[str]:

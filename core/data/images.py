@@ -37,6 +37,14 @@ def dct_scale(width: int, height: int, min_side: int | None = None, min_long_sid
     return next((scale for scale in DCT_SCALES if scale <= room), 1)
 
 
+def _stream(source: str | os.PathLike | bytes | BinaryIO) -> BinaryIO:
+    if isinstance(source, (str, os.PathLike)):
+        return open_regular(source)  # a FIFO or a device where an image belongs is refused, never read
+    if isinstance(source, (bytes, bytearray)):
+        return io.BytesIO(source)
+    return source
+
+
 def open_image(source: ImageSource, *, max_pixels: int | None = None, min_side: int | None = None,
                min_long_side: int | None = None) -> Image.Image:
     """Return an upright RGB copy of the image, decoded.
@@ -55,13 +63,7 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None, min_side: 
     # and far below what a decompression bomb declares.
     limit = settings().max_image_pixels if max_pixels is None else max_pixels
     try:
-        stream: BinaryIO
-        if isinstance(source, (str, os.PathLike)):
-            stream = open_regular(source)  # a FIFO or a device where an image belongs is refused, never read
-        elif isinstance(source, (bytes, bytearray)):
-            stream = io.BytesIO(source)
-        else:
-            stream = source
+        stream = _stream(source)
         with stream if isinstance(stream, io.BufferedReader) else _nothing(), Image.open(stream) as img:
             width, height = img.size
             if width * height > limit:

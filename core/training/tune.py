@@ -161,7 +161,7 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
     The first trial is ``cfg``'s own settings, so the best is never one that scored below them. ``lr_centre`` (the
     learning-rate finder's suggestion): learning rates are searched within ×/÷ 10 of it instead of the whole
     range."""
-    import optuna
+    import optuna  # deferred: it takes about a second to import, and only the search needs it
 
     t0 = time.time()
     x, y, classes = yield from training_features(cfg, cache_dir)
@@ -176,18 +176,10 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
                                         "epochs": cfg.epochs, "label_smoothing": cfg.label_smoothing}))
 
     def objective(trial: "optuna.Trial") -> float:
-        params = {}
-        for name, (low, high, log) in space.items():
-            params[name] = (trial.suggest_int(name, max(low, low_epochs), min(high, high_epochs)) if name == "epochs"
-                            else trial.suggest_float(name, low, high, log=log))
-        scores = []
-        for k, (fit, held) in enumerate(folds):
-            weight, bias = train_head(x[fit], y[fit], len(classes), params, batch_size=cfg.batch_size, seed=seed + k)
-            scores.append(float(((x[held] @ weight.T + bias).argmax(1) == y[held]).float().mean()))
-            trial.report(float(np.mean(scores)), k)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return float(np.mean(scores))
+        params = {name: (trial.suggest_int(name, max(low, low_epochs), min(high, high_epochs)) if name == "epochs"
+                         else trial.suggest_float(name, low, high, log=log))
+                  for name, (low, high, log) in space.items()}
+        return _cross_validated(trial, x, y, len(classes), folds, params, batch_size=cfg.batch_size, seed=seed)
 
     meter = ProgressMeter(Phase.TRIALS, trials, split="train")
     yield meter.first()
@@ -202,19 +194,39 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
                 yield record
     finally:
         torch.set_num_threads(threads)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise RunError("no trial of the head search completed")
-    rows = [Trial(t.number, t.value if t.value is not None else
-                  (max(t.intermediate_values.values()) if t.intermediate_values else None),
-                  t.state.name.lower(), dict(t.params)) for t in study.trials]
-    result = TuneResult(dict(study.best_params), float(study.best_value), len(folds), rows, len(y), time.time() - t0)
+    result = _result(study, len(folds), len(y), time.time() - t0)
     if note:
         result.notes.append(note)
     if lr_centre is not None:
         low, high, _ = space["lr"]
         result.notes.append(f"learning rates searched around the finder's {lr_centre:.3g}: {low:.3g} to {high:.3g}")
     return result
+
+
+def _cross_validated(trial, x: torch.Tensor, y: torch.Tensor, classes: int, folds: list, params: dict, *,
+                     batch_size: int, seed: int) -> float:
+    """One trial's mean held-out accuracy over the folds, reported fold by fold so the pruner can stop it."""
+    import optuna  # deferred: it takes about a second to import, and only the search needs it
+
+    scores = []
+    for k, (fit, held) in enumerate(folds):
+        weight, bias = train_head(x[fit], y[fit], classes, params, batch_size=batch_size, seed=seed + k)
+        scores.append(float(((x[held] @ weight.T + bias).argmax(1) == y[held]).float().mean()))
+        trial.report(float(np.mean(scores)), k)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return float(np.mean(scores))
+
+
+def _result(study, folds: int, images: int, seconds: float) -> TuneResult:
+    import optuna  # deferred: it takes about a second to import, and only the search needs it
+
+    if not [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]:
+        raise RunError("no trial of the head search completed")
+    rows = [Trial(t.number, t.value if t.value is not None else
+                  (max(t.intermediate_values.values()) if t.intermediate_values else None),
+                  t.state.name.lower(), dict(t.params)) for t in study.trials]
+    return TuneResult(dict(study.best_params), float(study.best_value), folds, rows, images, seconds)
 
 
 def search_space(lr_centre: float | None = None) -> dict:
