@@ -58,11 +58,13 @@ def loss_charts(records: Records) -> None:
 
 def per_class_chart(classes: list[str], accuracies: list) -> None:
     per_class = pd.DataFrame({"class": classes, "accuracy": accuracies})
-    # A height in pixels, not Vega-Lite's per-bar step: a stepped height cannot also fit the container, and the
-    # browser's console warned 'Dropping "fit-y"' for every such chart.
+    # A height in pixels (26 per class, so the names do not overlap, and the axis below), not
+    # Vega-Lite's per-bar step: a stepped height cannot also fit the container, and the browser's console warned
+    # 'Dropping "fit-y"' for every such chart.
     st.altair_chart(alt.Chart(per_class).mark_bar().encode(
-        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("class:N", sort=None),
-        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]).properties(height=22 * len(classes) + 10),
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("class:N", sort=None, axis=alt.Axis(labelOverlap=False)),  # every class named, none dropped
+        tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")]).properties(height=26 * len(classes) + 60),
         width="stretch")
 
 

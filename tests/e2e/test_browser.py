@@ -95,13 +95,26 @@ def _shot(page, name):
 
     folder = settings().screenshots
     if folder:
-        page.wait_for_timeout(500)
-        page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+        _settled(page)
         page.set_viewport_size({"width": 1400, "height": 3200})  # Streamlit scrolls inside, so grow the window
-        page.wait_for_timeout(1500)  # charts and images draw after the script run ends
+        _settled(page)
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"))
         page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+DRAWN = """() => {
+    const shown = el => el.getClientRects().length > 0;  // charts in a tab not chosen are not drawn until shown
+    const charts = [...document.querySelectorAll('[data-testid=stVegaLiteChart]')].filter(shown);
+    return [...document.images].filter(shown).every(img => img.complete)
+        && charts.every(chart => chart.querySelector('svg path, canvas'));
+}"""
+
+
+def _settled(page):
+    """The script run has ended, every image has loaded and every chart has drawn (they draw after the run)."""
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
+    page.wait_for_function(DRAWN)
 
 
 def _go(page, title):
@@ -137,8 +150,8 @@ def test_walk_all_pages_train_and_predict(server, page):
     page.get_by_text("Largest ÷ smallest class").wait_for()
     page.get_by_role("tab", name="Map").click()
     chart = page.locator("[data-testid=stVegaLiteChart]:visible").first
-    chart.wait_for()
-    page.wait_for_timeout(1500)  # the chart draws after the script run
+    chart.locator("svg path").first.wait_for()  # the chart draws after the script run
+    _settled(page)
     box = chart.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
     page.mouse.down()
@@ -161,7 +174,7 @@ def test_walk_all_pages_train_and_predict(server, page):
     epochs.press("ArrowLeft")
     epochs.press("ArrowLeft")
     assert wait_until(lambda: epochs.input_value() == "3", 30)
-    page.wait_for_timeout(1000)  # the rerun that takes the new value
+    _settled(page)  # the rerun that takes the new value (the click below would carry it anyway)
     page.get_by_role("button", name="Start training").click()
     # The results' own content, not their heading: a live-view fragment's last tick can race the full rerun
     # that draws the results, and leave the heading out until the next rerun (seen once in CI, under load).
