@@ -39,10 +39,11 @@ class Checkpoint:
     inputs: Any = None  # SHA-256 of the run's config and list files when it was written
 
     def to_dict(self) -> dict:
+        calibration = ({"temperature": self.temperature, "temperature_fitted_on": self.temperature_fitted_on}
+                       if self.temperature is not None else {})  # none fitted (val ratio 0): no such keys, as before
         return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "classes": self.classes,
-                "config": self.config, "metrics": self.metrics, "temperature": self.temperature,
-                "temperature_fitted_on": self.temperature_fitted_on, "scheduler": self.scheduler, "rng": self.rng,
-                "inputs": self.inputs}
+                "config": self.config, "metrics": self.metrics, **calibration, "scheduler": self.scheduler,
+                "rng": self.rng, "inputs": self.inputs}
 
     def train_config(self, path: str | Path = "the checkpoint") -> TrainConfig:
         try:
