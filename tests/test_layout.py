@@ -105,3 +105,27 @@ def test_core_never_imports_streamlit():
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not [n for n in names if n.split(".")[0] == "streamlit"], path
+
+
+def test_an_import_inside_a_function_says_why_it_is_deferred():
+    """Imports sit at the top of a module, so the graph a reader sees is the real one; one inside a function saves
+    start-up time (torch, scikit-learn, torchvision…), and a comment on it or on its block says so. The command line
+    defers into every command function, and its package docstring says why once."""
+    silent = []
+    for path in MODULES:
+        if "cli" in path.relative_to(CORE).parts:
+            continue
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    first = sub.lineno - 1
+                    while first > 0 and lines[first - 1].strip().startswith(("import ", "from ")):
+                        first -= 1  # the first line of this block of imports
+                    said = ("#" in lines[sub.lineno - 1] or "#" in lines[first]
+                            or lines[first - 1].strip().startswith("#"))
+                    if not said:
+                        silent.append(f"{path.relative_to(CORE)}:{sub.lineno}")
+    assert not silent, f"imports inside functions without a word on why they are deferred: {silent}"

@@ -15,7 +15,9 @@ of rows at a time and only each image's nearest neighbours are kept.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import threading
@@ -28,9 +30,11 @@ from typing import Any, Generator
 import numpy as np
 
 from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable
-from ..data.split import Split
-from ..platform.errors import DatasetError
+from ..data.split import Split, read_list_file, read_split, split_dataset
+from ..features.extractor import FeatureExtractor
+from ..platform.errors import DatasetError, UserError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
+from ..runs.rundir import RunDir, load_config
 from ..spec.archs import get_arch
 from ..spec.choices import Freeze
 from ..spec.config import DEFAULT_VAL_RATIO, TrainConfig
@@ -258,7 +262,6 @@ def load_report(folder: str | os.PathLike, fingerprint: str) -> DataReport | Non
 
 def read_path_list(path: str | os.PathLike) -> list[str]:
     """Image paths from a file: one per line, or the label-issue CSV this module writes (its ``path`` column)."""
-    import csv
 
     try:
         with open_regular(path, MAX_LIST_BYTES) as f:
@@ -287,8 +290,6 @@ def duplicate_groups_from_json(path: str | os.PathLike) -> list[list[str]]:
 
 
 def label_issues_csv(issues: list[LabelIssue]) -> str:
-    import csv
-    import io
 
     out = io.StringIO()
     writer = csv.writer(out)
@@ -353,6 +354,7 @@ class _Links:
 
     def group_ids(self) -> np.ndarray:
         """The group of every position (a position with no link is a group of its own)."""
+        # deferred: scipy's submodules take a while to import; only this computation needs them
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -375,6 +377,7 @@ class _Links:
 def _near_pairs(features, threshold: float, links: _Links) -> Generator[Progress, None, None]:
     """Join every image to its most similar others (cosine ≥ threshold, at most NEIGHBOURS each), computing
     BLOCK_ROWS rows of the similarity matrix at a time. Yields Progress."""
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     import torch
 
     x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
@@ -402,7 +405,6 @@ def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, 
 
     Yields Progress; returns (features (n, d) float32, samples in the same order, whether all came from the
     cache)."""
-    from ..features.extractor import FeatureExtractor
 
     extractor = FeatureExtractor.build(cfg, len(split.classes), cache_dir=cache_dir)
     # validation images are the training share's: on the "train" side for leaks and the baseline
@@ -430,6 +432,7 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     fold's other images. The accuracies (the baseline: what a head-only run should reach) come from heads
     fitted on ``trainable`` rows alone (the training share: train and validation) and are measured on those
     alone, so the baseline never reads a test label."""
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -458,6 +461,7 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
 
 def _fitted_head(x: np.ndarray, y: np.ndarray):
     """The linear head the check cross-validates: standardised features, L2-regularised logistic regression."""
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -473,6 +477,7 @@ def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], na
     that a typical-looking mislabeled photo can miss it. So the images whose out-of-fold prediction is another
     class (cleanlab's ``predicted_neq_given``) are suspects too; every suspect is ranked by cleanlab's label
     quality score (the given class's probability), and says which rule found it."""
+    # deferred: cleanlab (with scikit-learn) takes about a second to import; only this section needs it
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -514,6 +519,7 @@ def _in_thread(fn, *args) -> Generator[Progress, None, Any]:
 
 
 def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -706,7 +712,6 @@ def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Links | 
 def load_split(data_root: str | None = None, lists_dir: str | None = None, *, train_ratio: float = 0.6,
                seed: int = 0, val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots=None) -> Split:
     """The split a check covers: a class-folder root split as a run would, or list files as they are."""
-    from ..data.split import read_split, split_dataset
 
     if (data_root is None) == (lists_dir is None):
         raise DatasetError("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
@@ -729,9 +734,6 @@ def describe(progress: Progress) -> str:
 def check_of_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> DataReport | None:
     """The stored check of the images a run was trained and tested on (its left-out images included), or None:
     none was made, or a file of the run or the check cannot be read."""
-    from ..data.split import read_list_file, read_split
-    from ..platform.errors import UserError
-    from ..runs.rundir import RunDir, load_config
 
     run = RunDir(run_dir)
     try:

@@ -19,8 +19,10 @@ from typing import Generator
 
 import numpy as np
 
+from ..data.images import ImageError
 from ..data.split import read_list_file, read_split
 from ..platform.errors import RunError, not_finite_message
+from ..platform.figures import accuracy_of
 from ..runs.rundir import RunDir, RunInfo, read_predictions, read_records, read_run, read_test_outputs
 from ..spec.config import TTA_MODES
 from ..spec.records import Records, Start
@@ -133,7 +135,6 @@ class RunReport:
     @property
     def test(self):
         """The test accuracy with its 95% interval (``core.platform.figures.Accuracy``)."""
-        from ..platform.figures import accuracy_of
 
         return accuracy_of(self.accuracy, self.tested)
 
@@ -173,6 +174,7 @@ def class_scores(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> t
                                                                                       ClassScores]:
     """Per-class precision, recall, F1 and support, and their macro and weighted averages (scikit-learn's;
     a class never predicted has precision 0, one never present recall 0, without warnings)."""
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.metrics import precision_recall_fscore_support
 
     every = list(range(len(classes)))
@@ -218,6 +220,7 @@ def _test_paths(run: RunDir) -> list[str]:
 def _stored_temperature(run: RunDir, notes: list[str]) -> tuple[float | None, int | None]:
     """The temperature of the checkpoint prediction uses, and its epoch (None: a run from before, raw). A
     checkpoint that cannot be read leaves the rest of the report standing, with a note."""
+    # deferred: prediction imports torch; the report reads the run's files without it
     from ..inference.predict import read_temperature
 
     try:
@@ -254,6 +257,7 @@ def run_report(run_dir: str | os.PathLike) -> RunReport:
     images.sort(key=lambda i: i.index)
     labels = np.array([i.label for i in images])
     preds = np.array([i.pred for i in images])
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.metrics import confusion_matrix
 
     confusion = confusion_matrix(labels, preds, labels=list(range(len(classes))))
@@ -360,10 +364,10 @@ def evaluate_tta(run_dir: str | os.PathLike, mode: str = "flip", *, device: str 
     """Accuracy and ECE of the checkpoint prediction uses on the run's test images, plain and with test-time
     augmentation ``mode``, in one pass (the plain view is one of the augmented views). A generator of
     TTAProgress; returns a TTAResult. Runs the model: seconds to minutes on a CPU."""
+    # deferred: the report reads the run's files without torch; only test-time augmentation runs the model
     import torch
 
-    from ..data.images import ImageError
-    from ..inference.predict import Predictor
+    from ..inference.predict import Predictor  # deferred too: prediction imports torch
 
     if mode not in TTA_MODES:
         raise RunError(f"test-time augmentation '{mode}' does not exist; allowed: {', '.join(TTA_MODES)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..jobs.console import print_records
 from ..platform.errors import ConfigError
 from ..spec.config import TRAINS
 from ..spec.states import RunState
@@ -13,6 +12,7 @@ from .args import EXIT_USER_ERROR, WEIGHTS_HELP, add_train_flags, check_data_fir
 
 
 def cmd_train(args) -> int:
+    from ..jobs.console import print_records  # deferred: it imports numpy (figures); --help does not
     from ..jobs.queue import start_next_queued
     from ..platform.distributed import broadcast, finish, start, world_from_env
     from ..platform.workspace import cache_dir, runs_dir
@@ -52,6 +52,7 @@ def cmd_train(args) -> int:
 
 def _resume(args) -> int:
     """``train --resume RUN_DIR``: a stopped or failed run goes on from its last checkpoint."""
+    from ..jobs.console import print_records  # deferred: it imports numpy (figures); --help does not
     from ..platform.distributed import world_from_env
     from ..platform.workspace import cache_dir
     from ..training.run import resume_training

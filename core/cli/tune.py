@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from ..jobs.console import print_records
 from ..spec.records import follow
 from ..spec.states import RunState
 from .args import EXIT_USER_ERROR, add_run_settings, check_data_first, config_from_args, number, progress_line
@@ -24,6 +23,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_tune(args) -> int:
+    from ..jobs.console import print_records  # deferred: it imports numpy (figures); --help does not
     from ..platform.workspace import cache_dir
     from ..training.tune import save_result, tune_head
 

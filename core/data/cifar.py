@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..platform.download import download_file
 from ..platform.errors import DatasetError, UserError
 from .split import split_dataset, write_split
 
@@ -150,9 +151,9 @@ def import_cifar10(archive: str | os.PathLike, out: str | os.PathLike,
 def download_cifar10(folder: str | os.PathLike, progress=None, *, local_file_hint: str = "with --archive") -> Path:
     """torchvision's CIFAR-10 archive, downloaded with a progress callback and its MD5 checked. When it cannot
     be downloaded, the message says how to give a local copy instead (``local_file_hint``)."""
+    # deferred: torchvision costs about as much as torch to import, and most paths never need this
     from torchvision.datasets import CIFAR10
 
-    from ..platform.download import download_file
 
     target = Path(folder) / CIFAR10.filename
     if not target.is_file():

@@ -139,6 +139,7 @@ class Preprocess:
 
     def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3), then the crop size."""
+        # deferred: torchvision costs about as much as torch to import, and most paths never need this
         from torchvision.transforms import RandomResizedCrop
 
         top, left, h, w = RandomResizedCrop.get_params(x, scale=RANDOM_CROP_SCALE, ratio=(3 / 4, 4 / 3))
@@ -298,6 +299,7 @@ class GpuJpegDecoder:
     def _decode(self, jpegs: list) -> list:
         if not jpegs:
             return []
+        # deferred: torchvision costs about as much as torch to import, and most paths never need this
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
@@ -306,6 +308,7 @@ class GpuJpegDecoder:
             return [self._one(data) for data in jpegs]
 
     def _one(self, data: torch.Tensor) -> torch.Tensor | None:
+        # deferred: torchvision costs about as much as torch to import, and most paths never need this
         from torchvision.io import ImageReadMode, decode_jpeg
 
         for device in (self.device, torch.device("cpu")):

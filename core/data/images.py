@@ -162,6 +162,7 @@ def plain_jpeg_bytes(path: str | os.PathLike, *, max_pixels: int | None = None, 
                     return None
             f.seek(0)
             data = bytearray(f.read())
+        # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
         import torch
 
         return torch.frombuffer(data, dtype=torch.uint8)
@@ -191,6 +192,7 @@ def decode_jpeg_tensor(path: str | os.PathLike, *, max_pixels: int | None = None
     if data is None:
         return None
     try:
+        # deferred: torchvision costs about as much as torch to import, and most paths never need this
         from torchvision.io import ImageReadMode, decode_jpeg
 
         return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)

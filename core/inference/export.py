@@ -17,9 +17,10 @@ import torch
 
 from ..platform.download import sha256_of
 from ..platform.errors import ConfigError, RunError
+from ..platform.figures import accuracy_of
 from ..platform.io import atomic_file, atomic_write_json, read_json_file
 from ..runs.checkpoint import read_checkpoint
-from ..runs.rundir import RunDir
+from ..runs.rundir import RunDir, read_records
 from .predict import Predictor, checkpoint_path
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -143,6 +144,7 @@ def _trace_and_write(model: torch.nn.Module, fmt: str, example: torch.Tensor, ou
 
 
 def _export_onnx(model, example, out: Path) -> None:
+    # deferred: only an ONNX export needs onnx
     import onnx
 
     tmp = out.with_name(f".{out.name}.partial")
@@ -158,8 +160,6 @@ def _export_onnx(model, example, out: Path) -> None:
 def run_figures(run_dir) -> dict:
     """What the run measured, as the report's --json and TensorBoard carry it: the validation accuracy that
     chose the epoch, and the test accuracy of that epoch's model with its 95% interval."""
-    from ..platform.figures import accuracy_of
-    from ..runs.rundir import read_records
 
     try:
         records = read_records(run_dir)

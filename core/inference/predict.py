@@ -11,7 +11,7 @@ import torch
 
 from ..data.datasets import Preprocess, build_transform
 from ..data.images import ImageSource, open_image
-from ..data.split import MAX_CLASSES
+from ..data.split import IMG_EXTENSIONS, MAX_CLASSES, has_file_allowed_extension
 from ..models.surgery import adapt_model
 from ..models.weights import check_finite, load_state_dict_file
 from ..platform.accel import as_input, inference_copy, resolve_device, to_channels_last
@@ -191,7 +191,6 @@ CSV_HEADER = ["path", "top_class", "probability", "topk", "error"]
 
 def image_files(folder: str | os.PathLike) -> list[str]:
     """Every image under ``folder`` (recursively, hidden files left out), sorted."""
-    from ..data.split import IMG_EXTENSIONS, has_file_allowed_extension
 
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(os.fspath(folder)):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..platform.figures import accuracy_of, count, pct
+from ..spec.records import VALIDATION, Batch, Epoch, Features, Final, Progress, Resumed, Start, Test
 from ..spec.states import Phase
 
 
@@ -22,7 +24,6 @@ class ConsolePrinter:
         self.last_progress = 0.0
 
     def __call__(self, record) -> None:
-        from ..spec.records import Progress
 
         if isinstance(record, Progress):
             self._progress(record)
@@ -51,8 +52,6 @@ class ConsolePrinter:
 
 def describe_record(record) -> str | None:
     """The console line for a record (None: nothing to print)."""
-    from ..platform.figures import count, pct
-    from ..spec.records import VALIDATION, Batch, Epoch, Features, Final, Resumed, Start, Test
 
     if isinstance(record, Start):
         weights = record.weights or "none: random initialisation (training from scratch)"
@@ -97,7 +96,6 @@ def describe_record(record) -> str | None:
 
 def test_line(acc: float | None, n: int, epoch: int | None, chosen_on: str) -> str:
     """``test accuracy 94.1% (95% CI 89.2–96.9%, 153 images), epoch 3 chosen on validation``."""
-    from ..platform.figures import accuracy_of
 
     interval = accuracy_of(acc, n)
     if interval is None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..platform.errors import RunError
+from ..platform.settings import settings
+from ..platform.workspace import cache_dir, runs_dir, workspace_writes
 from ..runs.rundir import (
     DISPATCH_LOCK,
     DamagedRun,
@@ -79,11 +81,11 @@ def _spawn(run: RunDir, cache_dir: str | os.PathLike | None, resume: bool = Fals
 # ----------------------------------------------------------------------------- the queue
 def max_running() -> int:
     """How many runs may train at once: TLD_MAX_RUNNING, else 1 on a CPU and one per GPU on CUDA."""
-    from ..platform.settings import settings
 
     configured = settings().max_running
     if configured:
         return configured
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     import torch
 
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
@@ -146,6 +148,7 @@ def dispatch(parent: str | os.PathLike, cache_dir: str | os.PathLike | None = No
 def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Resume a stopped or failed run in a worker, when a training slot is free (checked, and the run claimed,
     under the dispatch lock, so two clicks never resume it twice nor exceed the cap). RunError saying why not."""
+    # deferred: the trainer imports torch; the pages list and start runs without it
     from ..training.run import resume_point
 
     run = RunDir(run_dir)
@@ -172,7 +175,6 @@ def start_next_queued(parent: str | os.PathLike, cache_dir: str | os.PathLike | 
 def launch(cfg: TrainConfig) -> Path:
     """Queue ``cfg`` in a new, uniquely named run folder of the workspace and start it as soon as a
     slot is free (at once, usually), with the workspace's feature cache."""
-    from ..platform.workspace import cache_dir, runs_dir, workspace_writes
 
     with workspace_writes("start a run"):
         run = create_run(new_run_dir(runs_dir(), run_label(cfg)), cfg, queued=True)

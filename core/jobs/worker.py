@@ -23,11 +23,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue the run from its last checkpoint (checked and claimed by queue.resume)")
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
+        # deferred: these import no torch, and the status is written before anything slow is imported
         from ..runs.rundir import RunDir, this_process_state, write_status
         from ..spec.states import RunState
 
         starting = this_process_state(RunState.STARTING, "importing PyTorch and the model code")
         write_status(RunDir(args.run_dir), starting)
+    # deferred: the status says 'importing PyTorch' before the slow imports, so the page shows what the run is doing
     from ..platform.distributed import finish, start, world_from_env
     from ..platform.workspace import allowed_roots
     from ..spec.states import RunState

@@ -74,6 +74,7 @@ def token_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 def explain(predictor, image: ImageSource, target: int | None = None) -> Explanation:
     """Grad-CAM of ``predictor``'s model for class ``target`` (None: the predicted class) on ``image``."""
+    # deferred: only a Grad-CAM map needs torchcam
     from torchcam.methods import GradCAM
 
     spec = get_arch(predictor.config.arch)

@@ -20,6 +20,7 @@ import torch
 from ..platform.download import DownloadProgress, download_file, sha256_of
 from ..platform.errors import DownloadError, WeightsError
 from ..platform.io import DiskFull, atomic_write_bytes, foreign_zip, torch_load_tensors
+from ..spec.archs import OFFLINE_ARCH, PREFERRED_ARCH, get_arch
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torchvision's own rule for file names like resnet18-f37072fd.pth
 
@@ -165,7 +166,6 @@ def default_arch(user_file: str | os.PathLike | None = None) -> tuple[str, str]:
     """The architecture to use when none was asked for, and why: resnet18 (the recipe's) when its pretrained
     weights are on this machine (``user_file`` counts: a file the user named is the recipe's), else
     EfficientNet-Lite0, whose ImageNet weights ship with the app."""
-    from ..spec.archs import OFFLINE_ARCH, PREFERRED_ARCH, get_arch
 
     if find_weights(get_arch(PREFERRED_ARCH), user_file):
         return PREFERRED_ARCH, ""

@@ -17,6 +17,9 @@ import torch
 import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.optim.optimizer import Optimizer
+
+from .errors import RunError
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -124,7 +127,6 @@ def configure_device(device: torch.device) -> None:
 
 def resolve_device(name: str, cuda_available: bool | None = None) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; a CUDA device asked for on a machine without one is refused."""
-    from .errors import RunError
 
     cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
     if name == "auto":
@@ -159,7 +161,6 @@ def skip_dynamo_import() -> None:
     compiles, so the wrappers are told, up front, that their plain function is the one to call.
     If a torch release wraps them differently, this does nothing and the import simply happens.
     """
-    from torch.optim.optimizer import Optimizer
 
     for name in ("zero_grad", "state_dict", "load_state_dict", "add_param_group"):
         original = getattr(getattr(Optimizer, name, None), "__wrapped__", None)

@@ -54,6 +54,7 @@ class Accuracy:
 
 def accuracy(correct: int, n: int) -> Accuracy | None:
     """The accuracy of ``correct`` right out of ``n`` with its Wilson interval; None when nothing was measured."""
+    # deferred: scipy's submodules take a while to import; only this computation needs them
     from scipy.stats import binomtest
 
     if n <= 0:
@@ -101,6 +102,7 @@ class PairedDifference:
 
 def paired_difference(a_right, b_right, seed: int = 0) -> PairedDifference | None:
     """Compare two models image by image (``a_right[i]``, ``b_right[i]``: whether each got image i right)."""
+    # deferred: scipy's submodules take a while to import; only this computation needs them
     from scipy.stats import binomtest, bootstrap
 
     a, b = np.asarray(a_right, dtype=bool), np.asarray(b_right, dtype=bool)

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,8 +132,8 @@ def torch_load_tensors(source, *, mmap: bool = False):
     torch warns about odd pickle protocols before it fails on such a file; the callers turn every
     failure into one message of their own, so that warning would only be noise (and a second line
     on the CLI's stderr)."""
-    import warnings
 
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     import torch
 
     with warnings.catch_warnings():

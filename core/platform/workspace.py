@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DatasetError, UserError
+from .io import atomic_write_json, read_json_file
 from .settings import settings
 
 
@@ -51,7 +52,6 @@ def _remembered_file(visitor: str) -> Path:
 def remember_data_root(path: str | os.PathLike, visitor: str) -> None:
     """Keep ``visitor``'s chosen data root in the workspace, so the bare address opens it next time.
     Best effort: a workspace that cannot be written only forgets it."""
-    from .io import atomic_write_json
 
     try:
         _remembered_file(visitor).parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,6 @@ def remember_data_root(path: str | os.PathLike, visitor: str) -> None:
 
 def remembered_data_root(visitor: str) -> str | None:
     """The data root ``visitor`` chose last, or None (never chosen, or the file is damaged)."""
-    from .io import read_json_file
 
     try:
         value = read_json_file(_remembered_file(visitor), limit=1024**2).get("data_root")

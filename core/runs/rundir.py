@@ -23,11 +23,12 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 from filelock import FileLock
 
 from ..platform.errors import ConfigError, RunError
+from ..platform.figures import accuracy_of
 from ..platform.io import (
     atomic_write_json,
     atomic_write_text,
@@ -43,9 +44,6 @@ from ..spec.config import TRAINS, TrainConfig
 from ..spec.records import Epoch, Final, Prediction, RecordError, Records, Test, cells_of, parse_record
 from ..spec.states import ENDED, WRITTEN, RunState
 from .checkpoint import checkpoint_damage
-
-if TYPE_CHECKING:
-    import numpy as np
 
 HEARTBEAT_S = 2.0  # how often the training process rewrites status.json
 STALE_AFTER_S = 30.0  # a 'running' run whose heartbeat is older than this is 'not responding'
@@ -480,7 +478,6 @@ TEST_OUTPUT_KEYS = ("epoch", "index", "label", "logits")
 def read_test_outputs(run: RunDir, num_classes: int, test_images: int) -> TestOutputs | None:
     """The stored test logits, each array checked (shapes agree, labels and indices in range, logits finite);
     None when the run has none (a run from before they were kept, or one too large to keep them)."""
-    import numpy as np
 
     name = run.test_outputs.name
     try:
@@ -517,7 +514,6 @@ def _check_array_headers(path: Path, num_classes: int, test_images: int) -> None
     """Every array's shape and type from its .npy header, and every member's declared size, checked against what
     this run can hold (at most ``test_images`` rows of ``num_classes`` logits) before any array is loaded, so a
     crafted file (a zip bomb, a header promising 10^12 rows) costs nothing to refuse."""
-    import numpy as np
 
     limits = {"epoch": 1, "index": test_images, "label": test_images, "logits": test_images * num_classes}
     with open_regular(path) as f, zipfile.ZipFile(f) as archive:
@@ -578,7 +574,6 @@ class RunInfo:
     @property
     def test(self):
         """The test accuracy with its 95% interval (``core.platform.figures.Accuracy``); None before it was measured."""
-        from ..platform.figures import accuracy_of
 
         return accuracy_of(self.test_acc, self.test_n)
 

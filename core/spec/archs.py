@@ -131,6 +131,7 @@ def _efficientnet_lite_weights(index: int, crop: int, top1: float) -> PackagedWe
 
 def _build_efficientnet_lite(index: int) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
+        # deferred: only building a Lite model needs its package
         from efficientnet_lite_pytorch import EfficientNet
 
         return EfficientNet.from_name(f"efficientnet-lite{index}")
@@ -164,6 +165,7 @@ def _set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
 
 def _linear(model: nn.Module, head: str) -> nn.Linear:
     """The head module of the table's entry: a Linear layer, or the table is wrong (said, not crashed on later)."""
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     from torch import nn
 
     module = model.get_submodule(head)
@@ -173,6 +175,7 @@ def _linear(model: nn.Module, head: str) -> nn.Linear:
 
 
 def replace_head(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     from torch import nn
 
     old = _linear(model, head)
@@ -187,6 +190,7 @@ def _apply_added_linear(module, inputs, output):
 
 
 def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     from torch import nn
 
     old = _linear(model, head)
@@ -202,6 +206,7 @@ def append_head_outside(model: nn.Module, head: str, num_classes: int) -> HeadCh
 
 
 def append_head_inside(model: nn.Module, head: str, num_classes: int) -> HeadChange:
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     from torch import nn
 
     old = _linear(model, head)
@@ -297,6 +302,7 @@ class ArchSpec:
 
     def build_meta(self) -> nn.Module:
         """The model on the meta device: shapes and names with no memory or init cost."""
+        # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
         import torch
 
         try:

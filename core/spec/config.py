@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..platform.errors import ConfigError
 from ..platform.io import read_json_file
+from .archs import ARCHITECTURES
 from .choices import Augment, Choice, Freeze, Precision, Schedule
 
 DEFAULT_TRAIN_RATIO = 0.6
@@ -59,7 +60,6 @@ def _opt(default, help: str, flag: str | None = None, *, low=None, high=None, ui
 
 
 def _arch_names() -> str:
-    from .archs import ARCHITECTURES  # the table, torch-free
 
     return ", ".join(f"{name} (weights ship with the app)" if spec.packaged else name
                      for name, spec in ARCHITECTURES.items())
@@ -153,7 +153,6 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings: one sentence per wrong field, each saying what is allowed."""
-        from .archs import ARCHITECTURES
 
         found = []
         for f in fields(self):

@@ -171,6 +171,7 @@ def confusion_cells(confusion) -> dict:
     """A confusion matrix (true class rows, predicted columns) as ``{"cells": [[true, pred, count], …]}``, its
     non-zero cells: what an epoch and the test record keep, so a line of metrics.jsonl grows with the images
     evaluated, never with classes² (at 1,000 classes the dense matrix was a million numbers per epoch)."""
+    # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     import torch
 
     matrix = torch.as_tensor(confusion)

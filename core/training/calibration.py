@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
 ECE_BINS = 15
 T_RANGE = (0.01, 100.0)  # beyond this a fit is chasing a degenerate test set (every image right), not calibrating
@@ -70,7 +72,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    from scipy.special import logsumexp
 
     z = np.asarray(logits, dtype=np.float64) / temperature
     return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
@@ -78,7 +79,6 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T in ``T_RANGE`` that minimises the negative log-likelihood of ``softmax(logits / T)``."""
-    from scipy.optimize import minimize_scalar
 
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     if len(labels) == 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -133,7 +134,6 @@ def choose_feature_path(s: Setup, cache_dir: Path | None
 def _distributed_full_path(s: Setup) -> FeaturePath:
     """Each rank trains on its share (DistributedSampler, padded to equal length) through DDP, and tests
     its share of the test list (not padded: every test image counted once, the figures summed)."""
-    from torch.nn.parallel import DistributedDataParallel
 
     cfg, split = s.cfg, s.split
     train_set = ListDataset(split.train, s.train_tf)

@@ -14,6 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
+from ..data.split import read_split
+from ..models.surgery import adapt_model
 from ..platform.distributed import SINGLE, Terminated, World, barrier
 from ..platform.errors import RunError, UserError
 from ..platform.io import append_jsonl, atomic_write_text, read_tail_text
@@ -26,6 +30,7 @@ from ..runs.rundir import (
     load_config,
     own_resume_claim,
     read_records,
+    read_run,
     summarise,
     write_summary,
 )
@@ -35,7 +40,7 @@ from ..spec.states import Phase, RunState
 from .feature_path import choose_feature_path
 from .setup import StopRequested
 from .tensorboard_log import TensorBoardLog
-from .train import EarlyStop, NonFiniteLoss, ResumePoint, epoch_loop, set_up, start_record
+from .train import EarlyStop, NonFiniteLoss, ResumePoint, epoch_loop, run_inputs, set_up, start_record
 
 
 def records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots, world: World,
@@ -65,8 +70,6 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
     """Check that ``run`` can go on from its last checkpoint, and claim it (one resume at a time); RunError
     saying why not, with the run left as it was. ``claimed``: the app checked and claimed it before starting
     this worker (whose status says 'starting' by now), so only the checkpoint is read again."""
-    from ..runs.rundir import read_run
-    from .train import run_inputs
 
     if not claimed:
         info = read_run(run.path)
@@ -109,10 +112,7 @@ def _unresumable(checkpoint: Checkpoint, run: RunDir) -> str:
     """What in ``checkpoint`` would fail or mislead once training went on from it (a forged or foreign file):
     the epoch, the optimizer's and the schedule's state, the random state, the class list and every tensor of
     the model, checked against the run's own config and lists before anything starts; "" when it fits."""
-    import torch
 
-    from ..data.split import read_split
-    from ..models.surgery import adapt_model
 
     cfg = load_config(run)
     epoch = checkpoint.epoch or 0

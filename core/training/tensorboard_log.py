@@ -50,6 +50,7 @@ class TensorBoardLog:
 
     def _write(self, record: Record) -> None:
         if isinstance(record, (Start, Resumed)):
+            # deferred: TensorBoard takes about a second to import; only a run's event log needs it
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.folder), flush_secs=10)  # a resume adds an event file

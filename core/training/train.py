@@ -13,6 +13,8 @@ The layout follows torchvision's reference ``train.py``: set up, choose the feat
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import shutil
 import time
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from ..data.datasets import decoding_line, training_transform
 from ..data.split import (
@@ -42,6 +46,7 @@ from ..models.surgery import adapt_model, optimizer_groups, set_train_mode
 from ..platform.accel import (
     SGD,
     as_input,
+    available_cores,
     configure_device,
     plan_threads,
     resolve_device,
@@ -58,6 +63,7 @@ from ..platform.io import (
     atomic_write_json,
     atomic_write_text,
     read_regular_bytes,
+    torch_load_tensors,
 )
 from ..runs.checkpoint import Checkpoint, write_checkpoint
 from ..runs.rundir import RunDir
@@ -78,6 +84,7 @@ from ..spec.records import (
     confusion_cells,
 )
 from ..spec.states import Phase
+from .calibration import fit_temperature
 from .feature_path import FeaturePath
 from .setup import Setup, StopRequested
 
@@ -253,7 +260,6 @@ def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SIN
 
 def _cores_per_rank(world: World) -> int:
     """Processes on one machine share its cores."""
-    from ..platform.accel import available_cores
 
     return max(1, available_cores() // world.local_size)
 
@@ -485,9 +491,7 @@ class Checkpointer:
 def epoch_temperature(result: EvalResult) -> dict | None:
     """The temperature that calibrates this epoch's model, fitted on its validation logits (so the report
     judges it on test images it never saw), as the checkpoint keeps it; None without logits."""
-    import numpy as np
 
-    from .calibration import fit_temperature
 
     if result.logits is None or not len(result.predictions):
         return None
@@ -516,9 +520,7 @@ def test_record(epoch: int, chosen_by: str, loss, acc, tested: int, per_class_ac
 
 def write_test_outputs(run: RunDir, epoch: int, predictions: list[Prediction], logits: torch.Tensor) -> None:
     """The test pass's logits beside predictions.json, for the after-training report (core.analysis.report)."""
-    import io
 
-    import numpy as np
 
     buffer = io.BytesIO()
     np.savez(buffer, epoch=np.array(epoch), index=np.array([p.index for p in predictions], dtype=np.int64),
@@ -537,7 +539,6 @@ def class_weights(split: Split) -> list[float]:
 
 def make_schedule(cfg: TrainConfig, optimizer):
     """torch's own schedulers: StepLR (the PyTorch tutorial's step 7, gamma 0.1) or cosine annealing."""
-    from torch.optim import lr_scheduler
 
     if cfg.schedule == "step":
         return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -548,7 +549,6 @@ def make_schedule(cfg: TrainConfig, optimizer):
 
 def run_inputs(run: RunDir) -> dict[str, str]:
     """SHA-256 of what a run trains from (its config and its list files): a resume refuses when they changed."""
-    import hashlib
 
     files = [run.config, *sorted(p for p in run.lists.glob("*") if p.is_file())] if run.lists.is_dir() else [run.config]
     out = {}
@@ -681,7 +681,6 @@ def test_once(s: Setup, path: FeaturePath, checkpointer: Checkpointer, history: 
 
 def _load_kept_model(s: Setup) -> None:
     """The chosen epoch's weights, from checkpoint_best.pt (every rank reads what rank 0 wrote)."""
-    from ..platform.io import torch_load_tensors
 
     barrier(s.world)
     s.model.load_state_dict(torch_load_tensors(s.run.best)["model"])

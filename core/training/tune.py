@@ -21,7 +21,10 @@ from typing import Generator
 import numpy as np
 import torch
 
+from ..data.split import read_training_list, split_dataset
+from ..features.extractor import FeatureExtractor
 from ..platform.errors import RunError
+from ..platform.io import atomic_write_text
 from ..spec.config import TrainConfig, field_range
 from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
@@ -73,7 +76,6 @@ def training_features(cfg: TrainConfig, cache_dir: str | Path | None
     """The training split's backbone features, by the extractor a run of ``cfg`` uses (its cache: a run, a check
     or an earlier search may have computed them). Reads only the training list; yields Progress; returns
     (features, labels, classes)."""
-    from ..features.extractor import FeatureExtractor
 
     if cfg.freeze != "head" or not cfg.pretrained:
         raise RunError("the head search needs pretrained weights and freeze 'head' (only the head trains): then "
@@ -92,7 +94,6 @@ def training_features(cfg: TrainConfig, cache_dir: str | Path | None
 def training_images(cfg: TrainConfig) -> tuple[list[tuple[str, int]], list[str]]:
     """The images the search cross-validates on (training and validation share, the excluded left out) and the
     class names. The test list is never read."""
-    from ..data.split import read_training_list, split_dataset
 
     if cfg.lists_dir:
         train, classes = read_training_list(cfg.lists_dir)
@@ -141,6 +142,7 @@ def train_head(x: torch.Tensor, y: torch.Tensor, classes: int, params: dict, *, 
 
 
 def _folds(labels: np.ndarray, seed: int) -> tuple[list, str | None]:
+    # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.model_selection import StratifiedKFold
 
     smallest = int(np.bincount(labels)[np.bincount(labels) > 0].min())
@@ -247,6 +249,5 @@ def _within(space: dict, params: dict) -> dict:
 
 
 def save_result(result: TuneResult, path: str | Path) -> None:
-    from ..platform.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(result.to_json(), indent=1))
