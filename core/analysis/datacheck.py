@@ -363,14 +363,15 @@ class _Links:
         return connected_components(graph, directed=False)[1]
 
     def components(self) -> tuple[dict[int, list[int]], np.ndarray]:
-        """group id → its positions, and every group's weakest link (1.0 for a group without near links)."""
+        """group id → its positions for every group of two or more, and every group's weakest link (1.0 for a group
+        without near links). Work by the groups found, not a Python pass over every image."""
         ids = self.group_ids()
         rows, _, similarity = self._edges()
         weakest = np.ones(self.n)
         np.minimum.at(weakest, ids[rows], similarity)
-        members: dict[int, list[int]] = defaultdict(list)
-        for position, group in enumerate(ids.tolist()):
-            members[group].append(position)
+        sizes = np.bincount(ids, minlength=1)
+        order, ends = np.argsort(ids, kind="stable"), np.cumsum(sizes)
+        members = {int(g): order[ends[g] - sizes[g]:ends[g]].tolist() for g in np.flatnonzero(sizes > 1)}
         return members, weakest
 
 
