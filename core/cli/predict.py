@@ -11,6 +11,7 @@ from ..data.split import MAX_CLASSES
 from ..platform.errors import ConfigError
 from ..spec.archs import ARCHITECTURES
 from ..spec.config import TTA_MODES
+from ..spec.records import follow
 from .args import number
 
 
@@ -70,15 +71,11 @@ def _predict_folder(predictor, args) -> int:
         raise ConfigError(f"no images under '{args.image}'")
     if args.tta:
         raise ConfigError("--tta predicts one image at a time; give an image file, not a folder")
-    batches = predict_many(predictor, paths, topk=args.topk, calibrated=not args.raw)
-    while True:
-        try:
-            done, total = next(batches)
-        except StopIteration as finished:
-            rows = finished.value
-            break
+    def said(progress: tuple[int, int]) -> None:
         if sys.stderr.isatty():
-            print(f"\rpredicted {done}/{total} images", end="", file=sys.stderr, flush=True)
+            print(f"\rpredicted {progress[0]}/{progress[1]} images", end="", file=sys.stderr, flush=True)
+
+    rows = follow(predict_many(predictor, paths, topk=args.topk, calibrated=not args.raw), said)
     out = io.StringIO(newline="")
     writer = csv.writer(out if args.csv else sys.stdout)
     writer.writerow(CSV_HEADER)

@@ -9,7 +9,7 @@ reads what the others computed: a run after a check computes no feature, even on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from ..platform.distributed import SINGLE, World, broadcast, gather_all, shard
 from ..spec.archs import fixed_size, get_arch
 from ..spec.config import TrainConfig
 from ..spec.records import Features as FeaturesRecord
-from ..spec.records import Progress, ProgressMeter
+from ..spec.records import Progress, ProgressMeter, relay
 from ..spec.states import Phase
 from .cache import (
     FeatureSet,
@@ -182,17 +182,7 @@ class FeatureExtractor:
         batches = compute_frozen_outputs(self.folded, self.cut, [samples[p] for p in positions], self.transform,
                                          device=self.device, batch_size=inference_batch_size(self.device),
                                          num_workers=self.workers, autocast=self.autocast)
-        try:
-            while True:
-                try:
-                    n = next(batches)
-                except StopIteration as finished:
-                    features = finished.value
-                    break
-                stop()
-                yield from tally.advance(n, timings)
-        finally:
-            batches.close()
+        features = yield from tally.count(batches, timings, stop)
         tally.finish(timings)
         if self.world.active:
             features = _gathered(features, positions, len(samples), self.world)
@@ -209,6 +199,15 @@ class _ListTally:
         self.mine = [sum(bounds[k] <= p < bounds[k + 1] for p in positions) for k in range(len(names))]  # this rank's
         self.current, self.in_current, self.t0 = 0, 0, time.time()
         self.meter = ProgressMeter(Phase.FEATURES, sizes[0], split=names[0])
+
+    def count(self, batches: Generator[int, None, FeatureSet], timings: dict[str, float], stop: Callable[[], None]
+              ) -> Generator[Progress, None, FeatureSet]:
+        """Relay the pass's per-batch image counts as each list's progress (Stop between batches); its result."""
+        def each(n: int) -> Iterator[Progress]:
+            stop()
+            yield from self.advance(n, timings)
+
+        return (yield from relay(batches, each))
 
     def advance(self, n: int, timings: dict[str, float]) -> Generator[Progress, None, None]:
         while n:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, TypeVar, Union
@@ -18,6 +18,7 @@ from .states import Phase, RunState
 
 T = TypeVar("T")
 R = TypeVar("R")
+Y = TypeVar("Y")
 
 
 class RecordError(ValueError):
@@ -435,33 +436,40 @@ class ProgressMeter:
                         images_per_s=self.done / elapsed if elapsed > 0 and self.done else 0.0)
 
 
-def metered(counts: Generator[int, None, T], meter: ProgressMeter) -> Generator[Progress, None, T]:
-    """Relay a generator that yields counts of work done (images, steps) as ``meter``'s Progress records; returns
-    what it returns. It is closed either way, so a Stop between records ends it at once."""
+def relay(stream: Generator[Y, None, T], each: Callable[[Y], Iterable[R]]) -> Generator[R, None, T]:
+    """Yield what ``each`` makes of every item ``stream`` yields, and return what ``stream`` returns (a ``for``
+    loop would lose it). The stream is closed either way, so a Stop between items ends it at once."""
     try:
         while True:
             try:
-                n = next(counts)
+                item = next(stream)
             except StopIteration as finished:
                 return finished.value
-            record = meter.advance(n)
-            if record:
-                yield record
+            yield from each(item)
     finally:
-        counts.close()
+        stream.close()
+
+
+def metered(counts: Generator[int, None, T], meter: ProgressMeter) -> Generator[Progress, None, T]:
+    """Relay a generator that yields counts of work done (images, steps) as ``meter``'s Progress records."""
+    def records(n: int) -> list[Progress]:
+        record = meter.advance(n)
+        return [record] if record else []
+
+    return (yield from relay(counts, records))
 
 
 def follow(stream, on_record=None):
     """Run a generator of records (progress, batches, steps) to its end, handing each to ``on_record``;
     returns the generator's return value (``return report`` in it). The generator is closed either way, so
     an interruption (a page's Stop, Ctrl-C) runs its clean-up at once."""
+    def handed(record) -> tuple:
+        if on_record is not None:
+            on_record(record)
+        return ()
+
     try:
-        while True:
-            try:
-                record = next(stream)
-            except StopIteration as finished:
-                return finished.value
-            if on_record is not None:
-                on_record(record)
-    finally:
-        stream.close()
+        next(relay(stream, handed))  # nothing is relayed, so the first step runs the stream to its end
+    except StopIteration as finished:
+        return finished.value
+    raise AssertionError("unreachable: relay yields nothing here")
