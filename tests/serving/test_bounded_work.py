@@ -1,6 +1,6 @@
 """Work bounded by what is shown, and files read defensively.
 
-The gate: tests/serving/test_gate.py and tests/serving/test_hostile_visitors.py (a fresh st.App server). The
+The gate: tests/serving/test_gate.py and tests/e2e/test_servers.py (a fresh st.App server). The
 200-creation race: tests/runs/test_readers_never_write.py. Here: work bounded by what is shown (a label of 3000,
 many classes, sparse confusion matrices), files read defensively wherever they come from (FIFOs, devices, NUL bytes,
 CSV fields, missing entries named), and outputs nobody can misread (a zip given as weights).

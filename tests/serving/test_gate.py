@@ -2,7 +2,7 @@
 
 The gate wraps a stand-in app that answers every request it is let through, so each test sees exactly
 what gets past the middleware: pages, Streamlit's own routes, media, uploads, websocket handshakes.
-A fresh real server (st.App) refusing every route without the cookie is in tests/serving/test_hostile_visitors.py.
+A fresh real server (st.App) refusing every route without the cookie is in tests/e2e/test_servers.py.
 """
 import asyncio
 import threading
