@@ -182,6 +182,7 @@ class FeatureExtractor:
         batches = compute_frozen_outputs(self.folded, self.cut, [samples[p] for p in positions], self.transform,
                                          device=self.device, batch_size=inference_batch_size(self.device),
                                          num_workers=self.workers, autocast=self.autocast)
+        tally.t0 = time.time()  # each list's seconds are its images' pass, not the decoder's import or the folding
         features = yield from tally.count(batches, timings, stop)
         tally.finish(timings)
         if self.world.active:
