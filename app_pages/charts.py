@@ -10,7 +10,8 @@ import streamlit as st
 from core.analysis.compare import compare_runs
 from core.platform.errors import UserError
 from core.platform.figures import pct
-from core.runs.rundir import RunInfo, read_records
+from core.runs.files import read_records
+from core.runs.listing import RunInfo
 from core.spec.config import TRAINS
 from core.spec.records import CHOSEN_ON_TEST, VALIDATION, Records
 from core.spec.states import RunState

@@ -4,7 +4,7 @@ from app_pages.charts import test_cell
 from app_pages.common import data_root, load_state, split_line, split_summary, user_errors
 from core.analysis.report import SHOWN_CLASSES
 from core.platform.workspace import runs_dir
-from core.runs.rundir import list_runs
+from core.runs.listing import list_runs
 from core.spec.config import TRAINS
 from core.spec.states import RunState
 

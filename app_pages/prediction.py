@@ -14,7 +14,8 @@ from core.inference.predict import CSV_HEADER, Predictor, image_files, predict_m
 from core.platform.errors import UserError
 from core.platform.figures import pct
 from core.platform.workspace import runs_dir
-from core.runs.rundir import RunDir, best_completed, list_runs
+from core.runs.listing import best_completed, list_runs
+from core.runs.rundir import RunDir
 from core.spec.config import TTA_MODES
 from core.spec.states import RunState
 

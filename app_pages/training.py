@@ -59,7 +59,9 @@ from core.platform.accel import plan_threads
 from core.platform.errors import UserError
 from core.platform.figures import pct
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, runs_dir
-from core.runs.rundir import RunDir, RunInfo, find_run, list_runs, load_config, read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import RunInfo, find_run, list_runs, read_run
+from core.runs.rundir import RunDir, load_config
 from core.spec.archs import ARCHITECTURES
 from core.spec.config import (
     AUGMENTATIONS,

@@ -49,7 +49,7 @@ from core.data.split import read_list_file, split_dataset, write_split
 from core.models.surgery import adapt_model, trainable_parameters
 from core.models.weights import find_weights, resolve_weights
 from core.platform.accel import fold_batchnorm, plan_threads, to_channels_last
-from core.runs.rundir import read_records
+from core.runs.files import read_records
 from core.spec.archs import ARCHITECTURES
 from core.spec.records import Features as FeaturesRecord
 from core.spec.records import follow

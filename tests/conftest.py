@@ -59,7 +59,10 @@ def isolated_workspace(tmp_path, tmp_path_factory, monkeypatch):
 def _live_workers(runs_folder) -> dict[str, int]:
     """Training processes at work on runs in ``runs_folder``, whoever started them (this process, or a worker
     that started the next queued run as it ended): run folder → pid."""
-    from core.runs.rundir import DamagedRun, RunDir, list_runs, process_start_id, read_worker_state
+    from core.platform.process import process_start_id
+    from core.runs.listing import list_runs
+    from core.runs.rundir import DamagedRun, RunDir
+    from core.runs.status import read_worker_state
 
     live = {}
     for info in list_runs(runs_folder):

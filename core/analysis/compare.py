@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..platform.errors import RunError
 from ..platform.figures import PairedDifference, paired_difference
-from ..runs.rundir import RunDir, read_predictions, read_records
+from ..runs.files import read_predictions, read_records
+from ..runs.rundir import RunDir
 from ..spec.records import CHOSEN_ON_TEST
 
 MAX_LIST_BYTES = 512 * 1024**2  # a test list larger than this is not hashed (never the case for a real run)

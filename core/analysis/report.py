@@ -23,7 +23,9 @@ from ..data.images import ImageError
 from ..data.split import read_list_file, read_split
 from ..platform.errors import RunError, not_finite_message
 from ..platform.figures import accuracy_of
-from ..runs.rundir import RunDir, RunInfo, read_predictions, read_records, read_run, read_test_outputs
+from ..runs.files import read_predictions, read_records, read_test_outputs
+from ..runs.listing import RunInfo, read_run
+from ..runs.rundir import RunDir
 from ..spec.config import TTA_MODES
 from ..spec.records import Records, Start
 from ..spec.states import RunState

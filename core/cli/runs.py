@@ -30,7 +30,7 @@ def _runs_folder(args) -> Path:
 
 
 def cmd_runs_list(args) -> int:
-    from ..runs.rundir import list_runs
+    from ..runs.listing import list_runs
 
     for info in list_runs(_runs_folder(args)):
         print(f"{info.name}\t{info.status}\t{info.reason}")
@@ -38,7 +38,8 @@ def cmd_runs_list(args) -> int:
 
 
 def cmd_runs_clean(args) -> int:
-    from ..runs.rundir import RunDir, clean_leftovers
+    from ..runs.listing import clean_leftovers
+    from ..runs.rundir import RunDir
 
     folder = _runs_folder(args)
     removed = kept = 0

@@ -16,7 +16,7 @@ def cmd_train(args) -> int:
     from ..jobs.queue import start_next_queued
     from ..platform.distributed import broadcast, finish, start, world_from_env
     from ..platform.workspace import cache_dir, runs_dir
-    from ..runs.rundir import new_run_dir, run_label
+    from ..runs.create import new_run_dir, run_label
     from ..training.run import train
 
     if args.resume:

@@ -52,7 +52,7 @@ def cmd_tune(args) -> int:
     if not args.train:
         return 0
     from ..platform.workspace import runs_dir
-    from ..runs.rundir import new_run_dir, run_label
+    from ..runs.create import new_run_dir, run_label
     from ..training.run import train
 
     tuned = result.apply(cfg)

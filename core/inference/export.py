@@ -20,7 +20,8 @@ from ..platform.errors import ConfigError, RunError
 from ..platform.figures import accuracy_of
 from ..platform.io import atomic_file, atomic_write_json, read_json_file
 from ..runs.checkpoint import read_checkpoint
-from ..runs.rundir import RunDir, read_records
+from ..runs.files import read_records
+from ..runs.rundir import RunDir
 from .predict import Predictor, checkpoint_path
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}

@@ -18,24 +18,13 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..platform.errors import RunError
+from ..platform.process import process_start_id
 from ..platform.settings import settings
 from ..platform.workspace import cache_dir, runs_dir, workspace_writes
-from ..runs.rundir import (
-    DISPATCH_LOCK,
-    DamagedRun,
-    RunDir,
-    RunInfo,
-    WorkerState,
-    claim,
-    create_run,
-    list_runs,
-    load_config,
-    new_run_dir,
-    process_start_id,
-    read_worker_state,
-    run_label,
-    write_status,
-)
+from ..runs.create import claim, create_run, new_run_dir, run_label
+from ..runs.listing import RunInfo, list_runs
+from ..runs.rundir import DISPATCH_LOCK, DamagedRun, RunDir, load_config
+from ..runs.status import WorkerState, read_worker_state, write_status
 from ..spec.choices import Freeze
 from ..spec.config import TrainConfig
 from ..spec.records import Features, Records

@@ -15,7 +15,7 @@ from ..platform.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.jobs.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a run folder made by core.runs.rundir.create_run")
+    parser.add_argument("run_dir", help="a run folder made by core.runs.create.create_run")
     parser.add_argument("--cache-dir", help="where cached backbone features are kept")
     parser.add_argument("--confined", action="store_true",
                         help="read images only inside TLD_ALLOWED_ROOTS (runs started from the app)")
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0") == "0":  # the next seconds go into importing: say so where the page looks
         # deferred: these import no torch, and the status is written before anything slow is imported
-        from ..runs.rundir import RunDir, this_process_state, write_status
+        from ..runs.rundir import RunDir
+        from ..runs.status import this_process_state, write_status
         from ..spec.states import RunState
 
         starting = this_process_state(RunState.STARTING, "importing PyTorch and the model code")

@@ -83,7 +83,7 @@ def atomic_file(path, mode: int | None = None):
     tmp = None
     try:
         # The name carries this process's identity: only this process removes it, or, once this process is
-        # provably gone (killed mid-write), `python -m core runs clean` (core.runs.rundir.clean_leftovers).
+        # provably gone (killed mid-write), `python -m core runs clean` (core.runs.listing.clean_leftovers).
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.{own_identity()}.",
                                    suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:

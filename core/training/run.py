@@ -22,18 +22,11 @@ from ..platform.distributed import SINGLE, Terminated, World, barrier
 from ..platform.errors import RunError, UserError
 from ..platform.io import append_jsonl, atomic_write_text, read_tail_text
 from ..runs.checkpoint import Checkpoint, read_checkpoint
-from ..runs.rundir import (
-    Heartbeat,
-    RunDir,
-    claim_resume,
-    create_run,
-    load_config,
-    own_resume_claim,
-    read_records,
-    read_run,
-    summarise,
-    write_summary,
-)
+from ..runs.create import claim_resume, create_run, own_resume_claim
+from ..runs.files import read_records
+from ..runs.listing import read_run, summarise, write_summary
+from ..runs.rundir import RunDir, load_config
+from ..runs.status import Heartbeat
 from ..spec.config import TrainConfig
 from ..spec.records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start, Test
 from ..spec.states import Phase, RunState

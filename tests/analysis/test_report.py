@@ -13,7 +13,9 @@ from core.analysis.report import _coverage_notes, class_scores, evaluate_tta, ru
 from core.data.datasets import build_transform
 from core.inference.predict import Predictor
 from core.platform.errors import RunError
-from core.runs.rundir import RunDir, read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import read_run
+from core.runs.rundir import RunDir
 from core.spec.archs import get_arch
 from core.spec.config import TrainConfig
 from core.spec.records import Prediction, follow

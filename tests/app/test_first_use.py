@@ -10,7 +10,11 @@ from PIL import Image
 
 from core.jobs.queue import run_progress, seconds_left, smooth_eta, start_worker
 from core.platform.workspace import runs_dir
-from core.runs.rundir import RunDir, WorkerState, create_run, list_runs, read_records, read_run, write_status
+from core.runs.create import create_run
+from core.runs.files import read_records
+from core.runs.listing import list_runs, read_run
+from core.runs.rundir import RunDir
+from core.runs.status import WorkerState, write_status
 from core.spec.config import TrainConfig
 from tests.conftest import app_test, make_colour_dataset, wait_until
 

@@ -8,7 +8,8 @@ from streamlit.testing.v1 import AppTest
 from core.data.demo import generate_demo
 from core.jobs.queue import kill_worker
 from core.platform.workspace import lists_dir_for, runs_dir
-from core.runs.rundir import read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import read_run
 from core.spec.archs import ARCHITECTURES
 from tests.conftest import ROOT, wait_until
 
@@ -565,7 +566,7 @@ def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
 
 
 def test_home_open_training_follows_the_latest_run(small_demo):
-    from core.runs.rundir import create_run
+    from core.runs.create import create_run
     from core.spec.config import TrainConfig
 
     create_run(runs_dir() / "older", TrainConfig(data_root=str(small_demo)), queued=True)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from core.platform.workspace import runs_dir
-from core.runs.rundir import list_runs, read_records
+from core.runs.files import read_records
+from core.runs.listing import list_runs
 from tests.conftest import ROOT
 
 

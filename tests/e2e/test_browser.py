@@ -58,7 +58,7 @@ def serving(tmp_path: Path, **env: str):
         log.close()
         # The server's training processes run in their own sessions: end any that are still at work.
         from core.jobs.queue import kill_worker
-        from core.runs.rundir import read_run
+        from core.runs.listing import read_run
         for run in (tmp_path / "workspace" / "runs").glob("*"):
             if read_run(run).active:
                 kill_worker(run)

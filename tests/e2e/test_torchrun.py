@@ -13,7 +13,10 @@ from streamlit.testing.v1 import AppTest
 from core.data.demo import generate_demo
 from core.inference.predict import Predictor
 from core.platform.workspace import runs_dir
-from core.runs.rundir import RunDir, read_records, read_run, read_status
+from core.runs.files import read_records
+from core.runs.listing import read_run
+from core.runs.rundir import RunDir
+from core.runs.status import read_status
 from core.spec.config import TrainConfig
 from core.training.run import train
 from tests.conftest import ROOT, wait_until

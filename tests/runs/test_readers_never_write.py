@@ -16,18 +16,10 @@ import pytest
 
 from core.platform.io import atomic_write_json, temp_file_owner
 from core.platform.process import own_identity
-from core.runs.rundir import (
-    RunDir,
-    WorkerState,
-    claim_resume,
-    clean_leftovers,
-    create_run,
-    list_runs,
-    new_run_dir,
-    read_run,
-    this_process_state,
-    write_status,
-)
+from core.runs.create import claim_resume, create_run, new_run_dir
+from core.runs.listing import clean_leftovers, list_runs, read_run
+from core.runs.rundir import RunDir
+from core.runs.status import WorkerState, this_process_state, write_status
 from core.spec.config import TrainConfig
 from core.spec.states import RunState
 
@@ -210,7 +202,8 @@ def test_an_npz_bomb_is_refused_from_its_headers_before_anything_is_loaded(tmp_p
 
     import numpy as np
 
-    from core.runs.rundir import DamagedRun, read_test_outputs
+    from core.runs.files import read_test_outputs
+    from core.runs.rundir import DamagedRun
 
     run = create_run(tmp_path / "run", TrainConfig(data_root=str(tmp_path)))
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))

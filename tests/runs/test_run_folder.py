@@ -12,17 +12,10 @@ from streamlit.testing.v1 import AppTest
 
 from core.jobs.queue import kill_worker, launch, request_stop, run_progress, start_worker
 from core.platform.workspace import runs_dir
-from core.runs.rundir import (
-    STALE_AFTER_S,
-    RunDir,
-    WorkerState,
-    best_completed,
-    list_runs,
-    read_records,
-    read_run,
-    read_status,
-    write_status,
-)
+from core.runs.files import read_records
+from core.runs.listing import best_completed, list_runs, read_run
+from core.runs.rundir import RunDir
+from core.runs.status import STALE_AFTER_S, WorkerState, read_status, write_status
 from core.spec.config import TrainConfig
 from core.spec.records import Batch, Epoch, Features, Final, Progress, RecordError, Start, parse_record
 from core.training.run import train

@@ -24,7 +24,11 @@ from core.models.surgery import adapt_model
 from core.platform.errors import ConfigError, DatasetError, ImageError, UploadError, WeightsError
 from core.platform.io import atomic_torch_save
 from core.platform.workspace import check_allowed, runs_dir
-from core.runs.rundir import RunDir, new_run_dir, read_records, read_run, read_status
+from core.runs.create import new_run_dir
+from core.runs.files import read_records
+from core.runs.listing import read_run
+from core.runs.rundir import RunDir
+from core.runs.status import read_status
 from core.spec.config import TrainConfig
 from core.spec.records import Epoch
 from core.training.run import train

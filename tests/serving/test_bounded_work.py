@@ -26,7 +26,8 @@ from core.data.split import read_list_file
 from core.platform.errors import DatasetError, ImageError, RunError, WeightsError
 from core.platform.io import NotAFile, open_regular, read_json_file
 from core.platform.workspace import runs_dir
-from core.runs.rundir import read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import read_run
 from core.spec.config import TrainConfig
 from core.spec.records import Features, Start, cells_of, class_counts, confusion_cells
 from core.training.run import train
@@ -424,7 +425,7 @@ def test_every_file_of_a_run_made_hostile_never_blocks_or_breaks_a_reader(lite0_
     from core.analysis.report import run_report
     from core.inference.predict import Predictor
     from core.platform.errors import UserError
-    from core.runs.rundir import list_runs
+    from core.runs.listing import list_runs
 
     good = lite0_run_here
     hostile = []

@@ -22,7 +22,10 @@ from streamlit.testing.v1 import AppTest
 from core.platform.errors import ConfigError, DatasetError, RunError, WeightsError
 from core.platform.settings import settings
 from core.platform.workspace import runs_dir
-from core.runs.rundir import RunDir, create_run, find_run, list_runs, read_run, write_status
+from core.runs.create import create_run
+from core.runs.listing import find_run, list_runs, read_run
+from core.runs.rundir import RunDir
+from core.runs.status import write_status
 from core.spec.config import TrainConfig
 from tests.conftest import ROOT, app_test, wait_until
 

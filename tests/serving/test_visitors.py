@@ -17,7 +17,7 @@ from core.jobs.queue import cancel, dispatch, kill_worker, launch, queue
 from core.platform.errors import UploadError, WeightsError
 from core.platform.settings import settings
 from core.platform.workspace import runs_dir
-from core.runs.rundir import list_runs, read_run
+from core.runs.listing import list_runs, read_run
 from core.spec.config import TrainConfig
 from tests.conftest import ROOT, app_test, make_colour_dataset, wait_until
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from core.platform.errors import RunError
-from core.runs.rundir import RunDir, read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import read_run
+from core.runs.rundir import RunDir
 from core.spec.config import TrainConfig
 from core.spec.records import Epoch, follow
 from core.training.run import resume_training, train
@@ -146,7 +148,8 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
     """kill -9 leaves the claim behind; its process is gone, so the next attempt takes it over."""
     import os
 
-    from core.runs.rundir import claim_resume, process_start_id
+    from core.platform.process import process_start_id
+    from core.runs.create import claim_resume
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -167,7 +170,8 @@ def test_a_resume_killed_before_its_final_does_not_block_the_next(tmp_path):
 
 
 def _claim_in_a_process(folder: str, start, results, finish) -> None:
-    from core.runs.rundir import RunDir, claim_resume
+    from core.runs.create import claim_resume
+    from core.runs.rundir import RunDir
 
     start.wait()
     results.put(claim_resume(RunDir(folder), 1))

@@ -1,7 +1,7 @@
 """Every run writes TensorBoard events beside its records; failing to write them never fails the run."""
 import pytest
 
-from core.runs.rundir import read_records
+from core.runs.files import read_records
 from core.spec.config import TrainConfig
 from core.training.run import train
 from tests.conftest import make_colour_dataset

@@ -7,7 +7,8 @@ import torch
 from core.features.cache import compute_frozen_outputs
 from core.inference.predict import Predictor
 from core.platform.errors import ConfigError, RunError
-from core.runs.rundir import RunDir, read_records
+from core.runs.files import read_records
+from core.runs.rundir import RunDir
 from core.spec.archs import ARCHITECTURES
 from core.spec.config import TrainConfig
 from core.spec.records import Batch, Epoch, Features, Progress
@@ -142,7 +143,7 @@ def test_config_validation_names_allowed_values():
 
 
 def test_a_config_is_checked_once_when_made_with_one_sentence_per_wrong_field(tmp_path):
-    from core.runs.rundir import create_run
+    from core.runs.create import create_run
 
     with pytest.raises(ConfigError) as caught:
         TrainConfig(epochs=0, lr=float("nan"), momentum=1.5, arch="resnet99", data_root="x")
@@ -258,7 +259,8 @@ def test_comparison_twin_flips_weights_and_freeze_and_keeps_the_rest():
 
 def test_find_twin_matches_every_saved_setting_but_the_weights_side(tmp_path):
     from core.jobs.queue import comparison_twin, find_twin
-    from core.runs.rundir import create_run, list_runs
+    from core.runs.create import create_run
+    from core.runs.listing import list_runs
 
     pretrained = TrainConfig(arch="resnet18", weights="/w.pth", freeze="head", lr=0.01, epochs=7, data_root="d")
     scratch = comparison_twin(pretrained, "/w.pth")

@@ -13,7 +13,9 @@ import torch
 from core.data.split import carve_validation, read_split, split_dataset, write_split
 from core.platform.errors import ConfigError
 from core.platform.figures import accuracy, paired_difference
-from core.runs.rundir import RunDir, read_records, read_run
+from core.runs.files import read_records
+from core.runs.listing import read_run
+from core.runs.rundir import RunDir
 from core.spec.config import TrainConfig
 from core.spec.records import Epoch, Progress, Test, cells_of
 from core.spec.states import Phase
