@@ -5,8 +5,8 @@ configured it shows only a message saying so. Tests drive it headlessly with ``A
 """
 import streamlit as st
 
-from app_pages.common import app_icon, logout_link, settings_or_stop
 from app_pages.gate import configured_password, served_through_gate
+from app_pages.shell import app_icon, logout_link, settings_or_stop
 
 # A drawn icon, not a :material: one: those are fetched from a font server, and the app must send
 # nothing anywhere (it is used offline).

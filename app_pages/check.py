@@ -5,22 +5,18 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.charts import embedding_chart, image_size_charts, selected_in_box
-from app_pages.common import (
+from app_pages.choices import (
     KEEP_GROUPS,
     current_split,
     data_root,
     default_arch,
     load_state,
-    plural,
-    reported,
     resolve_weights_file,
-    run_with_stop,
     split_line,
     stored_check,
-    thumbnail,
-    user_errors,
-    was_stopped,
 )
+from app_pages.images import thumbnail
+from app_pages.work import plural, reported, run_with_stop, user_errors, was_stopped
 from core.analysis.datacheck import (
     NEAR_THRESHOLD,
     DataReport,

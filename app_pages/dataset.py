@@ -6,20 +6,18 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.charts import class_counts_chart, download_progress
-from app_pages.common import (
+from app_pages.choices import (
     choose_data_root,
     data_root,
     demo_root,
     load_state,
-    plural,
-    reported,
     save_state,
     split_line,
     split_sizes,
     split_summary,
-    thumbnail,
-    user_errors,
 )
+from app_pages.images import thumbnail
+from app_pages.work import plural, reported, user_errors
 from core.data.datasets import training_transform
 from core.data.images import open_image
 from core.data.split import split_dataset, write_split

@@ -1,7 +1,8 @@
 import streamlit as st
 
 from app_pages.charts import test_cell
-from app_pages.common import data_root, load_state, split_line, split_summary, user_errors
+from app_pages.choices import data_root, load_state, split_line, split_summary
+from app_pages.work import user_errors
 from core.analysis.report import SHOWN_CLASSES
 from core.platform.workspace import runs_dir
 from core.runs.listing import list_runs

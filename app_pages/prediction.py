@@ -5,7 +5,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_pages.common import plural, run_predictor, run_with_stop, show_explanation, user_errors, was_stopped
+from app_pages.images import run_predictor, show_explanation
+from app_pages.work import plural, run_with_stop, user_errors, was_stopped
 from core.analysis.report import SHOWN_CLASSES
 from core.data.images import open_image, thumbnail_jpeg
 from core.data.uploads import check_image_upload, extract_zip, image_upload_limit_mb

@@ -4,18 +4,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages.architectures import render_architecture_table
 from app_pages.charts import download_progress, highlighted_lines
-from app_pages.common import (
-    data_root,
-    default_arch,
-    load_state,
-    render_architecture_table,
-    reported,
-    resolve_weights_file,
-    save_state,
-    split_summary,
-    user_errors,
-)
+from app_pages.choices import data_root, default_arch, load_state, resolve_weights_file, save_state, split_summary
+from app_pages.work import reported, user_errors
 from core.models.surgery import SurgeryReport, adapt_model, trains_in
 from core.models.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.platform.workspace import allowed_roots, is_allowed, path_problem, shown

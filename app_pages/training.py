@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages.architectures import render_architecture_table
 from app_pages.charts import (
     compare_chart,
     confusion_chart,
@@ -17,26 +18,20 @@ from app_pages.charts import (
     test_cell,
     trials_chart,
 )
-from app_pages.common import (
+from app_pages.choices import (
     KEEP_GROUPS,
     current_split,
     data_root,
     default_arch,
     load_state,
-    render_architecture_table,
-    reported,
     resolve_weights_file,
-    run_predictor,
-    run_with_stop,
     save_state,
-    show_explanation,
     split_line,
     split_summary,
     stored_check,
-    thumbnail,
-    user_errors,
-    was_stopped,
 )
+from app_pages.images import run_predictor, show_explanation, thumbnail
+from app_pages.work import reported, run_with_stop, user_errors, was_stopped
 from core.analysis.compare import compare_runs
 from core.analysis.datacheck import check_of_run, data_fingerprint
 from core.analysis.report import SHOWN_CLASSES, RunReport, TestImage, evaluate_tta, report_stamp, run_report

@@ -1,4 +1,4 @@
-"""Heavy in-page work waits its turn (core.platform.slots, app_pages.common.run_with_stop): at most
+"""Heavy in-page work waits its turn (core.platform.slots, app_pages.work.run_with_stop): at most
 TLD_MAX_PAGE_WORK jobs at once per server, the rest in line, first come first served, each told its place."""
 import threading
 import time
