@@ -31,7 +31,6 @@ import numpy as np
 
 from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable
 from ..data.split import Split, read_list_file, read_split, split_dataset
-from ..features.extractor import FeatureExtractor
 from ..platform.errors import DatasetError, UserError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
 from ..runs.rundir import RunDir, load_config
@@ -406,6 +405,8 @@ def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, 
 
     Yields Progress; returns (features (n, d) float32, samples in the same order, whether all came from the
     cache)."""
+    # deferred: the extractor imports torch; reading a stored report (`split --keep-together`) needs none of it
+    from ..features.extractor import FeatureExtractor
 
     extractor = FeatureExtractor.build(cfg, len(split.classes), cache_dir=cache_dir)
     # validation images are the training share's: on the "train" side for leaks and the baseline
