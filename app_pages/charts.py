@@ -148,6 +148,7 @@ def runs_table(runs: list[RunInfo]) -> None:
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
                      "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
                      "data": (c.data_root or c.lists_dir) if c else None,
+                     "version": (c.dataset_version or "v0") if c and c.data_root else None,
                      "train / val / test": " / ".join(f"{n:,}" for n in sizes) if sizes else None,
                      "excluded": r.excluded,
                      "val acc (chose)": pct(r.val_acc) if r.val_acc is not None else "–",

@@ -14,12 +14,16 @@ from app_pages.choices import (
     resolve_weights_file,
     split_line,
     stored_check,
+    with_version,
 )
 from app_pages.images import thumbnail
+from app_pages.versions import decide, key_of, said_once, version_or_none
 from app_pages.work import plural, reported, run_with_stop, user_errors, was_stopped
 from core.analysis.datacheck import (
     NEAR_THRESHOLD,
     DataReport,
+    DuplicateGroup,
+    LabelIssue,
     check_data,
     data_fingerprint,
     describe,
@@ -28,6 +32,7 @@ from core.analysis.datacheck import (
     split_fingerprint,
 )
 from core.data.split import Split, split_dataset, write_split
+from core.data.versions import Action, DatasetVersion
 from core.jobs.queue import launch
 from core.platform.errors import UserError
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
@@ -113,18 +118,41 @@ def render_duplicates(report: DataReport, split: Split, root: str, state: Choice
     if conflicts:
         st.warning(f"**{plural(len(conflicts), 'group')} filed under two classes**: at least one label of each is "
                    "wrong (see Label issues).")
+    version = version_or_none(root)
     for i, group in enumerate(report.duplicates[:GROUPS_SHOWN]):
         st.markdown(_group_title(i, group, report))
         images = [(thumbnail(m.path), f"{m.split} · {_class_names(report, [m.label])[0]}") for m in group.members[:12]]
         shown_images = [(img, caption) for img, caption in images if img is not None]
         if shown_images:
             st.image([img for img, _ in shown_images], caption=[c for _, c in shown_images], width=112)
+        group_actions(group, i, root, state, version)
         with st.expander("Paths"):
             st.code("\n".join(m.path for m in group.members), language=None)
     if len(report.duplicates) > GROUPS_SHOWN:
         st.caption(f"{len(report.duplicates) - GROUPS_SHOWN} more groups are in the report "
                    "(`python -m core inspect --json` writes them all).")
     render_resplit(report, split, root, state)
+
+
+def group_actions(group: DuplicateGroup, i: int, root: str, state: Choices, version: DatasetVersion | None) -> None:
+    """Keep one of the copies (the first, a training image when there is one) or keep them together."""
+    if version is None:
+        return
+    paths = [m.path for m in sorted(group.members, key=lambda m: m.split == "test")]
+    states = {version.status_of(p) for p in paths}
+    if states != {""}:
+        st.caption(f":green[{', '.join(sorted(s for s in states if s)) or 'decided'} ({version.name})]")
+        return
+    key = key_of(*paths)
+    split = current_split(root, state)
+    left, right, _ = st.columns([2, 2, 3])
+    copies = f"{len(paths) - 1} cop{'y' if len(paths) == 2 else 'ies'}"
+    if left.button(f"Keep {Path(paths[0]).name}, drop {copies}",
+                   key=f"ck_keep_one_{key}", width="stretch"):
+        decide(root, split, Action.KEEP_ONE, paths, reason=f"data check: group {i + 1}, {group.kind} copies")
+    if right.button("Keep them together", key=f"ck_together_{key}", width="stretch",
+                    help="All on one side of the split, so none is tested against its own copy"):
+        decide(root, split, Action.KEEP_TOGETHER, paths, reason=f"data check: group {i + 1}, {group.kind} copies")
 
 
 def render_resplit(report: DataReport, split: Split, root: str, state: Choices) -> None:
@@ -201,13 +229,14 @@ def render_label_issues(report: DataReport, root: str, state: Choices) -> None:
     issues = report.label_issues
     st.markdown(f"**{plural(len(issues), 'suspect')}**, most suspect first: a linear head trained without them "
                 "(5-fold cross-validation) expects another class. Nothing is relabelled; look, then decide.")
+    version = version_or_none(root)
     first = issues[:SUSPECTS_SHOWN]
-    images = [(thumbnail(i.path), f"{i.given} → {i.suggested} ({100 * i.confidence:.0f}%)") for i in first]
-    kept = [(img, caption) for img, caption in images if img is not None]
-    if kept:
-        st.image([img for img, _ in kept], caption=[c for _, c in kept], width=112)
-    if len(kept) < len(issues):
-        st.caption(shown_of(len(kept), len(issues), "suspects"))
+    for row in range(0, len(first), 4):
+        for column, issue in zip(st.columns(4), first[row:row + 4]):
+            with column:
+                suspect_card(issue, report, root, state, version)
+    if len(first) < len(issues):
+        st.caption(shown_of(len(first), len(issues), "suspects"))
     table = pd.DataFrame([{"path": i.path, "split": i.split, "given": i.given, "model expects": i.suggested,
                            "probability": round(i.confidence, 3), "given class's probability": round(i.score, 4),
                            "found by": i.found_by} for i in issues])
@@ -222,12 +251,40 @@ def render_label_issues(report: DataReport, root: str, state: Choices) -> None:
         start_without(in_train, root, state, report)
 
 
+def suspect_card(issue: LabelIssue, report: DataReport, root: str, state: Choices,
+                 version: DatasetVersion | None) -> None:
+    """One suspect: its thumbnail, what the model expects, and the decisions (or the one already taken)."""
+    image = thumbnail(issue.path)
+    if image is not None:
+        st.image(image, width=128)
+    st.caption(f"**{issue.given} → {issue.suggested}** ({100 * issue.confidence:.0f}%) · {issue.split} · "
+               f"`{Path(issue.path).name}`")
+    if version is None:
+        return
+    status = version.status_of(issue.path)
+    if status:
+        st.caption(f":green[{status} ({version.name})]")
+        return
+    key = key_of(issue.path)
+    split = current_split(root, state)
+    why = f"data check: the model expects {issue.suggested} ({100 * issue.confidence:.0f}%)"
+    if st.button(f"Relabel as {issue.suggested}", key=f"ck_relabel_{key}", width="stretch"):
+        decide(root, split, Action.RELABEL, [issue.path], label=issue.suggested, reason=why)
+    left, right = st.columns(2)
+    if left.button("Drop", key=f"ck_drop_{key}", width="stretch", help="Leave it out of every split"):
+        decide(root, split, Action.DROP, [issue.path], reason=f"{why}; dropped")
+    with right.popover("Other…", width="stretch"):
+        other = st.selectbox("Class", [c for c in report.classes if c != issue.given], key=f"ck_other_{key}")
+        if st.button(f"Relabel as {other}", key=f"ck_relabel_other_{key}"):
+            decide(root, split, Action.RELABEL, [issue.path], label=other, reason="data check: chosen by hand")
+
+
 def start_without(paths: list[str], root: str, state: Choices, report: DataReport) -> None:
     groups = tuple(tuple(m.path for m in g.members) for g in report.duplicates) if st.session_state.get(KEEP_GROUPS) \
         else ()
     with user_errors():
-        cfg = state.config(arch=report.arch, weights=report.weights, data_root=root, exclude=tuple(paths),
-                           keep_together=groups)
+        cfg = state.config(arch=report.arch, weights=report.weights, data_root=root,
+                           **with_version(root, {"exclude": tuple(paths), "keep_together": groups}))
         path = launch(cfg)
     st.switch_page("app_pages/training.py", query_params={"run": path.name})
 
@@ -265,7 +322,8 @@ def main() -> None:
     arch = default_arch()
     weights = resolve_weights_file(arch, state)
     with user_errors():
-        split = current_split(root, state)
+        split = current_split(root, state, as_version=False)  # the check describes the folder as it is
+    said_once()
     st.write(f"**Data:** `{shown(root)}` · {split_line(split.summary())} · **backbone:** {arch}, "
              + (f"pretrained (`{Path(weights).name}`)" if weights else "no pretrained weights on this machine")
              + (" · **letterbox** (as the Training page's setting)" if state.letterbox else ""))

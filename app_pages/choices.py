@@ -11,6 +11,7 @@ import streamlit as st
 from core.analysis.datacheck import DataReport, load_report, report_path
 from core.data.demo import ensure_demo_dataset
 from core.data.split import Split, split_dataset
+from core.data.versions import load_version
 from core.models.weights import NO_WEIGHTS, PRETRAINED, resolve_weights
 from core.models.weights import default_arch as default_arch_and_reason
 from core.platform.errors import UserError, WeightsError
@@ -156,26 +157,46 @@ def _folder_stamp(root: str) -> float:
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=32)
-def _split_summary(root: str, ratio: float, seed: int, val_ratio: float, stamp: float) -> dict:
-    split = split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots())
+def _split_summary(root: str, ratio: float, seed: int, val_ratio: float, stamp: float, version: str) -> dict:
+    split = _split(root, ratio, seed, val_ratio, stamp, version)
     return {"summary": split.summary(), "train": split.train, "val": split.val, "test": split.test}
 
 
 def split_summary(root: str, state: Choices) -> dict:
-    """The split of ``root`` with this visitor's ratios and seed, as a summary (cached until a folder changes)."""
+    """The split of ``root`` with this visitor's ratios and seed and the root's dataset version, as a summary
+    (cached until a folder or the version changes)."""
     check_allowed(root)
-    return _split_summary(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root))
+    return _split_summary(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root),
+                          _version_key(root))
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
-def _split(root: str, ratio: float, seed: int, val_ratio: float, stamp: float) -> Split:
-    return split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots())
+def _split(root: str, ratio: float, seed: int, val_ratio: float, stamp: float, version: str) -> Split:
+    """``version``: the dataset version's key ("" for none), so a new decision makes a new split."""
+    edits = load_version(root).edits() if version else None
+    return split_dataset(root, ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots(), edits=edits)
 
 
-def current_split(root: str, state: Choices) -> Split:
-    """The split a run started now would train on (cached until a folder of the dataset changes)."""
+def _version_key(root: str) -> str:
+    version = load_version(root)
+    return f"{version.name}:{version.changes[-1].time if version.changes else 0}" if version.changes else ""
+
+
+def current_split(root: str, state: Choices, *, as_version: bool = True) -> Split:
+    """The split a run started now would train on: the folder with the dataset version applied (``as_version``
+    False: the folder as it is, which the data check describes). Cached until a folder or the version changes."""
     check_allowed(root)
-    return _split(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root))
+    return _split(root, state.train_ratio, state.seed, state.val_ratio, _folder_stamp(root),
+                  _version_key(root) if as_version else "")
+
+
+def with_version(root: str | None, settings: dict) -> dict:
+    """A run's settings with the data root's dataset version: its relabels, drops and groups, and its name."""
+    if not root:
+        return settings
+    fields = load_version(root).config_fields()
+    fields["keep_together"] = (*settings.pop("keep_together", ()), *fields["keep_together"])
+    return {**settings, **fields}
 
 
 def split_sizes(summary: dict) -> str:

@@ -8,6 +8,7 @@ import streamlit as st
 from app_pages.charts import class_counts_chart, download_progress
 from app_pages.choices import (
     choose_data_root,
+    current_split,
     data_root,
     demo_root,
     load_state,
@@ -17,6 +18,7 @@ from app_pages.choices import (
     split_summary,
 )
 from app_pages.images import thumbnail
+from app_pages.versions import render_version
 from app_pages.work import plural, reported, user_errors
 from core.data.datasets import training_transform
 from core.data.images import open_image
@@ -234,8 +236,7 @@ def render_lists(root: str, state: Choices, summary: dict) -> None:
     where = st.empty()  # filled after the button, so it says what is true once a click has written them
     if st.button("Write train.txt / val.txt / test.txt", type="primary", key="ds_write"):
         with user_errors(), st.spinner("Writing…"), workspace_writes("write the list files"):
-            write_split(split_dataset(root, state.train_ratio, state.seed, val_ratio=state.val_ratio,
-                                      allowed_roots=allowed_roots()), out_dir, overwrite=True)
+            write_split(current_split(root, state), out_dir, overwrite=True)
         st.success(f"Wrote {count(summary['train_images'])} train, {count(summary['val_images'])} validation and "
                    f"{count(summary['test_images'])} test lines.")
     written = (out_dir / "train.txt").is_file()
@@ -269,6 +270,8 @@ def main() -> None:
         with user_errors():
             result = split_summary(root, state)
     render_counts(result["summary"])
+    with user_errors():
+        render_version(root, current_split(root, state))
     render_samples(result)
     render_augmentation_preview(result)
     render_lists(root, state, result["summary"])

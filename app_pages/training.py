@@ -29,6 +29,7 @@ from app_pages.choices import (
     split_line,
     split_summary,
     stored_check,
+    with_version,
 )
 from app_pages.images import run_predictor, show_explanation, thumbnail
 from app_pages.work import reported, run_with_stop, user_errors, was_stopped
@@ -286,8 +287,9 @@ def render_settings(state: Choices, arch: str) -> TrainConfig:
         st.info("Early stopping watches the validation split, and the Dataset page's validation ratio is 0: this run "
                 "will not stop early.")
         optimiser["patience"] = 0
-    return state.config(arch=arch, weights=weights if pretrained else None, data_root=data_root(), **model,
-                        **optimiser, **checked)
+    root = data_root()
+    return state.config(arch=arch, weights=weights if pretrained else None, data_root=root,
+                        **with_version(root, {**model, **optimiser, **checked}))
 
 
 def data_check_settings(state: Choices, arch: str, weights: str | None) -> dict:

@@ -101,9 +101,20 @@ def config_from_args(args) -> tuple[TrainConfig, str]:
         from ..analysis.datacheck import duplicate_groups_from_json
 
         values["keep_together"] = tuple(tuple(g) for g in duplicate_groups_from_json(args.keep_together_file))
+    if values["data_root"] and not getattr(args, "no_version", False):
+        values.update(_version_fields(values["data_root"], values.get("keep_together") or ()))
     cfg = TrainConfig(**values)
     cfg.weights = resolve_weights(get_arch(cfg.arch), args.weights)
     return cfg, why
+
+
+def _version_fields(data_root: str, keep_together) -> dict:
+    """The data root's dataset version (``fix``) as config fields: a run reads the data as the user corrected it."""
+    from ..data.versions import load_version
+
+    fields = load_version(data_root).config_fields()
+    fields["keep_together"] = (*keep_together, *fields["keep_together"])
+    return fields
 
 
 def progress_line(describe):

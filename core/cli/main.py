@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from ..platform.errors import UserError
-from . import archs, datasets, inspect, lr_find, predict, report, runs, split, surgery, train, tune
+from . import archs, datasets, fix, inspect, lr_find, predict, report, runs, split, surgery, train, tune
 from .args import EXIT_USER_ERROR, Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m core", description="Transfer-learning dashboard engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (split, inspect, archs, surgery, train, lr_find, tune, predict, report, datasets, runs):
+    for module in (split, fix, inspect, archs, surgery, train, lr_find, tune, predict, report, datasets, runs):
         module.add_parser(sub)
     for name, command in sub.choices.items():
         if name in OUTPUT_FILES:

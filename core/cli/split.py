@@ -15,7 +15,12 @@ def cmd_split(args) -> int:
         from ..analysis.datacheck import duplicate_groups_from_json
 
         groups = duplicate_groups_from_json(args.keep_together)
-    split = split_dataset(args.root, args.train_ratio, args.seed, val_ratio=args.val_ratio, keep_together=groups)
+    from ..data.versions import load_version
+
+    version = load_version(args.root)
+    edits = None if args.no_version else version.edits()
+    split = split_dataset(args.root, args.train_ratio, args.seed, val_ratio=args.val_ratio, keep_together=groups,
+                          edits=edits)
     out = write_split(split, args.out or lists_dir_for(args.root), overwrite=args.force)
     for c in split.counts():
         print(f"{c.label:3d} {c.name:<24} train {c.train:6,d}  validation {c.val:6,d}  test {c.test:6,d}")
@@ -25,6 +30,8 @@ def cmd_split(args) -> int:
         print(f"skipped: {s.path}: {s.reason}")
     for w in split.warnings:
         print(f"warning: {w}")
+    if edits:
+        print(f"dataset version {version.name} applied ({len(version.changes)} change(s); `fix ROOT show` lists them)")
     if groups is not None:
         print(f"{len(groups)} duplicate group(s) kept each on one side of the split")
     return 0
@@ -41,4 +48,6 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace list files already in --out")
     p.add_argument("--keep-together", metavar="REPORT.json", help="a report of `inspect --json`: keep each of its "
                                                                   "duplicate groups on one side of the split")
+    p.add_argument("--no-version", action="store_true", help="ignore the dataset version (`fix`): split the folder "
+                                                             "as it is")
     p.set_defaults(func=cmd_split)

@@ -79,6 +79,8 @@ def add_parser(sub) -> None:
     p.add_argument("--exclude", dest="exclude_file", metavar="FILE",
                    help="leave these training images out: one path per line, or the label-issue CSV of the app "
                         "(the test split stays whole)")
+    p.add_argument("--no-version", action="store_true", help="ignore the data root's dataset version (`fix`): "
+                                                             "train on the folder as it is")
     p.add_argument("--keep-together", dest="keep_together_file", metavar="REPORT.json",
                    help="with --data: a report of `inspect --json`; each duplicate group stays on one side of the "
                         "split")

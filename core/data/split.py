@@ -16,12 +16,15 @@ import stat
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, NotAFile, atomic_write_text, open_regular, read_json_file
 from ..spec.config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
 from .health import Unreadable, read_header
+
+if TYPE_CHECKING:  # versions imports Split from here
+    from .versions import Edits
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
 # that a split should not pay; tests/data/test_split.py checks the two stay equal.
@@ -365,7 +368,7 @@ def _deal(paths: list[str], k: int, sides: "_Sides", first: str, second: str) ->
 
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
                   val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots: Roots = None,
-                  keep_together: list[list[str]] | None = None) -> Split:
+                  keep_together: list[list[str]] | None = None, edits: "Edits | None" = None) -> Split:
     """Scan ``root`` and split every class on its own; the same seed gives the same split.
 
     ``train_ratio`` of each class is the training share (the rest is the test split); ``val_ratio`` of that
@@ -378,7 +381,14 @@ def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RA
     ``keep_together``: groups of paths (duplicates found by ``core.analysis.datacheck``) that must all land on
     one side, so no copy of a test image is trained on. The same shuffle and ratio decide; a group goes
     where its first drawn member would have gone. Without groups the split is exactly the plain one.
+
+    ``edits``: a dataset version's decisions (``core.data.versions``): its groups join ``keep_together``, then its
+    relabelled images take their new class and its dropped ones leave, each image staying on the side it was dealt.
     """
+    if edits:
+        groups = [*(keep_together or []), *(list(g) for g in edits.together)]
+        return edits.apply(split_dataset(root, train_ratio, seed, val_ratio=val_ratio, allowed_roots=allowed_roots,
+                                         keep_together=groups or None))
     _check_ratio(train_ratio)
     _check_ratio(val_ratio, "val_ratio")
     parts = find_given_split(Path(root).expanduser(), allowed_roots) if Path(root).expanduser().is_dir() else None

@@ -135,6 +135,11 @@ class TrainConfig:
     keep_together: tuple[tuple[str, ...], ...] = _opt(
         (), "groups of paths (the duplicate groups of `inspect`) the split keeps each on one side, so no copy of a "
             "test image is trained on (with --data)", flag="")  # the CLI's --keep-together REPORT.json
+    dataset_version: str = _opt("", "the dataset version (`fix`) this run's data was read with: v1, v2, … (empty: "
+                                    "the folder as it is)", flag="")
+    relabel: tuple[tuple[str, str], ...] = _opt((), "new classes of images (path, class name) from the dataset "
+                                                    "version; the folder is not touched (with --data)", flag="")
+    drop: tuple[str, ...] = _opt((), "images the dataset version leaves out of every split (with --data)", flag="")
 
     MAX_EXCLUDED = 1_000_000
 
@@ -147,6 +152,10 @@ class TrainConfig:
             self.exclude = tuple(self.exclude)
         if isinstance(self.keep_together, list) and all(isinstance(g, (list, tuple)) for g in self.keep_together):
             self.keep_together = tuple(tuple(group) for group in self.keep_together)
+        if isinstance(self.relabel, list) and all(isinstance(r, (list, tuple)) for r in self.relabel):
+            self.relabel = tuple((r[0], r[1]) if len(r) == 2 else tuple(r) for r in self.relabel)  # type: ignore
+        if isinstance(self.drop, list):
+            self.drop = tuple(self.drop)
         problems = self.problems()
         if problems:
             raise ConfigError("; ".join(problems))
@@ -182,11 +191,31 @@ class TrainConfig:
             found.append(f"keep together names more than {self.MAX_EXCLUDED:,} paths")
         elif self.keep_together and self.lists_dir is not None:
             found.append("keep together re-splits a data root; list files are already split (give --data instead)")
+        found += self._version_problems()
         if self.patience and self.val_ratio == 0 and isinstance(self.patience, int):
             found.append("early stopping (patience) watches the validation split, and val ratio 0 makes none: give "
                          "a val ratio above 0, or patience 0")
         if self.data_root is not None and self.lists_dir is not None:
             found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
+        return found
+
+    def _version_problems(self) -> list[str]:
+        found = []
+        pairs = isinstance(self.relabel, tuple) and all(
+            isinstance(r, tuple) and len(r) == 2 and all(isinstance(v, str) and v for v in r) for r in self.relabel)
+        if not pairs:
+            found.append("relabel must be a list of (image path, class name) pairs")
+        elif len(self.relabel) > self.MAX_EXCLUDED:
+            found.append(f"relabel names {len(self.relabel):,} images; at most {self.MAX_EXCLUDED:,} are allowed")
+        if not isinstance(self.drop, tuple) or not all(isinstance(p, str) and p for p in self.drop):
+            found.append("drop must be a list of image paths")
+        elif len(self.drop) > self.MAX_EXCLUDED:
+            found.append(f"drop lists {len(self.drop):,} paths; at most {self.MAX_EXCLUDED:,} are allowed")
+        if not isinstance(self.dataset_version, str) or len(self.dataset_version) > 20:
+            found.append("dataset version must be a short name such as v3")
+        if (self.relabel or self.drop) and self.lists_dir is not None:
+            found.append("a dataset version's relabels and drops apply to a data root; list files are already "
+                         "written (export the corrected lists, or give --data)")
         return found
 
     @property

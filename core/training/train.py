@@ -41,6 +41,7 @@ from ..data.split import (
     unusable_entries,
     write_split,
 )
+from ..data.versions import Edits
 from ..features.extractor import FeatureExtractor, evaluation_transform
 from ..models.surgery import adapt_model, optimizer_groups, set_train_mode
 from ..platform.accel import (
@@ -168,7 +169,8 @@ def training_list(cfg: TrainConfig, allowed_roots=None) -> tuple[list[tuple[str,
     class names, as ``prepare_lists`` would make them, without a run folder (the learning-rate finder's)."""
     if cfg.data_root:
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
-                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
+                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together],
+                              edits=Edits.of_config(cfg))
         train, classes = split.train, split.classes
     else:
         assert cfg.lists_dir is not None  # a config names one or the other (TrainConfig checks it)
@@ -199,7 +201,8 @@ def _carve_for_old_lists(cfg: TrainConfig, run: RunDir) -> None:
 def _write_lists(cfg: TrainConfig, run: RunDir, allowed_roots) -> None:
     if cfg.data_root:
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
-                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together])
+                              allowed_roots=allowed_roots, keep_together=[list(g) for g in cfg.keep_together],
+                              edits=Edits.of_config(cfg))
         write_split(split, run.lists, overwrite=True)
     else:
         assert cfg.lists_dir is not None  # a config names one or the other (TrainConfig checks it)

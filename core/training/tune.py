@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data.split import read_training_list, split_dataset
+from ..data.versions import Edits
 from ..features.extractor import FeatureExtractor
 from ..platform.errors import RunError
 from ..platform.io import atomic_write_text
@@ -100,7 +101,7 @@ def training_images(cfg: TrainConfig) -> tuple[list[tuple[str, int]], list[str]]
     else:
         assert cfg.data_root is not None  # a config names one or the other (TrainConfig checks it)
         split = split_dataset(cfg.data_root, cfg.train_ratio, cfg.seed, val_ratio=cfg.val_ratio,
-                              keep_together=[list(g) for g in cfg.keep_together])
+                              keep_together=[list(g) for g in cfg.keep_together], edits=Edits.of_config(cfg))
         train, classes = split.train + split.val, split.classes  # cross-validated on train + validation
     excluded = set(cfg.exclude)
     train = [(p, y) for p, y in train if p not in excluded]

@@ -465,6 +465,42 @@ def test_check_page_finds_leaks_resplits_and_starts_a_run_without_the_suspects(s
     assert cfg["keep_together"]  # this session re-split: the run keeps the groups together
 
 
+def test_relabel_and_keep_one_on_the_check_page_make_a_version_the_dataset_page_and_runs_use(small_demo):
+    from app_pages.versions import key_of
+    from core.data.versions import load_version
+    from core.runs.listing import list_runs
+    from tests.data.test_versions import folder_digest
+
+    _plant_copies(small_demo)
+    before = folder_digest(small_demo)
+    at = open_page(app(), "app_pages/check.py")
+    at.button(key="ck_run").click().run()
+    star = str(small_demo / "square" / "zz_star.jpg")
+    target = f"ck_relabel_{key_of(star)}"  # the suspect's own card
+    assert at.button(key=target).label == "Relabel as star"
+    at.button(key=target).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("v1: relabel zz_star.jpg as star" in s.value for s in at.success), [s.value for s in at.success]
+    assert load_version(small_demo).edits().relabel == {star: "star"}
+    assert any("relabelled as star (v1)" in c.value for c in at.caption)
+    keep = next(b for b in at.button if b.key and b.key.startswith("ck_keep_one_"))
+    keep.click().run()
+    assert load_version(small_demo).name == "v2" and len(load_version(small_demo).edits().drop) >= 1
+
+    dataset = open_page(app(), "app_pages/dataset.py")
+    assert "Dataset version" in [s.value for s in dataset.subheader]
+    assert any("**v2**" in m.value for m in dataset.markdown)
+    dataset.button(key="ver_undo").click().run()
+    assert load_version(small_demo).name == "v3" and load_version(small_demo).edits().relabel == {star: "star"}
+
+    training = open_page(app(), "app_pages/training.py")
+    training.button(key="tr_start").click().run()
+    cfg = json.loads((runs_dir() / training.query_params["run"] / "config.json").read_text())
+    assert cfg["dataset_version"] == "v3" and cfg["relabel"] == [[star, "star"]]
+    assert [r.config.dataset_version for r in list_runs(runs_dir())] == ["v3"]
+    assert folder_digest(small_demo) == before
+
+
 def test_check_page_with_a_damaged_stored_report_says_so_and_checks_again(small_demo):
     from core.platform.workspace import checks_dir
 
