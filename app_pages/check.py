@@ -20,7 +20,8 @@ from app_pages.images import thumbnail
 from app_pages.versions import decide, key_of, said_once, version_or_none
 from app_pages.work import plural, reported, run_with_stop, user_errors, was_stopped
 from core.analysis.datacheck import (
-    NEAR_THRESHOLD,
+    NEAR_CEILING,
+    NEAR_FLOOR,
     DataReport,
     DuplicateGroup,
     LabelIssue,
@@ -44,7 +45,7 @@ SUSPECTS_SHOWN = 12  # label suspects drawn as thumbnails (all are in the table 
 
 
 # ----------------------------------------------------------------------------- running the check
-def run_check(split: Split, arch: str, weights: str | None, threshold: float,
+def run_check(split: Split, arch: str, weights: str | None, threshold: float | None,
               letterbox: bool = False) -> DataReport | None:
     """Run the check with a progress bar and a Stop button; store and return the report."""
     report = run_with_stop(check_data(split, arch=arch, weights=weights, cache_dir=cache_dir(),
@@ -98,17 +99,29 @@ def render_health(report: DataReport) -> None:
 
 # ----------------------------------------------------------------------------- duplicates
 def _group_title(i: int, group, report: DataReport) -> str:
-    what = "exact copies" if group.kind == "exact" else f"near copies (similarity ≥ {group.similarity:.3f})"
+    what = "exact copies" if group.kind == "exact" else "copies"
+    what += f" · found by {group.found_by}"
+    if "features" in group.found_by:
+        what += f" (similarity ≥ {group.similarity:.3f})"
     flags = [":red[**leak: train and test**]"] if group.leak else []
     flags += [":orange[**conflict: two classes**]"] if group.conflict else []
     return f"**Group {i + 1}** · {len(group.members)} {what}" + (" · " + " · ".join(flags) if flags else "")
 
 
+def how_copies_are_found(report: DataReport) -> str:
+    """The three tests, with the numbers this check used (the same wording wherever it is shown)."""
+    text = (f"Three tests: the same bytes; a perceptual hash (resized or re-encoded copies: at most "
+            f"{report.hash_distance} of 256 bits apart)")
+    if report.threshold_rule:
+        rule = "set by hand" if report.threshold_rule == "given" else report.threshold_rule
+        text += f"; backbone features at least {report.near_threshold:.3f} alike ({rule})"
+    return text + "."
+
+
 def render_duplicates(report: DataReport, split: Split, root: str, state: Choices) -> None:
+    st.caption(how_copies_are_found(report))
     if not report.duplicates:
-        st.success("No duplicates: no two images have the same bytes"
-                   + (f" or backbone features at least {report.near_threshold:g} alike." if report.baseline or
-                      report.embedding else "."))
+        st.success("No duplicates found.")
         return
     leaks, conflicts = report.leaks, report.conflicts
     st.markdown(f"{plural(len(report.duplicates), 'group')} of copies; {len(leaks)} across train and test, "
@@ -144,7 +157,10 @@ def group_actions(group: DuplicateGroup, i: int, root: str, state: Choices, vers
         st.caption(f":green[{', '.join(sorted(s for s in states if s)) or 'decided'} ({version.name})]")
         return
     key = key_of(*paths)
-    split = current_split(root, state)
+
+    def split() -> Split:
+        return current_split(root, state)
+
     left, right, _ = st.columns([2, 2, 3])
     copies = f"{len(paths) - 1} cop{'y' if len(paths) == 2 else 'ies'}"
     if left.button(f"Keep {Path(paths[0]).name}, drop {copies}",
@@ -223,32 +239,47 @@ def _both_splits(picked: pd.DataFrame, most: int) -> pd.DataFrame:
 def render_label_issues(report: DataReport, root: str, state: Choices) -> None:
     if report.too_small:
         st.caption(f"Too small for label checking (fewer than 3 images): {', '.join(report.too_small)}.")
-    if not report.label_issues:
+    issues = report.label_issues
+    if not issues and not report.hard_cases:
         st.success("No label issues found." if report.baseline else "Not checked: " + " ".join(report.notes))
         return
-    issues = report.label_issues
-    st.markdown(f"**{plural(len(issues), 'suspect')}**, most suspect first: a linear head trained without them "
-                "(5-fold cross-validation) expects another class. Nothing is relabelled; look, then decide.")
     version = version_or_none(root)
+    if issues:
+        st.markdown(f"**{plural(len(issues), 'suspect')}**, most suspect first (cleanlab's label quality score): "
+                    "confident learning over a linear head's out-of-fold predictions counts them as another class's. "
+                    "Relabel or drop one right here; your folder is not touched (the Dataset page keeps the version, "
+                    "with undo).")
+        render_cards(issues, report, root, state, version, "suspects")
+        st.download_button("Download the list (CSV)", label_issues_csv(issues), file_name="label_issues.csv",
+                           mime="text/csv", key="ck_issues_csv")
+        in_train = [i.path for i in issues if i.split == "train"]
+        if in_train and st.button(f"Start a run that leaves the {plural(len(in_train), 'training suspect')} out",
+                                  key="ck_train_without",
+                                  help="A head-only run with the default settings; the test split stays whole so "
+                                       "its accuracy stays comparable. The run records what it left out."):
+            start_without(in_train, root, state, report)
+    else:
+        st.success("No suspect: confident learning counts no image as another class's.")
+    if report.hard_cases:
+        st.markdown(f"**Hard or mislabelled: {plural(len(report.hard_cases), 'image')}** the model takes for another "
+                    "class, though confident learning does not count them as mislabelled. Often unusual photos of "
+                    "their class, sometimes wrong labels: look before acting.")
+        render_cards(report.hard_cases, report, root, state, version, "hard cases")
+
+
+def render_cards(issues: list[LabelIssue], report: DataReport, root: str, state: Choices,
+                 version: DatasetVersion | None, what: str) -> None:
     first = issues[:SUSPECTS_SHOWN]
     for row in range(0, len(first), 4):
         for column, issue in zip(st.columns(4), first[row:row + 4]):
             with column:
                 suspect_card(issue, report, root, state, version)
     if len(first) < len(issues):
-        st.caption(shown_of(len(first), len(issues), "suspects"))
+        st.caption(shown_of(len(first), len(issues), what))
     table = pd.DataFrame([{"path": i.path, "split": i.split, "given": i.given, "model expects": i.suggested,
                            "probability": round(i.confidence, 3), "given class's probability": round(i.score, 4),
-                           "found by": i.found_by} for i in issues])
+                           "decided": version.status_of(i.path) if version else ""} for i in issues])
     st.dataframe(table, hide_index=True, width="stretch")
-    st.download_button("Download the list (CSV)", label_issues_csv(issues), file_name="label_issues.csv",
-                       mime="text/csv", key="ck_issues_csv")
-    in_train = [i.path for i in issues if i.split == "train"]
-    if in_train and st.button(f"Start a run that leaves the {plural(len(in_train), 'training suspect')} out",
-                              key="ck_train_without",
-                              help="A head-only run with the default settings; the test split stays whole so "
-                                   "its accuracy stays comparable. The run records what it left out."):
-        start_without(in_train, root, state, report)
 
 
 def suspect_card(issue: LabelIssue, report: DataReport, root: str, state: Choices,
@@ -266,7 +297,10 @@ def suspect_card(issue: LabelIssue, report: DataReport, root: str, state: Choice
         st.caption(f":green[{status} ({version.name})]")
         return
     key = key_of(issue.path)
-    split = current_split(root, state)
+
+    def split() -> Split:
+        return current_split(root, state)
+
     why = f"data check: the model expects {issue.suggested} ({100 * issue.confidence:.0f}%)"
     if st.button(f"Relabel as {issue.suggested}", key=f"ck_relabel_{key}", width="stretch"):
         decide(root, split, Action.RELABEL, [issue.path], label=issue.suggested, reason=why)
@@ -305,6 +339,22 @@ def render_baseline(report: DataReport) -> None:
 
 
 # ----------------------------------------------------------------------------- the page
+def threshold_choice(column, report: DataReport | None) -> float | None:
+    """The feature threshold for near copies: None (the default) lets the check choose it from the data."""
+    with column:
+        by_hand = st.toggle("Set the near-copy threshold by hand", key="ck_by_hand",
+                            help="By default the check chooses it from your data: far above the typical similarity "
+                                 "of each image to its nearest neighbour. The report says what it chose.")
+        if not by_hand:
+            return None
+        start = min(max(report.near_threshold if report else NEAR_CEILING, NEAR_FLOOR), NEAR_CEILING)
+        return st.slider("Near-copy threshold (cosine similarity of features)", NEAR_FLOOR, NEAR_CEILING,
+                         round(start, 3), 0.001, key="ck_threshold", format="%.3f",
+                         help="Lower finds looser copies (and more false ones). Pixel-level copies (resized, "
+                              "re-encoded) are found by the perceptual hash whatever this says.")
+
+
+
 def _stored(fingerprint: str) -> DataReport | None:
     try:
         return stored_check(fingerprint)
@@ -330,9 +380,7 @@ def main() -> None:
     was_stopped("ck_running", "check")  # nothing of it was stored
     report = _stored(data_fingerprint(split, arch, weights))
     c1, c2 = st.columns([1, 3])
-    threshold = c2.slider("Near-duplicate threshold (cosine similarity of features)", 0.90, 0.995,
-                          report.near_threshold if report else NEAR_THRESHOLD, 0.005, key="ck_threshold",
-                          help="Lower finds looser copies (and more false ones).")
+    threshold = threshold_choice(c2, report)
     label = "Check again" if report else "Check the data"
     if c1.button(label, type="primary", key="ck_run"):
         report = run_check(split, arch, weights, threshold, letterbox=state.letterbox) or report
@@ -349,8 +397,9 @@ def main() -> None:
     for note in report.notes:
         st.caption(f"Note: {note}")
     # A keyed tab bar remembers the open tab, so a selection on the map (a rerun) keeps the map in view.
+    labels_tab = f"Label issues ({len(report.label_issues)} + {len(report.hard_cases)} hard)"
     tabs = st.tabs(["Health", f"Duplicates ({len(report.duplicates)})", "Map",
-                    f"Label issues ({len(report.label_issues)})", "Baseline"], key="ck_tabs", on_change="rerun")
+                    labels_tab, "Baseline"], key="ck_tabs", on_change="rerun")
     with tabs[0]:
         render_health(report)
     with tabs[1]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -31,11 +32,13 @@ def key_of(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def decide(root: str, split: Split, action: Action, paths: list[str], *, label: str = "", reason: str = "") -> None:
+def decide(root: str, data: Callable[[], Split], action: Action, paths: list[str], *, label: str = "",
+           reason: str = "") -> None:
     """Record one decision (refused with a message when the image or class is no longer the data's), then rerun so
-    every count on the page is the new version's."""
-    known = {p for p, _ in [*split.train, *split.val, *split.test]}
+    every count on the page is the new version's. ``data``: the split, read only when a decision is made."""
     with user_errors(), workspace_writes("keep the decision"):
+        split = data()
+        known = {p for p, _ in [*split.train, *split.val, *split.test]}
         version = record(root, action, paths, label=label, reason=reason, classes=split.classes, known=known)
         st.session_state[DONE] = f"{version.name}: {version.changes[-1].describe()} (undo on the Dataset page)"
         st.rerun()

@@ -30,6 +30,7 @@ from typing import Any, Generator
 import numpy as np
 
 from ..data.health import ClassHealth, Flagged, Header, HealthReport, HealthTally, ImageSize, Sample, Unreadable
+from ..data.phash import HASH_DISTANCE, close_pairs, hash_images
 from ..data.split import Split, read_list_file, read_split, split_dataset
 from ..platform.errors import DatasetError, UserError
 from ..platform.io import MAX_LIST_BYTES, atomic_write_text, open_regular, parse_json, read_json_file
@@ -40,8 +41,11 @@ from ..spec.config import DEFAULT_VAL_RATIO, TrainConfig
 from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
 
-REPORT_VERSION = 1
-NEAR_THRESHOLD = 0.96  # cosine similarity of backbone features at and above which two images are near copies
+REPORT_VERSION = 2  # 2: groups say which test found them, the threshold says how it was chosen, hard cases
+NEAR_FLOOR, NEAR_CEILING = 0.90, 0.995  # the data-derived feature threshold stays within these
+FENCE = 3.0  # Tukey's far-out fence: Q1 − 3 × IQR of the log distances to the nearest neighbour
+LABEL_METHOD = "low_self_confidence"  # cleanlab's filter for the suspects (measured best: see _label_issues)
+EXACT_SEARCH = 20_000  # up to this many images the neighbours are exact (blocked matrix products); above, an index
 NEIGHBOURS = 10  # per image, the most similar others considered (bounds the work by the output)
 BLOCK_ROWS = 1024  # rows of the similarity matrix computed at once: memory BLOCK_ROWS × n, never n × n
 MIN_PER_CLASS = 3  # a class needs this many readable images to take part in the cross-validation
@@ -58,11 +62,16 @@ class Member:
     label: int
 
 
+SAME_BYTES, PIXELS, FEATURES = "same bytes", "perceptual hash", "features"
+TESTS = (SAME_BYTES, PIXELS, FEATURES)  # the tests that join copies, in the order a group names them
+
+
 @dataclass
 class DuplicateGroup:
-    kind: str  # "exact" (the same bytes) or "near" (backbone features at least the threshold alike)
-    similarity: float  # the weakest link that joined the group (1.0 for exact copies)
+    kind: str  # "exact" (the same bytes) or "near" (a perceptual hash or backbone features found them alike)
+    similarity: float  # the weakest feature link that joined the group (1.0: no feature link)
     members: list[Member]
+    found_by: str = ""  # the tests that joined it: "same bytes", "perceptual hash", "features", joined by " + "
 
     @property
     def leak(self) -> bool:
@@ -118,13 +127,16 @@ class DataReport:
     test: int
     health: HealthReport
     duplicates: list[DuplicateGroup] = field(default_factory=list)
-    label_issues: list[LabelIssue] = field(default_factory=list)
+    label_issues: list[LabelIssue] = field(default_factory=list)  # confident learning: the list to act on
+    hard_cases: list[LabelIssue] = field(default_factory=list)  # the model disagrees, confident learning does not
     baseline: Baseline | None = None
     embedding: list[MapPoint] = field(default_factory=list)
     embedding_method: str = ""
     notes: list[str] = field(default_factory=list)  # why a section is missing or partial
     too_small: list[str] = field(default_factory=list)  # classes left out of label checking and the baseline
-    near_threshold: float = NEAR_THRESHOLD
+    near_threshold: float = NEAR_CEILING
+    threshold_rule: str = ""  # how near_threshold was chosen (from the data, or given)
+    hash_distance: int = HASH_DISTANCE
     features_from_cache: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     val: int = 0  # validation images (part of the training share; reports stored before it say 0)
@@ -166,16 +178,18 @@ class DataReport:
             "version": REPORT_VERSION, "source": self.source, "arch": self.arch, "weights": self.weights,
             "classes": self.classes, "train": self.train, "val": self.val, "test": self.test, "created": self.created,
             "fingerprint": self.fingerprint, "split_fingerprint": self.split_fingerprint,
-            "near_threshold": self.near_threshold,
+            "near_threshold": self.near_threshold, "threshold_rule": self.threshold_rule,
+            "hash_distance": self.hash_distance,
             "features_from_cache": self.features_from_cache, "seconds": self.seconds, "notes": self.notes,
             "too_small": self.too_small,
             "health": health,
             "duplicates": [group(g) for g in self.duplicates],
-            "duplicate_groups": [{"kind": g.kind, "similarity": g.similarity, "leak": g.leak, "conflict": g.conflict,
-                                  "members": group(g)} for g in self.duplicates],
+            "duplicate_groups": [{"kind": g.kind, "similarity": g.similarity, "found_by": g.found_by, "leak": g.leak,
+                                  "conflict": g.conflict, "members": group(g)} for g in self.duplicates],
             "leaks": [group(g) for g in self.leaks],
             "leak_effect": self.leak_effect(),
             "label_issues": [asdict(i) for i in self.label_issues],
+            "hard_cases": [asdict(i) for i in self.hard_cases],
             "baseline": asdict(self.baseline) if self.baseline else None,
             "embedding": [asdict(p) for p in self.embedding],
             "embedding_method": self.embedding_method,
@@ -186,22 +200,26 @@ class DataReport:
         """A stored report back; DatasetError when it is damaged or from another version."""
         try:
             if data.get("version") != REPORT_VERSION:
-                raise ValueError(f"version {data.get('version')!r}, this app writes {REPORT_VERSION}")
+                raise DatasetError(f"the stored data check was made by another version of this app (report format "
+                                   f"{str(data.get('version'))[:10]}, this one writes {REPORT_VERSION}); run the check "
+                                   "again")
             h = data["health"]
             health = HealthReport([ClassHealth(**c) for c in h["classes"]], dict(h["formats"]), dict(h["modes"]),
                                   [ImageSize(**s) for s in h["sizes"]], [Flagged(**f) for f in h["small"]],
                                   [Flagged(**f) for f in h["converted"]], [Unreadable(**u) for u in h["unreadable"]],
                                   int(h["input_size"]), list(h["warnings"]))
-            groups = [DuplicateGroup(g["kind"], float(g["similarity"]), [Member(**m) for m in g["members"]])
-                      for g in data["duplicate_groups"]]
+            groups = [DuplicateGroup(g["kind"], float(g["similarity"]), [Member(**m) for m in g["members"]],
+                                     str(g["found_by"])) for g in data["duplicate_groups"]]
             return cls(
                 source=str(data["source"]), arch=str(data["arch"]), weights=data["weights"],
                 classes=[str(c) for c in data["classes"]], train=int(data["train"]), test=int(data["test"]),
                 health=health, duplicates=groups, label_issues=[LabelIssue(**i) for i in data["label_issues"]],
+                hard_cases=[LabelIssue(**i) for i in data["hard_cases"]],
                 baseline=Baseline(**data["baseline"]) if data["baseline"] else None,
                 embedding=[MapPoint(**p) for p in data["embedding"]], embedding_method=str(data["embedding_method"]),
                 notes=[str(n) for n in data["notes"]], too_small=[str(c) for c in data["too_small"]],
-                near_threshold=float(data["near_threshold"]), features_from_cache=bool(data["features_from_cache"]),
+                near_threshold=float(data["near_threshold"]), threshold_rule=str(data["threshold_rule"]),
+                hash_distance=int(data["hash_distance"]), features_from_cache=bool(data["features_from_cache"]),
                 seconds={str(k): float(v) for k, v in data["seconds"].items()}, fingerprint=str(data["fingerprint"]),
                 split_fingerprint=str(data["split_fingerprint"]), created=float(data["created"]),
                 val=int(data.get("val", 0)))
@@ -331,25 +349,30 @@ def _exact_groups(headers: dict[str, Header]) -> Generator[Progress, None, list[
 
 # ----------------------------------------------------------------------------- near duplicates
 class _Links:
-    """Pairs of sample positions that are copies of each other, with their similarity. The groups of copies are
-    the connected components of these links (scipy's csgraph); a group's similarity is its weakest link."""
+    """Pairs of sample positions that are copies of each other, each with the test that found it (a position in
+    ``TESTS``) and, for feature links, the similarity. The groups of copies are the connected components of these
+    links (scipy's csgraph); a group's similarity is its weakest feature link."""
 
     def __init__(self, n: int):
         self.n = n
         self._rows: list[np.ndarray] = []
         self._cols: list[np.ndarray] = []
         self._similarity: list[np.ndarray] = []
+        self._tests: list[np.ndarray] = []
 
-    def add(self, rows, cols, similarity) -> None:
+    def add(self, rows, cols, similarity, test: str) -> None:
         self._rows.append(np.asarray(rows, dtype=np.int64).ravel())
         self._cols.append(np.asarray(cols, dtype=np.int64).ravel())
         self._similarity.append(np.broadcast_to(np.asarray(similarity, dtype=np.float64),
                                                 self._rows[-1].shape).ravel())
+        self._tests.append(np.full(len(self._rows[-1]), TESTS.index(test), dtype=np.int64))
 
-    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not self._rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(self._rows), np.concatenate(self._cols), np.concatenate(self._similarity)
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0), empty
+        return (np.concatenate(self._rows), np.concatenate(self._cols), np.concatenate(self._similarity),
+                np.concatenate(self._tests))
 
     def group_ids(self) -> np.ndarray:
         """The group of every position (a position with no link is a group of its own)."""
@@ -357,45 +380,141 @@ class _Links:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        rows, cols, _ = self._edges()
+        rows, cols, _, _ = self._edges()
         graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(self.n, self.n))
         return connected_components(graph, directed=False)[1]
 
-    def components(self) -> tuple[dict[int, list[int]], np.ndarray]:
-        """group id → its positions for every group of two or more, and every group's weakest link (1.0 for a group
-        without near links). Work by the groups found, not a Python pass over every image."""
+    def components(self, exact_ids: np.ndarray | None = None) -> tuple[dict[int, list[int]], np.ndarray, np.ndarray]:
+        """group id → its positions for every group of two or more, every group's weakest feature link (1.0: none)
+        and the tests that joined it (a bit per position in ``TESTS``). ``exact_ids``: each position's group of
+        identical files (-1: none); any link inside one counts as "same bytes" only (identical files are also
+        alike by hash and features, which says nothing more). Work by the groups found, not a pass over images."""
         ids = self.group_ids()
-        rows, _, similarity = self._edges()
+        rows, cols, similarity, tests = self._edges()
+        if exact_ids is not None:
+            inside = (exact_ids[rows] >= 0) & (exact_ids[rows] == exact_ids[cols])
+            tests = np.where(inside, TESTS.index(SAME_BYTES), tests)
+            similarity = np.where(inside, 1.0, similarity)
         weakest = np.ones(self.n)
-        np.minimum.at(weakest, ids[rows], similarity)
+        by_features = tests == TESTS.index(FEATURES)
+        np.minimum.at(weakest, ids[rows[by_features]], similarity[by_features])
+        found_by = np.zeros(self.n, dtype=np.int64)
+        np.bitwise_or.at(found_by, ids[rows], 1 << tests)
         sizes = np.bincount(ids, minlength=1)
         order, ends = np.argsort(ids, kind="stable"), np.cumsum(sizes)
         members = {int(g): order[ends[g] - sizes[g]:ends[g]].tolist() for g in np.flatnonzero(sizes > 1)}
-        return members, weakest
+        return members, weakest, found_by
 
 
-def _near_pairs(features, threshold: float, links: _Links) -> Generator[Progress, None, None]:
-    """Join every image to its most similar others (cosine ≥ threshold, at most NEIGHBOURS each), computing
-    BLOCK_ROWS rows of the similarity matrix at a time. Yields Progress."""
+def _top_neighbours(features: np.ndarray) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Every image's ``NEIGHBOURS`` most similar others by cosine: (similarities (n, k), their positions (n, k)),
+    most similar first. Exact up to ``EXACT_SEARCH`` images (a block of rows at a time); above, through an index
+    (``_indexed_neighbours``), never n × n. Yields Progress."""
+    n = len(features)
+    meter = ProgressMeter(Phase.NEIGHBOURS, n, split="all")
+    yield meter.first()
+    k = min(NEIGHBOURS, n - 1)
+    if k < 1:
+        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+    if n > EXACT_SEARCH:
+        return (yield from _indexed_neighbours(features, k, meter))
     # deferred: this module is used without torch (the split, listing runs, --help); importing it costs seconds
     import torch
 
     x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
-    n = len(x)
-    meter = ProgressMeter(Phase.NEIGHBOURS, n, split="all")
-    yield meter.first()
-    if n < 2:
-        return
-    k = min(NEIGHBOURS, n - 1)
+    values, columns = [], []
     for start in range(0, n, BLOCK_ROWS):
         block = x[start:start + BLOCK_ROWS] @ x.T
-        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -1.0  # not its own duplicate
-        values, columns = block.topk(k, dim=1)
-        r, c = (values >= threshold).nonzero(as_tuple=True)
-        links.add((r + start).numpy(), columns[r, c].numpy(), values[r, c].double().numpy())
+        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -2.0  # not its own neighbour
+        top = block.topk(k, dim=1)
+        values.append(top.values.numpy())
+        columns.append(top.indices.numpy())
         record = meter.advance(len(block))
         if record:
             yield record
+    return np.concatenate(values), np.concatenate(columns).astype(np.int64)
+
+
+INDEX_DIMENSIONS = 128  # the index searches the features' first principal components (cosine kept to ~0.01)
+
+
+def _indexed_neighbours(features: np.ndarray, k: int, meter: ProgressMeter
+                        ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Approximate neighbours of many images: PCA to ``INDEX_DIMENSIONS``, then faiss's inverted-file index (about
+    4·√n cells, 16 searched per query), a block of queries at a time. Near copies sit in the same cell as their
+    original, so the close pairs that matter are found; similarities are then recomputed exactly on the full
+    features for the pairs kept."""
+    # deferred: faiss and scikit-learn load large native libraries; only a check this large needs them
+    import faiss
+    from sklearn.decomposition import PCA
+
+    n = len(features)
+    sample = np.random.default_rng(0).choice(n, size=min(n, 20_000), replace=False)
+    pca = PCA(n_components=min(INDEX_DIMENSIONS, features.shape[1]), random_state=0).fit(features[sample])
+    reduced = np.ascontiguousarray(pca.transform(features).astype(np.float32))
+    faiss.normalize_L2(reduced)
+    cells = int(4 * np.sqrt(n))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(reduced.shape[1]), reduced.shape[1], cells,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.train(reduced[sample])
+    index.add(reduced)
+    index.nprobe = 16
+    columns = np.zeros((n, k), np.int64)
+    step = BLOCK_ROWS * 4
+    for start in range(0, n, step):
+        _, found = index.search(reduced[start:start + step], k + 1)
+        rows = np.arange(start, start + len(found))[:, None]
+        unusable = (found == rows) | (found < 0)  # the image itself, or no more candidates in its cells
+        order = np.argsort(unusable, axis=1, kind="stable")  # usable ones first, in the index's order
+        columns[start:start + len(found)] = np.where(np.take_along_axis(unusable, order, 1), -1,
+                                                     np.take_along_axis(found, order, 1))[:, :k]
+        record = meter.advance(len(found))
+        if record:
+            yield record
+    return _exact_similarities(features, columns)
+
+
+def _exact_similarities(features: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cosine of every image with each of its candidate neighbours (-1 in ``columns``: none, similarity -2),
+    on the full features, a block of rows at a time (memory: a block × k × d); sorted most similar first."""
+    norms = np.maximum(np.linalg.norm(features, axis=1), 1e-12)
+    values = np.full(columns.shape, -2.0, np.float32)
+    for start in range(0, len(features), 2048):
+        block = columns[start:start + 2048]
+        safe = np.where(block >= 0, block, 0)
+        dots = np.einsum("nd,nkd->nk", features[start:start + 2048], features[safe])
+        cosine = dots / norms[start:start + 2048, None] / norms[safe]
+        values[start:start + 2048] = np.where(block >= 0, cosine, -2.0)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(values, order, 1), np.take_along_axis(columns, order, 1)
+
+
+def near_threshold_from(nearest: np.ndarray) -> tuple[float, str]:
+    """The feature similarity above which two images are near copies, from these data: a pair must be a far
+    outlier among every image's distance to its nearest neighbour (Tukey's far-out fence, Q1 − 3 × IQR, on the
+    log of 1 − cosine), kept within [NEAR_FLOOR, NEAR_CEILING]. Photos whose neighbours are spread out get a lower
+    threshold; data whose images all look alike to the backbone (the synthetic demo) get a higher one."""
+    distances = np.log(np.clip(1.0 - nearest.astype(np.float64), 1e-6, None))
+    q1, q3 = np.percentile(distances, [25, 75])
+    fence = float(1.0 - np.exp(q1 - FENCE * (q3 - q1)))
+    threshold = round(min(max(fence, NEAR_FLOOR), NEAR_CEILING), 4)
+    median = float(np.median(nearest))
+    bound = "" if threshold == round(fence, 4) else f", kept within {NEAR_FLOOR:g}–{NEAR_CEILING:g} (the fence is " \
+                                                     f"{fence:.3f})"
+    return threshold, (f"from the data: far above the {len(nearest):,} images' nearest-neighbour similarities "
+                       f"(median {median:.3f}; Tukey's far-out fence on the log distance{bound})")
+
+
+def _near_links(values: np.ndarray, columns: np.ndarray, threshold: float, links: _Links) -> None:
+    rows, ranks = (values >= threshold).nonzero()
+    links.add(rows, columns[rows, ranks], values[rows, ranks].astype(np.float64), FEATURES)
+
+
+def _hash_links(readable: list[Sample], cache_dir) -> Generator[Progress, None, list[tuple[str, str]]]:
+    """Pairs of paths whose perceptual hashes are within ``HASH_DISTANCE`` bits. Yields Progress."""
+    codes, positions = yield from hash_images([s.path for s in readable], cache_dir)
+    rows, cols, _ = close_pairs(codes)
+    return [(readable[positions[a]].path, readable[positions[b]].path) for a, b in zip(rows.tolist(), cols.tolist())]
 
 
 # ----------------------------------------------------------------------------- features
@@ -471,30 +590,37 @@ def _fitted_head(x: np.ndarray, y: np.ndarray):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1)).fit(x, y)
 
 
-def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], names: list[str]) -> list[LabelIssue]:
-    """cleanlab's ``find_label_issues`` over the out-of-fold probabilities, most suspect first.
+def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], names: list[str]
+                  ) -> tuple[list[LabelIssue], list[LabelIssue]]:
+    """cleanlab over the out-of-fold probabilities: (suspects, hard cases), each most suspect first by cleanlab's
+    label quality score (self-confidence: the given class's probability).
 
-    Confident learning (its default) only counts an image as another class's when it is at least as sure as
-    that class's average image; on well-separated features (a linear head near 100%) that average is so high
-    that a typical-looking mislabeled photo can miss it. So the images whose out-of-fold prediction is another
-    class (cleanlab's ``predicted_neq_given``) are suspects too; every suspect is ranked by cleanlab's label
-    quality score (the given class's probability), and says which rule found it."""
+    Suspects are ``find_label_issues(filter_by=LABEL_METHOD)``: as many images as confident learning estimates are
+    mislabelled, those with the lowest self-confidence. Of cleanlab's filters it scored best on planted flips
+    (bench/benchmark.py --only labels prints every filter's precision and recall and cleanlab's standalone
+    CleanLearning; docs/data-check.md gives the figures). Hard cases are the images whose out-of-fold
+    prediction is another class but which confident learning does not count as mislabelled
+    (``predicted_neq_given`` less the suspects): atypical photos of their class as often as wrong labels, so they
+    are shown apart, to look at rather than to act on."""
     # deferred: cleanlab (with scikit-learn) takes about a second to import; only this section needs it
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    confident = set(find_label_issues(labels, oof, n_jobs=1).nonzero()[0].tolist())
+    confident = set(find_label_issues(labels, oof, filter_by=LABEL_METHOD, n_jobs=1).nonzero()[0].tolist())
     disagree = set(find_label_issues(labels, oof, filter_by="predicted_neq_given", n_jobs=1).nonzero()[0].tolist())
     scores = get_label_quality_scores(labels, oof)
-    issues = []
-    for i in sorted(confident | disagree, key=lambda i: (scores[i], samples[i].path)):
-        suggested = int(oof[i].argmax())
-        if suggested == labels[i]:  # confident learning may flag one whose best guess is its own class
-            suggested = int(np.argsort(oof[i])[-2])
-        issues.append(LabelIssue(samples[i].path, samples[i].split, names[labels[i]], names[suggested],
-                                 float(scores[i]), float(oof[i, suggested]), int(labels[i]), suggested,
-                                 "confident learning" if i in confident else "prediction disagrees"))
-    return issues
+
+    def listed(found: set[int], rule: str) -> list[LabelIssue]:
+        issues = []
+        for i in sorted(found, key=lambda i: (scores[i], samples[i].path)):
+            suggested = int(oof[i].argmax())
+            if suggested == labels[i]:  # confident learning may flag one whose best guess is its own class
+                suggested = int(np.argsort(oof[i])[-2])
+            issues.append(LabelIssue(samples[i].path, samples[i].split, names[labels[i]], names[suggested],
+                                     float(scores[i]), float(oof[i, suggested]), int(labels[i]), suggested, rule))
+        return issues
+
+    return listed(confident, "confident learning"), listed(disagree - confident, "prediction disagrees")
 
 
 # ----------------------------------------------------------------------------- the map
@@ -550,13 +676,15 @@ def _timed(seconds: dict, name: str, t0: float) -> float:
 
 
 def check_data(split: Split, *, arch: str, weights: str | None, input_size: int | None = None,
-               cache_dir: str | os.PathLike | None = None, near_threshold: float = NEAR_THRESHOLD,
+               cache_dir: str | os.PathLike | None = None, near_threshold: float | None = None,
                device: str = "auto", source: str = "", letterbox: bool = False
                ) -> Generator[Progress, None, DataReport]:
     """Check ``split`` (from ``split_dataset`` or ``read_split``) for everything that makes a fine-tune
     disappoint. Yields Progress records; returns the DataReport. ``weights`` None: no feature sections.
-    ``letterbox``: the images are preprocessed as a run with the letterbox would (the features are that run's)."""
-    if not 0.5 <= near_threshold <= 1.0:
+    ``near_threshold``: the feature similarity of near copies; None chooses it from the data
+    (``near_threshold_from``). ``letterbox``: the images are preprocessed as a run with the letterbox would (the
+    features are that run's)."""
+    if near_threshold is not None and not 0.5 <= near_threshold <= 1.0:
         raise DatasetError(f"the near-duplicate threshold must be from 0.5 to 1, got {near_threshold}")
     if input_size is None:
         input_size = get_arch(arch).transforms().crop_size[0]
@@ -565,7 +693,8 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
     samples = _samples(split)
     tally = yield from _read_headers(split, samples, input_size)
     report = DataReport(source or split.root, arch, weights, list(split.classes), len(split.train), len(split.test),
-                        tally.report(), near_threshold=near_threshold,
+                        tally.report(), near_threshold=near_threshold or NEAR_CEILING,
+                        threshold_rule="given" if near_threshold is not None else "",
                         fingerprint=data_fingerprint(split, arch, weights), split_fingerprint=split_fingerprint(split),
                         val=len(split.val))
     t0 = _timed(seconds, "health", t0)
@@ -578,15 +707,18 @@ def check_data(split: Split, *, arch: str, weights: str | None, input_size: int 
 
     exact = yield from _exact_groups(tally.headers)
     t0 = _timed(seconds, "exact duplicates", t0)
+    pixel_copies = yield from _hash_links(readable, cache_dir)
+    t0 = _timed(seconds, "perceptual hashes", t0)
     if weights is None:
-        report.notes.append("no pretrained weights for this architecture: near duplicates, the map, label issues and "
-                            "the baseline need a pretrained backbone (a random one's neighbours mean nothing)")
-        report.duplicates = _build_groups(readable, exact, None)
+        report.notes.append("no pretrained weights for this architecture: near duplicates by features, the map, label "
+                            "issues and the baseline need a pretrained backbone (a random one's neighbours mean "
+                            "nothing); exact and pixel-level copies are still found")
+        report.duplicates = _build_groups(readable, exact, pixel_copies, None)
         report.seconds = seconds
         return report
 
     cfg = TrainConfig(arch=arch, weights=weights, freeze=Freeze.HEAD, device=device, letterbox=letterbox)
-    yield from _feature_sections(report, split, cfg, cache_dir, readable, exact, seconds)
+    yield from _feature_sections(report, split, cfg, cache_dir, readable, (exact, pixel_copies), seconds)
     report.seconds = seconds
     return report
 
@@ -606,8 +738,9 @@ def _read_headers(split: Split, samples: list[Sample], input_size: int) -> Gener
 
 
 def _feature_sections(report: DataReport, split: Split, cfg: TrainConfig, cache_dir, readable: list[Sample],
-                      exact: list[list[str]], seconds: dict[str, float]) -> Generator[Progress, None, None]:
-    """Near duplicates, label issues, the baseline and the map: all from the features a run of ``cfg`` uses."""
+                      copies: tuple, seconds: dict[str, float]) -> Generator[Progress, None, None]:
+    """Near duplicates, label issues, the baseline and the map: all from the features a run of ``cfg`` uses.
+    ``copies``: the exact groups and the perceptual-hash pairs found before."""
     t0 = time.time()
     features, kept, report.features_from_cache = yield from _features(split, cfg, cache_dir)
     t0 = _timed(seconds, "features", t0)
@@ -615,8 +748,9 @@ def _feature_sections(report: DataReport, split: Split, cfg: TrainConfig, cache_
         report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "
                             "beyond the header, or deleted meanwhile); they are left out of the feature sections")
     links = _Links(len(kept))
-    yield from _near_pairs(features, report.near_threshold, links)
-    report.duplicates = _build_groups(kept, exact, links)
+    yield from _feature_section(report, features, links)
+    exact, pixel_copies = copies
+    report.duplicates = _build_groups(kept, exact, pixel_copies, links)
     t0 = _timed(seconds, "near duplicates", t0)
     yield from _label_section(report, features, kept, links)
     t0 = _timed(seconds, "label issues and baseline", t0)
@@ -628,6 +762,17 @@ def _feature_sections(report: DataReport, split: Split, cfg: TrainConfig, cache_
     else:
         report.notes.append("fewer than 3 images with features: no map")
     _timed(seconds, "map", t0)
+
+
+def _feature_section(report: DataReport, features: np.ndarray, links: _Links) -> Generator[Progress, None, None]:
+    """Near copies by features: each image's nearest neighbours, the threshold (from the data unless given),
+    the links above it."""
+    values, columns = yield from _top_neighbours(features)
+    if values.shape[1] == 0:
+        return
+    if report.threshold_rule != "given":
+        report.near_threshold, report.threshold_rule = near_threshold_from(values[:, 0])
+    _near_links(values, columns, report.near_threshold, links)
 
 
 def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
@@ -678,10 +823,13 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
     trainable = np.array([kept[i].split != "test" for i in rows])
     oof, linear, knn = yield from _cross_validate(features[rows], labels, group_ids, folds, trainable)
     names = [report.classes[c] for c in eligible]
-    issues = _label_issues(oof, labels, [kept[i] for i in rows], names)
-    report.label_issues = [LabelIssue(i.path, i.split, i.given, i.suggested, i.score, i.confidence,
-                                      eligible[i.given_label], eligible[i.suggested_label], i.found_by)
-                           for i in issues]
+    issues, hard = _label_issues(oof, labels, [kept[i] for i in rows], names)
+
+    def in_report_labels(found: list[LabelIssue]) -> list[LabelIssue]:
+        return [LabelIssue(i.path, i.split, i.given, i.suggested, i.score, i.confidence, eligible[i.given_label],
+                           eligible[i.suggested_label], i.found_by) for i in found]
+
+    report.label_issues, report.hard_cases = in_report_labels(issues), in_report_labels(hard)
     if not linear:
         report.notes.append("no baseline: the training share has too few images of two classes to cross-validate")
         return
@@ -689,24 +837,28 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
                                float(np.std(knn)), int(trainable.sum()), len(eligible))
 
 
-def _build_groups(samples: list[Sample], exact: list[list[str]], near: _Links | None) -> list[DuplicateGroup]:
-    """Exact groups (same bytes) joined with near ones (similar features); largest first, leaks before others."""
+def _build_groups(samples: list[Sample], exact: list[list[str]], pixel_copies: list[tuple[str, str]],
+                  near: _Links | None) -> list[DuplicateGroup]:
+    """Exact groups (same bytes), pixel copies (perceptual hash) and near ones (similar features) joined; each
+    group says which tests found it. Largest first, leaks before others."""
     position = {s.path: i for i, s in enumerate(samples)}
     links = near or _Links(len(samples))
-    exact_of: dict[int, int] = {}
+    exact_ids = np.full(len(samples), -1, dtype=np.int64)
     for e, paths in enumerate(exact):
         members = [position[p] for p in paths if p in position]
-        links.add(members[:1] * (len(members) - 1), members[1:], 1.0)
-        for m in members:
-            exact_of[m] = e
+        links.add(members[:1] * (len(members) - 1), members[1:], 1.0, SAME_BYTES)
+        exact_ids[members] = e
+    pairs = [(position[a], position[b]) for a, b in pixel_copies if a in position and b in position]
+    if pairs:
+        links.add([a for a, _ in pairs], [b for _, b in pairs], 1.0, PIXELS)
     found = []
-    components, weakest = links.components()
+    components, weakest, tests = links.components(exact_ids)
     for root, members in components.items():
-        if len(members) < 2:
-            continue
-        kind = "exact" if len({exact_of.get(m, -1 - m) for m in members}) == 1 else "near"
-        found.append(DuplicateGroup(kind, 1.0 if kind == "exact" else round(float(weakest[root]), 4),
-                                    [Member(samples[m].path, samples[m].split, samples[m].label) for m in members]))
+        names = [name for bit, name in enumerate(TESTS) if tests[root] >> bit & 1]
+        kind = "exact" if names == [SAME_BYTES] else "near"
+        found.append(DuplicateGroup(kind, round(float(weakest[root]), 4),
+                                    [Member(samples[m].path, samples[m].split, samples[m].label) for m in members],
+                                    " + ".join(names)))
     found.sort(key=lambda g: (not g.leak, not g.conflict, -len(g.members), g.members[0].path))
     return found
 

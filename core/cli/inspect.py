@@ -60,9 +60,13 @@ def print_data_report(report) -> None:
     for w in h.warnings:
         print(f"warning: {w}")
     exact = sum(g.kind == "exact" for g in report.duplicates)
-    print(f"duplicates: {len(report.duplicates)} group(s) ({exact} exact, {len(report.duplicates) - exact} near, "
-          f"threshold {report.near_threshold:g}); {len(report.leaks)} across train and test; "
-          f"{len(report.conflicts)} across classes")
+    print(f"duplicates: {len(report.duplicates)} group(s) ({exact} exact, {len(report.duplicates) - exact} near); "
+          f"{len(report.leaks)} across train and test; {len(report.conflicts)} across classes")
+    print(f"  pixel copies: perceptual hash within {report.hash_distance} of 256 bits; near copies: feature "
+          f"similarity ≥ {report.near_threshold:.3f}" + (f", {report.threshold_rule}" if report.threshold_rule else ""))
+    for group in report.duplicates[:10]:
+        print(f"  {len(group.members)} × ({group.found_by}): " + ", ".join(m.path for m in group.members[:4])
+              + (" …" if len(group.members) > 4 else ""))
     if report.leak_effect():
         print(f"leakage: {report.leak_effect()}")
     if report.baseline:
@@ -73,13 +77,14 @@ def print_data_report(report) -> None:
         print(f"label issues: {len(report.label_issues)} suspect(s), most suspect first:")
         for i in report.label_issues[:10]:
             print(f"  {i.path}: given {i.given}, looks like {i.suggested} ({100 * i.confidence:.0f}%)")
+    if report.hard_cases:
+        print(f"hard or mislabelled: {len(report.hard_cases)} image(s) the model takes for another class (not counted "
+              "as suspects: look at them)")
     for note in report.notes:
         print(f"note: {note}")
 
 
 def add_parser(sub) -> None:
-    from ..analysis.datacheck import NEAR_THRESHOLD
-
     p = sub.add_parser("inspect", help="check the data: health, duplicates and leakage, label issues, a baseline")
     p.add_argument("--data", dest="data_root", help="a class-folder root, split as a run would split it")
     p.add_argument("--lists", dest="lists_dir", help="a folder with train.txt / test.txt")
@@ -88,9 +93,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", default="pretrained", help=WEIGHTS_HELP)
     p.add_argument("--train-ratio", type=field_type("train_ratio"), default=field_default("train_ratio"))
     p.add_argument("--seed", type=field_type("seed"), default=field_default("seed"))
-    p.add_argument("--near-threshold", type=number(0.5, 1.0, float), default=NEAR_THRESHOLD,
-                   help=f"cosine similarity of features from which two images count as near copies "
-                        f"(default {NEAR_THRESHOLD})")
+    p.add_argument("--near-threshold", type=number(0.5, 1.0, float), default=None,
+                   help="cosine similarity of features from which two images count as near copies (default: chosen "
+                        "from the data, far above its images' nearest-neighbour similarities; the report says how)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", metavar="OUT.json", help="write the full report here")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")

@@ -14,17 +14,14 @@ import random
 import re
 import stat
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Mapping, Optional
 
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, NotAFile, atomic_write_text, open_regular, read_json_file
-from ..spec.config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, field_range
+from ..spec.config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, TrainConfig, field_range
 from .health import Unreadable, read_header
-
-if TYPE_CHECKING:  # versions imports Split from here
-    from .versions import Edits
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out because importing torchvision costs seconds
 # that a split should not pay; tests/data/test_split.py checks the two stay equal.
@@ -330,6 +327,44 @@ def _given_split(root: str, parts: tuple[str, ...], seed: int, val_ratio: float,
                  skipped, warnings, given_by=names, val=val, val_ratio=ratio)
 
 
+@dataclass(frozen=True)
+class Edits:
+    """What a split applies (a dataset version's decisions, ``core.data.versions``): new labels (path → class
+    name), dropped paths, groups kept on one side."""
+
+    relabel: Mapping[str, str] = field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
+    together: tuple[tuple[str, ...], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.relabel or self.drop or self.together)
+
+    @classmethod
+    def of_config(cls, cfg: TrainConfig) -> "Edits":
+        """The edits a run's config carries (its dataset version's, as it began)."""
+        return cls(dict(cfg.relabel), frozenset(cfg.drop), ())
+
+    def apply(self, split: Split) -> Split:
+        """``split`` with these labels and without the dropped images; every image stays on the side it was dealt
+        (the split's groups were passed to ``split_dataset`` as ``keep_together``). A class name that no longer
+        exists (a folder renamed since) leaves its images as they were, said in the split's warnings."""
+        if not self.relabel and not self.drop:
+            return split
+        index = {name: i for i, name in enumerate(split.classes)}
+        missing = sorted({name for name in self.relabel.values() if name not in index})
+
+        def edited(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+            return [(path, index.get(self.relabel.get(path, ""), label)) for path, label in samples
+                    if path not in self.drop]
+
+        warnings = list(split.warnings)
+        if missing:
+            warnings.append(f"the dataset version relabels images as {', '.join(missing)}, which is no class of this "
+                            "folder now; those images keep their folder's class")
+        return replace(split, train=edited(split.train), val=edited(split.val), test=edited(split.test),
+                       warnings=warnings)
+
+
 def _unreadable_note(skipped: list[Skipped]) -> str:
     """Why a folder of image files still counts as having no images: they could not be read."""
     unreadable = [s for s in skipped if s.unreadable]
@@ -368,7 +403,7 @@ def _deal(paths: list[str], k: int, sides: "_Sides", first: str, second: str) ->
 
 def split_dataset(root: str | os.PathLike, train_ratio: float = DEFAULT_TRAIN_RATIO, seed: int = 0, *,
                   val_ratio: float = DEFAULT_VAL_RATIO, allowed_roots: Roots = None,
-                  keep_together: list[list[str]] | None = None, edits: "Edits | None" = None) -> Split:
+                  keep_together: list[list[str]] | None = None, edits: Edits | None = None) -> Split:
     """Scan ``root`` and split every class on its own; the same seed gives the same split.
 
     ``train_ratio`` of each class is the training share (the rest is the test split); ``val_ratio`` of that

@@ -21,9 +21,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from filelock import FileLock
 
@@ -31,8 +31,7 @@ from ..platform.errors import DatasetError
 from ..platform.io import atomic_write_json, atomic_write_text, read_json_file
 from ..platform.workspace import workspace_dir
 from ..spec.choices import Choice
-from ..spec.config import TrainConfig
-from .split import Split
+from .split import Edits, Split
 
 FORMAT = 1
 MAX_VERSION_BYTES = 64 * 1024**2  # 100,000 changes of a long path each; a larger file is refused, not read
@@ -86,43 +85,6 @@ class Change:
                 or not isinstance(version, int):
             raise ValueError("a change's label, reason, time or version has the wrong type")
         return cls(Action(data["action"]), tuple(paths), label, reason[:MAX_REASON], float(stamp), version)
-
-
-@dataclass(frozen=True)
-class Edits:
-    """What a split applies: new labels (path → class name), dropped paths, groups kept on one side."""
-
-    relabel: Mapping[str, str] = field(default_factory=dict)
-    drop: frozenset[str] = frozenset()
-    together: tuple[tuple[str, ...], ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.relabel or self.drop or self.together)
-
-    @classmethod
-    def of_config(cls, cfg: TrainConfig) -> "Edits":
-        """The edits a run's config carries (its dataset version's, as it began)."""
-        return cls(dict(cfg.relabel), frozenset(cfg.drop), ())
-
-    def apply(self, split: Split) -> Split:
-        """``split`` with these labels and without the dropped images; every image stays on the side it was dealt
-        (the split's groups were passed to ``split_dataset`` as ``keep_together``). A class name that no longer
-        exists (a folder renamed since) leaves its images as they were, said in the split's warnings."""
-        if not self.relabel and not self.drop:
-            return split
-        index = {name: i for i, name in enumerate(split.classes)}
-        missing = sorted({name for name in self.relabel.values() if name not in index})
-
-        def edited(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
-            return [(path, index.get(self.relabel.get(path, ""), label)) for path, label in samples
-                    if path not in self.drop]
-
-        warnings = list(split.warnings)
-        if missing:
-            warnings.append(f"the dataset version relabels images as {', '.join(missing)}, which is no class of this "
-                            "folder now; those images keep their folder's class")
-        return replace(split, train=edited(split.train), val=edited(split.val), test=edited(split.test),
-                       warnings=warnings)
 
 
 @dataclass(frozen=True)

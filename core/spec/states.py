@@ -46,6 +46,7 @@ class Phase(_Named):
     # The data check's phases (core.analysis.datacheck), in the order they run.
     HEADERS = "headers"  # every image's header read (the health section)
     HASHES = "hashes"  # contents hashed, for exact duplicates
+    PERCEPTUAL = "perceptual hashes"  # pixels hashed, for resized and re-encoded copies
     NEIGHBOURS = "neighbours"  # feature similarities, for near duplicates
     FOLDS = "folds"  # cross-validation of a linear head and k-NN (label issues, the baseline)
     MAP = "map"  # the 2-D projection of the features
@@ -60,6 +61,7 @@ class Phase(_Named):
 
 PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.TEST: "testing",
                Phase.HEADERS: "reading image headers", Phase.HASHES: "hashing for exact duplicates",
+               Phase.PERCEPTUAL: "hashing pixels for resized copies",
                Phase.NEIGHBOURS: "comparing features for near duplicates",
                Phase.FOLDS: "cross-validating a linear head", Phase.MAP: "projecting the features to 2-D",
                Phase.LR_SWEEP: "sweeping the learning rate", Phase.TRIALS: "searching the head's settings"}

@@ -33,6 +33,7 @@ from ..data.datasets import decoding_line, training_transform
 from ..data.split import (
     LIST_FILES,
     MAX_TRAINED_CLASSES,
+    Edits,
     Split,
     carve_validation,
     read_list_file,
@@ -41,7 +42,6 @@ from ..data.split import (
     unusable_entries,
     write_split,
 )
-from ..data.versions import Edits
 from ..features.extractor import FeatureExtractor, evaluation_transform
 from ..models.surgery import adapt_model, optimizer_groups, set_train_mode
 from ..platform.accel import (

@@ -21,8 +21,7 @@ from typing import Generator
 import numpy as np
 import torch
 
-from ..data.split import read_training_list, split_dataset
-from ..data.versions import Edits
+from ..data.split import Edits, read_training_list, split_dataset
 from ..features.extractor import FeatureExtractor
 from ..platform.errors import RunError
 from ..platform.io import atomic_write_text

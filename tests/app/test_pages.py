@@ -624,10 +624,13 @@ def _sixteen_suspects(folder: str) -> None:
 
     from app_pages.check import render_label_issues
     from core.analysis.datacheck import LabelIssue
+    from core.spec.config import Choices
 
     issues = [LabelIssue(str(p), "train", "blue", "red", 0.1, 0.9, 0, 1)
               for p in sorted(Path(folder).rglob("*.png"))[:16]]
-    render_label_issues(SimpleNamespace(too_small=[], label_issues=issues, baseline=None, notes=[]), folder, {})
+    report = SimpleNamespace(too_small=[], label_issues=issues, hard_cases=[], baseline=None, notes=[],
+                             classes=["blue", "red"])
+    render_label_issues(report, folder, Choices())
 
 
 def test_check_page_says_how_many_suspects_its_thumbnails_show(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.cli.main import main
-from core.data.split import split_dataset
-from core.data.versions import Action, Edits, export_copy, export_lists, load_version, record, undo, version_file
+from core.data.split import Edits, split_dataset
+from core.data.versions import Action, export_copy, export_lists, load_version, record, undo, version_file
 from core.platform.errors import DatasetError
 from core.spec.config import ConfigError, TrainConfig
 from tests.conftest import make_colour_dataset
