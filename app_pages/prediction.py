@@ -1,3 +1,4 @@
+import json
 import tempfile
 from pathlib import Path
 
@@ -5,9 +6,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_pages.images import run_predictor, show_explanation
+from app_pages.charts import confusion_chart
+from app_pages.images import run_predictor, show_explanation, thumbnail
 from app_pages.work import plural, run_with_stop, user_errors, was_stopped
 from core.analysis.report import SHOWN_CLASSES
+from core.analysis.scored import FolderScore, score_predictions
 from core.data.images import open_image, thumbnail_jpeg
 from core.data.uploads import check_image_upload, extract_zip, image_upload_limit_mb
 from core.inference.export import export_bytes, stale_exports
@@ -202,6 +205,9 @@ def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> No
             rows = run_with_stop(predict_many(predictor, list(names), topk=topk, calibrated=calibrated),
                                  key="pr_batch_run", what="prediction of many images",
                                  describe=lambda step: f"Predicting… {step.done}/{step.total} images")
+            score = score_predictions(rows, names, predictor.classes) if rows is not None else None
+            if score is not None:  # while the unpacked files exist: the mistakes' thumbnails
+                render_scored(score, [(thumbnail(i.path), i) for i in score.misclassified[:MISTAKES_SHOWN]])
         if rows is None:  # it failed, and said why
             return
         failed = sum(bool(r.error) for r in rows)
@@ -211,6 +217,41 @@ def render_batch(predictor: Predictor, topk: int, calibrated: bool = True) -> No
         st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Download the CSV", table.to_csv(index=False), file_name="predictions.csv",
                            mime="text/csv", key="pr_batch_csv")
+
+
+MISTAKES_SHOWN = 24
+
+
+def render_scored(score: FolderScore, mistakes: list) -> None:
+    """A labelled batch (sub-folders named as the model's classes, in a zip): the test report's figures for it."""
+    st.markdown("**These images are labelled** (their folders are named as the model's classes), so the predictions "
+                "are scored, as the test split is after training:")
+    st.metric("Accuracy on these images", pct(score.accuracy.value), help=score.accuracy.interval_text())
+    st.caption(score.summary())
+    left, right = st.columns([3, 2])
+    with left:
+        rows = [{"class": c.name, "precision": c.precision, "recall": c.recall, "F1": c.f1, "support": c.support}
+                for c in [*score.per_class[:SHOWN_CLASSES], score.macro, score.weighted]]
+        percent = st.column_config.NumberColumn(format="percent")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={"precision": percent, "recall": percent, "F1": percent})
+    with right:
+        if len(score.classes) <= SHOWN_CLASSES:
+            confusion_chart(score.classes, score.confusion)
+    wrong = score.scored - score.correct
+    if not wrong:
+        return
+    st.markdown(f"**Misclassified: {plural(wrong, 'image')}**, most confident mistakes first")
+    shown = [(img, f"{i.name}: {score.classes[i.label]} → {score.classes[i.pred]} ({pct(i.probability, 0)})")
+             for img, i in mistakes if img is not None]
+    if shown:
+        st.image([img for img, _ in shown], caption=[c for _, c in shown], width=112)
+    if len(shown) < wrong:
+        st.caption(f"Thumbnails: {len(shown):,} of {wrong:,} misclassified images (the most confident mistakes); "
+                   "the JSON below lists " + (f"all {wrong:,}." if wrong <= len(score.misclassified) else
+                                              f"the first {len(score.misclassified):,}."))
+    st.download_button("Download the scored report (JSON)", json.dumps(score.to_json(), indent=1),
+                       file_name="scored.json", mime="application/json", key="pr_scored_json")
 
 
 def main() -> None:

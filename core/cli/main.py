@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The files a command writes where the user says (as opposed to run folders and caches it names itself): each
 # is refused when it exists already, unless --force, so nothing the user made is overwritten silently.
 OUTPUT_FILES = {"inspect": ("json",), "lr-find": ("json",), "tune": ("json",), "report": ("json",),
-                "predict": ("csv", "cam"), "export": ("out",)}
+                "predict": ("csv", "cam", "json"), "export": ("out",)}
 
 
 def refuse_existing_outputs(args) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def _predict_folder(predictor, args) -> int:
     """Every image under a folder: one CSV row each (to --csv, or to the console)."""
     import csv
 
+    from ..analysis.scored import score_predictions
     from ..inference.predict import CSV_HEADER, image_files, predict_many
 
     paths = image_files(args.image)
@@ -76,10 +78,25 @@ def _predict_folder(predictor, args) -> int:
             print(f"\rpredicted {progress[0]}/{progress[1]} images", end="", file=sys.stderr, flush=True)
 
     rows = follow(predict_many(predictor, paths, topk=args.topk, calibrated=not args.raw), said)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    names = {p: Path(os.path.relpath(p, args.image)).as_posix() for p in paths}
+    score = score_predictions(rows, names, predictor.classes)
+    if args.json and score is None:
+        raise ConfigError(f"--json scores a labelled folder, and no image under '{args.image}' is in a sub-folder "
+                          f"named as one of the model's classes ({', '.join(predictor.classes[:10])}…)")
     out = io.StringIO(newline="")
-    writer = csv.writer(out if args.csv else sys.stdout)
-    writer.writerow(CSV_HEADER)
-    writer.writerows(row.csv_fields() for row in rows)
+    if args.csv or score is None:  # a labelled folder prints its scores; its rows go to --csv
+        writer = csv.writer(out if args.csv else sys.stdout)
+        writer.writerow(CSV_HEADER)
+        writer.writerows(row.csv_fields() for row in rows)
+    if score is not None:
+        _print_score(score)
+        if args.json:
+            from ..platform.io import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(score.to_json(), indent=1, ensure_ascii=False))
+            print(f"scored report: {args.json}")
     if args.csv:
         from ..platform.io import atomic_write_text
 
@@ -89,11 +106,29 @@ def _predict_folder(predictor, args) -> int:
     return 0
 
 
+def _print_score(score) -> None:
+    print(score.summary())
+    print(f"{'class':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
+    for c in [*score.per_class[:30], score.macro, score.weighted]:
+        print(f"{c.name[:24]:<24} {100 * c.precision:8.1f}% {100 * c.recall:6.1f}% {100 * c.f1:5.1f}% {c.support:8,d}")
+    if len(score.per_class) > 30:
+        print(f"… and {len(score.per_class) - 30:,} more classes (--json has them all)")
+    for pair in score.most_confused[:5]:
+        print(f"most confused: {pair.sentence()}")
+    for image in score.misclassified[:10]:
+        print(f"misclassified: {image.name}: {score.classes[image.label]} taken for {score.classes[image.pred]} "
+              f"({100 * image.probability:.0f}%)")
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="top-k classes for an image, as JSON")
+    p = sub.add_parser("predict", help="top-k classes for an image, as JSON; a folder's images as CSV rows, scored "
+                                       "when its sub-folders are named as the model's classes")
     p.add_argument("run", help="run folder, checkpoint file, or a bare state dict (then --arch and --classes)")
     p.add_argument("image", help="an image, or a folder: every image under it, one CSV row each")
     p.add_argument("--csv", help="with a folder: write the rows to this CSV file (default: the console)")
+    p.add_argument("--json", metavar="OUT.json", help="with a labelled folder (sub-folders named as the model's "
+                                                      "classes): write the scored report (accuracy with its interval, "
+                                                      "per-class scores, confusion matrix, misclassified images)")
     p.add_argument("--topk", type=number(1, MAX_CLASSES), default=5)
     p.add_argument("--arch", help="for a bare state dict (like the tutorial's model_resnet18.pth): "
                                    + ", ".join(ARCHITECTURES))

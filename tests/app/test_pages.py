@@ -397,6 +397,33 @@ def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, l
     assert "The prediction of many images was stopped." in [i.value for i in at.info]
 
 
+def test_prediction_page_scores_a_zip_of_class_folders(small_demo, lite0_file):
+    import io
+    import zipfile
+
+    from core.spec.config import TrainConfig
+    from core.training.run import train
+
+    list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
+                           epochs=5, num_workers=0, lr=0.01), runs_dir() / "run1"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for shape in ("circle", "star", "square"):
+            for p in sorted((small_demo / shape).iterdir())[:3]:
+                z.write(p, f"new photos/{shape}/{p.name}")
+        z.write(sorted((small_demo / "star").iterdir())[5], "new photos/unsorted/x.jpg")
+    at = open_page(app(), "app_pages/prediction.py")
+    at.file_uploader(key="pr_batch").upload("labelled.zip", buf.getvalue(), "application/zip").run()
+    at.button(key="pr_batch_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metric = next(m for m in at.metric if m.label == "Accuracy on these images")
+    summary = next(c.value for c in at.caption if c.value.startswith("Accuracy on these labelled images"))
+    assert metric.value in summary and "9 images)" in summary and "1 under no folder named as a class" in summary
+    scores = at.dataframe[0].value
+    assert list(scores["class"][:5]) == ["circle", "cross", "square", "star", "triangle"]
+    assert list(scores["support"][:5]) == [3, 0, 3, 3, 0]
+
+
 def test_prediction_page_offers_torchscript_and_onnx_downloads(small_demo, lite0_file):
     from core.spec.config import TrainConfig
     from core.training.run import train

@@ -235,9 +235,16 @@ def test_predict_a_folder_into_a_csv(colour_data, lite0_file, tmp_path):
     assert run_cli("train", "--data", colour_data, "--arch", "efficientnet_lite0", "--epochs", "8", "--lr", "0.05",
                    "--batch-size", "4", "--out", tmp_path / "run").returncode == 0
     (colour_data / "red" / "broken.png").write_bytes(b"not an image")
-    result = run_cli("predict", tmp_path / "run", colour_data, "--csv", tmp_path / "out.csv", "--topk", "2")
+    result = run_cli("predict", tmp_path / "run", colour_data, "--csv", tmp_path / "out.csv", "--topk", "2",
+                     "--json", tmp_path / "scored.json")
     assert result.returncode == 0, result.stderr
     assert "21 images predicted" in result.stdout and "1 could not be read" in result.stdout
+    # the folder's sub-folders are the model's classes: the predictions are scored, with the interval
+    assert "Accuracy on these labelled images: " in result.stdout and "95% CI" in result.stdout
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert scored["scored"] == 20 and scored["unreadable"] == 1 and len(scored["confusion"]) == 2
+    assert scored["accuracy_ci"][0] <= scored["accuracy"] <= scored["accuracy_ci"][1]
+    assert all(not m["path"].startswith("/") for m in scored["misclassified"])  # as the user named them
     rows = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
     assert len(rows) == 21 and set(rows[0]) == {"path", "top_class", "probability", "topk", "error"}
     readable = [r for r in rows if not r["error"]]
