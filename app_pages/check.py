@@ -202,7 +202,10 @@ def render_map(report: DataReport) -> None:
         return
     points = pd.DataFrame([{"path": p.path, "x": p.x, "y": p.y, "class": report.classes[p.label], "split": p.split}
                            for p in report.embedding])
-    st.caption(f"{report.embedding_method} of the {report.arch} features; nearby points look alike to the "
+    sampled = (f"Showing {len(report.embedding):,} of {report.embedding_total:,} images (a random sample, on which "
+               "the map is computed; a selection picks among the drawn points). "
+               if report.embedding_total > len(report.embedding) else "")
+    st.caption(f"{sampled}{report.embedding_method} of the {report.arch} features; nearby points look alike to the "
                "backbone. Drag a box to see those images; an image among another class's points may be mislabeled.")
     event = embedding_chart(points, key="ck_map")
     picked = selected_in_box(points, event)

@@ -13,6 +13,8 @@ pass on a busy machine, peak memory, cold prediction, and what importing costs. 
 (``python -m core inspect``) on 400 and on 10,000 images: cold, and with the features cached.
 
     python bench/benchmark.py --only datacheck [--check-sizes 400 10000]   # just the data check figures
+    python bench/benchmark.py --only datacheck --images 100000   # the check at scale, on cached synthetic features
+    python bench/benchmark.py --only labels   # copies and label suspects against planted truth
     python bench/benchmark.py --only archs [--arch-images 100] [--reference]  # every architecture's feature pass
 
 The architectures' table: for each, the frozen feature pass (what a default run spends its time on) as the
@@ -335,7 +337,9 @@ def _import_check_libraries() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=None, help="images of the main benchmark (default 400); with "
+                                                                   "--only datacheck: the scale check's images "
+                                                                   "(cached synthetic features)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arch", default="auto",
                         help="auto: resnet18 if its weights are on disk, else efficientnet_lite0")
@@ -344,7 +348,7 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck", "report", "phone", "search", "archs"],
+    parser.add_argument("--only", choices=["datacheck", "labels", "report", "phone", "search", "archs"],
                         help="print only these figures")
     parser.add_argument("--phone-photos", type=int, default=100, help="12-megapixel photos for the phone-photo "
                                                                        "figures (0: skip)")
@@ -376,8 +380,19 @@ def main() -> None:
             arch_figures(tmp, args.arch_images, speed_file, args.reference)
             return
         if args.only == "datacheck":
-            datacheck_figures(arch, tmp, args.check_sizes)
+            if args.images:
+                from datacheck_scale import scale_figures
+
+                scale_figures(arch, tmp, args.images)
+            else:
+                datacheck_figures(arch, tmp, args.check_sizes)
             return
+        if args.only == "labels":
+            from datacheck_scale import label_figures
+
+            label_figures(arch, tmp)
+            return
+        args.images = args.images or 400
         if args.only == "phone":
             phone_figures(arch, tmp, args.phone_photos)
             return

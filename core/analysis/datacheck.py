@@ -132,6 +132,7 @@ class DataReport:
     baseline: Baseline | None = None
     embedding: list[MapPoint] = field(default_factory=list)
     embedding_method: str = ""
+    embedding_total: int = 0  # the images the map stands for (it draws a sample of them beyond MAP_POINTS)
     notes: list[str] = field(default_factory=list)  # why a section is missing or partial
     too_small: list[str] = field(default_factory=list)  # classes left out of label checking and the baseline
     near_threshold: float = NEAR_CEILING
@@ -192,7 +193,7 @@ class DataReport:
             "hard_cases": [asdict(i) for i in self.hard_cases],
             "baseline": asdict(self.baseline) if self.baseline else None,
             "embedding": [asdict(p) for p in self.embedding],
-            "embedding_method": self.embedding_method,
+            "embedding_method": self.embedding_method, "embedding_total": self.embedding_total,
         }
 
     @classmethod
@@ -217,6 +218,7 @@ class DataReport:
                 hard_cases=[LabelIssue(**i) for i in data["hard_cases"]],
                 baseline=Baseline(**data["baseline"]) if data["baseline"] else None,
                 embedding=[MapPoint(**p) for p in data["embedding"]], embedding_method=str(data["embedding_method"]),
+                embedding_total=int(data["embedding_total"]),
                 notes=[str(n) for n in data["notes"]], too_small=[str(c) for c in data["too_small"]],
                 near_threshold=float(data["near_threshold"]), threshold_rule=str(data["threshold_rule"]),
                 hash_distance=int(data["hash_distance"]), features_from_cache=bool(data["features_from_cache"]),
@@ -545,16 +547,18 @@ def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, 
 
 # ----------------------------------------------------------------------------- cross-validation
 def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int,
-                    trainable: np.ndarray | None = None) -> Generator[Progress, None, tuple]:
+                    trainable: np.ndarray | None = None, neighbours: np.ndarray | None = None
+                    ) -> Generator[Progress, None, tuple]:
     """Out-of-fold class probabilities of a logistic-regression head, and per-fold accuracies of it and of
     k-NN. Copies share a group, so none is ever in the training folds of its own copy. Yields Progress.
 
     The probabilities (the label check, which may look at every image) come from heads fitted on all the
     fold's other images. The accuracies (the baseline: what a head-only run should reach) come from heads
     fitted on ``trainable`` rows alone (the training share: train and validation) and are measured on those
-    alone, so the baseline never reads a test label."""
+    alone, so the baseline never reads a test label. ``neighbours``: each row's nearest rows by cosine (-1: none),
+    already found for the near copies; given, k-NN votes among those in the fold's training rows instead of
+    searching again (at scale, where a search per fold would cost minutes)."""
     # deferred: scikit-learn takes about a second to import; only this section needs it
-    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
 
     n_classes = int(labels.max()) + 1
@@ -562,22 +566,64 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     linear, knn = [], []
     meter = ProgressMeter(Phase.FOLDS, folds, split="all")
     yield meter.first()
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
     trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
-    for fit_idx, held_idx in splitter.split(features, labels, groups):
-        head = _fitted_head(features[fit_idx], labels[fit_idx])
-        oof[np.ix_(held_idx, head.classes_)] = head.predict_proba(features[held_idx])
+    at_scale = len(labels) > EXACT_SEARCH
+    for fit_idx, held_idx in _fold_indices(labels, groups, folds, at_scale):
         fit_train, judged = fit_idx[trainable[fit_idx]], held_idx[trainable[held_idx]]
+        # At scale one head per fold, on the training share (tens of thousands of images are plenty); below, the
+        # label check's head also learns from the fold's test images, and the baseline's does not.
+        baseline = _fitted_head(features[fit_train], labels[fit_train]) if at_scale and len(fit_train) else None
+        head = baseline or _fitted_head(features[fit_idx], labels[fit_idx])
+        oof[np.ix_(held_idx, head.classes_)] = head.predict_proba(features[held_idx])
         if len(judged) and len(np.unique(labels[fit_train])) >= 2:
-            baseline = head if trainable.all() else _fitted_head(features[fit_train], labels[fit_train])
+            if baseline is None:
+                baseline = head if trainable.all() else _fitted_head(features[fit_train], labels[fit_train])
             linear.append(float((baseline.predict(features[judged]) == labels[judged]).mean()))
-            neighbours = KNeighborsClassifier(n_neighbors=min(5, len(fit_train)), metric="cosine")
-            neighbours.fit(features[fit_train], labels[fit_train])
-            knn.append(float((neighbours.predict(features[judged]) == labels[judged]).mean()))
+            if neighbours is None:
+                vote = KNeighborsClassifier(n_neighbors=min(5, len(fit_train)), metric="cosine")
+                predicted = vote.fit(features[fit_train], labels[fit_train]).predict(features[judged])
+            else:
+                predicted = _knn_from_lists(neighbours[judged], fit_train, labels, n_classes)
+            knn.append(float((predicted == labels[judged]).mean()))
         record = meter.advance(1)
         if record:
             yield record
     return oof, linear, knn
+
+
+def _fold_indices(labels: np.ndarray, groups: np.ndarray, folds: int, at_scale: bool):
+    """(fit rows, held rows) of each fold, every group of copies on one side. Below scale scikit-learn's
+    StratifiedGroupKFold; at scale (its Python loop over groups takes minutes at 100,000) StratifiedKFold over the
+    groups, each labelled by its first image, which is the same thing when nearly every group is one image."""
+    # deferred: scikit-learn takes about a second to import; only this section needs it
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if not at_scale:
+        yield from StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0).split(labels, labels, groups)
+        return
+    ids, first = np.unique(groups, return_index=True)
+    fold_of_group = np.zeros(len(ids), dtype=np.int64)
+    for k, (_, held) in enumerate(StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+                                  .split(first, labels[first])):
+        fold_of_group[held] = k
+    fold = fold_of_group[np.searchsorted(ids, groups)]
+    for k in range(folds):
+        yield np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+
+
+def _knn_from_lists(candidates: np.ndarray, fit_rows: np.ndarray, labels: np.ndarray, n_classes: int,
+                    k: int = 5) -> np.ndarray:
+    """Majority vote of each row's first ``k`` candidates that are in ``fit_rows`` (ties: the nearer class)."""
+    allowed = np.zeros(len(labels), dtype=bool)
+    allowed[fit_rows] = True
+    usable = (candidates >= 0) & allowed[np.where(candidates >= 0, candidates, 0)]
+    rank = np.cumsum(usable, axis=1)
+    voting = usable & (rank <= k)
+    votes = np.zeros((len(candidates), n_classes))
+    rows = np.nonzero(voting)[0]
+    weight = 1.0 + 1e-3 * (k - rank[voting])  # a nearer neighbour breaks a tie
+    np.add.at(votes, (rows, labels[candidates[voting]]), weight)
+    return votes.argmax(axis=1)
 
 
 def _fitted_head(x: np.ndarray, y: np.ndarray):
@@ -644,6 +690,18 @@ def _in_thread(fn, *args) -> Generator[Progress, None, Any]:
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+MAP_POINTS = 5000  # a map draws at most this many images (a browser draws them smoothly; t-SNE takes ~8 s)
+
+
+def _map_sample(n: int) -> np.ndarray:
+    """The images the map draws: all up to ``MAP_POINTS``, else a seeded random sample of that many (sorted). The
+    map is computed on the sample itself: t-SNE's cost grows with the points, and only the drawn ones are seen.
+    (Measured on 5,000 points of 50 components, 2 cores: scikit-learn's Barnes-Hut t-SNE 7.5 s, openTSNE 11.3 s.)"""
+    if n <= MAP_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=MAP_POINTS, replace=False))
 
 
 def _project(features: np.ndarray) -> tuple[np.ndarray, str]:
@@ -748,31 +806,36 @@ def _feature_sections(report: DataReport, split: Split, cfg: TrainConfig, cache_
         report.notes.append(f"{len(readable) - len(kept)} image(s) could not be decoded for the features (damaged "
                             "beyond the header, or deleted meanwhile); they are left out of the feature sections")
     links = _Links(len(kept))
-    yield from _feature_section(report, features, links)
+    neighbours = yield from _feature_section(report, features, links)
     exact, pixel_copies = copies
     report.duplicates = _build_groups(kept, exact, pixel_copies, links)
     t0 = _timed(seconds, "near duplicates", t0)
-    yield from _label_section(report, features, kept, links)
+    yield from _label_section(report, features, kept, links, neighbours)
     t0 = _timed(seconds, "label issues and baseline", t0)
     if len(kept) >= 3:
-        xy, report.embedding_method = (yield from _in_thread(_project, features)) if len(kept) > TSNE_IN_PROCESS \
-            else _project(features)
-        report.embedding = [MapPoint(s.path, round(float(x), 3), round(float(y), 3), s.label, s.split)
-                            for s, (x, y) in zip(kept, xy)]
+        drawn = _map_sample(len(kept))
+        points = features[drawn]
+        xy, report.embedding_method = (yield from _in_thread(_project, points)) if len(drawn) > TSNE_IN_PROCESS \
+            else _project(points)
+        report.embedding = [MapPoint(kept[i].path, round(float(x), 3), round(float(y), 3), kept[i].label,
+                                     kept[i].split) for i, (x, y) in zip(drawn.tolist(), xy)]
+        report.embedding_total = len(kept)
     else:
         report.notes.append("fewer than 3 images with features: no map")
     _timed(seconds, "map", t0)
 
 
-def _feature_section(report: DataReport, features: np.ndarray, links: _Links) -> Generator[Progress, None, None]:
+def _feature_section(report: DataReport, features: np.ndarray, links: _Links
+                     ) -> Generator[Progress, None, np.ndarray | None]:
     """Near copies by features: each image's nearest neighbours, the threshold (from the data unless given),
-    the links above it."""
+    the links above it. Returns the neighbours (positions, -1: none) for k-NN, or None when there are none."""
     values, columns = yield from _top_neighbours(features)
     if values.shape[1] == 0:
-        return
+        return None
     if report.threshold_rule != "given":
         report.near_threshold, report.threshold_rule = near_threshold_from(values[:, 0])
     _near_links(values, columns, report.near_threshold, links)
+    return np.where(values > -2.0, columns, -1)
 
 
 def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
@@ -790,9 +853,10 @@ def _degenerate_notes(split: Split, readable: list[Sample]) -> list[str]:
     return notes
 
 
-def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], links: _Links
-                   ) -> Generator[Progress, None, None]:
-    """Label issues and the baseline, over the classes with enough images for cross-validation."""
+def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample], links: _Links,
+                   neighbours: np.ndarray | None = None) -> Generator[Progress, None, None]:
+    """Label issues and the baseline, over the classes with enough images for cross-validation. ``neighbours``:
+    each kept image's nearest others (``_top_neighbours``), for k-NN at scale."""
     counts = np.bincount([s.label for s in kept], minlength=len(report.classes))
     eligible = [c for c in range(len(report.classes)) if counts[c] >= MIN_PER_CLASS]
     report.too_small = [report.classes[c] for c in range(len(report.classes)) if 0 < counts[c] < MIN_PER_CLASS]
@@ -803,38 +867,78 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
         report.notes.append("label issues and the baseline need at least two classes with "
                             f"{MIN_PER_CLASS} or more images")
         return
-    remap = {c: i for i, c in enumerate(eligible)}
-    rows = [i for i, s in enumerate(kept) if s.label in remap]
-    labels = np.array([remap[kept[i].label] for i in rows])
-    # Groups of copies decide the folds, so a copy is never held out against itself; too few groups in a class
-    # for the folds it would need caps the fold count.
-    group_ids = links.group_ids()[rows]
-    distinct = min(len({g for g, label in zip(group_ids, labels) if label == c}) for c in range(len(eligible)))
-    if distinct < 2 or len(set(group_ids.tolist())) < 2:
+    remap = np.full(len(report.classes), -1)
+    remap[eligible] = np.arange(len(eligible))
+    all_labels = remap[np.array([s.label for s in kept])]
+    rows = np.flatnonzero(all_labels >= 0)
+    labels = all_labels[rows]
+    planned = _folds(report, links.group_ids()[rows], labels, len(eligible))
+    if planned is None:
+        return
+    group_ids, folds = planned
+    trainable = np.array([kept[i].split != "test" for i in rows])
+    x, lists = features[rows], None
+    if len(rows) > SCALE_CV:  # many images: the head on principal components (seconds, not minutes)
+        x = _principal_components(x, CV_DIMENSIONS)
+        report.notes.append(f"{len(rows):,} images: the linear head is cross-validated on the features' first "
+                            f"{x.shape[1]} principal components")
+    if len(kept) > EXACT_SEARCH:  # at scale: k-NN from the neighbours the index found
+        report.notes.append(f"k-NN votes among each image's {NEIGHBOURS} nearest found by the index")
+        if neighbours is not None:
+            position = np.full(len(kept), -1)
+            position[rows] = np.arange(len(rows))
+            lists = np.where(neighbours[rows] >= 0, position[np.where(neighbours[rows] >= 0, neighbours[rows], 0)], -1)
+    oof, linear, knn = yield from _cross_validate(x, labels, group_ids, folds, trainable, lists)
+    _set_label_findings(report, oof, labels, [kept[i] for i in rows], eligible)
+    if not linear:
+        report.notes.append("no baseline: the training share has too few images of two classes to cross-validate")
+        return
+    report.baseline = Baseline(float(np.mean(linear)), float(np.std(linear)), folds, float(np.mean(knn)),
+                               float(np.std(knn)), int(trainable.sum()), len(eligible))
+
+
+CV_DIMENSIONS = 256  # above SCALE_CV images, the cross-validated head sees this many principal components
+SCALE_CV = 5000  # measured at 10,000 images (2 cores): 1280-d heads took 21 s of the check's 53, 256-d ones 3
+
+
+def _principal_components(features: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first ``dimensions`` principal components (fitted on at most 20,000 rows), as float32."""
+    # deferred: scikit-learn takes about a second to import; only this section needs it
+    from sklearn.decomposition import PCA
+
+    sample = np.random.default_rng(0).choice(len(features), size=min(len(features), 20_000), replace=False)
+    pca = PCA(n_components=min(dimensions, *features.shape), random_state=0).fit(features[sample])
+    return np.ascontiguousarray(pca.transform(features), dtype=np.float32)
+
+
+def _folds(report: DataReport, group_ids: np.ndarray, labels: np.ndarray, classes: int
+           ) -> tuple[np.ndarray, int] | None:
+    """The groups the folds keep together (copies) and the number of folds; None (said in the notes) when a class
+    has fewer than two distinct images."""
+    distinct = min(len(np.unique(group_ids[labels == c])) for c in range(classes))
+    if distinct < 2 or len(np.unique(group_ids)) < 2:
         # Cross-validation needs two distinct images (groups of copies) in every class it checks: with all
         # images copies of one another there is nothing to hold out. Said, not crashed on.
         report.notes.append(f"no label check and no baseline: a class has {int(distinct)} distinct image(s) once "
                             "copies are grouped (the duplicates section lists them), and cross-validation needs "
                             "at least two in every class")
-        return
+        return None
     folds = max(2, min(MAX_FOLDS, int(distinct)))
     if folds < MAX_FOLDS:
         report.notes.append(f"{folds}-fold cross-validation (the smallest class has {int(distinct)} distinct images)")
-    trainable = np.array([kept[i].split != "test" for i in rows])
-    oof, linear, knn = yield from _cross_validate(features[rows], labels, group_ids, folds, trainable)
+    return group_ids, folds
+
+
+def _set_label_findings(report: DataReport, oof: np.ndarray, labels: np.ndarray, samples: list[Sample],
+                        eligible: list[int]) -> None:
     names = [report.classes[c] for c in eligible]
-    issues, hard = _label_issues(oof, labels, [kept[i] for i in rows], names)
+    issues, hard = _label_issues(oof, labels, samples, names)
 
     def in_report_labels(found: list[LabelIssue]) -> list[LabelIssue]:
         return [LabelIssue(i.path, i.split, i.given, i.suggested, i.score, i.confidence, eligible[i.given_label],
                            eligible[i.suggested_label], i.found_by) for i in found]
 
     report.label_issues, report.hard_cases = in_report_labels(issues), in_report_labels(hard)
-    if not linear:
-        report.notes.append("no baseline: the training share has too few images of two classes to cross-validate")
-        return
-    report.baseline = Baseline(float(np.mean(linear)), float(np.std(linear)), folds, float(np.mean(knn)),
-                               float(np.std(knn)), int(trainable.sum()), len(eligible))
 
 
 def _build_groups(samples: list[Sample], exact: list[list[str]], pixel_copies: list[tuple[str, str]],

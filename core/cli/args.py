@@ -154,3 +154,16 @@ def add_run_settings(p) -> None:
     p.add_argument("--cache-dir", help="where cached backbone features are kept (default: the workspace's cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache on disk")
 
+
+
+def print_class_scores(per_class, averages, most_confused, shown: int | None = None) -> None:
+    """The per-class table (precision, recall, F1, support) and the most confused pairs, as ``report`` and a scored
+    ``predict`` print them; ``shown``: at most this many classes (the JSON has them all)."""
+    listed = per_class if shown is None else per_class[:shown]
+    print(f"{'class':<24} precision  recall     f1  support")
+    for s in [*listed, *averages]:
+        print(f"{s.name:<24} {s.precision:9.3f} {s.recall:7.3f} {s.f1:6.3f} {s.support:8d}")
+    if len(listed) < len(per_class):
+        print(f"… and {len(per_class) - len(listed):,} more classes (--json has them all)")
+    for pair in most_confused[:5]:
+        print(f"most confused: {pair.sentence()}")

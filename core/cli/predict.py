@@ -13,7 +13,7 @@ from ..platform.errors import ConfigError
 from ..spec.archs import ARCHITECTURES
 from ..spec.config import TTA_MODES
 from ..spec.records import follow
-from .args import number
+from .args import number, print_class_scores
 
 
 def cmd_predict(args) -> int:
@@ -108,13 +108,7 @@ def _predict_folder(predictor, args) -> int:
 
 def _print_score(score) -> None:
     print(score.summary())
-    print(f"{'class':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
-    for c in [*score.per_class[:30], score.macro, score.weighted]:
-        print(f"{c.name[:24]:<24} {100 * c.precision:8.1f}% {100 * c.recall:6.1f}% {100 * c.f1:5.1f}% {c.support:8,d}")
-    if len(score.per_class) > 30:
-        print(f"… and {len(score.per_class) - 30:,} more classes (--json has them all)")
-    for pair in score.most_confused[:5]:
-        print(f"most confused: {pair.sentence()}")
+    print_class_scores(score.per_class, (score.macro, score.weighted), score.most_confused, shown=30)
     for image in score.misclassified[:10]:
         print(f"misclassified: {image.name}: {score.classes[image.label]} taken for {score.classes[image.pred]} "
               f"({100 * image.probability:.0f}%)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..platform.errors import ConfigError
 from ..spec.config import TTA_MODES
 from ..spec.records import follow
-from .args import progress_line
+from .args import print_class_scores, progress_line
 
 
 def cmd_report(args) -> int:
@@ -42,11 +42,7 @@ def print_run_report(report) -> None:
     print(f"{test_line(report.accuracy, report.tested, report.epoch, report.chosen_on)} · {report.state}")
     for note in report.notes:
         print(f"note: {note}")
-    print(f"{'class':<24} precision  recall     f1  support")
-    for s in [*report.per_class, report.macro, report.weighted]:
-        print(f"{s.name:<24} {s.precision:9.3f} {s.recall:7.3f} {s.f1:6.3f} {s.support:8d}")
-    for pair in report.most_confused[:5]:
-        print(f"most confused: {pair.sentence()}")
+    print_class_scores(report.per_class, (report.macro, report.weighted), report.most_confused)
     for image in report.top_losses[:5]:
         print(f"top loss {image.loss:.2f}: {image.path} ({report.classes[image.label]} → "
               f"{report.classes[image.pred]}, {pct(image.prob)}{'' if report.temperature else ' raw'})")

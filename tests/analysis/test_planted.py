@@ -85,3 +85,35 @@ def test_hashes_are_cached_and_plain_pictures_never_pair(tmp_path):
     (tmp_path / "cache" / "phash" / cached[0].name).write_text("{")  # damaged: read as empty, hashed again
     again, _ = follow(hash_images(paths, tmp_path / "cache"), lambda r: None)
     assert np.array_equal(again, codes)
+
+
+def test_the_scale_paths_agree_with_the_exact_ones(monkeypatch):
+    """Above EXACT_SEARCH the neighbours come from faiss's index, the folds from groups and k-NN from the lists;
+    above SCALE_CV the head sees principal components; the map draws a sample. Forced here on 3,000 points."""
+    from core.analysis import datacheck as dc
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 256))
+    labels = rng.integers(0, 4, 3000)
+    basis = rng.normal(0, 1, (16, 256))  # features vary along a few directions, as a backbone's do
+    x = (centres[labels] + rng.normal(0, 0.5, (3000, 16)) @ basis + rng.normal(0, 0.05, (3000, 256))).astype(np.float32)
+    x[1000] = x[2000] + 0.01  # one planted near copy
+    exact_values, exact_columns = follow(dc._top_neighbours(x), lambda r: None)
+    monkeypatch.setattr(dc, "EXACT_SEARCH", 500)
+    values, columns = follow(dc._top_neighbours(x), lambda r: None)
+    assert columns[1000, 0] == 2000 and values[1000, 0] > 0.99
+    recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact_columns[:, :5], columns[:, :5])])
+    assert recall > 0.9, recall  # the index finds (nearly) the exact nearest neighbours
+    same = columns[:, 0] == exact_columns[:, 0]
+    assert same.mean() > 0.9 and np.allclose(values[same, 0], exact_values[same, 0], atol=1e-4)  # exact cosines
+
+    groups = np.arange(3000)
+    groups[1000] = groups[2000]
+    folds = list(dc._fold_indices(labels, groups, 5, at_scale=True))
+    assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(3000))
+    assert all((1000 in held) == (2000 in held) for _, held in folds)  # copies on one side
+    monkeypatch.setattr(dc, "SCALE_CV", 1000)
+    oof, linear, knn = follow(dc._cross_validate(dc._principal_components(x, 64), labels, groups, 5,
+                                                 neighbours=columns), lambda r: None)
+    assert np.mean(linear) > 0.9 and np.mean(knn) > 0.85 and oof.shape == (3000, 4)
+    assert len(dc._map_sample(3000)) == 3000 and len(dc._map_sample(20_000)) == dc.MAP_POINTS
