@@ -990,14 +990,42 @@ def describe(progress: Progress) -> str:
 
 
 def check_of_run(run_dir: str | os.PathLike, folder: str | os.PathLike) -> DataReport | None:
-    """The stored check of the images a run was trained and tested on (its left-out images included), or None:
-    none was made, or a file of the run or the check cannot be read."""
+    """The stored check of the images a run was trained and tested on (its left-out images included, and its
+    dataset version's relabels and drops undone: a check describes the folder as it is), or None: none was made,
+    or a file of the run or the check cannot be read."""
 
     run = RunDir(run_dir)
     try:
         cfg = load_config(run)
         split = read_split(run.lists)
         left_out = read_list_file(run.lists / "excluded.txt") if (run.lists / "excluded.txt").is_file() else []
+        if cfg.data_root and (cfg.relabel or cfg.drop):
+            left_out += _as_in_the_folder(split, cfg)
         return load_report(folder, data_fingerprint(split, cfg.arch, cfg.weights, also=left_out))
     except (UserError, OSError):
         return None
+
+
+def _as_in_the_folder(split: Split, cfg: TrainConfig) -> list[tuple[str, int]]:
+    """Undo a dataset version on a run's split, in place: relabelled images get their folder's class back; returns
+    the dropped images with their folder's class (for ``data_fingerprint``'s ``also``)."""
+    assert cfg.data_root is not None
+    root = cfg.data_root
+    index = {name: i for i, name in enumerate(split.classes)}
+
+    def folder_class(path: str) -> int | None:
+        try:
+            parts = Path(path).relative_to(root).parts[:-1]
+        except ValueError:
+            return None
+        return next((index[part] for part in parts if part in index), None)
+
+    relabelled = dict(cfg.relabel)
+
+    def as_filed(path: str, label: int) -> int:
+        found = folder_class(path) if path in relabelled else None
+        return label if found is None else found
+
+    for side in (split.train, split.val, split.test):
+        side[:] = [(p, as_filed(p, label)) for p, label in side]
+    return [(p, label) for p in cfg.drop if (label := folder_class(p)) is not None]

@@ -197,3 +197,25 @@ def test_the_cli_fixes_shows_undoes_and_the_run_config_reads_it(root, capsys, tm
     assert "took back v1" in capsys.readouterr().out
     assert main(["split", str(root), "--out", str(tmp_path / "lists")]) == 0
     assert f"{blue}\t0\n" in (tmp_path / "lists" / "test.txt").read_text()
+
+
+def test_a_run_with_a_version_finds_the_check_of_the_folder_as_it_is(root, tmp_path):
+    from core.analysis.datacheck import check_data, check_of_run, save_report
+    from core.data.split import write_split
+    from core.runs.rundir import RunDir
+    from core.spec.records import follow
+
+    plain = split_dataset(root)
+    report = follow(check_data(plain, arch="efficientnet_lite0", weights=None), lambda r: None)
+    save_report(report, tmp_path / "checks")
+    blue = next(p for p, label in plain.train if plain.classes[label] == "blue")
+    gone = next(p for p, label in plain.test if plain.classes[label] == "red")
+    record(root, "relabel", [blue], label="red", classes=plain.classes)
+    record(root, "drop", [gone])
+    version = load_version(root)
+    cfg = TrainConfig(arch="efficientnet_lite0", data_root=str(root), **version.config_fields())
+    run = RunDir(tmp_path / "run")
+    write_split(split_dataset(root, edits=version.edits()), run.lists)
+    run.config.write_text(json.dumps(cfg.to_dict()))
+    found = check_of_run(run.path, tmp_path / "checks")
+    assert found is not None and found.fingerprint == report.fingerprint

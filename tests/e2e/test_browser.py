@@ -237,6 +237,49 @@ def test_walk_all_pages_train_and_predict(server, page):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="Chromium is not installed")
+@pytest.mark.slow
+def test_relabel_a_suspect_see_the_version_train_and_find_it_in_the_runs_table(tmp_path, page):
+    """Issue 33's walk: a photo set with flipped labels; relabel the top suspect where the check shows it, see the
+    version on the Dataset page, train, and see the version in the runs table. The folder is never written."""
+    from core.data.planted import generate_planted
+    from tests.data.test_versions import folder_digest
+
+    planted = generate_planted(tmp_path / "photos", per_class=24, copies=3, flip_share=0.08, seed=1)
+    before = folder_digest(planted.root)
+    with serving(tmp_path, TLD_DATA_ROOT=str(planted.root)) as (url, workspace):
+        page.goto(f"{url}/check")
+        page.get_by_role("button", name="Check the data").click()
+        page.get_by_role("tab", name=re.compile(r"^Label issues")).click(timeout=240_000)
+        relabel = page.get_by_role("button", name=re.compile(r"^Relabel as ")).first
+        relabel.wait_for()
+        _settled(page)
+        _shot(page, "33-check-suspects")
+        relabel.click()
+        page.get_by_text(re.compile(r"^v1: relabel .* as ")).wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"relabelled as \w+ \(v1\)")).first.wait_for()
+        _settled(page)
+        _shot(page, "33-check-relabelled")
+
+        _go(page, "1 · Dataset")
+        page.get_by_text("Dataset version", exact=True).wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"^v1 · 1 image relabelled")).wait_for()
+        _settled(page)
+        _shot(page, "33-dataset-version")
+
+        _go(page, "4 · Training")
+        page.get_by_role("button", name="Start training").click(timeout=60_000)
+        page.get_by_text(re.compile(r"^Per-class test accuracy")).wait_for(timeout=240_000)
+        page.get_by_text("All runs", exact=True).wait_for()
+        table = page.locator("[data-testid=stDataFrame]").last
+        table.scroll_into_view_if_needed()
+        _settled(page)
+        _shot(page, "33-training-runs")
+        runs = list((workspace / "runs").iterdir())
+        config = json.loads((runs[0] / "config.json").read_text())
+        assert config["dataset_version"] == "v1" and len(config["relabel"]) == 1
+    assert folder_digest(planted.root) == before
+
+
 def test_the_switch_to_an_offline_architecture_sticks_in_the_box_through_reruns(server, page):
     """Clicked in a real browser, "Use efficientnet_lite0 instead" must set the Architecture box itself (AppTest
     keeps no browser-side widget state, so it could not see the box keep the old value)."""
