@@ -152,10 +152,11 @@ def group_actions(group: DuplicateGroup, i: int, root: str, state: Choices, vers
     if version is None:
         return
     paths = [m.path for m in sorted(group.members, key=lambda m: m.split == "test")]
-    states = {version.status_of(p) for p in paths}
-    if states != {""}:
-        st.caption(f":green[{', '.join(sorted(s for s in states if s)) or 'decided'} ({version.name})]")
-        return
+    states = {version.status_of(p) for p in paths} - {""}
+    if states:
+        st.caption(f":green[{', '.join(sorted(states))} ({version.name})]")
+    if any(s in ("dropped", "kept together") for s in states):
+        return  # decided; a relabel alone (a conflict group's wrong copy) still leaves the copies to decide
     key = key_of(*paths)
 
     def split() -> Split:

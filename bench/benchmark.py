@@ -383,7 +383,7 @@ def main() -> None:
             if args.images:
                 from datacheck_scale import scale_figures
 
-                scale_figures(arch, tmp, args.images)
+                scale_figures(arch, PHONE_CACHE, args.images)
             else:
                 datacheck_figures(arch, tmp, args.check_sizes)
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -200,16 +201,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scale_figures(arch: str, tmp: Path, n: int) -> None:
+def scale_figures(arch: str, keep: Path, n: int) -> None:
+    """``keep``: a folder outside the repository where the images and their cached features stay between runs
+    of the benchmark (writing 100,000 takes minutes)."""
     t0 = time.time()
-    root = tmp / f"scale{n}"
-    planted = make_scale_data(root, n)
-    cache_features(root, tmp / "cache", arch, planted)
-    print(f"data check at {n:,} images: {time.time() - t0:.0f} s to write the images and cache their synthetic "
-          f"features ({CLASSES} classes, {len(planted['copies']):,} planted resized copies, "
-          f"{len(planted['flips']):,} flipped labels)")
+    folder = keep / f"scale-{n}"
+    root, cache, truth = folder / "images", folder / "cache", folder / "planted.npz"
+    if truth.is_file():
+        stored = np.load(truth)
+        planted = {k: stored[k] for k in stored.files}
+        planted["paths"] = [str(root / f"class{planted['filed'][i]}" / f"{i:06d}.jpg") for i in range(n)]
+        print(f"data check at {n:,} images: the images and their synthetic features from {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        planted = make_scale_data(root, n)
+        cache_features(root, cache, arch, planted)
+        np.savez(truth, **{k: v for k, v in planted.items() if k != "paths"})
+        print(f"data check at {n:,} images: {time.time() - t0:.0f} s to write the images and cache their synthetic "
+              f"features ({CLASSES} classes, {len(planted['copies']):,} planted resized copies, "
+              f"{len(planted['flips']):,} flipped labels) into {folder}")
+    shutil.rmtree(cache / "phash", ignore_errors=True)  # the first check hashes every image
     for attempt in ("first check (perceptual hashes computed)", "second check (hashes cached too)"):
-        result = _in_process_of_its_own(root, tmp / "cache", arch)
+        result = _in_process_of_its_own(root, cache, arch)
         phases = ", ".join(f"{k} {v:.1f}" for k, v in result["phases"].items())
         print(f"    {attempt}: {result['seconds']:.1f} s (scanning the folders {result['split']:.1f} s; {phases}); "
               f"peak RSS {result['rss_mb']:.0f} MB; features from the cache: {result['from_cache']}")

@@ -446,21 +446,8 @@ def _indexed_neighbours(features: np.ndarray, k: int, meter: ProgressMeter
     4·√n cells, 16 searched per query), a block of queries at a time. Near copies sit in the same cell as their
     original, so the close pairs that matter are found; similarities are then recomputed exactly on the full
     features for the pairs kept."""
-    # deferred: faiss and scikit-learn load large native libraries; only a check this large needs them
-    import faiss
-    from sklearn.decomposition import PCA
-
     n = len(features)
-    sample = np.random.default_rng(0).choice(n, size=min(n, 20_000), replace=False)
-    pca = PCA(n_components=min(INDEX_DIMENSIONS, features.shape[1]), random_state=0).fit(features[sample])
-    reduced = np.ascontiguousarray(pca.transform(features).astype(np.float32))
-    faiss.normalize_L2(reduced)
-    cells = int(4 * np.sqrt(n))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(reduced.shape[1]), reduced.shape[1], cells,
-                               faiss.METRIC_INNER_PRODUCT)
-    index.train(reduced[sample])
-    index.add(reduced)
-    index.nprobe = 16
+    reduced, index = yield from _in_thread(_built_index, features, phase=Phase.NEIGHBOURS)
     columns = np.zeros((n, k), np.int64)
     step = BLOCK_ROWS * 4
     for start in range(0, n, step):
@@ -476,10 +463,32 @@ def _indexed_neighbours(features: np.ndarray, k: int, meter: ProgressMeter
     return _exact_similarities(features, columns)
 
 
+def _built_index(features: np.ndarray):
+    """The features' first ``INDEX_DIMENSIONS`` principal components, unit length, and faiss's inverted-file index
+    over them (about 4·√n cells, 16 searched per query)."""
+    # deferred: faiss loads a large native library; only a check this large needs it
+    import faiss
+
+    reduced = _principal_components(features, INDEX_DIMENSIONS)
+    faiss.normalize_L2(reduced)
+    n, d = reduced.shape
+    cells = int(4 * np.sqrt(n))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 40 * cells), replace=False))  # faiss asks 39
+    index.train(reduced[sample])
+    index.add(reduced)
+    index.nprobe = 16
+    return reduced, index
+
+
 def _exact_similarities(features: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The cosine of every image with each of its candidate neighbours (-1 in ``columns``: none, similarity -2),
     on the full features, a block of rows at a time (memory: a block × k × d); sorted most similar first."""
-    norms = np.maximum(np.linalg.norm(features, axis=1), 1e-12)
+    norms = np.empty(len(features), np.float32)
+    for start in range(0, len(features), 8192):  # np.linalg.norm(axis=1) squares the whole array into a copy
+        block = features[start:start + 8192]
+        norms[start:start + 8192] = np.sqrt(np.einsum("nd,nd->n", block, block))
+    norms = np.maximum(norms, 1e-12)
     values = np.full(columns.shape, -2.0, np.float32)
     for start in range(0, len(features), 2048):
         block = columns[start:start + 2048]
@@ -515,7 +524,8 @@ def _near_links(values: np.ndarray, columns: np.ndarray, threshold: float, links
 def _hash_links(readable: list[Sample], cache_dir) -> Generator[Progress, None, list[tuple[str, str]]]:
     """Pairs of paths whose perceptual hashes are within ``HASH_DISTANCE`` bits. Yields Progress."""
     codes, positions = yield from hash_images([s.path for s in readable], cache_dir)
-    rows, cols, _ = close_pairs(codes)
+    rows, cols, _ = (yield from _in_thread(close_pairs, codes, phase=Phase.PERCEPTUAL)) if len(codes) > 20_000 \
+        else close_pairs(codes)
     return [(readable[positions[a]].path, readable[positions[b]].path) for a, b in zip(rows.tolist(), cols.tolist())]
 
 
@@ -533,16 +543,19 @@ def _features(split: Split, cfg: TrainConfig, cache_dir) -> Generator[Progress, 
     # validation images are the training share's: on the "train" side for leaks and the baseline
     lists = {"train": split.train, "val": split.val, "test": split.test}
     extracted = yield from extractor.extract(lists)
-    parts, kept = [], []
-    for name, part in extracted.items():
-        found = part.features
-        if not len(found.labels):
-            continue  # no image of this list could be read: nothing to add (its shape is no (0, d))
-        parts.append(found.features.flatten(1).float().numpy())
+    from_disk = all(part.from_disk for part in extracted.values())
+    present = [name for name, part in extracted.items() if len(part.features.labels)]  # (0, d) has no shape
+    rows = sum(len(extracted[name].features.labels) for name in present)
+    width = int(np.prod(extracted[present[0]].features.features.shape[1:])) if present else 0
+    features, kept, at = np.empty((rows, width), np.float32), [], 0
+    for name in present:  # one list at a time into one array, each list's tensor let go once copied
+        found = extracted.pop(name).features
+        features[at:at + len(found.labels)] = found.features.flatten(1).float().numpy()
+        at += len(found.labels)
         side = "test" if name == "test" else "train"
         kept += [Sample(lists[name][i][0], lists[name][i][1], side) for i in found.indices.tolist()]
-    features = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    return features, kept, all(part.from_disk for part in extracted.values())
+        del found
+    return features, kept, from_disk
 
 
 # ----------------------------------------------------------------------------- cross-validation
@@ -670,7 +683,7 @@ def _label_issues(oof: np.ndarray, labels: np.ndarray, samples: list[Sample], na
 
 
 # ----------------------------------------------------------------------------- the map
-def _in_thread(fn, *args) -> Generator[Progress, None, Any]:
+def _in_thread(fn, *args, phase: Phase = Phase.MAP) -> Generator[Progress, None, Any]:
     """Run ``fn`` beside the caller, yielding a Progress tick every half second so the page can redraw and
     Stop; returns its result. A stopped caller leaves the thread to finish on its own (its result is dropped)."""
     result: dict = {}
@@ -686,7 +699,7 @@ def _in_thread(fn, *args) -> Generator[Progress, None, Any]:
     t0 = time.time()
     while thread.is_alive():
         thread.join(0.5)
-        yield Progress(phase=Phase.MAP, done=0, total=1, images_per_s=0.0, split=f"{time.time() - t0:.0f} s")
+        yield Progress(phase=phase, done=0, total=1, images_per_s=0.0, split=f"{time.time() - t0:.0f} s")
     if "error" in result:
         raise result["error"]
     return result["value"]
@@ -877,9 +890,9 @@ def _label_section(report: DataReport, features: np.ndarray, kept: list[Sample],
         return
     group_ids, folds = planned
     trainable = np.array([kept[i].split != "test" for i in rows])
-    x, lists = features[rows], None
+    x, lists = features if len(rows) == len(kept) else features[rows], None
     if len(rows) > SCALE_CV:  # many images: the head on principal components (seconds, not minutes)
-        x = _principal_components(x, CV_DIMENSIONS)
+        x = yield from _in_thread(_principal_components, x, CV_DIMENSIONS, phase=Phase.FOLDS)
         report.notes.append(f"{len(rows):,} images: the linear head is cross-validated on the features' first "
                             f"{x.shape[1]} principal components")
     if len(kept) > EXACT_SEARCH:  # at scale: k-NN from the neighbours the index found
@@ -906,9 +919,12 @@ def _principal_components(features: np.ndarray, dimensions: int) -> np.ndarray:
     # deferred: scikit-learn takes about a second to import; only this section needs it
     from sklearn.decomposition import PCA
 
-    sample = np.random.default_rng(0).choice(len(features), size=min(len(features), 20_000), replace=False)
+    sample = np.sort(np.random.default_rng(0).choice(len(features), size=min(len(features), 20_000), replace=False))
     pca = PCA(n_components=min(dimensions, *features.shape), random_state=0).fit(features[sample])
-    return np.ascontiguousarray(pca.transform(features), dtype=np.float32)
+    out = np.empty((len(features), pca.n_components_), np.float32)
+    for start in range(0, len(features), 10_000):  # a block at a time: transform's centred copy stays small
+        out[start:start + 10_000] = pca.transform(features[start:start + 10_000])
+    return out
 
 
 def _folds(report: DataReport, group_ids: np.ndarray, labels: np.ndarray, classes: int
@@ -982,7 +998,7 @@ def load_split(data_root: str | None = None, lists_dir: str | None = None, *, tr
 def describe(progress: Progress) -> str:
     """One line for a progress record of the check."""
     phase = Phase(progress.phase)
-    if phase is Phase.MAP:
+    if phase is Phase.MAP or progress.split.endswith(" s"):  # work in a thread: the seconds it has taken
         return f"{phase.doing}… {progress.split}"
     where = f" ({progress.split})" if progress.split in ("train", "test") else ""
     return f"{phase.doing}{where}: {progress.done:,}/{progress.total:,}"

@@ -20,6 +20,7 @@ from typing import Mapping, Optional
 
 from ..platform.errors import DatasetError
 from ..platform.io import MAX_LIST_BYTES, NotAFile, atomic_write_text, open_regular, read_json_file
+from ..platform.settings import settings
 from ..spec.config import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, TrainConfig, field_range
 from .health import Unreadable, read_header
 
@@ -84,6 +85,7 @@ def _link_problem(path: str, allowed: Roots) -> str | None:
 
 def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -> list[str]:
     images = []
+    limit = settings().max_image_pixels  # once, not per image
     # followlinks=False: a symlink loop (or a link to a huge tree) must not hang the scan.
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
         dirnames.sort()
@@ -103,7 +105,7 @@ def _scan_class_folder(class_dir: str, skipped: list[Skipped], allowed: Roots) -
             if reason:
                 skipped.append(Skipped(full, reason))
                 continue
-            header = read_header(full)  # the header only: a cheap check, not a decode
+            header = read_header(full, limit)  # the header only: a cheap check, not a decode
             if isinstance(header, Unreadable):
                 skipped.append(Skipped(full, header.reason, unreadable=True))
                 continue

@@ -155,9 +155,8 @@ class FeatureExtractor:
         lists = {name: samples for name, samples in lists.items() if samples}
         t0 = time.time()
         stamps = {name: [file_stamp(path) for path, _ in samples] for name, samples in lists.items()}
-        found = ({name: load_cached_features(self.cache_dir, self.identity, lists[name], stamps[name])
-                  for name in lists} if self.world.main else {})
-        found = broadcast({name: f for name, f in found.items() if f is not None}, self.world)
+        found = (yield from self._cached(lists, stamps)) if self.world.main else {}
+        found = broadcast(found, self.world)
         timings = {name: time.time() - t0 for name in found}
         todo = {name: samples for name, samples in lists.items() if name not in found}
         computed = (yield from self._compute(todo, timings, stop)) if todo else {}
@@ -167,6 +166,19 @@ class FeatureExtractor:
         return {name: Extracted(name, found.get(name) or computed[name], name in found, timings.get(name, 0.0),
                                 _skipped_examples(samples, found.get(name) or computed[name]))
                 for name, samples in lists.items()}
+
+    def _cached(self, lists: dict[str, Samples], stamps: dict[str, list]
+                ) -> Generator[Progress, None, dict[str, FeatureSet]]:
+        """The lists the cache holds, read one at a time; a list read yields its Progress record, done (reading
+        100,000 images' features takes seconds: the page shows how far it is, and Stop acts between lists)."""
+        found = {}
+        for name, samples in lists.items():
+            features = load_cached_features(self.cache_dir, self.identity, samples, stamps[name])
+            if features is not None:
+                found[name] = features
+                yield Progress(phase=Phase.FEATURES, split=name, done=len(samples), total=len(samples),
+                               images_per_s=0.0)
+        return found
 
     def _compute(self, todo: dict[str, Samples], timings: dict[str, float], stop: Callable[[], None]
                  ) -> Generator[Progress, None, dict[str, FeatureSet]]:
