@@ -111,7 +111,7 @@ def _group_title(i: int, group, report: DataReport) -> str:
 def how_copies_are_found(report: DataReport) -> str:
     """The three tests, with the numbers this check used (the same wording wherever it is shown)."""
     text = (f"Three tests: the same bytes; a perceptual hash (resized or re-encoded copies: at most "
-            f"{report.hash_distance} of 256 bits apart)")
+            f"{report.hash_distance} of 256 bits apart, with the same colour layout)")
     if report.threshold_rule:
         rule = "set by hand" if report.threshold_rule == "given" else report.threshold_rule
         text += f"; backbone features at least {report.near_threshold:.3f} alike ({rule})"

@@ -62,8 +62,9 @@ def print_data_report(report) -> None:
     exact = sum(g.kind == "exact" for g in report.duplicates)
     print(f"duplicates: {len(report.duplicates)} group(s) ({exact} exact, {len(report.duplicates) - exact} near); "
           f"{len(report.leaks)} across train and test; {len(report.conflicts)} across classes")
-    print(f"  pixel copies: perceptual hash within {report.hash_distance} of 256 bits; near copies: feature "
-          f"similarity ≥ {report.near_threshold:.3f}" + (f", {report.threshold_rule}" if report.threshold_rule else ""))
+    print(f"  pixel copies: perceptual hash within {report.hash_distance} of 256 bits, same colour layout; near "
+          f"copies: feature similarity ≥ {report.near_threshold:.3f}"
+          + (f", {report.threshold_rule}" if report.threshold_rule else ""))
     for group in report.duplicates[:10]:
         print(f"  {len(group.members)} × ({group.found_by}): " + ", ".join(m.path for m in group.members[:4])
               + (" …" if len(group.members) > 4 else ""))

@@ -68,6 +68,9 @@ class Extracted:
                               from_disk=self.from_disk, seconds=self.seconds, skipped_examples=self.skipped_examples)
 
 
+CACHED_PROGRESS_FROM = 10_000  # images in a list from which reading its cached features is reported (about 1 s)
+
+
 @dataclass
 class FeatureExtractor:
     model: nn.Module  # the adapted model; its frozen front runs as a BatchNorm-folded copy
@@ -169,15 +172,17 @@ class FeatureExtractor:
 
     def _cached(self, lists: dict[str, Samples], stamps: dict[str, list]
                 ) -> Generator[Progress, None, dict[str, FeatureSet]]:
-        """The lists the cache holds, read one at a time; a list read yields its Progress record, done (reading
-        100,000 images' features takes seconds: the page shows how far it is, and Stop acts between lists)."""
+        """The lists the cache holds, read one at a time. A large list read yields a Progress record of its own
+        phase (reading 100,000 images' features takes seconds: the page shows how far it is, and Stop acts between
+        lists); "features" progress stays the sign that features were computed."""
         found = {}
         for name, samples in lists.items():
             features = load_cached_features(self.cache_dir, self.identity, samples, stamps[name])
             if features is not None:
                 found[name] = features
-                yield Progress(phase=Phase.FEATURES, split=name, done=len(samples), total=len(samples),
-                               images_per_s=0.0)
+                if len(samples) >= CACHED_PROGRESS_FROM:
+                    yield Progress(phase=Phase.CACHED, split=name, done=len(samples), total=len(samples),
+                                   images_per_s=0.0)
         return found
 
     def _compute(self, todo: dict[str, Samples], timings: dict[str, float], stop: Callable[[], None]

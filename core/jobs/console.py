@@ -35,6 +35,7 @@ class ConsolePrinter:
 
     def _progress(self, p) -> None:
         what = (f"features ({p.split})" if p.phase == Phase.FEATURES else
+                f"cached features read ({p.split})" if p.phase == Phase.CACHED else
                 f"{'validation' if p.split == 'val' else 'test'} pass (epoch {p.epoch})")
         text = f"{what}: {p.done}/{p.total} images, {p.images_per_s:.1f} images/s"
         if self.tty:

@@ -232,6 +232,8 @@ def run_progress(records: Records, now: float | None = None, setup_phase: str = 
                 f"{progress.images_per_s:.1f} images/s · {elapsed:.0f}s elapsed"
                 + (f", about {left:.0f}s left for features" if left is not None else ""))
         return min(done / max(total, 1), 1.0) * 0.999, text
+    if progress is not None and progress.phase == Phase.CACHED:
+        return fraction, f"reading cached features ({progress.split}) · {elapsed:.0f}s elapsed"
     if progress is not None and progress.phase == Phase.TEST:
         what = "validating" if progress.split == "val" else "the one test pass:"
         phase = f"epoch {min(current, start.epochs)}/{start.epochs} · {what} {progress.done}/{progress.total} images"

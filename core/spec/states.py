@@ -42,6 +42,7 @@ WRITTEN = (RunState.QUEUED, RunState.STARTING, RunState.RUNNING, *ENDED)  # the 
 class Phase(_Named):
     """What a progress record counts."""
     FEATURES = "features"  # the frozen part's pass over the images, computed once
+    CACHED = "cached features"  # a large list's features read back from the cache
     TEST = "test"  # a test pass after an epoch
     # The data check's phases (core.analysis.datacheck), in the order they run.
     HEADERS = "headers"  # every image's header read (the health section)
@@ -59,7 +60,8 @@ class Phase(_Named):
         return PHASE_DOING[self]
 
 
-PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.TEST: "testing",
+PHASE_DOING = {Phase.FEATURES: "computing backbone features", Phase.CACHED: "reading cached features",
+               Phase.TEST: "testing",
                Phase.HEADERS: "reading image headers", Phase.HASHES: "hashing for exact duplicates",
                Phase.PERCEPTUAL: "hashing pixels for resized copies",
                Phase.NEIGHBOURS: "comparing features for near duplicates",

@@ -49,6 +49,8 @@ def phase_of(record: Record) -> str | None:
     if isinstance(record, Progress):
         if record.phase == Phase.FEATURES:
             return f"features ({record.split})"
+        if record.phase == Phase.CACHED:
+            return f"cached features read ({record.split})"
         return f"{'validation' if record.split == 'val' else 'test'} pass, epoch {record.epoch}"
     if isinstance(record, Test):
         return "test figures written"
