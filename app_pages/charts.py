@@ -147,8 +147,8 @@ def runs_table(runs: list[RunInfo]) -> None:
         rows.append({"run": r.name, "status": r.status, "arch": c.arch if c else None,
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
                      "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
-                     "data": (c.data_root or c.lists_dir) if c else None,
                      "version": (c.dataset_version or "v0") if c and c.data_root else None,
+                     "data": (c.data_root or c.lists_dir) if c else None,
                      "train / val / test": " / ".join(f"{n:,}" for n in sizes) if sizes else None,
                      "excluded": r.excluded,
                      "val acc (chose)": pct(r.val_acc) if r.val_acc is not None else "–",
@@ -199,11 +199,11 @@ def class_counts_chart(counts: pd.DataFrame) -> None:
     long = counts.rename(columns={"val": "validation"}).melt(id_vars=["class"], value_vars=parts, var_name="part",
                                                             value_name="images")
     st.altair_chart(alt.Chart(long).mark_bar().encode(
-        x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None),
+        x=alt.X("images:Q", stack=True), y=alt.Y("class:N", sort=None, axis=alt.Axis(labelOverlap=False)),
         color=alt.Color("part:N", sort=parts, scale=alt.Scale(domain=parts, scheme="tableau10")),
         order=alt.Order("part_order:Q"), tooltip=["class", "part", "images"]).transform_calculate(
         part_order="indexof(['train', 'validation', 'test'], datum.part)").properties(
-        height=22 * counts["class"].nunique() + 10), width="stretch")  # pixels, not a step: see per_class_chart
+        height=26 * counts["class"].nunique() + 60), width="stretch")  # pixels, not a step: see per_class_chart
 
 
 class DownloadProgress:

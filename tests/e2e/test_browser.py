@@ -274,7 +274,7 @@ def test_relabel_a_suspect_see_the_version_train_and_find_it_in_the_runs_table(t
         table.scroll_into_view_if_needed()
         _settled(page)
         _shot(page, "33-training-runs")
-        runs = list((workspace / "runs").iterdir())
+        runs = [p for p in (workspace / "runs").iterdir() if p.is_dir()]
         config = json.loads((runs[0] / "config.json").read_text())
         assert config["dataset_version"] == "v1" and len(config["relabel"]) == 1
     assert folder_digest(planted.root) == before
