@@ -33,7 +33,7 @@ from core.analysis.datacheck import (
     split_fingerprint,
 )
 from core.data.split import Split, split_dataset, write_split
-from core.data.versions import Action, DatasetVersion
+from core.data.versions import Action, DatasetVersion, load_version
 from core.jobs.queue import launch
 from core.platform.errors import UserError
 from core.platform.workspace import allowed_roots, cache_dir, checks_dir, lists_dir_for, shown, workspace_writes
@@ -185,7 +185,8 @@ def render_resplit(report: DataReport, split: Split, root: str, state: Choices) 
         groups = [[m.path for m in g.members] for g in report.duplicates]
         with user_errors(), workspace_writes("write the list files"):
             grouped = split_dataset(root, state.train_ratio, state.seed, val_ratio=state.val_ratio,
-                                    allowed_roots=allowed_roots(), keep_together=groups)
+                                    allowed_roots=allowed_roots(), keep_together=groups,
+                                    edits=load_version(root).edits())  # the lists as runs would read the data
             out = write_split(grouped, lists_dir_for(root), overwrite=True)
         sides = ({path: "train" for path, _ in [*grouped.train, *grouped.val]}
                  | {path: "test" for path, _ in grouped.test})
