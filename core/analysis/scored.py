@@ -9,11 +9,14 @@ the figures and counted. ``python -m core predict RUN FOLDER`` and the Predictio
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
+from typing import Collection
 
 import numpy as np
 
+from ..platform.errors import UserError
 from ..platform.figures import Accuracy, accuracy
 from .report import ClassScores, Confused, class_scores, most_confused
 
@@ -46,6 +49,7 @@ class FolderScore:
     misclassified: list[ScoredImage]  # most confident mistakes first, at most MISCLASSIFIED_KEPT
     unlabelled: list[str] = field(default_factory=list)  # names of images under no folder named as a class
     unreadable: int = 0
+    seen_in_training: int = 0  # scored images the run trained or chose on (its train and validation lists)
 
     @property
     def accuracy(self) -> Accuracy:
@@ -60,8 +64,10 @@ class FolderScore:
             left.append(f"{len(self.unlabelled):,} under no folder named as a class")
         if self.unreadable:
             left.append(f"{self.unreadable:,} unreadable")
+        seen = (f". {self.seen_in_training:,} of them are in the run's training or validation list: for them this "
+                "is not a test" if self.seen_in_training else "")
         return (f"Accuracy on these labelled images: {self.accuracy.text()}"
-                + (f"; left out: {', '.join(left)}" if left else ""))
+                + (f"; left out: {', '.join(left)}" if left else "") + seen)
 
     def to_json(self) -> dict:
         a = self.accuracy
@@ -73,7 +79,8 @@ class FolderScore:
                 "most_confused": [asdict(m) for m in self.most_confused],
                 "misclassified": [{"path": i.name, "true": self.classes[i.label], "predicted": self.classes[i.pred],
                                    "probability": i.probability} for i in self.misclassified],
-                "unlabelled": self.unlabelled, "unreadable": self.unreadable}
+                "unlabelled": self.unlabelled, "unreadable": self.unreadable,
+                "seen_in_training": self.seen_in_training}
 
 
 def label_of(name: str, classes: list[str]) -> int | None:
@@ -89,9 +96,12 @@ def label_of(name: str, classes: list[str]) -> int | None:
     return None
 
 
-def score_predictions(rows, names: dict[str, str], classes: list[str]) -> FolderScore | None:
+def score_predictions(rows, names: dict[str, str], classes: list[str], seen: Collection[str] = ()
+                      ) -> FolderScore | None:
     """The figures of ``rows`` (``predict_many``'s, in any order) whose ``names`` (path → the name the user knows,
-    relative to their folder) place them under a class's folder; None when no image is."""
+    relative to their folder) place them under a class's folder; None when no image is. ``seen``: the real paths of
+    the run's training and validation images (``trained_on``), counted among the scored so the figure says what it
+    is."""
     position = {c: i for i, c in enumerate(classes)}
     scored, unlabelled, unreadable = [], [], 0
     for row in rows:
@@ -111,5 +121,24 @@ def score_predictions(rows, names: dict[str, str], classes: list[str]) -> Folder
     np.add.at(confusion, (labels, preds), 1)
     per_class, macro, weighted = class_scores(labels, preds, classes)
     wrong = sorted((s for s in scored if not s.correct), key=lambda s: (-s.probability, s.name))
+    known = set(seen)
+    seen_count = sum(os.path.realpath(s.path) in known for s in scored) if known else 0
     return FolderScore(list(classes), confusion.tolist(), int((labels == preds).sum()), len(scored), per_class, macro,
-                       weighted, most_confused(confusion, classes), wrong[:MISCLASSIFIED_KEPT], unlabelled, unreadable)
+                       weighted, most_confused(confusion, classes), wrong[:MISCLASSIFIED_KEPT], unlabelled, unreadable,
+                       seen_count)
+
+
+def trained_on(run_dir: str | os.PathLike) -> set[str]:
+    """The real paths of a run's training and validation images (empty for a checkpoint file or unreadable lists)."""
+    # deferred: the run folder's reader is only needed when scoring against a run folder
+    from ..data.split import read_list_file
+    from ..runs.rundir import RunDir
+
+    run = RunDir(run_dir)
+    found: set[str] = set()
+    for name in ("train.txt", "val.txt", "excluded.txt"):
+        try:
+            found |= {os.path.realpath(path) for path, _ in read_list_file(run.lists / name)}
+        except (UserError, OSError):
+            continue
+    return found

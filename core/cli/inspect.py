@@ -60,8 +60,9 @@ def print_data_report(report) -> None:
     for w in h.warnings:
         print(f"warning: {w}")
     exact = sum(g.kind == "exact" for g in report.duplicates)
-    print(f"duplicates: {len(report.duplicates)} group(s) ({exact} exact, {len(report.duplicates) - exact} near); "
-          f"{len(report.leaks)} across train and test; {len(report.conflicts)} across classes")
+    near = len(report.duplicates) - exact
+    print(f"duplicates: {len(report.duplicates)} group(s) ({exact} of identical files, {near} of resized or near "
+          f"copies); {len(report.leaks)} across train and test; {len(report.conflicts)} across classes")
     print(f"  pixel copies: perceptual hash within {report.hash_distance} of 256 bits, same colour layout; near "
           f"copies: feature similarity ≥ {report.near_threshold:.3f}"
           + (f", {report.threshold_rule}" if report.threshold_rule else ""))

@@ -65,7 +65,7 @@ def _predict_folder(predictor, args) -> int:
     """Every image under a folder: one CSV row each (to --csv, or to the console)."""
     import csv
 
-    from ..analysis.scored import score_predictions
+    from ..analysis.scored import score_predictions, trained_on
     from ..inference.predict import CSV_HEADER, image_files, predict_many
 
     paths = image_files(args.image)
@@ -81,7 +81,8 @@ def _predict_folder(predictor, args) -> int:
     if sys.stderr.isatty():
         print(file=sys.stderr)
     names = {p: Path(os.path.relpath(p, args.image)).as_posix() for p in paths}
-    score = score_predictions(rows, names, predictor.classes)
+    seen = trained_on(args.run) if Path(args.run).is_dir() else set()
+    score = score_predictions(rows, names, predictor.classes, seen)
     if args.json and score is None:
         raise ConfigError(f"--json scores a labelled folder, and no image under '{args.image}' is in a sub-folder "
                           f"named as one of the model's classes ({', '.join(predictor.classes[:10])}…)")

@@ -63,7 +63,8 @@ class Change:
         if self.action is Action.RELABEL:
             return f"relabel {names} as {self.label}"
         if self.action is Action.KEEP_ONE:
-            return f"keep {Path(self.paths[0]).name}, drop {len(self.paths) - 1} copies"
+            others = len(self.paths) - 1
+            return f"keep {Path(self.paths[0]).name}, drop {others} cop{'y' if others == 1 else 'ies'}"
         return f"{self.action.value} {names}"
 
     def to_json(self) -> dict:
@@ -209,8 +210,8 @@ def record(root: str | os.PathLike, action: Action | str, paths: Iterable[str], 
         raise DatasetError(f"{action.value} needs a group of at least two images")
     unknown = [p for p in paths if known is not None and p not in known]
     if unknown:
-        raise DatasetError(f"{len(unknown)} path(s) are no image of this data, e.g. '{unknown[0]}' (give the path "
-                           "as the split lists it: `python -m core fix ROOT show` prints the data's images)")
+        raise DatasetError(f"{len(unknown)} path(s) are no image of this data, e.g. '{unknown[0]}' (give the path of "
+                           "an image under the data root, as `python -m core split ROOT` lists it)")
 
     def add(version: DatasetVersion) -> DatasetVersion:
         if len(version.changes) >= MAX_CHANGES:

@@ -33,3 +33,20 @@ def test_scores_count_what_was_left_out_and_keep_the_users_names():
     data = score.to_json()
     assert data["misclassified"][0] == {"path": "ants/2.jpg", "true": "ants", "predicted": "bees", "probability": 0.97}
     assert score_predictions([row("/a/x.jpg", "ants")], {"/a/x.jpg": "x.jpg"}, CLASSES) is None
+
+
+def test_images_the_run_trained_on_are_counted_and_said(tmp_path):
+    from core.analysis.scored import trained_on
+
+    lists = tmp_path / "run" / "lists"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text(f"{tmp_path}/x/ants/1.jpg\t0\n")
+    (lists / "val.txt").write_text(f"{tmp_path}/x/bees/3.jpg\t1\n")
+    (lists / "test.txt").write_text(f"{tmp_path}/x/ants/2.jpg\t0\n")
+    rows = [row(f"{tmp_path}/x/ants/1.jpg", "ants"), row(f"{tmp_path}/x/ants/2.jpg", "ants"),
+            row(f"{tmp_path}/x/bees/3.jpg", "bees")]
+    names = {r.path: r.path.removeprefix(f"{tmp_path}/x/") for r in rows}
+    score = score_predictions(rows, names, CLASSES, trained_on(tmp_path / "run"))
+    assert score.seen_in_training == 2 and score.to_json()["seen_in_training"] == 2
+    assert "2 of them are in the run's training or validation list: for them this is not a test" in score.summary()
+    assert trained_on(tmp_path / "no-run") == set()
