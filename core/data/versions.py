@@ -36,6 +36,7 @@ from .split import Edits, Split
 FORMAT = 1
 MAX_VERSION_BYTES = 64 * 1024**2  # 100,000 changes of a long path each; a larger file is refused, not read
 MAX_CHANGES = 100_000
+MAX_PATHS = 1_000_000  # images named by all changes together (as many as a run may leave out)
 MAX_REASON = 500  # characters of a reason kept
 
 
@@ -154,7 +155,10 @@ def _parse(data, root: str) -> DatasetVersion:
         raise ValueError(f"its changes are not a list of at most {MAX_CHANGES:,}")
     if not isinstance(number, int) or number < len(changes):
         raise ValueError("its version number is missing or smaller than its changes")
-    return DatasetVersion(root, number, tuple(Change.from_json(c) for c in changes))
+    parsed = tuple(Change.from_json(c) for c in changes)
+    if sum(len(c.paths) for c in parsed) > MAX_PATHS:
+        raise ValueError(f"its changes name more than {MAX_PATHS:,} images")
+    return DatasetVersion(root, number, parsed)
 
 
 def load_version(root: str | os.PathLike, folder: str | os.PathLike | None = None) -> DatasetVersion:
@@ -214,6 +218,9 @@ def record(root: str | os.PathLike, action: Action | str, paths: Iterable[str], 
                            "an image under the data root, as `python -m core split ROOT` lists it)")
 
     def add(version: DatasetVersion) -> DatasetVersion:
+        if sum(len(c.paths) for c in version.changes) + len(paths) > MAX_PATHS:
+            raise DatasetError(f"this dataset version would name more than {MAX_PATHS:,} images; export the "
+                               "corrected dataset and start from it")
         if len(version.changes) >= MAX_CHANGES:
             raise DatasetError(f"this dataset version holds {MAX_CHANGES:,} changes, the most allowed; export the "
                                "corrected dataset and start from it")

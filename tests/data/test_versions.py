@@ -219,3 +219,19 @@ def test_a_run_with_a_version_finds_the_check_of_the_folder_as_it_is(root, tmp_p
     run.config.write_text(json.dumps(cfg.to_dict()))
     found = check_of_run(run.path, tmp_path / "checks")
     assert found is not None and found.fingerprint == report.fingerprint
+
+
+def test_a_version_naming_too_many_images_is_refused(root, monkeypatch):
+    from core.data import versions
+
+    monkeypatch.setattr(versions, "MAX_PATHS", 3)
+    known = sorted(labels_of(split_dataset(root)))
+    record(root, "drop", known[:3])
+    with pytest.raises(DatasetError, match="more than 3 images"):
+        record(root, "drop", [known[3]])
+    path = version_file(root)
+    data = json.loads(path.read_text())
+    data["changes"][0]["paths"] = known[:4]  # a file edited by hand past the bound
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="name more than 3 images"):
+        load_version(root)
