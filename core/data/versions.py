@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -102,6 +103,11 @@ class DatasetVersion:
         return f"v{self.number}"
 
     def edits(self) -> Edits:
+        """What the split applies (worked out once per version: pages ask for every card and table row)."""
+        return self._edits
+
+    @cached_property
+    def _edits(self) -> Edits:
         relabel: dict[str, str] = {}
         drop: set[str] = set()
         together: list[tuple[str, ...]] = []
