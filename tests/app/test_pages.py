@@ -642,6 +642,15 @@ def test_home_open_training_follows_the_latest_run(small_demo):
     at.query_params["run"] = "latest"  # what the link's address carries
     at.run()
     assert not any("No run is being followed" in i.value for i in at.info)
+    _stop_every_run()  # the page started the queued runs; this test needs none of them to train
+
+
+def _stop_every_run(timeout: float = 30) -> None:
+    """Kill the workers at work in this test's runs folder, also one that a killed run's worker had just started
+    (a finished run starts the next queued one)."""
+    from tests.conftest import _live_workers
+
+    assert wait_until(lambda: not [kill_worker(path) for path in _live_workers(runs_dir())], timeout)
 
 
 def _sixteen_suspects(folder: str) -> None:
