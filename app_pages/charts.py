@@ -40,9 +40,13 @@ def loss_charts(records: Records) -> None:
                                 f"{on} accuracy": e.score[0]} for e in records.epochs])
         if len(epochs):
             long = epochs.melt(id_vars=["epoch"], var_name="metric", value_name="value")
-            st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
+            curves = alt.Chart(long).mark_line(point=True).encode(
                 x=EPOCH_AXIS, y="value:Q", color="metric:N",
-                tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]), width="stretch")
+                tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")])
+            st.altair_chart(alt.layer(curves, *stage_marks(records)), width="stretch")
+            stages = stage_caption(records)
+            if stages:
+                st.caption(stages)
             rates = pd.DataFrame([{"epoch": e.epoch, "learning rate": e.lr}
                                   for e in records.epochs if e.lr is not None])
             if len(rates) and rates["learning rate"].nunique() > 1:
@@ -55,6 +59,47 @@ def loss_charts(records: Records) -> None:
                     width="stretch")
         else:
             st.caption("Appears after the first epoch's validation pass.")
+
+
+def stage_starts(records: Records) -> list[tuple[int, int]]:
+    """(stage, its first recorded epoch) of each stage after the first (the fine_tune recipe's stage 2)."""
+    starts, previous = [], 1
+    for e in records.epochs:
+        stage = e.stage if isinstance(e.stage, int) and not isinstance(e.stage, bool) else 1  # a damaged file
+        if stage != previous:
+            starts.append((stage, e.epoch))
+            previous = stage
+    return starts
+
+
+def stage_marks(records: Records) -> list:
+    """A dashed rule where each later stage begins, labelled, for an epoch chart (none for one stage)."""
+    starts = stage_starts(records)
+    if not starts:
+        return []
+    frame = pd.DataFrame([{"epoch": first, "label": f"stage {stage} →"} for stage, first in starts])
+    rule = alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="gray").encode(x=EPOCH_AXIS)
+    label = alt.Chart(frame).mark_text(align="left", dx=4, dy=-6, color="gray").encode(
+        x=EPOCH_AXIS, y=alt.value(8), text="label:N")
+    return [rule, label]
+
+
+def stage_label(records: Records, epoch: int | None) -> str:
+    """" (stage 2: last stage + head)" for an epoch of a staged run; "" for one stage."""
+    start = records.start
+    for st_ in (start.stages if start is not None and isinstance(start.stages, list) else []):
+        if isinstance(st_, dict) and isinstance(epoch, int) and st_.get("first", 0) <= epoch <= st_.get("last", -1):
+            return f" (stage {st_.get('number')}: {st_.get('trains')})"
+    return ""
+
+
+def stage_caption(records: Records) -> str:
+    """What trained in each stage, in one line, for a run of the fine_tune recipe ("" for one stage)."""
+    start = records.start
+    lines = start.stages if start is not None and isinstance(start.stages, list) else []
+    parts = [f"stage {s['number']}: {s['trains']}, epochs {s['first']}–{s['last']}" for s in lines
+             if isinstance(s, dict) and {"number", "trains", "first", "last"} <= set(s)]
+    return "; ".join(parts) + (". The kept epoch is chosen on validation across both stages." if parts else "")
 
 
 def per_class_chart(classes: list[str], accuracies: list) -> None:

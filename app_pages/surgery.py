@@ -11,7 +11,7 @@ from app_pages.work import reported, user_errors
 from core.models.surgery import SurgeryReport, adapt_model, trains_in
 from core.models.weights import NO_WEIGHTS, PRETRAINED, download_weights, list_sources, store_uploaded_weights
 from core.platform.workspace import allowed_roots, is_allowed, path_problem, shown
-from core.spec.archs import ARCHITECTURES
+from core.spec.archs import ARCHITECTURES, get_arch
 from core.spec.config import FREEZE_MODES, TRAINS, Choices
 
 WEIGHT_MODES = {PRETRAINED: "Pretrained (ImageNet)", NO_WEIGHTS: "From scratch (random)"}
@@ -201,11 +201,25 @@ def render_parameters(report: SurgeryReport) -> None:
     st.dataframe(pd.DataFrame({column: [int(params.loc[params[column] == "✓", "numel"].sum())]
                                for column in modes}, index=["trainable parameters"]), width="content",
                  column_config={column: counts for column in modes})
+    render_stages(report, params, modes)
     show = st.radio("Show", ["trainable", "frozen", "all"], horizontal=True, key="sg_show")
     view = params if show == "all" else params[params["status"] == show]
     st.dataframe(view[["name", "shape", "numel", "status", *modes]], hide_index=True, width="stretch",
                  column_config={"numel": counts},
                  height=min(320, 35 * (len(view) + 1) + 3))
+
+
+def render_stages(report: SurgeryReport, params: pd.DataFrame, modes: dict[str, str]) -> None:
+    """What each stage of the staged fine-tune trains, and on what (its ✓ columns are the modes' own)."""
+    cut = get_arch(report.arch).cut
+    counts = {mode: int(params.loc[params[column] == "✓", "numel"].sum()) for column, mode in modes.items()}
+    rows = [{"stage": 1, "trains": TRAINS["head"], "trained on": "cached features (the head's input)",
+             "trainable parameters": counts["head"]},
+            {"stage": 2, "trains": TRAINS["last_block"], "trained on": f"cached activations at {cut}'s input, "
+             "one-cycle, the body at the body learning rate", "trainable parameters": counts["last_block"]}]
+    st.markdown("**The staged fine-tune** (the Training page's recipe): what each stage trains")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"trainable parameters": st.column_config.NumberColumn(format="localized")})
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ pass on a busy machine, peak memory, cold prediction, and what importing costs. 
     python bench/benchmark.py --only datacheck --images 100000   # the check at scale, on cached synthetic features
     python bench/benchmark.py --only labels   # copies and label suspects against planted truth
     python bench/benchmark.py --only archs [--arch-images 100] [--reference]  # every architecture's feature pass
+    python bench/benchmark.py --only recipes [--photos DIR]   # head only vs the fine_tune recipe (bench/recipes.py)
 
 The architectures' table: for each, the frozen feature pass (what a default run spends its time on) as the
 trainer runs it (BatchNorm folded, channels_last, its batch size, threads and decoding workers), each in a
@@ -348,7 +349,7 @@ def main() -> None:
     parser.add_argument("--mode-epochs", type=int, default=3, help="epochs of each freeze-mode run (0: skip)")
     parser.add_argument("--check-sizes", type=int, nargs="*", default=[400, 10000],
                         help="image counts for the data check figures (none: skip)")
-    parser.add_argument("--only", choices=["datacheck", "labels", "report", "phone", "search", "archs"],
+    parser.add_argument("--only", choices=["datacheck", "labels", "report", "phone", "search", "archs", "recipes"],
                         help="print only these figures")
     parser.add_argument("--phone-photos", type=int, default=100, help="12-megapixel photos for the phone-photo "
                                                                        "figures (0: skip)")
@@ -356,6 +357,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="with --only archs: also write bench/arch_speed.json, the figures shipped with the "
                              "project")
+    parser.add_argument("--photos", type=Path, help="with --only recipes: a folder of class folders of real photos "
+                                                    "(fetched into a cache outside the repo; see docs/benchmark.md)")
     parser.add_argument("--feature-pass", help=argparse.SUPPRESS)  # one architecture's pass, in its own process
     parser.add_argument("--lists", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -386,6 +389,11 @@ def main() -> None:
                 scale_figures(arch, PHONE_CACHE, args.images)
             else:
                 datacheck_figures(arch, tmp, args.check_sizes)
+            return
+        if args.only == "recipes":
+            from recipes import recipe_figures
+
+            recipe_figures(arch, tmp, args.photos, PHONE_CACHE / "hard-planted")
             return
         if args.only == "labels":
             from datacheck_scale import label_figures

@@ -7,6 +7,7 @@ should not pay for it. Training, evaluation and prediction all use this one pipe
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -154,6 +155,67 @@ class Preprocess:
                 f"normalize={self.normalize}, resize_in=uint8, decode=dct-reduced)")
 
 
+VIEW_CROP_SCALE = (0.35, 1.0)  # a cached view's crop: lighter than RandomResizedCrop's 8% (it is reused for epochs)
+VIEW_COLOUR = 0.2  # a cached view's brightness, contrast and saturation: each × a factor from 0.8 to 1.2
+
+
+class CachedView:
+    """One augmented view of every image, the same each time it is computed (so it can be cached): a random
+    resized crop of 35-100% of the area, a horizontal flip, and brightness, contrast and saturation each
+    × 0.8-1.2 (torchvision's ColorJitter, in that order), drawn from a generator seeded by the run's seed, the
+    view's number and the image's path, never from the global random state."""
+
+    def __init__(self, pre, view: int, seed: int):
+        self.base = Preprocess(pre, normalize=False)
+        self.mean, self.std, self.crop, self.mode = self.base.mean, self.base.std, self.base.crop, self.base.mode
+        self.view, self.seed = view, seed
+        self.letterbox = None
+
+    @property
+    def decode_min_side(self) -> int:
+        return math.ceil(self.crop / math.sqrt(VIEW_CROP_SCALE[0]))
+
+    def generator(self, path: str) -> torch.Generator:
+        digest = hashlib.sha256(f"{self.seed}:{self.view}:{path}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+    def for_path(self, image, path: str) -> torch.Tensor:
+        """The view of ``image`` (a (3, H, W) uint8 tensor or an RGB PIL image), drawn for ``path``."""
+        from torchvision.transforms import RandomResizedCrop  # deferred, as in Preprocess
+        from torchvision.transforms.v2 import functional as TF
+
+        g = self.generator(path)
+        x = centre_of_long_side(to_uint8_tensor(image))
+        area, (low, high) = x.shape[-2] * x.shape[-1], VIEW_CROP_SCALE
+        for _ in range(10):  # RandomResizedCrop.get_params, with this generator: a box of the area and ratio
+            target = area * (low + (high - low) * float(torch.rand((), generator=g)))
+            ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=g)))
+            w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < w <= x.shape[-1] and 0 < h <= x.shape[-2]:
+                top = int(torch.randint(0, x.shape[-2] - h + 1, (), generator=g))
+                left = int(torch.randint(0, x.shape[-1] - w + 1, (), generator=g))
+                break
+        else:  # the centre, as RandomResizedCrop falls back to
+            top, left, h, w = RandomResizedCrop.get_params(x, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+        part = x[None, :, top:top + h, left:left + w].float()
+        x = F.interpolate(part, size=(self.crop, self.crop), mode=self.mode, antialias=True,
+                          align_corners=False)[0].clamp_(0, 255).round_() / 255.0
+        if float(torch.rand((), generator=g)) < 0.5:
+            x = x.flip(-1)
+        factors = 1 + VIEW_COLOUR * (2 * torch.rand(3, generator=g) - 1)
+        x = TF.adjust_brightness(x, float(factors[0]))
+        x = TF.adjust_contrast(x, float(factors[1]))
+        x = TF.adjust_saturation(x, float(factors[2]))
+        return (x - self.mean) / self.std
+
+    def __call__(self, image) -> torch.Tensor:
+        raise TypeError("a cached view is drawn for an image's path: ListDataset calls for_path")
+
+    def __repr__(self) -> str:
+        return (f"CachedView(view={self.view}, seed={self.seed}, crop_scale={VIEW_CROP_SCALE}, colour={VIEW_COLOUR}, "
+                f"base={self.base!r})")
+
+
 MAX_ASPECT = 2  # a longer side than this × the shorter one never reaches the centre crop
 
 
@@ -239,6 +301,8 @@ class ListDataset(Dataset):
                 image = open_image(path, min_side=self.min_side)
             except ImageError:
                 return None
+        if isinstance(self.transform, CachedView):
+            return self.transform.for_path(image, path), label, index
         return self.transform(image), label, index
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datasets import (
+    CachedView,
     DeferredJpegDataset,
     GpuJpegDecoder,
     ListDataset,
@@ -97,7 +98,8 @@ def compute_frozen_outputs(model: nn.Module, cut: str, samples, transform, *, de
 
     hook = model.get_submodule(cut).register_forward_pre_hook(capture)
     # On a GPU, JPEGs are decoded there (nvJPEG): CPU decoding would leave a large GPU waiting.
-    gpu_decode = device.type == "cuda" and not _needs_pil(transform) if gpu_decode is None else gpu_decode
+    if gpu_decode is None:  # a cached view is drawn on the CPU, from its own generator
+        gpu_decode = device.type == "cuda" and not _needs_pil(transform) and not isinstance(transform, CachedView)
     loader = _loader(samples, transform, device, batch_size, num_workers, gpu_decode)
     decode = GpuJpegDecoder(transform, device) if gpu_decode else None
     out = _Outputs(len(samples))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.datasets import Preprocess, build_transform
+from ..data.datasets import CachedView, Preprocess, build_transform
 from ..data.images import load_jpeg_decoder
 from ..data.split import EXAMPLES
 from ..models.surgery import SurgeryReport, adapt_model
@@ -77,7 +77,7 @@ class FeatureExtractor:
     report: SurgeryReport  # how it was adapted: its head, what trains
     cut: str  # the module whose input is the feature: the head, or the body's last stage
     arch: str
-    transform: Preprocess
+    transform: Preprocess | CachedView
     device: torch.device
     precision: str  # "bf16" or "fp32"
     workers: int
@@ -99,10 +99,14 @@ class FeatureExtractor:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, *, model: nn.Module, report: SurgeryReport, device: torch.device,
-                    workers: int, cache_dir: str | Path | None = None, world: World = SINGLE) -> FeatureExtractor:
-        """The extractor of ``model`` (adapted from ``cfg``): its cut, preprocessing, precision and identity."""
-        cut = report.head_name if cfg.freeze == "head" else get_arch(cfg.arch).cut
-        transform = evaluation_transform(cfg)
+                    workers: int, cache_dir: str | Path | None = None, world: World = SINGLE,
+                    freeze: str | None = None, view: int = 0) -> FeatureExtractor:
+        """The extractor of ``model`` (adapted from ``cfg``): its cut, preprocessing, precision and identity.
+        ``freeze``: what trains after the cut, when not the config's own (a stage of the fine_tune recipe);
+        ``view``: a cached augmented view's number (0: the plain preprocessing)."""
+        cut = report.head_name if (freeze or cfg.freeze) == "head" else get_arch(cfg.arch).cut
+        transform: Preprocess | CachedView = (CachedView(get_arch(cfg.arch).transforms(), view, cfg.seed) if view
+                                              else evaluation_transform(cfg))
         precision = cls.precision_for(device, cfg.precision)
         identity = extractor_identity(arch=cfg.arch, head_variant=report.head_variant, weights=cfg.weights,
                                       transform=repr(transform), precision=precision,

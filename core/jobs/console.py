@@ -65,6 +65,9 @@ def describe_record(record) -> str | None:
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
                    if record.excluded else "")
                 + (f"\ndecoding: {record.decoding}" if record.decoding else "")
+                + "".join(f"\nstage {st['number']}: {st['trains']}, epochs {st['first']}–{st['last']} "
+                          f"({st['schedule']} schedule)" for st in record.stages if isinstance(st, dict)
+                          and {"number", "trains", "first", "last", "schedule"} <= set(st))
                 + (f"\n{record.unusable_line()}" if record.unusable else ""))
     if isinstance(record, Resumed):
         return f"resumed after epoch {record.after_epoch}, from its checkpoint"
@@ -79,7 +82,8 @@ def describe_record(record) -> str | None:
         acc, loss = record.score
         if acc is None:
             return f"epoch {record.epoch} done: no {what} images"
-        return (f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, {what} loss {loss:.4f}, "
+        stage = f" (stage {record.stage})" if record.stage != 1 else ""
+        return (f"epoch {record.epoch}{stage} done: train loss {record.train_loss:.4f}, {what} loss {loss:.4f}, "
                 f"{what} accuracy {pct(acc)} ({record.seconds:.1f}s)")
     if isinstance(record, Test):
         return None  # the run's last line says it (the Final record carries the same figures)

@@ -136,21 +136,32 @@ def resolve_device(name: str, cuda_available: bool | None = None) -> torch.devic
     return torch.device(name)
 
 
-class SGD(torch.optim.SGD):
-    """torch.optim.SGD, stepping without importing torch._dynamo.
+class _PlainStep:
+    """A torch optimiser, stepping without importing torch._dynamo.
 
-    ``SGD.step`` is wrapped so that torch.compile sees a graph break; the wrapper imports
-    torch._dynamo (about a second on a 2-core CPU) only to place it. Outside torch.compile the
-    wrapper's other work is running the step with gradients off, which this does too. The
-    update itself is torch's own. If a torch release wraps ``step`` differently, this is plain SGD.
+    ``step`` is wrapped so that torch.compile sees a graph break; the wrapper imports torch._dynamo (about a
+    second on a 2-core CPU) only to place it. Outside torch.compile the wrapper's other work is running the step
+    with gradients off, which this does too. The update itself is torch's own. If a torch release wraps
+    ``step`` differently, this is the plain optimiser.
     """
 
+    defaults: dict
+
     def step(self, closure=None):
-        plain = getattr(torch.optim.SGD.step, "__wrapped__", None)
+        base = next(c for c in type(self).__mro__ if c.__module__.startswith("torch.optim"))
+        plain = getattr(base.step, "__wrapped__", None)
         if plain is None or self.defaults.get("differentiable"):
-            return super().step(closure)
+            return super().step(closure)  # type: ignore[misc]
         with torch.no_grad():
             return plain(self, closure)
+
+
+class SGD(_PlainStep, torch.optim.SGD):
+    """torch.optim.SGD (see ``_PlainStep``)."""
+
+
+class AdamW(_PlainStep, torch.optim.AdamW):
+    """torch.optim.AdamW (see ``_PlainStep``)."""
 
 
 def skip_dynamo_import() -> None:

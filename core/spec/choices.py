@@ -1,5 +1,5 @@
-"""The named choices of a run's settings, each one enum: the fine-tune mode, the learning-rate schedule, the
-augmentation preset and the feature pass's precision.
+"""The named choices of a run's settings, each one enum: the fine-tune mode, the recipe (one stage or two), the
+optimiser, the learning-rate schedule, the augmentation preset and the feature pass's precision.
 
 They are ``str`` enums, like the run states: written to config.json and checkpoints as their plain values
 ("head", "cosine"), equal to those strings, and formatted as them in messages, so configs written before these
@@ -35,6 +35,24 @@ class Schedule(Choice):
     NONE = "none"
     STEP = "step"  # StepLR: × gamma every step-size epochs
     COSINE = "cosine"  # to 0 over the epochs
+    ONE_CYCLE = "one_cycle"  # OneCycleLR: warm up to lr, then anneal to almost 0, stepped every batch
+
+    @property
+    def per_batch(self) -> bool:
+        """Stepped after every batch (one-cycle) rather than after every epoch."""
+        return self is Schedule.ONE_CYCLE
+
+
+class Optimizer(Choice):
+    SGD = "sgd"  # the tutorial's
+    ADAMW = "adamw"  # fastai's default: Adam with decoupled weight decay
+
+
+class Recipe(Choice):
+    """How many stages a run trains in."""
+
+    SINGLE = "single"  # one stage: what the freeze mode says trains, for every epoch
+    FINE_TUNE = "fine_tune"  # stage 1 the head on cached features, stage 2 the last stage too, on cached activations
 
 
 class Augment(Choice):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..platform.errors import ConfigError
 from ..platform.io import read_json_file
 from .archs import ARCHITECTURES
-from .choices import Augment, Choice, Freeze, Precision, Schedule
+from .choices import Augment, Choice, Freeze, Optimizer, Precision, Recipe, Schedule
 
 DEFAULT_TRAIN_RATIO = 0.6
 DEFAULT_VAL_RATIO = 0.2  # of the training share: the images every choice (checkpoint, stop, temperature) reads
@@ -22,6 +22,11 @@ FREEZE_MODES = {
     Freeze.HEAD.value: "only the new head trains (the tutorial's fine-tuning)",
     Freeze.LAST_BLOCK.value: "the body's last stage and the head train",
     Freeze.ALL.value: "every layer trains",
+}
+RECIPES = {
+    Recipe.SINGLE.value: "one stage: what the fine-tune mode says trains, every epoch",
+    Recipe.FINE_TUNE.value: "two stages: the head on cached features, then the last stage and the head on cached "
+                            "activations with a one-cycle schedule and discriminative learning rates",
 }
 
 # What a person reads about a freeze mode: what trains, never the word "freeze" alone ("freeze all" reads as
@@ -65,6 +70,25 @@ def _arch_names() -> str:
                      for name, spec in ARCHITECTURES.items())
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of a run's epochs with one thing training: the epochs ``first`` to ``last`` (numbered across the
+    run), what trains (a freeze mode) and the learning-rate schedule over them."""
+    number: int
+    freeze: Freeze
+    first: int
+    last: int
+    schedule: Schedule
+
+    @property
+    def epochs(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def trains(self) -> str:
+        return TRAINS[self.freeze]
+
+
 @dataclass
 class TrainConfig:
     """Everything a run is trained with; checked once, when it is made (``ConfigError``: one line per wrong
@@ -78,21 +102,42 @@ class TrainConfig:
                           choices=Freeze.values(), kind=Freeze, label="freeze mode")
     weights: str | None = _opt(None, "a state-dict file the body starts from; None trains from scratch",
                                flag="")  # the CLI's --weights takes pretrained|none|FILE and resolves it
-    epochs: int = _opt(5, "passes over the training list", low=1, high=10_000, ui=(1, 50))
+    recipe: Recipe = _opt(Recipe.SINGLE, "single: one stage, as the freeze mode says; fine_tune: two stages, each "
+                                         "chosen on validation: stage 1 trains the head on cached features for "
+                                         "--epochs, stage 2 the last stage and the head on cached activations for "
+                                         "--stage2-epochs, with a one-cycle schedule and the body at lr × body lr "
+                                         "factor", choices=Recipe.values(), kind=Recipe)
+    epochs: int = _opt(5, "passes over the training list (with the fine_tune recipe: stage 1's)", low=1, high=10_000,
+                       ui=(1, 50))
+    stage2_epochs: int = _opt(3, "the fine_tune recipe's stage 2: passes with the last stage unfrozen", low=1,
+                              high=10_000, ui=(1, 30))
+    stage2_lr_factor: float = _opt(0.5, "the fine_tune recipe's stage 2 peaks at lr × this (its body at that × the "
+                                        "body lr factor): the head stage 1 trained moves less (fastai's halving)",
+                                   low=1e-3, high=1.0)
     batch_size: int = _opt(8, "images per optimiser step", low=1, high=65_536)
-    lr: float = _opt(1e-3, "SGD learning rate", low=1e-8, high=10.0)
+    optimizer: Optimizer = _opt(Optimizer.SGD, "sgd (the tutorial's) or adamw (Adam with decoupled weight decay, "
+                                               "fastai's default)", choices=Optimizer.values(), kind=Optimizer)
+    lr: float = _opt(1e-3, "learning rate (the head's; with a one-cycle schedule its peak)", low=1e-8, high=10.0)
     body_lr_factor: float = _opt(0.1, "the body's layers that train (freeze last_block or all) use lr × this factor "
                                       "when they start from pretrained weights, so fine-tuning does not wreck them "
                                       "(1: one rate for all); from scratch every layer uses lr", low=1e-4, high=1.0)
-    momentum: float = _opt(0.9, "SGD momentum (the tutorial's SGD has none: 0)", low=0.0, high=0.999, ui=(0.0, 0.99))
-    weight_decay: float = _opt(0.0, "SGD weight decay", low=0.0, high=1.0)
+    momentum: float = _opt(0.9, "SGD's momentum (the tutorial's SGD has none: 0), AdamW's beta1; a one-cycle schedule "
+                                "cycles it from 0.95 down to 0.85 and back when it is above 0", low=0.0, high=0.999,
+                           ui=(0.0, 0.99))
+    weight_decay: float = _opt(0.0, "weight decay (SGD's L2 penalty, AdamW's decoupled decay)", low=0.0, high=1.0)
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (0: none)", low=0.0, high=0.5)
     schedule: Schedule = _opt(Schedule.NONE, "learning-rate schedule: none, step (StepLR: × gamma every step-size "
-                                             "epochs, the PyTorch tutorial's 7 and 0.1) or cosine (to 0 over the "
-                                             "epochs)", choices=SCHEDULES, kind=Schedule)
+                                             "epochs, the PyTorch tutorial's 7 and 0.1), cosine (to 0 over the "
+                                             "epochs) or one_cycle (OneCycleLR: up to lr over the warm-up share, "
+                                             "then down to lr/100,000, every batch); with the fine_tune recipe, "
+                                             "stage 1's (stage 2 is always one-cycle)", choices=SCHEDULES,
+                              kind=Schedule)
+    warmup: float = _opt(0.25, "the one-cycle schedule's share of steps spent rising to lr (fastai's 0.25)",
+                         low=0.01, high=0.9)
     step_size: int = _opt(7, "epochs between the step schedule's decays", low=1, high=10_000)
     gamma: float = _opt(0.1, "the step schedule's factor", low=1e-4, high=1.0)
-    patience: int = _opt(0, "stop early after this many epochs without a better validation accuracy (0: never)",
+    patience: int = _opt(0, "stop early after this many epochs without a better validation accuracy (0: never; with "
+                            "the fine_tune recipe it watches stage 2)",
                          low=0, high=10_000, ui=(0, 50))
     class_weights: bool = _opt(False, "weight the loss by inverse class frequency (for imbalanced classes)")
     train_ratio: float = _opt(DEFAULT_TRAIN_RATIO, "share of each class that goes to training (with --data)",
@@ -114,6 +159,11 @@ class TrainConfig:
                                           "recipe's letterbox with horizontal and vertical flips); any but none "
                                           "needs the full forward pass",
                             choices=AUGMENTATIONS, kind=Augment, label="augmentation")
+    aug_views: int = _opt(0, "augmentation without losing the cache: K augmented views of each training image (a "
+                             "crop of 35-100% of the area, a horizontal flip, brightness, contrast and saturation × "
+                             "0.8-1.2), computed once and cached beside the plain one; each epoch trains every image "
+                             "on one of its K + 1, drawn by the seed and the epoch (0: none). Costs K passes over the "
+                             "training images, once", low=0, high=8, ui=(0, 8))
     letterbox: bool = _opt(False, "the tutorial's preprocessing (whole image on a black square) instead of "
                                   "resize + centre crop")
     feature_cache: bool = _opt(True, "with a frozen body and fixed inputs, compute each image's backbone "
@@ -192,11 +242,32 @@ class TrainConfig:
         elif self.keep_together and self.lists_dir is not None:
             found.append("keep together re-splits a data root; list files are already split (give --data instead)")
         found += self._version_problems()
+        found += self._recipe_problems()
         if self.patience and self.val_ratio == 0 and isinstance(self.patience, int):
             found.append("early stopping (patience) watches the validation split, and val ratio 0 makes none: give "
                          "a val ratio above 0, or patience 0")
         if self.data_root is not None and self.lists_dir is not None:
             found.append("give exactly one of a data root (class folders) or a lists folder (train.txt/test.txt)")
+        return found
+
+    def _recipe_problems(self) -> list[str]:
+        found = []
+        if isinstance(self.aug_views, int) and self.aug_views > 0:
+            if not (self.feature_cache and self.body_partly_fixed and self.augmentation == "none"):
+                found.append("cached augmented views (aug views) train on the feature cache: they need it on, a "
+                             "frozen front (freeze head or last_block) and augment none; give aug views 0 to "
+                             "augment every batch instead")
+            if self.letterbox:
+                found.append("cached augmented views crop the image, which the letterbox keeps whole: give aug views "
+                             "0 or no letterbox")
+        if self.recipe != "fine_tune":
+            return found
+        if self.freeze != "head":
+            found.append(f"the fine_tune recipe decides what trains in each stage (stage 1 the head, stage 2 the last "
+                         f"stage and the head), so freeze must be head, got {self.freeze}; freeze last_block or all "
+                         "train in one stage with recipe single")
+        if self.processes != 1:
+            found.append("the fine_tune recipe trains in one process; give processes 1 (or recipe single)")
         return found
 
     def _version_problems(self) -> list[str]:
@@ -217,6 +288,26 @@ class TrainConfig:
             found.append("a dataset version's relabels and drops apply to a data root; list files are already "
                          "written (export the corrected lists, or give --data)")
         return found
+
+    def stages(self) -> list[Stage]:
+        """What trains when: one stage, or the fine_tune recipe's two (epochs numbered on across them)."""
+        if not self.staged:
+            return [Stage(1, self.freeze, 1, self.epochs, self.schedule)]
+        return [Stage(1, Freeze.HEAD, 1, self.epochs, self.schedule),
+                Stage(2, Freeze.LAST_BLOCK, self.epochs + 1, self.total_epochs, Schedule.ONE_CYCLE)]
+
+    def stage_of(self, epoch: int) -> Stage:
+        return next((stage for stage in self.stages() if epoch <= stage.last), self.stages()[-1])
+
+    @property
+    def staged(self) -> bool:
+        """Two stages (the fine_tune recipe): the head first, then the last stage with it."""
+        return self.recipe == "fine_tune"
+
+    @property
+    def total_epochs(self) -> int:
+        """Every epoch the run trains, over all its stages (epochs are numbered 1 to this, stage after stage)."""
+        return self.epochs + (self.stage2_epochs if self.staged else 0)
 
     @property
     def has_data(self) -> bool:

@@ -96,6 +96,8 @@ class Start(_Record):
     validation: str = ""  # where the validation split came from, in one line; "" in runs from before it existed
     unusable: int = 0  # list entries that are missing or not files (a folder, a FIFO, a device): skipped
     unusable_examples: list = field(default_factory=list)  # the first few, each "path (why)"
+    stages: list = field(default_factory=list)  # the fine_tune recipe's stages ({number, first, last, trains,
+    # schedule}); [] for one stage
 
     @property
     def pretrained(self) -> bool:
@@ -227,6 +229,7 @@ class Epoch(_Record):
     val_loss: float | None = None
     val_acc: float | None = None
     evaluated: str = TEST
+    stage: int = 1  # the stage this epoch trained in (the fine_tune recipe's 1 or 2)
 
     @property
     def score(self) -> tuple[float | None, float | None]:

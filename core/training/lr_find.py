@@ -25,14 +25,15 @@ from torch import nn
 
 from ..data.datasets import ListDataset, training_transform
 from ..features.extractor import FeatureExtractor
-from ..models.surgery import optimizer_groups, set_train_mode
-from ..platform.accel import SGD, as_input
+from ..models.surgery import set_train_mode
+from ..platform.accel import as_input
 from ..platform.errors import RunError
 from ..spec.archs import get_arch
 from ..spec.config import TrainConfig
 from ..spec.records import Progress, ProgressMeter, metered
 from ..spec.states import Phase
 from .feature_path import DeviceBatches, EpochShuffle, image_loader
+from .optim import make_optimizer
 from .train import training_list
 
 START_LR, END_LR, NUM_IT = 1e-7, 10.0, 100
@@ -187,9 +188,7 @@ def find_lr(cfg: TrainConfig, *, cache_dir: str | Path | None = None, start_lr: 
         transform = training_transform(get_arch(cfg.arch).transforms(), cfg.augmentation, letterbox=cfg.uses_letterbox)
         forward, loader = model, image_loader(ListDataset(train, transform), cfg.batch_size, device,
                                               sampler=EpochShuffle(len(train), cfg.seed), workers=extractor.workers)
-    body_factor = cfg.body_lr_factor if cfg.pretrained else 1.0
-    optimizer = SGD(optimizer_groups(model, extractor.head_name, cfg.lr, body_factor), lr=cfg.lr,
-                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, model, extractor.head_name)  # the run's own: SGD or AdamW, its groups
     set_train_mode(model, extractor.report.trained_modules)
     meter = ProgressMeter(Phase.LR_SWEEP, num_it, split="train")
     yield meter.first()

@@ -30,7 +30,7 @@ from ..runs.status import Heartbeat
 from ..spec.config import TrainConfig
 from ..spec.records import Batch, Epoch, Final, Progress, Record, Records, Resumed, Start, Test
 from ..spec.states import Phase, RunState
-from .feature_path import choose_feature_path
+from .feature_path import StagePaths
 from .setup import StopRequested
 from .tensorboard_log import TensorBoardLog
 from .train import EarlyStop, NonFiniteLoss, ResumePoint, epoch_loop, run_inputs, set_up, start_record
@@ -40,8 +40,7 @@ def records(run: RunDir, cfg: TrainConfig, cache_dir: Path | None, allowed_roots
              phase=lambda text: None, resume: ResumePoint | None = None) -> Iterator[Record]:
     s = set_up(cfg, run, allowed_roots, world, phase, resuming=resume is not None)
     yield start_record(s) if resume is None else Resumed(after_epoch=resume.epoch, time=time.time())
-    path = yield from choose_feature_path(s, cache_dir)
-    yield from epoch_loop(s, path, resume)
+    yield from epoch_loop(s, StagePaths(s, cache_dir), resume)
 
 
 def phase_of(record: Record) -> str | None:
@@ -87,7 +86,7 @@ def resume_point(run: RunDir, *, claimed: bool = False) -> ResumePoint:
         raise RunError(f"the run's {', '.join(changed)} changed since its last checkpoint; resuming would train "
                        "something else than it started. Start a new run instead")
     records = read_records(run)
-    if checkpoint.epoch >= load_config(run).epochs:
+    if checkpoint.epoch >= load_config(run).total_epochs:
         raise RunError("nothing to resume: the checkpoint is of the last epoch")
     problem = _unresumable(checkpoint, run)
     if problem:
@@ -111,8 +110,8 @@ def _unresumable(checkpoint: Checkpoint, run: RunDir) -> str:
 
     cfg = load_config(run)
     epoch = checkpoint.epoch or 0
-    if not 1 <= epoch < cfg.epochs:
-        return f"its epoch {epoch} is not one of the run's epochs 1 to {cfg.epochs - 1}"
+    if not 1 <= epoch < cfg.total_epochs:
+        return f"its epoch {epoch} is not one of the run's epochs 1 to {cfg.total_epochs - 1}"
     optimizer = checkpoint.optimizer
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
             and isinstance(optimizer.get("param_groups"), list)):

@@ -5,9 +5,10 @@ so Optuna (TPE sampler, median pruning) can try dozens of settings while a full 
 
 Each trial (learning rate, weight decay, momentum, epochs, label smoothing) is scored by stratified
 k-fold cross-validation **on the training split only**: the head is trained as the trainer trains it
-(SGD, mini-batches of the run's batch size, cross-entropy) on k-1 folds and scored on the held-out
-one. The test list is never opened (with ``--lists`` it may be absent); its images are first looked
-at when the chosen settings train a normal run, which records that they came from this search.
+(the run's optimiser, SGD or AdamW, and its schedule; mini-batches of the run's batch size, cross-entropy)
+on k-1 folds and scored on the held-out one. The test list is never opened (with ``--lists`` it may be
+absent); its images are first looked at when the chosen settings train a normal run, which records that
+they came from this search.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generator
+from typing import Callable, Generator
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from ..platform.io import atomic_write_text
 from ..spec.config import TrainConfig, field_range
 from ..spec.records import Progress, ProgressMeter
 from ..spec.states import Phase
+from .optim import schedule_factors
 
 SEARCH_SPACE = {  # name: (low, high, log scale); epochs are whole numbers
     "lr": (1e-4, 1.0, True),
@@ -111,11 +113,12 @@ def training_images(cfg: TrainConfig) -> tuple[list[tuple[str, int]], list[str]]
 
 # ----------------------------------------------------------------------------- one trial
 def train_head(x: torch.Tensor, y: torch.Tensor, classes: int, params: dict, *, batch_size: int,
-               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+               seed: int, optimizer: str = "sgd", rates: Rates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The head as the trainer trains it on cached features (a Linear layer, nn.Linear's initialisation; SGD
-    with momentum and weight decay as torch.optim.SGD applies them; shuffled mini-batches; cross-entropy with
-    label smoothing), with the gradient of softmax cross-entropy written out: thousands of tiny steps per
-    trial cost a tenth of autograd's. Returns (weight, bias); a test checks it against nn.Linear + SGD."""
+    with momentum and weight decay as torch.optim.SGD applies them, or AdamW as torch.optim.AdamW does; the
+    run's learning-rate schedule, step by step; shuffled mini-batches; cross-entropy with label smoothing), with
+    the gradient of softmax cross-entropy written out: thousands of tiny steps per trial cost a tenth of
+    autograd's. Returns (weight, bias); tests check it against nn.Linear + torch's SGD and AdamW."""
     generator = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(x.shape[1])
     weight = torch.empty(classes, x.shape[1]).uniform_(-bound, bound, generator=generator)
@@ -124,21 +127,72 @@ def train_head(x: torch.Tensor, y: torch.Tensor, classes: int, params: dict, *, 
                                       params["label_smoothing"])
     targets = torch.full((len(y), classes), smoothing / classes)
     targets[torch.arange(len(y)), y] += 1 - smoothing
-    buf_w = buf_b = None
-    for _ in range(int(params["epochs"])):
+    epochs, per_epoch = int(params["epochs"]), math.ceil(len(y) / batch_size)
+    factors = rates(epochs, per_epoch) if rates is not None else None
+    step = _AdamWStep(weight, bias) if optimizer == "adamw" else _SGDStep()
+    for epoch in range(epochs):
         order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), batch_size):
+        for k, start in enumerate(range(0, len(y), batch_size)):
             batch = order[start:start + batch_size]
             xb = x[batch]
             grad = (torch.softmax(xb @ weight.T + bias, dim=1) - targets[batch]) / len(batch)
-            g_w, g_b = grad.T @ xb + decay * weight, grad.sum(0) + decay * bias
-            if momentum:
-                buf_w = g_w if buf_w is None else buf_w.mul_(momentum).add_(g_w)
-                buf_b = g_b if buf_b is None else buf_b.mul_(momentum).add_(g_b)
-                g_w, g_b = buf_w, buf_b
-            weight -= lr * g_w
-            bias -= lr * g_b
+            g_w, g_b = grad.T @ xb, grad.sum(0)
+            rate, beta = lr, momentum
+            if factors is not None:
+                factor, cycled = factors[epoch * per_epoch + k]
+                rate, beta = lr * factor, (cycled if cycled is not None else momentum)
+            step(weight, bias, g_w, g_b, rate, beta, decay)
     return weight, bias
+
+
+Rates = Callable[[int, int], "tuple[tuple[float, float | None], ...]"]
+
+
+class _SGDStep:
+    """torch.optim.SGD's update: L2 decay added to the gradient, then momentum (dampening 0, no Nesterov)."""
+
+    def __init__(self):
+        self.buf_w: torch.Tensor | None = None
+        self.buf_b: torch.Tensor | None = None
+
+    def __call__(self, weight, bias, g_w, g_b, lr: float, momentum: float, decay: float) -> None:
+        g_w, g_b = g_w + decay * weight, g_b + decay * bias
+        if momentum:
+            self.buf_w = g_w if self.buf_w is None else self.buf_w.mul_(momentum).add_(g_w)
+            self.buf_b = g_b if self.buf_b is None else self.buf_b.mul_(momentum).add_(g_b)
+            g_w, g_b = self.buf_w, self.buf_b
+        weight -= lr * g_w
+        bias -= lr * g_b
+
+
+class _AdamWStep:
+    """torch.optim.AdamW's update (beta1 the momentum, beta2 0.999, eps 1e-8): decoupled decay, then Adam's
+    bias-corrected step."""
+
+    BETA2, EPS = 0.999, 1e-8
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.moments = [(torch.zeros_like(weight), torch.zeros_like(weight)),
+                        (torch.zeros_like(bias), torch.zeros_like(bias))]
+        self.t = 0
+
+    def __call__(self, weight, bias, g_w, g_b, lr: float, beta1: float, decay: float) -> None:
+        self.t += 1
+        for param, grad, (m, v) in zip((weight, bias), (g_w, g_b), self.moments):
+            param.mul_(1 - lr * decay)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(self.BETA2).addcmul_(grad, grad, value=1 - self.BETA2)
+            denom = (v.sqrt() / math.sqrt(1 - self.BETA2 ** self.t)).add_(self.EPS)
+            param.addcdiv_(m, denom, value=-lr / (1 - beta1 ** self.t))
+
+
+def run_rates(cfg: TrainConfig) -> Rates | None:
+    """The learning rate (and, one-cycle, the momentum) of each step of a trial, as the run's schedule sets them;
+    None for a constant rate. With the fine_tune recipe the head search tunes stage 1, whose schedule this is."""
+    if cfg.schedule == "none":
+        return None
+    return lambda epochs, per_epoch: schedule_factors(cfg.schedule, cfg.optimizer.value, epochs, per_epoch,
+                                                      cfg.warmup, cfg.step_size, cfg.gamma, cfg.momentum > 0)
 
 
 def _folds(labels: np.ndarray, seed: int) -> tuple[list, str | None]:
@@ -172,6 +226,7 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
     low_epochs, high_epochs = field_range("epochs")
+    rates = run_rates(cfg)
     space = search_space(lr_centre)
     study.enqueue_trial(_within(space, {"lr": cfg.lr if lr_centre is None else lr_centre,
                                         "weight_decay": cfg.weight_decay, "momentum": cfg.momentum,
@@ -181,7 +236,8 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
         params = {name: (trial.suggest_int(name, max(low, low_epochs), min(high, high_epochs)) if name == "epochs"
                          else trial.suggest_float(name, low, high, log=log))
                   for name, (low, high, log) in space.items()}
-        return _cross_validated(trial, x, y, len(classes), folds, params, batch_size=cfg.batch_size, seed=seed)
+        return _cross_validated(trial, x, y, len(classes), folds, params, batch_size=cfg.batch_size, seed=seed,
+                                optimizer=cfg.optimizer.value, rates=rates)
 
     meter = ProgressMeter(Phase.TRIALS, trials, split="train")
     yield meter.first()
@@ -206,13 +262,14 @@ def tune_head(cfg: TrainConfig, *, cache_dir: str | Path | None = None, trials: 
 
 
 def _cross_validated(trial, x: torch.Tensor, y: torch.Tensor, classes: int, folds: list, params: dict, *,
-                     batch_size: int, seed: int) -> float:
+                     batch_size: int, seed: int, optimizer: str = "sgd", rates: Rates | None = None) -> float:
     """One trial's mean held-out accuracy over the folds, reported fold by fold so the pruner can stop it."""
     import optuna  # deferred: it takes about a second to import, and only the search needs it
 
     scores = []
     for k, (fit, held) in enumerate(folds):
-        weight, bias = train_head(x[fit], y[fit], classes, params, batch_size=batch_size, seed=seed + k)
+        weight, bias = train_head(x[fit], y[fit], classes, params, batch_size=batch_size, seed=seed + k,
+                                  optimizer=optimizer, rates=rates)
         scores.append(float(((x[held] @ weight.T + bias).argmax(1) == y[held]).float().mean()))
         trial.report(float(np.mean(scores)), k)
         if trial.should_prune():

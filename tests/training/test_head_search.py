@@ -13,30 +13,42 @@ from core.data.split import split_dataset, write_split
 from core.runs.rundir import RunDir, load_config
 from core.spec.config import TrainConfig
 from core.spec.records import follow
-from core.training.tune import SEARCH_SPACE, train_head, tune_head
+from core.training.optim import make_schedule
+from core.training.tune import SEARCH_SPACE, run_rates, train_head, tune_head
 from tests.conftest import ROOT, make_colour_dataset
 
 
-def test_the_hand_written_head_step_is_torchs_linear_and_sgd():
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "none"), ("adamw", "none"), ("adamw", "one_cycle"),
+                                                ("sgd", "one_cycle"), ("sgd", "cosine"), ("adamw", "step")])
+def test_the_hand_written_head_step_is_torchs_linear_optimiser_and_schedule(optimizer, schedule):
     torch.manual_seed(0)
     x, y = torch.randn(37, 12), torch.randint(0, 3, (37,))
     params = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "label_smoothing": 0.1, "epochs": 3}
-    weight, bias = train_head(x, y, 3, params, batch_size=8, seed=4)
-    generator = torch.Generator().manual_seed(4)  # the same draws, through nn.Linear and torch.optim.SGD
+    cfg = TrainConfig(optimizer=optimizer, schedule=schedule, lr=0.05, momentum=0.9, weight_decay=1e-3, epochs=3,
+                      step_size=1, gamma=0.5)
+    weight, bias = train_head(x, y, 3, params, batch_size=8, seed=4, optimizer=optimizer, rates=run_rates(cfg))
+    generator = torch.Generator().manual_seed(4)  # the same draws, through nn.Linear and torch's optimiser
     head = nn.Linear(12, 3)
     with torch.no_grad():
         bound = 1 / math.sqrt(12)
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    torch_optimizer = (torch.optim.AdamW(head.parameters(), lr=0.05, betas=(0.9, 0.999), weight_decay=1e-3)
+                       if optimizer == "adamw" else
+                       torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3))
+    sched = make_schedule(cfg, torch_optimizer, cfg.schedule, 3, math.ceil(37 / 8))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     for _ in range(3):
         order = torch.randperm(37, generator=generator)
         for start in range(0, 37, 8):
             batch = order[start:start + 8]
-            optimizer.zero_grad()
+            torch_optimizer.zero_grad()
             criterion(head(x[batch]), y[batch]).backward()
-            optimizer.step()
+            torch_optimizer.step()
+            if sched is not None and cfg.schedule.per_batch:
+                sched.step()
+        if sched is not None and not cfg.schedule.per_batch:
+            sched.step()
     torch.testing.assert_close(weight, head.weight.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bias, head.bias.detach(), rtol=1e-4, atol=1e-5)
 

@@ -228,3 +228,20 @@ def test_a_forged_checkpoint_is_refused_in_one_sentence_and_the_run_stays_stoppe
         follow(resume_training(run))
     assert "\n" not in str(refused.value)
     assert read_run(run).status == "stopped" and RunDir(run).metrics.read_bytes() == before
+
+
+@pytest.mark.parametrize("stopped_after", [2, 3, 4])  # in stage 1; at the boundary (stage 2 begins afresh); in 2
+def test_the_fine_tune_recipe_stopped_and_resumed_equals_one_that_ran_straight(colours, lite0_file, tmp_path,
+                                                                              stopped_after):
+    cfg = _config(colours, lite0_file, recipe="fine_tune").changed(epochs=3, stage2_epochs=2, optimizer="adamw",
+                                                                   lr=0.003)
+    list(train(cfg, tmp_path / "straight", cache_dir=tmp_path / "cache"))
+    _stopped_after(cfg, tmp_path / "resumed", stopped_after, tmp_path / "cache")
+    list(resume_training(tmp_path / "resumed", cache_dir=tmp_path / "cache"))
+    straight, resumed = read_records(tmp_path / "straight"), read_records(tmp_path / "resumed")
+    assert [(e.epoch, e.stage) for e in resumed.epochs] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)]
+    for figure in ("train_loss", "val_loss", "val_acc", "lr"):
+        assert [getattr(e, figure) for e in resumed.epochs] == [getattr(e, figure) for e in straight.epochs], figure
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the last stage's weights too, bit for bit
+    assert resumed.test.epoch == straight.test.epoch and resumed.final.test_acc == straight.final.test_acc
