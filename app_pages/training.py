@@ -109,8 +109,8 @@ def _model_settings(state: Choices) -> dict:
                            on_change=_sync("weights_mode", "tr_pretrained", lambda v: PRETRAINED if v else NO_WEIGHTS),
                            help="Off: train from scratch (random initialisation) to check what pretraining buys.")
     with c2:
-        recipe = st.radio("Recipe", RECIPE_NAMES, index=RECIPE_NAMES.index(DEFAULTS.recipe), key="tr_recipe",
-                          format_func=RECIPE_NAMES.get, help=RECIPE_HELP)
+        recipe = st.radio("Recipe", list(RECIPE_NAMES), index=list(RECIPE_NAMES).index(DEFAULTS.recipe),
+                          key="tr_recipe", format_func=RECIPE_NAMES.get, help=RECIPE_HELP)
         if recipe == "fine_tune":  # the recipe decides what trains in each stage; the mode stays for one-stage runs
             st.caption("Stage 1: the head, on cached features. Stage 2: the last stage and the head, on cached "
                        "activations, one-cycle, the body at the body learning rate. Each stage's best epoch is "
@@ -133,8 +133,15 @@ def _model_settings(state: Choices) -> dict:
         feature_cache = st.checkbox("Cache backbone features when the body is frozen", value=DEFAULTS.feature_cache,
                                     key="tr_cache", help="Same result, much faster: each image goes through the "
                                                          "frozen part of the model once.")
+        views_apply = feature_cache and augment == "none" and freeze != "all" and not letterbox
+        aug_views = st.slider("Augmented views (cached)", *field_range("aug_views", ui=True), DEFAULTS.aug_views,
+                              key="tr_aug_views", disabled=not views_apply,
+                              help="Augmentation that keeps the feature cache: K cropped, flipped, colour-shifted "
+                                   "views of each training image are computed once; each epoch trains every image "
+                                   "on one of them or the plain one. Costs K passes over the training images, "
+                                   "once. Needs the cache, no per-batch augmentation and no letterbox.")
     return dict(pretrained=pretrained, freeze=freeze, recipe=recipe, augment=augment, letterbox=letterbox,
-                feature_cache=feature_cache)
+                feature_cache=feature_cache, aug_views=aug_views if views_apply else 0)
 
 
 def _optimiser_settings(state: Choices, freeze: str, recipe: str = "single") -> dict:

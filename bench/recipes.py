@@ -26,6 +26,10 @@ RECIPES = [
     ("fine_tune (5 + 3 epochs)", ["--recipe", "fine_tune"]),
     ("fine_tune, AdamW lr 3e-3 (5 + 3 epochs)", ["--recipe", "fine_tune", "--optimizer", "adamw", "--lr", "3e-3"]),
     ("last stage + head, one stage (5 epochs)", ["--freeze", "last_block"]),
+    ("fine_tune, AdamW lr 3e-3, 2 cached views", ["--recipe", "fine_tune", "--optimizer", "adamw", "--lr", "3e-3",
+                                                  "--aug-views", "2"]),
+    ("fine_tune, AdamW lr 3e-3, 4 cached views", ["--recipe", "fine_tune", "--optimizer", "adamw", "--lr", "3e-3",
+                                                  "--aug-views", "4"]),
 ]
 
 

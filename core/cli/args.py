@@ -66,20 +66,21 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         if f.metadata.get("flag") == "":
             continue
         names = [train_flag(f), *f.metadata.get("aliases", ())]
+        text = f.metadata["help"].replace("%", "%%")  # a share in the text, not an argparse format
         if isinstance(f.default, bool):
             if f.default:
                 parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
-                                    help=f"turn off: {f.metadata['help']}")
+                                    help=f"turn off: {text}")
             else:
-                parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
+                parser.add_argument(*names, dest=f.name, action="store_true", help=text)
             continue
         kind = field_type(f.name) if f.metadata.get("low") is not None else str
         if f.name == "arch":  # no default here: without --arch the app's rule picks one (weights.default_arch)
-            parser.add_argument(*names, dest=f.name, default=None, help=f.metadata["help"] + (
+            parser.add_argument(*names, dest=f.name, default=None, help=text + (
                 f" (default: {PREFERRED_ARCH} when its pretrained weights are on this machine, else {OFFLINE_ARCH})"))
             continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
-                            help=f.metadata["help"] + (f" (default {f.default})" if f.default is not None else ""))
+                            help=text + (f" (default {f.default})" if f.default is not None else ""))
 
 
 def config_from_args(args) -> tuple[TrainConfig, str]:

@@ -362,6 +362,38 @@ def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
     assert lrs[0] == 1e-3 and lrs[1] < lrs[0]  # the cosine schedule, recorded per epoch
 
 
+def test_training_page_runs_the_staged_recipe_and_shows_both_stages(small_demo):
+    at = open_page(app(), "app_pages/training.py")
+    at.radio(key="tr_freeze").set_value("last_block").run()  # the one-stage choice, set aside by the recipe
+    at.radio(key="tr_recipe").set_value("fine_tune").run()
+    assert not at.exception and not any(r.key == "tr_freeze" for r in at.radio)  # the recipe decides each stage
+    assert any(c.value.startswith("Stage 1: the head, on cached features. Stage 2: the last stage") for c in at.caption)
+    assert at.slider(key="tr_epochs").label == "Stage 1 epochs (head)"
+    at.slider(key="tr_epochs").set_value(2).run()
+    at.slider(key="tr_stage2_epochs").set_value(2).run()
+    at.selectbox(key="tr_optimizer").set_value("adamw").run()
+    at.button(key="tr_start").click().run()
+    assert not at.exception, at.exception
+    name = at.query_params["run"]
+    _wait_for_run(name)
+    config = json.loads((runs_dir() / name / "config.json").read_text())
+    assert (config["recipe"], config["freeze"], config["epochs"], config["stage2_epochs"], config["optimizer"]) == (
+        "fine_tune", "head", 2, 2, "adamw")
+    at.run()
+    assert not at.exception
+    run = read_records(runs_dir() / name)
+    assert [e.stage for e in run.epochs] == [1, 1, 2, 2]
+    assert any(c.value.startswith("stage 1: head only, epochs 1–2; stage 2: last stage + head, epochs 3–4.")
+               for c in at.caption)
+    chosen = run.test.epoch
+    stage = "stage 1: head only" if chosen <= 2 else "stage 2: last stage + head"
+    assert any(f"· epoch {chosen} ({stage}), chosen on validation" in m.value for m in at.markdown)
+    open_page(at, "app_pages/surgery.py")
+    stages = next(t.value for t in at.dataframe if "trained on" in t.value.columns)
+    assert list(stages["trains"]) == ["head only", "last stage + head"]
+    assert stages["trainable parameters"][0] < stages["trainable parameters"][1]
+
+
 def test_prediction_page_predicts_many_images_into_a_table_and_csv(small_demo, lite0_file, colour_data):
     import io
     import zipfile

@@ -283,3 +283,16 @@ def test_files_the_user_names_are_never_overwritten_without_force(tmp_path):
         assert proc.returncode == 2 and f"'{mine}' exists already" in proc.stderr and "--force" in proc.stderr
     assert mine.read_text() == "my own notes"
     assert main(["report", str(tmp_path / "no-run"), "--json", str(mine), "--force"]) == 2  # past the guard: no run
+
+
+def test_every_subcommands_help_prints_every_train_flag():
+    """Each flag's help is the config field's text: a share written with % must print, not break argparse."""
+    from core.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, command in commands.items():
+        assert command.format_help(), name
+    text = commands["train"].format_help()
+    assert "35-100% of the" in text and "--recipe {single,fine_tune}" in text and "--optimizer {sgd,adamw}" in text
+    assert all(f"--{f.replace('_', '-')}" in text for f in ("stage2_epochs", "warmup", "aug_views"))

@@ -298,3 +298,34 @@ def test_the_switch_to_an_offline_architecture_sticks_in_the_box_through_reruns(
     page.get_by_role("link", name="4 · Training").first.click()
     page.get_by_text("Start training").first.wait_for(timeout=60_000)
     assert "from scratch" not in page.locator("body").inner_text()
+
+
+@pytest.mark.slow
+def test_a_staged_fine_tune_shows_both_stages_in_its_curves_and_results(tmp_path, page):
+    """Issue 35's walk: the Training page's staged recipe on generated photos; the run's curves mark where stage 2
+    begins, the results name the chosen epoch's stage, and the Surgery page shows what each stage trains."""
+    from core.data.planted import generate_planted
+
+    planted = generate_planted(tmp_path / "photos", per_class=20, copies=0, flip_share=0.0, seed=2)
+    with serving(tmp_path, TLD_DATA_ROOT=str(planted.root)) as (url, workspace):
+        page.goto(f"{url}/training")
+        page.get_by_text("Staged fine-tune (head, then last stage)").click(timeout=60_000)
+        page.get_by_text(re.compile(r"^Stage 1: the head, on cached features")).wait_for()
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text(re.compile(r"^Per-class test accuracy")).wait_for(timeout=300_000)
+        page.get_by_text(re.compile(r"^stage 1: head only, epochs 1–5; stage 2: last stage \+ head, epochs 6–8")
+                         ).wait_for()
+        page.get_by_text(re.compile(r"· epoch \d \(stage [12]: [a-z +]+\), chosen on validation")).wait_for()
+        _settled(page)
+        _shot(page, "35-training-staged")
+        run = next(p for p in (workspace / "runs").iterdir() if p.is_dir())
+        config = json.loads((run / "config.json").read_text())
+        assert (config["recipe"], config["epochs"], config["stage2_epochs"]) == ("fine_tune", 5, 3)
+        stages = [json.loads(line).get("stage") for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"type": "epoch"' in line]
+        assert stages == [1, 1, 1, 1, 1, 2, 2, 2]
+
+        _go(page, "3 · Model surgery")
+        page.get_by_text("The staged fine-tune", exact=False).first.wait_for(timeout=60_000)
+        _settled(page)
+        _shot(page, "35-surgery-stages")
