@@ -109,7 +109,8 @@ def _model_settings(state: Choices) -> dict:
                            on_change=_sync("weights_mode", "tr_pretrained", lambda v: PRETRAINED if v else NO_WEIGHTS),
                            help="Off: train from scratch (random initialisation) to check what pretraining buys.")
     with c2:
-        recipe = st.radio("Recipe", list(RECIPE_NAMES), index=list(RECIPE_NAMES).index(DEFAULTS.recipe),
+        default = TrainConfig(freeze=state.freeze).recipe  # staged unless the Surgery page chose a one-stage mode
+        recipe = st.radio("Recipe", list(RECIPE_NAMES), index=list(RECIPE_NAMES).index(default),
                           key="tr_recipe", format_func=RECIPE_NAMES.get, help=RECIPE_HELP)
         if recipe == "fine_tune":  # the recipe decides what trains in each stage; the mode stays for one-stage runs
             st.caption("Stage 1: the head, on cached features. Stage 2: the last stage and the head, on cached "
@@ -766,7 +767,7 @@ def runs_panel(shown: str | None) -> None:
 
 def main() -> None:
     st.title("4 · Training")
-    st.caption("Cross-entropy + SGD in a background process. Reruns, page switches, reloads and closed tabs do not "
+    st.caption("Cross-entropy with AdamW or SGD, in a background process. Reruns, page switches, reloads and closed tabs do not "
                "stop it; runs started from the command line show up here too.")
     state = load_state()
     with st.expander("Settings", expanded=not st.query_params.get("run")):

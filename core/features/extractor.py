@@ -250,7 +250,7 @@ class _ListTally:
         timings[self.names[self.current]] = time.time() - self.t0
 
 
-def prepare_decoding(samples: Samples, transform: Preprocess) -> None:
+def prepare_decoding(samples: Samples, transform: Preprocess | CachedView) -> None:
     """Import libjpeg's decoder before a pass that will use it (not when every feature comes from the cache):
     its import is set-up, not part of the pass's images per second."""
     if transform.letterbox is None and any(path.lower().endswith((".jpg", ".jpeg")) for path, _ in samples):

@@ -25,7 +25,7 @@ from ..runs.create import claim, create_run, new_run_dir, run_label
 from ..runs.listing import RunInfo, list_runs
 from ..runs.rundir import DISPATCH_LOCK, DamagedRun, RunDir, load_config
 from ..runs.status import WorkerState, read_worker_state, write_status
-from ..spec.choices import Freeze
+from ..spec.choices import Freeze, Recipe
 from ..spec.config import TrainConfig
 from ..spec.records import Features, Records
 from ..spec.states import Phase, RunState
@@ -283,14 +283,15 @@ def smooth_eta(previous: tuple[float, float] | None, raw: float | None, now: flo
 def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainConfig | None:
     """The other side of "pretrained vs from scratch" for ``cfg``, all else equal.
 
-    A pretrained run's twin trains every layer from random initialisation; a from-scratch
-    run's twin fine-tunes the head on ``pretrained_weights`` (None when there are none).
+    A pretrained run's twin trains every layer from random initialisation for as many epochs as the run trained
+    over all its stages (in one stage: there is no head to fit first); a from-scratch run's twin fine-tunes the
+    head on ``pretrained_weights`` (None when there are none), in one stage as the run did.
     """
     if cfg.pretrained:
-        return cfg.changed(weights=None, freeze=Freeze.ALL)
+        return cfg.changed(weights=None, freeze=Freeze.ALL, recipe=Recipe.SINGLE, epochs=cfg.total_epochs)
     if pretrained_weights is None:
         return None
-    return cfg.changed(weights=pretrained_weights, freeze=Freeze.HEAD)
+    return cfg.changed(weights=pretrained_weights, freeze=Freeze.HEAD, recipe=Recipe.SINGLE)
 
 
 def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | None) -> RunInfo | None:

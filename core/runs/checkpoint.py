@@ -47,7 +47,7 @@ class Checkpoint:
 
     def train_config(self, path: str | Path = "the checkpoint") -> TrainConfig:
         try:
-            return TrainConfig.from_dict(self.config)
+            return TrainConfig.from_saved(self.config)
         except (UserError, TypeError) as exc:
             raise RunError(f"'{path}' is not a checkpoint written by this tool ({exc})") from None
 

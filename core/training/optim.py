@@ -11,6 +11,7 @@ from torch.optim import Optimizer, lr_scheduler
 
 from ..models.surgery import optimizer_groups
 from ..platform.accel import SGD, AdamW
+from ..spec.choices import Optimizer as OptimizerChoice
 from ..spec.choices import Schedule
 from ..spec.config import TrainConfig
 
@@ -56,8 +57,8 @@ def schedule_factors(schedule: Schedule, optimizer: str, epochs: int, steps_per_
     """(lr ÷ the peak lr, momentum or None when the schedule leaves it) of every step of ``epochs``, as torch's
     scheduler sets them: the head search trains each trial's head with the very rates a run would. Linear in the
     peak lr for every schedule here, so one sequence serves every trial's learning rate."""
-    cfg = TrainConfig(schedule=schedule, optimizer=optimizer, lr=1.0, epochs=max(1, epochs), warmup=warmup,
-                      step_size=step_size, gamma=gamma, momentum=0.9 if cycle_momentum else 0.0)
+    cfg = TrainConfig(schedule=schedule, optimizer=OptimizerChoice(optimizer), lr=1.0, epochs=max(1, epochs),
+                      warmup=warmup, step_size=step_size, gamma=gamma, momentum=0.9 if cycle_momentum else 0.0)
     param = torch.zeros(1, requires_grad=True)
     dummy = (torch.optim.AdamW([param], lr=1.0, betas=(cfg.momentum, 0.999)) if optimizer == "adamw" else
              torch.optim.SGD([param], lr=1.0, momentum=cfg.momentum))

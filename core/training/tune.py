@@ -151,7 +151,7 @@ Rates = Callable[[int, int], "tuple[tuple[float, float | None], ...]"]
 class _SGDStep:
     """torch.optim.SGD's update: L2 decay added to the gradient, then momentum (dampening 0, no Nesterov)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.buf_w: torch.Tensor | None = None
         self.buf_b: torch.Tensor | None = None
 
