@@ -18,7 +18,8 @@ and see every step:
    a map of the images as the backbone sees them, and the accuracy a head-only fine-tune should reach.
 3. **Model surgery**: swap the ImageNet head for one with *N* outputs, load pretrained weights,
    freeze the body. See what was replaced, popped, dropped and frozen.
-4. **Training**: the staged fine-tune (the head, then the last stage) in a background process, with live loss and accuracy.
+4. **Training**: the staged fine-tune (the head, then the last stage) in a background process, with live
+   loss and accuracy.
    Compare pretrained against from-scratch runs.
 5. **Prediction**: upload an image or take a snapshot, get class probabilities.
 

@@ -4,7 +4,8 @@ Training (the cached-feature path), the data check, the head search and the lear
 with ``FeatureExtractor.from_config`` and call ``extract``. So they agree on everything a stored feature depends
 on: the cut (the head's input, or the last stage's), the preprocessing (the letterbox included), the precision
 (bf16 on CUDA), the decoding, the cache identity, and whether a run may train on stored features at all. Each
-reads what the others computed: a run after a check computes no feature, even one that leaves images out.
+reads what the others computed: a head-only run after a check computes no feature, even one that leaves images
+out (the staged recipe needs the activations where the last stage begins: one pass of its own).
 """
 from __future__ import annotations
 

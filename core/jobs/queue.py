@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..platform.errors import RunError
+from ..platform.errors import ConfigError, RunError
 from ..platform.process import process_start_id
 from ..platform.settings import settings
 from ..platform.workspace import cache_dir, runs_dir, workspace_writes
@@ -294,6 +294,13 @@ def comparison_twin(cfg: TrainConfig, pretrained_weights: str | None) -> TrainCo
     return cfg.changed(weights=pretrained_weights, freeze=Freeze.HEAD, recipe=Recipe.SINGLE)
 
 
+def _twin_or_none(cfg: TrainConfig, pretrained_weights: str | None) -> TrainConfig | None:
+    try:
+        return comparison_twin(cfg, pretrained_weights)
+    except ConfigError:  # a saved config whose twin would not be one (a setting outside a range since)
+        return None
+
+
 def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | None) -> RunInfo | None:
     """The run among ``runs`` that is ``cfg``'s comparison twin, all settings equal: the newest completed
     one, else the newest. Matched on the saved settings, so a twin started from another tab or from the
@@ -301,5 +308,9 @@ def find_twin(cfg: TrainConfig, runs: list[RunInfo], pretrained_weights: str | N
     target = comparison_twin(cfg, pretrained_weights)
     if target is None:
         return None
-    matches = [r for r in runs if r.config == target]
+    # either way round: a from-scratch run is the twin of the staged run it was made for, whose own twin (the
+    # head in one stage) it cannot name
+    matches = [r for r in runs if r.config is not None and (
+        r.config == target or (r.config.weights == target.weights
+                               and _twin_or_none(r.config, pretrained_weights) == cfg))]
     return next((r for r in matches if r.status is RunState.COMPLETED), matches[0] if matches else None)

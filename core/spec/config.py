@@ -271,8 +271,9 @@ class TrainConfig:
             found.append(f"the fine_tune recipe decides what trains in each stage (stage 1 the head, stage 2 the last "
                          f"stage and the head), so freeze must be head, got {self.freeze}; freeze last_block or all "
                          "train in one stage with recipe single")
-        if self.processes != 1:
-            found.append("the fine_tune recipe trains in one process; give processes 1 (or recipe single)")
+        if self.processes != 1 and not (self.feature_cache and self.augmentation == "none"):
+            found.append("the fine_tune recipe trains in several processes on cached features only: give "
+                         "augment none and the feature cache, or processes 1 (or recipe single)")
         return found
 
     def _version_problems(self) -> list[str]:

@@ -238,6 +238,9 @@ def excluded_count(run: RunDir) -> int:
 def set_up(cfg: TrainConfig, run: RunDir, allowed_roots=None, world: World = SINGLE, phase=lambda text: None,
            resuming: bool = False) -> Setup:
     """Everything a run needs before its first record; ``phase`` hears each step's name (for the status)."""
+    if world.active and cfg.staged and not FeatureExtractor.may_train_on_features(cfg):
+        raise RunError("the fine_tune recipe trains in several processes on cached features only: give augment "
+                       "none and the feature cache, run one process, or give --recipe single")
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)  # one GPU per local rank

@@ -162,15 +162,20 @@ def test_a_damaged_stored_report_is_refused_with_a_message(checked, tmp_path):
     assert load_report(tmp_path, "0" * 32) is None
 
 
-def test_a_head_only_run_after_the_check_computes_no_feature_again(checked, planted, lite0_file, tmp_path):
+def test_a_head_only_run_after_the_check_computes_no_feature_again_a_staged_one_its_own_pass(
+        checked, planted, lite0_file, tmp_path):
     from core.spec.records import Features
     from core.training.run import train
 
     split, _, report, cache = checked
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1,
-                      seed=split.seed)
+                      seed=split.seed, recipe="single")
     features = [r for r in train(cfg, tmp_path / "run", cache_dir=cache) if isinstance(r, Features)]
     assert [f.from_disk for f in features] == [True, True, True]  # train, validation, test: all the check's
+    # the staged recipe (the default) trains on the activations where the last stage begins: its own one pass
+    staged = [r for r in train(cfg.changed(recipe="fine_tune", stage2_epochs=1), tmp_path / "staged", cache_dir=cache)
+              if isinstance(r, Features)]
+    assert [f.from_disk for f in staged] == [False, False, False]
 
 
 def test_a_run_leaving_the_suspects_out_and_the_finder_compute_no_feature_after_the_check(
@@ -184,7 +189,7 @@ def test_a_run_leaving_the_suspects_out_and_the_finder_compute_no_feature_after_
     split, _, report, cache = checked
     suspects = tuple(i.path for i in report.label_issues if i.split == "train") or (split.train[0][0],)
     cfg = TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1,
-                      seed=split.seed, exclude=suspects)
+                      seed=split.seed, exclude=suspects, recipe="single")
     records = list(train(cfg, tmp_path / "run", cache_dir=cache))
     assert records[0].excluded == len(suspects)
     assert [f.from_disk for f in records if isinstance(f, Features)] == [True, True, True]
@@ -200,7 +205,8 @@ def test_a_check_with_the_letterbox_serves_a_letterboxed_run_and_not_a_plain_one
     split = split_dataset(planted, 0.6, 1)
     cache = tmp_path / "cache"
     drain(check_data(split, arch="efficientnet_lite0", weights=str(lite0_file), cache_dir=cache, letterbox=True))
-    base = dict(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1, seed=1)
+    base = dict(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(planted), epochs=1, seed=1,
+                recipe="single")
     boxed = [r.from_disk for r in train(TrainConfig(**base, letterbox=True), tmp_path / "boxed", cache_dir=cache)
              if isinstance(r, Features)]
     plain = [r.from_disk for r in train(TrainConfig(**base), tmp_path / "plain", cache_dir=cache)

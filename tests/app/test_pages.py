@@ -125,7 +125,9 @@ def test_training_page_runs_a_tiny_training_and_shows_metrics(small_demo):
     at.run()
     assert not at.exception
     assert f"Run {name}" in [s.value for s in at.subheader]
-    assert "Results on the test split (epoch 2)" in [s.value for s in at.subheader]
+    run = read_records(runs_dir() / name)
+    assert [e.stage for e in run.epochs] == [1, 1, 2, 2, 2]  # the default: the staged recipe, 2 + 3 epochs
+    assert f"Results on the test split (epoch {run.test.epoch})" in [s.value for s in at.subheader]
     assert any("**completed**" in (p.proto.text or "") for p in at.get("progress"))
     assert any("Device: **CPU**" in c.value for c in at.caption)
     runs_table = at.dataframe[-1].value
@@ -262,6 +264,7 @@ def _start_long_run() -> AppTest:
     """Start, from the Training page, a from-scratch run long enough to still be running when checked."""
     at = open_page(app(), "app_pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False)
+    at.radio(key="tr_recipe").set_value("single").run()  # one stage: every layer, from scratch
     at.radio(key="tr_freeze").set_value("all")
     at.slider(key="tr_epochs").set_value(50)
     at.button(key="tr_start").click().run()
@@ -364,9 +367,12 @@ def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
 
 def test_training_page_runs_the_staged_recipe_and_shows_both_stages(small_demo):
     at = open_page(app(), "app_pages/training.py")
-    at.radio(key="tr_freeze").set_value("last_block").run()  # the one-stage choice, set aside by the recipe
+    assert at.radio(key="tr_recipe").value == "fine_tune"  # the default
+    assert not any(r.key == "tr_freeze" for r in at.radio)  # the recipe decides what trains in each stage
+    at.radio(key="tr_recipe").set_value("single").run()
+    assert at.radio(key="tr_freeze").value == "head" and at.slider(key="tr_epochs").label == "Epochs"
     at.radio(key="tr_recipe").set_value("fine_tune").run()
-    assert not at.exception and not any(r.key == "tr_freeze" for r in at.radio)  # the recipe decides each stage
+    assert not at.exception and not any(r.key == "tr_freeze" for r in at.radio)
     assert any(c.value.startswith("Stage 1: the head, on cached features. Stage 2: the last stage") for c in at.caption)
     assert at.slider(key="tr_epochs").label == "Stage 1 epochs (head)"
     at.slider(key="tr_epochs").set_value(2).run()
@@ -578,7 +584,7 @@ def test_training_results_report_scores_calibration_and_tta(small_demo, lite0_fi
     from core.training.run import train
 
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
-                           epochs=2, num_workers=0, lr=0.01), runs_dir() / "r"))
+                           epochs=2, num_workers=0, lr=0.01, recipe="single"), runs_dir() / "r"))
     at = app()
     at.query_params["run"] = "r"
     at = open_page(at, "app_pages/training.py")
@@ -642,7 +648,7 @@ def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
     from core.training.run import train
 
     stream = train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_demo),
-                               epochs=3, num_workers=0), runs_dir() / "halfway")
+                               epochs=2, stage2_epochs=1, num_workers=0), runs_dir() / "halfway")  # the default: staged
     for record in stream:
         if isinstance(record, Epoch) and record.epoch == 1:
             break
@@ -654,7 +660,8 @@ def test_a_stopped_run_resumes_from_its_page(small_demo, lite0_file):
     assert not at.exception and not at.error, [e.value for e in at.error]
     _wait_for_run("halfway")
     records = read_records(runs_dir() / "halfway")
-    assert [e.epoch for e in records.epochs] == [1, 2, 3] and records.final.status == "completed"
+    assert [(e.epoch, e.stage) for e in records.epochs] == [(1, 1), (2, 1), (3, 2)]
+    assert records.final.status == "completed"
     assert [r.type for r in records.items].count("resumed") == 1
     at.run()
     assert not [b for b in at.button if b.key == "tr_resume"]  # completed: nothing to resume

@@ -139,7 +139,9 @@ def test_the_training_page_starts_a_two_process_run_and_follows_it(tmp_path, mon
     assert not at.exception
     assert read_run(runs_dir() / name).status == "completed"
     assert any("Device: **2 × CPU (gloo)**" in c.value for c in at.caption)
-    assert "Results on the test split (epoch 2)" in [s.value for s in at.subheader]
+    run = read_records(runs_dir() / name)
+    assert [e.stage for e in run.epochs] == [1, 1, 2, 2, 2]  # the staged recipe, in two processes
+    assert f"Results on the test split (epoch {run.test.epoch})" in [s.value for s in at.subheader]
 
 
 @pytest.mark.slow

@@ -65,6 +65,7 @@ def test_exposure_the_weights_box_refuses_server_paths_alike(typed, small_root):
 def test_exposure_three_start_clicks_run_one_and_queue_two(small_root, lite0_file):
     at = app_test("app_pages/training.py")
     at.toggle(key="tr_pretrained").set_value(False).run()
+    at.radio(key="tr_recipe").set_value("single").run()
     at.radio(key="tr_freeze").set_value("all").run()
     at.slider(key="tr_epochs").set_value(50).run()
     names = []

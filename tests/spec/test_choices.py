@@ -37,7 +37,11 @@ def test_the_pages_choices_make_the_config_and_settings_override_them():
 
 def test_a_derived_config_is_checked_like_any_other():
     cfg = TrainConfig(weights="/w.pth")
-    twin = cfg.changed(weights=None, freeze=Freeze.ALL)
+    assert cfg.recipe == "fine_tune"  # the default with freeze head: the staged recipe
+    with pytest.raises(ConfigError, match="freeze must be head, got all"):
+        cfg.changed(weights=None, freeze=Freeze.ALL)  # a derived config keeps the recipe it had: said, not guessed
+    twin = cfg.changed(weights=None, freeze=Freeze.ALL, recipe="single")
     assert twin.freeze is Freeze.ALL and not twin.pretrained and cfg.freeze is Freeze.HEAD
+    assert TrainConfig(freeze="last_block").recipe == "single"  # modes that train more train in one stage
     with pytest.raises(ConfigError, match="epochs"):
         cfg.changed(epochs=0)

@@ -33,7 +33,7 @@ def test_the_recipe_names_its_stages_and_numbers_epochs_across_them():
 
 @pytest.mark.parametrize("settings,refusal", [
     (dict(recipe="fine_tune", freeze="last_block"), "freeze must be head, got last_block"),
-    (dict(recipe="fine_tune", processes=2), "the fine_tune recipe trains in one process"),
+    (dict(recipe="fine_tune", processes=2, augment="flip"), "trains in several processes on cached features only"),
     (dict(recipe="twice"), "recipe 'twice' does not exist (allowed: single, fine_tune)"),
     (dict(optimizer="adam"), "optimizer 'adam' does not exist (allowed: sgd, adamw)"),
     (dict(schedule="exponential"), "allowed: none, step, cosine, one_cycle"),

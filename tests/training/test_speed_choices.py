@@ -120,7 +120,7 @@ def test_reading_the_loss_back_is_once_per_logging_step(colour_data, lite0_file,
         monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or original(self))
         records = list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file),
                                          data_root=str(colour_data), epochs=1, batch_size=2, log_every=log_every,
-                                         num_workers=0, val_ratio=0), tmp_path / f"run{log_every}"))
+                                         num_workers=0, val_ratio=0, recipe="single"), tmp_path / f"run{log_every}"))
         monkeypatch.setattr(torch.Tensor, "item", original)
         return len(reads), len([r for r in records if r.type == "batch"])
 

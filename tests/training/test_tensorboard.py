@@ -17,13 +17,13 @@ def test_a_run_writes_its_curves_and_hyperparameters_for_tensorboard(colours, li
 
     run = tmp_path / "run"
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(colours), epochs=2,
-                           lr=0.01, num_workers=0, log_every=1), run))
+                           stage2_epochs=1, lr=0.01, num_workers=0, log_every=1), run))  # the default: staged
     records = read_records(run)
     events = EventAccumulator(str(run))
     events.Reload()
     assert {"loss/batch", "loss/train", "loss/validation", "accuracy/validation", "learning_rate"} <= set(
         events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("accuracy/validation")] == [1, 2]
+    assert [e.step for e in events.Scalars("accuracy/validation")] == [1, 2, 3]  # numbered across the stages
     assert ([e.value for e in events.Scalars("accuracy/validation")]
             == pytest.approx([e.val_acc for e in records.epochs]))
     assert len(events.Scalars("loss/batch")) == len(records.batches)

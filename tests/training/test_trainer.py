@@ -18,8 +18,9 @@ from core.training.run import train
 def _config(data, **overrides):
     # val_ratio 0: these tests check the training mechanics on the tutorial's two lists
     # (tests/training/test_validation_chooses.py checks the validation split, the default)
+    # (one stage with SGD: the staged recipe, the default, has tests/training/test_recipe.py)
     base = dict(arch="resnet18", data_root=str(data), epochs=2, batch_size=4, lr=0.01, num_workers=0, seed=0,
-                log_every=2, val_ratio=0)
+                log_every=2, val_ratio=0, recipe="single", optimizer="sgd")
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -249,11 +250,13 @@ def test_comparison_twin_flips_weights_and_freeze_and_keeps_the_rest():
 
     pretrained = TrainConfig(arch="resnet18", weights="/w.pth", freeze="head", lr=0.01, epochs=7, data_root="d")
     twin = comparison_twin(pretrained, "/w.pth")
-    assert (twin.weights, twin.freeze) == (None, "all")
-    assert {k: v for k, v in twin.to_dict().items() if k not in ("weights", "freeze")} == \
-        {k: v for k, v in pretrained.to_dict().items() if k not in ("weights", "freeze")}
+    # the staged run (7 + 3 epochs) against every layer from scratch for as many epochs, in one stage
+    assert (twin.weights, twin.freeze, twin.recipe, twin.epochs) == (None, "all", "single", 10)
+    changed = ("weights", "freeze", "recipe", "epochs")
+    assert {k: v for k, v in twin.to_dict().items() if k not in changed} == \
+        {k: v for k, v in pretrained.to_dict().items() if k not in changed}
     back = comparison_twin(twin, "/w.pth")
-    assert (back.weights, back.freeze) == ("/w.pth", "head")
+    assert (back.weights, back.freeze, back.recipe) == ("/w.pth", "head", "single")
     assert comparison_twin(twin, None) is None  # no pretrained weights on the machine: no twin
 
 

@@ -69,8 +69,8 @@ def test_permuting_the_test_labels_changes_only_the_test_figures(hard_data, lite
 
 
 def test_val_ratio_0_is_the_tutorial_last_epoch_kept_no_temperature(colour_data, lite0_file, tmp_path):
-    records = list(train(_config(data_root=str(colour_data), weights=str(lite0_file), epochs=3, val_ratio=0),
-                         tmp_path / "run"))
+    records = list(train(_config(data_root=str(colour_data), weights=str(lite0_file), epochs=3, val_ratio=0,
+                                 recipe="single", optimizer="sgd"), tmp_path / "run"))  # the tutorial's one stage
     run = RunDir(tmp_path / "run")
     epochs = [r for r in records if isinstance(r, Epoch)]
     assert all(e.evaluated == "test" and e.test_acc is not None for e in epochs)  # printed every epoch, as the seed
