@@ -12,7 +12,6 @@ from core.platform.errors import UserError
 from core.platform.figures import pct
 from core.runs.files import read_records
 from core.runs.listing import RunInfo
-from core.spec.config import TRAINS
 from core.spec.records import CHOSEN_ON_TEST, VALIDATION, Records
 from core.spec.states import RunState
 
@@ -191,7 +190,8 @@ def runs_table(runs: list[RunInfo]) -> None:
         c, sizes = r.config, r.sizes
         rows.append({"run": r.name, "status": r.status, "arch": c.arch if c else None,
                      "weights": ("pretrained" if c.pretrained else "scratch") if c else None,
-                     "trains": TRAINS[c.freeze] if c else None, "epochs": f"{r.epochs_done}/{c.epochs}" if c else None,
+                     "trains": c.what_trains if c else None,
+                     "epochs": f"{r.epochs_done}/{c.total_epochs}" if c else None,
                      "version": (c.dataset_version or "v0") if c and c.data_root else None,
                      "data": (c.data_root or c.lists_dir) if c else None,
                      "train / val / test": " / ".join(f"{n:,}" for n in sizes) if sizes else None,

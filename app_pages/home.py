@@ -6,7 +6,6 @@ from app_pages.work import user_errors
 from core.analysis.report import SHOWN_CLASSES
 from core.platform.workspace import runs_dir
 from core.runs.listing import list_runs
-from core.spec.config import TRAINS
 from core.spec.states import RunState
 
 INTRO = """
@@ -55,7 +54,7 @@ def render_latest_run() -> None:
         else:
             cfg = run.config
             st.write(f"{cfg.arch} · {'pretrained' if cfg.pretrained else 'from scratch'} · "
-                     f"trains {TRAINS[cfg.freeze]} · test accuracy {test_cell(run)}")
+                     f"trains {cfg.what_trains} · test accuracy {test_cell(run)}")
     # Opens Training on the run just described (its ?run=), not on whichever run that page last followed.
     st.page_link("app_pages/training.py", label="Open Training", icon=":material/monitoring:",
                  query_params={"run": runs[0].name} if runs else None)

@@ -745,7 +745,7 @@ def runs_panel(shown: str | None) -> None:
         waiting = [r.name for r in queue(runs)]
         st.caption("Running now: " + "; ".join(
             f"{r.name} ({r.status}" + (f" {waiting.index(r.name) + 1}" if r.name in waiting else "")
-            + f", {r.epochs_done}/{r.config.epochs if r.config else '?'} epochs)" for r in active))
+            + f", {r.epochs_done}/{r.config.total_epochs if r.config else '?'} epochs)" for r in active))
     runs_table(runs)
     names = [r.name for r in runs]
     # The box names the run shown above. It is a new widget for each shown run, not one whose value the

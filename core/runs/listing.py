@@ -12,7 +12,7 @@ from pathlib import Path
 from ..platform.figures import accuracy_of
 from ..platform.io import atomic_write_json, temp_file_owner
 from ..platform.process import process_gone
-from ..spec.config import TRAINS, TrainConfig
+from ..spec.config import TrainConfig
 from ..spec.records import Epoch, Final, Records
 from ..spec.states import RunState
 from .files import check_checkpoints, check_test_outputs, read_predictions, read_records
@@ -63,7 +63,7 @@ class RunInfo:
         c = self.config
         if c is None:
             return f"damaged · {self.name}"
-        return f"{'pretrained' if c.pretrained else 'scratch'} · trains {TRAINS[c.freeze]} · {c.arch} · {self.name}"
+        return f"{'pretrained' if c.pretrained else 'scratch'} · trains {c.what_trains} · {c.arch} · {self.name}"
 
 
 @dataclass(frozen=True)

@@ -306,6 +306,12 @@ class TrainConfig:
         return next((stage for stage in self.stages() if epoch <= stage.last), self.stages()[-1])
 
     @property
+    def what_trains(self) -> str:
+        """What trains, as a person reads it: "head only", or the staged recipe's "head only, then last stage +
+        head"."""
+        return ", then ".join(stage.trains for stage in self.stages())
+
+    @property
     def staged(self) -> bool:
         """Two stages (the fine_tune recipe): the head first, then the last stage with it."""
         return self.recipe == "fine_tune"

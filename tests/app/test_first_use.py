@@ -23,6 +23,7 @@ def _train(small_root, lite0_file, name: str, **settings) -> Path:
     from core.training.run import train
 
     path = runs_dir() / name
+    settings = {"recipe": "single", **settings}  # one stage: these tests count its epochs
     list(train(TrainConfig(arch="efficientnet_lite0", weights=str(lite0_file), data_root=str(small_root),
                            num_workers=0, **settings), path))
     return path

@@ -351,6 +351,7 @@ def test_dataset_page_keeps_a_zips_own_train_val_split(small_demo, tmp_path):
 @pytest.mark.slow
 def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
     at = open_page(app(), "app_pages/training.py")
+    at.radio(key="tr_recipe").set_value("single").run()  # one stage: the schedule covers every epoch
     at.slider(key="tr_epochs").set_value(3).run()
     at.selectbox(key="tr_schedule").set_value("cosine").run()
     at.number_input(key="tr_patience").set_value(2).run()
@@ -362,7 +363,7 @@ def test_training_page_passes_schedule_and_patience_to_the_run(small_demo):
     at.run()
     assert not at.exception
     lrs = [e.lr for e in read_records(runs_dir() / name).epochs]
-    assert lrs[0] == 1e-3 and lrs[1] < lrs[0]  # the cosine schedule, recorded per epoch
+    assert lrs[0] == 3e-3 and lrs[1] < lrs[0]  # the cosine schedule from the default rate, recorded per epoch
 
 
 def test_training_page_runs_the_staged_recipe_and_shows_both_stages(small_demo):

@@ -168,8 +168,9 @@ def test_walk_all_pages_train_and_predict(server, page):
     _shot(page, "2-surgery")
 
     _go(page, "4 · Training")
-    # 3 epochs instead of 5 (the twin copies them): the slider moved as a person would, by keyboard
-    epochs = page.get_by_role("slider", name="Epochs")  # Streamlit's slider is an <input type=range>
+    # 3 stage-1 epochs instead of 5 (the default recipe is staged; the twin copies them): the slider moved as a
+    # person would, by keyboard
+    epochs = page.get_by_role("slider", name="Stage 1 epochs (head)")  # Streamlit's slider: an <input type=range>
     epochs.focus()
     epochs.press("ArrowLeft")
     epochs.press("ArrowLeft")
@@ -316,6 +317,7 @@ def test_a_staged_fine_tune_shows_both_stages_in_its_curves_and_results(tmp_path
         page.get_by_text(re.compile(r"^stage 1: head only, epochs 1–5; stage 2: last stage \+ head, epochs 6–8")
                          ).wait_for()
         page.get_by_text(re.compile(r"· epoch \d \(stage [12]: [a-z +]+\), chosen on validation")).wait_for()
+        page.locator("[data-testid=stVegaLiteChart] text", has_text="stage 2 →").first.wait_for()  # the curves' rule
         _settled(page)
         _shot(page, "35-training-staged")
         run = next(p for p in (workspace / "runs").iterdir() if p.is_dir())
