@@ -397,11 +397,19 @@ def render_skipped(start_record, records) -> None:
         st.warning(line[:1].upper() + line[1:] + ".")
 
 
+def trainable_line(start: Start) -> str:
+    """"6,405 trainable parameters", or for the staged recipe each stage's count."""
+    counts = [(st_.get("number"), st_.get("trainable")) for st_ in start.stages if isinstance(st_, dict)]
+    if counts and all(isinstance(n, int) for _, n in counts):
+        return "trainable parameters: " + ", ".join(f"{n:,} in stage {number}" for number, n in counts)
+    return f"{start.trainable_params:,} trainable parameters"
+
+
 def _run_facts(info: RunInfo, start: Start, records: Records) -> None:
     """What the run trains on and how: device, path, images, parameters, weights, validation, skipped images."""
     st.caption(f"Device: **{start.device_name}** · path: {start.feature_path} · "
                f"{start.train_size:,} train / {start.val_size:,} validation / {start.test_size:,} test images · "
-               f"{start.trainable_params:,} trainable parameters · weights: "
+               f"{trainable_line(start)} · weights: "
                f"{Path(start.weights).name if start.weights else 'random initialisation'}")
     if start.validation:
         st.caption(f"Validation: {start.validation}.")

@@ -42,7 +42,7 @@ from ..data.split import (
     write_split,
 )
 from ..features.extractor import FeatureExtractor, evaluation_transform
-from ..models.surgery import adapt_model, freeze_model, set_train_mode, trained_modules
+from ..models.surgery import adapt_model, freeze_model, set_train_mode, trained_modules, trains_in
 from ..platform.accel import (
     as_input,
     available_cores,
@@ -273,7 +273,7 @@ def start_record(s: Setup) -> Start:
     unusable, examples = unusable_entries([*s.split.train, *s.split.val, *s.split.test])
     return Start(arch=s.cfg.arch, classes=s.split.classes, train_size=len(s.split.train),
                  test_size=len(s.split.test), epochs=s.cfg.total_epochs,
-                 stages=[stage_line(stage) for stage in s.cfg.stages()] if s.cfg.staged else [],
+                 stages=[stage_line(stage, s.report) for stage in s.cfg.stages()] if s.cfg.staged else [],
                  batches_per_epoch=math.ceil(len(s.split.train) / s.cfg.batch_size), device=str(s.device),
                  device_name=device_line(s.device, device_name(s.device), s.world), world_size=s.world.size,
                  feature_path="cached features" if s.use_cache else "full forward",
@@ -585,10 +585,12 @@ class ResumePoint:
                 schedule.step()  # the checkpoint was written before that epoch's step
 
 
-def stage_line(stage: Stage) -> dict:
-    """A stage as the Start record keeps it (the pages draw its epochs and say what trained)."""
+def stage_line(stage: Stage, report) -> dict:
+    """A stage as the Start record keeps it (the pages draw its epochs and say what trained, and how much)."""
+    modules = report.modes[stage.freeze.value]
     return {"number": stage.number, "first": stage.first, "last": stage.last, "trains": stage.trains,
-            "schedule": stage.schedule.value}
+            "schedule": stage.schedule.value,
+            "trainable": sum(p.numel for p in report.parameters if trains_in(modules, p.name))}
 
 
 @dataclass

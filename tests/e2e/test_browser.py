@@ -168,13 +168,13 @@ def test_walk_all_pages_train_and_predict(server, page):
     _shot(page, "2-surgery")
 
     _go(page, "4 · Training")
-    # 3 stage-1 epochs instead of 5 (the default recipe is staged; the twin copies them): the slider moved as a
-    # person would, by keyboard
+    # 1 stage-1 epoch instead of 5 (the default recipe is staged, 1 + 3 epochs; the from-scratch twin trains as
+    # many): the slider moved as a person would, by keyboard
     epochs = page.get_by_role("slider", name="Stage 1 epochs (head)")  # Streamlit's slider: an <input type=range>
     epochs.focus()
-    epochs.press("ArrowLeft")
-    epochs.press("ArrowLeft")
-    assert wait_until(lambda: epochs.input_value() == "3", 30)
+    for _ in range(4):
+        epochs.press("ArrowLeft")
+    assert wait_until(lambda: epochs.input_value() == "1", 30)
     _settled(page)  # the rerun that takes the new value (the click below would carry it anyway)
     page.get_by_role("button", name="Start training").click()
     # The results' own content, not their heading: a live-view fragment's last tick can race the full rerun
@@ -200,8 +200,8 @@ def test_walk_all_pages_train_and_predict(server, page):
     # The recipe's claim, one click away: the same run from scratch, overlaid on the pretrained one.
     page.get_by_role("button", name="Train the same from scratch (every layer) to compare").click()
     # While the twin runs, the runs list updates by itself: its epochs count goes up with no click.
-    page.get_by_text(re.compile(r"Running now: .*\(running, 0/3 epochs\)")).wait_for(timeout=120_000)
-    page.get_by_text(re.compile(r"Running now: .*\(running, [12]/3 epochs\)")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"Running now: .*\(running, 0/4 epochs\)")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Running now: .*\(running, [123]/4 epochs\)")).wait_for(timeout=300_000)
     assert page.get_by_role("button", name="Stop").count() == 1  # the app's Stop only
     # Once the twin ends, its page shows the pair: both best accuracies and their overlaid test curves.
     page.get_by_text("Pretrained vs from scratch", exact=True).first.wait_for(timeout=300_000)
@@ -316,6 +316,7 @@ def test_a_staged_fine_tune_shows_both_stages_in_its_curves_and_results(tmp_path
         page.get_by_text(re.compile(r"^Per-class test accuracy")).wait_for(timeout=300_000)
         page.get_by_text(re.compile(r"^stage 1: head only, epochs 1–5; stage 2: last stage \+ head, epochs 6–8")
                          ).wait_for()
+        page.get_by_text(re.compile(r"trainable parameters: [\d,]+ in stage 1, [\d,]+ in stage 2")).wait_for()
         page.get_by_text(re.compile(r"· epoch \d \(stage [12]: [a-z +]+\), chosen on validation")).wait_for()
         page.locator("[data-testid=stVegaLiteChart] text", has_text="stage 2 →").first.wait_for()  # the curves' rule
         _settled(page)

@@ -54,6 +54,7 @@ def test_a_staged_run_trains_the_head_then_the_last_stage_on_one_feature_pass(co
     assert isinstance(start, Start) and start.epochs == 4
     assert [(s["number"], s["trains"], s["first"], s["last"]) for s in start.stages] == [
         (1, "head only", 1, 2), (2, "last stage + head", 3, 4)]
+    assert start.stages[0]["trainable"] == start.trainable_params < start.stages[1]["trainable"]
     run = read_records(tmp_path / "run")
     assert [(e.epoch, e.stage) for e in run.epochs] == [(1, 1), (2, 1), (3, 2), (4, 2)]
     # one pass over the images: the activations at the last stage's input, never the head's own features
