@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.analysis.compare import compare_runs
 from core.platform.errors import UserError
-from core.platform.figures import pct
+from core.platform.figures import epoch_span, pct
 from core.runs.files import read_records
 from core.runs.listing import RunInfo
 from core.spec.records import CHOSEN_ON_TEST, VALIDATION, Records
@@ -96,7 +96,7 @@ def stage_caption(records: Records) -> str:
     """What trained in each stage, in one line, for a run of the fine_tune recipe ("" for one stage)."""
     start = records.start
     lines = start.stages if start is not None and isinstance(start.stages, list) else []
-    parts = [f"stage {s['number']}: {s['trains']}, epochs {s['first']}–{s['last']}" for s in lines
+    parts = [f"stage {s['number']}: {s['trains']}, {epoch_span(s['first'], s['last'])}" for s in lines
              if isinstance(s, dict) and {"number", "trains", "first", "last"} <= set(s)]
     return "; ".join(parts) + (". The kept epoch is chosen on validation across both stages." if parts else "")
 

@@ -66,7 +66,6 @@ from core.spec.config import (
     FREEZE_MODES,
     RECIPES,
     SCHEDULES,
-    TRAINS,
     TTA_MODES,
     Choices,
     TrainConfig,
@@ -714,7 +713,7 @@ def render_pretrained_vs_scratch(run_path: Path, state: Choices) -> None:
 
 
 def _trains(info) -> str:
-    return TRAINS.get(info.config.freeze, info.config.freeze)
+    return info.config.what_trains
 
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..platform.figures import accuracy_of, count, pct
+from ..platform.figures import accuracy_of, count, epoch_span, pct
 from ..spec.records import VALIDATION, Batch, Epoch, Features, Final, Progress, Resumed, Start, Test
 from ..spec.states import Phase
 
@@ -65,7 +65,7 @@ def describe_record(record) -> str | None:
                 + (f"\n{record.excluded} training image(s) left out as the config asks (lists/excluded.txt)"
                    if record.excluded else "")
                 + (f"\ndecoding: {record.decoding}" if record.decoding else "")
-                + "".join(f"\nstage {st['number']}: {st['trains']}, epochs {st['first']}–{st['last']} "
+                + "".join(f"\nstage {st['number']}: {st['trains']}, {epoch_span(st['first'], st['last'])} "
                           f"({st['schedule']} schedule)" for st in record.stages if isinstance(st, dict)
                           and {"number", "trains", "first", "last", "schedule"} <= set(st))
                 + (f"\n{record.unusable_line()}" if record.unusable else ""))

@@ -22,6 +22,11 @@ def pct(value: float | None, decimals: int = 1) -> str:
     return "–" if value is None else f"{100 * value:,.{decimals}f}%"
 
 
+def epoch_span(first, last) -> str:
+    """"epochs 6–8", or "epoch 1" for a stage of one epoch."""
+    return f"epoch {first}" if first == last else f"epochs {first}–{last}"
+
+
 def count(n: int, noun: str = "") -> str:
     """A count with thousands separators and its noun pluralised: ``count(1530, "image")`` → ``"1,530 images"``."""
     text = f"{n:,}"

@@ -252,7 +252,8 @@ def test_one_click_from_scratch_twin_for_comparison(small_demo, lite0_file):
         assert "Pretrained vs from scratch" in [s.value for s in at.subheader]
         line = next(m.value for m in at.markdown if m.value.startswith("Same data, split, seed and settings."))
         tested = {name: read_run(runs_dir() / name).test for name in ("pretrained", "scratch")}
-        assert f"pretrained (head only) **{tested['pretrained'].text()}** (completed)" in line, line
+        assert (f"pretrained (head only, then last stage + head) **{tested['pretrained'].text()}** (completed)"
+                in line), line  # the default: staged
         assert f"from scratch (every layer) **{tested['scratch'].text()}** (completed)" in line, line
         gain = next(m.value for m in at.markdown if m.value.startswith("Pretraining's gain"))
         points = 100 * (tested["pretrained"].value - tested["scratch"].value)
