@@ -184,3 +184,20 @@ def test_cached_views_that_would_not_fit_in_memory_are_refused_before_any_pass(c
     assert f"3 cached views of {records[0].train_size} training images would take" in records[-1].reason
     assert "MiB available; give fewer aug views (or 0)" in records[-1].reason
     assert not [f for f in records if isinstance(f, Features) and "view" in f.split]
+
+
+def test_stop_in_stage_2_ends_the_run_and_tests_the_epoch_chosen_so_far(colours, lite0_file, tmp_path):
+    from core.runs.rundir import RunDir
+    from core.spec.records import Batch, Test
+
+    run = tmp_path / "run"
+    records = []
+    for record in train(_staged(colours, lite0_file, log_every=1), run, cache_dir=tmp_path / "cache"):
+        records.append(record)
+        if isinstance(record, Batch) and record.epoch == 3:  # stage 2's first batch
+            RunDir(run).request_stop()
+    final = records[-1]
+    assert final.status == "stopped" and final.epochs_completed == 2  # stage 2's epoch did not finish
+    test = next(r for r in records if isinstance(r, Test))
+    assert test.epoch in (1, 2) and final.test_acc == test.acc  # the kept stage-1 epoch, tested once
+    assert not RunDir(run).stop_requested()
