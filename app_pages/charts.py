@@ -87,8 +87,9 @@ def stage_label(records: Records, epoch: int | None) -> str:
     """" (stage 2: last stage + head)" for an epoch of a staged run; "" for one stage."""
     start = records.start
     for st_ in (start.stages if start is not None and isinstance(start.stages, list) else []):
-        if isinstance(st_, dict) and isinstance(epoch, int) and st_.get("first", 0) <= epoch <= st_.get("last", -1):
-            return f" (stage {st_.get('number')}: {st_.get('trains')})"
+        first, last = (st_.get("first"), st_.get("last")) if isinstance(st_, dict) else (None, None)
+        if isinstance(epoch, int) and isinstance(first, int) and isinstance(last, int) and first <= epoch <= last:
+            return f" (stage {st_.get('number')}: {st_.get('trains')})"  # a damaged file's values are only shown
     return ""
 
 
